@@ -1,0 +1,125 @@
+//! Errors in OpenAI's JSON shape, so SDKs raise their usual exceptions with our message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::backend::BackendError;
+use crate::engine::EngineError;
+
+/// An error a client sees: HTTP status + `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn model_not_found(model: &str, available: &[String]) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "The model `{model}` does not exist. Available models: {}.",
+                available.join(", ")
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("The request body is larger than the limit of {limit} bytes."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+        }
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("No route for {path}. Tightwad serves /v1/chat/completions, /v1/completions and /v1/models."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unknown_url"),
+        }
+    }
+
+    pub fn backend(e: &BackendError) -> Self {
+        let status = StatusCode::from_u16(e.client_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        ApiError {
+            status,
+            message: e.to_string(),
+            kind: if status == StatusCode::BAD_REQUEST {
+                "invalid_request_error"
+            } else {
+                "server_error"
+            },
+            param: None,
+            code: Some(match status.as_u16() {
+                503 => "backend_unavailable",
+                504 => "backend_timeout",
+                400 => "backend_rejected_request",
+                _ => "backend_error",
+            }),
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::Backend(b) => ApiError::backend(b),
+            EngineError::ContextExceeded { .. } => {
+                ApiError::invalid(e.to_string(), Some("messages"))
+                    .with_code("context_length_exceeded")
+            }
+            EngineError::ClientGone => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: e.to_string(),
+                kind: "invalid_request_error",
+                param: None,
+                code: None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,52 @@
+//! Clients for the inference servers the proxy drives.
+//!
+//! The engine talks to backends in token ids only: prompts go out as id arrays, results come back as
+//! ids plus the exact bytes of each token, so nothing is re-tokenized on the way (the predecessor's
+//! text round trips are why its output was not the target's). One module per server kind.
+
+pub mod llamacpp;
+
+use thiserror::Error;
+
+/// Why a backend call failed; the API layer maps these to OpenAI error bodies (502/503/504).
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("{server} is unreachable at {url}: {source}")]
+    Unreachable {
+        server: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{server} answered {status} for {path}: {body}")]
+    Status {
+        server: &'static str,
+        path: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{server} sent a reply to {path} that could not be read: {detail}")]
+    Malformed {
+        server: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("{server} did not answer {path} within {seconds} s")]
+    Timeout {
+        server: &'static str,
+        path: String,
+        seconds: u64,
+    },
+}
+
+impl BackendError {
+    /// The HTTP status the client should see when this error ends a request.
+    pub fn client_status(&self) -> u16 {
+        match self {
+            BackendError::Unreachable { .. } => 503,
+            BackendError::Timeout { .. } => 504,
+            BackendError::Status { status, .. } if (400..500).contains(status) => 400,
+            _ => 502,
+        }
+    }
+}

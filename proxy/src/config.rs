@@ -1,0 +1,183 @@
+//! How a proxy is described: a TOML file, command-line flags over it.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8088"
+//! max_body_bytes = 4194304
+//!
+//! [[pairings]]
+//! name = "llama-70b"                 # the model name clients ask for
+//! target = "http://10.0.0.2:8080"    # llama-server with -np >= draft_tokens + 1
+//! draft = "http://10.0.0.3:8080"     # optional: no draft = target-only
+//! draft_tokens = 4
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::engine::PairingConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8088))
+}
+fn default_body_limit() -> usize {
+    4 * 1024 * 1024
+}
+fn default_draft_tokens() -> usize {
+    4
+}
+fn default_target_timeout() -> u64 {
+    300
+}
+fn default_draft_timeout() -> u64 {
+    10
+}
+
+/// The proxy's whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Larger request bodies are refused with 413 before they are read.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    #[serde(default)]
+    pub pairings: Vec<PairingEntry>,
+}
+
+/// One `[[pairings]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingEntry {
+    pub name: Option<String>,
+    pub target: String,
+    pub draft: Option<String>,
+    #[serde(default = "default_draft_tokens")]
+    pub draft_tokens: usize,
+    #[serde(default = "default_target_timeout")]
+    pub target_timeout_s: u64,
+    #[serde(default = "default_draft_timeout")]
+    pub draft_timeout_s: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: default_listen(),
+            max_body_bytes: default_body_limit(),
+            pairings: Vec::new(),
+        }
+    }
+}
+
+impl PairingEntry {
+    pub fn new(target: String, draft: Option<String>) -> Self {
+        PairingEntry {
+            name: None,
+            target,
+            draft,
+            draft_tokens: default_draft_tokens(),
+            target_timeout_s: default_target_timeout(),
+            draft_timeout_s: default_draft_timeout(),
+        }
+    }
+
+    pub fn to_pairing_config(&self, index: usize) -> PairingConfig {
+        PairingConfig {
+            name: self.name.clone().unwrap_or_else(|| {
+                if index == 0 {
+                    "tightwad".to_string()
+                } else {
+                    format!("tightwad-{index}")
+                }
+            }),
+            target_url: self.target.clone(),
+            draft_url: self.draft.clone(),
+            draft_tokens: self.draft_tokens,
+            target_timeout: Duration::from_secs(self.target_timeout_s),
+            draft_timeout: Duration::from_secs(self.draft_timeout_s),
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pairings.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no target configured: pass --target URL or add a [[pairings]] table".into(),
+            ));
+        }
+        for (i, p) in self.pairings.iter().enumerate() {
+            for (what, url) in [("target", Some(&p.target)), ("draft", p.draft.as_ref())] {
+                if let Some(url) = url {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(ConfigError::Invalid(format!(
+                            "pairing {i}: {what} URL {url:?} must start with http:// or https://"
+                        )));
+                    }
+                }
+            }
+            if p.draft_tokens == 0 || p.draft_tokens > 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: draft_tokens must be between 1 and 16, got {}",
+                    p.draft_tokens
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let e = toml::from_str::<ProxyConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn a_full_file_parses_with_defaults() {
+        let c: ProxyConfig = toml::from_str(
+            "[[pairings]]\nname = \"m\"\ntarget = \"http://a:1\"\ndraft = \"http://b:2\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.pairings[0].draft_tokens, 4);
+        c.validate().expect("valid");
+        let pc = c.pairings[0].to_pairing_config(0);
+        assert_eq!(pc.name, "m");
+    }
+}

@@ -1,0 +1,17 @@
+//! Tightwad's coordinator: an OpenAI-compatible proxy that makes a slow target model faster with a
+//! draft model on another machine, without changing a single output token.
+//!
+//! Walk it in this order:
+//! - [`api`]: the HTTP front (OpenAI routes, limits, SSE) that turns requests into engine calls;
+//! - [`engine`]: draft→verify rounds for one target/draft [`engine::Pairing`], and the exact
+//!   acceptance rule ([`engine::verify`]) and output assembly ([`engine::output`]);
+//! - [`backend`]: the clients for the inference servers (llama.cpp's `llama-server` today);
+//! - [`metrics`]: counters behind `/metrics` and `/v1/tightwad/stats`;
+//! - [`config`] and [`server`]: how a proxy is described and started.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,144 @@
+//! `tightwad`: the coordinator's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tightwad::config::{PairingEntry, ProxyConfig};
+use tightwad::server::Proxy;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tightwad",
+    version,
+    about = "Speculative decoding across your LAN, behind one OpenAI endpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the OpenAI API, speculating with the draft for the target.
+    ///
+    /// Example: tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ProxyArgs {
+    /// Target llama-server URL (the big model whose output clients get).
+    #[arg(long, env = "TIGHTWAD_TARGET")]
+    target: Option<String>,
+    /// Draft llama-server URL (a small model with the same vocabulary). Without it: passthrough.
+    #[arg(long, env = "TIGHTWAD_DRAFT")]
+    draft: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "TIGHTWAD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Model name clients use (default "tightwad").
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Draft tokens per round (k); the target needs -np k+1.
+    #[arg(long)]
+    draft_tokens: Option<usize>,
+    /// TOML config file (pairings, limits); flags override it.
+    #[arg(long, short = 'c', env = "TIGHTWAD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn proxy_config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
+    let mut config = match &args.config {
+        Some(path) => ProxyConfig::load(path)?,
+        None => ProxyConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(target) = &args.target {
+        let entry = PairingEntry::new(target.clone(), args.draft.clone());
+        if config.pairings.is_empty() {
+            config.pairings.push(entry);
+        } else {
+            config.pairings[0].target = entry.target;
+            config.pairings[0].draft = entry.draft;
+        }
+    } else if args.draft.is_some() && config.pairings.is_empty() {
+        anyhow::bail!("--draft needs a --target to draft for");
+    }
+    if let Some(first) = config.pairings.first_mut() {
+        if let Some(name) = &args.model_name {
+            first.name = Some(name.clone());
+        }
+        if let Some(k) = args.draft_tokens {
+            first.draft_tokens = k;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Proxy(args) => {
+            init_logging(args.log_json);
+            let config = proxy_config(&args)?;
+            let proxy = Proxy::bind(&config).await?;
+            proxy.probe().await;
+            proxy
+                .serve(shutdown_signal())
+                .await
+                .context("proxy stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

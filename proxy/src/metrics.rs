@@ -1,0 +1,318 @@
+//! Counters for `/metrics` (Prometheus text) and `/v1/tightwad/stats` (JSON), one set per pairing.
+//!
+//! The Prometheus counters are the single source of truth: the JSON stats read the same values, so
+//! the two views can never disagree.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairingLabel {
+    pairing: String,
+}
+
+/// How a request was served.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedBy {
+    /// Draft→verify rounds (possibly finishing target-only after a draft failure).
+    Speculative,
+    /// Target-only generation through the engine (speculation off for this pairing or request).
+    TargetOnly,
+    /// The request was forwarded to the target unchanged (features the engine does not drive).
+    Passthrough,
+    /// The request failed.
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    pairing: String,
+    served_by: ServedBy,
+}
+
+/// All families, registered once.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabel, Counter>,
+    rounds: Family<PairingLabel, Counter>,
+    drafted: Family<PairingLabel, Counter>,
+    accepted: Family<PairingLabel, Counter>,
+    target_calls: Family<PairingLabel, Counter>,
+    generated: Family<PairingLabel, Counter>,
+    draft_failures: Family<PairingLabel, Counter>,
+    speculation_enabled: Family<PairingLabel, Gauge>,
+    rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
+}
+
+/// Smoothed speeds a person wants to see; not counters, so kept beside them.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Rates {
+    /// Tokens per second of the last requests served through speculation (EWMA).
+    pub speculative_tok_s: Option<f64>,
+    /// Tokens per second of the last target-only generations (EWMA).
+    pub target_only_tok_s: Option<f64>,
+    /// Why speculation is off for this pairing, if it is.
+    pub speculation_off_reason: Option<String>,
+}
+
+fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(match old {
+        Some(o) => 0.7 * o + 0.3 * new,
+        None => new,
+    })
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tightwad");
+        let requests = Family::<RequestLabel, Counter>::default();
+        let rounds = Family::<PairingLabel, Counter>::default();
+        let drafted = Family::<PairingLabel, Counter>::default();
+        let accepted = Family::<PairingLabel, Counter>::default();
+        let target_calls = Family::<PairingLabel, Counter>::default();
+        let generated = Family::<PairingLabel, Counter>::default();
+        let draft_failures = Family::<PairingLabel, Counter>::default();
+        let speculation_enabled = Family::<PairingLabel, Gauge>::default();
+        registry.register(
+            "requests",
+            "Completion requests by how they were served",
+            requests.clone(),
+        );
+        registry.register("spec_rounds", "Draft→verify rounds", rounds.clone());
+        registry.register(
+            "spec_drafted_tokens",
+            "Tokens proposed by the draft",
+            drafted.clone(),
+        );
+        registry.register(
+            "spec_accepted_tokens",
+            "Draft tokens the target accepted",
+            accepted.clone(),
+        );
+        registry.register(
+            "target_verify_calls",
+            "Verification requests sent to the target (one decode each)",
+            target_calls.clone(),
+        );
+        registry.register(
+            "generated_tokens",
+            "Tokens returned to clients",
+            generated.clone(),
+        );
+        registry.register(
+            "draft_failures",
+            "Draft errors that made a stream continue target-only",
+            draft_failures.clone(),
+        );
+        registry.register(
+            "speculation_enabled",
+            "1 when the pairing currently speculates, 0 when it serves target-only",
+            speculation_enabled.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            rounds,
+            drafted,
+            accepted,
+            target_calls,
+            generated,
+            draft_failures,
+            speculation_enabled,
+            rates: Mutex::new(Default::default()),
+        }
+    }
+
+    /// The handle a pairing records into.
+    pub fn pairing(&self, name: &str) -> PairingMetrics {
+        let l = PairingLabel {
+            pairing: name.to_string(),
+        };
+        let rates = self
+            .rates
+            .lock()
+            .map(|mut m| m.entry(name.to_string()).or_default().clone())
+            .unwrap_or_default();
+        PairingMetrics {
+            name: name.to_string(),
+            requests: self.requests.clone(),
+            rounds: self.rounds.get_or_create(&l).clone(),
+            drafted: self.drafted.get_or_create(&l).clone(),
+            accepted: self.accepted.get_or_create(&l).clone(),
+            target_calls: self.target_calls.get_or_create(&l).clone(),
+            generated: self.generated.get_or_create(&l).clone(),
+            draft_failures: self.draft_failures.get_or_create(&l).clone(),
+            speculation_enabled: self.speculation_enabled.get_or_create(&l).clone(),
+            rates,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One pairing's counters (cheap clones of shared atomics).
+#[derive(Clone)]
+pub struct PairingMetrics {
+    name: String,
+    requests: Family<RequestLabel, Counter>,
+    pub rounds: Counter,
+    pub drafted: Counter,
+    pub accepted: Counter,
+    pub target_calls: Counter,
+    pub generated: Counter,
+    pub draft_failures: Counter,
+    pub speculation_enabled: Gauge,
+    rates: Arc<Mutex<Rates>>,
+}
+
+/// The JSON view of one pairing, for `/v1/tightwad/stats`.
+#[derive(Debug, Serialize)]
+pub struct PairingStats {
+    pub pairing: String,
+    pub speculation_enabled: bool,
+    pub requests: RequestCounts,
+    pub rounds: u64,
+    pub drafted: u64,
+    pub accepted: u64,
+    pub acceptance: Option<f64>,
+    pub tokens_per_round: Option<f64>,
+    pub target_verify_calls: u64,
+    pub generated_tokens: u64,
+    pub draft_failures: u64,
+    #[serde(flatten)]
+    pub rates: Rates,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestCounts {
+    pub speculative: u64,
+    pub target_only: u64,
+    pub passthrough: u64,
+    pub error: u64,
+}
+
+impl PairingMetrics {
+    pub fn request(&self, served_by: ServedBy) {
+        self.requests
+            .get_or_create(&RequestLabel {
+                pairing: self.name.clone(),
+                served_by,
+            })
+            .inc();
+    }
+
+    fn requests_of(&self, served_by: ServedBy) -> u64 {
+        self.requests
+            .get_or_create(&RequestLabel {
+                pairing: self.name.clone(),
+                served_by,
+            })
+            .get()
+    }
+
+    pub fn round(&self, drafted: usize, accepted: usize) {
+        self.rounds.inc();
+        self.target_calls.inc();
+        self.drafted.inc_by(drafted as u64);
+        self.accepted.inc_by(accepted as u64);
+    }
+
+    pub fn record_rate(&self, served_by: ServedBy, tok_s: f64) {
+        if !tok_s.is_finite() || tok_s <= 0.0 {
+            return;
+        }
+        if let Ok(mut r) = self.rates.lock() {
+            match served_by {
+                ServedBy::Speculative => r.speculative_tok_s = ewma(r.speculative_tok_s, tok_s),
+                ServedBy::TargetOnly | ServedBy::Passthrough => {
+                    r.target_only_tok_s = ewma(r.target_only_tok_s, tok_s)
+                }
+                ServedBy::Error => {}
+            }
+        }
+    }
+
+    pub fn set_speculation(&self, enabled: bool, off_reason: Option<String>) {
+        self.speculation_enabled.set(i64::from(enabled));
+        if let Ok(mut r) = self.rates.lock() {
+            r.speculation_off_reason = off_reason;
+        }
+    }
+
+    pub fn snapshot(&self) -> PairingStats {
+        let rounds = self.rounds.get();
+        let drafted = self.drafted.get();
+        let accepted = self.accepted.get();
+        PairingStats {
+            pairing: self.name.clone(),
+            speculation_enabled: self.speculation_enabled.get() == 1,
+            requests: RequestCounts {
+                speculative: self.requests_of(ServedBy::Speculative),
+                target_only: self.requests_of(ServedBy::TargetOnly),
+                passthrough: self.requests_of(ServedBy::Passthrough),
+                error: self.requests_of(ServedBy::Error),
+            },
+            rounds,
+            drafted,
+            accepted,
+            acceptance: (drafted > 0).then(|| accepted as f64 / drafted as f64),
+            // Each round also yields the target's own token (the correction or the bonus).
+            tokens_per_round: (rounds > 0).then(|| (accepted + rounds) as f64 / rounds as f64),
+            target_verify_calls: self.target_calls.get(),
+            generated_tokens: self.generated.get(),
+            draft_failures: self.draft_failures.get(),
+            rates: self.rates.lock().map(|r| r.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_prometheus_views_agree() {
+        let m = Metrics::new();
+        let p = m.pairing("smol");
+        p.request(ServedBy::Speculative);
+        p.round(4, 3);
+        p.round(4, 1);
+        let s = p.snapshot();
+        assert_eq!(s.rounds, 2);
+        assert_eq!(s.drafted, 8);
+        assert_eq!(s.accepted, 4);
+        assert_eq!(s.acceptance, Some(0.5));
+        assert_eq!(s.tokens_per_round, Some(3.0));
+        let text = m.encode();
+        assert!(
+            text.contains("tightwad_spec_rounds_total{pairing=\"smol\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tightwad_spec_accepted_tokens_total{pairing=\"smol\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tightwad_requests_total{pairing=\"smol\",served_by=\"Speculative\"} 1"),
+            "{text}"
+        );
+    }
+}
