@@ -1,0 +1,182 @@
+//! `agent.toml`: everything has a default, so `tightwad-agent` runs without a config file.
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tightwad_protocol::messages::ProcessKind;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Name reported to the coordinator (default: the host name).
+    pub name: String,
+    /// UDP address the QUIC endpoint listens on.
+    pub listen: SocketAddr,
+    /// Identity, trust list, logs (default `~/.tightwad/agent`).
+    pub state_dir: PathBuf,
+    /// Folders holding model files; only files inside them are listed, sent or received.
+    pub model_dirs: Vec<PathBuf>,
+    /// Where received models go (default: the first model folder).
+    pub receive_dir: Option<PathBuf>,
+    pub binaries: Binaries,
+    /// Seconds a process may take to answer its health check.
+    pub ready_timeout_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub stop_grace_secs: u64,
+    #[serde(rename = "process")]
+    pub processes: Vec<ProcessConfig>,
+}
+
+/// Which executables to run; only these are ever started (a peer cannot name a binary).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Binaries {
+    pub llama_server: Option<PathBuf>,
+    pub rpc_server: Option<PathBuf>,
+    pub vllm: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    pub name: String,
+    pub kind: ProcessKind,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Port of the health check; taken from `--port`/`-p` in the arguments when absent.
+    pub port: Option<u16>,
+    /// Host of the health check (default 127.0.0.1).
+    pub health_host: Option<String>,
+    #[serde(default)]
+    pub autostart: bool,
+    pub ready_timeout_secs: Option<u64>,
+    /// Restart after a crash (default true).
+    pub restart: Option<bool>,
+}
+
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        let home = home_dir();
+        AgentConfig {
+            name: hostname(),
+            listen: SocketAddr::from(([0, 0, 0, 0], tightwad_protocol::DEFAULT_AGENT_PORT)),
+            state_dir: home.join(".tightwad").join("agent"),
+            model_dirs: vec![home.join("models"), home.join(".tightwad").join("models")],
+            receive_dir: None,
+            binaries: Binaries::default(),
+            ready_timeout_secs: 120,
+            stop_grace_secs: 10,
+            processes: Vec::new(),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "agent".into())
+}
+
+/// Expands a leading `~/`.
+pub fn expand_home(path: &Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => home_dir().join(rest),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading agent config {}", path.display()))?;
+                toml::from_str::<AgentConfig>(&text)
+                    .with_context(|| format!("parsing agent config {}", path.display()))?
+            }
+            None => AgentConfig::default(),
+        };
+        config.state_dir = expand_home(&config.state_dir);
+        config.model_dirs = config.model_dirs.iter().map(|d| expand_home(d)).collect();
+        config.receive_dir = config.receive_dir.as_deref().map(expand_home);
+        let mut seen = std::collections::HashSet::new();
+        for process in &config.processes {
+            anyhow::ensure!(
+                seen.insert(process.name.clone()),
+                "process {:?} is configured twice",
+                process.name
+            );
+        }
+        Ok(config)
+    }
+
+    /// The executable for a process kind: configured, else found on PATH.
+    pub fn binary_for(&self, kind: ProcessKind) -> Option<PathBuf> {
+        let (configured, names): (&Option<PathBuf>, &[&str]) = match kind {
+            ProcessKind::LlamaServer => (&self.binaries.llama_server, &["llama-server"]),
+            ProcessKind::RpcServer => (
+                &self.binaries.rpc_server,
+                &["ggml-rpc-server", "rpc-server"],
+            ),
+            ProcessKind::Vllm => (&self.binaries.vllm, &["vllm"]),
+        };
+        if let Some(path) = configured {
+            return Some(expand_home(path));
+        }
+        let path_var = std::env::var_os("PATH")?;
+        std::env::split_paths(&path_var)
+            .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+            .find(|candidate| candidate.is_file())
+    }
+
+    pub fn receive_dir(&self) -> Option<PathBuf> {
+        self.receive_dir
+            .clone()
+            .or_else(|| self.model_dirs.first().cloned())
+    }
+}
+
+/// The port a process listens on, from its arguments (`--port N`, `--port=N`, `-p N`).
+pub fn port_from_args(args: &[String]) -> Option<u16> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if let Some(value) = arg.strip_prefix("--port=") {
+            return value.parse().ok();
+        }
+        if arg == "--port" || arg == "-p" {
+            return iter.next().and_then(|v| v.parse().ok());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let config: AgentConfig = toml::from_str(
+            r#"
+            name = "gpu-box"
+            listen = "10.0.0.2:7420"
+            model_dirs = ["/models"]
+            [binaries]
+            llama_server = "/opt/llama-server"
+            [[process]]
+            name = "target"
+            kind = "llama-server"
+            args = ["-m", "/models/t.gguf", "--port", "8080"]
+            "#,
+        )
+        .expect("config");
+        assert_eq!(config.processes[0].kind, ProcessKind::LlamaServer);
+        assert_eq!(port_from_args(&config.processes[0].args), Some(8080));
+        assert!(toml::from_str::<AgentConfig>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! A small, careful GGUF header reader: metadata and tensor shapes only, never weights.
+//!
+//! Every length in a GGUF header is claimed by the file itself, so every one is checked against
+//! both a fixed limit and the bytes actually left in the file before anything is allocated: a
+//! malicious or truncated header yields an error, not an out-of-memory kill. Big arrays (token
+//! lists, merges) are streamed: the token list is hashed on the fly into the vocabulary
+//! fingerprint and never kept.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::Path;
+use tightwad_protocol::messages::GgufSummary;
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+const MAX_STRING_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_KV_COUNT: u64 = 1 << 20;
+const MAX_TENSOR_COUNT: u64 = 1 << 22;
+const MAX_ARRAY_LEN: u64 = 1 << 28;
+const MAX_DIMS: u32 = 8;
+/// Strings kept from metadata (only for the few keys reported).
+const KEPT_STRING_BYTES: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("not a GGUF file (magic {0:?})")]
+    BadMagic([u8; 4]),
+    #[error("unsupported GGUF version {0} (2 and 3 are supported)")]
+    UnsupportedVersion(u32),
+    #[error("truncated header: {0}")]
+    Truncated(String),
+    #[error("header claims {what} of {claimed}, over the limit of {limit}")]
+    OverLimit {
+        what: &'static str,
+        claimed: u64,
+        limit: u64,
+    },
+    #[error("unknown metadata value type {0}")]
+    UnknownType(u32),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the header of the GGUF file at `path`.
+pub fn read_summary(path: &Path) -> Result<GgufSummary, GgufError> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    read_header(BufReader::with_capacity(256 * 1024, file), len)
+}
+
+struct Cursor<R> {
+    reader: R,
+    remaining: u64,
+}
+
+impl<R: Read> Cursor<R> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        if self.remaining < N as u64 {
+            return Err(GgufError::Truncated(format!(
+                "{N} more bytes needed, {} left",
+                self.remaining
+            )));
+        }
+        let mut buf = [0u8; N];
+        self.reader.read_exact(&mut buf)?;
+        self.remaining -= N as u64;
+        Ok(buf)
+    }
+    fn u32(&mut self) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+    fn u64(&mut self) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    /// Checks a claimed length against a limit and against what is left in the file.
+    fn claim(&self, what: &'static str, claimed: u64, limit: u64) -> Result<(), GgufError> {
+        if claimed > limit {
+            return Err(GgufError::OverLimit {
+                what,
+                claimed,
+                limit,
+            });
+        }
+        if claimed > self.remaining {
+            return Err(GgufError::Truncated(format!(
+                "{what} of {claimed} bytes, {} left",
+                self.remaining
+            )));
+        }
+        Ok(())
+    }
+
+    fn string_len(&mut self, limit: u64) -> Result<u64, GgufError> {
+        let len = self.u64()?;
+        self.claim("a string", len, limit)?;
+        Ok(len)
+    }
+
+    fn string(&mut self, limit: u64) -> Result<Vec<u8>, GgufError> {
+        let len = self.string_len(limit)?;
+        let mut buf = vec![0u8; len as usize];
+        self.reader.read_exact(&mut buf)?;
+        self.remaining -= len;
+        Ok(buf)
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
+        self.claim("skipped data", n, u64::MAX)?;
+        let copied = std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink())?;
+        if copied != n {
+            return Err(GgufError::Truncated("file ended early".into()));
+        }
+        self.remaining -= n;
+        Ok(())
+    }
+}
+
+/// Size of a fixed-width value type, `None` for strings and arrays.
+fn scalar_size(value_type: u32) -> Result<Option<u64>, GgufError> {
+    Ok(match value_type {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        8 | 9 => None,
+        other => return Err(GgufError::UnknownType(other)),
+    })
+}
+
+enum Value {
+    Number(u64),
+    Other,
+}
+
+fn read_scalar<R: Read>(c: &mut Cursor<R>, value_type: u32) -> Result<Value, GgufError> {
+    Ok(match value_type {
+        0 | 7 => Value::Number(c.bytes::<1>()?[0] as u64),
+        1 => Value::Number(i8::from_le_bytes(c.bytes()?).max(0) as u64),
+        2 => Value::Number(u16::from_le_bytes(c.bytes()?) as u64),
+        3 => Value::Number(i16::from_le_bytes(c.bytes()?).max(0) as u64),
+        4 => Value::Number(c.u32()? as u64),
+        5 => Value::Number(i32::from_le_bytes(c.bytes()?).max(0) as u64),
+        6 => {
+            c.bytes::<4>()?;
+            Value::Other
+        }
+        10 => Value::Number(c.u64()?),
+        11 => Value::Number(i64::from_le_bytes(c.bytes()?).max(0) as u64),
+        12 => {
+            c.bytes::<8>()?;
+            Value::Other
+        }
+        other => return Err(GgufError::UnknownType(other)),
+    })
+}
+
+/// Parses a GGUF header from `reader`, a file of `file_len` bytes.
+pub fn read_header<R: Read>(reader: R, file_len: u64) -> Result<GgufSummary, GgufError> {
+    let mut c = Cursor {
+        reader,
+        remaining: file_len,
+    };
+    let magic = c.bytes::<4>()?;
+    if &magic != MAGIC {
+        return Err(GgufError::BadMagic(magic));
+    }
+    let version = c.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::UnsupportedVersion(version));
+    }
+    let tensor_count = c.u64()?;
+    if tensor_count > MAX_TENSOR_COUNT {
+        return Err(GgufError::OverLimit {
+            what: "tensors",
+            claimed: tensor_count,
+            limit: MAX_TENSOR_COUNT,
+        });
+    }
+    let kv_count = c.u64()?;
+    if kv_count > MAX_KV_COUNT {
+        return Err(GgufError::OverLimit {
+            what: "metadata entries",
+            claimed: kv_count,
+            limit: MAX_KV_COUNT,
+        });
+    }
+
+    let mut numbers: HashMap<String, u64> = HashMap::new();
+    let mut texts: HashMap<String, String> = HashMap::new();
+    let mut token_hasher: Option<(Sha256, u64)> = None;
+
+    for _ in 0..kv_count {
+        let key_bytes = c.string(MAX_KEY_BYTES)?;
+        let key = String::from_utf8_lossy(&key_bytes).into_owned();
+        let value_type = c.u32()?;
+        match value_type {
+            8 => {
+                let len = c.string_len(MAX_STRING_BYTES)?;
+                let keep = len <= KEPT_STRING_BYTES
+                    && matches!(
+                        key.as_str(),
+                        "general.architecture" | "general.name" | "tokenizer.ggml.model"
+                    );
+                if keep {
+                    let mut buf = vec![0u8; len as usize];
+                    c.reader.read_exact(&mut buf)?;
+                    c.remaining -= len;
+                    texts.insert(key, String::from_utf8_lossy(&buf).into_owned());
+                } else {
+                    c.skip(len)?;
+                }
+            }
+            9 => {
+                let item_type = c.u32()?;
+                let count = c.u64()?;
+                if count > MAX_ARRAY_LEN {
+                    return Err(GgufError::OverLimit {
+                        what: "array elements",
+                        claimed: count,
+                        limit: MAX_ARRAY_LEN,
+                    });
+                }
+                match scalar_size(item_type)? {
+                    Some(size) => {
+                        let total = count.checked_mul(size).ok_or(GgufError::OverLimit {
+                            what: "array bytes",
+                            claimed: u64::MAX,
+                            limit: c.remaining,
+                        })?;
+                        c.skip(total)?;
+                    }
+                    None if item_type == 8 => {
+                        let hash_tokens = key == "tokenizer.ggml.tokens";
+                        let mut hasher = Sha256::new();
+                        let mut buf = Vec::new();
+                        for _ in 0..count {
+                            let len = c.string_len(MAX_STRING_BYTES)?;
+                            if hash_tokens {
+                                buf.resize(len as usize, 0);
+                                c.reader.read_exact(&mut buf)?;
+                                c.remaining -= len;
+                                hasher.update(len.to_le_bytes());
+                                hasher.update(&buf);
+                            } else {
+                                c.skip(len)?;
+                            }
+                        }
+                        if hash_tokens {
+                            token_hasher = Some((hasher, count));
+                        }
+                    }
+                    None => {
+                        // Arrays of arrays do not occur in llama.cpp models; refuse rather than recurse.
+                        return Err(GgufError::UnknownType(item_type));
+                    }
+                }
+            }
+            _ => {
+                if let Value::Number(n) = read_scalar(&mut c, value_type)? {
+                    numbers.insert(key, n);
+                }
+            }
+        }
+    }
+
+    let mut parameter_count: u64 = 0;
+    for _ in 0..tensor_count {
+        let name_len = c.string_len(MAX_KEY_BYTES)?;
+        c.skip(name_len)?;
+        let dims = c.u32()?;
+        if dims > MAX_DIMS {
+            return Err(GgufError::OverLimit {
+                what: "tensor dimensions",
+                claimed: dims as u64,
+                limit: MAX_DIMS as u64,
+            });
+        }
+        let mut elements: u64 = 1;
+        for _ in 0..dims {
+            elements = elements.saturating_mul(c.u64()?);
+        }
+        let _tensor_type = c.u32()?;
+        let _offset = c.u64()?;
+        parameter_count = parameter_count.saturating_add(elements);
+    }
+
+    let architecture = texts.get("general.architecture").cloned();
+    let arch_number = |suffix: &str| {
+        architecture
+            .as_ref()
+            .and_then(|a| numbers.get(&format!("{a}.{suffix}")).copied())
+    };
+    let tokenizer_model = texts.get("tokenizer.ggml.model").cloned();
+    let (vocab_fingerprint, vocab_size) = match token_hasher {
+        Some((tokens, count)) => {
+            let mut outer = Sha256::new();
+            let model = tokenizer_model.clone().unwrap_or_default();
+            outer.update((model.len() as u64).to_le_bytes());
+            outer.update(model.as_bytes());
+            outer.update(tokens.finalize());
+            (Some(hex::encode(outer.finalize())), Some(count))
+        }
+        None => (None, None),
+    };
+    Ok(GgufSummary {
+        gguf_version: version,
+        architecture: architecture.clone(),
+        name: texts.get("general.name").cloned(),
+        parameter_count,
+        tensor_count,
+        file_type: numbers.get("general.file_type").map(|t| file_type_name(*t)),
+        context_length: arch_number("context_length"),
+        embedding_length: arch_number("embedding_length"),
+        block_count: arch_number("block_count"),
+        expert_count: arch_number("expert_count"),
+        expert_used_count: arch_number("expert_used_count"),
+        tokenizer_model,
+        vocab_size,
+        vocab_fingerprint,
+        split_count: numbers.get("split.count").copied(),
+    })
+}
+
+/// llama.cpp's `llama_ftype` names.
+pub fn file_type_name(file_type: u64) -> String {
+    let name = match file_type {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        other => return format!("type {other}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a tiny GGUF header in memory.
+    pub(crate) fn tiny_gguf(tokens: &[&str], claimed_tokens: Option<u64>) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(b"GGUF");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        out.extend_from_slice(&5u64.to_le_bytes()); // kv
+        string(&mut out, "general.architecture");
+        out.extend_from_slice(&8u32.to_le_bytes());
+        string(&mut out, "llama");
+        string(&mut out, "llama.context_length");
+        out.extend_from_slice(&4u32.to_le_bytes());
+        out.extend_from_slice(&2048u32.to_le_bytes());
+        string(&mut out, "general.file_type");
+        out.extend_from_slice(&4u32.to_le_bytes());
+        out.extend_from_slice(&7u32.to_le_bytes());
+        string(&mut out, "tokenizer.ggml.model");
+        out.extend_from_slice(&8u32.to_le_bytes());
+        string(&mut out, "llama");
+        string(&mut out, "tokenizer.ggml.tokens");
+        out.extend_from_slice(&9u32.to_le_bytes());
+        out.extend_from_slice(&8u32.to_le_bytes());
+        out.extend_from_slice(&claimed_tokens.unwrap_or(tokens.len() as u64).to_le_bytes());
+        for t in tokens {
+            string(&mut out, t);
+        }
+        string(&mut out, "output.weight");
+        out.extend_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&256u64.to_le_bytes());
+        out.extend_from_slice(&32000u64.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn reads_a_small_header() {
+        let bytes = tiny_gguf(&["<s>", "a", "b"], None);
+        let summary = read_header(&bytes[..], bytes.len() as u64).expect("parse");
+        assert_eq!(summary.architecture.as_deref(), Some("llama"));
+        assert_eq!(summary.context_length, Some(2048));
+        assert_eq!(summary.file_type.as_deref(), Some("Q8_0"));
+        assert_eq!(summary.vocab_size, Some(3));
+        assert_eq!(summary.parameter_count, 256 * 32000);
+        let other = tiny_gguf(&["<s>", "a", "c"], None);
+        let other = read_header(&other[..], other.len() as u64).expect("parse");
+        assert_ne!(summary.vocab_fingerprint, other.vocab_fingerprint);
+    }
+
+    #[test]
+    fn lying_lengths_are_errors_not_allocations() {
+        let bytes = tiny_gguf(&["a"], Some(u64::MAX / 2));
+        assert!(matches!(
+            read_header(&bytes[..], bytes.len() as u64),
+            Err(GgufError::OverLimit { .. })
+        ));
+        let bytes = tiny_gguf(&["a"], Some(1 << 27));
+        assert!(read_header(&bytes[..], bytes.len() as u64).is_err());
+        // A key claiming 60 kB in a 100-byte file.
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&(60_000u64).to_le_bytes());
+        bytes.resize(100, 0);
+        assert!(matches!(
+            read_header(&bytes[..], 100),
+            Err(GgufError::Truncated(_))
+        ));
+        for cut in [3, 10, 30, 60] {
+            let full = tiny_gguf(&["a", "b"], None);
+            assert!(
+                read_header(&full[..cut], cut as u64).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            read_header(&b"GGML\0\0\0\0"[..], 8),
+            Err(GgufError::BadMagic(_))
+        ));
+    }
+}

@@ -1,0 +1,16 @@
+//! `tightwad-agent`: one per host. Supervises llama.cpp / vLLM processes, reports the host's
+//! inventory, and moves model files, all under remote control of the coordinator through the
+//! QUIC peer protocol (`tightwad-protocol`).
+
+pub mod config;
+pub mod flags;
+pub mod gguf;
+pub mod gpu;
+pub mod inventory;
+pub mod logbuf;
+pub mod models;
+pub mod readiness;
+pub mod service;
+pub mod supervisor;
+pub mod transfer;
+pub mod versions;

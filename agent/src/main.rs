@@ -1,0 +1,58 @@
+//! `tightwad-agent --config agent.toml`: one per host.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use tightwad_agent::config::AgentConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tightwad-agent",
+    version,
+    about = "Tightwad agent: remote control of this host's llama.cpp / vLLM servers and model files"
+)]
+struct Args {
+    /// Agent config (TOML); defaults apply without one.
+    #[arg(long, env = "TIGHTWAD_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `state_dir` (identity, trust list, logs).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Overrides `listen` (UDP address of the QUIC endpoint).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Join token printed by `tightwad token`: pins the coordinator and lets it enroll this agent.
+    #[arg(long, env = "TIGHTWAD_JOIN_TOKEN")]
+    join: Option<String>,
+    /// Print this agent's certificate fingerprint and exit.
+    #[arg(long)]
+    print_fingerprint: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = AgentConfig::load(args.config.as_deref())?;
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(tightwad_agent::service::run(
+        config,
+        args.join,
+        args.print_fingerprint,
+    ))
+}

@@ -1,0 +1,400 @@
+//! The agent's network service: accepts connections from pinned peers, runs the Hello exchange
+//! (including the enrollment proof), authorises each request by the peer's role and dispatches it
+//! to the supervisor, the inventory, the model folders or a transfer.
+
+use crate::config::AgentConfig;
+use crate::inventory::BinaryCache;
+use crate::models::ModelFolders;
+use crate::supervisor::{Supervisor, SupervisorError};
+use crate::transfer;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Instant;
+use tightwad_protocol::client::{close_code, ClientEndpoint};
+use tightwad_protocol::identity::NodeIdentity;
+use tightwad_protocol::messages::*;
+use tightwad_protocol::server::{handshake, PeerConnection, RequestStream, Server};
+use tightwad_protocol::token::{AgentJoin, JoinToken};
+use tightwad_protocol::trust::{PeerRole, TrustStore};
+use tracing::Instrument;
+
+/// Log lines per frame (keeps frames far below the size limit).
+const LOG_BATCH: usize = 200;
+
+pub struct Agent {
+    config: AgentConfig,
+    identity: NodeIdentity,
+    trust: Arc<TrustStore>,
+    join: AgentJoin,
+    supervisor: Supervisor,
+    models: ModelFolders,
+    binaries: BinaryCache,
+    client: ClientEndpoint,
+    started: Instant,
+}
+
+fn capabilities() -> Vec<Capability> {
+    vec![
+        Capability::Supervisor,
+        Capability::Inventory,
+        Capability::Logs,
+        Capability::Models,
+        Capability::ModelTransfer,
+    ]
+}
+
+/// Runs the agent until SIGINT/SIGTERM; stops its processes on the way out.
+pub async fn run(
+    config: AgentConfig,
+    join: Option<String>,
+    print_fingerprint: bool,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    let identity = NodeIdentity::load_or_create(&config.state_dir, &config.name)
+        .context("loading the agent's identity")?;
+    if print_fingerprint {
+        println!("{}", identity.fingerprint());
+        return Ok(());
+    }
+    let trust = TrustStore::load(&config.state_dir).context("loading pinned peers")?;
+    let join_state = AgentJoin::new(&config.state_dir);
+    if let Some(token) = join {
+        let token: JoinToken = token.parse().context("parsing --join token")?;
+        trust
+            .pin("coordinator", token.coordinator, PeerRole::Coordinator)
+            .context("pinning the coordinator")?;
+        join_state.save(&token).context("saving the join token")?;
+        tracing::info!(coordinator = %token.coordinator, "pinned the coordinator from the join token; waiting for it to connect");
+    }
+    let server = Server::bind(config.listen, &identity, trust.clone())
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let client = ClientEndpoint::new(
+        identity.clone(),
+        Hello::ours(NodeRole::Agent, &config.name, capabilities()),
+    )?;
+    let agent = Arc::new(Agent {
+        supervisor: Supervisor::new(&config),
+        models: ModelFolders::new(config.model_dirs.clone()),
+        binaries: BinaryCache::default(),
+        identity,
+        trust,
+        join: join_state,
+        client,
+        started: Instant::now(),
+        config,
+    });
+    tracing::info!(
+        name = %agent.config.name,
+        listen = %server.local_addr()?,
+        fingerprint = %agent.identity.fingerprint(),
+        "tightwad-agent {} listening (peer protocol v{})",
+        tightwad_protocol::SOFTWARE_VERSION,
+        tightwad_protocol::PROTOCOL_VERSION
+    );
+    for name in Supervisor::names_to_autostart(&agent.config) {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent.supervisor.start(&name, None).await {
+                tracing::error!(process = %name, error = %e, "autostart failed");
+            }
+        });
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            incoming = server.accept() => {
+                let Some(incoming) = incoming else { break };
+                let agent = agent.clone();
+                let span = tracing::info_span!("peer", remote = %incoming.remote_address());
+                tokio::spawn(async move { agent.serve_connection(incoming).await }.instrument(span));
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: stopping supervised processes");
+    agent.supervisor.stop_all().await;
+    server.close();
+    Ok(())
+}
+
+impl Agent {
+    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming) {
+        let peer = match handshake(incoming).await {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a connection");
+                return;
+            }
+        };
+        let Some(pinned) = self.trust.find(&peer.fingerprint()) else {
+            // The verifier already checked this; a pin removed meanwhile ends here.
+            peer.close(close_code::ENROLLMENT_REFUSED, "not pinned");
+            return;
+        };
+        tracing::info!(peer = %pinned.name, role = ?pinned.role, "peer connected");
+        if !self.hello(&peer).await {
+            return;
+        }
+        while let Some(stream) = peer.accept().await {
+            let agent = self.clone();
+            let role = pinned.role;
+            tokio::spawn(async move { agent.serve_request(role, stream).await }.in_current_span());
+        }
+        if let Some(quinn::ConnectionError::ApplicationClosed(close)) = peer.close_reason() {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            if u64::from(close.error_code) == u64::from(close_code::ENROLLMENT_REFUSED) {
+                tracing::error!(peer = %pinned.name, %reason, "the coordinator refused our enrollment (wrong or expired join token?)");
+            } else if u64::from(close.error_code) == u64::from(close_code::INCOMPATIBLE) {
+                tracing::error!(peer = %pinned.name, %reason, "the peer refused our protocol version");
+            }
+        }
+    }
+
+    /// The first stream must carry Hello; answers it with ours and, while a join token from this
+    /// coordinator is pending, the enrollment proof.
+    async fn hello(&self, peer: &PeerConnection) -> bool {
+        let Some(mut stream) = peer.accept().await else {
+            return false;
+        };
+        let theirs = match stream.read_request().await {
+            Ok(Request::Hello(hello)) => hello,
+            Ok(other) => {
+                let _ = stream
+                    .reply_and_finish(&Reply::error(
+                        ErrorKind::BadRequest,
+                        format!("expected hello first, got {}", other.kind()),
+                    ))
+                    .await;
+                peer.close(close_code::PROTOCOL_VIOLATION, "hello first");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable hello");
+                peer.close(close_code::PROTOCOL_VIOLATION, "unreadable hello");
+                return false;
+            }
+        };
+        let ours = Hello::ours(NodeRole::Agent, &self.config.name, capabilities());
+        let negotiated = match ours.negotiate(&theirs) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(peer_software = %theirs.software_version, error = %e, "incompatible peer");
+                let _ = stream
+                    .reply_and_finish(&Reply::error(ErrorKind::IncompatibleVersion, e.to_string()))
+                    .await;
+                peer.close(close_code::INCOMPATIBLE, &e.to_string());
+                return false;
+            }
+        };
+        let join_proof = match self.join.load() {
+            Ok(Some(token)) if token.coordinator == peer.fingerprint() => {
+                Some(token.proof(&self.identity.fingerprint()).to_vec())
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pending join token");
+                None
+            }
+        };
+        let reply = Reply::Hello(HelloReply {
+            hello: ours,
+            negotiated_version: negotiated,
+            join_proof,
+        });
+        stream.reply_and_finish(&reply).await.is_ok()
+    }
+
+    async fn serve_request(self: Arc<Self>, role: PeerRole, mut stream: RequestStream) {
+        let request = match stream.read_request().await {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a request");
+                return;
+            }
+        };
+        let kind = request.kind();
+        let allowed = match role {
+            PeerRole::Coordinator => true,
+            PeerRole::Peer | PeerRole::Agent => matches!(request, Request::ReceiveModel(_)),
+        };
+        if !allowed {
+            let _ = stream
+                .reply_and_finish(&Reply::error(
+                    ErrorKind::Forbidden,
+                    format!("{kind} is reserved to the coordinator"),
+                ))
+                .await;
+            return;
+        }
+        tracing::debug!(request = kind, "request");
+        let result = self.dispatch(request, &mut stream).await;
+        let reply = match result {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                let _ = stream.stream.finish();
+                stream.stream.stopped().await;
+                return;
+            }
+            Err(reply) => {
+                if let Reply::Error(e) = &reply {
+                    tracing::warn!(request = kind, error = %e.message, "request failed");
+                }
+                reply
+            }
+        };
+        let _ = stream.reply_and_finish(&reply).await;
+    }
+
+    /// `Ok(Some(reply))`: one final reply; `Ok(None)`: the handler streamed its replies itself.
+    async fn dispatch(
+        &self,
+        request: Request,
+        stream: &mut RequestStream,
+    ) -> Result<Option<Reply>, Reply> {
+        match request {
+            Request::Hello(_) => Err(Reply::error(
+                ErrorKind::BadRequest,
+                "hello was already exchanged",
+            )),
+            Request::ConfirmEnrollment => {
+                self.join.clear().map_err(internal)?;
+                tracing::info!("enrollment confirmed by the coordinator");
+                Ok(Some(Reply::Ok))
+            }
+            Request::Status => Ok(Some(Reply::Status(Box::new(AgentStatus {
+                node_name: self.config.name.clone(),
+                software_version: tightwad_protocol::SOFTWARE_VERSION.into(),
+                protocol_version: tightwad_protocol::PROTOCOL_VERSION,
+                uptime_secs: self.started.elapsed().as_secs(),
+                processes: self.supervisor.statuses(),
+                inventory: crate::inventory::gather(&self.config, &self.models, &self.binaries)
+                    .await,
+            })))),
+            Request::Inventory => Ok(Some(Reply::Inventory(Box::new(
+                crate::inventory::gather(&self.config, &self.models, &self.binaries).await,
+            )))),
+            Request::StartProcess { name, args } => self
+                .supervisor
+                .start(&name, args)
+                .await
+                .map(|s| Some(Reply::Process(s)))
+                .map_err(supervisor_error),
+            Request::StopProcess { name } => self
+                .supervisor
+                .stop(&name)
+                .await
+                .map(|s| Some(Reply::Process(s)))
+                .map_err(supervisor_error),
+            Request::RestartProcess { name } => self
+                .supervisor
+                .restart(&name)
+                .await
+                .map(|s| Some(Reply::Process(s)))
+                .map_err(supervisor_error),
+            Request::Logs { name, tail, follow } => {
+                let managed = self.supervisor.get(&name).map_err(supervisor_error)?;
+                let (lines, mut receiver) = managed.logs.tail_and_follow(tail as usize);
+                for batch in lines.chunks(LOG_BATCH) {
+                    stream
+                        .reply(&Reply::LogLines(batch.to_vec()))
+                        .await
+                        .map_err(internal)?;
+                }
+                if follow {
+                    loop {
+                        match receiver.recv().await {
+                            Ok(line) => {
+                                if stream.reply(&Reply::LogLines(vec![line])).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                let note = LogLine {
+                                    stream: LogStream::Supervisor,
+                                    line: format!("[{n} lines skipped: reader too slow]"),
+                                };
+                                if stream.reply(&Reply::LogLines(vec![note])).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Request::ListModels => {
+                let models = self.models.clone();
+                let list = tokio::task::spawn_blocking(move || models.list())
+                    .await
+                    .map_err(internal)?;
+                Ok(Some(Reply::Models(list)))
+            }
+            Request::FindModel { file_name } => {
+                let models = self.models.clone();
+                let found = tokio::task::spawn_blocking(move || models.find(&file_name))
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e| Reply::error(ErrorKind::BadRequest, e.to_string()))?;
+                Ok(Some(Reply::Models(found)))
+            }
+            Request::IntroducePeer { name, fingerprint } => {
+                if fingerprint == self.identity.fingerprint() {
+                    return Ok(Some(Reply::Ok));
+                }
+                self.trust
+                    .pin(&name, fingerprint, PeerRole::Peer)
+                    .map_err(internal)?;
+                tracing::info!(peer = %name, %fingerprint, "pinned a peer introduced by the coordinator");
+                Ok(Some(Reply::Ok))
+            }
+            Request::SendModel {
+                file_name,
+                to,
+                max_bytes_per_second,
+            } => transfer::send(
+                &self.models,
+                &self.client,
+                &file_name,
+                &to,
+                max_bytes_per_second,
+                stream,
+            )
+            .await
+            .map(|summary| Some(Reply::TransferDone(summary)))
+            .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string())),
+            Request::ReceiveModel(offer) => {
+                let folder = self.config.receive_dir().ok_or_else(|| {
+                    Reply::error(
+                        ErrorKind::Transfer,
+                        "no model folder configured to receive into",
+                    )
+                })?;
+                transfer::receive(&folder, offer, stream)
+                    .await
+                    .map(|summary| {
+                        tracing::info!(path = %summary.path, bytes = summary.bytes, resumed_from = summary.resumed_from, "model received and verified");
+                        Some(Reply::TransferDone(summary))
+                    })
+                    .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string()))
+            }
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Reply {
+    Reply::error(ErrorKind::Internal, e.to_string())
+}
+
+fn supervisor_error(e: SupervisorError) -> Reply {
+    let kind = match &e {
+        SupervisorError::UnknownProcess(_) | SupervisorError::NoBinary { .. } => {
+            ErrorKind::NotFound
+        }
+        SupervisorError::Flags(_) => ErrorKind::FlagRejected,
+        SupervisorError::Failed { .. } => ErrorKind::ProcessFailed,
+    };
+    Reply::error(kind, e.to_string())
+}

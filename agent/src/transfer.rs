@@ -1,0 +1,380 @@
+//! Model transfers between agents: chunked, resumable, sha256-checked, atomically renamed.
+//!
+//! The sender (asked by the coordinator with `SendModel`) connects to the receiver with its own
+//! identity (the coordinator introduced it there with `IntroducePeer`) and offers the file (name,
+//! size, sha256). The receiver keeps a partial file `.NAME.part` next to a small `.NAME.part.json`
+//! saying which file it belongs to; it answers with how much it already has and the sha256 of
+//! that prefix. The sender checks the prefix against its own file (a corrupt partial file restarts
+//! at zero), then streams 1 MiB chunks, each with its own sha256 so a corrupt chunk is refused
+//! before it is written. When all bytes are there the receiver checks the whole file's sha256 and
+//! only then renames it into place. A transfer cut off (link down, agent restarted) resumes where
+//! the partial file ends.
+
+use crate::models::{destination, ModelFolders};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tightwad_protocol::client::{ClientEndpoint, FramedStream};
+use tightwad_protocol::messages::*;
+use tightwad_protocol::server::RequestStream;
+use tightwad_protocol::trust::ServerExpectation;
+
+pub const CHUNK_BYTES: u32 = 1024 * 1024;
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Path(#[from] crate::models::ModelPathError),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Protocol(#[from] tightwad_protocol::ProtocolError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+    move |source| TransferError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// sha256 of the first `len` bytes of a file (all of it when `len` is `None`).
+pub fn sha256_prefix(path: &Path, len: Option<u64>) -> Result<Sha256, TransferError> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut reader: Box<dyn Read> = match len {
+        Some(n) => Box::new(file.take(n)),
+        None => Box::new(file),
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok(hasher);
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransferError::Refused(format!("worker task failed: {e}")))?
+}
+
+/// Sender side: pushes `file_name` to `to`, reporting progress on `report` (the coordinator's
+/// stream).
+#[tracing::instrument(skip(models, client, report), fields(to = %to.name))]
+pub async fn send(
+    models: &ModelFolders,
+    client: &ClientEndpoint,
+    file_name: &str,
+    to: &PeerAddress,
+    max_bytes_per_second: Option<u64>,
+    report: &mut RequestStream,
+) -> Result<TransferSummary, TransferError> {
+    let started = Instant::now();
+    let path = models.locate(file_name)?;
+    let size = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+    let hash_path = path.clone();
+    let sha256 =
+        blocking(move || Ok(hex::encode(sha256_prefix(&hash_path, None)?.finalize()))).await?;
+    let peer = client
+        .connect(&to.address, ServerExpectation::Pinned(to.fingerprint))
+        .await?;
+    let offer = UploadOffer {
+        file_name: file_name.to_string(),
+        size,
+        sha256: sha256.clone(),
+        chunk_size: CHUNK_BYTES,
+    };
+    let mut upload = peer.open(&Request::ReceiveModel(offer)).await?;
+    let mut offset = match upload.next_reply().await? {
+        Some(Reply::UploadResume {
+            offset,
+            prefix_sha256,
+        }) if offset <= size => {
+            let prefix_path = path.clone();
+            let ours = blocking(move || {
+                Ok(hex::encode(
+                    sha256_prefix(&prefix_path, Some(offset))?.finalize(),
+                ))
+            })
+            .await?;
+            if ours == prefix_sha256 {
+                offset
+            } else {
+                tracing::warn!(
+                    offset,
+                    "receiver's partial file differs from ours: starting over"
+                );
+                0
+            }
+        }
+        Some(other) => {
+            return Err(TransferError::Refused(format!(
+                "unexpected reply {}",
+                other.kind()
+            )))
+        }
+        None => return Err(TransferError::Refused("receiver closed the stream".into())),
+    };
+    let resumed_from = offset;
+    if resumed_from > 0 {
+        tracing::info!(resumed_from, size, "resuming transfer");
+    }
+    let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
+    file.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+    let mut last_progress = Instant::now();
+    let rate_started = Instant::now();
+    let mut sent_this_run: u64 = 0;
+    let mut buf = vec![0u8; CHUNK_BYTES as usize];
+    while offset < size {
+        let want = ((size - offset) as usize).min(buf.len());
+        file.read_exact(&mut buf[..want]).map_err(io_err(&path))?;
+        let data = buf[..want].to_vec();
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        upload
+            .send(&UploadFrame::Chunk {
+                offset,
+                data,
+                sha256: digest,
+            })
+            .await?;
+        offset += want as u64;
+        sent_this_run += want as u64;
+        if let Some(rate) = max_bytes_per_second.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(sent_this_run as f64 / rate as f64);
+            let elapsed = rate_started.elapsed();
+            if due > elapsed {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            report
+                .reply(&Reply::Progress(TransferProgress {
+                    file_name: file_name.to_string(),
+                    bytes_done: offset,
+                    bytes_total: size,
+                    resumed_from,
+                }))
+                .await?;
+        }
+    }
+    upload.send(&UploadFrame::Finish).await?;
+    upload.finish()?;
+    let summary = match upload.next_reply().await? {
+        Some(Reply::TransferDone(summary)) => summary,
+        Some(other) => {
+            return Err(TransferError::Refused(format!(
+                "unexpected reply {}",
+                other.kind()
+            )))
+        }
+        None => {
+            return Err(TransferError::Refused(
+                "receiver closed the stream before confirming".into(),
+            ))
+        }
+    };
+    peer.close(tightwad_protocol::client::close_code::DONE, "transfer done");
+    Ok(TransferSummary {
+        resumed_from,
+        seconds: started.elapsed().as_secs_f64(),
+        ..summary
+    })
+}
+
+/// What a partial file belongs to, so a resume never mixes two different files.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct PartMeta {
+    size: u64,
+    sha256: String,
+}
+
+fn meta_path(part: &Path) -> PathBuf {
+    let mut name = part.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+/// Receiver side: answers `ReceiveModel(offer)` on `stream`.
+#[tracing::instrument(skip(folder, stream), fields(file = %offer.file_name))]
+pub async fn receive(
+    folder: &Path,
+    offer: UploadOffer,
+    stream: &mut RequestStream,
+) -> Result<TransferSummary, TransferError> {
+    let started = Instant::now();
+    let (target, part) = destination(folder, &offer.file_name)?;
+    let meta = PartMeta {
+        size: offer.size,
+        sha256: offer.sha256.clone(),
+    };
+    let meta_file = meta_path(&part);
+    if target.exists() {
+        let check = target.clone();
+        let existing =
+            blocking(move || Ok(hex::encode(sha256_prefix(&check, None)?.finalize()))).await?;
+        if existing != offer.sha256 {
+            return Err(TransferError::Refused(format!(
+                "{} already exists here with other contents; remove it first",
+                target.display()
+            )));
+        }
+    }
+    let same_file = std::fs::read(&meta_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<PartMeta>(&b).ok())
+        .is_some_and(|m| m == meta);
+    let have = if same_file {
+        std::fs::metadata(&part)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .min(offer.size)
+    } else {
+        0
+    };
+    let (mut hasher, mut expected) = if target.exists() {
+        // Already complete: the sender sees a full prefix and sends only Finish.
+        (sha256_prefix(&target, None)?, offer.size)
+    } else {
+        if !same_file {
+            let _ = std::fs::remove_file(&part);
+            let json =
+                serde_json::to_vec(&meta).map_err(|e| TransferError::Refused(e.to_string()))?;
+            std::fs::write(&meta_file, json).map_err(io_err(&meta_file))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(io_err(&part))?;
+        file.set_len(have).map_err(io_err(&part))?;
+        (sha256_prefix(&part, Some(have))?, have)
+    };
+    stream
+        .reply(&Reply::UploadResume {
+            offset: expected,
+            prefix_sha256: hex::encode(hasher.clone().finalize()),
+        })
+        .await?;
+    let mut out: Option<std::fs::File> = None;
+    loop {
+        let frame = stream.stream.recv::<UploadFrame>().await?;
+        match frame {
+            Some(UploadFrame::Chunk {
+                offset,
+                data,
+                sha256,
+            }) => {
+                let actual: [u8; 32] = Sha256::digest(&data).into();
+                if actual != sha256 {
+                    return Err(TransferError::Refused(format!(
+                        "chunk at offset {offset} is corrupt (sha256 mismatch); kept the {expected} bytes before it for a resume"
+                    )));
+                }
+                if offset == 0 && expected != 0 {
+                    // The sender found our partial file wrong and starts over.
+                    expected = 0;
+                    hasher = Sha256::new();
+                    out = None;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&part)
+                        .and_then(|f| f.set_len(0))
+                        .map_err(io_err(&part))?;
+                }
+                if offset != expected || expected + data.len() as u64 > offer.size {
+                    return Err(TransferError::Refused(format!(
+                        "chunk at offset {offset} (+{}) does not continue the file at {expected} of {}",
+                        data.len(),
+                        offer.size
+                    )));
+                }
+                if out.is_none() {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&part)
+                        .map_err(io_err(&part))?;
+                    f.seek(SeekFrom::Start(expected)).map_err(io_err(&part))?;
+                    out = Some(f);
+                }
+                if let Some(f) = out.as_mut() {
+                    f.write_all(&data).map_err(io_err(&part))?;
+                }
+                hasher.update(&data);
+                expected += data.len() as u64;
+            }
+            Some(UploadFrame::Finish) => break,
+            None => {
+                return Err(TransferError::Refused(
+                    "sender ended the stream without finishing".into(),
+                ))
+            }
+        }
+    }
+    if expected != offer.size {
+        return Err(TransferError::Refused(format!(
+            "incomplete: {expected} of {} bytes",
+            offer.size
+        )));
+    }
+    let digest = hex::encode(hasher.finalize());
+    if !target.exists() {
+        if let Some(f) = out.take() {
+            f.sync_all().map_err(io_err(&part))?;
+        }
+        if digest != offer.sha256 {
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_file(&meta_file);
+            return Err(TransferError::Refused(format!(
+                "sha256 of the received file is {digest}, expected {}: discarded",
+                offer.sha256
+            )));
+        }
+        std::fs::rename(&part, &target).map_err(io_err(&target))?;
+        let _ = std::fs::remove_file(&meta_file);
+    }
+    Ok(TransferSummary {
+        file_name: offer.file_name,
+        path: target.display().to_string(),
+        bytes: offer.size,
+        resumed_from: have,
+        sha256: digest,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Reads `Progress` frames until the final result of a `SendModel` (used by the CLI).
+pub async fn follow_send(
+    stream: &mut FramedStream,
+    mut on_progress: impl FnMut(&TransferProgress),
+) -> Result<TransferSummary, tightwad_protocol::ProtocolError> {
+    loop {
+        match stream.next_reply().await? {
+            Some(Reply::Progress(p)) => on_progress(&p),
+            Some(Reply::TransferDone(summary)) => return Ok(summary),
+            Some(other) => {
+                return Err(tightwad_protocol::ProtocolError::UnexpectedReply {
+                    expected: "progress",
+                    got: other.kind().into(),
+                })
+            }
+            None => return Err(tightwad_protocol::ProtocolError::UnexpectedEnd),
+        }
+    }
+}

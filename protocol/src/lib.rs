@@ -1,0 +1,38 @@
+//! The QUIC peer protocol between the coordinator (`tightwad`) and the agents (`tightwad-agent`),
+//! and between agents (model transfers).
+//!
+//! * Transport: QUIC (quinn) with TLS 1.3 (rustls, ring provider installed explicitly).
+//! * Identity: every node has its own key pair and self-signed certificate ([`identity`]).
+//! * Trust: peers are pinned by the sha256 fingerprint of their DER certificate, both ways
+//!   ([`trust`]); new agents are enrolled with a join token ([`token`]).
+//! * Messages: typed serde enums ([`messages`]) in length-prefixed frames with a size limit
+//!   ([`frame`]); one request per bidirectional stream; long results stream several frames.
+//! * APIs: [`client::Client`] for the coordinator (and for an agent pushing a model to another),
+//!   [`server::Server`] for the agent.
+
+pub mod client;
+pub mod error;
+pub mod fingerprint;
+pub mod frame;
+pub mod fsutil;
+pub mod identity;
+pub mod messages;
+pub mod server;
+pub mod tls;
+pub mod token;
+pub mod trust;
+
+pub use error::ProtocolError;
+pub use fingerprint::Fingerprint;
+
+/// Bumped whenever a message changes shape; peers with another major version refuse each other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest peer protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The software version reported in `Hello`.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Default UDP port an agent listens on.
+pub const DEFAULT_AGENT_PORT: u16 = 7420;

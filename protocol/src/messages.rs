@@ -1,0 +1,478 @@
+//! Every message of the peer protocol. Typed enums and structs only: no stringly-typed commands.
+//!
+//! Encoding is postcard (see [`crate::frame`]); enum variants are encoded by index, so new
+//! variants go at the end and a changed shape bumps [`crate::PROTOCOL_VERSION`].
+
+use crate::Fingerprint;
+use serde::{Deserialize, Serialize};
+
+/// Which side of the protocol a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Coordinator,
+    Agent,
+}
+
+/// Optional features a node offers; a peer only uses what both sides list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Supervisor,
+    Inventory,
+    Logs,
+    Models,
+    ModelTransfer,
+}
+
+/// First message on every connection, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub min_protocol_version: u32,
+    pub software_version: String,
+    pub role: NodeRole,
+    pub node_name: String,
+    pub capabilities: Vec<Capability>,
+}
+
+impl Hello {
+    /// This build's Hello.
+    pub fn ours(role: NodeRole, node_name: &str, capabilities: Vec<Capability>) -> Self {
+        Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            min_protocol_version: crate::MIN_PROTOCOL_VERSION,
+            software_version: crate::SOFTWARE_VERSION.to_string(),
+            role,
+            node_name: node_name.to_string(),
+            capabilities,
+        }
+    }
+
+    /// The version both speak, or the error both sides report.
+    pub fn negotiate(&self, theirs: &Hello) -> Result<u32, crate::ProtocolError> {
+        let common = self.protocol_version.min(theirs.protocol_version);
+        if common >= self.min_protocol_version && common >= theirs.min_protocol_version {
+            Ok(common)
+        } else {
+            Err(crate::ProtocolError::IncompatibleVersion {
+                ours: self.protocol_version,
+                ours_min: self.min_protocol_version,
+                theirs: theirs.protocol_version,
+                theirs_min: theirs.min_protocol_version,
+                their_software: theirs.software_version.clone(),
+            })
+        }
+    }
+}
+
+/// The agent's answer to a Hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub hello: Hello,
+    pub negotiated_version: u32,
+    /// Present while the agent holds an unconfirmed join token from this coordinator.
+    pub join_proof: Option<Vec<u8>>,
+}
+
+/// A request: the first frame on a bidirectional stream. One request per stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Hello(Hello),
+    /// The coordinator pinned us: the agent may forget its join secret.
+    ConfirmEnrollment,
+    Status,
+    Inventory,
+    StartProcess {
+        name: String,
+        /// Replaces the configured arguments for this start (validated like them).
+        args: Option<Vec<String>>,
+    },
+    StopProcess {
+        name: String,
+    },
+    RestartProcess {
+        name: String,
+    },
+    /// Replies with `LogLines` frames: the last `tail` lines, then new ones while `follow`.
+    Logs {
+        name: String,
+        tail: u32,
+        follow: bool,
+    },
+    ListModels,
+    FindModel {
+        file_name: String,
+    },
+    /// The coordinator vouches for another agent, which may then push model files here.
+    IntroducePeer {
+        name: String,
+        fingerprint: Fingerprint,
+    },
+    /// Push a model file to another agent; replies with `Progress` frames then `TransferDone`.
+    SendModel {
+        file_name: String,
+        to: PeerAddress,
+        /// Optional rate limit, so a copy does not starve the LAN (and makes tests deterministic).
+        max_bytes_per_second: Option<u64>,
+    },
+    /// Agent to agent: receive a model file. Followed by `UploadFrame`s from the sender.
+    ReceiveModel(UploadOffer),
+}
+
+impl Request {
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::ConfirmEnrollment => "confirm_enrollment",
+            Request::Status => "status",
+            Request::Inventory => "inventory",
+            Request::StartProcess { .. } => "start_process",
+            Request::StopProcess { .. } => "stop_process",
+            Request::RestartProcess { .. } => "restart_process",
+            Request::Logs { .. } => "logs",
+            Request::ListModels => "list_models",
+            Request::FindModel { .. } => "find_model",
+            Request::IntroducePeer { .. } => "introduce_peer",
+            Request::SendModel { .. } => "send_model",
+            Request::ReceiveModel(_) => "receive_model",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddress {
+    pub name: String,
+    pub address: String,
+    pub fingerprint: Fingerprint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadOffer {
+    pub file_name: String,
+    pub size: u64,
+    /// sha256 of the whole file, hex.
+    pub sha256: String,
+    pub chunk_size: u32,
+}
+
+/// Frames the sender writes after `ReceiveModel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UploadFrame {
+    Chunk {
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// sha256 of `data`: a corrupt chunk is caught before it is written.
+        sha256: [u8; 32],
+    },
+    /// All chunks sent; the receiver verifies the whole file and renames it into place.
+    Finish,
+}
+
+/// A reply frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Hello(HelloReply),
+    Ok,
+    Status(Box<AgentStatus>),
+    Inventory(Box<Inventory>),
+    Process(ProcessStatus),
+    LogLines(Vec<LogLine>),
+    Models(Vec<ModelFile>),
+    /// The receiver already has `offset` bytes whose sha256 is `prefix_sha256` (hex).
+    UploadResume {
+        offset: u64,
+        prefix_sha256: String,
+    },
+    Progress(TransferProgress),
+    TransferDone(TransferSummary),
+    Error(RemoteError),
+}
+
+impl Reply {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Hello(_) => "hello",
+            Reply::Ok => "ok",
+            Reply::Status(_) => "status",
+            Reply::Inventory(_) => "inventory",
+            Reply::Process(_) => "process",
+            Reply::LogLines(_) => "log_lines",
+            Reply::Models(_) => "models",
+            Reply::UploadResume { .. } => "upload_resume",
+            Reply::Progress(_) => "progress",
+            Reply::TransferDone(_) => "transfer_done",
+            Reply::Error(_) => "error",
+        }
+    }
+
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Reply::Error(RemoteError {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    Forbidden,
+    IncompatibleVersion,
+    EnrollmentRefused,
+    FlagRejected,
+    ProcessFailed,
+    Transfer,
+    FrameTooLarge,
+    Malformed,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node_name: String,
+    pub software_version: String,
+    pub protocol_version: u32,
+    pub uptime_secs: u64,
+    pub processes: Vec<ProcessStatus>,
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessKind {
+    LlamaServer,
+    RpcServer,
+    Vllm,
+}
+
+impl std::fmt::Display for ProcessKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProcessKind::LlamaServer => "llama-server",
+            ProcessKind::RpcServer => "rpc-server",
+            ProcessKind::Vllm => "vllm",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Stopped,
+    Starting,
+    Ready,
+    /// Crashed; waiting out the back-off before the next start.
+    BackingOff,
+    /// Gave up (readiness timeout, refused flags, binary missing).
+    Failed,
+    Stopping,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub name: String,
+    pub kind: ProcessKind,
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub uptime_secs: Option<u64>,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    Supervisor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    pub host: HostInfo,
+    pub gpus: Vec<Gpu>,
+    /// Why no GPU was found, or which probe failed (no nvidia-smi, ...).
+    pub gpu_notes: Vec<String>,
+    pub binaries: Vec<BinaryInfo>,
+    pub vllm_version: Option<String>,
+    pub model_folders: Vec<ModelFolder>,
+    pub models: Vec<ModelFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub os: String,
+    pub cpu_brand: String,
+    pub cpu_cores: u32,
+    pub ram_total_bytes: u64,
+    pub ram_available_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuVendor {
+    Nvidia,
+    Amd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub vendor: GpuVendor,
+    pub index: u32,
+    pub name: String,
+    pub memory_total_mib: u64,
+    pub memory_used_mib: Option<u64>,
+    pub driver: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlamaBuild {
+    /// `8111` of `version: 8111 (abc1234)`, `1` of `version: 0.5.0-dev (build 1, commit ...)`.
+    pub build_number: Option<u64>,
+    /// `0.5.0-dev` for builds that carry a semantic version.
+    pub version: Option<String>,
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryInfo {
+    pub kind: ProcessKind,
+    pub path: String,
+    pub build: Option<LlamaBuild>,
+    /// rpc-server wire protocol, e.g. `7.0.0`.
+    pub rpc_protocol: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFolder {
+    pub path: String,
+    pub exists: bool,
+    pub disk_total_bytes: Option<u64>,
+    pub disk_available_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub file_name: String,
+    pub path: String,
+    pub folder: String,
+    pub size_bytes: u64,
+    pub gguf: Option<GgufSummary>,
+    /// Why the header could not be read.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GgufSummary {
+    pub gguf_version: u32,
+    pub architecture: Option<String>,
+    pub name: Option<String>,
+    pub parameter_count: u64,
+    pub tensor_count: u64,
+    pub file_type: Option<String>,
+    pub context_length: Option<u64>,
+    pub embedding_length: Option<u64>,
+    pub block_count: Option<u64>,
+    pub expert_count: Option<u64>,
+    pub expert_used_count: Option<u64>,
+    pub tokenizer_model: Option<String>,
+    pub vocab_size: Option<u64>,
+    /// sha256 over the tokenizer model name and the token list: equal fingerprints mean a draft
+    /// and a target tokenize identically.
+    pub vocab_fingerprint: Option<String>,
+    pub split_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    pub file_name: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub resumed_from: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferSummary {
+    pub file_name: String,
+    /// Where the file now lives on the receiver.
+    pub path: String,
+    pub bytes: u64,
+    pub resumed_from: u64,
+    pub sha256: String,
+    pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u32, min: u32) -> Hello {
+        Hello {
+            protocol_version: version,
+            min_protocol_version: min,
+            software_version: "x".into(),
+            role: NodeRole::Agent,
+            node_name: "n".into(),
+            capabilities: vec![],
+        }
+    }
+
+    #[test]
+    fn negotiation_picks_common_version_or_refuses() {
+        assert_eq!(hello(3, 1).negotiate(&hello(2, 2)).expect("compatible"), 2);
+        assert!(hello(1, 1).negotiate(&hello(3, 2)).is_err());
+        assert!(hello(3, 2).negotiate(&hello(1, 1)).is_err());
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        let replies = vec![
+            Reply::Ok,
+            Reply::error(ErrorKind::NotFound, "nope"),
+            Reply::Status(Box::new(AgentStatus {
+                node_name: "a".into(),
+                software_version: "0".into(),
+                protocol_version: 1,
+                uptime_secs: 3,
+                processes: vec![],
+                inventory: Inventory::default(),
+            })),
+            Reply::UploadResume {
+                offset: 7,
+                prefix_sha256: "ab".into(),
+            },
+        ];
+        for reply in replies {
+            let frame = crate::frame::encode(&reply).expect("encode");
+            let back: Reply = crate::frame::decode(&frame[4..]).expect("decode");
+            assert_eq!(back, reply);
+        }
+    }
+}
