@@ -20,20 +20,32 @@ impl HelpFlags {
     /// Collects flags from option lines (`-np,   --parallel N   ...`, argparse's
     /// `--max-model-len MAX_MODEL_LEN, --max_model_len MAX_MODEL_LEN`).
     pub fn parse(help: &str) -> Self {
-        let mut flags = HashMap::new();
+        let mut flags: HashMap<String, String> = HashMap::new();
+        // Flags of the option line being read, so its wrapped description lines attach to it.
+        let mut current: Vec<String> = Vec::new();
         for line in help.lines() {
             let trimmed = line.trim_start();
             if !trimmed.starts_with('-') {
+                if !trimmed.is_empty() && line.starts_with(' ') {
+                    for flag in &current {
+                        if let Some(text) = flags.get_mut(flag) {
+                            text.push(' ');
+                            text.push_str(trimmed.trim_end());
+                        }
+                    }
+                } else {
+                    current.clear();
+                }
                 continue;
             }
+            current.clear();
             for token in trimmed.split_whitespace() {
                 let bare = token.trim_end_matches(',');
                 if bare.starts_with('-') && bare.len() > 1 && !is_number(bare) {
                     let name = bare.split(['=', '[', '<']).next().unwrap_or(bare);
-                    if is_flag_name(name) {
-                        flags
-                            .entry(name.to_string())
-                            .or_insert_with(|| trimmed.trim_end().to_string());
+                    if is_flag_name(name) && !flags.contains_key(name) {
+                        flags.insert(name.to_string(), trimmed.trim_end().to_string());
+                        current.push(name.to_string());
                     }
                 } else if !token.ends_with(',') {
                     // A value placeholder ends the option list, unless a comma says another
@@ -49,6 +61,15 @@ impl HelpFlags {
         self.flags.contains_key(flag)
     }
 
+    /// The help text of a flag the binary still lists only to say it was removed (llama.cpp
+    /// keeps `--draft-max` in its help as "the argument has been removed").
+    pub fn removed(&self, flag: &str) -> Option<&str> {
+        self.flags
+            .get(flag)
+            .map(String::as_str)
+            .filter(|text| text.to_ascii_lowercase().contains("has been removed"))
+    }
+
     pub fn len(&self) -> usize {
         self.flags.len()
     }
@@ -62,6 +83,9 @@ impl HelpFlags {
         let bare = unknown.trim_start_matches('-');
         let mut best: Option<(usize, &str, &str)> = None;
         for (flag, line) in &self.flags {
+            if self.removed(flag).is_some() {
+                continue;
+            }
             let distance = if flag.trim_start_matches('-') == bare {
                 0
             } else {
@@ -79,9 +103,16 @@ impl HelpFlags {
 
 /// `-x`, `--long-name`, `--snake_case`: one or two dashes, then a letter or digit.
 fn is_flag_name(name: &str) -> bool {
-    let body = name.strip_prefix("--").or_else(|| name.strip_prefix('-')).unwrap_or("");
-    body.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && body.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    let body = name
+        .strip_prefix("--")
+        .or_else(|| name.strip_prefix('-'))
+        .unwrap_or("");
+    body.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_number(token: &str) -> bool {
@@ -123,6 +154,12 @@ pub enum FlagError {
         flag: String,
         hint: String,
     },
+    #[error("{binary} no longer accepts {flag:?}; its help says: \"{help}\"")]
+    Removed {
+        binary: String,
+        flag: String,
+        help: String,
+    },
     #[error("could not run `{binary} --help` to check the arguments: {reason}")]
     HelpUnavailable { binary: String, reason: String },
 }
@@ -130,6 +167,13 @@ pub enum FlagError {
 /// Validates `args` for `binary`; the error quotes the binary and its own help line.
 pub fn check(binary: &Path, help: &HelpFlags, args: &[String]) -> Result<(), FlagError> {
     for flag in flags_in(args) {
+        if let Some(text) = help.removed(&flag) {
+            return Err(FlagError::Removed {
+                binary: binary.display().to_string(),
+                flag,
+                help: text.split_whitespace().collect::<Vec<_>>().join(" "),
+            });
+        }
         if help.contains(&flag) {
             continue;
         }
@@ -226,6 +270,8 @@ mod tests {
 -np,   --parallel N                     number of parallel sequences to decode (default: 1)
 -m,    --model FNAME                    model path to load
 --spec-draft-n-max N                    number of tokens to draft
+--draft, --draft-n, --draft-max N       the argument has been removed. use --spec-draft-n-max or
+                                        --spec-draft-n-min
 --mmap, --no-mmap                       whether to memory-map model
 -dev,  --device <dev1,dev2,..>          comma-separated list of devices
 ";
@@ -287,6 +333,11 @@ mod tests {
         .collect();
         check(Path::new("llama-server"), &help, &ok).expect("valid");
         let old: Vec<String> = vec!["--draft-max".into(), "8".into()];
-        assert!(check(Path::new("llama-server"), &help, &old).is_err());
+        let err = check(Path::new("llama-server"), &help, &old).expect_err("removed flag");
+        assert!(
+            err.to_string()
+                .contains("use --spec-draft-n-max or --spec-draft-n-min"),
+            "{err}"
+        );
     }
 }

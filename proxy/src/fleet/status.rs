@@ -1,0 +1,261 @@
+//! `tightwad status` and `tightwad models list`: ask every host at once, then render a table for
+//! people or JSON for scripts.
+
+use super::config::HostEntry;
+use super::session::Fleet;
+use serde::Serialize;
+use std::fmt::Write;
+use tightwad_protocol::messages::{AgentStatus, ModelFile};
+
+#[derive(Debug, Serialize)]
+pub struct HostReport {
+    pub name: String,
+    pub address: String,
+    pub reachable: bool,
+    pub fingerprint: Option<String>,
+    pub error: Option<String>,
+    pub status: Option<AgentStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostModels {
+    pub name: String,
+    pub error: Option<String>,
+    pub models: Vec<ModelFile>,
+}
+
+fn selected<'a>(fleet: &'a Fleet, only: Option<&str>) -> anyhow::Result<Vec<&'a HostEntry>> {
+    match only {
+        Some(name) => Ok(vec![fleet.config.host(name)?]),
+        None => {
+            anyhow::ensure!(!fleet.config.hosts.is_empty(), "no [[hosts]] in the config");
+            Ok(fleet.config.hosts.iter().collect())
+        }
+    }
+}
+
+/// Every selected host's status, in config order; unreachable hosts carry their error.
+pub async fn collect(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<HostReport>> {
+    let hosts = selected(fleet, only)?;
+    let reports = futures::future::join_all(hosts.into_iter().map(|host| async move {
+        let result = async {
+            let client = fleet.connect(host).await?;
+            let status = client.status().await?;
+            anyhow::Ok((client.peer_fingerprint().to_string(), status))
+        }
+        .await;
+        match result {
+            Ok((fingerprint, status)) => HostReport {
+                name: host.name.clone(),
+                address: host.address.clone(),
+                reachable: true,
+                fingerprint: Some(fingerprint),
+                error: None,
+                status: Some(status),
+            },
+            Err(e) => HostReport {
+                name: host.name.clone(),
+                address: host.address.clone(),
+                reachable: false,
+                fingerprint: None,
+                error: Some(format!("{e:#}")),
+                status: None,
+            },
+        }
+    }))
+    .await;
+    Ok(reports)
+}
+
+pub async fn collect_models(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<HostModels>> {
+    let hosts = selected(fleet, only)?;
+    Ok(
+        futures::future::join_all(hosts.into_iter().map(|host| async move {
+            let result = async {
+                let client = fleet.connect(host).await?;
+                anyhow::Ok(client.list_models().await?)
+            }
+            .await;
+            match result {
+                Ok(models) => HostModels {
+                    name: host.name.clone(),
+                    error: None,
+                    models,
+                },
+                Err(e) => HostModels {
+                    name: host.name.clone(),
+                    error: Some(format!("{e:#}")),
+                    models: Vec::new(),
+                },
+            }
+        }))
+        .await,
+    )
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+pub fn render(reports: &[HostReport]) -> String {
+    let mut out = String::new();
+    for report in reports {
+        let Some(status) = &report.status else {
+            let _ = writeln!(
+                out,
+                "{} ({}): UNREACHABLE: {}\n",
+                report.name,
+                report.address,
+                report.error.as_deref().unwrap_or("?")
+            );
+            continue;
+        };
+        let inv = &status.inventory;
+        let _ = writeln!(
+            out,
+            "{} ({}): up {}s, agent {} (protocol v{}), {} cores, RAM {} free of {}",
+            report.name,
+            report.address,
+            status.uptime_secs,
+            status.software_version,
+            status.protocol_version,
+            inv.host.cpu_cores,
+            gib(inv.host.ram_available_bytes),
+            gib(inv.host.ram_total_bytes)
+        );
+        if inv.gpus.is_empty() {
+            let _ = writeln!(
+                out,
+                "  gpus: none ({})",
+                inv.gpu_notes.last().map(String::as_str).unwrap_or("")
+            );
+        }
+        for gpu in &inv.gpus {
+            let _ = writeln!(
+                out,
+                "  gpu {}: {} {} MiB",
+                gpu.index, gpu.name, gpu.memory_total_mib
+            );
+        }
+        for binary in &inv.binaries {
+            let version = match (&binary.build, &binary.rpc_protocol) {
+                (Some(b), _) => format!(
+                    "build {} {} {}",
+                    b.build_number
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    b.version.as_deref().unwrap_or(""),
+                    b.commit.as_deref().unwrap_or("")
+                ),
+                (None, Some(rpc)) => format!("RPC protocol v{rpc}"),
+                _ => binary.error.clone().unwrap_or_default(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: {} ({})",
+                binary.kind,
+                version.split_whitespace().collect::<Vec<_>>().join(" "),
+                binary.path
+            );
+        }
+        if let Some(v) = &inv.vllm_version {
+            let _ = writeln!(out, "  vllm: {v}");
+        }
+        if !status.processes.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<13} {:<11} {:>7} {:>6} {:>8} {:>8}",
+                "PROCESS", "KIND", "STATE", "PID", "PORT", "UPTIME", "RESTARTS"
+            );
+            for p in &status.processes {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} {:<13} {:<11} {:>7} {:>6} {:>8} {:>8}",
+                    p.name,
+                    p.kind.to_string(),
+                    format!("{:?}", p.state).to_lowercase(),
+                    p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                    p.port.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                    p.uptime_secs
+                        .map(|x| format!("{x}s"))
+                        .unwrap_or_else(|| "-".into()),
+                    p.restarts
+                );
+                if let Some(e) = &p.last_error {
+                    let _ = writeln!(out, "    last error: {}", e.lines().next().unwrap_or(""));
+                }
+            }
+        }
+        let _ = write!(out, "{}", models_table(&inv.models, "  "));
+        let _ = writeln!(out);
+    }
+    out
+}
+
+fn models_table(models: &[ModelFile], indent: &str) -> String {
+    let mut out = String::new();
+    if models.is_empty() {
+        let _ = writeln!(out, "{indent}models: none");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{indent}{:<32} {:>9} {:<8} {:>8} {:<9} {:>6} {:>7} {:<16}",
+        "MODEL", "SIZE", "ARCH", "PARAMS", "QUANT", "CTX", "EXPERTS", "VOCAB"
+    );
+    for m in models {
+        match &m.gguf {
+            Some(g) => {
+                let _ = writeln!(
+                    out,
+                    "{indent}{:<32} {:>9} {:<8} {:>7.0}M {:<9} {:>6} {:>7} {:<16}",
+                    m.file_name,
+                    mib(m.size_bytes),
+                    g.architecture.as_deref().unwrap_or("?"),
+                    g.parameter_count as f64 / 1e6,
+                    g.file_type.as_deref().unwrap_or("?"),
+                    g.context_length
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    g.expert_count
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    g.vocab_fingerprint
+                        .as_deref()
+                        .map(|v| &v[..v.len().min(16)])
+                        .unwrap_or("-")
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{indent}{:<32} {:>9} {}",
+                    m.file_name,
+                    mib(m.size_bytes),
+                    m.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn render_models(reports: &[HostModels]) -> String {
+    let mut out = String::new();
+    for report in reports {
+        match &report.error {
+            Some(e) => {
+                let _ = writeln!(out, "{}: UNREACHABLE: {e}", report.name);
+            }
+            None => {
+                let _ = writeln!(out, "{}:", report.name);
+                out.push_str(&models_table(&report.models, "  "));
+            }
+        }
+    }
+    out
+}
