@@ -226,31 +226,47 @@ impl Client {
 
     /// Opens a stream for `request` without finishing our side (streams, uploads).
     pub async fn open(&self, request: &Request) -> Result<FramedStream, ProtocolError> {
+        let mut stream = self.open_stream().await?;
+        stream
+            .send(request)
+            .await
+            .map_err(|e| self.explain(e))?;
+        Ok(stream)
+    }
+
+    /// A stream error on a connection the peer closed says only "connection lost"; the close
+    /// reason (certificate refused, enrollment refused, ...) is what the user needs.
+    fn explain(&self, error: ProtocolError) -> ProtocolError {
+        match error {
+            ProtocolError::Read(_) | ProtocolError::Write(_) | ProtocolError::Closed(_) | ProtocolError::UnexpectedEnd => {
+                match self.connection.close_reason() {
+                    Some(reason) => describe_connection_error(&self.address, reason),
+                    None => error,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Opens a bare stream (diagnostics and tests send raw bytes on it).
+    pub async fn open_stream(&self) -> Result<FramedStream, ProtocolError> {
         let (send, recv) = self
             .connection
             .open_bi()
             .await
             .map_err(|e| describe_connection_error(&self.address, e))?;
-        let mut stream = FramedStream { send, recv };
-        stream.send(request).await?;
-        Ok(stream)
+        Ok(FramedStream { send, recv })
     }
 
     /// One request, one reply. A `Reply::Error` becomes `ProtocolError::Remote`.
     pub async fn call(&self, request: &Request) -> Result<Reply, ProtocolError> {
         let mut stream = self.open(request).await?;
-        stream.finish()?;
+        stream.finish().map_err(|e| self.explain(e))?;
         match stream.recv::<Reply>().await {
             Ok(Some(Reply::Error(e))) => Err(ProtocolError::Remote(e.to_string())),
             Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(ProtocolError::UnexpectedEnd),
-            Err(ProtocolError::Read(_)) | Err(ProtocolError::Write(_)) => {
-                match self.connection.close_reason() {
-                    Some(reason) => Err(describe_connection_error(&self.address, reason)),
-                    None => Err(ProtocolError::UnexpectedEnd),
-                }
-            }
-            Err(e) => Err(e),
+            Ok(None) => Err(self.explain(ProtocolError::UnexpectedEnd)),
+            Err(e) => Err(self.explain(e)),
         }
     }
 
@@ -404,6 +420,12 @@ pub struct FramedStream {
 impl FramedStream {
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ProtocolError> {
         write_frame(&mut self.send, message).await
+    }
+
+    /// Writes bytes as they are, framing or not (diagnostics and protocol tests).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        self.send.write_all(bytes).await?;
+        Ok(())
     }
 
     /// The next frame, `None` when the peer finished its side.
