@@ -227,10 +227,7 @@ impl Client {
     /// Opens a stream for `request` without finishing our side (streams, uploads).
     pub async fn open(&self, request: &Request) -> Result<FramedStream, ProtocolError> {
         let mut stream = self.open_stream().await?;
-        stream
-            .send(request)
-            .await
-            .map_err(|e| self.explain(e))?;
+        stream.send(request).await.map_err(|e| self.explain(e))?;
         Ok(stream)
     }
 
@@ -238,12 +235,13 @@ impl Client {
     /// reason (certificate refused, enrollment refused, ...) is what the user needs.
     fn explain(&self, error: ProtocolError) -> ProtocolError {
         match error {
-            ProtocolError::Read(_) | ProtocolError::Write(_) | ProtocolError::Closed(_) | ProtocolError::UnexpectedEnd => {
-                match self.connection.close_reason() {
-                    Some(reason) => describe_connection_error(&self.address, reason),
-                    None => error,
-                }
-            }
+            ProtocolError::Read(_)
+            | ProtocolError::Write(_)
+            | ProtocolError::Closed(_)
+            | ProtocolError::UnexpectedEnd => match self.connection.close_reason() {
+                Some(reason) => describe_connection_error(&self.address, reason),
+                None => error,
+            },
             other => other,
         }
     }
