@@ -111,6 +111,20 @@ def random_weights(shape: Shape, n_vocab: int, rng: np.random.Generator) -> dict
     return w
 
 
+def silence_non_text_tokens(weights: dict[str, np.ndarray], vocab: GGUFReader) -> None:
+    """Zero the output rows of control, unknown and byte-fallback tokens so greedy text never holds
+    them: a random model would otherwise emit lone UTF-8 lead bytes (llama-server then drops that
+    token's probabilities, and exactness tests lose their per-position reference). Real models still
+    exercise those paths; these controlled models keep the comparisons aligned."""
+    types = vocab.fields.get("tokenizer.ggml.token_type")
+    if types is None:
+        return
+    kinds = np.array(types.contents())
+    normal = int(gguf.TokenType.NORMAL)
+    out = weights["output.weight"]
+    out[kinds[: out.shape[0]] != normal] = 0.0
+
+
 def add_noise(weights: dict[str, np.ndarray], eps: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-tensor Gaussian noise of eps times the tensor's own scale (norm vectors left alone)."""
     out = {}
@@ -164,11 +178,13 @@ def generate_test_models(vocab_dir: str, llama_quantize: str, out: str) -> None:
     # The controlled pair the exactness tests run on: 4 x 256, F32, ~80 MB, hundreds of tok/s on a core.
     small = Shape(layers=4, embd=256, ff=768, heads=4, kv_heads=4, ctx=4096)
     target = random_weights(small, n_spm, np.random.default_rng(1))
+    silence_non_text_tokens(target, spm)
     write_llama(os.path.join(out, "target.gguf"), "tightwad-test-target", small, target, spm)
     write_llama(os.path.join(out, "draft-identical.gguf"), "tightwad-test-target", small, target, spm)
     draft = add_noise(target, eps=0.03, rng=np.random.default_rng(2))
     write_llama(os.path.join(out, "draft.gguf"), "tightwad-test-draft", small, draft, spm)
     other = random_weights(small, n_gpt2, np.random.default_rng(3))
+    silence_non_text_tokens(other, gpt2)
     write_llama(os.path.join(out, "draft-othervocab.gguf"), "tightwad-test-othervocab", small, other, gpt2)
     print(f"test models: target/draft/draft-identical ({n_spm} tokens), draft-othervocab ({n_gpt2} tokens)")
 
@@ -176,6 +192,7 @@ def generate_test_models(vocab_dir: str, llama_quantize: str, out: str) -> None:
     # Draft = 2 real layers; target = those 2 layers + 10 near-identity layers (outputs scaled by DELTA).
     wide = Shape(layers=2, embd=512, ff=1536, heads=8, kv_heads=8, ctx=4096)
     base = random_weights(wide, n_spm, np.random.default_rng(4))
+    silence_non_text_tokens(base, spm)
     delta, extra = 0.05, 10
     slow = dict(base)
     filler = random_weights(Shape(extra, wide.embd, wide.ff, wide.heads, wide.kv_heads, wide.ctx), n_spm,

@@ -370,6 +370,17 @@ impl LlamaServer {
         Ok(r.tokens)
     }
 
+    /// The text of several tokens together (special tokens rendered as text).
+    pub async fn detokenize(&self, tokens: &[TokenId]) -> Result<String, BackendError> {
+        let v: Value = self
+            .post_json("/detokenize", &json!({ "tokens": tokens }))
+            .await?;
+        Ok(v.get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// Render chat messages with the server's own chat template (so the template is the target's).
     pub async fn apply_template(&self, messages: &Value) -> Result<String, BackendError> {
         let v: Value = self

@@ -442,12 +442,18 @@ impl Pairing {
                 run.accepted += n_accepted;
                 let mut text = String::new();
                 for c in &choices[..=n_accepted] {
-                    text.push_str(&run.out.push(c.id, &c.bytes, c.end_of_generation));
+                    text.push_str(&run.out.push(c.id, c.bytes.as_deref(), c.end_of_generation));
                     run.ctx.push(c.id);
                     if run.out.finish.is_some() {
                         break;
                     }
                 }
+                text.push_str(
+                    &self
+                        .resolve_text(&mut run.out, false)
+                        .await
+                        .map_err(|e| SpeculationStop::Fatal(e.into()))?,
+                );
                 if !text.is_empty() && tx.send(Delta { text }).await.is_err() {
                     return Err(SpeculationStop::Fatal(EngineError::ClientGone));
                 }
@@ -466,6 +472,13 @@ impl Pairing {
         run: &mut Run,
         tx: &mpsc::Sender<Delta>,
     ) -> Result<(), EngineError> {
+        let pending = self.resolve_text(&mut run.out, true).await?;
+        if !pending.is_empty() && tx.send(Delta { text: pending }).await.is_err() {
+            return Err(EngineError::ClientGone);
+        }
+        if run.out.finish.is_some() {
+            return Ok(());
+        }
         let remaining = run.out.remaining();
         let mut events = std::pin::pin!(self.target.stream(&run.ctx, remaining, sampling).await?);
         let mut decoded_before = 0usize;
@@ -507,6 +520,22 @@ impl Pairing {
     }
 }
 
+impl Pairing {
+    /// Fetch the text of tokens whose bytes the target did not report, once it is a whole
+    /// character (or `force`d, or the output is finished, or the wait grew long).
+    async fn resolve_text(&self, out: &mut Output, force: bool) -> Result<String, BackendError> {
+        if out.unresolved().is_empty() {
+            return Ok(String::new());
+        }
+        let text = self.target.detokenize(out.unresolved()).await?;
+        let incomplete = text.ends_with('\u{FFFD}');
+        if incomplete && !force && out.finish.is_none() && out.unresolved().len() < 8 {
+            return Ok(String::new());
+        }
+        Ok(out.resolve(&text))
+    }
+}
+
 /// Why the rounds stopped before the output was finished.
 enum SpeculationStop {
     /// The draft failed: continue target-only.
@@ -524,30 +553,37 @@ fn choose(
     info: &PairingInfo,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<Choice, BackendError> {
-    let sampled =
-        result
-            .completion_probabilities
+    let server_eos = result.stop_type == "eos";
+    let Some(sampled) = result.completion_probabilities.first() else {
+        // No details for this token (its text ends mid-character): its id is all there is.
+        let id = *result
+            .tokens
             .first()
             .ok_or_else(|| BackendError::Malformed {
                 server: "target",
                 path: "/completion".into(),
                 detail: "a verification result without its sampled token".into(),
             })?;
-    let server_eos = result.stop_type == "eos";
+        return Ok(Choice {
+            id,
+            bytes: None,
+            end_of_generation: server_eos || info.end_of_generation.contains(&id),
+        });
+    };
     if !sampling.is_greedy() {
         if let Some(c) = verify::sample(&sampled.top_probs, rng) {
             let end_of_generation =
                 info.end_of_generation.contains(&c.id) || (c.id == sampled.id && server_eos);
             return Ok(Choice {
                 id: c.id,
-                bytes: c.bytes.clone(),
+                bytes: Some(c.bytes.clone()),
                 end_of_generation,
             });
         }
     }
     Ok(Choice {
         id: sampled.id,
-        bytes: sampled.bytes.clone(),
+        bytes: Some(sampled.bytes.clone()),
         end_of_generation: server_eos || info.end_of_generation.contains(&sampled.id),
     })
 }

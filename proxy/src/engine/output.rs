@@ -152,6 +152,8 @@ pub struct Output {
     tokens: Vec<TokenId>,
     count: usize,
     ids_complete: bool,
+    /// Tokens counted but whose text is not known yet (see [`Output::push`]).
+    unresolved: Vec<TokenId>,
     pub finish: Option<FinishReason>,
 }
 
@@ -164,6 +166,7 @@ impl Output {
             tokens: Vec::new(),
             count: 0,
             ids_complete: true,
+            unresolved: Vec::new(),
             finish: if max_tokens == 0 {
                 Some(FinishReason::Length)
             } else {
@@ -181,7 +184,16 @@ impl Output {
     }
 
     /// Add one token the target chose. Returns the text to show now. After it, check `finish`.
-    pub fn push(&mut self, id: TokenId, bytes: &[u8], is_end_of_generation: bool) -> String {
+    ///
+    /// `bytes` is `None` when the server did not report them (llama-server leaves out the details of
+    /// a token whose text ends inside a UTF-8 character). Such a token, and every token after it
+    /// until [`Output::resolve`] supplies their text, is counted but held back.
+    pub fn push(
+        &mut self,
+        id: TokenId,
+        bytes: Option<&[u8]>,
+        is_end_of_generation: bool,
+    ) -> String {
         if self.finish.is_some() {
             return String::new();
         }
@@ -189,11 +201,21 @@ impl Output {
         self.count += 1;
         if is_end_of_generation {
             self.finish = Some(FinishReason::Stop);
-            let tail = self.decoder.finish();
-            let mut text = self.stops.push(&tail).emit;
-            text.push_str(&self.stops.finish());
-            return text;
+            if !self.unresolved.is_empty() {
+                return String::new();
+            }
+            return self.flush();
         }
+        let bytes = match bytes {
+            Some(b) if self.unresolved.is_empty() => b,
+            _ => {
+                self.unresolved.push(id);
+                if self.count >= self.max_tokens {
+                    self.finish = Some(FinishReason::Length);
+                }
+                return String::new();
+            }
+        };
         let text = self.decoder.push(bytes);
         let check = self.stops.push(&text);
         if check.stopped {
@@ -215,6 +237,7 @@ impl Output {
         if self.finish.is_some() {
             return String::new();
         }
+        debug_assert!(self.unresolved.is_empty(), "resolve before streaming");
         self.ids_complete &= ids.len() == n_tokens;
         self.tokens.extend_from_slice(ids);
         self.count += n_tokens;
@@ -227,6 +250,28 @@ impl Output {
         let mut emit = check.emit;
         if self.count >= self.max_tokens {
             self.finish = Some(FinishReason::Length);
+            emit.push_str(&self.flush());
+        }
+        emit
+    }
+
+    /// Tokens waiting for their text (detokenize them together and pass the text to `resolve`).
+    pub fn unresolved(&self) -> &[TokenId] {
+        &self.unresolved
+    }
+
+    /// The text of the [`Output::unresolved`] tokens, as the target detokenized them together.
+    /// (If a stop string ends inside such a block, the whole block counts as generated.)
+    pub fn resolve(&mut self, text: &str) -> String {
+        self.unresolved.clear();
+        let text = self.decoder.push(text.as_bytes());
+        let check = self.stops.push(&text);
+        if check.stopped {
+            self.finish = Some(FinishReason::Stop);
+            return check.emit;
+        }
+        let mut emit = check.emit;
+        if self.finish.is_some() {
             emit.push_str(&self.flush());
         }
         emit
@@ -326,19 +371,19 @@ mod tests {
     #[test]
     fn output_stops_at_max_tokens_and_counts_tokens() {
         let mut o = Output::new(vec![], 2);
-        assert_eq!(o.push(1, b"a", false), "a");
+        assert_eq!(o.push(1, Some(b"a"), false), "a");
         assert_eq!(o.finish, None);
-        assert_eq!(o.push(2, b"b", false), "b");
+        assert_eq!(o.push(2, Some(b"b"), false), "b");
         assert_eq!(o.finish, Some(FinishReason::Length));
-        assert_eq!(o.push(3, b"c", false), "");
+        assert_eq!(o.push(3, Some(b"c"), false), "");
         assert_eq!(o.token_ids(), Some(&[1, 2][..]));
     }
 
     #[test]
     fn end_of_generation_token_counts_but_adds_no_text() {
         let mut o = Output::new(vec![], 10);
-        o.push(5, b"hi", false);
-        assert_eq!(o.push(2, b"", true), "");
+        o.push(5, Some(b"hi"), false);
+        assert_eq!(o.push(2, Some(b""), true), "");
         assert_eq!(o.finish, Some(FinishReason::Stop));
         assert_eq!(o.token_ids(), Some(&[5, 2][..]));
     }
@@ -346,7 +391,7 @@ mod tests {
     #[test]
     fn streamed_text_with_missing_ids_counts_tokens_but_hides_ids() {
         let mut o = Output::new(vec![], 3);
-        assert_eq!(o.push(1, b"a", false), "a");
+        assert_eq!(o.push(1, Some(b"a"), false), "a");
         assert_eq!(o.push_streamed(&[7], 2, "€"), "€");
         assert_eq!(o.count(), 3);
         assert_eq!(o.finish, Some(FinishReason::Length));
@@ -354,10 +399,23 @@ mod tests {
     }
 
     #[test]
+    fn tokens_without_bytes_wait_for_their_text() {
+        let mut o = Output::new(vec!["b!".into()], 10);
+        assert_eq!(o.push(1, Some(b"a"), false), "a");
+        assert_eq!(o.push(2, None, false), "");
+        assert_eq!(o.push(3, Some(b"x"), false), "");
+        assert_eq!(o.unresolved(), &[2, 3]);
+        assert_eq!(o.resolve("€b"), "€");
+        assert_eq!(o.push(4, Some(b"!"), false), "");
+        assert_eq!(o.finish, Some(FinishReason::Stop));
+        assert_eq!(o.count(), 4);
+    }
+
+    #[test]
     fn held_back_stop_prefix_is_released_at_the_length_limit() {
         let mut o = Output::new(vec!["STOP".into()], 2);
-        assert_eq!(o.push(1, b"a", false), "a");
-        assert_eq!(o.push(2, b"ST", false), "ST");
+        assert_eq!(o.push(1, Some(b"a"), false), "a");
+        assert_eq!(o.push(2, Some(b"ST"), false), "ST");
         assert_eq!(o.finish, Some(FinishReason::Length));
     }
 }

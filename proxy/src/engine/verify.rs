@@ -15,7 +15,8 @@ use crate::backend::llamacpp::{Candidate, TokenId};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     pub id: TokenId,
-    pub bytes: Vec<u8>,
+    /// `None` when the server left the token's details out (its text ends mid-character).
+    pub bytes: Option<Vec<u8>>,
     pub end_of_generation: bool,
 }
 
@@ -58,7 +59,7 @@ mod tests {
     fn choice(id: TokenId) -> Choice {
         Choice {
             id,
-            bytes: vec![],
+            bytes: None,
             end_of_generation: false,
         }
     }
