@@ -116,7 +116,15 @@ pub struct LlamaServer {
 
 impl LlamaServer {
     pub async fn start(env: &TestEnv, model: &Path, opts: ServerOptions) -> LlamaServer {
-        let port = free_port();
+        Self::start_on(env, model, opts, free_port()).await
+    }
+
+    pub async fn start_on(
+        env: &TestEnv,
+        model: &Path,
+        opts: ServerOptions,
+        port: u16,
+    ) -> LlamaServer {
         let log = std::env::temp_dir().join(format!("tightwad-test-llama-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("create server log");
         let mut cmd = Command::new(&env.llama_server);

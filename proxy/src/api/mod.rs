@@ -202,8 +202,18 @@ async fn handle(
                 include_usage: request.include_usage(),
                 return_token_ids: request.return_token_ids.unwrap_or(false),
             };
+            let prepared = match pairing.prepare(generation).await {
+                Ok(p) => p,
+                Err(e) => {
+                    pairing.metrics.request(ServedBy::Error);
+                    if matches!(e, crate::engine::EngineError::Backend(_)) {
+                        pairing.invalidate().await;
+                    }
+                    return Err(e.into());
+                }
+            };
             if request.wants_stream() {
-                Ok(stream_response(pairing, generation, reply).await)
+                Ok(stream_response(pairing, prepared, reply).await)
             } else {
                 let (tx, mut rx) = mpsc::channel::<Delta>(64);
                 let collect = async {
@@ -213,7 +223,7 @@ async fn handle(
                     }
                     text
                 };
-                let (result, text) = tokio::join!(pairing.generate(generation, tx), collect);
+                let (result, text) = tokio::join!(pairing.generate_prepared(prepared, tx), collect);
                 let generation = match result {
                     Ok(g) => g,
                     Err(e) => {
@@ -381,7 +391,7 @@ enum StreamItem {
 
 async fn stream_response(
     pairing: Arc<Pairing>,
-    generation: crate::engine::GenerationRequest,
+    prepared: crate::engine::Prepared,
     reply: Reply,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<StreamItem>(64);
@@ -398,7 +408,7 @@ async fn stream_response(
                         }
                     }
                 };
-                let (result, ()) = tokio::join!(pairing.generate(generation, dtx), forward);
+                let (result, ()) = tokio::join!(pairing.generate_prepared(prepared, dtx), forward);
                 let result = match result {
                     Ok(g) => {
                         log_generation(&g);

@@ -132,6 +132,15 @@ pub enum EngineError {
     ClientGone,
 }
 
+/// A request checked against the target and tokenized, ready to generate.
+#[derive(Debug)]
+pub struct Prepared {
+    request: GenerationRequest,
+    info: Arc<PairingInfo>,
+    prompt: Vec<TokenId>,
+    started: Instant,
+}
+
 /// Progress of one generation, shared by the speculative and the target-only phases.
 struct Run {
     ctx: Vec<TokenId>,
@@ -311,11 +320,10 @@ impl Pairing {
     }
 
     /// Generate the target's answer, sending text to `tx` as soon as it is final.
-    pub async fn generate(
-        &self,
-        request: GenerationRequest,
-        tx: mpsc::Sender<Delta>,
-    ) -> Result<Generation, EngineError> {
+    /// Everything that can fail before the first token: probing, tokenizing, context checks. The
+    /// API layer calls it before answering, so these failures get a proper HTTP status even for
+    /// streamed requests.
+    pub async fn prepare(&self, request: GenerationRequest) -> Result<Prepared, EngineError> {
         let started = Instant::now();
         let info = self.info().await?;
         let prompt = self.tokenize_prompt(&request.prompt).await?;
@@ -326,6 +334,37 @@ impl Pairing {
                 n_ctx: info.n_ctx,
             });
         }
+        Ok(Prepared {
+            request,
+            info,
+            prompt,
+            started,
+        })
+    }
+
+    /// Prepare and generate in one go.
+    pub async fn generate(
+        &self,
+        request: GenerationRequest,
+        tx: mpsc::Sender<Delta>,
+    ) -> Result<Generation, EngineError> {
+        let prepared = self.prepare(request).await?;
+        self.generate_prepared(prepared, tx).await
+    }
+
+    /// Generate the target's answer, sending text to `tx` as soon as it is final.
+    pub async fn generate_prepared(
+        &self,
+        prepared: Prepared,
+        tx: mpsc::Sender<Delta>,
+    ) -> Result<Generation, EngineError> {
+        let Prepared {
+            request,
+            info,
+            prompt,
+            started,
+        } = prepared;
+        let prompt_tokens = prompt.len();
         // The target alone stops when prompt + generated reaches its context.
         let room = info.n_ctx - prompt_tokens;
         let max_tokens = request.max_tokens.unwrap_or(room).min(room);
