@@ -134,7 +134,9 @@ impl LlamaServer {
             .args(["-np", &opts.slots.to_string()])
             .args(["-t", &opts.threads.to_string()])
             .args(["-c", &opts.ctx.to_string()])
-            .args(["--kv-unified", "--metrics", "--no-webui"])
+            // `--cache-ram 0`: llama-server's host-RAM prompt cache swaps slot contents between requests,
+            // which makes every verification slot re-process its whole context (measured: 5x slower).
+            .args(["--kv-unified", "--cache-ram", "0", "--metrics", "--no-webui"])
             .args(&opts.extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
