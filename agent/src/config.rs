@@ -179,4 +179,12 @@ mod tests {
         assert_eq!(port_from_args(&config.processes[0].args), Some(8080));
         assert!(toml::from_str::<AgentConfig>("bogus = 1").is_err());
     }
+
+    #[test]
+    fn example_config_parses() {
+        let config: AgentConfig =
+            toml::from_str(include_str!("../agent.example.toml")).expect("example config");
+        assert_eq!(config.processes.len(), 2);
+        assert_eq!(config.processes[1].kind, ProcessKind::RpcServer);
+    }
 }

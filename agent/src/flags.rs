@@ -10,6 +10,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use tightwad_protocol::messages::ProcessKind;
 
+/// Indentation from which a help line is a description, not an option line.
+const DESCRIPTION_INDENT: usize = 16;
+
 /// The flags a binary's help lists, with the help line each came from.
 #[derive(Debug, Clone, Default)]
 pub struct HelpFlags {
@@ -25,7 +28,10 @@ impl HelpFlags {
         let mut current: Vec<String> = Vec::new();
         for line in help.lines() {
             let trimmed = line.trim_start();
-            if !trimmed.starts_with('-') {
+            // Option lines start near the margin; deeply indented lines are wrapped
+            // descriptions, even when they begin with a flag (`use --spec-draft-n-max or`).
+            let indent = line.len() - trimmed.len();
+            if !trimmed.starts_with('-') || indent >= DESCRIPTION_INDENT {
                 if !trimmed.is_empty() && line.starts_with(' ') {
                     for flag in &current {
                         if let Some(text) = flags.get_mut(flag) {
@@ -271,7 +277,7 @@ mod tests {
 -m,    --model FNAME                    model path to load
 --spec-draft-n-max N                    number of tokens to draft
 --draft, --draft-n, --draft-max N       the argument has been removed. use --spec-draft-n-max or
-                                        --spec-draft-n-min
+                                        --spec-ngram-mod-n-max
 --mmap, --no-mmap                       whether to memory-map model
 -dev,  --device <dev1,dev2,..>          comma-separated list of devices
 ";
@@ -336,7 +342,7 @@ mod tests {
         let err = check(Path::new("llama-server"), &help, &old).expect_err("removed flag");
         assert!(
             err.to_string()
-                .contains("use --spec-draft-n-max or --spec-draft-n-min"),
+                .contains("use --spec-draft-n-max or --spec-ngram-mod-n-max"),
             "{err}"
         );
     }

@@ -395,6 +395,7 @@ fn supervisor_error(e: SupervisorError) -> Reply {
         }
         SupervisorError::Flags(_) => ErrorKind::FlagRejected,
         SupervisorError::Failed { .. } => ErrorKind::ProcessFailed,
+        SupervisorError::AlreadyRunning { .. } => ErrorKind::BadRequest,
     };
     Reply::error(kind, e.to_string())
 }

@@ -35,6 +35,8 @@ pub enum SupervisorError {
     NoBinary { kind: ProcessKind },
     #[error(transparent)]
     Flags(#[from] flags::FlagError),
+    #[error("{name} is already running with other arguments ({args}); stop it first")]
+    AlreadyRunning { name: String, args: String },
     #[error("{name} failed: {reason}")]
     Failed { name: String, reason: String },
 }
@@ -173,7 +175,13 @@ impl Supervisor {
         if *managed.desired.borrow()
             && !matches!(current.state, ProcessState::Failed | ProcessState::Stopped)
         {
-            return Ok(managed.status());
+            return match args {
+                Some(args) if args != current.args => Err(SupervisorError::AlreadyRunning {
+                    name: name.to_string(),
+                    args: current.args.join(" "),
+                }),
+                _ => Ok(managed.status()),
+            };
         }
         let binary = managed
             .binary

@@ -121,6 +121,21 @@ fn llama_server_starts_restarts_after_a_crash_and_stops() {
         logs(&setup, "target").contains("started pid"),
         "supervisor lines in the log"
     );
+    // Starting again is a no-op; starting again with other arguments is refused.
+    let same = setup
+        .rt
+        .block_on(setup.client.start_process("target", None))
+        .expect("idempotent start");
+    assert_eq!(same.pid, Some(first_pid));
+    let err = setup
+        .rt
+        .block_on(
+            setup
+                .client
+                .start_process("target", Some(vec!["-np".into(), "2".into()])),
+        )
+        .expect_err("other arguments while running");
+    assert!(err.to_string().contains("already running"), "{err}");
 
     // Kill the child behind the supervisor's back: it comes back.
     std::process::Command::new("kill")
