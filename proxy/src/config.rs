@@ -8,7 +8,9 @@
 //! name = "llama-70b"                 # the model name clients ask for
 //! target = "http://10.0.0.2:8080"    # llama-server with -np >= draft_tokens + 1
 //! draft = "http://10.0.0.3:8080"     # optional: no draft = target-only
-//! draft_tokens = 4
+//! draft_tokens = 4                  # the largest k the controller may use
+//! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
+//! adaptive = true                    # false: speculate every round with draft_tokens
 //! ```
 
 use std::net::SocketAddr;
@@ -76,6 +78,16 @@ pub struct PairingEntry {
     pub target_timeout_s: u64,
     #[serde(default = "default_draft_timeout")]
     pub draft_timeout_s: u64,
+    /// Serve target-only whenever the target alone is faster than this many tokens/s.
+    #[serde(default)]
+    pub disable_above_tok_s: Option<f64>,
+    /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).
+    #[serde(default = "default_adaptive")]
+    pub adaptive: bool,
+}
+
+fn default_adaptive() -> bool {
+    true
 }
 
 impl Default for ProxyConfig {
@@ -97,6 +109,8 @@ impl PairingEntry {
             draft_tokens: default_draft_tokens(),
             target_timeout_s: default_target_timeout(),
             draft_timeout_s: default_draft_timeout(),
+            disable_above_tok_s: None,
+            adaptive: true,
         }
     }
 
@@ -114,6 +128,8 @@ impl PairingEntry {
             draft_tokens: self.draft_tokens,
             target_timeout: Duration::from_secs(self.target_timeout_s),
             draft_timeout: Duration::from_secs(self.draft_timeout_s),
+            disable_above_tok_s: self.disable_above_tok_s,
+            adaptive: self.adaptive,
         }
     }
 }

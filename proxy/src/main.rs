@@ -44,6 +44,12 @@ struct ProxyArgs {
     /// Draft tokens per round (k); the target needs -np k+1.
     #[arg(long)]
     draft_tokens: Option<usize>,
+    /// Never speculate while the target alone is faster than this (tokens/s).
+    #[arg(long)]
+    disable_above_tok_s: Option<f64>,
+    /// Speculate every round with --draft-tokens, even where the controller would switch it off.
+    #[arg(long)]
+    no_adaptive: bool,
     /// TOML config file (pairings, limits); flags override it.
     #[arg(long, short = 'c', env = "TIGHTWAD_CONFIG")]
     config: Option<PathBuf>,
@@ -90,6 +96,12 @@ fn proxy_config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         }
         if let Some(k) = args.draft_tokens {
             first.draft_tokens = k;
+        }
+        if args.no_adaptive {
+            first.adaptive = false;
+        }
+        if let Some(limit) = args.disable_above_tok_s {
+            first.disable_above_tok_s = Some(limit);
         }
     }
     config.validate()?;

@@ -101,6 +101,8 @@ impl ServerOptions {
     pub fn target(k: u32) -> Self {
         ServerOptions {
             slots: k + 2,
+            // k + 1 copies of each context live in the shared KV cache at once.
+            ctx: 16384,
             ..Default::default()
         }
     }
@@ -136,7 +138,13 @@ impl LlamaServer {
             .args(["-c", &opts.ctx.to_string()])
             // `--cache-ram 0`: llama-server's host-RAM prompt cache swaps slot contents between requests,
             // which makes every verification slot re-process its whole context (measured: 5x slower).
-            .args(["--kv-unified", "--cache-ram", "0", "--metrics", "--no-webui"])
+            .args([
+                "--kv-unified",
+                "--cache-ram",
+                "0",
+                "--metrics",
+                "--no-webui",
+            ])
             .args(&opts.extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
@@ -264,6 +272,9 @@ impl RunningProxy {
         entry.name = Some("tightwad-test".into());
         entry.draft_timeout_s = 5;
         entry.target_timeout_s = 30;
+        // Exactness tests pin speculation on: on these CPU-only machines the controller would
+        // (rightly) switch it off, and nothing would be tested.
+        entry.adaptive = false;
         let config = ProxyConfig {
             listen: "127.0.0.1:0".parse().expect("loopback address"),
             pairings: vec![entry],

@@ -122,6 +122,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
                 m.insert("target".into(), json!(p.config.target_url));
                 m.insert("draft".into(), json!(p.config.draft_url));
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
+                m.insert("controller".into(), json!(p.controller_view()));
             }
             v
         })

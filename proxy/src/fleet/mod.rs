@@ -80,6 +80,13 @@ pub enum ModelsAction {
         #[arg(long)]
         json: bool,
     },
+    /// Where a model file is, on every host (searches all of each agent's model folders).
+    Find {
+        /// File name, e.g. `gpt-oss-20b-Q8_0.gguf`.
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy a model file from one host to another (resumes an interrupted copy).
     Copy {
         /// File name, as `tightwad models list` shows it.
@@ -212,6 +219,30 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 print!("{}", status::render_models(&reports));
             }
             Ok(if reports.iter().all(|r| r.error.is_none()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        ModelsAction::Find { file, json } => {
+            let found = status::find_model(fleet, &file).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                for host in &found {
+                    match (&host.error, host.models.is_empty()) {
+                        (Some(e), _) => println!("{}: UNREACHABLE: {e}", host.name),
+                        (None, true) => println!("{}: not found", host.name),
+                        (None, false) => {
+                            for m in &host.models {
+                                println!("{}: {} ({} bytes)", host.name, m.path, m.size_bytes);
+                            }
+                        }
+                    }
+                }
+            }
+            let anywhere = found.iter().any(|h| !h.models.is_empty());
+            Ok(if anywhere {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -93,6 +93,33 @@ pub async fn collect_models(fleet: &Fleet, only: Option<&str>) -> anyhow::Result
     )
 }
 
+/// Every host's copies of `file` (any of its model folders).
+pub async fn find_model(fleet: &Fleet, file: &str) -> anyhow::Result<Vec<HostModels>> {
+    let hosts = selected(fleet, None)?;
+    Ok(
+        futures::future::join_all(hosts.into_iter().map(|host| async move {
+            let result = async {
+                let client = fleet.connect(host).await?;
+                anyhow::Ok(client.find_model(file).await?)
+            }
+            .await;
+            match result {
+                Ok(models) => HostModels {
+                    name: host.name.clone(),
+                    error: None,
+                    models,
+                },
+                Err(e) => HostModels {
+                    name: host.name.clone(),
+                    error: Some(format!("{e:#}")),
+                    models: Vec::new(),
+                },
+            }
+        }))
+        .await,
+    )
+}
+
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

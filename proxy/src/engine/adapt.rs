@@ -1,0 +1,641 @@
+//! The controller: speculate only when it pays, with as many draft tokens as pay best.
+//!
+//! The field report's proxy ran a 19.7 tok/s target at 6 tok/s with 100% acceptance because a
+//! 32-token round took 4–6 s. This controller keeps running estimates, per pairing, of
+//! - the target's plain decode speed `R_t` (timed target-only generations),
+//! - the draft's cost per round `D(k) = d0 + d1·k` and the target's verify cost `V(k) = v0 + v1·k`
+//!   (both fitted online from every round's wall time, so network and HTTP overhead are inside),
+//! - the acceptance rate at each draft position `α_j` (conditional on the earlier ones),
+//!
+//! and predicts the speedup of a round with `k` draft tokens as
+//! `S(k) = E(k) / ((D(k) + V(k)) · R_t)` with `E(k) = 1 + Σ_i Π_{j≤i} α_j` tokens per round.
+//! Each round uses the `k` that maximises `S`. Speculation is switched off when the best `S` falls
+//! under 1 (or measured throughput under the target's own), or when the target is faster than the
+//! configured `disable_above_tok_s`; it is probed again after a growing back-off. Every change and
+//! its reason is logged, counted in `/metrics` and shown in the stats JSON.
+//!
+//! Pure logic: time is passed in, so the unit tests replay recorded measurements.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Largest draft length ever tried (speculation.md: k beyond ~8 never pays on these servers).
+pub const K_MAX: usize = 8;
+const ACCEPT_PRIOR: f64 = 0.6;
+/// Rounds of evidence needed before the controller may switch speculation off.
+const MIN_ROUNDS_BEFORE_OFF: u32 = 8;
+/// Off when measured throughput is under this share of the target's own (measurements are noisy),
+/// or when the model predicts any loss; back on only above `ON_ABOVE` (hysteresis).
+const OFF_BELOW: f64 = 0.95;
+const PREDICTED_OFF_BELOW: f64 = 1.0;
+const ON_ABOVE: f64 = 1.05;
+const FIRST_BACKOFF: Duration = Duration::from_secs(15);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How often the target's plain speed is re-measured while speculating.
+const TARGET_SPEED_REFRESH: Duration = Duration::from_secs(120);
+
+/// An exponentially weighted moving average.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Ewma {
+    value: Option<f64>,
+}
+
+impl Ewma {
+    pub fn update(&mut self, x: f64, weight: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        self.value = Some(match self.value {
+            Some(v) => (1.0 - weight) * v + weight * x,
+            None => x,
+        });
+    }
+    pub fn get(&self) -> Option<f64> {
+        self.value
+    }
+}
+
+/// `y ≈ a + b·k`, least squares with exponential forgetting, so costs track a changing machine.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LinearCost {
+    s1: f64,
+    sk: f64,
+    skk: f64,
+    sy: f64,
+    sky: f64,
+}
+
+impl LinearCost {
+    const DECAY: f64 = 0.95;
+
+    pub fn observe(&mut self, k: usize, seconds: f64) {
+        if !seconds.is_finite() || seconds < 0.0 {
+            return;
+        }
+        let k = k as f64;
+        let d = Self::DECAY;
+        self.s1 = d * self.s1 + 1.0;
+        self.sk = d * self.sk + k;
+        self.skk = d * self.skk + k * k;
+        self.sy = d * self.sy + seconds;
+        self.sky = d * self.sky + k * seconds;
+    }
+
+    /// Predicted seconds for `k`; `None` before any observation.
+    pub fn predict(&self, k: usize) -> Option<f64> {
+        if self.s1 < 1e-9 {
+            return None;
+        }
+        let mean_k = self.sk / self.s1;
+        let mean_y = self.sy / self.s1;
+        let var = self.skk / self.s1 - mean_k * mean_k;
+        let slope = if var > 1e-6 {
+            ((self.sky / self.s1 - mean_k * mean_y) / var).max(0.0)
+        } else {
+            // One k seen so far: assume cost proportional to tokens handled beyond a fixed half.
+            mean_y / (2.0 * (mean_k + 1.0))
+        };
+        let intercept = (mean_y - slope * mean_k).max(0.0);
+        Some(intercept + slope * k as f64)
+    }
+}
+
+/// Where the controller stands.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Mode {
+    On,
+    Off {
+        #[serde(skip)]
+        retry_at: Instant,
+        backoff_s: u64,
+    },
+    /// Trying speculation again for a while to measure it.
+    Probing {
+        rounds_left: u32,
+    },
+}
+
+/// What one request should do, decided when it starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestPlan {
+    pub speculate: bool,
+    /// Generate this many tokens target-only first, timed, to refresh `R_t`.
+    pub measure_target_tokens: usize,
+}
+
+/// A decision worth telling the user about.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub state: &'static str,
+    pub reason: String,
+}
+
+/// The controller of one pairing.
+#[derive(Debug)]
+pub struct Controller {
+    /// `false`: always speculate with `k_cap` (for exactness tests and users who insist).
+    adaptive: bool,
+    mode: Mode,
+    k_cap: usize,
+    disable_above_tok_s: Option<f64>,
+    target_tok_s: Ewma,
+    target_measured_at: Option<Instant>,
+    draft_cost: LinearCost,
+    verify_cost: LinearCost,
+    accept: [Ewma; K_MAX],
+    /// Tokens/s actually delivered by speculative requests (whole speculative phase).
+    goodput_tok_s: Ewma,
+    rounds_in_mode: u32,
+    probe_tokens: usize,
+    probe_seconds: f64,
+    pub last_decision: Option<Decision>,
+}
+
+/// A snapshot for the stats JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerView {
+    pub mode: Mode,
+    pub k: usize,
+    pub predicted_speedup: Option<f64>,
+    pub target_tok_s: Option<f64>,
+    pub speculative_goodput_tok_s: Option<f64>,
+    pub acceptance_by_position: Vec<f64>,
+    pub draft_round_ms: Option<f64>,
+    pub verify_round_ms: Option<f64>,
+    pub last_decision: Option<Decision>,
+}
+
+impl Controller {
+    pub fn new(k_cap: usize, disable_above_tok_s: Option<f64>) -> Self {
+        Controller {
+            adaptive: true,
+            mode: Mode::On,
+            k_cap: k_cap.clamp(1, K_MAX),
+            disable_above_tok_s,
+            target_tok_s: Ewma::default(),
+            target_measured_at: None,
+            draft_cost: LinearCost::default(),
+            verify_cost: LinearCost::default(),
+            accept: [Ewma::default(); K_MAX],
+            goodput_tok_s: Ewma::default(),
+            rounds_in_mode: 0,
+            probe_tokens: 0,
+            probe_seconds: 0.0,
+            last_decision: None,
+        }
+    }
+
+    /// A controller that never changes its mind: speculate every round with `k` tokens.
+    pub fn fixed(k: usize) -> Self {
+        Controller {
+            adaptive: false,
+            ..Controller::new(k, None)
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn alpha(&self, j: usize) -> f64 {
+        self.accept[j]
+            .get()
+            .unwrap_or(ACCEPT_PRIOR)
+            .clamp(0.0, 0.999)
+    }
+
+    /// Expected tokens from a round with `k` draft tokens (the target's own token included).
+    pub fn expected_tokens(&self, k: usize) -> f64 {
+        let mut e = 1.0;
+        let mut p = 1.0;
+        for j in 0..k.min(K_MAX) {
+            p *= self.alpha(j);
+            e += p;
+        }
+        e
+    }
+
+    /// Predicted speedup of a round with `k` draft tokens over the target alone.
+    pub fn predicted_speedup(&self, k: usize) -> Option<f64> {
+        let r_t = self.target_tok_s.get()?;
+        let cost = self.draft_cost.predict(k)? + self.verify_cost.predict(k)?;
+        (cost > 0.0).then(|| self.expected_tokens(k) / (cost * r_t))
+    }
+
+    /// The best draft length and its predicted speedup (`None` until the estimates exist).
+    pub fn best_k(&self) -> Option<(usize, f64)> {
+        (1..=self.k_cap)
+            .filter_map(|k| self.predicted_speedup(k).map(|s| (k, s)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    fn decide(&mut self, state: &'static str, reason: String) {
+        tracing::info!(state, %reason, "speculation controller");
+        self.last_decision = Some(Decision { state, reason });
+        self.rounds_in_mode = 0;
+    }
+
+    fn switch_off(&mut self, now: Instant, reason: String, backoff: Duration) {
+        if !self.adaptive {
+            return;
+        }
+        self.mode = Mode::Off {
+            retry_at: now + backoff,
+            backoff_s: backoff.as_secs(),
+        };
+        self.decide(
+            "off",
+            format!("{reason}; retrying in {} s", backoff.as_secs()),
+        );
+    }
+
+    fn above_threshold(&self) -> Option<String> {
+        let (limit, r_t) = (self.disable_above_tok_s?, self.target_tok_s.get()?);
+        (r_t > limit).then(|| {
+            format!("the target alone runs at {r_t:.1} tok/s, above disable_above_tok_s = {limit}")
+        })
+    }
+
+    /// Called when a request starts.
+    pub fn plan_request(&mut self, now: Instant) -> RequestPlan {
+        if !self.adaptive {
+            return RequestPlan {
+                speculate: true,
+                measure_target_tokens: 0,
+            };
+        }
+        let stale = self
+            .target_measured_at
+            .is_none_or(|t| now.duration_since(t) > TARGET_SPEED_REFRESH);
+        match self.mode {
+            Mode::On | Mode::Probing { .. } => RequestPlan {
+                speculate: true,
+                measure_target_tokens: if stale { 16 } else { 0 },
+            },
+            Mode::Off {
+                retry_at,
+                backoff_s,
+            } => {
+                if now < retry_at || self.above_threshold().is_some() {
+                    return RequestPlan {
+                        speculate: false,
+                        measure_target_tokens: 0,
+                    };
+                }
+                // Worth a probe only if the model does not rule it out.
+                if let Some((k, s)) = self.best_k() {
+                    if s < OFF_BELOW {
+                        let backoff = Duration::from_secs(backoff_s * 2).min(MAX_BACKOFF);
+                        self.switch_off(
+                            now,
+                            format!("still predicted {s:.2}x at k = {k}"),
+                            backoff,
+                        );
+                        return RequestPlan {
+                            speculate: false,
+                            measure_target_tokens: 0,
+                        };
+                    }
+                }
+                self.mode = Mode::Probing { rounds_left: 16 };
+                self.probe_tokens = 0;
+                self.probe_seconds = 0.0;
+                self.decide(
+                    "probing",
+                    "back-off over: measuring speculation again".into(),
+                );
+                RequestPlan {
+                    speculate: true,
+                    measure_target_tokens: if stale { 16 } else { 0 },
+                }
+            }
+        }
+    }
+
+    /// The draft length for the next round; 0 means "stop speculating for this request".
+    pub fn choose_k(&self) -> usize {
+        if !self.adaptive {
+            return self.k_cap;
+        }
+        match self.mode {
+            Mode::Off { .. } => 0,
+            _ => self.best_k().map(|(k, _)| k).unwrap_or(self.k_cap.min(4)),
+        }
+    }
+
+    /// A target-only stretch: `tokens` generated in `seconds` (first token excluded by the caller).
+    pub fn record_target_only(&mut self, now: Instant, tokens: usize, seconds: f64) {
+        if tokens < 4 || seconds <= 0.0 {
+            return;
+        }
+        self.target_tok_s.update(tokens as f64 / seconds, 0.5);
+        self.target_measured_at = Some(now);
+        if let (Mode::On | Mode::Probing { .. }, Some(reason)) = (self.mode, self.above_threshold())
+        {
+            self.switch_off(now, reason, FIRST_BACKOFF);
+        }
+    }
+
+    /// Acceptance seen by shadowing the target while off: `proposed` draft tokens, `agreed` of them
+    /// before the first disagreement.
+    pub fn record_shadow(&mut self, proposed: usize, agreed: usize) {
+        self.record_acceptance(proposed, agreed);
+    }
+
+    fn record_acceptance(&mut self, drafted: usize, accepted: usize) {
+        for j in 0..drafted.min(K_MAX) {
+            if j < accepted {
+                self.accept[j].update(1.0, 0.1);
+            } else {
+                self.accept[j].update(0.0, 0.1);
+                break;
+            }
+        }
+    }
+
+    /// One round: `k` draft tokens asked for, `drafted` received, `accepted`, and its wall times.
+    pub fn record_round(
+        &mut self,
+        now: Instant,
+        drafted: usize,
+        accepted: usize,
+        draft_seconds: f64,
+        verify_seconds: f64,
+    ) {
+        self.record_acceptance(drafted, accepted);
+        if drafted > 0 {
+            self.draft_cost.observe(drafted, draft_seconds);
+        }
+        self.verify_cost.observe(drafted, verify_seconds);
+        self.rounds_in_mode += 1;
+        if let Mode::Probing { rounds_left } = self.mode {
+            self.probe_tokens += accepted + 1;
+            self.probe_seconds += draft_seconds + verify_seconds;
+            if rounds_left <= 1 {
+                self.finish_probe(now);
+            } else {
+                self.mode = Mode::Probing {
+                    rounds_left: rounds_left - 1,
+                };
+            }
+            return;
+        }
+        if self.mode == Mode::On && self.rounds_in_mode >= MIN_ROUNDS_BEFORE_OFF {
+            if let Some((k, s)) = self.best_k() {
+                if s < PREDICTED_OFF_BELOW {
+                    self.switch_off(
+                        now,
+                        format!("predicted speedup {s:.2}x at the best k = {k} is below 1"),
+                        FIRST_BACKOFF,
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish_probe(&mut self, now: Instant) {
+        let measured = self.probe_tokens as f64 / self.probe_seconds.max(1e-9);
+        let r_t = self.target_tok_s.get();
+        match r_t {
+            Some(r_t) if measured >= ON_ABOVE * r_t => {
+                self.mode = Mode::On;
+                self.decide(
+                    "on",
+                    format!("probe delivered {measured:.1} tok/s against {r_t:.1} tok/s for the target alone"),
+                );
+            }
+            Some(r_t) => {
+                let backoff = match self.last_backoff() {
+                    Some(b) => (b * 2).min(MAX_BACKOFF),
+                    None => FIRST_BACKOFF,
+                };
+                self.switch_off(
+                    now,
+                    format!("probe delivered {measured:.1} tok/s, the target alone {r_t:.1} tok/s"),
+                    backoff,
+                );
+            }
+            None => {
+                self.mode = Mode::On;
+                self.decide("on", "no target speed known yet; speculating".into());
+            }
+        }
+    }
+
+    fn last_backoff(&self) -> Option<Duration> {
+        self.last_decision
+            .as_ref()
+            .and_then(|d| d.reason.rsplit("retrying in ").next())
+            .and_then(|s| s.trim_end_matches(" s").parse().ok())
+            .map(Duration::from_secs)
+    }
+
+    /// A speculative request finished: its speculative phase made `tokens` in `seconds`.
+    pub fn record_speculative_request(&mut self, now: Instant, tokens: usize, seconds: f64) {
+        if tokens < 8 || seconds <= 0.0 {
+            return;
+        }
+        let rate = tokens as f64 / seconds;
+        self.goodput_tok_s.update(rate, 0.3);
+        if self.mode != Mode::On || self.rounds_in_mode < MIN_ROUNDS_BEFORE_OFF {
+            return;
+        }
+        if let (Some(g), Some(r_t)) = (self.goodput_tok_s.get(), self.target_tok_s.get()) {
+            if g < OFF_BELOW * r_t {
+                self.switch_off(
+                    now,
+                    format!("speculation delivered {g:.1} tok/s, the target alone {r_t:.1} tok/s"),
+                    FIRST_BACKOFF,
+                );
+            }
+        }
+    }
+
+    pub fn view(&self) -> ControllerView {
+        let best = self.best_k();
+        let k = best.map(|(k, _)| k).unwrap_or(self.k_cap.min(4));
+        ControllerView {
+            mode: self.mode,
+            k,
+            predicted_speedup: best.map(|(_, s)| s),
+            target_tok_s: self.target_tok_s.get(),
+            speculative_goodput_tok_s: self.goodput_tok_s.get(),
+            acceptance_by_position: (0..self.k_cap).map(|j| self.alpha(j)).collect(),
+            draft_round_ms: self.draft_cost.predict(k).map(|s| s * 1000.0),
+            verify_round_ms: self.verify_cost.predict(k).map(|s| s * 1000.0),
+            last_decision: self.last_decision.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replay rounds of a pairing with the given per-token costs and acceptance.
+    fn replay(
+        c: &mut Controller,
+        start: Instant,
+        rounds: u32,
+        target_tok_s: f64,
+        draft_s_per_token: f64,
+        verify_s: impl Fn(usize) -> f64,
+        accepted_of_k: impl Fn(u32, usize) -> usize,
+    ) -> Instant {
+        let mut now = start;
+        c.record_target_only(now, 32, 32.0 / target_tok_s);
+        for i in 0..rounds {
+            let plan = c.plan_request(now);
+            if !plan.speculate {
+                now += Duration::from_millis(500);
+                continue;
+            }
+            let k = c.choose_k().max(1);
+            let a = accepted_of_k(i, k);
+            let d = 0.002 + draft_s_per_token * k as f64;
+            let v = verify_s(k);
+            now += Duration::from_secs_f64(d + v);
+            c.record_round(now, k, a, d, v);
+        }
+        now
+    }
+
+    #[test]
+    fn a_fast_target_turns_speculation_off() {
+        // Field-report-like: target 20 tok/s, draft only 1.4x cheaper, 30 ms network per round.
+        let mut c = Controller::new(8, None);
+        let t0 = Instant::now();
+        replay(
+            &mut c,
+            t0,
+            20,
+            20.0,
+            0.04,
+            |k| 0.03 + 0.05 + 0.02 * k as f64,
+            |_, k| k,
+        );
+        assert!(matches!(c.mode(), Mode::Off { .. }), "{:?}", c.view());
+        assert!(c
+            .last_decision
+            .as_ref()
+            .is_some_and(|d| d.reason.contains("below 1")));
+    }
+
+    #[test]
+    fn a_slow_target_with_a_good_draft_stays_on_with_a_useful_k() {
+        // Field report's 3 tok/s RPC-pooled target, a fast draft, 80% acceptance.
+        let mut c = Controller::new(8, None);
+        let t0 = Instant::now();
+        replay(
+            &mut c,
+            t0,
+            60,
+            3.0,
+            0.01,
+            |k| 0.34 + 0.02 * k as f64,
+            |i, k| {
+                // Deterministic 80%: reject at a position that cycles.
+                let cut = (i as usize * 7) % 5;
+                if cut == 0 {
+                    k.saturating_sub(1)
+                } else {
+                    k
+                }
+            },
+        );
+        assert_eq!(c.mode(), Mode::On, "{:?}", c.view());
+        let (k, s) = c.best_k().expect("estimates exist");
+        assert!(k >= 3, "k = {k}");
+        assert!(s > 2.0, "predicted {s}");
+    }
+
+    #[test]
+    fn the_users_threshold_switches_off_regardless_of_the_model() {
+        let mut c = Controller::new(4, Some(10.0));
+        let now = Instant::now();
+        c.record_target_only(now, 32, 32.0 / 19.7);
+        assert!(matches!(c.mode(), Mode::Off { .. }));
+        assert!(c
+            .last_decision
+            .as_ref()
+            .is_some_and(|d| d.reason.contains("disable_above_tok_s")));
+        // And it stays off past the back-off while the target is still that fast.
+        let later = now + Duration::from_secs(3600);
+        assert!(!c.plan_request(later).speculate);
+    }
+
+    #[test]
+    fn noisy_measurements_around_a_clear_win_do_not_flap() {
+        let mut c = Controller::new(6, None);
+        let t0 = Instant::now();
+        let mut changes = 0;
+        let mut last = c.mode();
+        let mut now = t0;
+        c.record_target_only(now, 32, 32.0 / 5.0);
+        for i in 0..300u32 {
+            // ±30% noise on verify time, acceptance 0.75 on average.
+            let noise = 1.0 + 0.3 * ((i * 7919 % 13) as f64 / 6.0 - 1.0);
+            let k = c.choose_k().max(1);
+            let a = if i % 4 == 0 { k / 2 } else { k };
+            let d = 0.003 * k as f64;
+            let v = (0.2 + 0.01 * k as f64) * noise;
+            now += Duration::from_secs_f64(d + v);
+            let _ = c.plan_request(now);
+            c.record_round(now, k, a, d, v);
+            if std::mem::discriminant(&c.mode()) != std::mem::discriminant(&last) {
+                changes += 1;
+                last = c.mode();
+            }
+        }
+        assert_eq!(changes, 0, "flapped: {:?}", c.view());
+    }
+
+    #[test]
+    fn off_probes_again_after_the_backoff_and_comes_back_on_when_it_pays() {
+        let mut c = Controller::new(4, None);
+        let mut now = Instant::now();
+        c.record_target_only(now, 32, 32.0 / 10.0);
+        // Bad rounds: switches off.
+        for _ in 0..10 {
+            c.record_round(now, 4, 0, 0.2, 0.2);
+        }
+        assert!(matches!(c.mode(), Mode::Off { .. }));
+        assert!(!c.plan_request(now + Duration::from_secs(1)).speculate);
+        // Conditions improve (the draft host got a GPU): shadowing sees high agreement.
+        for _ in 0..40 {
+            c.record_shadow(4, 4);
+        }
+        now += Duration::from_secs(20);
+        let plan = c.plan_request(now);
+        assert!(plan.speculate, "{:?}", c.view());
+        assert!(matches!(c.mode(), Mode::Probing { .. }));
+        for _ in 0..16 {
+            c.record_round(now, 4, 4, 0.02, 0.1);
+        }
+        assert_eq!(c.mode(), Mode::On, "{:?}", c.view());
+    }
+
+    #[test]
+    fn a_fixed_controller_always_speculates_with_its_k() {
+        let mut c = Controller::fixed(3);
+        let now = Instant::now();
+        c.record_target_only(now, 32, 0.1);
+        for _ in 0..20 {
+            c.record_round(now, 3, 0, 1.0, 1.0);
+        }
+        assert!(c.plan_request(now).speculate);
+        assert_eq!(c.choose_k(), 3);
+    }
+
+    #[test]
+    fn linear_cost_fits_intercept_and_slope() {
+        let mut f = LinearCost::default();
+        for k in [1usize, 2, 4, 8, 1, 2, 4, 8] {
+            f.observe(k, 0.05 + 0.01 * k as f64);
+        }
+        let p = f.predict(6).expect("fitted");
+        assert!((p - 0.11).abs() < 1e-6, "{p}");
+    }
+}
