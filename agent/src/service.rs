@@ -31,6 +31,23 @@ pub struct Agent {
     binaries: BinaryCache,
     client: ClientEndpoint,
     started: Instant,
+    /// File names being received right now: a second transfer of the same file would write the
+    /// same partial file.
+    receiving: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Removes a file name from `Agent::receiving` when its transfer ends, however it ends.
+struct ReceivingGuard<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    name: String,
+}
+
+impl Drop for ReceivingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.name);
+        }
+    }
 }
 
 fn capabilities() -> Vec<Capability> {
@@ -49,8 +66,6 @@ pub async fn run(
     join: Option<String>,
     print_fingerprint: bool,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let identity = NodeIdentity::load_or_create(&config.state_dir, &config.name)
         .context("loading the agent's identity")?;
     if print_fingerprint {
@@ -82,6 +97,7 @@ pub async fn run(
         join: join_state,
         client,
         started: Instant::now(),
+        receiving: Default::default(),
         config,
     });
     tracing::info!(
@@ -372,6 +388,21 @@ impl Agent {
                         "no model folder configured to receive into",
                     )
                 })?;
+                let fresh = self
+                    .receiving
+                    .lock()
+                    .map(|mut set| set.insert(offer.file_name.clone()))
+                    .unwrap_or(false);
+                if !fresh {
+                    return Err(Reply::error(
+                        ErrorKind::Transfer,
+                        format!("{} is already being received", offer.file_name),
+                    ));
+                }
+                let _guard = ReceivingGuard {
+                    set: &self.receiving,
+                    name: offer.file_name.clone(),
+                };
                 transfer::receive(&folder, offer, stream)
                     .await
                     .map(|summary| {

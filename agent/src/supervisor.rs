@@ -67,6 +67,8 @@ pub struct Managed {
     /// Whether the process should be running; the run loop watches it.
     desired: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Serialises starts, so two concurrent start requests cannot spawn two run loops.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Managed {
@@ -171,6 +173,7 @@ impl Supervisor {
         args: Option<Vec<String>>,
     ) -> Result<ProcessStatus, SupervisorError> {
         let managed = self.get(name)?;
+        let _one_start_at_a_time = managed.starting.lock().await;
         let current = managed.snapshot();
         if *managed.desired.borrow()
             && !matches!(current.state, ProcessState::Failed | ProcessState::Stopped)
@@ -293,6 +296,7 @@ fn managed_from(config: &AgentConfig, p: &ProcessConfig, log_dir: &Path) -> Mana
         }),
         desired,
         task: Mutex::new(None),
+        starting: tokio::sync::Mutex::new(()),
     }
 }
 

@@ -266,6 +266,18 @@ pub async fn receive(
         file.set_len(have).map_err(io_err(&part))?;
         (sha256_prefix(&part, Some(have))?, have)
     };
+    let missing = offer.size.saturating_sub(expected);
+    if let Ok(stats) = nix::sys::statvfs::statvfs(folder) {
+        let available = stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size());
+        if missing > available {
+            return Err(TransferError::Refused(format!(
+                "not enough space in {}: {missing} bytes needed, {available} available",
+                folder.display()
+            )));
+        }
+    }
     stream
         .reply(&Reply::UploadResume {
             offset: expected,

@@ -77,6 +77,16 @@ fn part_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 fn model_copy_between_agents_is_verified_and_idempotent() {
     let hosts = two_hosts(&["draft.gguf"]);
     let _runtime = hosts.rt.enter();
+    // Before the copy only alpha has the file.
+    let found = hosts
+        .rt
+        .block_on(fleet::status::find_model(&hosts.fleet, "draft.gguf"))
+        .expect("find");
+    assert_eq!(found[0].models.len(), 1, "{found:?}");
+    assert!(
+        found[1].models.is_empty() && found[1].error.is_none(),
+        "{found:?}"
+    );
     let mut progress_seen = 0u64;
     // No --from: the coordinator finds the host that has the file.
     let summary = hosts

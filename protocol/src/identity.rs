@@ -38,7 +38,14 @@ impl NodeIdentity {
             }
             (None, None) => {
                 let identity = Self::generate(common_name)?;
-                std::fs::create_dir_all(state_dir).map_err(|e| ProtocolError::io(state_dir, e))?;
+                if !state_dir.exists() {
+                    std::fs::create_dir_all(state_dir).map_err(|e| ProtocolError::io(state_dir, e))?;
+                    // A state dir we create holds the key and the trust list: private to its
+                    // owner. (An existing directory the user chose keeps its permissions.)
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| ProtocolError::io(state_dir, e))?;
+                }
                 // Key first: a crash between the two writes leaves no certificate without its key.
                 write_atomic(&key_path, &identity.key_der, 0o600)?;
                 write_atomic(&cert_path, &identity.cert_der, 0o644)?;
