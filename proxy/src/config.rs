@@ -7,7 +7,8 @@
 //! [[pairings]]
 //! name = "llama-70b"                 # the model name clients ask for
 //! target = "http://10.0.0.2:8080"    # llama-server with -np >= draft_tokens + 1
-//! draft = "http://10.0.0.3:8080"     # optional: no draft = target-only
+//! draft = "http://10.0.0.3:8080"     # optional: no draft = target-only; "prompt-lookup" = no model
+//! prompt_lookup_fallback = false     # draft from the context while the draft server is down
 //! draft_tokens = 4                  # the largest k the controller may use
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
 //! adaptive = true                    # false: speculate every round with draft_tokens
@@ -81,6 +82,9 @@ pub struct PairingEntry {
     /// Serve target-only whenever the target alone is faster than this many tokens/s.
     #[serde(default)]
     pub disable_above_tok_s: Option<f64>,
+    /// Draft from the context itself (prompt lookup) while the draft server is down.
+    #[serde(default)]
+    pub prompt_lookup_fallback: bool,
     /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).
     #[serde(default = "default_adaptive")]
     pub adaptive: bool,
@@ -110,6 +114,7 @@ impl PairingEntry {
             target_timeout_s: default_target_timeout(),
             draft_timeout_s: default_draft_timeout(),
             disable_above_tok_s: None,
+            prompt_lookup_fallback: false,
             adaptive: true,
         }
     }
@@ -130,6 +135,7 @@ impl PairingEntry {
             draft_timeout: Duration::from_secs(self.draft_timeout_s),
             disable_above_tok_s: self.disable_above_tok_s,
             adaptive: self.adaptive,
+            prompt_lookup_fallback: self.prompt_lookup_fallback,
         }
     }
 }
@@ -153,7 +159,11 @@ impl ProxyConfig {
             ));
         }
         for (i, p) in self.pairings.iter().enumerate() {
-            for (what, url) in [("target", Some(&p.target)), ("draft", p.draft.as_ref())] {
+            let draft_url = p
+                .draft
+                .as_ref()
+                .filter(|d| d.as_str() != crate::engine::PROMPT_LOOKUP);
+            for (what, url) in [("target", Some(&p.target)), ("draft", draft_url)] {
                 if let Some(url) = url {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(ConfigError::Invalid(format!(

@@ -32,7 +32,8 @@ struct ProxyArgs {
     /// Target llama-server URL (the big model whose output clients get).
     #[arg(long, env = "TIGHTWAD_TARGET")]
     target: Option<String>,
-    /// Draft llama-server URL (a small model with the same vocabulary). Without it: passthrough.
+    /// Draft llama-server URL (a small model with the same vocabulary), or `prompt-lookup` to
+    /// draft from the context itself. Without it: target-only.
     #[arg(long, env = "TIGHTWAD_DRAFT")]
     draft: Option<String>,
     /// Address to listen on.
@@ -47,6 +48,9 @@ struct ProxyArgs {
     /// Never speculate while the target alone is faster than this (tokens/s).
     #[arg(long)]
     disable_above_tok_s: Option<f64>,
+    /// While the draft server is down, draft from the context itself (prompt lookup).
+    #[arg(long)]
+    prompt_lookup_fallback: bool,
     /// Speculate every round with --draft-tokens, even where the controller would switch it off.
     #[arg(long)]
     no_adaptive: bool,
@@ -96,6 +100,9 @@ fn proxy_config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         }
         if let Some(k) = args.draft_tokens {
             first.draft_tokens = k;
+        }
+        if args.prompt_lookup_fallback {
+            first.prompt_lookup_fallback = true;
         }
         if args.no_adaptive {
             first.adaptive = false;

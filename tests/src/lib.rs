@@ -266,15 +266,23 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    pub async fn start(target: &str, draft: Option<&str>, draft_tokens: usize) -> RunningProxy {
+    /// The pairing the tests use: speculation pinned on (on these CPU-only machines the
+    /// controller would rightly switch it off, and the speculation paths would go untested).
+    pub fn entry(target: &str, draft: Option<&str>, draft_tokens: usize) -> PairingEntry {
         let mut entry = PairingEntry::new(target.to_string(), draft.map(str::to_string));
         entry.draft_tokens = draft_tokens;
         entry.name = Some("tightwad-test".into());
         entry.draft_timeout_s = 5;
         entry.target_timeout_s = 30;
-        // Exactness tests pin speculation on: on these CPU-only machines the controller would
-        // (rightly) switch it off, and nothing would be tested.
         entry.adaptive = false;
+        entry
+    }
+
+    pub async fn start(target: &str, draft: Option<&str>, draft_tokens: usize) -> RunningProxy {
+        Self::start_entry(Self::entry(target, draft, draft_tokens)).await
+    }
+
+    pub async fn start_entry(entry: PairingEntry) -> RunningProxy {
         let config = ProxyConfig {
             listen: "127.0.0.1:0".parse().expect("loopback address"),
             pairings: vec![entry],

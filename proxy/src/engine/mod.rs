@@ -12,6 +12,7 @@
 //! client never sees the difference except in speed.
 
 pub mod adapt;
+pub mod lookup;
 pub mod output;
 pub mod verify;
 
@@ -43,6 +44,18 @@ const TOKENIZER_PROBES: &[&str] = &[
     "<|im_start|>user\nhi<|im_end|>\n</s><s>[INST]",
 ];
 
+/// The `draft` value that selects prompt-lookup drafting instead of a draft server.
+pub const PROMPT_LOOKUP: &str = "prompt-lookup";
+
+/// Who proposes the draft tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drafter {
+    /// The draft `llama-server`.
+    Server,
+    /// The context's own earlier n-grams ([`lookup::propose`]).
+    PromptLookup,
+}
+
 /// How long a draft that failed is left alone before the pairing probes it again.
 const DRAFT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -52,7 +65,10 @@ pub struct PairingConfig {
     /// The model name clients use (`model` in requests, listed in `/v1/models`).
     pub name: String,
     pub target_url: String,
+    /// A draft `llama-server` URL, or [`PROMPT_LOOKUP`] to draft from the context itself.
     pub draft_url: Option<String>,
+    /// When the draft server is down, draft from the context (prompt lookup) instead of nothing.
+    pub prompt_lookup_fallback: bool,
     /// Tokens the draft proposes per round (k). Capped by the target's slots (k + 1 needed).
     pub draft_tokens: usize,
     /// Longest wait for one target reply (a verification or a stream event).
@@ -86,6 +102,8 @@ pub struct PairingInfo {
     pub end_of_generation: HashSet<TokenId>,
     /// `Ok(k)`: speculate with k draft tokens per round. `Err(reason)`: target-only, and why.
     pub speculation: Result<usize, String>,
+    /// Who drafts while `speculation` is `Ok`.
+    pub drafter: Drafter,
     probed_at: Instant,
 }
 
@@ -169,6 +187,7 @@ impl Pairing {
         let draft = config
             .draft_url
             .as_deref()
+            .filter(|u| *u != PROMPT_LOOKUP)
             .map(|u| LlamaServer::new(Role::Draft, u, config.draft_timeout))
             .transpose()?;
         let controller = if config.adaptive {
@@ -258,6 +277,7 @@ impl Pairing {
                 n_ctx: old.n_ctx,
                 end_of_generation: old.end_of_generation.clone(),
                 speculation: Err(reason.clone()),
+                drafter: old.drafter,
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -276,11 +296,41 @@ impl Pairing {
                 }
             }
         }
-        let speculation = match &self.draft {
-            None => Err("no draft server configured".to_string()),
+        let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
+        let (speculation, drafter) = match &self.draft {
+            None if lookup_configured => (
+                slots_for_verification(
+                    props.total_slots,
+                    self.config.draft_tokens,
+                    &self.config.name,
+                ),
+                Drafter::PromptLookup,
+            ),
+            None => (
+                Err("no draft server configured".to_string()),
+                Drafter::Server,
+            ),
             Some(draft) => {
-                self.check_draft(draft, props.total_slots, model.n_vocab)
-                    .await
+                let checked = self
+                    .check_draft(draft, props.total_slots, model.n_vocab)
+                    .await;
+                match checked {
+                    Err(reason)
+                        if self.config.prompt_lookup_fallback
+                            && reason.starts_with("draft unavailable") =>
+                    {
+                        warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
+                        (
+                            slots_for_verification(
+                                props.total_slots,
+                                self.config.draft_tokens,
+                                &self.config.name,
+                            ),
+                            Drafter::PromptLookup,
+                        )
+                    }
+                    other => (other, Drafter::Server),
+                }
             }
         };
         Ok(PairingInfo {
@@ -289,6 +339,7 @@ impl Pairing {
             n_ctx: props.default_generation_settings.n_ctx as usize,
             end_of_generation,
             speculation,
+            drafter,
             probed_at: Instant::now(),
         })
     }
@@ -329,24 +380,7 @@ impl Pairing {
                 ));
             }
         }
-        let wanted = self.config.draft_tokens;
-        let slots = target_slots as usize;
-        if slots < 2 {
-            return Err(format!(
-                "the target has {slots} slot; verifying {wanted} draft tokens in one pass needs {} (start it with -np {})",
-                wanted + 1,
-                wanted + 1
-            ));
-        }
-        if slots < wanted + 1 {
-            warn!(
-                pairing = %self.config.name,
-                "the target has {slots} slots: draft length capped at {} (start it with -np {} for k = {wanted})",
-                slots - 1,
-                wanted + 1
-            );
-        }
-        Ok(wanted.min(slots - 1).max(1))
+        slots_for_verification(target_slots, self.config.draft_tokens, &self.config.name)
     }
 
     /// Turn a prompt into the target's token ids, exactly as the target's own endpoints would.
@@ -421,7 +455,7 @@ impl Pairing {
             accepted: 0,
         };
         let mut served_by = ServedBy::TargetOnly;
-        if let (Ok(k), Some(draft)) = (&info.speculation, &self.draft) {
+        if let Ok(k) = &info.speculation {
             let plan = self.with_controller(|c| c.plan_request(Instant::now()));
             self.publish_controller_state();
             if plan.speculate {
@@ -442,10 +476,26 @@ impl Pairing {
                 let spec_started = Instant::now();
                 let count_before = run.out.count();
                 if run.out.finish.is_none() && run.ids_known() {
-                    if let Err(e) = self
-                        .speculate(&info, draft, *k, &request.sampling, &mut run, &tx)
-                        .await
-                    {
+                    let mut result = self
+                        .speculate(&info, info.drafter, *k, &request.sampling, &mut run, &tx)
+                        .await;
+                    if let Err(SpeculationStop::Draft(reason)) = &result {
+                        if self.config.prompt_lookup_fallback {
+                            warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; drafting from the context for the rest of this answer");
+                            self.draft_failed(reason.clone()).await;
+                            result = self
+                                .speculate(
+                                    &info,
+                                    Drafter::PromptLookup,
+                                    *k,
+                                    &request.sampling,
+                                    &mut run,
+                                    &tx,
+                                )
+                                .await;
+                        }
+                    }
+                    if let Err(e) = result {
                         match e {
                             SpeculationStop::Draft(reason) => {
                                 warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; continuing target-only");
@@ -499,7 +549,7 @@ impl Pairing {
     async fn speculate(
         &self,
         info: &PairingInfo,
-        draft: &LlamaServer,
+        drafter: Drafter,
         k_max: usize,
         sampling: &Sampling,
         run: &mut Run,
@@ -533,16 +583,21 @@ impl Pairing {
             let span = info_span!("round", n = run.rounds + 1, k);
             let round = async {
                 let draft_started = Instant::now();
-                let proposal = if k == 0 {
-                    Vec::new()
-                } else {
-                    let mut d = draft
-                        .complete(&run.ctx, k, &Sampling::greedy())
-                        .await
-                        .map_err(|e| SpeculationStop::Draft(e.to_string()))?
-                        .tokens;
-                    d.truncate(k);
-                    d
+                let proposal = match (k, drafter, &self.draft) {
+                    (0, _, _) => Vec::new(),
+                    (_, Drafter::PromptLookup, _) => lookup::propose(&run.ctx, k),
+                    (_, Drafter::Server, None) => {
+                        return Err(SpeculationStop::Draft("no draft server".into()))
+                    }
+                    (_, Drafter::Server, Some(draft)) => {
+                        let mut d = draft
+                            .complete(&run.ctx, k, &Sampling::greedy())
+                            .await
+                            .map_err(|e| SpeculationStop::Draft(e.to_string()))?
+                            .tokens;
+                        d.truncate(k);
+                        d
+                    }
                 };
                 let draft_secs = draft_started.elapsed().as_secs_f64();
                 let verify_started = Instant::now();
@@ -740,6 +795,31 @@ impl Pairing {
         }
         Ok(out.resolve(&text))
     }
+}
+
+/// The draft length the target's slots allow (k draft tokens need k + 1 slots), or why none.
+fn slots_for_verification(
+    target_slots: u32,
+    wanted: usize,
+    pairing: &str,
+) -> Result<usize, String> {
+    let slots = target_slots as usize;
+    if slots < 2 {
+        return Err(format!(
+            "the target has {slots} slot; verifying {wanted} draft tokens in one pass needs {} (start it with -np {})",
+            wanted + 1,
+            wanted + 1
+        ));
+    }
+    if slots < wanted + 1 {
+        warn!(
+            pairing,
+            "the target has {slots} slots: draft length capped at {} (start it with -np {} for k = {wanted})",
+            slots - 1,
+            wanted + 1
+        );
+    }
+    Ok(wanted.min(slots - 1).max(1))
 }
 
 /// Why the rounds stopped before the output was finished.
