@@ -149,13 +149,20 @@ fn copy_cut_off_by_a_link_down_resumes_and_verifies() {
     let size = std::fs::metadata(hosts.models_a.join("target.gguf"))
         .expect("size")
         .len();
-    // 16 MiB/s: the 80 MB file takes ~5 s, and the link goes down after ~1.5 s.
+    // 16 MiB/s: the 80 MB file takes ~5 s; the link goes down once 8 MiB have arrived.
     let cutter = {
         let lab = &hosts.lab;
         let ns = &hosts.ns_b;
         std::thread::scope(|scope| {
-            let handle = scope.spawn(|| {
-                std::thread::sleep(Duration::from_millis(1500));
+            let part = part_file(&hosts.models_b, "target.gguf");
+            let handle = scope.spawn(move || {
+                // Cut once a few chunks have landed, however slow the machine is.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 8 << 20
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 lab.set_link(ns, false);
             });
             let result = hosts.rt.block_on(fleet::copy(
