@@ -422,6 +422,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_single_byte_corruption_is_an_error_or_a_summary_never_a_panic() {
+        let original = tiny_gguf(&["<s>", "hello", "world"], None);
+        for position in 0..original.len() {
+            for value in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bytes = original.clone();
+                bytes[position] = value;
+                let _ = read_header(&bytes[..], bytes.len() as u64);
+            }
+        }
+    }
+
+    #[test]
     fn lying_lengths_are_errors_not_allocations() {
         let bytes = tiny_gguf(&["a"], Some(u64::MAX / 2));
         assert!(matches!(
