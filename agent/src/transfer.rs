@@ -100,7 +100,7 @@ pub async fn send(
         chunk_size: CHUNK_BYTES,
     };
     let mut upload = peer.open(&Request::ReceiveModel(offer)).await?;
-    let mut offset = match upload.next_reply().await? {
+    let mut offset = match upload.next_reply().await.map_err(|e| peer.explain(e))? {
         Some(Reply::UploadResume {
             offset,
             prefix_sha256,
@@ -151,7 +151,8 @@ pub async fn send(
                 data,
                 sha256: digest,
             })
-            .await?;
+            .await
+            .map_err(|e| peer.explain(e))?;
         offset += want as u64;
         sent_this_run += want as u64;
         if let Some(rate) = max_bytes_per_second.filter(|r| *r > 0) {
@@ -173,9 +174,12 @@ pub async fn send(
                 .await?;
         }
     }
-    upload.send(&UploadFrame::Finish).await?;
-    upload.finish()?;
-    let summary = match upload.next_reply().await? {
+    upload
+        .send(&UploadFrame::Finish)
+        .await
+        .map_err(|e| peer.explain(e))?;
+    upload.finish().map_err(|e| peer.explain(e))?;
+    let summary = match upload.next_reply().await.map_err(|e| peer.explain(e))? {
         Some(Reply::TransferDone(summary)) => summary,
         Some(other) => {
             return Err(TransferError::Refused(format!(

@@ -137,9 +137,9 @@ pub fn describe_connection_error(address: &str, error: quinn::ConnectionError) -
             "{address} closed the connection: {}",
             String::from_utf8_lossy(&close.reason)
         )),
-        quinn::ConnectionError::TimedOut => ProtocolError::Connect {
+        quinn::ConnectionError::TimedOut => ProtocolError::PeerSilent {
             address: address.to_string(),
-            reason: "timed out (peer stopped answering)".into(),
+            idle_secs: crate::tls::IDLE_TIMEOUT.as_secs(),
         },
         _ => ProtocolError::Connection(error),
     }
@@ -233,7 +233,7 @@ impl Client {
 
     /// A stream error on a connection the peer closed says only "connection lost"; the close
     /// reason (certificate refused, enrollment refused, ...) is what the user needs.
-    fn explain(&self, error: ProtocolError) -> ProtocolError {
+    pub fn explain(&self, error: ProtocolError) -> ProtocolError {
         match error {
             ProtocolError::Read(_)
             | ProtocolError::Write(_)

@@ -21,6 +21,8 @@ pub enum ProtocolError {
     Connect { address: String, reason: String },
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    #[error("{address} stopped answering (nothing for {idle_secs}s): host down or link cut")]
+    PeerSilent { address: String, idle_secs: u64 },
     #[error("stream write failed: {0}")]
     Write(#[from] quinn::WriteError),
     #[error("stream read failed: {0}")]
