@@ -12,6 +12,7 @@
 //! draft_tokens = 4                  # the largest k the controller may use
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
 //! adaptive = true                    # false: speculate every round with draft_tokens
+//! pipeline = true                    # draft the next block while the target verifies
 //! ```
 
 use std::net::SocketAddr;
@@ -85,12 +86,19 @@ pub struct PairingEntry {
     /// Draft from the context itself (prompt lookup) while the draft server is down.
     #[serde(default)]
     pub prompt_lookup_fallback: bool,
+    /// Draft the next block while the target verifies the current one.
+    #[serde(default = "default_pipeline")]
+    pub pipeline: bool,
     /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).
     #[serde(default = "default_adaptive")]
     pub adaptive: bool,
 }
 
 fn default_adaptive() -> bool {
+    true
+}
+
+fn default_pipeline() -> bool {
     true
 }
 
@@ -116,6 +124,7 @@ impl PairingEntry {
             disable_above_tok_s: None,
             prompt_lookup_fallback: false,
             adaptive: true,
+            pipeline: true,
         }
     }
 
@@ -136,6 +145,7 @@ impl PairingEntry {
             disable_above_tok_s: self.disable_above_tok_s,
             adaptive: self.adaptive,
             prompt_lookup_fallback: self.prompt_lookup_fallback,
+            pipeline: self.pipeline,
         }
     }
 }

@@ -47,6 +47,7 @@ pub struct Metrics {
     target_calls: Family<PairingLabel, Counter>,
     generated: Family<PairingLabel, Counter>,
     draft_failures: Family<PairingLabel, Counter>,
+    prefetched: Family<PairingLabel, Counter>,
     speculation_enabled: Family<PairingLabel, Gauge>,
     rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
 }
@@ -86,6 +87,7 @@ impl Metrics {
         let generated = Family::<PairingLabel, Counter>::default();
         let draft_failures = Family::<PairingLabel, Counter>::default();
         let speculation_enabled = Family::<PairingLabel, Gauge>::default();
+        let prefetched = Family::<PairingLabel, Counter>::default();
         registry.register(
             "requests",
             "Completion requests by how they were served",
@@ -118,6 +120,11 @@ impl Metrics {
             draft_failures.clone(),
         );
         registry.register(
+            "pipelined_rounds",
+            "Rounds whose draft was already made while the previous block was verified",
+            prefetched.clone(),
+        );
+        registry.register(
             "speculation_enabled",
             "1 when the pairing currently speculates, 0 when it serves target-only",
             speculation_enabled.clone(),
@@ -131,6 +138,7 @@ impl Metrics {
             target_calls,
             generated,
             draft_failures,
+            prefetched,
             speculation_enabled,
             rates: Mutex::new(Default::default()),
         }
@@ -155,6 +163,7 @@ impl Metrics {
             target_calls: self.target_calls.get_or_create(&l).clone(),
             generated: self.generated.get_or_create(&l).clone(),
             draft_failures: self.draft_failures.get_or_create(&l).clone(),
+            prefetched: self.prefetched.get_or_create(&l).clone(),
             speculation_enabled: self.speculation_enabled.get_or_create(&l).clone(),
             rates,
         }
@@ -179,6 +188,7 @@ pub struct PairingMetrics {
     pub target_calls: Counter,
     pub generated: Counter,
     pub draft_failures: Counter,
+    pub prefetched: Counter,
     pub speculation_enabled: Gauge,
     rates: Arc<Mutex<Rates>>,
 }
@@ -197,6 +207,7 @@ pub struct PairingStats {
     pub target_verify_calls: u64,
     pub generated_tokens: u64,
     pub draft_failures: u64,
+    pub pipelined_rounds: u64,
     #[serde(flatten)]
     pub rates: Rates,
 }
@@ -279,6 +290,7 @@ impl PairingMetrics {
             target_verify_calls: self.target_calls.get(),
             generated_tokens: self.generated.get(),
             draft_failures: self.draft_failures.get(),
+            pipelined_rounds: self.prefetched.get(),
             rates: self.rates.lock().map(|r| r.clone()).unwrap_or_default(),
         }
     }

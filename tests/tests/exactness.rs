@@ -230,6 +230,7 @@ async fn stop_strings_end_the_answer_where_the_target_ends_it() {
 
 #[tokio::test]
 async fn one_target_decode_per_speculation_round() {
+    // Pipelined drafting included: the draft's early work must not cost the target decodes.
     let s = setup(Some("draft.gguf")).await;
     for prompt in prompts().iter().take(6) {
         let before = s.target.metric("llamacpp:n_decode_total").await;
@@ -269,6 +270,14 @@ async fn an_identical_draft_is_always_accepted() {
         assert!(
             rounds <= (MAX_TOKENS as u64).div_ceil(K as u64 + 1),
             "{rounds} rounds: {through}"
+        );
+        // The pipelined draft (drafted while the target verified) was ready for most rounds.
+        let pipelined = through["tightwad"]["pipelined_rounds"]
+            .as_u64()
+            .expect("pipelined_rounds");
+        assert!(
+            pipelined * 2 >= rounds,
+            "only {pipelined} of {rounds} rounds pipelined: {through}"
         );
     }
     assert_ties_are_rare(&outcomes);

@@ -289,6 +289,7 @@ impl Reply {
             "rounds": g.rounds,
             "drafted": g.drafted,
             "accepted": g.accepted,
+            "pipelined_rounds": g.prefetched,
             "elapsed_ms": g.elapsed.as_millis() as u64,
         })
     }

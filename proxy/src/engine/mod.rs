@@ -79,6 +79,8 @@ pub struct PairingConfig {
     pub disable_above_tok_s: Option<f64>,
     /// `false`: speculate every round with `draft_tokens`, whatever it costs (tests, experiments).
     pub adaptive: bool,
+    /// Draft the next block while the target verifies this one (needs `-np 2` on the draft).
+    pub pipeline: bool,
 }
 
 /// A target server with an optional draft server, served under one model name.
@@ -143,6 +145,7 @@ pub struct Generation {
     pub rounds: usize,
     pub drafted: usize,
     pub accepted: usize,
+    pub prefetched: usize,
     pub elapsed: Duration,
 }
 
@@ -172,6 +175,8 @@ struct Run {
     rounds: usize,
     drafted: usize,
     accepted: usize,
+    /// Rounds whose draft was ready when the previous verification ended (pipelining won).
+    prefetched: usize,
 }
 
 impl Run {
@@ -453,6 +458,7 @@ impl Pairing {
             rounds: 0,
             drafted: 0,
             accepted: 0,
+            prefetched: 0,
         };
         let mut served_by = ServedBy::TargetOnly;
         if let Ok(k) = &info.speculation {
@@ -541,6 +547,7 @@ impl Pairing {
             rounds: run.rounds,
             drafted: run.drafted,
             accepted: run.accepted,
+            prefetched: run.prefetched,
             elapsed,
         })
     }
@@ -573,6 +580,10 @@ impl Pairing {
                 _ => 100,
             }
         };
+        // Pipelining: while the target verifies a block, the draft already drafts the next one,
+        // betting that the whole block is accepted. `prefetch` holds that bet: the context it was
+        // drafted for and the task drafting it (aborted when the bet is lost).
+        let mut prefetch: Option<Prefetch> = None;
         while run.out.finish.is_none() {
             let wanted = self.with_controller(|c| c.choose_k());
             if wanted == 0 {
@@ -590,16 +601,48 @@ impl Pairing {
                         return Err(SpeculationStop::Draft("no draft server".into()))
                     }
                     (_, Drafter::Server, Some(draft)) => {
-                        let mut d = draft
-                            .complete(&run.ctx, k, &Sampling::greedy())
-                            .await
-                            .map_err(|e| SpeculationStop::Draft(e.to_string()))?
-                            .tokens;
+                        let ready = match prefetch.take() {
+                            Some(p) if p.base == run.ctx => p.collect().await,
+                            _ => None,
+                        };
+                        let mut d = match ready {
+                            Some(tokens) if tokens.len() >= k => {
+                                run.prefetched += 1;
+                                self.metrics.prefetched.inc();
+                                tokens
+                            }
+                            _ => {
+                                draft
+                                    .complete(&run.ctx, k, &Sampling::greedy())
+                                    .await
+                                    .map_err(|e| SpeculationStop::Draft(e.to_string()))?
+                                    .tokens
+                            }
+                        };
                         d.truncate(k);
                         d
                     }
                 };
                 let draft_secs = draft_started.elapsed().as_secs_f64();
+                // Bet on full acceptance: draft k + 1 more tokens after this block (the first is
+                // the draft's guess for the target's bonus token) while the target verifies.
+                let bet = match (&self.draft, drafter) {
+                    (Some(draft), Drafter::Server)
+                        if self.config.pipeline && k > 0 && proposal.len() == k =>
+                    {
+                        let base: Vec<TokenId> = [run.ctx.as_slice(), &proposal].concat();
+                        let draft = draft.clone();
+                        let ahead = base.clone();
+                        let task = tokio::spawn(async move {
+                            draft
+                                .complete(&ahead, k + 1, &Sampling::greedy())
+                                .await
+                                .map(|c| c.tokens)
+                        });
+                        Some(Prefetch::new(base, task))
+                    }
+                    _ => None,
+                };
                 let verify_started = Instant::now();
                 let prompts: Vec<Vec<TokenId>> = (0..=proposal.len())
                     .map(|i| [run.ctx.as_slice(), &proposal[..i]].concat())
@@ -647,6 +690,13 @@ impl Pairing {
                 run.rounds += 1;
                 run.drafted += proposal.len();
                 run.accepted += n_accepted;
+                if let Some(bet) = bet {
+                    if n_accepted == proposal.len() {
+                        // Still winning if the draft's first extra token is the target's bonus.
+                        prefetch = Some(bet.after_bonus(choices[n_accepted].id));
+                    }
+                    // Otherwise the bet is dropped here, which cancels it.
+                }
                 let mut text = String::new();
                 for c in &choices[..=n_accepted] {
                     text.push_str(&run.out.push(c.id, c.bytes.as_deref(), c.end_of_generation));
@@ -820,6 +870,69 @@ fn slots_for_verification(
         );
     }
     Ok(wanted.min(slots - 1).max(1))
+}
+
+/// Draft tokens being drafted ahead for the context `base` (pipelining). Dropping it cancels the
+/// draft request, so a lost bet never keeps the draft busy.
+struct Prefetch {
+    base: Vec<TokenId>,
+    task: Option<tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>>,
+}
+
+impl Prefetch {
+    fn new(
+        base: Vec<TokenId>,
+        task: tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>,
+    ) -> Self {
+        Prefetch {
+            base,
+            task: Some(task),
+        }
+    }
+
+    /// The drafted tokens, if the draft answered.
+    async fn collect(mut self) -> Option<Vec<TokenId>> {
+        let task = self.task.take()?;
+        task.await.ok().and_then(Result::ok)
+    }
+
+    /// The whole block was accepted and the target added `bonus`: keep the drafted tokens after
+    /// their first one, if that first one was `bonus`.
+    fn after_bonus(mut self, bonus: TokenId) -> Prefetch {
+        let task = self.task.take();
+        let mut base = std::mem::take(&mut self.base);
+        base.push(bonus);
+        let next = tokio::spawn(async move {
+            let mut inner = AbortOnDrop(task);
+            match inner.0.as_mut() {
+                Some(t) => match t.await {
+                    Ok(Ok(tokens)) if tokens.first() == Some(&bonus) => Ok(tokens[1..].to_vec()),
+                    _ => Ok(Vec::new()),
+                },
+                None => Ok(Vec::new()),
+            }
+        });
+        Prefetch::new(base, next)
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Aborts the task it holds if dropped before the task was awaited.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
 }
 
 /// Why the rounds stopped before the output was finished.
