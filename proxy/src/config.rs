@@ -3,6 +3,10 @@
 //! ```toml
 //! listen = "127.0.0.1:8088"
 //! max_body_bytes = 4194304
+//! api_keys = ["sk-local-1"]          # optional; clients send `Authorization: Bearer sk-local-1`
+//! max_concurrent_requests = 64
+//! max_concurrent_per_client = 16
+//! max_tokens_limit = 4096            # optional
 //!
 //! [[pairings]]
 //! name = "llama-70b"                 # the model name clients ask for
@@ -44,6 +48,12 @@ fn default_listen() -> SocketAddr {
 fn default_body_limit() -> usize {
     4 * 1024 * 1024
 }
+fn default_max_concurrent() -> usize {
+    64
+}
+fn default_max_concurrent_per_client() -> usize {
+    16
+}
 fn default_draft_tokens() -> usize {
     4
 }
@@ -63,6 +73,24 @@ pub struct ProxyConfig {
     /// Larger request bodies are refused with 413 before they are read.
     #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
+    /// Bearer keys clients must present (none: open). `TIGHTWAD_API_KEY` adds one.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Generations in flight at once, all clients together; more get 429.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// Generations in flight at once from one client address; more get 429.
+    #[serde(default = "default_max_concurrent_per_client")]
+    pub max_concurrent_per_client: usize,
+    /// Largest `max_tokens` a request may ask for (and the default when it asks for none).
+    #[serde(default)]
+    pub max_tokens_limit: Option<usize>,
+    /// The fleet's hosts, read by `tightwad status`/`agent`/`models` (see `fleet::config`).
+    #[serde(default)]
+    pub hosts: Vec<toml::Value>,
+    /// The coordinator's own identity folder for the peer protocol.
+    #[serde(default)]
+    pub state_dir: Option<String>,
     #[serde(default)]
     pub pairings: Vec<PairingEntry>,
 }
@@ -107,6 +135,12 @@ impl Default for ProxyConfig {
         ProxyConfig {
             listen: default_listen(),
             max_body_bytes: default_body_limit(),
+            api_keys: Vec::new(),
+            max_concurrent_requests: default_max_concurrent(),
+            max_concurrent_per_client: default_max_concurrent_per_client(),
+            max_tokens_limit: None,
+            hosts: Vec::new(),
+            state_dir: None,
             pairings: Vec::new(),
         }
     }

@@ -7,11 +7,13 @@
 //!   acceptance rule ([`engine::verify`]) and output assembly ([`engine::output`]);
 //! - [`backend`]: the clients for the inference servers (llama.cpp's `llama-server` today);
 //! - [`metrics`]: counters behind `/metrics` and `/v1/tightwad/stats`;
-//! - [`config`] and [`server`]: how a proxy is described and started.
+//! - [`config`] and [`server`]: how a proxy is described and started;
+//! - [`fleet`]: the commands that control the hosts' agents over the peer protocol.
 
 pub mod api;
 pub mod backend;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod metrics;
 pub mod server;

@@ -15,6 +15,9 @@ use tightwad::server::Proxy;
     about = "Speculative decoding across your LAN, behind one OpenAI endpoint"
 )]
 struct Cli {
+    /// Config file: pairings and limits for `proxy`, `[[hosts]]` for the fleet commands.
+    #[arg(long, short = 'c', global = true, env = "TIGHTWAD_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +28,8 @@ enum Command {
     ///
     /// Example: tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081
     Proxy(ProxyArgs),
+    #[command(flatten)]
+    Fleet(tightwad::fleet::FleetCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,9 +59,9 @@ struct ProxyArgs {
     /// Speculate every round with --draft-tokens, even where the controller would switch it off.
     #[arg(long)]
     no_adaptive: bool,
-    /// TOML config file (pairings, limits); flags override it.
-    #[arg(long, short = 'c', env = "TIGHTWAD_CONFIG")]
-    config: Option<PathBuf>,
+    /// An API key clients must send as `Authorization: Bearer KEY` (adds to the file's keys).
+    #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -75,13 +80,16 @@ fn init_logging(json: bool) {
     }
 }
 
-fn proxy_config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
-    let mut config = match &args.config {
+fn proxy_config(args: &ProxyArgs, file: Option<&PathBuf>) -> anyhow::Result<ProxyConfig> {
+    let mut config = match file {
         Some(path) => ProxyConfig::load(path)?,
         None => ProxyConfig::default(),
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(key) = &args.api_key {
+        config.api_keys.push(key.clone());
     }
     if let Some(target) = &args.target {
         let entry = PairingEntry::new(target.clone(), args.draft.clone());
@@ -138,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => {
             init_logging(args.log_json);
-            let config = proxy_config(&args)?;
+            let config = proxy_config(&args, cli.config.as_ref())?;
             let proxy = Proxy::bind(&config).await?;
             proxy.probe().await;
             proxy
@@ -146,6 +154,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("proxy stopped")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet(cmd) => {
+            let path = cli.config.unwrap_or_else(|| PathBuf::from("tightwad.toml"));
+            tightwad::fleet::run(cmd, &path).await
         }
     }
 }

@@ -36,8 +36,15 @@ impl Proxy {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let gate = crate::api::guard::Gate::new(crate::api::guard::Limits {
+            api_keys: config.api_keys.clone(),
+            max_concurrent: config.max_concurrent_requests,
+            max_concurrent_per_client: config.max_concurrent_per_client,
+            max_tokens: config.max_tokens_limit,
+        });
         let state = Arc::new(AppState {
             pairings,
+            gate,
             metrics,
             max_body_bytes: config.max_body_bytes,
             started,
@@ -69,7 +76,9 @@ impl Proxy {
     ) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         info!(%addr, "tightwad proxy listening");
-        axum::serve(self.listener, api::router(self.state))
+        let app =
+            api::router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP")

@@ -3,6 +3,7 @@
 //! Each completion request gets a `request` tracing span; the engine adds one span per round.
 
 pub mod error;
+pub mod guard;
 pub mod openai;
 
 use std::convert::Infallible;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -29,6 +31,7 @@ use openai::{Endpoint, Plan};
 /// Everything the handlers share.
 pub struct AppState {
     pub pairings: Vec<Arc<Pairing>>,
+    pub gate: Arc<guard::Gate>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub started: u64,
@@ -85,7 +88,11 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn models(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
     let data: Vec<Value> = state
         .pairings
         .iter()
@@ -98,7 +105,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -112,7 +119,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn stats(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
     let pairings: Vec<Value> = state
         .pairings
         .iter()
@@ -127,15 +138,23 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
             v
         })
         .collect();
-    Json(json!({"pairings": pairings}))
+    Ok(Json(json!({"pairings": pairings})))
 }
 
-async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    serve(state, Endpoint::Completions, req).await
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    serve(state, Endpoint::Completions, client, req).await
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    serve(state, Endpoint::ChatCompletions, req).await
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    serve(state, Endpoint::ChatCompletions, client, req).await
 }
 
 /// Read the body within the size limit; a larger body is refused whole, never half-read.
@@ -156,7 +175,12 @@ async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::too_large(limit))
 }
 
-async fn serve(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+async fn serve(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    client: SocketAddr,
+    req: Request,
+) -> Response {
     let id = format!(
         "{}-{}",
         match endpoint {
@@ -167,7 +191,7 @@ async fn serve(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respon
     );
     let span = info_span!("request", %id, endpoint = endpoint.path());
     async move {
-        match handle(state, endpoint, req, id).await {
+        match handle(state, endpoint, client, req, id).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(status = e.status.as_u16(), message = %e.message, "request refused");
@@ -182,16 +206,32 @@ async fn serve(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respon
 async fn handle(
     state: Arc<AppState>,
     endpoint: Endpoint,
+    client: SocketAddr,
     req: Request,
     id: String,
 ) -> Result<Response, ApiError> {
+    state.gate.authorize(req.headers())?;
+    let permit = state.gate.admit(client.ip())?;
     let body = read_body(&state, req).await?;
     let (raw, request) = openai::parse(&body)?;
     let pairing = state.pairing(request.model.as_deref())?.clone();
-    match request.plan(endpoint)? {
+    let mut plan = request.plan(endpoint)?;
+    if let (Plan::Engine(g), Some(limit)) = (&mut plan, state.gate.limits().max_tokens) {
+        match g.max_tokens {
+            Some(m) if m > limit => {
+                return Err(ApiError::invalid(
+                    format!("`max_tokens` = {m} is above this proxy's limit of {limit}."),
+                    Some("max_tokens"),
+                ))
+            }
+            None => g.max_tokens = Some(limit),
+            Some(_) => {}
+        }
+    }
+    match plan {
         Plan::Passthrough(reason) => {
             info!(%reason, "forwarding to the target unchanged");
-            passthrough(&pairing, endpoint, raw).await
+            passthrough(&pairing, endpoint, raw, permit).await
         }
         Plan::Engine(generation) => {
             let model = pairing.config.name.clone();
@@ -214,7 +254,7 @@ async fn handle(
                 }
             };
             if request.wants_stream() {
-                Ok(stream_response(pairing, prepared, reply).await)
+                Ok(stream_response(pairing, prepared, reply, permit).await)
             } else {
                 let (tx, mut rx) = mpsc::channel::<Delta>(64);
                 let collect = async {
@@ -225,6 +265,7 @@ async fn handle(
                     text
                 };
                 let (result, text) = tokio::join!(pairing.generate_prepared(prepared, tx), collect);
+                drop(permit);
                 let generation = match result {
                     Ok(g) => g,
                     Err(e) => {
@@ -395,6 +436,7 @@ async fn stream_response(
     pairing: Arc<Pairing>,
     prepared: crate::engine::Prepared,
     reply: Reply,
+    permit: guard::Permit,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<StreamItem>(64);
     let task = {
@@ -425,6 +467,7 @@ async fn stream_response(
                         Err(ApiError::from(e))
                     }
                 };
+                drop(permit);
                 let _ = tx.send(StreamItem::Done(Box::new(result))).await;
             }
             .instrument(span),
@@ -503,6 +546,7 @@ async fn passthrough(
     pairing: &Pairing,
     endpoint: Endpoint,
     body: Value,
+    permit: guard::Permit,
 ) -> Result<Response, ApiError> {
     let resp = pairing
         .target()
@@ -517,7 +561,11 @@ async fn passthrough(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let stream = resp.bytes_stream();
+    // The permit lives as long as the relayed body does.
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
     Ok(Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
