@@ -17,6 +17,7 @@
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
 //! adaptive = true                    # false: speculate every round with draft_tokens
 //! pipeline = true                    # draft the next block while the target verifies
+//! native = false                     # true: the target runs llama.cpp's own speculation
 //! ```
 
 use std::net::SocketAddr;
@@ -117,6 +118,10 @@ pub struct PairingEntry {
     /// Draft the next block while the target verifies the current one.
     #[serde(default = "default_pipeline")]
     pub pipeline: bool,
+    /// The target speculates by itself (llama.cpp `-md` with the draft on a remote rpc-server);
+    /// no `draft` URL then: the proxy steers `speculative.n_max` per request.
+    #[serde(default)]
+    pub native: bool,
     /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).
     #[serde(default = "default_adaptive")]
     pub adaptive: bool,
@@ -159,6 +164,7 @@ impl PairingEntry {
             prompt_lookup_fallback: false,
             adaptive: true,
             pipeline: true,
+            native: false,
         }
     }
 
@@ -180,6 +186,7 @@ impl PairingEntry {
             adaptive: self.adaptive,
             prompt_lookup_fallback: self.prompt_lookup_fallback,
             pipeline: self.pipeline,
+            native: self.native,
         }
     }
 }

@@ -56,6 +56,10 @@ struct ProxyArgs {
     /// While the draft server is down, draft from the context itself (prompt lookup).
     #[arg(long)]
     prompt_lookup_fallback: bool,
+    /// The target runs llama.cpp's own speculation (`-md` with the draft on a remote rpc-server);
+    /// the proxy steers how many tokens it drafts per request. No --draft then.
+    #[arg(long)]
+    native: bool,
     /// Speculate every round with --draft-tokens, even where the controller would switch it off.
     #[arg(long)]
     no_adaptive: bool,
@@ -111,6 +115,9 @@ fn proxy_config(args: &ProxyArgs, file: Option<&PathBuf>) -> anyhow::Result<Prox
         }
         if args.prompt_lookup_fallback {
             first.prompt_lookup_fallback = true;
+        }
+        if args.native {
+            first.native = true;
         }
         if args.no_adaptive {
             first.adaptive = false;

@@ -19,6 +19,7 @@ pub struct TestEnv {
     pub llama_server: PathBuf,
     pub models: PathBuf,
     pub smollm2: Option<PathBuf>,
+    pub rpc_server: Option<PathBuf>,
 }
 
 fn required_var(name: &str) -> PathBuf {
@@ -47,6 +48,7 @@ pub fn env() -> TestEnv {
         llama_server,
         models,
         smollm2: std::env::var_os("TIGHTWAD_SMOLLM2").map(PathBuf::from),
+        rpc_server: std::env::var_os("RPC_SERVER").map(PathBuf::from),
     }
 }
 
@@ -105,6 +107,45 @@ impl ServerOptions {
             ctx: 16384,
             ..Default::default()
         }
+    }
+}
+
+/// A running `ggml-rpc-server` (a remote device for llama.cpp), killed when dropped.
+pub struct RpcServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RpcServer {
+    pub async fn start(env: &TestEnv) -> RpcServer {
+        let binary = env
+            .rpc_server
+            .clone()
+            .unwrap_or_else(|| panic!("RPC_SERVER is not set: run ./scripts/test"));
+        let port = free_port();
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string(), "-t", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "rpc-server did not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        RpcServer { child, port }
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

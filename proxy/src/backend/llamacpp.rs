@@ -148,6 +148,11 @@ pub struct Timings {
     pub predicted_n: f64,
     #[serde(default)]
     pub predicted_ms: f64,
+    /// Tokens llama.cpp's own speculation drafted / accepted (native pairing).
+    #[serde(default)]
+    pub draft_n: Option<u64>,
+    #[serde(default)]
+    pub draft_n_accepted: Option<u64>,
 }
 
 /// One prompt's result from `/completion`.
@@ -179,6 +184,8 @@ pub struct StreamEvent {
     pub stop: bool,
     #[serde(default)]
     pub stop_type: String,
+    #[serde(default)]
+    pub timings: Option<Timings>,
 }
 
 #[derive(Serialize)]
@@ -485,11 +492,18 @@ impl LlamaServer {
         prompt: &[TokenId],
         n_predict: usize,
         sampling: &Sampling,
+        native_draft_tokens: Option<usize>,
     ) -> Result<impl Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static, BackendError>
     {
         let mut body = Self::completion_body(json!(prompt), n_predict, sampling, 1, false);
         if let Value::Object(m) = &mut body {
             m.insert("stream".into(), json!(true));
+            // A target paired natively with its own draft: how many tokens its speculation may
+            // draft for this request (0 turns it off).
+            if let Some(n) = native_draft_tokens {
+                m.insert("speculative.n_max".into(), json!(n));
+                m.insert("speculative.n_min".into(), json!(0));
+            }
         }
         let path = "/completion";
         // No overall timeout on a stream: it lasts as long as the generation. Stalls are caught by

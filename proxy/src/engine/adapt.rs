@@ -453,6 +453,36 @@ impl Controller {
         }
     }
 
+    /// A request served by native pairing: the target drafted with up to `k` tokens per step,
+    /// `drafted`/`accepted` by its own counters, `tokens` in `seconds` after the first token.
+    /// There are no proxy rounds to time, so the decision rests on measured throughput.
+    pub fn record_native(
+        &mut self,
+        now: Instant,
+        k: usize,
+        drafted: usize,
+        accepted: usize,
+        tokens: usize,
+        seconds: f64,
+    ) {
+        // Spread the counters over the steps they came from, position by position.
+        let steps = drafted.div_ceil(k.max(1));
+        let mut left = accepted;
+        for _ in 0..steps {
+            let here = left.min(k);
+            self.record_acceptance(k, here);
+            left -= here;
+        }
+        self.rounds_in_mode += steps.max(1) as u32;
+        if let Mode::Probing { .. } = self.mode {
+            self.probe_tokens += tokens;
+            self.probe_seconds += seconds;
+            self.finish_probe(now);
+            return;
+        }
+        self.record_speculative_request(now, tokens, seconds);
+    }
+
     pub fn view(&self) -> ControllerView {
         let best = self.best_k();
         let k = best.map(|(k, _)| k).unwrap_or(self.k_cap.min(4));

@@ -54,6 +54,8 @@ pub enum Drafter {
     Server,
     /// The context's own earlier n-grams ([`lookup::propose`]).
     PromptLookup,
+    /// The target's own built-in speculation (native pairing), steered per request.
+    Native,
 }
 
 /// How long a draft that failed is left alone before the pairing probes it again.
@@ -81,6 +83,9 @@ pub struct PairingConfig {
     pub adaptive: bool,
     /// Draft the next block while the target verifies this one (needs `-np 2` on the draft).
     pub pipeline: bool,
+    /// The target runs llama.cpp's own speculation with its draft model on a remote rpc-server
+    /// (native pairing): the proxy only decides per request how many tokens it may draft.
+    pub native: bool,
 }
 
 /// A target server with an optional draft server, served under one model name.
@@ -303,6 +308,7 @@ impl Pairing {
         }
         let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
         let (speculation, drafter) = match &self.draft {
+            None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
             None if lookup_configured => (
                 slots_for_verification(
                     props.total_slots,
@@ -461,7 +467,11 @@ impl Pairing {
             prefetched: 0,
         };
         let mut served_by = ServedBy::TargetOnly;
-        if let Ok(k) = &info.speculation {
+        if let (Ok(_), Drafter::Native) = (&info.speculation, info.drafter) {
+            served_by = self
+                .generate_native(&info, &request.sampling, &mut run, &tx)
+                .await?;
+        } else if let Ok(k) = &info.speculation {
             let plan = self.with_controller(|c| c.plan_request(Instant::now()));
             self.publish_controller_state();
             if plan.speculate {
@@ -475,8 +485,10 @@ impl Pairing {
                             &mut run,
                             &tx,
                             plan.measure_target_tokens,
+                            None,
                         )
-                        .await?;
+                        .await?
+                        .timed();
                     self.with_controller(|c| c.record_target_only(Instant::now(), n, secs));
                 }
                 let spec_started = Instant::now();
@@ -522,8 +534,9 @@ impl Pairing {
         }
         if run.out.finish.is_none() {
             let (n, secs) = self
-                .target_only(&info, &request.sampling, &mut run, &tx, usize::MAX)
-                .await?;
+                .target_only(&info, &request.sampling, &mut run, &tx, usize::MAX, None)
+                .await?
+                .timed();
             self.with_controller(|c| c.record_target_only(Instant::now(), n, secs));
             if served_by == ServedBy::TargetOnly && info.speculation.is_ok() {
                 self.shadow(&run, prompt_tokens);
@@ -597,6 +610,11 @@ impl Pairing {
                 let proposal = match (k, drafter, &self.draft) {
                     (0, _, _) => Vec::new(),
                     (_, Drafter::PromptLookup, _) => lookup::propose(&run.ctx, k),
+                    (_, Drafter::Native, _) => {
+                        return Err(SpeculationStop::Draft(
+                            "native pairing drafts inside the target, not in proxy rounds".into(),
+                        ))
+                    }
                     (_, Drafter::Server, None) => {
                         return Err(SpeculationStop::Draft("no draft server".into()))
                     }
@@ -729,24 +747,37 @@ impl Pairing {
         run: &mut Run,
         tx: &mpsc::Sender<Delta>,
         limit: usize,
-    ) -> Result<(usize, f64), EngineError> {
+        native_draft_tokens: Option<usize>,
+    ) -> Result<Stretch, EngineError> {
         let pending = self.resolve_text(&mut run.out, true).await?;
         if !pending.is_empty() && tx.send(Delta { text: pending }).await.is_err() {
             return Err(EngineError::ClientGone);
         }
         if run.out.finish.is_some() {
-            return Ok((0, 0.0));
+            return Ok(Stretch::default());
         }
         let remaining = run.out.remaining();
         let stretch = remaining.min(limit);
-        let mut events = std::pin::pin!(self.target.stream(&run.ctx, stretch, sampling).await?);
+        let mut events = std::pin::pin!(
+            self.target
+                .stream(&run.ctx, stretch, sampling, native_draft_tokens)
+                .await?
+        );
+        let mut result = Stretch::default();
         let mut decoded_before = 0usize;
         // Timed from the first token on, so prompt processing does not count as decode speed.
         let mut first_token_at: Option<Instant> = None;
         let mut after_first = 0usize;
         while let Some(event) = events.next().await {
             let event = event?;
+            if run.out.finish.is_some() && !event.stop {
+                continue;
+            }
             if event.stop {
+                if let Some(t) = &event.timings {
+                    result.drafted = t.draft_n.unwrap_or(0) as usize;
+                    result.accepted = t.draft_n_accepted.unwrap_or(0) as usize;
+                }
                 // The final event repeats nothing new in stream mode; it only says why it ended.
                 let text = match event.stop_type.as_str() {
                     "eos" => run.out.end(FinishReason::Stop),
@@ -776,15 +807,72 @@ impl Pairing {
             if !text.is_empty() && tx.send(Delta { text }).await.is_err() {
                 return Err(EngineError::ClientGone);
             }
-            if run.out.finish.is_some() {
+            // Native pairing at the token limit: read on to the final event, which carries the
+            // draft counters (the server sends it right after the last token). Otherwise (stop
+            // string, EOS) stop reading: dropping the stream cancels the server's work.
+            let drain =
+                native_draft_tokens.is_some() && run.out.finish == Some(FinishReason::Length);
+            if run.out.finish.is_some() && !drain {
                 break;
             }
         }
         if run.out.finish.is_none() && stretch >= remaining {
             run.out.end(FinishReason::Length);
         }
-        let seconds = first_token_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        Ok((after_first, seconds))
+        result.tokens_after_first = after_first;
+        result.seconds = first_token_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Ok(result)
+    }
+
+    /// Native pairing: the target speculates by itself; the controller decides per request how
+    /// many tokens it may draft (0 = off), from measured throughput with and without.
+    async fn generate_native(
+        &self,
+        info: &PairingInfo,
+        sampling: &Sampling,
+        run: &mut Run,
+        tx: &mpsc::Sender<Delta>,
+    ) -> Result<ServedBy, EngineError> {
+        let plan = self.with_controller(|c| c.plan_request(Instant::now()));
+        self.publish_controller_state();
+        if plan.measure_target_tokens > 0 {
+            let s = self
+                .target_only(info, sampling, run, tx, plan.measure_target_tokens, Some(0))
+                .await?;
+            self.with_controller(|c| {
+                c.record_target_only(Instant::now(), s.tokens_after_first, s.seconds)
+            });
+        }
+        let k = if plan.speculate {
+            self.with_controller(|c| c.choose_k())
+        } else {
+            0
+        };
+        let s = self
+            .target_only(info, sampling, run, tx, usize::MAX, Some(k))
+            .await?;
+        if k == 0 {
+            self.with_controller(|c| {
+                c.record_target_only(Instant::now(), s.tokens_after_first, s.seconds)
+            });
+            return Ok(ServedBy::TargetOnly);
+        }
+        run.drafted += s.drafted;
+        run.accepted += s.accepted;
+        self.metrics.drafted.inc_by(s.drafted as u64);
+        self.metrics.accepted.inc_by(s.accepted as u64);
+        self.with_controller(|c| {
+            c.record_native(
+                Instant::now(),
+                k,
+                s.drafted,
+                s.accepted,
+                s.tokens_after_first,
+                s.seconds,
+            )
+        });
+        self.publish_controller_state();
+        Ok(ServedBy::Speculative)
     }
 
     /// While speculation is off, estimate the draft's acceptance without costing the target
@@ -870,6 +958,23 @@ fn slots_for_verification(
         );
     }
     Ok(wanted.min(slots - 1).max(1))
+}
+
+/// What a target-only stretch produced.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stretch {
+    /// Tokens after the first (the first one's latency includes prompt processing).
+    tokens_after_first: usize,
+    seconds: f64,
+    /// Native pairing only: the target's own speculation counters.
+    drafted: usize,
+    accepted: usize,
+}
+
+impl Stretch {
+    fn timed(self) -> (usize, f64) {
+        (self.tokens_after_first, self.seconds)
+    }
 }
 
 /// Draft tokens being drafted ahead for the context `base` (pipelining). Dropping it cancels the
