@@ -219,13 +219,21 @@ pub struct PromptResult {
 
 impl PromptResult {
     /// Sum one prompt's direct and proxied measurements (same length, in repeat order).
-    pub fn from_measurements(prompt: &BenchPrompt, direct: &[Measurement], proxied: &[Measurement]) -> Self {
+    pub fn from_measurements(
+        prompt: &BenchPrompt,
+        direct: &[Measurement],
+        proxied: &[Measurement],
+    ) -> Self {
         let direct_seconds: f64 = direct.iter().map(|m| m.seconds).sum();
         let proxy_seconds: f64 = proxied.iter().map(|m| m.seconds).sum();
         let direct_tokens: u64 = direct.iter().map(|m| m.completion_tokens).sum();
         let proxy_tokens: u64 = proxied.iter().map(|m| m.completion_tokens).sum();
         let spec = |f: fn(&Speculation) -> u64| -> u64 {
-            proxied.iter().filter_map(|m| m.speculation.as_ref()).map(f).sum()
+            proxied
+                .iter()
+                .filter_map(|m| m.speculation.as_ref())
+                .map(f)
+                .sum()
         };
         let identical = direct.len() == proxied.len()
             && direct.iter().zip(proxied).all(|(d, p)| d.text == p.text);
@@ -242,7 +250,11 @@ impl PromptResult {
             identical,
             served_by: proxied
                 .iter()
-                .map(|m| m.speculation.as_ref().map_or_else(|| "unknown".to_string(), |s| s.served_by.clone()))
+                .map(|m| {
+                    m.speculation
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_string(), |s| s.served_by.clone())
+                })
                 .collect(),
             rounds: spec(|s| s.rounds),
             drafted: spec(|s| s.drafted),
@@ -262,7 +274,12 @@ pub fn rate(tokens: u64, seconds: f64) -> f64 {
 
 /// Time per token direct ÷ time per token through the proxy; for equal token counts this is
 /// direct time ÷ proxy time. 0 when either side produced nothing.
-pub fn speedup(direct_tokens: u64, direct_seconds: f64, proxy_tokens: u64, proxy_seconds: f64) -> f64 {
+pub fn speedup(
+    direct_tokens: u64,
+    direct_seconds: f64,
+    proxy_tokens: u64,
+    proxy_seconds: f64,
+) -> f64 {
     let d = rate(direct_tokens, direct_seconds);
     let p = rate(proxy_tokens, proxy_seconds);
     if d > 0.0 {
@@ -452,7 +469,13 @@ impl Client {
             detail: e.to_string(),
         };
         let started = Instant::now();
-        let resp = self.http.post(&url).json(&body).send().await.map_err(request_error)?;
+        let resp = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(request_error)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(request_error)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -583,8 +606,16 @@ pub fn render_table(report: &BenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:>9} {:>9} {:>8} {:>9} {:>5} {:>6} {:>7} {:>8}  {}",
-        "category", "direct/s", "proxy/s", "speedup", "tokens", "same", "rounds", "accept", "tok/rnd", "served by"
+        "{:<10} {:>9} {:>9} {:>8} {:>9} {:>5} {:>6} {:>7} {:>8}  served by",
+        "category",
+        "direct/s",
+        "proxy/s",
+        "speedup",
+        "tokens",
+        "same",
+        "rounds",
+        "accept",
+        "tok/rnd",
     );
     for r in &report.prompts {
         let acceptance = (r.drafted > 0).then(|| r.accepted as f64 / r.drafted as f64);
@@ -711,13 +742,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         ..CompareConfig::new(&args.proxy, &args.target)
     };
-    let report = compare(config)
-        .await
-        .context("benchmark run failed")?;
+    let report = compare(config).await.context("benchmark run failed")?;
     print!("{}", render_table(&report));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.markdown {
         std::fs::write(path, render_markdown(&report))
@@ -759,7 +789,10 @@ mod tests {
         let r = PromptResult::from_measurements(
             &p,
             &[m(2.0, 100, "a", None), m(2.0, 100, "b", None)],
-            &[m(1.0, 100, "a", Some((10, 40, 30))), m(1.0, 100, "b", Some((10, 40, 30)))],
+            &[
+                m(1.0, 100, "a", Some((10, 40, 30))),
+                m(1.0, 100, "b", Some((10, 40, 30))),
+            ],
         );
         assert_eq!(r.direct_tokens, 200);
         assert!((r.speedup - 2.0).abs() < 1e-12);
@@ -775,7 +808,8 @@ mod tests {
     #[test]
     fn different_text_or_counts_are_reported() {
         let p = BenchPrompt::new("list", "x");
-        let r = PromptResult::from_measurements(&p, &[m(1.0, 10, "a", None)], &[m(1.0, 20, "b", None)]);
+        let r =
+            PromptResult::from_measurements(&p, &[m(1.0, 10, "a", None)], &[m(1.0, 20, "b", None)]);
         assert!(!r.identical);
         assert!((r.speedup - 2.0).abs() < 1e-12);
         let t = Totals::of(&[r]);
@@ -798,7 +832,8 @@ mod tests {
 
     #[test]
     fn stats_delta_subtracts_counters_and_keeps_the_controller() {
-        let before = json!({"rounds": 5, "drafted": 20, "accepted": 10, "requests": {"speculative": 1}});
+        let before =
+            json!({"rounds": 5, "drafted": 20, "accepted": 10, "requests": {"speculative": 1}});
         let after = json!({"rounds": 15, "drafted": 60, "accepted": 40, "requests": {"speculative": 3, "target_only": 1}, "controller": {"state": "on"}});
         let d = stats_delta(&before, &after);
         assert_eq!((d.rounds, d.drafted, d.accepted), (10, 40, 30));
@@ -809,7 +844,11 @@ mod tests {
     #[test]
     fn renderings_name_every_prompt_and_the_total() {
         let p = BenchPrompt::new("factual", "q");
-        let r = PromptResult::from_measurements(&p, &[m(1.0, 10, "a", None)], &[m(0.5, 10, "a", Some((2, 8, 6)))]);
+        let r = PromptResult::from_measurements(
+            &p,
+            &[m(1.0, 10, "a", None)],
+            &[m(0.5, 10, "a", Some((2, 8, 6)))],
+        );
         let report = BenchReport {
             proxy: "http://p".into(),
             target: "http://t".into(),
@@ -823,11 +862,18 @@ mod tests {
             proxy_stats: None,
         };
         let table = render_table(&report);
-        assert!(table.contains("factual") && table.contains("2.00x"), "{table}");
+        assert!(
+            table.contains("factual") && table.contains("2.00x"),
+            "{table}"
+        );
         let md = render_markdown(&report);
-        assert!(md.contains("| factual |") && md.contains("**2.00x**"), "{md}");
-        let back: BenchReport = serde_json::from_str(&serde_json::to_string(&report).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("report round-trips through JSON: {e}"));
+        assert!(
+            md.contains("| factual |") && md.contains("**2.00x**"),
+            "{md}"
+        );
+        let back: BenchReport =
+            serde_json::from_str(&serde_json::to_string(&report).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("report round-trips through JSON: {e}"));
         assert_eq!(back.totals, report.totals);
     }
 }

@@ -1,0 +1,21 @@
+//! Tightwad's benchmarks: what makes "never slower, often much faster" measurable on a LAN that
+//! is not there and on targets this machine cannot run.
+//!
+//! - [`relay`]: the LAN emulator, a TCP relay adding delay and a bandwidth cap (`lan-relay`);
+//! - [`sim`]: a SIMULATION of llama-server with set speeds and acceptance (`sim-llama-server`);
+//! - [`limit`]: the analytic throughput limit the measurements are compared with;
+//! - [`suite`]: the scenarios of `bench-suite` and the result files they write;
+//! - [`plot`]: SVG plots of the results.
+//!
+//! The per-request comparison itself (direct vs through the proxy) is `tightwad::bench`, which the
+//! proxy's own `tightwad bench` command uses too.
+
+pub mod clock;
+pub mod limit;
+pub mod relay;
+pub mod sim;
+
+/// The per-request comparison, compiled from the proxy's source until `tightwad::bench` is
+/// exported by the proxy's library.
+#[path = "../../proxy/src/bench/mod.rs"]
+pub mod bench;
