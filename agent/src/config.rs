@@ -26,6 +26,19 @@ pub struct AgentConfig {
     pub stop_grace_secs: u64,
     #[serde(rename = "process")]
     pub processes: Vec<ProcessConfig>,
+    /// FOR TESTS ONLY: report these memory sizes instead of measuring the host, so a test can
+    /// make a model "too large" without a machine that small. Never set it in production.
+    pub testing_reported_memory: Option<TestingReportedMemory>,
+}
+
+/// Memory the agent reports instead of the host's own (tests of `tightwad doctor`'s memory check).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingReportedMemory {
+    pub ram_total_bytes: Option<u64>,
+    pub ram_available_bytes: Option<u64>,
+    /// One simulated GPU per entry, with this much memory (MiB).
+    pub gpu_memory_mib: Vec<u64>,
 }
 
 /// Which executables to run; only these are ever started (a peer cannot name a binary).
@@ -74,6 +87,7 @@ impl Default for AgentConfig {
             ready_timeout_secs: 120,
             stop_grace_secs: 10,
             processes: Vec::new(),
+            testing_reported_memory: None,
         }
     }
 }

@@ -266,9 +266,11 @@ pub fn read_header<R: Read>(reader: R, file_len: u64) -> Result<GgufSummary, Ggu
     }
 
     let mut parameter_count: u64 = 0;
+    // (offset in the data section, is an expert tensor) of every tensor, for the weight sizes.
+    let mut offsets: Vec<(u64, bool)> = Vec::new();
     for _ in 0..tensor_count {
-        let name_len = c.string_len(MAX_KEY_BYTES)?;
-        c.skip(name_len)?;
+        let name = c.string(MAX_KEY_BYTES)?;
+        let is_expert = name.windows(5).any(|w| w == b"_exps");
         let dims = c.u32()?;
         if dims > MAX_DIMS {
             return Err(GgufError::OverLimit {
@@ -282,9 +284,16 @@ pub fn read_header<R: Read>(reader: R, file_len: u64) -> Result<GgufSummary, Ggu
             elements = elements.saturating_mul(c.u64()?);
         }
         let _tensor_type = c.u32()?;
-        let _offset = c.u64()?;
+        let offset = c.u64()?;
         parameter_count = parameter_count.saturating_add(elements);
+        offsets.push((offset, is_expert));
     }
+    let (tensor_bytes, expert_tensor_bytes) = tensor_sizes(
+        file_len,
+        file_len - c.remaining,
+        numbers.get("general.alignment").copied().unwrap_or(32),
+        &mut offsets,
+    );
 
     let architecture = texts.get("general.architecture").cloned();
     let arch_number = |suffix: &str| {
@@ -320,7 +329,42 @@ pub fn read_header<R: Read>(reader: R, file_len: u64) -> Result<GgufSummary, Ggu
         vocab_size,
         vocab_fingerprint,
         split_count: numbers.get("split.count").copied(),
+        tensor_bytes,
+        expert_tensor_bytes,
+        head_count: arch_number("attention.head_count"),
+        head_count_kv: arch_number("attention.head_count_kv"),
+        key_length: arch_number("attention.key_length"),
+        value_length: arch_number("attention.value_length"),
+        bos_token_id: numbers.get("tokenizer.ggml.bos_token_id").copied(),
+        eos_token_id: numbers.get("tokenizer.ggml.eos_token_id").copied(),
     })
+}
+
+/// Bytes of all tensor data and of the expert tensors among it. Each tensor's size is the gap to
+/// the next tensor's offset (the last one runs to the end of the file), so no table of ggml type
+/// sizes is needed and a header that lies about offsets cannot make the sum exceed the file.
+fn tensor_sizes(
+    file_len: u64,
+    header_len: u64,
+    alignment: u64,
+    offsets: &mut [(u64, bool)],
+) -> (u64, u64) {
+    let alignment = alignment.clamp(1, 1 << 20);
+    let data_start = header_len.div_ceil(alignment).saturating_mul(alignment);
+    let data_len = file_len.saturating_sub(data_start);
+    offsets.sort_unstable();
+    let mut experts = 0u64;
+    for (i, (offset, is_expert)) in offsets.iter().enumerate() {
+        let end = offsets
+            .get(i + 1)
+            .map(|(next, _)| *next)
+            .unwrap_or(data_len)
+            .min(data_len);
+        if *is_expert {
+            experts = experts.saturating_add(end.saturating_sub(*offset));
+        }
+    }
+    (data_len, experts.min(data_len))
 }
 
 /// llama.cpp's `llama_ftype` names.

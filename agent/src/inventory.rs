@@ -2,13 +2,13 @@
 //! model files in them. Binary versions are cached per (path, modification time): probing
 //! rpc-server means starting it.
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, TestingReportedMemory};
 use crate::models::ModelFolders;
 use crate::versions;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
-use tightwad_protocol::messages::{BinaryInfo, HostInfo, Inventory, ProcessKind};
+use tightwad_protocol::messages::{BinaryInfo, Gpu, GpuVendor, HostInfo, Inventory, ProcessKind};
 use tokio::sync::Mutex;
 
 #[derive(Default)]
@@ -17,7 +17,7 @@ pub struct BinaryCache {
 }
 
 impl BinaryCache {
-    async fn info(&self, kind: ProcessKind, path: PathBuf) -> BinaryInfo {
+    pub async fn info(&self, kind: ProcessKind, path: PathBuf) -> BinaryInfo {
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         {
             let entries = self.entries.lock().await;
@@ -108,6 +108,10 @@ pub async fn gather(config: &AgentConfig, models: &ModelFolders, cache: &BinaryC
     })
     .await
     .unwrap_or_default();
+    let (host, gpus, gpu_notes) = match &config.testing_reported_memory {
+        Some(reported) => apply_testing_memory(reported, host, gpus, gpu_notes),
+        None => (host, gpus, gpu_notes),
+    };
     Inventory {
         host,
         gpus,
@@ -117,4 +121,41 @@ pub async fn gather(config: &AgentConfig, models: &ModelFolders, cache: &BinaryC
         model_folders: folders,
         models: files,
     }
+}
+
+/// Replaces measured memory with the configured test values, and says so in the GPU notes so a
+/// report can never pass such numbers off as measured.
+fn apply_testing_memory(
+    reported: &TestingReportedMemory,
+    mut host: HostInfo,
+    mut gpus: Vec<Gpu>,
+    mut notes: Vec<String>,
+) -> (HostInfo, Vec<Gpu>, Vec<String>) {
+    if let Some(total) = reported.ram_total_bytes {
+        host.ram_total_bytes = total;
+        host.ram_available_bytes = host.ram_available_bytes.min(total);
+    }
+    if let Some(available) = reported.ram_available_bytes {
+        host.ram_available_bytes = available;
+    }
+    if !reported.gpu_memory_mib.is_empty() {
+        gpus = reported
+            .gpu_memory_mib
+            .iter()
+            .enumerate()
+            .map(|(index, mib)| Gpu {
+                vendor: GpuVendor::Nvidia,
+                index: index as u32,
+                name: "simulated GPU (testing_reported_memory)".into(),
+                memory_total_mib: *mib,
+                memory_used_mib: Some(0),
+                driver: None,
+            })
+            .collect();
+    }
+    notes.push(
+        "memory sizes come from testing_reported_memory in the agent config, not from this host"
+            .into(),
+    );
+    (host, gpus, notes)
 }

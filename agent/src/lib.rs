@@ -3,6 +3,7 @@
 //! QUIC peer protocol (`tightwad-protocol`).
 
 pub mod config;
+pub mod dryrun;
 pub mod flags;
 pub mod gguf;
 pub mod gpu;

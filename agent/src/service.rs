@@ -411,6 +411,22 @@ impl Agent {
                     })
                     .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string()))
             }
+            Request::CheckProcess { name, args } => crate::dryrun::check_process(
+                &self.supervisor,
+                &self.models,
+                &self.binaries,
+                &name,
+                args,
+            )
+            .await
+            .map(|check| Some(Reply::ProcessCheck(Box::new(check))))
+            .map_err(supervisor_error),
+            Request::ListDevices { rpc_servers } => {
+                crate::dryrun::list_devices(&self.config, &rpc_servers)
+                    .await
+                    .map(|devices| Some(Reply::Devices(devices)))
+                    .map_err(|e| Reply::error(ErrorKind::BadRequest, e.to_string()))
+            }
         }
     }
 }

@@ -161,6 +161,36 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::UnknownProcess(name.to_string()))
     }
 
+    /// What a start of `name` would use: its kind, binary, arguments (`args`, else the running
+    /// ones, else the configured ones) and current state. For dry runs; starts nothing.
+    pub fn plan(
+        &self,
+        name: &str,
+        args: Option<Vec<String>>,
+    ) -> Result<(ProcessKind, Option<PathBuf>, Vec<String>, ProcessState), SupervisorError> {
+        let managed = self.get(name)?;
+        let run = managed.snapshot();
+        let args = args.unwrap_or_else(|| {
+            if run.args.is_empty() {
+                managed.configured_args.clone()
+            } else {
+                run.args.clone()
+            }
+        });
+        Ok((managed.kind, managed.binary.clone(), args, run.state))
+    }
+
+    /// The check `start` runs on arguments, alone.
+    pub async fn check_flags(
+        &self,
+        binary: &Path,
+        kind: ProcessKind,
+        args: &[String],
+    ) -> Result<(), flags::FlagError> {
+        let help = self.help.flags_for(binary, kind).await?;
+        flags::check(binary, &help, args)
+    }
+
     pub fn statuses(&self) -> Vec<ProcessStatus> {
         self.processes.values().map(|m| m.status()).collect()
     }

@@ -342,6 +342,33 @@ impl Client {
         }
     }
 
+    /// A dry run of starting `name` (with `args` instead of its configured ones, if given).
+    pub async fn check_process(
+        &self,
+        name: &str,
+        args: Option<Vec<String>>,
+    ) -> Result<ProcessCheck, ProtocolError> {
+        let request = Request::CheckProcess {
+            name: name.to_string(),
+            args,
+        };
+        match self.call(&request).await? {
+            Reply::ProcessCheck(check) => Ok(*check),
+            other => Err(unexpected("process_check", &other)),
+        }
+    }
+
+    /// The devices the agent's llama-server sees with `rpc_servers` attached.
+    pub async fn list_devices(
+        &self,
+        rpc_servers: Vec<String>,
+    ) -> Result<Vec<Device>, ProtocolError> {
+        match self.call(&Request::ListDevices { rpc_servers }).await? {
+            Reply::Devices(devices) => Ok(devices),
+            other => Err(unexpected("devices", &other)),
+        }
+    }
+
     pub async fn find_model(&self, file_name: &str) -> Result<Vec<ModelFile>, ProtocolError> {
         match self
             .call(&Request::FindModel {

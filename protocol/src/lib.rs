@@ -26,10 +26,10 @@ pub use error::ProtocolError;
 pub use fingerprint::Fingerprint;
 
 /// Bumped whenever a message changes shape; peers with another major version refuse each other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest peer protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// The software version reported in `Hello`.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -118,6 +118,18 @@ pub enum Request {
     },
     /// Agent to agent: receive a model file. Followed by `UploadFrame`s from the sender.
     ReceiveModel(UploadOffer),
+    /// A dry run of `StartProcess`: checks the arguments against the binary's `--help` and looks
+    /// at the model files they name, without starting anything (`tightwad doctor`).
+    CheckProcess {
+        name: String,
+        /// Arguments to check instead of the configured ones.
+        args: Option<Vec<String>>,
+    },
+    /// The devices llama-server sees with these RPC servers attached
+    /// (`llama-server --rpc HOST:PORT --list-devices`): names for `--spec-draft-device`.
+    ListDevices {
+        rpc_servers: Vec<String>,
+    },
 }
 
 impl Request {
@@ -137,6 +149,8 @@ impl Request {
             Request::IntroducePeer { .. } => "introduce_peer",
             Request::SendModel { .. } => "send_model",
             Request::ReceiveModel(_) => "receive_model",
+            Request::CheckProcess { .. } => "check_process",
+            Request::ListDevices { .. } => "list_devices",
         }
     }
 }
@@ -189,6 +203,8 @@ pub enum Reply {
     Progress(TransferProgress),
     TransferDone(TransferSummary),
     Error(RemoteError),
+    ProcessCheck(Box<ProcessCheck>),
+    Devices(Vec<Device>),
 }
 
 impl Reply {
@@ -205,6 +221,8 @@ impl Reply {
             Reply::Progress(_) => "progress",
             Reply::TransferDone(_) => "transfer_done",
             Reply::Error(_) => "error",
+            Reply::ProcessCheck(_) => "process_check",
+            Reply::Devices(_) => "devices",
         }
     }
 
@@ -408,6 +426,70 @@ pub struct GgufSummary {
     /// and a target tokenize identically.
     pub vocab_fingerprint: Option<String>,
     pub split_count: Option<u64>,
+    /// Bytes of tensor data (the weights a server loads), from the tensors' offsets.
+    pub tensor_bytes: u64,
+    /// Bytes of Mixture-of-Experts expert tensors (`*_exps`), part of `tensor_bytes`.
+    pub expert_tensor_bytes: u64,
+    /// Attention heads and key/value heads (for the KV cache estimate).
+    pub head_count: Option<u64>,
+    pub head_count_kv: Option<u64>,
+    /// Per-head key and value widths, where the model states them.
+    pub key_length: Option<u64>,
+    pub value_length: Option<u64>,
+    pub bos_token_id: Option<u64>,
+    pub eos_token_id: Option<u64>,
+}
+
+impl GgufSummary {
+    /// Bytes of KV cache for `context` tokens at F16 (llama.cpp's default cache type):
+    /// 2 (K and V) × layers × context × kv heads × head width × 2 bytes.
+    pub fn kv_cache_bytes(&self, context: u64) -> Option<u64> {
+        let layers = self.block_count?;
+        let heads = self.head_count.filter(|h| *h > 0)?;
+        let kv_heads = self.head_count_kv.unwrap_or(heads);
+        let head_width = self.embedding_length? / heads;
+        let k = self.key_length.unwrap_or(head_width);
+        let v = self.value_length.unwrap_or(head_width);
+        Some(layers * context * kv_heads * (k + v) * 2)
+    }
+}
+
+/// The dry run of one process's start: what would happen, without starting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessCheck {
+    pub name: String,
+    pub kind: ProcessKind,
+    pub args: Vec<String>,
+    pub binary: Option<BinaryInfo>,
+    /// Why the arguments would be refused (unknown or removed flag), quoting the binary's help.
+    pub flag_error: Option<String>,
+    /// The model files the arguments name (`-m`, `-md`, ...).
+    pub models: Vec<ModelArg>,
+    pub state: ProcessState,
+}
+
+/// A model file named by a process's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelArg {
+    /// The flag that names it (`-m`, `--model-draft`, ...).
+    pub flag: String,
+    pub path: String,
+    pub exists: bool,
+    pub size_bytes: u64,
+    pub gguf: Option<GgufSummary>,
+    /// Why the header could not be read.
+    pub error: Option<String>,
+    /// Files of the same name in the agent's model folders (where it really is).
+    pub found_elsewhere: Vec<String>,
+}
+
+/// A device as `llama-server --list-devices` prints it (`RPC0: 10.0.0.3:50052 (11264 MiB, 11000 MiB free)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+    pub memory_total_mib: Option<u64>,
+    pub memory_free_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

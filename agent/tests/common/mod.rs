@@ -3,9 +3,7 @@
 //! fleet code the `tightwad` CLI runs).
 #![allow(dead_code)]
 
-#[allow(unused_imports)]
-#[path = "../../../proxy/src/fleet/mod.rs"]
-pub mod fleet;
+pub use tightwad::fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,8 +3,10 @@
 //! the QUIC peer protocol (`tightwad-protocol`).
 
 pub mod config;
+pub mod layout;
 pub mod session;
 pub mod status;
+pub mod up;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -35,6 +37,11 @@ pub enum FleetCommand {
     Models {
         #[command(subcommand)]
         action: ModelsAction,
+    },
+    /// Start the RPC pools and native pairings of the config's layout (workers first).
+    Up {
+        /// Only the pool or native pairing of this name.
+        name: Option<String>,
     },
     /// Print a join token for a new agent (`tightwad-agent --join <token>`).
     Token {
@@ -109,10 +116,12 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
     match cmd {
         FleetCommand::Status { json, host } => {
             let reports = status::collect(&fleet, host.as_deref()).await?;
+            let layout = layout::Layout::load(config)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 print!("{}", status::render(&reports));
+                print!("{}", status::render_layout(&reports, &layout));
             }
             let all_up = reports.iter().all(|r| r.reachable);
             Ok(if all_up {
@@ -122,6 +131,10 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             })
         }
         FleetCommand::Agent { action } => agent(&fleet, action).await,
+        FleetCommand::Up { name } => {
+            up::run(&fleet, &layout::Layout::load(config)?, name.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         FleetCommand::Models { action } => models(&fleet, action).await,
         FleetCommand::Token { ttl } => {
             let token = fleet.pending.issue(fleet.identity.fingerprint(), ttl)?;

@@ -286,3 +286,44 @@ pub fn render_models(reports: &[HostModels]) -> String {
     }
     out
 }
+
+/// The pools and native pairings of the layout, with the state of each member process.
+pub fn render_layout(reports: &[HostReport], layout: &super::layout::Layout) -> String {
+    let state = |r: &super::layout::ProcessRef| {
+        reports
+            .iter()
+            .find(|h| h.name == r.host)
+            .and_then(|h| h.status.as_ref())
+            .and_then(|s| s.processes.iter().find(|p| p.name == r.process))
+            .map(|p| format!("{:?}", p.state).to_lowercase())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let mut out = String::new();
+    for pool in &layout.pools {
+        let _ = writeln!(
+            out,
+            "pool {}: coordinator {} ({}), workers {}",
+            pool.name,
+            pool.coordinator,
+            state(&pool.coordinator),
+            pool.workers
+                .iter()
+                .map(|w| format!("{w} ({})", state(w)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for native in &layout.native_pairings {
+        let _ = writeln!(
+            out,
+            "native pairing {}: target {} ({}), draft on {} ({}), draft model {}",
+            native.name,
+            native.target,
+            state(&native.target),
+            native.draft_worker,
+            state(&native.draft_worker),
+            native.draft_model
+        );
+    }
+    out
+}

@@ -1,0 +1,340 @@
+//! Checks against the running llama-servers of each `[[pairings]]` entry, from this host (where
+//! the proxy runs): network round trip and throughput, a tokenizer probe on both servers, the
+//! target's slots, and the predicted payoff of speculation from short measured runs, through
+//! the proxy's own cost model ([`crate::engine::adapt::Controller`]).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::report::{Category, Check, Status};
+use crate::backend::llamacpp::{LlamaServer, Role, Sampling, TokenId};
+use crate::engine::adapt::Controller;
+use crate::fleet::layout::{Layout, PairingUrls};
+
+/// Texts both tokenizers must split identically: prose, code, numbers, non-ASCII, chat markup.
+pub const PROBES: &[&str] = &[
+    "The quick brown fox jumps over the lazy dog.",
+    "fn main() {\n    println!(\"{}\", 40 + 2);\n}\n",
+    "Prices rose 3.75% in 2024; 1,234,567 units shipped.",
+    "Grüße aus Köln — 東京 — emoji 🚀 and   spaces\ttabs",
+    "<|im_start|>user\nHello<|im_end|>\n<s>[INST] hi [/INST]",
+];
+
+/// Prompt for the speed and acceptance runs.
+const PAYOFF_PROMPT: &str = "Write a short story about a lighthouse keeper who finds a message in a bottle. Once upon a time,";
+const RTT_SAMPLES: usize = 5;
+const THROUGHPUT_BYTES: usize = 64 * 1024;
+const TARGET_TOKENS: usize = 48;
+const MAX_ROUNDS: usize = 16;
+
+pub async fn checks(layout: &Layout) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (index, pairing) in layout.pairings.iter().enumerate() {
+        checks.extend(pairing_checks(&pairing.display_name(index), pairing).await);
+    }
+    checks
+}
+
+fn server(role: Role, url: &str) -> Option<LlamaServer> {
+    LlamaServer::new(role, url, Duration::from_secs(60)).ok()
+}
+
+/// Median `/health` round trip, or why the server does not answer.
+async fn round_trip(server: &LlamaServer) -> Result<Duration, String> {
+    let mut samples = Vec::new();
+    for _ in 0..RTT_SAMPLES {
+        let start = Instant::now();
+        match server.health().await {
+            Ok(true) => samples.push(start.elapsed()),
+            Ok(false) => {
+                return Err("answers /health with an error (still loading its model?)".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}
+
+async fn network_check(
+    name: &str,
+    role: Role,
+    url: &str,
+) -> (Check, Option<(LlamaServer, Duration)>) {
+    let subject = format!("{name} {} {url}", role.as_str());
+    let Some(server) = server(role, url) else {
+        return (
+            Check::new(Category::Network, subject, Status::Fail, "invalid URL")
+                .hint("fix the URL in [[pairings]]"),
+            None,
+        );
+    };
+    let rtt = match round_trip(&server).await {
+        Ok(rtt) => rtt,
+        Err(e) => {
+            return (
+                Check::new(Category::Network, subject, Status::Warn, format!("not answering ({e}): live checks skipped"))
+                    .hint("start it (`tightwad agent start HOST PROCESS` or `tightwad up`) and run doctor again for the tokenizer, network and payoff checks"),
+                None,
+            )
+        }
+    };
+    // Throughput: one request carrying 64 KiB. Its time minus the round trip bounds the link
+    // rate from below (the server's tokenization is inside it): cheap, and never flattering.
+    let text = "lorem ipsum ".repeat(THROUGHPUT_BYTES / 12);
+    let start = Instant::now();
+    let throughput = server
+        .tokenize(&text, false)
+        .await
+        .ok()
+        .map(|_| start.elapsed().saturating_sub(rtt))
+        .map(|t| text.len() as f64 / t.as_secs_f64().max(1e-6) / 1e6);
+    let message = format!(
+        "RTT {:.2} ms (median of {RTT_SAMPLES} GET /health){}",
+        rtt.as_secs_f64() * 1e3,
+        throughput
+            .map(|mb| format!(", ≥ {mb:.0} MB/s for a 64 KiB request (tokenization included)"))
+            .unwrap_or_default()
+    );
+    let status = if rtt > Duration::from_millis(20) {
+        Status::Warn
+    } else {
+        Status::Pass
+    };
+    let mut check = Check::new(Category::Network, subject, status, message)
+        .details(json!({ "rtt_ms": rtt.as_secs_f64() * 1e3, "throughput_mb_s": throughput }));
+    if status == Status::Warn {
+        check = check.hint("every speculation round pays two round trips: use wired Ethernet, and keep the proxy on the target's host");
+    }
+    (check, Some((server, rtt)))
+}
+
+async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let (check, target) = network_check(name, Role::Target, &pairing.target).await;
+    checks.push(check);
+    let draft_url = pairing
+        .draft
+        .as_deref()
+        .filter(|d| *d != crate::engine::PROMPT_LOOKUP);
+    let draft = match draft_url {
+        Some(url) => {
+            let (check, draft) = network_check(name, Role::Draft, url).await;
+            checks.push(check);
+            draft
+        }
+        None => None,
+    };
+    let (Some((target, target_rtt)), Some((draft, draft_rtt))) = (target, draft) else {
+        return checks;
+    };
+    let subject = format!("pairing {name}");
+
+    // Tokenizer probe.
+    let mut mismatch = None;
+    for probe in PROBES {
+        match (
+            target.tokenize(probe, true).await,
+            draft.tokenize(probe, true).await,
+        ) {
+            (Ok(t), Ok(d)) if t != d => {
+                mismatch = Some(format!(
+                    "{probe:?}: target {} tokens, draft {} tokens",
+                    t.len(),
+                    d.len()
+                ));
+                break;
+            }
+            (Ok(_), Ok(_)) => {}
+            (t, d) => {
+                mismatch = Some(format!(
+                    "tokenize failed: {:?} / {:?}",
+                    t.err().map(|e| e.to_string()),
+                    d.err().map(|e| e.to_string())
+                ));
+                break;
+            }
+        }
+    }
+    match mismatch {
+        None => checks.push(Check::new(
+            Category::Vocabulary,
+            subject.clone(),
+            Status::Pass,
+            format!(
+                "the running servers tokenize all {} probes identically",
+                PROBES.len()
+            ),
+        )),
+        Some(m) => {
+            checks.push(
+                Check::new(Category::Vocabulary, subject, Status::Fail, format!("the running servers tokenize differently: {m}"))
+                    .hint("the draft must use the target's tokenizer: pick a draft of the same model family"),
+            );
+            return checks;
+        }
+    }
+
+    // Slots: k draft tokens are verified as k+1 prompts in one decode.
+    let k = pairing.draft_tokens.max(1);
+    match target.props().await {
+        Ok(props) if (props.total_slots as usize) < k + 1 => checks.push(
+            Check::new(
+                Category::Slots,
+                subject.clone(),
+                if props.total_slots < 2 {
+                    Status::Fail
+                } else {
+                    Status::Warn
+                },
+                format!(
+                    "the target has {} slot(s); draft_tokens = {k} needs {}",
+                    props.total_slots,
+                    k + 1
+                ),
+            )
+            .hint(format!(
+                "start the target llama-server with -np {} --kv-unified (or lower draft_tokens)",
+                k + 2
+            )),
+        ),
+        Ok(props) => checks.push(Check::new(
+            Category::Slots,
+            subject.clone(),
+            Status::Pass,
+            format!("the target has {} slots for k = {k}", props.total_slots),
+        )),
+        Err(e) => checks.push(Check::new(
+            Category::Slots,
+            subject.clone(),
+            Status::Skip,
+            format!("/props: {e}"),
+        )),
+    }
+
+    checks.push(
+        match payoff(&target, &draft, k, target_rtt.max(draft_rtt)).await {
+            Ok(check) => check,
+            Err(e) => Check::new(
+                Category::Payoff,
+                subject,
+                Status::Skip,
+                format!("could not measure: {e}"),
+            ),
+        },
+    );
+    checks
+}
+
+/// Measures the target alone, then replays speculation rounds against the target's own greedy
+/// continuation (the draft proposes k tokens; the target verifies k+1 prompts in one request,
+/// exactly as the engine does), and asks the engine's controller what it predicts.
+async fn payoff(
+    target: &LlamaServer,
+    draft: &LlamaServer,
+    k: usize,
+    rtt: Duration,
+) -> Result<Check, String> {
+    let subject = "payoff".to_string();
+    let greedy = Sampling::greedy();
+    let prompt: Vec<TokenId> = target
+        .tokenize(PAYOFF_PROMPT, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Warm-up (loads caches), then the timed run; its tokens are the reference continuation.
+    target
+        .complete(&prompt, 4, &greedy)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reference = target
+        .complete(&prompt, TARGET_TOKENS, &greedy)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timings = reference.timings.clone().unwrap_or_default();
+    if reference.tokens.len() < 8 || timings.predicted_ms <= 0.0 {
+        return Err("the target generated too few tokens to time".into());
+    }
+    let target_tok_s = timings.predicted_n / (timings.predicted_ms / 1e3);
+    let mut controller = Controller::new(k, None);
+    let now = Instant::now();
+    controller.record_target_only(
+        now,
+        timings.predicted_n as usize,
+        timings.predicted_ms / 1e3,
+    );
+
+    let continuation = &reference.tokens;
+    let mut position = 0;
+    let (mut drafted_total, mut accepted_total, mut draft_time, mut draft_tokens_timed) =
+        (0, 0, 0.0, 0.0);
+    for _ in 0..MAX_ROUNDS {
+        if position + 1 >= continuation.len() {
+            break;
+        }
+        let mut context = prompt.clone();
+        context.extend_from_slice(&continuation[..position]);
+        let start = Instant::now();
+        let proposal = draft
+            .complete(&context, k, &greedy)
+            .await
+            .map_err(|e| e.to_string())?;
+        let draft_seconds = start.elapsed().as_secs_f64();
+        let proposed: Vec<TokenId> = proposal.tokens.iter().take(k).copied().collect();
+        if let Some(t) = &proposal.timings {
+            if t.predicted_ms > 0.0 {
+                draft_time += t.predicted_ms / 1e3;
+                draft_tokens_timed += t.predicted_n;
+            }
+        }
+        let mut prompts = vec![context.clone()];
+        for i in 0..proposed.len() {
+            let mut p = context.clone();
+            p.extend_from_slice(&proposed[..=i]);
+            prompts.push(p);
+        }
+        let start = Instant::now();
+        target
+            .next_token_many(&prompts, &greedy, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let verify_seconds = start.elapsed().as_secs_f64();
+        let accepted = proposed
+            .iter()
+            .zip(&continuation[position..])
+            .take_while(|(a, b)| a == b)
+            .count();
+        controller.record_round(now, proposed.len(), accepted, draft_seconds, verify_seconds);
+        drafted_total += proposed.len();
+        accepted_total += accepted;
+        position += accepted + 1;
+    }
+    let (best_k, speedup) = controller.best_k().ok_or("no rounds measured")?;
+    let view = controller.view();
+    let acceptance = accepted_total as f64 / drafted_total.max(1) as f64;
+    let draft_tok_s = if draft_time > 0.0 {
+        draft_tokens_timed / draft_time
+    } else {
+        0.0
+    };
+    let message = format!(
+        "predicted {speedup:.2}x at k = {best_k} (target alone {target_tok_s:.1} tok/s, draft {draft_tok_s:.1} tok/s, acceptance {:.0}% of {drafted_total}, round: draft {:.1} ms + verify {:.1} ms, RTT {:.2} ms)",
+        acceptance * 100.0,
+        view.draft_round_ms.unwrap_or(0.0),
+        view.verify_round_ms.unwrap_or(0.0),
+        rtt.as_secs_f64() * 1e3
+    );
+    let details = json!({
+        "predicted_speedup": speedup, "best_k": best_k, "target_tok_s": target_tok_s,
+        "draft_tok_s": draft_tok_s, "acceptance": acceptance, "drafted": drafted_total,
+        "draft_round_ms": view.draft_round_ms, "verify_round_ms": view.verify_round_ms,
+        "rtt_ms": rtt.as_secs_f64() * 1e3,
+    });
+    Ok(if speedup >= 1.05 {
+        Check::new(Category::Payoff, subject, Status::Pass, message).details(details)
+    } else {
+        Check::new(Category::Payoff, subject, Status::Warn, message)
+            .hint("speculation will not pay here; the proxy's controller will serve the target alone. It pays when a round (draft + verify + 2 RTT) costs little next to the target's own tokens: a faster draft, a slower target, or native pairing (`[[native_pairings]]`) on compute-bound targets")
+            .details(details)
+    })
+}

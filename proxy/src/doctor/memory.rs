@@ -1,0 +1,272 @@
+//! Memory fit per host: model weights (the GGUF's tensor bytes) plus a KV cache estimate for the
+//! configured context, against the memory the host's agent reports. An RPC worker holds its
+//! share of a pooled model in device memory, which cannot spill to system RAM, so there it must
+//! fit; MoE models on small RPC workers are flagged with the estimate (the field report's worker
+//! was asked for a 22.3 GB buffer on a 12 GB card).
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use tightwad_protocol::messages::{AgentStatus, GgufSummary, ModelArg};
+
+use super::agents::Cluster;
+use super::report::{gib, Category, Check, Status};
+use crate::fleet::layout::{Layout, ProcessRef};
+
+pub fn params(count: u64) -> String {
+    if count >= 1_000_000_000 {
+        format!("{:.1}B", count as f64 / 1e9)
+    } else {
+        format!("{:.0}M", count as f64 / 1e6)
+    }
+}
+
+/// The context a llama-server will allocate: `-c`/`--ctx-size`, else (llama.cpp's default 0)
+/// the model's training context.
+pub fn context_of(args: &[String], model: &GgufSummary) -> u64 {
+    let mut iter = args.iter();
+    let mut configured = None;
+    while let Some(arg) = iter.next() {
+        if let Some(v) = arg.strip_prefix("--ctx-size=") {
+            configured = v.parse().ok();
+        } else if arg == "-c" || arg == "--ctx-size" {
+            configured = iter.next().and_then(|v| v.parse().ok());
+        }
+    }
+    match configured {
+        Some(c) if c > 0 => c,
+        _ => model.context_length.unwrap_or(4096),
+    }
+}
+
+/// Weights + KV of one model for `context` tokens.
+fn model_bytes(model: &ModelArg, context: u64) -> Option<(u64, u64)> {
+    let g = model.gguf.as_ref()?;
+    let weights = if g.tensor_bytes > 0 {
+        g.tensor_bytes
+    } else {
+        model.size_bytes
+    };
+    Some((weights, g.kv_cache_bytes(context).unwrap_or(0)))
+}
+
+/// Memory a host offers: (device memory, system RAM total, RAM available). Device memory is the
+/// GPUs' VRAM, or the RAM itself on a host without GPU (llama.cpp then runs on the CPU).
+fn capacity(status: &AgentStatus) -> (u64, u64, u64) {
+    let inv = &status.inventory;
+    let vram: u64 = inv.gpus.iter().map(|g| g.memory_total_mib << 20).sum();
+    let ram = inv.host.ram_total_bytes;
+    (
+        if vram > 0 { vram } else { ram },
+        ram,
+        inv.host.ram_available_bytes,
+    )
+}
+
+#[derive(Default)]
+struct HostLoad {
+    /// (what, bytes) that may spill into system RAM (a llama-server's own weights and KV).
+    local: Vec<(String, u64)>,
+    /// (what, bytes) held by an rpc-server for a remote llama-server: device memory only.
+    rpc: Vec<(String, u64)>,
+    moe_notes: Vec<String>,
+}
+
+pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
+    let mut loads: BTreeMap<String, HostLoad> = BTreeMap::new();
+    let pooled: std::collections::BTreeSet<&ProcessRef> =
+        layout.pools.iter().map(|p| &p.coordinator).collect();
+    let native_targets: std::collections::BTreeSet<&ProcessRef> =
+        layout.native_pairings.iter().map(|n| &n.target).collect();
+
+    // Plain llama-servers: everything on their own host.
+    for (reference, view) in &cluster.processes {
+        let Ok(check) = &view.check else { continue };
+        if pooled.contains(reference) {
+            continue;
+        }
+        for model in &check.models {
+            let is_draft = matches!(
+                model.flag.as_str(),
+                "-md" | "--model-draft" | "--spec-draft-model"
+            );
+            if is_draft && native_targets.contains(reference) {
+                continue; // on the draft worker, below
+            }
+            let Some(g) = &model.gguf else { continue };
+            if let Some((w, kv)) = model_bytes(model, context_of(&check.args, g)) {
+                loads
+                    .entry(reference.host.clone())
+                    .or_default()
+                    .local
+                    .push((
+                        format!("{reference} {} {} + KV {}", model.flag, gib(w), gib(kv)),
+                        w + kv,
+                    ));
+            }
+        }
+    }
+
+    // Pools: the model split over the members in proportion to their device memory.
+    for pool in &layout.pools {
+        let Some(model) = cluster.main_model(&pool.coordinator) else {
+            continue;
+        };
+        let Some(g) = &model.gguf else { continue };
+        let args = cluster
+            .check(&pool.coordinator)
+            .map(|c| c.args.clone())
+            .unwrap_or_default();
+        let Some((w, kv)) = model_bytes(model, context_of(&args, g)) else {
+            continue;
+        };
+        let mut members = vec![(pool.coordinator.host.clone(), false)];
+        members.extend(pool.workers.iter().map(|w| (w.host.clone(), true)));
+        let caps: Vec<u64> = members
+            .iter()
+            .map(|(h, _)| cluster.status(h).map(|s| capacity(s).0).unwrap_or(0))
+            .collect();
+        let total_cap: u64 = caps.iter().sum();
+        if total_cap == 0 {
+            continue;
+        }
+        let moe = g.expert_tensor_bytes > 0 || g.expert_count.is_some_and(|e| e > 1);
+        for ((host, is_worker), cap) in members.iter().zip(&caps) {
+            let share = ((w + kv) as f64 * *cap as f64 / total_cap as f64) as u64;
+            let what = format!("pool {} share {} of {}", pool.name, gib(share), gib(w + kv));
+            let load = loads.entry(host.clone()).or_default();
+            if *is_worker {
+                load.rpc.push((what, share));
+                if moe {
+                    load.moe_notes.push(format!(
+                        "pool {}: MoE model ({} of {} weights are expert tensors) on this RPC worker: the split estimate is {}, but RPC buffers for MoE layers can be far larger than the split (the field report: 22.3 GB asked of a 12 GB card)",
+                        pool.name,
+                        gib(g.expert_tensor_bytes),
+                        gib(w),
+                        gib(share)
+                    ));
+                }
+            } else {
+                load.local.push((what, share));
+            }
+        }
+    }
+
+    // Native pairing: the draft model and its KV live on the draft host's rpc-server.
+    for native in &layout.native_pairings {
+        let Some(model) = cluster.draft_model(&native.target) else {
+            continue;
+        };
+        let Some(g) = &model.gguf else { continue };
+        let args = cluster
+            .check(&native.target)
+            .map(|c| c.args.clone())
+            .unwrap_or_default();
+        if let Some((w, kv)) = model_bytes(model, context_of(&args, g)) {
+            loads
+                .entry(native.draft_worker.host.clone())
+                .or_default()
+                .rpc
+                .push((
+                    format!("native {} draft {} + KV {}", native.name, gib(w), gib(kv)),
+                    w + kv,
+                ));
+        }
+    }
+
+    let mut checks = Vec::new();
+    for (host, load) in loads {
+        let Some(status) = cluster.status(&host) else {
+            checks.push(Check::new(
+                Category::Memory,
+                host,
+                Status::Skip,
+                "host unreachable",
+            ));
+            continue;
+        };
+        let (device, ram, available) = capacity(status);
+        let has_gpu = !status.inventory.gpus.is_empty();
+        let local: u64 = load.local.iter().map(|(_, b)| b).sum();
+        let rpc: u64 = load.rpc.iter().map(|(_, b)| b).sum();
+        let need = local + rpc;
+        let items = load
+            .local
+            .iter()
+            .chain(&load.rpc)
+            .map(|(what, _)| what.clone())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let memory_name = if has_gpu { "VRAM" } else { "RAM" };
+        let details = json!({
+            "need_bytes": need, "rpc_bytes": rpc, "device_bytes": device,
+            "ram_total_bytes": ram, "ram_available_bytes": available, "gpu": has_gpu,
+            "items": load.local.iter().chain(&load.rpc).map(|(w, b)| json!({"what": w, "bytes": b})).collect::<Vec<_>>(),
+        });
+        let summary = format!(
+            "needs ≈ {} ({items}) of {} {memory_name}",
+            gib(need),
+            gib(device)
+        );
+        let fits_rpc = rpc <= device;
+        let fits_at_all = need <= if has_gpu { device + ram } else { ram };
+        let check = if !fits_rpc {
+            Check::new(Category::Memory, host.clone(), Status::Fail, format!("RPC buffers do not fit: {summary}"))
+                .hint("an rpc-server cannot spill into system RAM: give this worker a smaller share (fewer workers' memory elsewhere, a smaller quant), or keep those layers on the coordinator (CPU offload) instead of RPC")
+        } else if !fits_at_all {
+            Check::new(Category::Memory, host.clone(), Status::Fail, format!("does not fit: {summary}"))
+                .hint("use a smaller quantization or a shorter context (-c), or run this model on a host with more memory (`tightwad status` lists them)")
+        } else if has_gpu && need > device {
+            Check::new(Category::Memory, host.clone(), Status::Warn, format!("spills {} into system RAM: {summary}", gib(need - device)))
+                .hint("layers in system RAM run at CPU speed: a smaller quant or context keeps them on the GPU")
+        } else if !has_gpu && need > available {
+            Check::new(
+                Category::Memory,
+                host.clone(),
+                Status::Warn,
+                format!(
+                    "more than the {} RAM available now: {summary}",
+                    gib(available)
+                ),
+            )
+            .hint("other programs hold memory on this host: stop them, or expect swapping")
+        } else {
+            Check::new(Category::Memory, host.clone(), Status::Pass, summary)
+        };
+        checks.push(check.details(details));
+        for note in load.moe_notes {
+            checks.push(
+                Check::new(Category::Memory, host.clone(), Status::Warn, note)
+                    .hint("keep the expert tensors on the coordinator's CPU (`--cpu-moe` or `-ot exps=CPU`) instead of pooling them over RPC, or give MoE models only workers with ample memory"),
+            );
+        }
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_from_args_or_model() {
+        let g = GgufSummary {
+            context_length: Some(2048),
+            ..Default::default()
+        };
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(context_of(&args(&["-c", "512"]), &g), 512);
+        assert_eq!(context_of(&args(&["--ctx-size=1024"]), &g), 1024);
+        assert_eq!(context_of(&args(&["-c", "0"]), &g), 2048);
+        assert_eq!(context_of(&[], &g), 2048);
+        let kv = GgufSummary {
+            block_count: Some(4),
+            embedding_length: Some(256),
+            head_count: Some(4),
+            head_count_kv: Some(4),
+            ..Default::default()
+        };
+        // 2 × 4 layers × 512 ctx × 4 heads × (64 + 64) × 2 bytes... per K and V: 4·512·256·2·2
+        assert_eq!(kv.kv_cache_bytes(512), Some(4 * 512 * 4 * 128 * 2));
+    }
+}

@@ -1,0 +1,220 @@
+//! `tightwad up`: starts the RPC pools and native pairings of the layout, workers first, through
+//! the agents. Every argument a coordinator adds here (`--rpc`, `-md`, `--spec-draft-device`) is
+//! checked by the agent against its build's `--help` like any other; the agents only ever run
+//! the binaries their own config names.
+
+use super::layout::{host_ip, Layout, NativePairingEntry, PoolEntry, ProcessRef};
+use super::Fleet;
+use anyhow::Context;
+use tightwad_protocol::messages::{ProcessKind, ProcessStatus};
+
+/// rpc-server's port when its arguments name none (its own default).
+pub const DEFAULT_RPC_PORT: u16 = 50052;
+
+/// `ip:port` other hosts reach a worker's rpc-server at: the worker host's address from
+/// `[[hosts]]` and the port from the process's arguments.
+pub fn rpc_address(agent_address: &str, worker: Option<&ProcessStatus>) -> String {
+    let port = worker.and_then(|w| w.port).unwrap_or(DEFAULT_RPC_PORT);
+    format!("{}:{port}", host_ip(agent_address))
+}
+
+/// A pool coordinator's arguments: its own, plus `--rpc` with every worker (unless it names its
+/// RPC servers itself).
+pub fn pool_coordinator_args(base: &[String], workers: &[String]) -> Vec<String> {
+    let mut args = base.to_vec();
+    if !args.iter().any(|a| a == "--rpc" || a.starts_with("--rpc=")) && !workers.is_empty() {
+        args.push("--rpc".into());
+        args.push(workers.join(","));
+    }
+    args
+}
+
+/// The target's arguments for native pairing: its own, plus the draft model placed on the remote
+/// RPC device (`-md … --spec-type draft-simple --rpc HOST:PORT --spec-draft-device RPC0 -ngld 99`,
+/// verified in notes/backends.md).
+pub fn native_target_args(
+    base: &[String],
+    native: &NativePairingEntry,
+    worker_address: &str,
+    device: &str,
+) -> Vec<String> {
+    let mut args = base.to_vec();
+    if args
+        .iter()
+        .any(|a| a == "-md" || a == "--model-draft" || a == "--spec-draft-model")
+    {
+        return args;
+    }
+    args.extend(
+        [
+            "-md",
+            native.draft_model.as_str(),
+            "--spec-type",
+            "draft-simple",
+            "--rpc",
+            worker_address,
+            "--spec-draft-device",
+            device,
+            "-ngld",
+            "99",
+        ]
+        .map(String::from),
+    );
+    if let Some(k) = native.draft_tokens {
+        args.extend(["--spec-draft-n-max".to_string(), k.to_string()]);
+    }
+    args
+}
+
+/// Configured (or running) arguments of `reference`, and its status, from its agent.
+async fn process_status(fleet: &Fleet, reference: &ProcessRef) -> anyhow::Result<ProcessStatus> {
+    let host = fleet.config.host(&reference.host)?;
+    let client = fleet.connect(host).await?;
+    let status = client.status().await?;
+    status
+        .processes
+        .into_iter()
+        .find(|p| p.name == reference.process)
+        .with_context(|| {
+            format!(
+                "{} has no process named {:?} in its agent config",
+                reference.host, reference.process
+            )
+        })
+}
+
+async fn start(
+    fleet: &Fleet,
+    reference: &ProcessRef,
+    args: Option<Vec<String>>,
+) -> anyhow::Result<ProcessStatus> {
+    let host = fleet.config.host(&reference.host)?;
+    let client = fleet.connect(host).await?;
+    client
+        .start_process(&reference.process, args)
+        .await
+        .with_context(|| format!("starting {reference}"))
+}
+
+/// Starts a pool's workers, then its coordinator with `--rpc` naming them.
+pub async fn start_pool(fleet: &Fleet, pool: &PoolEntry) -> anyhow::Result<ProcessStatus> {
+    let mut addresses = Vec::new();
+    for worker in &pool.workers {
+        let status = start(fleet, worker, None).await?;
+        anyhow::ensure!(
+            status.kind == ProcessKind::RpcServer,
+            "{worker} is a {}, not an rpc-server",
+            status.kind
+        );
+        let host = fleet.config.host(&worker.host)?;
+        addresses.push(rpc_address(&host.address, Some(&status)));
+    }
+    let base = process_status(fleet, &pool.coordinator).await?;
+    let args = pool_coordinator_args(&base.args, &addresses);
+    start(fleet, &pool.coordinator, Some(args)).await
+}
+
+/// Starts the draft host's rpc-server, asks the target host's llama-server which device name it
+/// has, then starts the target with the draft model on that device.
+pub async fn start_native(
+    fleet: &Fleet,
+    native: &NativePairingEntry,
+) -> anyhow::Result<ProcessStatus> {
+    let worker = start(fleet, &native.draft_worker, None).await?;
+    let worker_host = fleet.config.host(&native.draft_worker.host)?;
+    let address = rpc_address(&worker_host.address, Some(&worker));
+    let target_host = fleet.config.host(&native.target.host)?;
+    let client = fleet.connect(target_host).await?;
+    let devices = client
+        .list_devices(vec![address.clone()])
+        .await
+        .with_context(|| {
+            format!(
+                "listing devices on {} with --rpc {address}",
+                native.target.host
+            )
+        })?;
+    let device = devices
+        .iter()
+        .find(|d| d.name.starts_with("RPC") && d.description.contains(&address))
+        .or_else(|| devices.iter().find(|d| d.name.starts_with("RPC")))
+        .with_context(|| {
+            format!(
+                "{}'s llama-server sees no RPC device at {address} (devices: {})",
+                native.target.host,
+                devices
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    let base = process_status(fleet, &native.target).await?;
+    let args = native_target_args(&base.args, native, &address, &device.name);
+    start(fleet, &native.target, Some(args)).await
+}
+
+/// Starts every pool and native pairing of the layout (or only the one named `only`).
+pub async fn run(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::Result<()> {
+    let mut started = 0;
+    for pool in layout
+        .pools
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        let status = start_pool(fleet, pool).await?;
+        println!(
+            "pool {}: {} {:?} ({})",
+            pool.name,
+            pool.coordinator,
+            status.state,
+            status.args.join(" ")
+        );
+        started += 1;
+    }
+    for native in layout
+        .native_pairings
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        let status = start_native(fleet, native).await?;
+        println!(
+            "native pairing {}: {} {:?} ({})",
+            native.name,
+            native.target,
+            status.state,
+            status.args.join(" ")
+        );
+        started += 1;
+    }
+    anyhow::ensure!(
+        started > 0,
+        "nothing to start: no [[pools]] or [[native_pairings]]{} in the config",
+        only.map(|n| format!(" named {n:?}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_added_for_pools_and_native_pairing() {
+        let base = vec!["-m".to_string(), "/m/t.gguf".to_string()];
+        assert_eq!(
+            pool_coordinator_args(&base, &["10.0.0.3:50052".into(), "10.0.0.4:50052".into()])[2..],
+            ["--rpc", "10.0.0.3:50052,10.0.0.4:50052"]
+        );
+        let native = NativePairingEntry {
+            name: "n".into(),
+            target: "a/t".parse().expect("ref"),
+            draft_worker: "b/rpc".parse().expect("ref"),
+            draft_model: "/m/d.gguf".into(),
+            draft_tokens: Some(6),
+        };
+        let args = native_target_args(&base, &native, "10.0.0.3:50052", "RPC0");
+        assert_eq!(args.join(" "), "-m /m/t.gguf -md /m/d.gguf --spec-type draft-simple --rpc 10.0.0.3:50052 --spec-draft-device RPC0 -ngld 99 --spec-draft-n-max 6");
+        assert_eq!(rpc_address("10.0.0.3:7420", None), "10.0.0.3:50052");
+    }
+}
