@@ -92,6 +92,9 @@ pub struct ProxyConfig {
     /// The coordinator's own identity folder for the peer protocol.
     #[serde(default)]
     pub state_dir: Option<String>,
+    /// The file this was read from (the dashboard asks the hosts listed there).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
     #[serde(default)]
     pub pairings: Vec<PairingEntry>,
 }
@@ -146,6 +149,7 @@ impl Default for ProxyConfig {
             max_tokens_limit: None,
             hosts: Vec::new(),
             state_dir: None,
+            source: None,
             pairings: Vec::new(),
         }
     }
@@ -197,10 +201,12 @@ impl ProxyConfig {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: ProxyConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

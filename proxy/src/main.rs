@@ -12,7 +12,8 @@ use tightwad::server::Proxy;
 #[command(
     name = "tightwad",
     version,
-    about = "Speculative decoding across your LAN, behind one OpenAI endpoint"
+    about = "Speculative decoding across your LAN, behind one OpenAI endpoint",
+    after_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy\n  tightwad status --json\n  tightwad agent logs gpu-box target --tail 50\n  tightwad models copy model.gguf --from gpu-box --to desktop"
 )]
 struct Cli {
     /// Config file: pairings and limits for `proxy`, `[[hosts]]` for the fleet commands.
@@ -30,6 +31,11 @@ enum Command {
     Proxy(ProxyArgs),
     #[command(flatten)]
     Fleet(tightwad::fleet::FleetCommand),
+    /// Print a shell completion script: `tightwad completions bash > /etc/bash_completion.d/tightwad`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,12 +72,19 @@ struct ProxyArgs {
     /// An API key clients must send as `Authorization: Bearer KEY` (adds to the file's keys).
     #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
+    /// Log format on stderr: `text` for people, `json` for journald/log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIGHTWAD_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
-fn init_logging(json: bool) {
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let json = format == LogFormat::Json;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -152,7 +165,7 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => {
-            init_logging(args.log_json);
+            init_logging(args.log_format);
             let config = proxy_config(&args, cli.config.as_ref())?;
             let proxy = Proxy::bind(&config).await?;
             proxy.probe().await;
@@ -160,6 +173,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .serve(shutdown_signal())
                 .await
                 .context("proxy stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tightwad", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Command::Fleet(cmd) => {

@@ -42,7 +42,13 @@ impl Proxy {
             max_concurrent_per_client: config.max_concurrent_per_client,
             max_tokens: config.max_tokens_limit,
         });
+        let hosts = Arc::new(crate::api::dashboard::HostsView::default());
+        if let (Some(path), false) = (&config.source, config.hosts.is_empty()) {
+            hosts.spawn_refresher(path.clone(), std::time::Duration::from_secs(15));
+        }
         let state = Arc::new(AppState {
+            recent: Default::default(),
+            hosts,
             pairings,
             gate,
             metrics,

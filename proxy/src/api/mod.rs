@@ -2,6 +2,7 @@
 //!
 //! Each completion request gets a `request` tracing span; the engine adds one span per round.
 
+pub mod dashboard;
 pub mod error;
 pub mod guard;
 pub mod openai;
@@ -31,6 +32,8 @@ use openai::{Endpoint, Plan};
 /// Everything the handlers share.
 pub struct AppState {
     pub pairings: Vec<Arc<Pairing>>,
+    pub recent: dashboard::RecentRequests,
+    pub hosts: Arc<dashboard::HostsView>,
     pub gate: Arc<guard::Gate>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -69,6 +72,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/tightwad/stats", get(stats))
+        .route("/v1/tightwad/requests", get(recent_requests))
+        .route("/v1/tightwad/hosts", get(hosts))
+        .route("/", get(dashboard::page))
+        .route("/dashboard", get(dashboard::page))
         .fallback(fallback)
         .with_state(state)
 }
@@ -139,6 +146,22 @@ async fn stats(
         })
         .collect();
     Ok(Json(json!({"pairings": pairings})))
+}
+
+async fn recent_requests(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    Ok(Json(state.recent.json()))
+}
+
+async fn hosts(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    Ok(Json(state.hosts.json()))
 }
 
 async fn completions(
@@ -254,7 +277,7 @@ async fn handle(
                 }
             };
             if request.wants_stream() {
-                Ok(stream_response(pairing, prepared, reply, permit).await)
+                Ok(stream_response(state.clone(), pairing, prepared, reply, permit).await)
             } else {
                 let (tx, mut rx) = mpsc::channel::<Delta>(64);
                 let collect = async {
@@ -277,6 +300,7 @@ async fn handle(
                     }
                 };
                 log_generation(&generation);
+                state.recent.record(&reply.id, &reply.model, &generation);
                 Ok(Json(reply.full(&text, &generation)).into_response())
             }
         }
@@ -433,12 +457,14 @@ enum StreamItem {
 }
 
 async fn stream_response(
+    state: Arc<AppState>,
     pairing: Arc<Pairing>,
     prepared: crate::engine::Prepared,
     reply: Reply,
     permit: guard::Permit,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<StreamItem>(64);
+    let (id, model) = (reply.id.clone(), reply.model.clone());
     let task = {
         let span = tracing::Span::current();
         tokio::spawn(
@@ -456,6 +482,7 @@ async fn stream_response(
                 let result = match result {
                     Ok(g) => {
                         log_generation(&g);
+                        state.recent.record(&id, &model, &g);
                         Ok(g)
                     }
                     Err(e) => {
