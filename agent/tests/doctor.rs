@@ -1,6 +1,10 @@
-//! `tightwad doctor` against real agents in network namespaces: each check made to fail for real.
+//! `tightwad doctor` against real agents in network namespaces, each check made to fail for real:
+//! two llama.cpp builds in one RPC pool, a model file in another folder or on another host, a
+//! flag the build does not accept, a model larger than the memory an agent reports, a draft with
+//! another vocabulary, an unreachable host. A healthy cluster passes.
 
-// Until proxy/src/lib.rs declares `pub mod doctor`, compile it here against the proxy crate.
+// Until proxy/src/lib.rs declares `pub mod doctor` and `pub mod init`, they are compiled here
+// against the proxy crate (they only use `crate::{backend, engine, fleet}`).
 pub use tightwad::{backend, engine, fleet};
 #[path = "../../proxy/src/doctor/mod.rs"]
 pub mod doctor;
@@ -9,5 +13,583 @@ pub mod init;
 
 mod common;
 
+use common::*;
+use doctor::{Category, Check, DoctorArgs, Report, Status};
+use std::path::{Path, PathBuf};
+
+/// One host of a test cluster: its namespace, its agent (stopped on drop) and its model folder.
+pub struct TestHost {
+    pub name: String,
+    pub ns: Namespace,
+    pub agent: AgentProcess,
+    pub models: PathBuf,
+}
+
+pub struct HostPlan<'a> {
+    pub name: &'a str,
+    pub models: &'a [&'a str],
+    /// `[[process]]` tables and other agent TOML; `{models}` is replaced by the model folder.
+    pub agent_toml: &'a str,
+    /// `[binaries]` replacement (wrapper scripts), if any.
+    pub binaries: Option<(PathBuf, PathBuf)>,
+}
+
+pub struct TestCluster {
+    pub lab: Lab,
+    pub hosts: Vec<TestHost>,
+    pub config: PathBuf,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl TestCluster {
+    /// Starts one enrolled agent per plan and writes the coordinator config: `[[hosts]]` plus
+    /// `layout` (`{ip:NAME}` and `{models:NAME}` are replaced by that host's address and folder).
+    pub fn start(plans: &[HostPlan<'_>], layout: &str) -> TestCluster {
+        let rt = runtime();
+        let _guard = rt.enter();
+        let mut lab = Lab::new();
+        let namespaces: Vec<Namespace> = plans.iter().map(|_| lab.add_namespace()).collect();
+        let host_list: Vec<(String, String)> = plans
+            .iter()
+            .zip(&namespaces)
+            .map(|(p, ns)| (p.name.to_string(), format!("{}:7420", ns.ip)))
+            .collect();
+        let refs: Vec<(&str, &str)> = host_list
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.as_str()))
+            .collect();
+        let config = coordinator_config(lab.dir.path(), &lab.path("coordinator"), &refs);
+        let fleet = fleet_for(&config);
+        let mut hosts = Vec::new();
+        for (plan, ns) in plans.iter().zip(namespaces) {
+            let models = lab.path(&format!("models-{}", plan.name));
+            stock_models(&models, plan.models);
+            let toml = plan
+                .agent_toml
+                .replace("{models}", &models.display().to_string());
+            let spec = AgentSpec {
+                ns: &ns,
+                state_dir: lab.path(&format!("agent-{}", plan.name)),
+                models: models.clone(),
+                join: Some(issue_token(&fleet)),
+                extra_toml: toml,
+            };
+            let agent = match &plan.binaries {
+                Some((llama, rpc)) => AgentProcess::start_with_binaries(
+                    spec,
+                    &llama.display().to_string(),
+                    &rpc.display().to_string(),
+                ),
+                None => AgentProcess::start(spec),
+            };
+            hosts.push(TestHost {
+                name: plan.name.to_string(),
+                ns,
+                agent,
+                models,
+            });
+        }
+        // Enroll every agent now (uses up the tokens), so later runs go by the pins alone.
+        for host in &fleet.config.hosts {
+            rt.block_on(fleet.connect(host)).expect("enroll");
+        }
+        let mut layout = layout.to_string();
+        for host in &hosts {
+            layout = layout
+                .replace(&format!("{{ip:{}}}", host.name), &host.ns.ip)
+                .replace(
+                    &format!("{{models:{}}}", host.name),
+                    &host.models.display().to_string(),
+                );
+        }
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(&layout);
+        std::fs::write(&config, text).expect("write config");
+        drop(_guard);
+        TestCluster {
+            lab,
+            hosts,
+            config,
+            rt,
+        }
+    }
+
+    pub fn fleet(&self) -> fleet::Fleet {
+        let _runtime = self.rt.enter();
+        fleet_for(&self.config)
+    }
+
+    pub fn host(&self, name: &str) -> &TestHost {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    /// Starts a configured process through its agent and waits until it is ready.
+    pub fn start_process(&self, host: &str, process: &str) {
+        let fleet = self.fleet();
+        let entry = fleet.config.host(host).expect("host").clone();
+        self.rt.block_on(async {
+            let client = fleet.connect(&entry).await.expect("connect");
+            client
+                .start_process(process, None)
+                .await
+                .unwrap_or_else(|e| panic!("starting {host}/{process}: {e}"));
+        });
+    }
+
+    pub fn doctor(&self, offline: bool) -> Report {
+        let args = DoctorArgs {
+            json: false,
+            offline,
+        };
+        let report = self
+            .rt
+            .block_on(doctor::diagnose(&args, &self.config))
+            .expect("doctor runs");
+        eprintln!("{}", report.render());
+        report
+    }
+
+    /// The exit code `tightwad doctor` gives (the full command, output included).
+    pub fn doctor_exit_code(&self, offline: bool) -> std::process::ExitCode {
+        let args = DoctorArgs {
+            json: true,
+            offline,
+        };
+        self.rt
+            .block_on(doctor::run(args, &self.config))
+            .expect("doctor runs")
+    }
+}
+
+/// The one check of `category` about `subject` with `status`; panics with the report otherwise.
+pub fn find<'a>(
+    report: &'a Report,
+    category: Category,
+    subject: &str,
+    status: Status,
+) -> &'a Check {
+    report
+        .checks
+        .iter()
+        .find(|c| c.category == category && c.subject == subject && c.status == status)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {status:?} {category:?} check for {subject:?}:\n{}",
+                report.render()
+            )
+        })
+}
+
+pub fn llama_args(model: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"["-m", "{model}", "--host", "0.0.0.0", "--port", "{port}", "-c", "1024", "-t", "1", "--cache-ram", "0"{extra}]"#
+    )
+}
+
+/// A wrapper around a real binary that claims another build (`--version`) or RPC protocol
+/// (banner), like a host left on an older llama.cpp.
+pub fn wrapper(dir: &Path, name: &str, real: &str, version_line: &str, banner: &str) -> PathBuf {
+    let path = dir.join(name);
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo '{version_line}'; echo 'built with cc'; exit 0; fi\n{}exec '{real}' \"$@\"\n",
+        if banner.is_empty() {
+            String::new()
+        } else {
+            format!("echo '{banner}'\n")
+        }
+    );
+    std::fs::write(&path, script).expect("write wrapper");
+    let mut perms = std::fs::metadata(&path).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).expect("chmod");
+    path
+}
+
+fn target_draft_toml(draft_model: &str) -> (String, String) {
+    let target = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args(
+            "{models}/target.gguf",
+            8080,
+            r#", "-np", "6", "--kv-unified""#
+        )
+    );
+    let draft = format!(
+        "[[process]]\nname = \"draft\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args(&format!("{{models}}/{draft_model}"), 8081, "")
+    );
+    (target, draft)
+}
+
+const PAIRING_LAYOUT: &str = r#"
+[[pairings]]
+name = "pair"
+target = "http://{ip:alpha}:8080"
+draft = "http://{ip:beta}:8081"
+draft_tokens = 4
+
+[[processes]]
+host = "alpha"
+process = "target"
+role = "target"
+
+[[processes]]
+host = "beta"
+process = "draft"
+role = "draft"
+"#;
+
 #[test]
-fn compiles() {}
+fn a_healthy_cluster_passes_every_check() {
+    let (target, draft) = target_draft_toml("draft.gguf");
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf"],
+                agent_toml: &target,
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &["draft.gguf"],
+                agent_toml: &draft,
+                binaries: None,
+            },
+        ],
+        PAIRING_LAYOUT,
+    );
+    cluster.start_process("alpha", "target");
+    cluster.start_process("beta", "draft");
+    let report = cluster.doctor(false);
+    for check in &report.checks {
+        // The payoff is a prediction, not a fault: on these 2-core CPU machines multi-prompt
+        // verification rightly predicts a loss (README: "Performance"), which is a warning.
+        if check.category == Category::Payoff {
+            assert!(
+                matches!(check.status, Status::Pass | Status::Warn),
+                "{check:?}"
+            );
+            assert!(check.message.contains("predicted"), "{check:?}");
+            let speedup = check.details["predicted_speedup"]
+                .as_f64()
+                .expect("speedup");
+            assert!(speedup > 0.0 && speedup < 20.0, "{check:?}");
+            continue;
+        }
+        assert_eq!(check.status, Status::Pass, "{}", report.render());
+    }
+    for category in [
+        Category::Host,
+        Category::Build,
+        Category::Model,
+        Category::Flags,
+        Category::Memory,
+        Category::Vocabulary,
+        Category::Slots,
+        Category::Network,
+        Category::Payoff,
+    ] {
+        assert!(
+            report.checks.iter().any(|c| c.category == category),
+            "no {category:?} check:\n{}",
+            report.render()
+        );
+    }
+    assert!(report.ok);
+    assert_eq!(
+        cluster.doctor_exit_code(true),
+        std::process::ExitCode::SUCCESS
+    );
+}
+
+#[test]
+fn different_builds_in_an_rpc_pool_fail() {
+    let setup_dir = tempfile::tempdir().expect("tmp");
+    let old_llama = wrapper(
+        setup_dir.path(),
+        "llama-server",
+        &require_env("LLAMA_SERVER"),
+        "version: 8079 (0badc0d)",
+        "",
+    );
+    let old_rpc = wrapper(
+        setup_dir.path(),
+        "ggml-rpc-server",
+        &require_env("RPC_SERVER"),
+        "",
+        "Starting RPC server v6.0.0",
+    );
+    let coordinator = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args("{models}/target.gguf", 8080, "")
+    );
+    let worker = "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf"],
+                agent_toml: &coordinator,
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &[],
+                agent_toml: worker,
+                binaries: Some((old_llama, old_rpc)),
+            },
+        ],
+        r#"
+[[pools]]
+name = "big"
+coordinator = "alpha/target"
+workers = ["beta/rpc"]
+"#,
+    );
+    let report = cluster.doctor(true);
+    let build = find(&report, Category::Build, "pool big", Status::Fail);
+    assert!(build.message.contains("8079"), "{build:?}");
+    assert!(build.message.contains("RPC protocol v6.0.0"), "{build:?}");
+    assert!(
+        build
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("same llama.cpp")),
+        "{build:?}"
+    );
+    assert!(!report.ok);
+    assert_eq!(
+        cluster.doctor_exit_code(true),
+        std::process::ExitCode::FAILURE
+    );
+}
+
+#[test]
+fn a_model_in_another_folder_or_on_another_host_is_found() {
+    // alpha's target points at a folder the file is not in (the field report's ~/models vs
+    // ~/.tightwad/models); its draft names a file only beta has.
+    let alpha = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n[[process]]\nname = \"draft\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args("/srv/elsewhere/target.gguf", 8080, ""),
+        llama_args("{models}/draft-identical.gguf", 8081, "")
+    );
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf"],
+                agent_toml: &alpha,
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &["draft-identical.gguf"],
+                agent_toml: "",
+                binaries: None,
+            },
+        ],
+        r#"
+[[processes]]
+host = "alpha"
+process = "target"
+role = "target"
+
+[[processes]]
+host = "alpha"
+process = "draft"
+role = "draft"
+"#,
+    );
+    let report = cluster.doctor(true);
+    let here = find(&report, Category::Model, "alpha/target", Status::Fail);
+    assert!(
+        here.message
+            .contains("/srv/elsewhere/target.gguf: no such file on alpha"),
+        "{here:?}"
+    );
+    let real = cluster.host("alpha").models.join("target.gguf");
+    assert!(
+        here.hint
+            .as_deref()
+            .is_some_and(|h| h.contains(&real.display().to_string())),
+        "{here:?}"
+    );
+    let there = find(&report, Category::Model, "alpha/draft", Status::Fail);
+    assert!(
+        there.hint.as_deref().is_some_and(
+            |h| h.contains("tightwad models copy draft-identical.gguf --from beta --to alpha")
+        ),
+        "{there:?}"
+    );
+    assert!(!report.ok);
+    assert_eq!(
+        cluster.doctor_exit_code(true),
+        std::process::ExitCode::FAILURE
+    );
+}
+
+#[test]
+fn a_flag_the_build_does_not_accept_fails_with_its_help() {
+    let alpha = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args("{models}/target.gguf", 8080, r#", "--np", "1""#)
+    );
+    let cluster = TestCluster::start(
+        &[HostPlan {
+            name: "alpha",
+            models: &["target.gguf"],
+            agent_toml: &alpha,
+            binaries: None,
+        }],
+        "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
+    );
+    let report = cluster.doctor(true);
+    let flags = find(&report, Category::Flags, "alpha/target", Status::Fail);
+    assert!(flags.message.contains("\"--np\""), "{flags:?}");
+    assert!(flags.message.contains("did you mean \"-np\""), "{flags:?}");
+    assert!(
+        flags
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("alpha's agent config")),
+        "{flags:?}"
+    );
+    // The model itself is fine: only the flag fails.
+    find(&report, Category::Model, "alpha/target", Status::Pass);
+    assert_eq!(
+        cluster.doctor_exit_code(true),
+        std::process::ExitCode::FAILURE
+    );
+}
+
+#[test]
+fn a_model_larger_than_the_reported_memory_fails() {
+    // target.gguf is ~80 MB; this agent reports 48 MB of RAM (testing_reported_memory).
+    let alpha = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n\n[testing_reported_memory]\nram_total_bytes = 50331648\nram_available_bytes = 50331648\n",
+        llama_args("{models}/target.gguf", 8080, "")
+    );
+    let cluster = TestCluster::start(
+        &[HostPlan {
+            name: "alpha",
+            models: &["target.gguf"],
+            agent_toml: &alpha,
+            binaries: None,
+        }],
+        "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
+    );
+    let report = cluster.doctor(true);
+    let memory = find(&report, Category::Memory, "alpha", Status::Fail);
+    assert!(memory.message.contains("does not fit"), "{memory:?}");
+    assert!(memory.message.contains("of 48 MiB RAM"), "{memory:?}");
+    assert!(
+        memory
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("smaller quantization")),
+        "{memory:?}"
+    );
+    let need = memory.details["need_bytes"].as_u64().expect("need");
+    assert!(need > 70_000_000, "weights + KV estimate: {need}");
+    assert_eq!(
+        cluster.doctor_exit_code(true),
+        std::process::ExitCode::FAILURE
+    );
+}
+
+#[test]
+fn a_draft_with_another_vocabulary_fails_in_metadata_and_live() {
+    let (target, draft) = target_draft_toml("draft-othervocab.gguf");
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf"],
+                agent_toml: &target,
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &["draft-othervocab.gguf"],
+                agent_toml: &draft,
+                binaries: None,
+            },
+        ],
+        PAIRING_LAYOUT,
+    );
+    cluster.start_process("alpha", "target");
+    cluster.start_process("beta", "draft");
+    let report = cluster.doctor(false);
+    let checks: Vec<&Check> = report
+        .checks
+        .iter()
+        .filter(|c| {
+            c.category == Category::Vocabulary
+                && c.subject == "pairing pair"
+                && c.status == Status::Fail
+        })
+        .collect();
+    assert_eq!(checks.len(), 2, "metadata and probe:\n{}", report.render());
+    assert!(
+        checks[0].message.contains("token list fingerprint"),
+        "{:?}",
+        checks[0]
+    );
+    assert!(
+        checks[1].message.contains("tokenize differently"),
+        "{:?}",
+        checks[1]
+    );
+    assert!(checks.iter().all(|c| c
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("same model family"))));
+    // No payoff prediction for a pair that cannot speculate.
+    assert!(!report.checks.iter().any(|c| c.category == Category::Payoff));
+    assert!(!report.ok);
+}
+
+#[test]
+fn an_unreachable_host_fails_with_how_to_fix_it() {
+    let cluster = TestCluster::start(
+        &[HostPlan {
+            name: "alpha",
+            models: &[],
+            agent_toml: "",
+            binaries: None,
+        }],
+        "",
+    );
+    // A second host whose agent is not running: the address answers nothing.
+    let ghost = format!(
+        "{}.99:7420",
+        cluster.host("alpha").ns.ip.rsplit_once('.').expect("ip").0
+    );
+    let mut text = std::fs::read_to_string(&cluster.config).expect("config");
+    text = text.replacen(
+        "[[hosts]]",
+        &format!("[[hosts]]\nname = \"ghost\"\naddress = \"{ghost}\"\n\n[[hosts]]"),
+        1,
+    );
+    std::fs::write(&cluster.config, text).expect("config");
+    // Enrollment is possible (a token is pending), so only the network can fail.
+    issue_token(&cluster.fleet());
+    let report = cluster.doctor(true);
+    let host = find(&report, Category::Host, "ghost", Status::Fail);
+    assert!(host.message.contains("unreachable"), "{host:?}");
+    assert!(
+        host.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("start `tightwad-agent` on ghost")),
+        "{host:?}"
+    );
+    find(&report, Category::Host, "alpha", Status::Pass);
+    assert_eq!(
+        cluster.doctor_exit_code(true),
+        std::process::ExitCode::FAILURE
+    );
+}

@@ -212,6 +212,16 @@ pub struct AgentSpec<'a> {
 
 impl AgentProcess {
     pub fn start(spec: AgentSpec<'_>) -> AgentProcess {
+        Self::start_with_binaries(
+            spec,
+            &require_env("LLAMA_SERVER"),
+            &require_env("RPC_SERVER"),
+        )
+    }
+
+    /// Like `start`, with other llama-server / rpc-server executables (e.g. wrappers that claim
+    /// another build).
+    pub fn start_with_binaries(spec: AgentSpec<'_>, llama: &str, rpc: &str) -> AgentProcess {
         let address = format!("{}:7420", spec.ns.ip);
         let config = spec.state_dir.with_extension("toml");
         let toml = format!(
@@ -219,8 +229,8 @@ impl AgentProcess {
             name = spec.ns.name,
             state = spec.state_dir.display(),
             models = spec.models.display(),
-            llama = require_env("LLAMA_SERVER"),
-            rpc = require_env("RPC_SERVER"),
+            llama = llama,
+            rpc = rpc,
             extra = spec.extra_toml,
         );
         std::fs::write(&config, toml).expect("write agent config");

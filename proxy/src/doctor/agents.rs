@@ -476,7 +476,11 @@ impl Cluster {
                             check
                                 .binary
                                 .as_ref()
-                                .and_then(build_label)
+                                .and_then(|b| {
+                                    build_label(b).or_else(|| {
+                                        b.rpc_protocol.as_ref().map(|v| format!("RPC protocol v{v}"))
+                                    })
+                                })
                                 .unwrap_or_else(|| "this host's build".into())
                         ),
                     )
