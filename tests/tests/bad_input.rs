@@ -221,3 +221,74 @@ async fn a_target_that_dies_mid_stream_ends_the_stream_with_an_error() {
         "stream did not end with [DONE]: {rest}"
     );
 }
+
+/// A TCP server that accepts connections and then either says nothing or answers garbage: a
+/// stand-in for a broken backend (a real llama-server cannot be made to do this).
+async fn broken_backend(reply: Option<&'static [u8]>) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            match reply {
+                Some(bytes) => {
+                    let _ = sock.write_all(bytes).await;
+                    let _ = sock.shutdown().await;
+                }
+                // Keep the connection open and silent.
+                None => held.push(sock),
+            }
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_is_a_timeout_not_a_hang() {
+    let (url, task) = broken_backend(None).await;
+    let mut entry = RunningProxy::entry(&url, None, 4);
+    entry.target_timeout_s = 2;
+    let proxy = RunningProxy::start_entry(entry).await;
+    let started = std::time::Instant::now();
+    let (s, b) = proxy
+        .post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 4}))
+        .await;
+    assert_openai_error(s, &b, 504, None);
+    assert_eq!(b["error"]["code"], "backend_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_backend_that_answers_garbage_is_a_502_and_the_proxy_keeps_serving() {
+    let (url, task) = broken_backend(Some(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{not json!}",
+    ))
+    .await;
+    let proxy = RunningProxy::start(&url, None, 4).await;
+    for _ in 0..3 {
+        let (s, b) = proxy
+            .post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 4}))
+            .await;
+        assert_openai_error(s, &b, 502, None);
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("could not be read"),
+            "{b}"
+        );
+    }
+    let (s, b) = tightwad_e2e::post_json(
+        &format!("{}/v1/completions", proxy.url),
+        &json!({"prompt": "hi", "n": 5}),
+    )
+    .await;
+    assert_openai_error(s, &b, 400, Some("n"));
+    task.abort();
+}

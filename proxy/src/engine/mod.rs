@@ -60,6 +60,8 @@ pub enum Drafter {
 
 /// How long a draft that failed is left alone before the pairing probes it again.
 const DRAFT_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long probed facts are trusted: servers get restarted with other models or settings.
+const REPROBE_AFTER: Duration = Duration::from_secs(60);
 
 /// What one pairing is configured with.
 #[derive(Debug, Clone)]
@@ -252,7 +254,7 @@ impl Pairing {
             let draft_may_be_back = info.speculation.is_err()
                 && self.draft.is_some()
                 && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
-            if !draft_may_be_back {
+            if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
                 return Ok(info.clone());
             }
         }
