@@ -13,155 +13,34 @@ pub mod init;
 
 mod common;
 
+use common::cluster::*;
 use common::*;
 use doctor::{Category, Check, DoctorArgs, Report, Status};
-use std::path::{Path, PathBuf};
 
-/// One host of a test cluster: its namespace, its agent (stopped on drop) and its model folder.
-pub struct TestHost {
-    pub name: String,
-    pub ns: Namespace,
-    pub agent: AgentProcess,
-    pub models: PathBuf,
+/// `tightwad doctor` on the cluster's config, its report printed for the test log.
+pub fn run_doctor(cluster: &TestCluster, offline: bool) -> Report {
+    let args = DoctorArgs {
+        json: false,
+        offline,
+    };
+    let report = cluster
+        .rt
+        .block_on(doctor::diagnose(&args, &cluster.config))
+        .expect("doctor runs");
+    eprintln!("{}", report.render());
+    report
 }
 
-pub struct HostPlan<'a> {
-    pub name: &'a str,
-    pub models: &'a [&'a str],
-    /// `[[process]]` tables and other agent TOML; `{models}` is replaced by the model folder.
-    pub agent_toml: &'a str,
-    /// `[binaries]` replacement (wrapper scripts), if any.
-    pub binaries: Option<(PathBuf, PathBuf)>,
-}
-
-pub struct TestCluster {
-    pub lab: Lab,
-    pub hosts: Vec<TestHost>,
-    pub config: PathBuf,
-    pub rt: tokio::runtime::Runtime,
-}
-
-impl TestCluster {
-    /// Starts one enrolled agent per plan and writes the coordinator config: `[[hosts]]` plus
-    /// `layout` (`{ip:NAME}` and `{models:NAME}` are replaced by that host's address and folder).
-    pub fn start(plans: &[HostPlan<'_>], layout: &str) -> TestCluster {
-        let rt = runtime();
-        let _guard = rt.enter();
-        let mut lab = Lab::new();
-        let namespaces: Vec<Namespace> = plans.iter().map(|_| lab.add_namespace()).collect();
-        let host_list: Vec<(String, String)> = plans
-            .iter()
-            .zip(&namespaces)
-            .map(|(p, ns)| (p.name.to_string(), format!("{}:7420", ns.ip)))
-            .collect();
-        let refs: Vec<(&str, &str)> = host_list
-            .iter()
-            .map(|(n, a)| (n.as_str(), a.as_str()))
-            .collect();
-        let config = coordinator_config(lab.dir.path(), &lab.path("coordinator"), &refs);
-        let fleet = fleet_for(&config);
-        let mut hosts = Vec::new();
-        for (plan, ns) in plans.iter().zip(namespaces) {
-            let models = lab.path(&format!("models-{}", plan.name));
-            stock_models(&models, plan.models);
-            let toml = plan
-                .agent_toml
-                .replace("{models}", &models.display().to_string());
-            let spec = AgentSpec {
-                ns: &ns,
-                state_dir: lab.path(&format!("agent-{}", plan.name)),
-                models: models.clone(),
-                join: Some(issue_token(&fleet)),
-                extra_toml: toml,
-            };
-            let agent = match &plan.binaries {
-                Some((llama, rpc)) => AgentProcess::start_with_binaries(
-                    spec,
-                    &llama.display().to_string(),
-                    &rpc.display().to_string(),
-                ),
-                None => AgentProcess::start(spec),
-            };
-            hosts.push(TestHost {
-                name: plan.name.to_string(),
-                ns,
-                agent,
-                models,
-            });
-        }
-        // Enroll every agent now (uses up the tokens), so later runs go by the pins alone.
-        for host in &fleet.config.hosts {
-            rt.block_on(fleet.connect(host)).expect("enroll");
-        }
-        let mut layout = layout.to_string();
-        for host in &hosts {
-            layout = layout
-                .replace(&format!("{{ip:{}}}", host.name), &host.ns.ip)
-                .replace(
-                    &format!("{{models:{}}}", host.name),
-                    &host.models.display().to_string(),
-                );
-        }
-        let mut text = std::fs::read_to_string(&config).expect("config");
-        text.push_str(&layout);
-        std::fs::write(&config, text).expect("write config");
-        drop(_guard);
-        TestCluster {
-            lab,
-            hosts,
-            config,
-            rt,
-        }
-    }
-
-    pub fn fleet(&self) -> fleet::Fleet {
-        let _runtime = self.rt.enter();
-        fleet_for(&self.config)
-    }
-
-    pub fn host(&self, name: &str) -> &TestHost {
-        self.hosts
-            .iter()
-            .find(|h| h.name == name)
-            .unwrap_or_else(|| panic!("no host {name}"))
-    }
-
-    /// Starts a configured process through its agent and waits until it is ready.
-    pub fn start_process(&self, host: &str, process: &str) {
-        let fleet = self.fleet();
-        let entry = fleet.config.host(host).expect("host").clone();
-        self.rt.block_on(async {
-            let client = fleet.connect(&entry).await.expect("connect");
-            client
-                .start_process(process, None)
-                .await
-                .unwrap_or_else(|e| panic!("starting {host}/{process}: {e}"));
-        });
-    }
-
-    pub fn doctor(&self, offline: bool) -> Report {
-        let args = DoctorArgs {
-            json: false,
-            offline,
-        };
-        let report = self
-            .rt
-            .block_on(doctor::diagnose(&args, &self.config))
-            .expect("doctor runs");
-        eprintln!("{}", report.render());
-        report
-    }
-
-    /// The exit code `tightwad doctor` gives (the full command, output included).
-    pub fn doctor_exit_code(&self, offline: bool) -> std::process::ExitCode {
-        let args = DoctorArgs {
-            json: true,
-            offline,
-        };
-        self.rt
-            .block_on(doctor::run(args, &self.config))
-            .expect("doctor runs")
-    }
+/// The exit code `tightwad doctor` gives (the whole command, JSON output included).
+pub fn doctor_exit_code(cluster: &TestCluster, offline: bool) -> std::process::ExitCode {
+    let args = DoctorArgs {
+        json: true,
+        offline,
+    };
+    cluster
+        .rt
+        .block_on(doctor::run(args, &cluster.config))
+        .expect("doctor runs")
 }
 
 /// The one check of `category` about `subject` with `status`; panics with the report otherwise.
@@ -181,31 +60,6 @@ pub fn find<'a>(
                 report.render()
             )
         })
-}
-
-pub fn llama_args(model: &str, port: u16, extra: &str) -> String {
-    format!(
-        r#"["-m", "{model}", "--host", "0.0.0.0", "--port", "{port}", "-c", "1024", "-t", "1", "--cache-ram", "0"{extra}]"#
-    )
-}
-
-/// A wrapper around a real binary that claims another build (`--version`) or RPC protocol
-/// (banner), like a host left on an older llama.cpp.
-pub fn wrapper(dir: &Path, name: &str, real: &str, version_line: &str, banner: &str) -> PathBuf {
-    let path = dir.join(name);
-    let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo '{version_line}'; echo 'built with cc'; exit 0; fi\n{}exec '{real}' \"$@\"\n",
-        if banner.is_empty() {
-            String::new()
-        } else {
-            format!("echo '{banner}'\n")
-        }
-    );
-    std::fs::write(&path, script).expect("write wrapper");
-    let mut perms = std::fs::metadata(&path).expect("meta").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&path, perms).expect("chmod");
-    path
 }
 
 fn target_draft_toml(draft_model: &str) -> (String, String) {
@@ -264,7 +118,7 @@ fn a_healthy_cluster_passes_every_check() {
     );
     cluster.start_process("alpha", "target");
     cluster.start_process("beta", "draft");
-    let report = cluster.doctor(false);
+    let report = run_doctor(&cluster, false);
     for check in &report.checks {
         // The payoff is a prediction, not a fault: on these 2-core CPU machines multi-prompt
         // verification rightly predicts a loss (README: "Performance"), which is a warning.
@@ -301,7 +155,7 @@ fn a_healthy_cluster_passes_every_check() {
     }
     assert!(report.ok);
     assert_eq!(
-        cluster.doctor_exit_code(true),
+        doctor_exit_code(&cluster, true),
         std::process::ExitCode::SUCCESS
     );
 }
@@ -350,7 +204,7 @@ coordinator = "alpha/target"
 workers = ["beta/rpc"]
 "#,
     );
-    let report = cluster.doctor(true);
+    let report = run_doctor(&cluster, true);
     let build = find(&report, Category::Build, "pool big", Status::Fail);
     assert!(build.message.contains("8079"), "{build:?}");
     assert!(build.message.contains("RPC protocol v6.0.0"), "{build:?}");
@@ -363,7 +217,7 @@ workers = ["beta/rpc"]
     );
     assert!(!report.ok);
     assert_eq!(
-        cluster.doctor_exit_code(true),
+        doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
 }
@@ -404,7 +258,7 @@ process = "draft"
 role = "draft"
 "#,
     );
-    let report = cluster.doctor(true);
+    let report = run_doctor(&cluster, true);
     let here = find(&report, Category::Model, "alpha/target", Status::Fail);
     assert!(
         here.message
@@ -427,7 +281,7 @@ role = "draft"
     );
     assert!(!report.ok);
     assert_eq!(
-        cluster.doctor_exit_code(true),
+        doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
 }
@@ -447,7 +301,7 @@ fn a_flag_the_build_does_not_accept_fails_with_its_help() {
         }],
         "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
     );
-    let report = cluster.doctor(true);
+    let report = run_doctor(&cluster, true);
     let flags = find(&report, Category::Flags, "alpha/target", Status::Fail);
     assert!(flags.message.contains("\"--np\""), "{flags:?}");
     assert!(flags.message.contains("did you mean \"-np\""), "{flags:?}");
@@ -461,7 +315,7 @@ fn a_flag_the_build_does_not_accept_fails_with_its_help() {
     // The model itself is fine: only the flag fails.
     find(&report, Category::Model, "alpha/target", Status::Pass);
     assert_eq!(
-        cluster.doctor_exit_code(true),
+        doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
 }
@@ -482,7 +336,7 @@ fn a_model_larger_than_the_reported_memory_fails() {
         }],
         "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
     );
-    let report = cluster.doctor(true);
+    let report = run_doctor(&cluster, true);
     let memory = find(&report, Category::Memory, "alpha", Status::Fail);
     assert!(memory.message.contains("does not fit"), "{memory:?}");
     assert!(memory.message.contains("of 48 MiB RAM"), "{memory:?}");
@@ -496,7 +350,7 @@ fn a_model_larger_than_the_reported_memory_fails() {
     let need = memory.details["need_bytes"].as_u64().expect("need");
     assert!(need > 70_000_000, "weights + KV estimate: {need}");
     assert_eq!(
-        cluster.doctor_exit_code(true),
+        doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
 }
@@ -523,7 +377,7 @@ fn a_draft_with_another_vocabulary_fails_in_metadata_and_live() {
     );
     cluster.start_process("alpha", "target");
     cluster.start_process("beta", "draft");
-    let report = cluster.doctor(false);
+    let report = run_doctor(&cluster, false);
     let checks: Vec<&Check> = report
         .checks
         .iter()
@@ -578,7 +432,7 @@ fn an_unreachable_host_fails_with_how_to_fix_it() {
     std::fs::write(&cluster.config, text).expect("config");
     // Enrollment is possible (a token is pending), so only the network can fail.
     issue_token(&cluster.fleet());
-    let report = cluster.doctor(true);
+    let report = run_doctor(&cluster, true);
     let host = find(&report, Category::Host, "ghost", Status::Fail);
     assert!(host.message.contains("unreachable"), "{host:?}");
     assert!(
@@ -589,7 +443,7 @@ fn an_unreachable_host_fails_with_how_to_fix_it() {
     );
     find(&report, Category::Host, "alpha", Status::Pass);
     assert_eq!(
-        cluster.doctor_exit_code(true),
+        doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
 }

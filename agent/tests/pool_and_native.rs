@@ -1,0 +1,191 @@
+//! RPC pools and native pairing, set up by `tightwad up`'s code through real agents in network
+//! namespaces: the pool's coordinator llama-server runs its model over a worker's rpc-server;
+//! native pairing runs the draft model on the draft host's rpc-server inside the target's own
+//! llama.cpp speculation, and its greedy output equals the target alone.
+
+// Until proxy/src/lib.rs declares `pub mod doctor`, it is compiled here against the proxy crate.
+pub use tightwad::{backend, engine, fleet};
+#[path = "../../proxy/src/doctor/mod.rs"]
+pub mod doctor;
+
+mod common;
+
+use common::cluster::*;
+use doctor::{DoctorArgs, Status};
+use std::time::Duration;
+use tightwad::backend::llamacpp::{LlamaServer, Role, Sampling};
+use tightwad_protocol::messages::ProcessState;
+
+const RPC_WORKER: &str =
+    "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
+
+fn target_process(extra: &str) -> String {
+    format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args("{models}/target.gguf", 8080, extra)
+    )
+}
+
+fn doctor_offline(cluster: &TestCluster) -> doctor::Report {
+    let args = DoctorArgs {
+        json: false,
+        offline: true,
+    };
+    let report = cluster
+        .rt
+        .block_on(doctor::diagnose(&args, &cluster.config))
+        .expect("doctor");
+    eprintln!("{}", report.render());
+    report
+}
+
+const PROMPT: &str = "Once upon a time, in a lighthouse by the sea,";
+
+/// Greedy tokens of the server at `url` after `PROMPT`, and the draft tokens its own
+/// speculation drafted.
+fn greedy(cluster: &TestCluster, url: &str, n: usize) -> (Vec<u32>, u64) {
+    cluster.rt.block_on(async {
+        let server = LlamaServer::new(Role::Target, url, Duration::from_secs(60)).expect("client");
+        let prompt = server.tokenize(PROMPT, true).await.expect("tokenize");
+        let completion = server
+            .complete(&prompt, n, &Sampling::greedy())
+            .await
+            .expect("completion");
+        let drafted = completion
+            .timings
+            .as_ref()
+            .and_then(|t| t.draft_n)
+            .unwrap_or(0);
+        (completion.tokens, drafted)
+    })
+}
+
+#[test]
+fn native_pairing_runs_the_draft_on_the_remote_rpc_server_and_matches_the_target_alone() {
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf", "draft.gguf"],
+                agent_toml: &target_process(""),
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &[],
+                agent_toml: RPC_WORKER,
+                binaries: None,
+            },
+        ],
+        r#"
+[[native_pairings]]
+name = "native"
+target = "alpha/target"
+draft_worker = "beta/rpc"
+draft_model = "{models:alpha}/draft.gguf"
+draft_tokens = 4
+"#,
+    );
+    let url = format!("http://{}:8080", cluster.host("alpha").ns.ip);
+
+    // The target alone first.
+    cluster.start_process("alpha", "target");
+    let (alone, drafted_alone) = greedy(&cluster, &url, 48);
+    assert_eq!(alone.len(), 48);
+    assert_eq!(drafted_alone, 0);
+    let fleet = cluster.fleet();
+    let alpha = fleet.config.host("alpha").expect("alpha").clone();
+    cluster.rt.block_on(async {
+        let client = fleet.connect(&alpha).await.expect("connect");
+        client.stop_process("target").await.expect("stop");
+    });
+
+    // Doctor checks the set-up before it starts: same build both sides, same vocabulary,
+    // the added flags valid for this build.
+    let report = doctor_offline(&cluster);
+    assert!(report.ok, "{}", report.render());
+    for subject in ["native native"] {
+        assert!(
+            report
+                .checks
+                .iter()
+                .filter(|c| c.subject == subject)
+                .all(|c| c.status == Status::Pass),
+            "{}",
+            report.render()
+        );
+    }
+
+    let layout = fleet::layout::Layout::load(&cluster.config).expect("layout");
+    let status = cluster
+        .rt
+        .block_on(fleet::up::start_native(&fleet, &layout.native_pairings[0]))
+        .expect("native pairing starts");
+    assert_eq!(status.state, ProcessState::Ready);
+    let args = status.args.join(" ");
+    let worker = format!("{}:50052", cluster.host("beta").ns.ip);
+    assert!(
+        args.contains(&format!("--rpc {worker} --spec-draft-device RPC0 -ngld 99")),
+        "{args}"
+    );
+    assert!(args.contains("--spec-type draft-simple"), "{args}");
+
+    let (paired, drafted) = greedy(&cluster, &url, 48);
+    assert!(drafted > 0, "llama.cpp's own speculation drafted nothing");
+    assert_eq!(paired, alone, "native pairing changed the greedy output");
+}
+
+#[test]
+fn an_rpc_pool_starts_across_hosts_and_answers() {
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf"],
+                agent_toml: &target_process(""),
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &[],
+                agent_toml: RPC_WORKER,
+                binaries: None,
+            },
+        ],
+        r#"
+[[pools]]
+name = "big"
+coordinator = "alpha/target"
+workers = ["beta/rpc"]
+"#,
+    );
+    let report = doctor_offline(&cluster);
+    assert!(report.ok, "{}", report.render());
+    let fleet = cluster.fleet();
+    let layout = fleet::layout::Layout::load(&cluster.config).expect("layout");
+    let status = cluster
+        .rt
+        .block_on(fleet::up::start_pool(&fleet, &layout.pools[0]))
+        .expect("pool starts");
+    assert_eq!(status.state, ProcessState::Ready);
+    let worker = format!("{}:50052", cluster.host("beta").ns.ip);
+    assert!(
+        status.args.join(" ").ends_with(&format!("--rpc {worker}")),
+        "{:?}",
+        status.args
+    );
+    let url = format!("http://{}:8080", cluster.host("alpha").ns.ip);
+    let (tokens, _) = greedy(&cluster, &url, 16);
+    assert_eq!(tokens.len(), 16);
+
+    // `tightwad status` shows the pool with its members' states.
+    let reports = cluster
+        .rt
+        .block_on(fleet::status::collect(&fleet, None))
+        .expect("status");
+    let table = fleet::status::render_layout(&reports, &layout);
+    assert!(
+        table.contains("pool big: coordinator alpha/target (ready), workers beta/rpc (ready)"),
+        "{table}"
+    );
+}
