@@ -89,6 +89,14 @@ pub struct ProxyConfig {
     /// The fleet's hosts, read by `tightwad status`/`agent`/`models` (see `fleet::config`).
     #[serde(default)]
     pub hosts: Vec<toml::Value>,
+    /// Fleet layout read by `tightwad up`/`doctor` (see `fleet::layout`): processes per host,
+    /// RPC pools, native pairings. Opaque here; the proxy itself does not use them.
+    #[serde(default)]
+    pub processes: Vec<toml::Value>,
+    #[serde(default)]
+    pub pools: Vec<toml::Value>,
+    #[serde(default)]
+    pub native_pairings: Vec<toml::Value>,
     /// The coordinator's own identity folder for the peer protocol.
     #[serde(default)]
     pub state_dir: Option<String>,
@@ -148,6 +156,9 @@ impl Default for ProxyConfig {
             max_concurrent_per_client: default_max_concurrent_per_client(),
             max_tokens_limit: None,
             hosts: Vec::new(),
+            processes: Vec::new(),
+            pools: Vec::new(),
+            native_pairings: Vec::new(),
             state_dir: None,
             source: None,
             pairings: Vec::new(),

@@ -8,12 +8,17 @@
 //! - [`backend`]: the clients for the inference servers (llama.cpp's `llama-server` today);
 //! - [`metrics`]: counters behind `/metrics` and `/v1/tightwad/stats`;
 //! - [`config`] and [`server`]: how a proxy is described and started;
-//! - [`fleet`]: the commands that control the hosts' agents over the peer protocol.
+//! - [`fleet`]: the commands that control the hosts' agents over the peer protocol;
+//! - [`doctor`] and [`init`]: checking a cluster before anything starts, writing a first config;
+//! - [`bench`]: direct-to-target against through-the-proxy measurements (`tightwad bench`).
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod fleet;
+pub mod init;
 pub mod metrics;
 pub mod server;

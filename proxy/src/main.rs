@@ -29,6 +29,13 @@ enum Command {
     ///
     /// Example: tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081
     Proxy(ProxyArgs),
+    /// Check every host, build, model, flag, memory fit, vocabulary, network and the predicted
+    /// payoff before anything starts; non-zero exit when something is wrong.
+    Doctor(tightwad::doctor::DoctorArgs),
+    /// Write a commented config from flags or from the agents' inventories.
+    Init(tightwad::init::InitArgs),
+    /// Measure the target directly and through the proxy, alternating, on a fixed prompt set.
+    Bench(tightwad::bench::BenchArgs),
     #[command(flatten)]
     Fleet(tightwad::fleet::FleetCommand),
     /// Print a shell completion script: `tightwad completions bash > /etc/bash_completion.d/tightwad`.
@@ -143,6 +150,11 @@ fn proxy_config(args: &ProxyArgs, file: Option<&PathBuf>) -> anyhow::Result<Prox
     Ok(config)
 }
 
+/// The config file the fleet commands read and `init` writes: `-c FILE` or `./tightwad.toml`.
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from("tightwad.toml"))
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -180,9 +192,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "tightwad", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor(args) => tightwad::doctor::run(args, &config_path(cli.config)).await,
+        Command::Init(args) => tightwad::init::run(args, &config_path(cli.config)).await,
+        Command::Bench(args) => tightwad::bench::run(args).await,
         Command::Fleet(cmd) => {
-            let path = cli.config.unwrap_or_else(|| PathBuf::from("tightwad.toml"));
-            tightwad::fleet::run(cmd, &path).await
+            tightwad::fleet::run(cmd, &config_path(cli.config)).await
         }
     }
 }
