@@ -447,3 +447,77 @@ fn an_unreachable_host_fails_with_how_to_fix_it() {
         std::process::ExitCode::FAILURE
     );
 }
+
+#[test]
+fn init_proposes_a_pairing_from_the_agents_inventories_and_doctor_accepts_it() {
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["bench-target.gguf"],
+                agent_toml: "",
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &["bench-draft.gguf", "draft-othervocab.gguf"],
+                agent_toml: "",
+                binaries: None,
+            },
+        ],
+        "",
+    );
+    let fleet = cluster.fleet();
+    let out = cluster.lab.dir.path().join("init.toml");
+    let args = init::InitArgs {
+        hosts: fleet
+            .config
+            .hosts
+            .iter()
+            .map(|h| format!("{}={}", h.name, h.address))
+            .collect(),
+        from_agents: true,
+        draft_tokens: 4,
+        state_dir: Some(fleet.config.state_dir()),
+        ..Default::default()
+    };
+    cluster
+        .rt
+        .block_on(init::run(args.clone(), &out))
+        .expect("init writes the config");
+    let text = std::fs::read_to_string(&out).expect("config written");
+    eprintln!("{text}");
+    let layout = fleet::layout::Layout::parse(&text).expect("layout");
+    assert_eq!(layout.pairings.len(), 1, "{text}");
+    let alpha_ip = &cluster.host("alpha").ns.ip;
+    assert_eq!(layout.pairings[0].target, format!("http://{alpha_ip}:8080"));
+    assert!(text.contains("bench-target.gguf"), "{text}");
+    assert!(text.contains("bench-draft.gguf"), "{text}");
+    assert!(!text.contains("draft-othervocab"), "{text}");
+    // Never overwritten without --force; replaced with it.
+    let again = cluster.rt.block_on(init::run(args.clone(), &out));
+    assert!(again.is_err());
+    assert_eq!(std::fs::read_to_string(&out).expect("kept"), text);
+    let forced = init::InitArgs {
+        force: true,
+        ..args
+    };
+    cluster
+        .rt
+        .block_on(init::run(forced, &out))
+        .expect("--force replaces it");
+    // The written config is one doctor reads: hosts reachable with the same identity.
+    let report = cluster
+        .rt
+        .block_on(doctor::diagnose(
+            &DoctorArgs {
+                json: false,
+                offline: true,
+            },
+            &out,
+        ))
+        .expect("doctor on the written config");
+    eprintln!("{}", report.render());
+    find(&report, Category::Host, "alpha", Status::Pass);
+    find(&report, Category::Host, "beta", Status::Pass);
+}

@@ -137,13 +137,23 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             let load = loads.entry(host.clone()).or_default();
             if *is_worker {
                 load.rpc.push((what, share));
+                let largest_card = cluster.status(host).and_then(|s| {
+                    s.inventory
+                        .gpus
+                        .iter()
+                        .map(|g| g.memory_total_mib << 20)
+                        .max()
+                });
                 if moe {
                     load.moe_notes.push(format!(
-                        "pool {}: MoE model ({} of {} weights are expert tensors) on this RPC worker: the split estimate is {}, but RPC buffers for MoE layers can be far larger than the split (the field report: 22.3 GB asked of a 12 GB card)",
+                        "pool {}: MoE model ({} of {} weights are expert tensors) on this RPC worker: the split estimate is {}{}, but RPC buffers for MoE layers can be far larger than the split (the field report: 22.3 GB asked of a 12 GB card)",
                         pool.name,
                         gib(g.expert_tensor_bytes),
                         gib(w),
-                        gib(share)
+                        gib(share),
+                        largest_card
+                            .map(|c| format!(" and this host's largest card has {}", gib(c)))
+                            .unwrap_or_default()
                     ));
                 }
             } else {
@@ -247,6 +257,117 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::agents::{HostView, ProcessView};
+    use crate::fleet::HostEntry;
+    use tightwad_protocol::messages::{
+        Gpu, GpuVendor, HostInfo, Inventory, ProcessCheck, ProcessKind, ProcessState,
+    };
+
+    fn host(name: &str, gpus_mib: &[u64]) -> HostView {
+        HostView {
+            entry: HostEntry {
+                name: name.into(),
+                address: format!("{name}:7420"),
+            },
+            client: None,
+            status: Ok(AgentStatus {
+                node_name: name.into(),
+                software_version: "0".into(),
+                protocol_version: 2,
+                uptime_secs: 0,
+                processes: vec![],
+                inventory: Inventory {
+                    host: HostInfo {
+                        ram_total_bytes: 64 << 30,
+                        ram_available_bytes: 60 << 30,
+                        ..Default::default()
+                    },
+                    gpus: gpus_mib
+                        .iter()
+                        .enumerate()
+                        .map(|(i, mib)| Gpu {
+                            vendor: GpuVendor::Nvidia,
+                            index: i as u32,
+                            name: "card".into(),
+                            memory_total_mib: *mib,
+                            memory_used_mib: None,
+                            driver: None,
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            }),
+        }
+    }
+
+    /// The field report's pool: a 60 GB MoE model over a 48 GB box and a 28 GB desktop
+    /// (16 + 12 GB cards). The split alone puts ~22 GB on the desktop's rpc-server.
+    #[test]
+    fn moe_on_a_small_rpc_worker_is_flagged_with_the_estimate() {
+        let model = ModelArg {
+            flag: "-m".into(),
+            path: "/m/gpt-oss-120b.gguf".into(),
+            exists: true,
+            size_bytes: 60_000_000_000,
+            gguf: Some(GgufSummary {
+                tensor_bytes: 60_000_000_000,
+                expert_tensor_bytes: 55_000_000_000,
+                expert_count: Some(128),
+                context_length: Some(2048),
+                ..Default::default()
+            }),
+            error: None,
+            found_elsewhere: vec![],
+        };
+        let coordinator: ProcessRef = "gpu/target".parse().expect("ref");
+        let mut processes = BTreeMap::new();
+        processes.insert(
+            coordinator.clone(),
+            ProcessView {
+                reference: coordinator.clone(),
+                check: Ok(ProcessCheck {
+                    name: "target".into(),
+                    kind: ProcessKind::LlamaServer,
+                    args: vec!["-c".into(), "2048".into()],
+                    binary: None,
+                    flag_error: None,
+                    models: vec![model],
+                    state: ProcessState::Stopped,
+                }),
+            },
+        );
+        let cluster = Cluster {
+            hosts: vec![host("gpu", &[24576, 24576]), host("desk", &[16384, 12288])],
+            processes,
+        };
+        let layout = Layout::parse(
+            "[[pools]]\nname = \"big\"\ncoordinator = \"gpu/target\"\nworkers = [\"desk/rpc\"]\n",
+        )
+        .expect("layout");
+        let checks = checks(&cluster, &layout);
+        let moe = checks
+            .iter()
+            .find(|c| c.subject == "desk" && c.status == Status::Warn)
+            .unwrap_or_else(|| panic!("{checks:#?}"));
+        assert!(moe.message.contains("MoE model"), "{moe:?}");
+        assert!(
+            moe.message.contains("split estimate is 20.6 GiB"),
+            "{moe:?}"
+        );
+        assert!(moe.message.contains("largest card has 16.0 GiB"), "{moe:?}");
+        assert!(moe.hint.as_deref().is_some_and(|h| h.contains("--cpu-moe")));
+        // A worker too small even for its split share fails: rpc-server cannot spill to RAM.
+        let tiny = Cluster {
+            hosts: vec![host("gpu", &[24576, 24576]), host("desk", &[2048])],
+            processes: cluster.processes,
+        };
+        let checks = super::checks(&tiny, &layout);
+        let fail = checks
+            .iter()
+            .find(|c| c.subject == "desk" && c.status == Status::Fail)
+            .unwrap_or_else(|| panic!("{checks:#?}"));
+        assert!(fail.message.contains("RPC buffers do not fit"), "{fail:?}");
+    }
 
     #[test]
     fn context_from_args_or_model() {

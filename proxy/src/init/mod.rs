@@ -42,6 +42,10 @@ pub struct InitArgs {
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
+    /// The coordinator's identity folder, written as `state_dir` (default
+    /// `~/.tightwad/coordinator`); `--from-agents` connects with this identity.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A proposed pairing: the target and the draft model, and the hosts they are on.
@@ -158,6 +162,13 @@ pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> S
         out,
         "# api_keys = [\"sk-local-1\"]     # optional: clients send Authorization: Bearer <key>\n"
     );
+    if let Some(dir) = &args.state_dir {
+        let _ = writeln!(
+            out,
+            "state_dir = {}   # the coordinator's identity and pinned agents\n",
+            quote(&dir.display().to_string())
+        );
+    }
     if !hosts.is_empty() {
         let _ = writeln!(
             out,
@@ -341,7 +352,7 @@ pub async fn run(args: InitArgs, config: &Path) -> anyhow::Result<ExitCode> {
             "--from-agents needs at least one --host NAME=ADDRESS"
         );
         let fleet = Fleet::open(FleetConfig {
-            state_dir: None,
+            state_dir: args.state_dir.clone(),
             hosts: hosts.clone(),
         })?;
         let mut models = Vec::new();
