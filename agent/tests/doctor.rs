@@ -3,13 +3,7 @@
 //! flag the build does not accept, a model larger than the memory an agent reports, a draft with
 //! another vocabulary, an unreachable host. A healthy cluster passes.
 
-// Until proxy/src/lib.rs declares `pub mod doctor` and `pub mod init`, they are compiled here
-// against the proxy crate (they only use `crate::{backend, engine, fleet}`).
-pub use tightwad::{backend, engine, fleet};
-#[path = "../../proxy/src/doctor/mod.rs"]
-pub mod doctor;
-#[path = "../../proxy/src/init/mod.rs"]
-pub mod init;
+use tightwad::{doctor, fleet, init};
 
 mod common;
 

@@ -3,10 +3,7 @@
 //! native pairing runs the draft model on the draft host's rpc-server inside the target's own
 //! llama.cpp speculation, and its greedy output equals the target alone.
 
-// Until proxy/src/lib.rs declares `pub mod doctor`, it is compiled here against the proxy crate.
-pub use tightwad::{backend, engine, fleet};
-#[path = "../../proxy/src/doctor/mod.rs"]
-pub mod doctor;
+use tightwad::{doctor, fleet};
 
 mod common;
 
