@@ -208,12 +208,38 @@ impl PairingEntry {
 
 impl ProxyConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Read `path` (unknown keys and bad values are errors naming the key, file and line), then
+    /// let `TIGHTWAD_<KEY>` variables override top-level keys and `TIGHTWAD_PAIRING_<KEY>` the
+    /// first pairing's keys. Values are TOML literals (`8`, `true`, `["a"]`) or plain strings.
+    pub fn load_with_env(
+        path: &Path,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config: ProxyConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let overridden = apply_env(&mut table, vars);
+        // Re-parse through the typed schema; keep line numbers when nothing was overridden.
+        let parsed = if overridden.is_empty() {
+            toml::from_str::<ProxyConfig>(&text)
+        } else {
+            toml::Value::Table(table).try_into::<ProxyConfig>()
+        };
+        let mut config = parsed.map_err(|e| ConfigError::Parse {
+            path: if overridden.is_empty() {
+                shown.clone()
+            } else {
+                format!("{shown} (with {})", overridden.join(", "))
+            },
             message: e.to_string(),
         })?;
         config.source = Some(path.to_path_buf());
@@ -251,9 +277,130 @@ impl ProxyConfig {
     }
 }
 
+/// Top-level keys an environment variable may set (`TIGHTWAD_` + the key in capitals).
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "max_body_bytes",
+    "api_keys",
+    "max_concurrent_requests",
+    "max_concurrent_per_client",
+    "max_tokens_limit",
+    "state_dir",
+];
+/// First-pairing keys (`TIGHTWAD_PAIRING_` + the key in capitals).
+const ENV_PAIRING_KEYS: &[&str] = &[
+    "name",
+    "target",
+    "draft",
+    "draft_tokens",
+    "target_timeout_s",
+    "draft_timeout_s",
+    "disable_above_tok_s",
+    "prompt_lookup_fallback",
+    "adaptive",
+    "pipeline",
+    "native",
+];
+
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Overlay the environment on a parsed file; returns the variables used.
+fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut used = Vec::new();
+    for (name, raw) in vars {
+        let Some(key) = name.strip_prefix("TIGHTWAD_").map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        if let Some(pkey) = key.strip_prefix("pairing_") {
+            if !ENV_PAIRING_KEYS.contains(&pkey) {
+                continue;
+            }
+            let pairings = table
+                .entry("pairings")
+                .or_insert_with(|| toml::Value::Array(vec![]));
+            if let toml::Value::Array(list) = pairings {
+                if list.is_empty() {
+                    list.push(toml::Value::Table(toml::Table::new()));
+                }
+                if let Some(toml::Value::Table(first)) = list.first_mut() {
+                    first.insert(pkey.to_string(), env_value(&raw));
+                    used.push(name.clone());
+                }
+            }
+        } else if ENV_KEYS.contains(&key.as_str()) {
+            table.insert(key, env_value(&raw));
+            used.push(name);
+        }
+    }
+    used.sort();
+    used
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_override_file_keys() {
+        let dir = std::env::temp_dir().join(format!("tightwad-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "max_body_bytes = 10
+[[pairings]]
+target = \"http://a:1\"
+",
+        )
+        .expect("write");
+        let vars = vec![
+            ("TIGHTWAD_MAX_BODY_BYTES".to_string(), "2048".to_string()),
+            (
+                "TIGHTWAD_PAIRING_DRAFT".to_string(),
+                "http://b:2".to_string(),
+            ),
+            ("TIGHTWAD_PAIRING_ADAPTIVE".to_string(), "false".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = ProxyConfig::load_with_env(&path, vars.into_iter()).expect("loads");
+        assert_eq!(c.max_body_bytes, 2048);
+        assert_eq!(c.pairings[0].draft.as_deref(), Some("http://b:2"));
+        assert!(!c.pairings[0].adaptive);
+        let bad = vec![("TIGHTWAD_MAX_BODY_BYTES".to_string(), "lots".to_string())];
+        let e = ProxyConfig::load_with_env(&path, bad.into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TIGHTWAD_MAX_BODY_BYTES") && e.contains("max_body_bytes"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn file_errors_name_the_key_the_file_and_the_line() {
+        let dir = std::env::temp_dir().join(format!("tightwad-line-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n\n[[pairings]]\ntarget = \"http://a:1\"\ndraft_tokns = 3\n",
+        )
+        .expect("write");
+        let e = ProxyConfig::load_with_env(&path, std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.toml") && e.contains("draft_tokns") && e.contains("line 5"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
