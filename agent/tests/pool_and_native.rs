@@ -81,6 +81,12 @@ target = "alpha/target"
 draft_worker = "beta/rpc"
 draft_model = "{models:alpha}/draft.gguf"
 draft_tokens = 4
+
+[[pairings]]
+name = "native"
+target = "http://{ip:alpha}:8080"
+native = true
+draft_tokens = 4
 "#,
     );
     let url = format!("http://{}:8080", cluster.host("alpha").ns.ip);
@@ -128,6 +134,33 @@ draft_tokens = 4
     let (paired, drafted) = greedy(&cluster, &url, 48);
     assert!(drafted > 0, "llama.cpp's own speculation drafted nothing");
     assert_eq!(paired, alone, "native pairing changed the greedy output");
+
+    // With it running, doctor measures what native speculation pays on this machine.
+    let report = cluster
+        .rt
+        .block_on(doctor::diagnose(
+            &DoctorArgs {
+                json: false,
+                offline: false,
+            },
+            &cluster.config,
+        ))
+        .expect("doctor");
+    eprintln!("{}", report.render());
+    let payoff = report
+        .checks
+        .iter()
+        .find(|c| c.category == doctor::Category::Payoff)
+        .unwrap_or_else(|| panic!("no payoff check:\n{}", report.render()));
+    assert!(
+        matches!(payoff.status, Status::Pass | Status::Warn),
+        "{payoff:?}"
+    );
+    let measured = payoff.details["measured_speedup"]
+        .as_f64()
+        .expect("measured speedup");
+    assert!(measured > 0.05 && measured < 20.0, "{payoff:?}");
+    assert!(report.ok, "{}", report.render());
 }
 
 #[test]

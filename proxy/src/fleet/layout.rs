@@ -109,6 +109,9 @@ pub struct PairingUrls {
     pub draft: Option<String>,
     #[serde(default = "default_draft_tokens")]
     pub draft_tokens: usize,
+    /// The target runs llama.cpp's own speculation (native pairing); the proxy only steers it.
+    #[serde(default)]
+    pub native: bool,
 }
 
 fn default_draft_tokens() -> usize {
