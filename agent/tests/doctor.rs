@@ -140,6 +140,7 @@ fn a_healthy_cluster_passes_every_check() {
         Category::Slots,
         Category::Network,
         Category::Payoff,
+        Category::Layout,
     ] {
         assert!(
             report.checks.iter().any(|c| c.category == category),
@@ -514,4 +515,48 @@ fn init_proposes_a_pairing_from_the_agents_inventories_and_doctor_accepts_it() {
     eprintln!("{}", report.render());
     find(&report, Category::Host, "alpha", Status::Pass);
     find(&report, Category::Host, "beta", Status::Pass);
+}
+
+#[test]
+fn a_pairing_url_that_misses_its_process_fails() {
+    let alpha = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-p\", \"50052\"]\n",
+        llama_args("{models}/target.gguf", 8080, "")
+    );
+    let cluster = TestCluster::start(
+        &[HostPlan {
+            name: "alpha",
+            models: &["target.gguf"],
+            agent_toml: &alpha,
+            binaries: None,
+        }],
+        r#"
+[[pairings]]
+name = "pair"
+target = "http://{ip:alpha}:9090"
+
+[[processes]]
+host = "alpha"
+process = "target"
+role = "target"
+
+[[pools]]
+name = "upside-down"
+coordinator = "alpha/rpc"
+workers = ["alpha/target"]
+"#,
+    );
+    let report = run_doctor(&cluster, true);
+    let url = find(&report, Category::Layout, "pairing pair", Status::Fail);
+    assert!(
+        url.message.contains("alpha/target listens on port 8080"),
+        "{url:?}"
+    );
+    let kind = find(&report, Category::Layout, "alpha/rpc", Status::Fail);
+    assert!(
+        kind.message
+            .contains("a pool coordinator must be a llama-server, but alpha/rpc is an rpc-server"),
+        "{kind:?}"
+    );
+    assert!(!report.ok);
 }

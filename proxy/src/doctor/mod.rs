@@ -58,6 +58,7 @@ pub async fn diagnose(args: &DoctorArgs, config: &Path) -> anyhow::Result<Report
     checks.extend(cluster.host_checks());
     checks.extend(cluster.build_checks(&layout));
     checks.extend(cluster.process_checks(&fleet).await);
+    checks.extend(cluster.layout_checks(&layout));
     checks.extend(memory::checks(&cluster, &layout));
     checks.extend(vocab::metadata_checks(&cluster, &layout));
     if !args.offline {

@@ -43,6 +43,8 @@ pub enum Category {
     Slots,
     Network,
     Payoff,
+    /// The coordinator's layout against what the agents run (URLs, ports, process kinds).
+    Layout,
 }
 
 impl Category {
@@ -57,6 +59,7 @@ impl Category {
             Category::Slots => "slots",
             Category::Network => "network",
             Category::Payoff => "payoff",
+            Category::Layout => "layout",
         }
     }
 }
@@ -176,5 +179,40 @@ pub fn gib(bytes: u64) -> String {
         format!("{gib:.1} GiB")
     } else {
         format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON field names are a documented interface (README.md): keep them.
+    #[test]
+    fn json_shape_is_stable() {
+        let report = Report::new(vec![
+            Check::new(Category::Model, "a/t", Status::Fail, "missing").hint("copy it"),
+            Check::new(Category::Host, "a", Status::Pass, "ok"),
+        ]);
+        let v = serde_json::to_value(&report).expect("json");
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["summary"]["fail"], 1);
+        assert_eq!(v["summary"]["pass"], 1);
+        let check = &v["checks"][0];
+        for key in [
+            "category", "subject", "status", "message", "hint", "details",
+        ] {
+            assert!(check.get(key).is_some(), "{key} missing: {check}");
+        }
+        assert_eq!(check["category"], "model");
+        assert_eq!(check["status"], "fail");
+        assert_eq!(v["checks"][1]["hint"], serde_json::Value::Null);
+        let text = report.render();
+        assert!(text.contains("✗ model"), "{text}");
+        assert!(text.contains("    fix: copy it"), "{text}");
+        assert!(
+            text.contains("1 passed, 0 warnings, 1 failed, 0 skipped"),
+            "{text}"
+        );
     }
 }
