@@ -436,6 +436,64 @@ mod tests {
         assert_eq!(layout.processes.len(), 2);
     }
 
+    /// Whatever init writes, the proxy itself must accept (its config refuses unknown keys).
+    #[test]
+    fn written_configs_are_valid_proxy_configs() {
+        let from_flags = render(
+            &InitArgs {
+                target_url: Some("http://10.0.0.2:8080".into()),
+                draft_url: Some("http://10.0.0.3:8081".into()),
+                target_model: Some("/m/big.gguf".into()),
+                draft_model: Some("/m/small.gguf".into()),
+                draft_tokens: 4,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        );
+        let config: crate::config::ProxyConfig =
+            toml::from_str(&from_flags).unwrap_or_else(|e| panic!("{e}\n{from_flags}"));
+        config.validate().expect("valid");
+        assert_eq!(
+            config.pairings[0].draft.as_deref(),
+            Some("http://10.0.0.3:8081")
+        );
+        assert!(
+            from_flags.contains("\"-np\", \"6\", \"--kv-unified\""),
+            "{from_flags}"
+        );
+        let models = vec![
+            ("a".to_string(), model("big.gguf", 70_000, "f1")),
+            ("b".to_string(), model("small.gguf", 1_000, "f1")),
+        ];
+        let hosts = [
+            HostEntry {
+                name: "a".into(),
+                address: "10.0.0.2:7420".into(),
+            },
+            HostEntry {
+                name: "b".into(),
+                address: "10.0.0.3:7420".into(),
+            },
+        ];
+        let from_agents = render(
+            &InitArgs {
+                draft_tokens: 4,
+                state_dir: Some(PathBuf::from("/var/lib/tightwad")),
+                ..Default::default()
+            },
+            &hosts,
+            &propose(&models),
+        );
+        let config: crate::config::ProxyConfig =
+            toml::from_str(&from_agents).unwrap_or_else(|e| panic!("{e}\n{from_agents}"));
+        config.validate().expect("valid");
+        assert_eq!(
+            config.pairings[0].draft.as_deref(),
+            Some("http://10.0.0.3:8081")
+        );
+    }
+
     #[test]
     fn never_overwrites_without_force() {
         let dir = std::env::temp_dir().join(format!("tightwad-init-{}", std::process::id()));
