@@ -29,6 +29,16 @@ pub struct AgentConfig {
     /// FOR TESTS ONLY: report these memory sizes instead of measuring the host, so a test can
     /// make a model "too large" without a machine that small. Never set it in production.
     pub testing_reported_memory: Option<TestingReportedMemory>,
+    /// FOR TESTS ONLY: speak another peer protocol version, to play an agent of another
+    /// Tightwad release. Never set it in production.
+    pub testing_protocol: Option<TestingProtocol>,
+}
+
+/// The peer protocol version an agent claims instead of its own (tests of `tightwad doctor`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingProtocol {
+    pub version: u32,
 }
 
 /// Memory the agent reports instead of the host's own (tests of `tightwad doctor`'s memory check).
@@ -88,6 +98,7 @@ impl Default for AgentConfig {
             stop_grace_secs: 10,
             processes: Vec::new(),
             testing_reported_memory: None,
+            testing_protocol: None,
         }
     }
 }

@@ -192,7 +192,11 @@ impl Agent {
                 return false;
             }
         };
-        let ours = Hello::ours(NodeRole::Agent, &self.config.name, capabilities());
+        let mut ours = Hello::ours(NodeRole::Agent, &self.config.name, capabilities());
+        if let Some(testing) = &self.config.testing_protocol {
+            ours.protocol_version = testing.version;
+            ours.min_protocol_version = testing.version;
+        }
         let negotiated = match ours.negotiate(&theirs) {
             Ok(v) => v,
             Err(e) => {

@@ -560,3 +560,42 @@ workers = ["alpha/target"]
     );
     assert!(!report.ok);
 }
+
+#[test]
+fn an_agent_of_another_protocol_version_fails_with_how_to_fix_it() {
+    // beta plays an agent of a later Tightwad release.
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &[],
+                agent_toml: "",
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &[],
+                agent_toml: "[testing_protocol]\nversion = 99\n",
+                binaries: None,
+            },
+        ],
+        "",
+    );
+    let report = run_doctor(&cluster, true);
+    let host = find(&report, Category::Host, "beta", Status::Fail);
+    assert!(
+        host.message.contains("incompatible peer protocol"),
+        "{host:?}"
+    );
+    assert!(
+        host.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("install the same Tightwad version on beta")),
+        "{host:?}"
+    );
+    find(&report, Category::Host, "alpha", Status::Pass);
+    assert_eq!(
+        doctor_exit_code(&cluster, true),
+        std::process::ExitCode::FAILURE
+    );
+}

@@ -77,8 +77,11 @@ impl TestCluster {
             });
         }
         // Enroll every agent now (uses up the tokens), so later runs go by the pins alone.
+        // (An agent that refuses us, on purpose in a test, stays unenrolled.)
         for host in &fleet.config.hosts {
-            rt.block_on(fleet.connect(host)).expect("enroll");
+            if let Err(e) = rt.block_on(fleet.connect(host)) {
+                eprintln!("not enrolled: {e:#}");
+            }
         }
         let mut layout = layout.to_string();
         for host in &hosts {

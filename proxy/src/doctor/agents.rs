@@ -270,7 +270,7 @@ impl Cluster {
                             Category::Host,
                             subject,
                             Status::Fail,
-                            format!("unreachable: {error}"),
+                            format!("{}: {error}", failure_kind(error)),
                         )
                         .hint(hint)
                         .details(json!({ "address": host.entry.address, "error": error }))
@@ -724,5 +724,19 @@ fn a(kind: ProcessKind) -> String {
     match kind {
         ProcessKind::RpcServer => format!("an {kind}"),
         _ => format!("a {kind}"),
+    }
+}
+
+/// What kind of failure a connection error is, in one word for the report line.
+fn failure_kind(error: &str) -> &'static str {
+    if error.contains("incompatible peer protocol") {
+        "incompatible agent"
+    } else if error.contains("not enrolled")
+        || error.contains("enrollment refused")
+        || error.contains("does not match the pinned")
+    {
+        "not trusted"
+    } else {
+        "unreachable"
     }
 }
