@@ -54,13 +54,25 @@ fn model_bytes(model: &ModelArg, context: u64) -> Option<(u64, u64)> {
 /// GPUs' VRAM, or the RAM itself on a host without GPU (llama.cpp then runs on the CPU).
 fn capacity(status: &AgentStatus) -> (u64, u64, u64) {
     let inv = &status.inventory;
-    let vram: u64 = inv.gpus.iter().map(|g| g.memory_total_mib << 20).sum();
     let ram = inv.host.ram_total_bytes;
+    let vram: u64 = if is_mac(status) {
+        // Unified memory: Metal's recommendedMaxWorkingSetSize is about 70% of it (the field
+        // report's 16 GB M2 reported 11,453 MiB).
+        ram / 10 * 7
+    } else {
+        inv.gpus.iter().map(|g| g.memory_total_mib << 20).sum()
+    };
     (
         if vram > 0 { vram } else { ram },
         ram,
         inv.host.ram_available_bytes,
     )
+}
+
+/// A Mac: llama.cpp runs on Metal there, in unified memory (the agent lists no GPU for it).
+fn is_mac(status: &AgentStatus) -> bool {
+    let os = status.inventory.host.os.to_ascii_lowercase();
+    os.contains("macos") || os.contains("mac os") || os.contains("darwin")
 }
 
 #[derive(Default)]
@@ -207,7 +219,13 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             .map(|(what, _)| what.clone())
             .collect::<Vec<_>>()
             .join("; ");
-        let memory_name = if has_gpu { "VRAM" } else { "RAM" };
+        let memory_name = if is_mac(status) {
+            "Metal working set"
+        } else if has_gpu {
+            "VRAM"
+        } else {
+            "RAM"
+        };
         let details = json!({
             "need_bytes": need, "rpc_bytes": rpc, "device_bytes": device,
             "ram_total_bytes": ram, "ram_available_bytes": available, "gpu": has_gpu,
@@ -220,7 +238,15 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         );
         let fits_rpc = rpc <= device;
         let fits_at_all = need <= if has_gpu { device + ram } else { ram };
-        let check = if !fits_rpc {
+        let check = if is_mac(status) && need > device {
+            Check::new(
+                Category::Memory,
+                host.clone(),
+                Status::Fail,
+                format!("over the Metal working set: {summary}"),
+            )
+            .hint("Metal lets the GPU use about 70% of a Mac's unified memory (the field report's 16 GB M2: 11,453 MiB) and the server dies in warm-up when it asks for more: use a smaller quantization or context, or try `--no-warmup` if the estimate is only just over")
+        } else if !fits_rpc {
             Check::new(Category::Memory, host.clone(), Status::Fail, format!("RPC buffers do not fit: {summary}"))
                 .hint("an rpc-server cannot spill into system RAM: give this worker a smaller share (fewer workers' memory elsewhere, a smaller quant), or keep those layers on the coordinator (CPU offload) instead of RPC")
         } else if !fits_at_all {
@@ -298,6 +324,66 @@ mod tests {
                 },
             }),
         }
+    }
+
+    /// The field report's draft host: a 16 GB M2 and a ~12 GB model; Metal allows ~11.2 GB.
+    #[test]
+    fn a_mac_is_held_to_its_metal_working_set() {
+        let mut mac = host("m2", &[]);
+        if let Ok(status) = &mut mac.status {
+            status.inventory.host.os = "macOS 14.5 Sonoma".into();
+            status.inventory.host.ram_total_bytes = 16 << 30;
+            status.inventory.host.ram_available_bytes = 14 << 30;
+        }
+        let draft: ProcessRef = "m2/draft".parse().expect("ref");
+        let mut processes = BTreeMap::new();
+        processes.insert(
+            draft.clone(),
+            ProcessView {
+                reference: draft,
+                check: Ok(ProcessCheck {
+                    name: "draft".into(),
+                    kind: ProcessKind::LlamaServer,
+                    args: vec!["-c".into(), "2048".into()],
+                    binary: None,
+                    flag_error: None,
+                    models: vec![ModelArg {
+                        flag: "-m".into(),
+                        path: "/m/gpt-oss-20b-Q8_0.gguf".into(),
+                        exists: true,
+                        size_bytes: 12_100_000_000,
+                        gguf: Some(GgufSummary {
+                            tensor_bytes: 12_100_000_000,
+                            ..Default::default()
+                        }),
+                        error: None,
+                        found_elsewhere: vec![],
+                    }],
+                    state: ProcessState::Stopped,
+                }),
+            },
+        );
+        let cluster = Cluster {
+            hosts: vec![mac],
+            processes,
+        };
+        let checks = checks(&cluster, &Layout::default());
+        let fail = checks
+            .iter()
+            .find(|c| c.status == Status::Fail)
+            .unwrap_or_else(|| panic!("{checks:#?}"));
+        assert!(
+            fail.message.contains("over the Metal working set"),
+            "{fail:?}"
+        );
+        assert!(
+            fail.message.contains("of 11.2 GiB Metal working set"),
+            "{fail:?}"
+        );
+        assert!(fail
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("--no-warmup")));
     }
 
     /// The field report's pool: a 60 GB MoE model over a 48 GB box and a 28 GB desktop
