@@ -69,6 +69,11 @@ fn capacity(status: &AgentStatus) -> (u64, u64, u64) {
     )
 }
 
+fn running(state: tightwad_protocol::messages::ProcessState) -> bool {
+    use tightwad_protocol::messages::ProcessState;
+    matches!(state, ProcessState::Ready | ProcessState::Starting)
+}
+
 /// A Mac: llama.cpp runs on Metal there, in unified memory (the agent lists no GPU for it).
 fn is_mac(status: &AgentStatus) -> bool {
     let os = status.inventory.host.os.to_ascii_lowercase();
@@ -82,6 +87,9 @@ struct HostLoad {
     /// (what, bytes) held by an rpc-server for a remote llama-server: device memory only.
     rpc: Vec<(String, u64)>,
     moe_notes: Vec<String>,
+    /// Bytes of processes not running yet: they still have to come out of the RAM available now
+    /// (a running server's memory is already taken from it).
+    pending: u64,
 }
 
 pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
@@ -107,14 +115,14 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             }
             let Some(g) = &model.gguf else { continue };
             if let Some((w, kv)) = model_bytes(model, context_of(&check.args, g)) {
-                loads
-                    .entry(reference.host.clone())
-                    .or_default()
-                    .local
-                    .push((
-                        format!("{reference} {} {} + KV {}", model.flag, gib(w), gib(kv)),
-                        w + kv,
-                    ));
+                let load = loads.entry(reference.host.clone()).or_default();
+                load.local.push((
+                    format!("{reference} {} {} + KV {}", model.flag, gib(w), gib(kv)),
+                    w + kv,
+                ));
+                if !running(check.state) {
+                    load.pending += w + kv;
+                }
             }
         }
     }
@@ -147,6 +155,12 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             let share = ((w + kv) as f64 * *cap as f64 / total_cap as f64) as u64;
             let what = format!("pool {} share {} of {}", pool.name, gib(share), gib(w + kv));
             let load = loads.entry(host.clone()).or_default();
+            if !cluster
+                .check(&pool.coordinator)
+                .is_some_and(|c| running(c.state))
+            {
+                load.pending += share;
+            }
             if *is_worker {
                 load.rpc.push((what, share));
                 let largest_card = cluster.status(host).and_then(|s| {
@@ -185,14 +199,17 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             .map(|c| c.args.clone())
             .unwrap_or_default();
         if let Some((w, kv)) = model_bytes(model, context_of(&args, g)) {
-            loads
-                .entry(native.draft_worker.host.clone())
-                .or_default()
-                .rpc
-                .push((
-                    format!("native {} draft {} + KV {}", native.name, gib(w), gib(kv)),
-                    w + kv,
-                ));
+            let load = loads.entry(native.draft_worker.host.clone()).or_default();
+            load.rpc.push((
+                format!("native {} draft {} + KV {}", native.name, gib(w), gib(kv)),
+                w + kv,
+            ));
+            if !cluster
+                .check(&native.target)
+                .is_some_and(|c| running(c.state))
+            {
+                load.pending += w + kv;
+            }
         }
     }
 
@@ -255,7 +272,7 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         } else if has_gpu && need > device {
             Check::new(Category::Memory, host.clone(), Status::Warn, format!("spills {} into system RAM: {summary}", gib(need - device)))
                 .hint("layers in system RAM run at CPU speed: a smaller quant or context keeps them on the GPU")
-        } else if !has_gpu && need > available {
+        } else if !has_gpu && load.pending > available {
             Check::new(
                 Category::Memory,
                 host.clone(),
