@@ -42,7 +42,7 @@ pub fn differences(target: &GgufSummary, draft: &GgufSummary) -> Vec<String> {
         target.eos_token_id.map(|v| v.to_string()),
         draft.eos_token_id.map(|v| v.to_string()),
     );
-    let short = |f: &Option<String>| f.as_ref().map(|f| f[..f.len().min(12)].to_string());
+    let short = |f: &Option<String>| f.as_deref().map(|f| prefix(f, 12));
     compare(
         "token list fingerprint",
         short(&target.vocab_fingerprint),
@@ -71,8 +71,8 @@ fn check_pair(
                         t.vocab_size.unwrap_or(0),
                         t.vocab_fingerprint
                             .as_deref()
-                            .map(|f| &f[..f.len().min(12)])
-                            .unwrap_or("?")
+                            .map(|f| prefix(f, 12))
+                            .unwrap_or_else(|| "?".into())
                     ),
                 )
             } else {
@@ -125,4 +125,9 @@ pub fn metadata_checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// The first `n` characters (a peer's strings need not be ASCII: never slice bytes).
+pub fn prefix(text: &str, n: usize) -> String {
+    text.chars().take(n).collect()
 }

@@ -253,8 +253,8 @@ fn models_table(models: &[ModelFile], indent: &str) -> String {
                         .unwrap_or_else(|| "-".into()),
                     g.vocab_fingerprint
                         .as_deref()
-                        .map(|v| &v[..v.len().min(16)])
-                        .unwrap_or("-")
+                        .map(|v| v.chars().take(16).collect::<String>())
+                        .unwrap_or_else(|| "-".into())
                 );
             }
             None => {

@@ -246,7 +246,7 @@ pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> S
         let _ = writeln!(
             out,
             "# Proposed from the agents' inventories: same vocabulary (fingerprint {}).\n# target {} on {}, draft {} on {}.",
-            p.target.gguf.as_ref().and_then(|g| g.vocab_fingerprint.as_deref()).map(|f| &f[..f.len().min(12)]).unwrap_or("?"),
+            p.target.gguf.as_ref().and_then(|g| g.vocab_fingerprint.as_deref()).map(|f| crate::doctor::vocab::prefix(f, 12)).unwrap_or_else(|| "?".into()),
             describe(&p.target), p.target_host, describe(&p.draft), p.draft_host
         );
         let _ = writeln!(out, "[[pairings]]\nname = {}", quote(&name));
