@@ -94,7 +94,7 @@ async fn network_check(
         "RTT {:.2} ms (median of {RTT_SAMPLES} GET /health){}",
         rtt.as_secs_f64() * 1e3,
         throughput
-            .map(|mb| format!(", ≥ {mb:.0} MB/s for a 64 KiB request (tokenization included)"))
+            .map(|mb| format!(", payload ≥ {mb:.1} MB/s (64 KiB request; a lower bound, the server's tokenization is inside; a round moves ~5–10 KB)"))
             .unwrap_or_default()
     );
     let status = if rtt > Duration::from_millis(20) {

@@ -21,6 +21,9 @@
 //! draft_model = "/models/draft.gguf"   # path on the TARGET host (llama-server loads it and ships it)
 //! draft_tokens = 8                 # optional: --spec-draft-n-max
 //! ```
+//! A `[[pairings]]` entry with `native = true` is served by llama.cpp's own speculation (set up
+//! by a `[[native_pairings]]` entry for the same target); doctor then measures its payoff.
+//!
 //! Unknown keys are ignored: the same file carries the proxy's and the fleet's settings.
 
 use anyhow::Context;
