@@ -4,16 +4,21 @@
 //! - [`relay`]: the LAN emulator, a TCP relay adding delay and a bandwidth cap (`lan-relay`);
 //! - [`sim`]: a SIMULATION of llama-server with set speeds and acceptance (`sim-llama-server`);
 //! - [`limit`]: the analytic throughput limit the measurements are compared with;
+//! - [`llama`]: real llama-server processes for the real-hardware scenarios;
 //! - [`suite`]: the scenarios of `bench-suite` and the result files they write;
-//! - [`plot`]: SVG plots of the results.
+//! - [`report`] and [`plot`]: `results/README.md` and its SVG plots.
 //!
 //! The per-request comparison itself (direct vs through the proxy) is `tightwad::bench`, which the
 //! proxy's own `tightwad bench` command uses too.
 
 pub mod clock;
 pub mod limit;
+pub mod llama;
+pub mod plot;
 pub mod relay;
+pub mod report;
 pub mod sim;
+pub mod suite;
 
 /// The per-request comparison, compiled from the proxy's source until `tightwad::bench` is
 /// exported by the proxy's library.

@@ -2,7 +2,9 @@
 //!
 //! Every prompt is sent to the target directly (its own `/v1/chat/completions`) and through the
 //! proxy, alternating in one run (warm-up first, then A/B/A/B) so both sides see the same machine
-//! state; greedy, same `max_tokens`. Tokens are counted from `usage.completion_tokens` (never words
+//! state; greedy, same `max_tokens`. Each prompt is first put into the target's prompt cache with
+//! an unmeasured one-token request, so the side that happens to go first is not charged the prompt
+//! processing the other then skips. Tokens are counted from `usage.completion_tokens` (never words
 //! or chunks) and the speedup is the ratio of time per token, which for equal token counts is the
 //! ratio of total times. The proxy's per-response `tightwad` object and `/v1/tightwad/stats` give
 //! rounds, drafted and accepted tokens. The result is a table, and optionally JSON and Markdown
@@ -131,6 +133,10 @@ pub struct CompareConfig {
     pub warmup: u32,
     /// Longest wait for one request.
     pub request_timeout: Duration,
+    /// Pause before each measured request, so background work the proxy starts after an answer
+    /// (shadow drafting while speculation is off) does not land on the next measurement when
+    /// draft and target share one machine, as they do in these benchmarks but not on a LAN.
+    pub pause: Duration,
 }
 
 impl CompareConfig {
@@ -144,6 +150,7 @@ impl CompareConfig {
             repeats: 1,
             warmup: 1,
             request_timeout: Duration::from_secs(600),
+            pause: Duration::from_millis(100),
         }
     }
 }
@@ -455,11 +462,28 @@ impl Client {
 
     /// One greedy chat completion, timed from sending to the last byte of the reply.
     async fn measure(&self, side: Side, prompt: &BenchPrompt) -> Result<Measurement, BenchError> {
+        tokio::time::sleep(self.config.pause).await;
+        self.chat(side, prompt, self.config.max_tokens).await
+    }
+
+    /// Put the prompt into the target's prompt cache with a one-token request, so that neither
+    /// side's first measured request pays prompt processing the other side then skips (whichever
+    /// went first would otherwise be charged for both).
+    async fn prime(&self, prompt: &BenchPrompt) -> Result<(), BenchError> {
+        self.chat(Side::Direct, prompt, 1).await.map(drop)
+    }
+
+    async fn chat(
+        &self,
+        side: Side,
+        prompt: &BenchPrompt,
+        max_tokens: u32,
+    ) -> Result<Measurement, BenchError> {
         let url = format!("{}/v1/chat/completions", self.base(side));
         let body = json!({
             "model": self.config.model,
             "messages": [{"role": "user", "content": prompt.prompt}],
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": max_tokens,
             "temperature": 0.0,
             "stream": false,
         });
@@ -563,6 +587,7 @@ pub async fn compare(config: CompareConfig) -> Result<BenchReport, BenchError> {
     for prompt in &config.prompts {
         let mut direct = Vec::new();
         let mut proxied = Vec::new();
+        client.prime(prompt).await?;
         for _ in 0..config.repeats {
             direct.push(client.measure(Side::Direct, prompt).await?);
             proxied.push(client.measure(Side::Proxy, prompt).await?);
