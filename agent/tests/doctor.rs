@@ -215,6 +215,31 @@ workers = ["beta/rpc"]
         doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
+    // `tightwad up` runs the same checks first and starts nothing.
+    let refused = cluster
+        .rt
+        .block_on(fleet::run(
+            fleet::FleetCommand::Up {
+                name: None,
+                skip_doctor: false,
+            },
+            &cluster.config,
+        ))
+        .expect_err("up refuses a pool of two builds");
+    assert!(
+        refused.to_string().contains("doctor found 1 problem"),
+        "{refused:#}"
+    );
+    let status = cluster
+        .rt
+        .block_on(fleet::status::collect(&cluster.fleet(), Some("beta")))
+        .expect("status");
+    let worker = status[0].status.as_ref().expect("beta status");
+    assert!(
+        worker.processes.iter().all(|p| p.pid.is_none()),
+        "nothing started: {:?}",
+        worker.processes
+    );
 }
 
 #[test]

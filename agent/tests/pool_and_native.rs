@@ -191,10 +191,28 @@ workers = ["beta/rpc"]
     assert!(report.ok, "{}", report.render());
     let fleet = cluster.fleet();
     let layout = fleet::layout::Layout::load(&cluster.config).expect("layout");
+    // `tightwad up big`: doctor's checks first, then the worker, then the coordinator.
+    cluster
+        .rt
+        .block_on(fleet::run(
+            fleet::FleetCommand::Up {
+                name: Some("big".into()),
+                skip_doctor: false,
+            },
+            &cluster.config,
+        ))
+        .expect("pool starts");
     let status = cluster
         .rt
-        .block_on(fleet::up::start_pool(&fleet, &layout.pools[0]))
-        .expect("pool starts");
+        .block_on(fleet::status::collect(&fleet, Some("alpha")))
+        .expect("status")
+        .remove(0)
+        .status
+        .expect("alpha status")
+        .processes
+        .into_iter()
+        .find(|p| p.name == "target")
+        .expect("target process");
     assert_eq!(status.state, ProcessState::Ready);
     let worker = format!("{}:50052", cluster.host("beta").ns.ip);
     assert!(

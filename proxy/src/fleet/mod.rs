@@ -42,6 +42,9 @@ pub enum FleetCommand {
     Up {
         /// Only the pool or native pairing of this name.
         name: Option<String>,
+        /// Start even when `tightwad doctor` finds a problem with it.
+        #[arg(long)]
+        skip_doctor: bool,
     },
     /// Print a join token for a new agent (`tightwad-agent --join <token>`).
     Token {
@@ -131,8 +134,29 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             })
         }
         FleetCommand::Agent { action } => agent(&fleet, action).await,
-        FleetCommand::Up { name } => {
-            up::run(&fleet, &layout::Layout::load(config)?, name.as_deref()).await?;
+        FleetCommand::Up { name, skip_doctor } => {
+            let layout = layout::Layout::load(config)?;
+            if !skip_doctor {
+                let failures = up::preflight(config, &layout, name.as_deref()).await?;
+                if !failures.is_empty() {
+                    for check in &failures {
+                        eprintln!(
+                            "✗ {} {}: {}",
+                            check.category.label(),
+                            check.subject,
+                            check.message
+                        );
+                        if let Some(hint) = &check.hint {
+                            eprintln!("    fix: {hint}");
+                        }
+                    }
+                    anyhow::bail!(
+                        "doctor found {} problem(s) with what `tightwad up` would start: fix them, or pass --skip-doctor",
+                        failures.len()
+                    );
+                }
+            }
+            up::run(&fleet, &layout, name.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Models { action } => models(&fleet, action).await,

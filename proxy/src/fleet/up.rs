@@ -5,7 +5,10 @@
 
 use super::layout::{host_ip, Layout, NativePairingEntry, PoolEntry, ProcessRef};
 use super::Fleet;
+use crate::doctor::{Check, DoctorArgs, Status};
 use anyhow::Context;
+use std::collections::BTreeSet;
+use std::path::Path;
 use tightwad_protocol::messages::{ProcessKind, ProcessStatus};
 
 /// rpc-server's port when its arguments name none (its own default).
@@ -152,6 +155,49 @@ pub async fn start_native(
     let base = process_status(fleet, &native.target).await?;
     let args = native_target_args(&base.args, native, &address, &device.name);
     start(fleet, &native.target, Some(args)).await
+}
+
+/// Doctor's failures about what `up` would start (the selected pools and native pairings, their
+/// hosts and processes): the same checks, offline, so a pool of two builds or a worker too small
+/// for its share is refused before anything starts.
+pub async fn preflight(
+    config: &Path,
+    layout: &Layout,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Check>> {
+    let args = DoctorArgs {
+        json: false,
+        offline: true,
+    };
+    let report = crate::doctor::diagnose(&args, config).await?;
+    let mut subjects = BTreeSet::new();
+    let mut members: Vec<&ProcessRef> = Vec::new();
+    for pool in layout
+        .pools
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        members.push(&pool.coordinator);
+        members.extend(&pool.workers);
+        subjects.insert(format!("pool {}", pool.name));
+    }
+    for native in layout
+        .native_pairings
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        members.extend([&native.target, &native.draft_worker]);
+        subjects.insert(format!("native {}", native.name));
+    }
+    for r in members {
+        subjects.insert(r.host.clone());
+        subjects.insert(r.to_string());
+    }
+    Ok(report
+        .checks
+        .into_iter()
+        .filter(|c| c.status == Status::Fail && subjects.contains(&c.subject))
+        .collect())
 }
 
 /// Starts every pool and native pairing of the layout (or only the one named `only`).
