@@ -590,3 +590,4 @@ pub fn proxy_token_ids(v: &Value) -> Vec<u64> {
         .map(|t| t.as_u64().expect("token id"))
         .collect()
 }
+pub mod faults;

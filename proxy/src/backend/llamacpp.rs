@@ -567,6 +567,18 @@ pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The stream decoder that [`LlamaServer::stream`] uses, fed from plain byte chunks instead of a
+/// live HTTP response. Public only so the fuzz targets (`fuzz/fuzz_targets/sse_stream.rs`) and
+/// regression tests can drive the exact decoder the target-only path runs, chunk boundaries
+/// included; the proxy itself never calls it.
+pub fn decode_sse_chunks(
+    role: Role,
+    idle: Duration,
+    chunks: impl Stream<Item = bytes::Bytes> + Send + 'static,
+) -> impl Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static {
+    sse_events(role, idle, chunks.map(Ok::<_, reqwest::Error>))
+}
+
 /// Decode a `text/event-stream` body into typed events, failing on a stall longer than `idle`.
 fn sse_events(
     role: Role,
