@@ -64,5 +64,44 @@ pub async fn diagnose(args: &DoctorArgs, config: &Path) -> anyhow::Result<Report
     if !args.offline {
         checks.extend(live::checks(&layout).await);
     }
+    if fleet.config.hosts.is_empty() && layout.pairings.is_empty() {
+        checks.push(
+            Check::new(
+                Category::Host,
+                config.display().to_string(),
+                Status::Fail,
+                "nothing to check: no [[hosts]] and no [[pairings]] in this config",
+            )
+            .hint("write one with `tightwad init` (or pass --config with the right file)"),
+        );
+    }
     Ok(Report::new(checks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_empty_config_is_a_failure_not_a_clean_bill_of_health() {
+        let dir =
+            std::env::temp_dir().join(format!("tightwad-doctor-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("tightwad.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\n",
+                dir.join("state").display().to_string()
+            ),
+        )
+        .expect("config");
+        let report = diagnose(&DoctorArgs::default(), &config)
+            .await
+            .expect("runs");
+        assert!(!report.ok);
+        assert_eq!(report.checks.len(), 1);
+        assert!(report.checks[0].message.contains("nothing to check"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
