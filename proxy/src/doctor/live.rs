@@ -48,7 +48,7 @@ async fn round_trip(server: &LlamaServer) -> Result<Duration, String> {
         match server.health().await {
             Ok(true) => samples.push(start.elapsed()),
             Ok(false) => {
-                return Err("answers /health with an error (still loading its model?)".into())
+                return Err("answers /health with an error status (still loading its model, or not a llama-server)".into())
             }
             Err(e) => return Err(e.to_string()),
         }
