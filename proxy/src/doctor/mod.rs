@@ -11,6 +11,7 @@
 //! (schema in `README.md`). Exit code 1 when any check failed.
 
 pub mod agents;
+pub mod cost;
 pub mod live;
 pub mod memory;
 pub mod report;
@@ -61,6 +62,7 @@ pub async fn diagnose(args: &DoctorArgs, config: &Path) -> anyhow::Result<Report
     checks.extend(cluster.layout_checks(&layout));
     checks.extend(memory::checks(&cluster, &layout));
     checks.extend(vocab::metadata_checks(&cluster, &layout));
+    checks.extend(cost::checks(&cluster, &layout));
     if !args.offline {
         checks.extend(live::checks(&layout).await);
     }
