@@ -234,4 +234,24 @@ workers = ["beta/rpc"]
         table.contains("pool big: coordinator alpha/target (ready), workers beta/rpc (ready)"),
         "{table}"
     );
+
+    // `tightwad down big`: coordinator, then worker.
+    cluster
+        .rt
+        .block_on(fleet::run(
+            fleet::FleetCommand::Down {
+                name: Some("big".into()),
+            },
+            &cluster.config,
+        ))
+        .expect("pool stops");
+    let reports = cluster
+        .rt
+        .block_on(fleet::status::collect(&fleet, None))
+        .expect("status");
+    let table = fleet::status::render_layout(&reports, &layout);
+    assert!(
+        table.contains("pool big: coordinator alpha/target (stopped), workers beta/rpc (stopped)"),
+        "{table}"
+    );
 }

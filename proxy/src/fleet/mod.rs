@@ -46,6 +46,11 @@ pub enum FleetCommand {
         #[arg(long)]
         skip_doctor: bool,
     },
+    /// Stop the RPC pools and native pairings of the layout (llama-server first, then workers).
+    Down {
+        /// Only the pool or native pairing of this name.
+        name: Option<String>,
+    },
     /// Print a join token for a new agent (`tightwad-agent --join <token>`).
     Token {
         /// Seconds the token stays valid.
@@ -157,6 +162,10 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
             up::run(&fleet, &layout, name.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Down { name } => {
+            up::down(&fleet, &layout::Layout::load(config)?, name.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Models { action } => models(&fleet, action).await,

@@ -241,6 +241,49 @@ pub async fn run(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::
     Ok(())
 }
 
+async fn stop(fleet: &Fleet, reference: &ProcessRef) -> anyhow::Result<ProcessStatus> {
+    let host = fleet.config.host(&reference.host)?;
+    let client = fleet.connect(host).await?;
+    client
+        .stop_process(&reference.process)
+        .await
+        .with_context(|| format!("stopping {reference}"))
+}
+
+/// `tightwad down`: stops the pools and native pairings of the layout (or the one named `only`),
+/// the llama-server first, then the rpc-servers it used.
+pub async fn down(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::Result<()> {
+    let mut stopped = 0;
+    for pool in layout
+        .pools
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        stop(fleet, &pool.coordinator).await?;
+        for worker in &pool.workers {
+            stop(fleet, worker).await?;
+        }
+        println!("pool {}: stopped", pool.name);
+        stopped += 1;
+    }
+    for native in layout
+        .native_pairings
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        stop(fleet, &native.target).await?;
+        stop(fleet, &native.draft_worker).await?;
+        println!("native pairing {}: stopped", native.name);
+        stopped += 1;
+    }
+    anyhow::ensure!(
+        stopped > 0,
+        "nothing to stop: no [[pools]] or [[native_pairings]]{} in the config",
+        only.map(|n| format!(" named {n:?}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
