@@ -26,6 +26,8 @@ pub use error::ProtocolError;
 pub use fingerprint::Fingerprint;
 
 /// Bumped whenever a message changes shape; peers with another major version refuse each other.
+/// v2: dry runs for `tightwad doctor` (`CheckProcess`, `ListDevices`), tensor bytes, KV shape
+/// and special tokens in `GgufSummary`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest peer protocol version this build still speaks.
