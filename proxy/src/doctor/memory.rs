@@ -40,14 +40,43 @@ pub fn context_of(args: &[String], model: &GgufSummary) -> u64 {
 }
 
 /// Weights + KV of one model for `context` tokens.
-fn model_bytes(model: &ModelArg, context: u64) -> Option<(u64, u64)> {
+fn model_bytes(model: &ModelArg, args: &[String]) -> Option<(u64, u64)> {
     let g = model.gguf.as_ref()?;
     let weights = if g.tensor_bytes > 0 {
         g.tensor_bytes
     } else {
         model.size_bytes
     };
-    Some((weights, g.kv_cache_bytes(context).unwrap_or(0)))
+    // The estimate is for F16 caches; quantized ones (`-ctk q8_0 -ctv q8_0`) are smaller.
+    let f16 = g.kv_cache_bytes(context_of(args, g)).unwrap_or(0) as f64;
+    let k = cache_type_bytes(args, &["-ctk", "--cache-type-k"]);
+    let v = cache_type_bytes(args, &["-ctv", "--cache-type-v"]);
+    Some((weights, (f16 * (k + v) / 4.0) as u64))
+}
+
+/// Bytes per cache element of the type named by one of `flags` (llama.cpp's default f16: 2).
+fn cache_type_bytes(args: &[String], flags: &[&str]) -> f64 {
+    let mut iter = args.iter();
+    let mut kind = None;
+    while let Some(arg) = iter.next() {
+        if flags.contains(&arg.as_str()) {
+            kind = iter.next().cloned();
+        } else if let Some((flag, value)) = arg.split_once('=') {
+            if flags.contains(&flag) {
+                kind = Some(value.to_string());
+            }
+        }
+    }
+    // ggml block sizes: q8_0 34 bytes / 32, q5_* 22–24 / 32, q4_* 18–20 / 32, iq4_nl 18 / 32.
+    match kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("f32") => 4.0,
+        Some("q8_0") => 34.0 / 32.0,
+        Some("q5_0") => 22.0 / 32.0,
+        Some("q5_1") => 24.0 / 32.0,
+        Some("q4_0") | Some("iq4_nl") => 18.0 / 32.0,
+        Some("q4_1") => 20.0 / 32.0,
+        _ => 2.0,
+    }
 }
 
 /// Memory a host offers: (device memory, system RAM total, RAM available). Device memory is the
@@ -113,8 +142,7 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             if is_draft && native_targets.contains(reference) {
                 continue; // on the draft worker, below
             }
-            let Some(g) = &model.gguf else { continue };
-            if let Some((w, kv)) = model_bytes(model, context_of(&check.args, g)) {
+            if let Some((w, kv)) = model_bytes(model, &check.args) {
                 let load = loads.entry(reference.host.clone()).or_default();
                 load.local.push((
                     format!("{reference} {} {} + KV {}", model.flag, gib(w), gib(kv)),
@@ -137,7 +165,7 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             .check(&pool.coordinator)
             .map(|c| c.args.clone())
             .unwrap_or_default();
-        let Some((w, kv)) = model_bytes(model, context_of(&args, g)) else {
+        let Some((w, kv)) = model_bytes(model, &args) else {
             continue;
         };
         let mut members = vec![(pool.coordinator.host.clone(), false)];
@@ -193,12 +221,11 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         let Some(model) = cluster.draft_model(&native.target) else {
             continue;
         };
-        let Some(g) = &model.gguf else { continue };
         let args = cluster
             .check(&native.target)
             .map(|c| c.args.clone())
             .unwrap_or_default();
-        if let Some((w, kv)) = model_bytes(model, context_of(&args, g)) {
+        if let Some((w, kv)) = model_bytes(model, &args) {
             let load = loads.entry(native.draft_worker.host.clone()).or_default();
             load.rpc.push((
                 format!("native {} draft {} + KV {}", native.name, gib(w), gib(kv)),
@@ -483,6 +510,15 @@ mod tests {
         assert_eq!(context_of(&args(&["--ctx-size=1024"]), &g), 1024);
         assert_eq!(context_of(&args(&["-c", "0"]), &g), 2048);
         assert_eq!(context_of(&[], &g), 2048);
+        assert_eq!(
+            cache_type_bytes(&args(&["-ctk", "q8_0"]), &["-ctk"]),
+            34.0 / 32.0
+        );
+        assert_eq!(
+            cache_type_bytes(&args(&["--cache-type-v=q4_0"]), &["-ctv", "--cache-type-v"]),
+            18.0 / 32.0
+        );
+        assert_eq!(cache_type_bytes(&[], &["-ctk"]), 2.0);
         let kv = GgufSummary {
             block_count: Some(4),
             embedding_length: Some(256),
