@@ -119,6 +119,60 @@ struct HostLoad {
     /// Bytes of processes not running yet: they still have to come out of the RAM available now
     /// (a running server's memory is already taken from it).
     pending: u64,
+    /// Bytes of `local` that the flags keep in system RAM on a GPU host (`-ngl 0`: all of it;
+    /// `--cpu-moe`: the expert tensors).
+    in_ram: u64,
+}
+
+/// The value of the first of `flags` in `args` (`-ngl 0`, `--n-gpu-layers=0`).
+fn flag_value<'a>(args: &'a [String], flags: &[&str]) -> Option<&'a str> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if flags.contains(&arg.as_str()) {
+            return iter.next().map(String::as_str);
+        }
+        if let Some((flag, value)) = arg.split_once('=') {
+            if flags.contains(&flag) {
+                return Some(value);
+            }
+        }
+    }
+    None
+}
+
+/// What a process's flags keep in system RAM instead of GPU memory.
+fn bytes_kept_in_ram(args: &[String], model: &ModelArg, total: u64) -> u64 {
+    let is_draft = matches!(
+        model.flag.as_str(),
+        "-md" | "--model-draft" | "--spec-draft-model"
+    );
+    let (layer_flags, moe_flags): (&[&str], &[&str]) = if is_draft {
+        (
+            &[
+                "-ngld",
+                "--spec-draft-ngl",
+                "--gpu-layers-draft",
+                "--n-gpu-layers-draft",
+            ],
+            &["-cmoed", "--cpu-moe-draft", "--spec-draft-cpu-moe"],
+        )
+    } else {
+        (
+            &["-ngl", "--gpu-layers", "--n-gpu-layers"],
+            &["-cmoe", "--cpu-moe"],
+        )
+    };
+    if flag_value(args, layer_flags) == Some("0") {
+        return total;
+    }
+    if args.iter().any(|a| moe_flags.contains(&a.as_str())) {
+        return model
+            .gguf
+            .as_ref()
+            .map(|g| g.expert_tensor_bytes)
+            .unwrap_or(0);
+    }
+    0
 }
 
 pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
@@ -148,6 +202,7 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
                     format!("{reference} {} {} + KV {}", model.flag, gib(w), gib(kv)),
                     w + kv,
                 ));
+                load.in_ram += bytes_kept_in_ram(&check.args, model, w + kv);
                 if !running(check.state) {
                     load.pending += w + kv;
                 }
@@ -282,6 +337,8 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         );
         let fits_rpc = rpc <= device;
         let fits_at_all = need <= if has_gpu { device + ram } else { ram };
+        // On a GPU host, what the flags keep in RAM does not count against VRAM.
+        let on_device = need.saturating_sub(if has_gpu { load.in_ram } else { 0 });
         let check = if is_mac(status) && need > device {
             Check::new(
                 Category::Memory,
@@ -296,8 +353,8 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         } else if !fits_at_all {
             Check::new(Category::Memory, host.clone(), Status::Fail, format!("does not fit: {summary}"))
                 .hint("use a smaller quantization or a shorter context (-c), or run this model on a host with more memory (`tightwad status` lists them)")
-        } else if has_gpu && need > device {
-            Check::new(Category::Memory, host.clone(), Status::Warn, format!("spills {} into system RAM: {summary}", gib(need - device)))
+        } else if has_gpu && on_device > device {
+            Check::new(Category::Memory, host.clone(), Status::Warn, format!("spills {} into system RAM: {summary}", gib(on_device - device)))
                 .hint("layers in system RAM run at CPU speed: a smaller quant or context keeps them on the GPU")
         } else if !has_gpu && load.pending > available {
             Check::new(
@@ -428,6 +485,59 @@ mod tests {
             .hint
             .as_deref()
             .is_some_and(|h| h.contains("--no-warmup")));
+    }
+
+    /// `-ngl 0` keeps a model in RAM and `--cpu-moe` its experts: neither spills out of VRAM.
+    #[test]
+    fn flags_that_keep_weights_in_ram_are_not_counted_against_vram() {
+        let model = ModelArg {
+            flag: "-m".into(),
+            path: "/m/moe.gguf".into(),
+            exists: true,
+            size_bytes: 30 << 30,
+            gguf: Some(GgufSummary {
+                tensor_bytes: 30 << 30,
+                expert_tensor_bytes: 26 << 30,
+                expert_count: Some(64),
+                ..Default::default()
+            }),
+            error: None,
+            found_elsewhere: vec![],
+        };
+        let status_for = |args: &[&str]| {
+            let reference: ProcessRef = "gpu/target".parse().expect("ref");
+            let mut processes = BTreeMap::new();
+            processes.insert(
+                reference.clone(),
+                ProcessView {
+                    reference,
+                    check: Ok(ProcessCheck {
+                        name: "target".into(),
+                        kind: ProcessKind::LlamaServer,
+                        args: args.iter().map(|a| a.to_string()).collect(),
+                        binary: None,
+                        flag_error: None,
+                        models: vec![model.clone()],
+                        state: ProcessState::Stopped,
+                    }),
+                },
+            );
+            let cluster = Cluster {
+                hosts: vec![host("gpu", &[12288])],
+                processes,
+            };
+            checks(&cluster, &Layout::default())
+                .into_iter()
+                .map(|c| c.status)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            status_for(&["-c", "512"]),
+            vec![Status::Warn],
+            "30 GiB on a 12 GiB card spills"
+        );
+        assert_eq!(status_for(&["-c", "512", "--cpu-moe"]), vec![Status::Pass]);
+        assert_eq!(status_for(&["-c", "512", "-ngl", "0"]), vec![Status::Pass]);
     }
 
     /// The field report's pool: a 60 GB MoE model over a 48 GB box and a 28 GB desktop
