@@ -133,8 +133,8 @@ pub struct SimCellResult {
     pub limit_pipelined_tok_s: f64,
     pub of_sequential_limit: f64,
     pub of_pipelined_limit: f64,
-    /// Of the sequential limit recomputed with the acceptance this run actually drew (a short
-    /// run's draws scatter around α): how much the proxy's machinery itself leaves on the table.
+    /// Of the sequential limit recomputed with the tokens per round this run actually drew (a
+    /// short run's agreements scatter around α): what the proxy's machinery leaves on the table.
     pub of_sequential_limit_at_measured_acceptance: Option<f64>,
     pub rounds: u64,
     pub drafted: u64,
@@ -265,15 +265,13 @@ impl SimPoint {
             limit_pipelined_tok_s: pipe,
             of_sequential_limit: t.proxy_tok_s / seq,
             of_pipelined_limit: t.proxy_tok_s / pipe,
-            of_sequential_limit_at_measured_acceptance: t.acceptance.filter(|_| !adaptive).map(
-                |a| {
-                    let at = CellModel {
-                        acceptance: a,
-                        ..self.model
-                    };
-                    t.proxy_tok_s / at.sequential_tok_s(limit_k)
-                },
-            ),
+            of_sequential_limit_at_measured_acceptance: t
+                .tokens_per_round
+                .filter(|_| !adaptive)
+                .map(|per_round| {
+                    let limit = per_round / self.model.sequential_round_seconds(limit_k);
+                    t.proxy_tok_s / limit
+                }),
             rounds: t.rounds,
             drafted: t.drafted,
             accepted: t.accepted,

@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -159,7 +160,7 @@ impl SimServer {
         });
         let app = router(state);
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(listener.tap_io(no_delay), app).await {
                 tracing::warn!(error = %e, "simulated llama-server stopped");
             }
         });
@@ -188,6 +189,14 @@ impl SimServer {
     }
 }
 
+/// Send small writes at once (SSE events, short replies): with Nagle's algorithm a write waits for
+/// the previous one's ACK, which delayed ACKs hold back by up to 40 ms.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// Serve on `addr` in the foreground until the process ends (the binary's main loop).
 pub async fn serve_forever(addr: SocketAddr, config: SimConfig) -> Result<(), SimError> {
     let listener = TcpListener::bind(addr)
@@ -198,7 +207,7 @@ pub async fn serve_forever(addr: SocketAddr, config: SimConfig) -> Result<(), Si
         compute: Mutex::new(()),
         counters: Arc::new(SimCounters::default()),
     });
-    axum::serve(listener, router(state))
+    axum::serve(listener.tap_io(no_delay), router(state))
         .await
         .map_err(|source| SimError::Bind { addr, source })
 }
