@@ -70,7 +70,7 @@ def main():
     ex_lines = ["| prompt | first divergence | target's top-two margin there | proxy took the runner-up |", "|---|---|---|---|"]
     for row in exact["rows"]:
         if not row["identical"]:
-            ex_lines.append(f"| `{row['prompt'][:40]}` | token {row['first_divergence']} | {row['margin']:.4f} | {row['proxy_took_runner_up']} |")
+            ex_lines.append(f"| `{row['prompt'][:40].replace(chr(10), ' ')}` | token {row['first_divergence']} | {row['margin']:.4f} | {row['proxy_took_runner_up']} |")
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n\n" + "\n".join(ex_lines) + "\n")
     try:

@@ -195,9 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => tightwad::doctor::run(args, &config_path(cli.config)).await,
         Command::Init(args) => tightwad::init::run(args, &config_path(cli.config)).await,
         Command::Bench(args) => tightwad::bench::run(args).await,
-        Command::Fleet(cmd) => {
-            tightwad::fleet::run(cmd, &config_path(cli.config)).await
-        }
+        Command::Fleet(cmd) => tightwad::fleet::run(cmd, &config_path(cli.config)).await,
     }
 }
 

@@ -203,18 +203,31 @@ async fn a_target_faster_than_the_users_threshold_is_never_speculated_on() {
                 &json!({"prompt": prompt, "max_tokens": 32, "temperature": 0}),
             )
             .await;
-        assert_eq!(through["usage"]["completion_tokens"], 32);
+        assert_eq!(through["usage"]["completion_tokens"], 32, "{through}");
     }
     let stats = proxy.stats().await;
     let reason = stats["pairings"][0]["controller"]["last_decision"]["reason"]
         .as_str()
         .unwrap_or_default();
     assert!(reason.contains("disable_above_tok_s"), "{stats}");
-    let (_, last) = proxy
-        .post(
-            "/v1/completions",
-            &json!({"prompt": "Once", "max_tokens": 16, "temperature": 0}),
-        )
+    // While off, requests go to the target untouched (one in eight still samples the engine).
+    for _ in 0..4 {
+        let (s, last) = proxy
+            .post(
+                "/v1/completions",
+                &json!({"prompt": "Once", "max_tokens": 16, "temperature": 0}),
+            )
+            .await;
+        assert_eq!(s, 200, "{last}");
+        assert_eq!(last["usage"]["completion_tokens"], 16);
+    }
+    let stats = proxy.stats().await;
+    assert!(
+        stats["pairings"][0]["requests"]["passthrough"].as_u64() >= Some(3),
+        "{stats}"
+    );
+    let (_, sampled) = proxy
+        .post("/v1/completions", &json!({"prompt": "Once", "max_tokens": 16, "temperature": 0, "return_token_ids": true}))
         .await;
-    assert_eq!(last["tightwad"]["served_by"], "target_only");
+    assert_eq!(sampled["tightwad"]["served_by"], "target_only");
 }

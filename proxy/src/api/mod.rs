@@ -236,24 +236,36 @@ async fn handle(
     state.gate.authorize(req.headers())?;
     let permit = state.gate.admit(client.ip())?;
     let body = read_body(&state, req).await?;
-    let (raw, request) = openai::parse(&body)?;
+    let (mut raw, request) = openai::parse(&body)?;
     let pairing = state.pairing(request.model.as_deref())?.clone();
     let mut plan = request.plan(endpoint)?;
-    if let (Plan::Engine(g), Some(limit)) = (&mut plan, state.gate.limits().max_tokens) {
-        match g.max_tokens {
-            Some(m) if m > limit => {
-                return Err(ApiError::invalid(
-                    format!("`max_tokens` = {m} is above this proxy's limit of {limit}."),
-                    Some("max_tokens"),
-                ))
+    if let Some(limit) = state.gate.limits().max_tokens {
+        let asked = request.max_completion_tokens.or(request.max_tokens);
+        if let Some(m) = asked.filter(|m| *m > limit as i64) {
+            return Err(ApiError::invalid(
+                format!("`max_tokens` = {m} is above this proxy's limit of {limit}."),
+                Some("max_tokens"),
+            ));
+        }
+        if asked.is_none() {
+            // The cap holds whoever generates: the engine, or the target on a passthrough.
+            raw["max_tokens"] = json!(limit);
+            if let Plan::Engine(g) = &mut plan {
+                g.max_tokens = Some(limit);
             }
-            None => g.max_tokens = Some(limit),
-            Some(_) => {}
         }
     }
     match plan {
         Plan::Passthrough(reason) => {
             info!(%reason, "forwarding to the target unchanged");
+            passthrough(&pairing, endpoint, raw, permit).await
+        }
+        // Nothing to speculate (no usable draft, or the controller has speculation off): the
+        // target answers the request itself, with no proxy work in the token path. Requests that
+        // ask for the engine's extras (token ids) still go through it.
+        Plan::Engine(_)
+            if !request.return_token_ids.unwrap_or(false) && pairing.passthrough_now().await =>
+        {
             passthrough(&pairing, endpoint, raw, permit).await
         }
         Plan::Engine(generation) => {
@@ -588,11 +600,37 @@ async fn passthrough(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    // The permit lives as long as the relayed body does.
-    let stream = resp.bytes_stream().map(move |chunk| {
-        let _held = &permit;
-        chunk
-    });
+    // The permit lives as long as the relayed body does. If the target breaks off a stream, the
+    // client gets an OpenAI error event and `[DONE]` instead of a silently truncated stream.
+    let is_sse = content_type.starts_with("text/event-stream");
+    let stream = resp
+        .bytes_stream()
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .scan(false, move |failed, item| {
+            let _held = &permit;
+            let out = match item {
+                _ if *failed => None,
+                Some(Ok(bytes)) => Some(Ok::<Bytes, std::io::Error>(bytes)),
+                Some(Err(e)) if is_sse => {
+                    *failed = true;
+                    let err = ApiError {
+                        status: StatusCode::BAD_GATEWAY,
+                        message: format!("the target broke off the stream: {e}"),
+                        kind: "server_error",
+                        param: None,
+                        code: Some("backend_error"),
+                    };
+                    Some(Ok(Bytes::from(format!(
+                        "data: {}\n\ndata: [DONE]\n\n",
+                        err.body()
+                    ))))
+                }
+                Some(Err(e)) => Some(Err(std::io::Error::other(e))),
+                None => None,
+            };
+            futures::future::ready(out)
+        });
     Ok(Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)

@@ -32,6 +32,10 @@ const PREDICTED_OFF_BELOW: f64 = 1.0;
 const ON_ABOVE: f64 = 1.05;
 const FIRST_BACKOFF: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Every this many rounds, try a neighbouring k (exploration).
+const EXPLORE_EVERY: u64 = 6;
+/// While off, one request in this many still goes through the engine (measurements).
+const SAMPLE_EVERY: u64 = 8;
 /// How often the target's plain speed is re-measured while speculating.
 const TARGET_SPEED_REFRESH: Duration = Duration::from_secs(120);
 
@@ -150,6 +154,9 @@ pub struct Controller {
     rounds_in_mode: u32,
     probe_tokens: usize,
     probe_seconds: f64,
+    /// Rounds chosen so far (drives exploration) and requests seen while off (drives sampling).
+    rounds_chosen: std::cell::Cell<u64>,
+    requests_while_off: u64,
     pub last_decision: Option<Decision>,
 }
 
@@ -183,6 +190,8 @@ impl Controller {
             rounds_in_mode: 0,
             probe_tokens: 0,
             probe_seconds: 0.0,
+            rounds_chosen: std::cell::Cell::new(0),
+            requests_while_off: 0,
             last_decision: None,
         }
     }
@@ -315,13 +324,44 @@ impl Controller {
     }
 
     /// The draft length for the next round; 0 means "stop speculating for this request".
+    ///
+    /// Mostly the best predicted k; every `EXPLORE_EVERY`-th round a neighbour of it, so the cost
+    /// fits see more than one k (otherwise a pessimistic first guess of the slope would keep the
+    /// controller at k = 1 for ever).
     pub fn choose_k(&self) -> usize {
         if !self.adaptive {
             return self.k_cap;
         }
+        if let Mode::Off { .. } = self.mode {
+            return 0;
+        }
+        let n = self.rounds_chosen.get() + 1;
+        self.rounds_chosen.set(n);
+        let best = self.best_k().map(|(k, _)| k).unwrap_or(self.k_cap.min(4));
+        if n % EXPLORE_EVERY == 0 {
+            let up = (n / EXPLORE_EVERY) % 2 == 1;
+            return if (up && best < self.k_cap) || best == 1 {
+                (best + 1).min(self.k_cap)
+            } else {
+                best - 1
+            };
+        }
+        best
+    }
+
+    /// While off, most requests can go to the target untouched (no proxy cost at all); one in
+    /// `SAMPLE_EVERY` still runs through the engine so the target's speed and the draft's shadow
+    /// acceptance stay measured. Never during a probe or after the back-off expired.
+    pub fn passthrough_while_off(&mut self, now: Instant) -> bool {
+        if !self.adaptive {
+            return false;
+        }
         match self.mode {
-            Mode::Off { .. } => 0,
-            _ => self.best_k().map(|(k, _)| k).unwrap_or(self.k_cap.min(4)),
+            Mode::Off { retry_at, .. } if now < retry_at => {
+                self.requests_while_off += 1;
+                self.requests_while_off % SAMPLE_EVERY != 0
+            }
+            _ => false,
         }
     }
 
@@ -657,6 +697,39 @@ mod tests {
         }
         assert!(c.plan_request(now).speculate);
         assert_eq!(c.choose_k(), 3);
+    }
+
+    #[test]
+    fn exploration_finds_a_larger_k_when_the_first_guess_was_pessimistic() {
+        // Verify cost nearly flat in k (GPU-like), acceptance 0.9: k = 4+ is best. The controller
+        // starts from observations at k = 1 only.
+        let mut c = Controller::new(6, None);
+        let now = Instant::now();
+        c.record_target_only(now, 32, 32.0 / 20.0);
+        for _ in 0..5 {
+            c.record_round(now, 1, 1, 0.005, 0.06);
+        }
+        let mut ks = Vec::new();
+        for i in 0..200u32 {
+            let k = c.choose_k().max(1);
+            ks.push(k);
+            let a = if i % 10 == 0 { k.saturating_sub(1) } else { k };
+            c.record_round(now, k, a, 0.005 * k as f64, 0.06 + 0.002 * k as f64);
+        }
+        let late = &ks[150..];
+        let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
+        assert!(mean >= 3.5, "stayed at small k: {:?}", &ks[150..]);
+    }
+
+    #[test]
+    fn while_off_most_requests_pass_through_and_some_are_sampled() {
+        let mut c = Controller::new(4, Some(1.0));
+        let now = Instant::now();
+        c.record_target_only(now, 32, 1.0);
+        assert!(matches!(c.mode(), Mode::Off { .. }));
+        let through: Vec<bool> = (0..16).map(|_| c.passthrough_while_off(now)).collect();
+        assert_eq!(through.iter().filter(|p| !**p).count(), 2, "{through:?}");
+        assert!(!Controller::fixed(4).passthrough_while_off(now));
     }
 
     #[test]

@@ -273,6 +273,17 @@ impl Pairing {
         Ok(info)
     }
 
+    /// Whether a request can go to the target untouched: no drafter can speak for it, or the
+    /// controller has speculation off (it still samples some requests through the engine).
+    /// Unknown (the target is not reachable): no, so the engine reports the error properly.
+    pub async fn passthrough_now(&self) -> bool {
+        match self.info().await {
+            Ok(info) if info.speculation.is_err() => true,
+            Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
+            Err(_) => false,
+        }
+    }
+
     /// Forget what was probed (after a backend failure), so the next request looks again.
     pub async fn invalidate(&self) {
         *self.probed.lock().await = None;
