@@ -20,7 +20,5 @@ pub mod report;
 pub mod sim;
 pub mod suite;
 
-/// The per-request comparison, compiled from the proxy's source until `tightwad::bench` is
-/// exported by the proxy's library.
-#[path = "../../proxy/src/bench/mod.rs"]
-pub mod bench;
+/// The per-request comparison (direct vs through the proxy), shared with `tightwad bench`.
+pub use tightwad::bench;
