@@ -272,14 +272,27 @@ impl LlamaServer {
         path: &str,
     ) -> Result<T, BackendError> {
         let resp = self
-            .http
-            .get(self.url(path))
-            .timeout(self.timeout)
-            .send()
+            .send_once_more_if_stale(|| self.http.get(self.url(path)).timeout(self.timeout))
             .await
             .map_err(|e| self.map_send_error(path, e))?;
         let resp = self.check_status(path, resp).await?;
         self.read_json(path, resp).await
+    }
+
+    /// Send a request; if it could not even be sent (a pooled keep-alive connection the server had
+    /// already closed — llama-server closes the connection after a streamed reply), send it once
+    /// more on a fresh connection. Only for requests without side effects beyond the KV cache.
+    async fn send_once_more_if_stale(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        match build().send().await {
+            Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => {
+                tracing::debug!(server = self.role.as_str(), error = %e, "retrying once on a fresh connection");
+                build().send().await
+            }
+            other => other,
+        }
     }
 
     async fn post_json<T: serde::de::DeserializeOwned>(
@@ -288,11 +301,12 @@ impl LlamaServer {
         body: &impl Serialize,
     ) -> Result<T, BackendError> {
         let resp = self
-            .http
-            .post(self.url(path))
-            .timeout(self.timeout)
-            .json(body)
-            .send()
+            .send_once_more_if_stale(|| {
+                self.http
+                    .post(self.url(path))
+                    .timeout(self.timeout)
+                    .json(body)
+            })
             .await
             .map_err(|e| self.map_send_error(path, e))?;
         let resp = self.check_status(path, resp).await?;
@@ -508,11 +522,14 @@ impl LlamaServer {
         let path = "/completion";
         // No overall timeout on a stream: it lasts as long as the generation. Stalls are caught by
         // the per-event idle timeout below.
+        // llama-server closes the connection after a streamed reply: don't return it to the pool.
         let resp = self
-            .http
-            .post(self.url(path))
-            .json(&body)
-            .send()
+            .send_once_more_if_stale(|| {
+                self.http
+                    .post(self.url(path))
+                    .header(reqwest::header::CONNECTION, "close")
+                    .json(&body)
+            })
             .await
             .map_err(|e| self.map_send_error(path, e))?;
         let resp = self.check_status(path, resp).await?;
@@ -529,12 +546,17 @@ impl LlamaServer {
         path: &str,
         body: &Value,
     ) -> Result<reqwest::Response, BackendError> {
-        self.http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.map_send_error(path, e))
+        let streamed = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        self.send_once_more_if_stale(|| {
+            let req = self.http.post(self.url(path)).json(body);
+            if streamed {
+                req.header(reqwest::header::CONNECTION, "close")
+            } else {
+                req
+            }
+        })
+        .await
+        .map_err(|e| self.map_send_error(path, e))
     }
 
     /// Read one counter from the server's Prometheus `/metrics` (needs `--metrics`).
