@@ -22,13 +22,11 @@ async fn decode(chunks: &[&[u8]]) -> Vec<Result<String, ()>> {
 }
 
 /// A CRLF line ending split across two network chunks (`\r` ends one, `\n` starts the next) must
-/// decode like the same bytes in one chunk. Found while writing `fuzz/fuzz_targets/sse_stream.rs`: today the
+/// decode like the same bytes in one chunk. Found while writing `fuzz/fuzz_targets/sse_stream.rs`: before the fix the
 /// decoder replaces CRLF chunk by chunk, so such a split leaves a lone `\r`, the blank line between
-/// two events is not seen, the two merge, and the stream fails as malformed. Fix belongs in
-/// `sse_events` (proxy/src/backend/llamacpp.rs): normalise line ends across chunk boundaries
-/// (hold back a chunk's trailing `\r` until the next chunk shows whether `\n` follows).
+/// two events is not seen, the two merge, and the stream fails as malformed. Fixed in
+/// `sse_events` (proxy/src/backend/llamacpp.rs): line ends are normalised on the whole buffer.
 #[tokio::test]
-#[ignore = "known bug: CRLF split across chunks (see the doc comment); un-ignore with the fix"]
 async fn a_crlf_split_across_chunks_decodes_like_the_whole_body() {
     let body: &[u8] = b"data: {\"tokens\":[5]}\r\n\r\ndata: {\"tokens\":[6],\"stop\":true}\r\n\r\n";
     let whole = decode(&[body]).await;

@@ -656,7 +656,10 @@ fn sse_events(
                     // A final event without its blank line: process it as complete.
                     buf.extend_from_slice(b"\n\n");
                 }
-                Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk.replace_crlf()),
+                Ok(Some(Ok(chunk))) => {
+                    buf.extend_from_slice(&chunk);
+                    normalize_crlf(&mut buf);
+                }
                 Ok(Some(Err(e))) => {
                     let err = BackendError::Malformed {
                         server: role.as_str(),
@@ -670,21 +673,20 @@ fn sse_events(
     })
 }
 
-trait ReplaceCrlf {
-    fn replace_crlf(&self) -> Vec<u8>;
-}
-
-impl ReplaceCrlf for bytes::Bytes {
-    fn replace_crlf(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
-        for (i, b) in self.iter().enumerate() {
-            if *b == b'\r' && self.get(i + 1) == Some(&b'\n') {
-                continue;
-            }
-            out.push(*b);
+/// Turn every CRLF of the buffered, not yet consumed bytes into LF. Done on the whole buffer, not
+/// per network chunk, so a `\r` ending one chunk pairs with the `\n` starting the next (a
+/// trailing lone `\r` simply waits for the next chunk).
+fn normalize_crlf(buf: &mut Vec<u8>) {
+    let mut w = 0;
+    for r in 0..buf.len() {
+        let b = buf[r];
+        if b == b'\r' && buf.get(r + 1) == Some(&b'\n') {
+            continue;
         }
-        out
+        buf[w] = b;
+        w += 1;
     }
+    buf.truncate(w);
 }
 
 fn truncate(s: &str, max: usize) -> String {
