@@ -160,6 +160,19 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         );
     }
+    let loads: Vec<String> = grid
+        .iter()
+        .map(|g| &g.environment)
+        .chain(real.iter().map(|r| &r.report.environment))
+        .filter_map(|e| e.load_average.clone())
+        .collect();
+    if !loads.is_empty() {
+        let _ = writeln!(
+            s,
+            "Load average (1/5/15 min) when each scenario finished: {}.\n",
+            loads.join("; ")
+        );
+    }
     let _ = writeln!(s, "**Read the ratios, not the absolute numbers.** Absolute tokens per second from this 2-core CPU machine say nothing about a GPU LAN; every figure that matters here is a ratio measured in one run: the proxy against the same target reached directly (alternating requests, greedy, same `max_tokens`, tokens counted from `usage.completion_tokens`), or the proxy against the analytic limit. Speedup = time per token direct ÷ time per token through the proxy (= ratio of total times when token counts are equal, which they are here).\n");
 
     let _ = writeln!(s, "## Headline\n");
@@ -297,6 +310,11 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
         real_table(&mut s, &real);
         let _ = writeln!(s);
     }
+    let _ = writeln!(s, "## Caveats\n");
+    let _ = writeln!(s, "- This machine has 2 cores and is shared: other sessions' builds and llama-servers may run during a benchmark (the load averages above tell). The simulation mostly sleeps and is little affected; the real-server scenarios are CPU-bound, and their ratios moved by up to ±20% between two runs of the same configuration (e.g. `real-fast-target`, served target-only both times, gave 1.01x and 0.81x). Trust their direction, not their second digit.");
+    let _ = writeln!(s, "- In the real scenarios target, draft, proxy and client share the 2 cores; on a LAN the draft (and its shadow drafting while speculation is off) runs on another machine.");
+    let _ = writeln!(s, "- The analytic limits leave out each request's fixed costs (chat template, tokenization, the first round's prompt), which the measurements include; short simulated requests (20–80 tokens) make those costs visible.");
+    let _ = writeln!(s, "- Adaptive cells are measured after one warm-up request: the controller's estimates are young, as in the first minute of a real proxy.\n");
     let _ = writeln!(s, "## Reproduce\n");
     let _ = writeln!(s, "```sh\neval \"$(scripts/setup)\"\ncargo run --release -p tightwad-benchmarks --bin bench-suite            # ~10 minutes on 2 cores\ncargo run --release -p tightwad-benchmarks --bin bench-suite -- --quick # ~2 minutes\ncargo run --release -p tightwad-benchmarks --bin bench-suite -- --only sim-grid\n```\n");
     let _ = writeln!(s, "Against your own servers: `tightwad bench --proxy http://proxy:8088 --target http://target:8080 --json out.json --markdown out.md` (same comparison, built-in prompt set). A LAN in a box: `lan-relay --listen 127.0.0.1:9081 --to 127.0.0.1:8081 --rtt-ms 2`, and `sim-llama-server --tok-s 10` / `sim-llama-server --tok-s 500 --draft-acceptance 0.8` for a SIMULATED target and draft.");

@@ -371,6 +371,10 @@ pub struct Environment {
     pub cpu_model: Option<String>,
     pub os: String,
     pub unix_time: u64,
+    /// `/proc/loadavg` (1, 5, 15 minutes) when the report was made: on a shared machine a high
+    /// load means noisy timings.
+    #[serde(default)]
+    pub load_average: Option<String>,
 }
 
 impl Environment {
@@ -398,6 +402,9 @@ impl Environment {
             unix_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         }
     }
 }
