@@ -39,7 +39,7 @@ const SIM_SEED: u64 = 42;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
-    /// A smaller grid and fewer prompts (~2 minutes instead of ~10).
+    /// A smaller grid and fewer prompts (~2.5 minutes instead of ~10).
     pub quick: bool,
     pub results_dir: PathBuf,
     /// Scenario names (prefixes) to run; empty runs all.

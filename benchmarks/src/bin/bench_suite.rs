@@ -9,7 +9,7 @@ use tightwad_benchmarks::suite::{self, SuiteOptions};
 #[derive(Parser, Debug)]
 #[command(about = "Tightwad's benchmark suite: simulation grid, real llama-servers, passthrough")]
 struct Args {
-    /// A smaller grid and fewer prompts (~2 minutes instead of ~10).
+    /// A smaller grid and fewer prompts (~2.5 minutes instead of ~10).
     #[arg(long)]
     quick: bool,
     /// Where the result files go.
