@@ -368,3 +368,169 @@ pub fn streamed_tightwad(events: &[String]) -> Option<Value> {
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
         .find_map(|c| c.get("tightwad").cloned())
 }
+
+/// A scratch directory removed on drop (the tests crate has no `tempfile`).
+pub struct ScratchDir {
+    pub path: std::path::PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(label: &str) -> ScratchDir {
+        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "tightwad-faults-{label}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        ScratchDir { path }
+    }
+
+    /// A fresh sub-directory.
+    pub fn dir(&self, name: &str) -> std::path::PathBuf {
+        let path = self.path.join(name);
+        std::fs::create_dir_all(&path).expect("mkdir");
+        path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A real `tightwad-agent` in a namespace, killed (SIGKILL) on drop.
+///
+/// The binary is `TIGHTWAD_AGENT_BIN`, or the `tightwad-agent` cargo built next to this test
+/// binary (`cargo nextest run --workspace` and `cargo build -p tightwad-agent` put it there).
+pub struct AgentProcess {
+    child: Option<std::process::Child>,
+    pub log: std::path::PathBuf,
+    config: std::path::PathBuf,
+    namespace: String,
+    /// `IP:7420`, for the coordinator's `[[hosts]]`.
+    pub address: String,
+}
+
+impl AgentProcess {
+    pub fn binary() -> std::path::PathBuf {
+        if let Some(path) = std::env::var_os("TIGHTWAD_AGENT_BIN") {
+            return path.into();
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>/tightwad-agent
+        let path = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|dir| dir.join("tightwad-agent"))
+            .expect("target directory");
+        assert!(
+            path.exists(),
+            "{} missing: build it (cargo build -p tightwad-agent) or set TIGHTWAD_AGENT_BIN",
+            path.display()
+        );
+        path
+    }
+
+    /// Write the agent's config (its state and models under the given folders) and start it.
+    pub fn start(
+        ns: &Namespace,
+        state_dir: &Path,
+        models: &Path,
+        join: Option<&str>,
+    ) -> AgentProcess {
+        let address = format!("{}:7420", ns.ip);
+        let config = state_dir.with_extension("toml");
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{}\"\nlisten = \"{address}\"\nstate_dir = \"{}\"\nmodel_dirs = [\"{}\"]\n",
+                ns.name,
+                state_dir.display(),
+                models.display()
+            ),
+        )
+        .expect("write agent config");
+        let mut agent = AgentProcess {
+            child: None,
+            log: state_dir.with_extension("log"),
+            config,
+            namespace: ns.name.clone(),
+            address,
+        };
+        agent.spawn(join);
+        agent
+    }
+
+    fn spawn(&mut self, join: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let before = std::fs::read_to_string(&self.log)
+            .map(|t| t.matches("listening").count())
+            .unwrap_or(0);
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace])
+            .arg(Self::binary())
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        if let Some(token) = join {
+            command.args(["--join", token]);
+        }
+        self.child = Some(command.spawn().expect("spawn tightwad-agent"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_text().matches("listening").count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never listened:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start it again with the same config and state (identity, pinned peers, partial files).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(None);
+    }
+
+    /// SIGKILL: a crash or a power cut, no clean-up of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// sha256 of a file, hex (through coreutils' `sha256sum`).
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

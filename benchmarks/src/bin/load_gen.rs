@@ -10,10 +10,12 @@
 //!
 //! ```text
 //! load_gen --proxy URL --target URL [--concurrency 64] [--seconds 300] [--direct-seconds 60]
-//!          [--max-tokens 32] [--proxy-pid PID] [--json FILE] [--markdown FILE]
+//!          [--max-tokens 32] [--proxy-target-only URL] [--proxy-pid PID] [--json FILE]
+//!          [--markdown FILE]
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,10 @@ pub struct LoadConfig {
     /// The same for the target directly; zero skips the direct phase.
     pub direct_duration: Duration,
     pub max_tokens: usize,
+    /// A second proxy for the same target without a draft (optional): its phase, as long as the
+    /// direct one, shows the relay's own cost apart from what the draft server's work costs a
+    /// target that shares its CPU.
+    pub target_only_proxy_url: Option<String>,
     /// The process whose RSS is sampled (the proxy's), if any.
     pub rss_pid: Option<u32>,
     pub rss_every: Duration,
@@ -225,7 +231,7 @@ pub async fn stream_once(
         .await
     {
         Ok(r) => r,
-        Err(e) => return incomplete(format!("request failed: {e}"), started),
+        Err(e) => return incomplete(format!("request failed: {}", with_sources(&e)), started),
     };
     if !response.status().is_success() {
         let status = response.status();
@@ -243,7 +249,7 @@ pub async fn stream_once(
                 }
             }
             Ok(None) => break,
-            Err(e) => return incomplete(format!("stream broke: {e}"), started),
+            Err(e) => return incomplete(format!("stream broke: {}", with_sources(&e)), started),
         }
     }
     let latency = started.elapsed();
@@ -300,6 +306,17 @@ pub async fn stream_once(
     }
 }
 
+/// An error with its causes (reqwest's own text leaves out what the connection said).
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Percentiles {
@@ -340,6 +357,9 @@ pub struct PhaseReport {
     pub ties: usize,
     pub wrong: usize,
     pub incomplete: usize,
+    /// Of the incomplete: the proxy could not send a request to a target that was up the whole
+    /// time ("error sending request": a kept-alive connection the server had just closed).
+    pub connection_reuse_failures: usize,
     /// The first few failures, verbatim.
     pub failures: Vec<String>,
     pub tokens: usize,
@@ -348,6 +368,8 @@ pub struct PhaseReport {
     pub served_by: BTreeMap<String, usize>,
     /// (seconds since the phase began, RSS in KiB) of the sampled process.
     pub rss_kib: Vec<(f64, u64)>,
+    /// CPU seconds the sampled process used during the phase.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl PhaseReport {
@@ -364,19 +386,21 @@ impl PhaseReport {
             "ties": self.ties,
             "wrong": self.wrong,
             "incomplete": self.incomplete,
+            "connection_reuse_failures": self.connection_reuse_failures,
             "failures": self.failures,
             "tokens": self.tokens,
             "tokens_per_s": self.tokens as f64 / self.wall.as_secs_f64().max(1e-9),
             "latency_ms": self.latency.json(),
             "first_text_ms": self.first_text.json(),
             "served_by": self.served_by,
+            "cpu_seconds": self.cpu_seconds,
             "rss_kib": self.rss_kib.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
         })
     }
 }
 
 /// Resident memory of a process in KiB (`VmRSS`), `None` when it is gone.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -385,41 +409,57 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time (user + system) a process has used so far, in seconds (`/proc/PID/stat`, at the
+/// usual 100 clock ticks per second).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, so split after its closing paren):
+    // state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// `concurrency` workers each start request after request (cycling through the references) until
 /// `duration` is over; requests in flight then finish. RSS is sampled throughout.
 pub async fn run_phase(
     config: &LoadConfig,
+    base_url: &str,
     via: Via,
     duration: Duration,
     references: Arc<Vec<Reference>>,
 ) -> PhaseReport {
-    let base_url = match via {
-        Via::Proxy => config.proxy_url.clone(),
-        Via::Direct => config.target_url.clone(),
-    };
+    // A new connection per request: llama-server (cpp-httplib) closes kept-alive connections on
+    // its own schedule, and a request sent on one as it closes fails before the server saw it
+    // ("connection closed before message completed"; 15% of direct requests under this load).
+    // Connecting anew costs well under a millisecond on loopback; both phases do the same.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.concurrency)
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap_or_else(|e| panic!("HTTP client: {e}"));
     let started = Instant::now();
     let deadline = started + duration;
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let cpu_before = config.rss_pid.and_then(cpu_seconds);
     let sampler = config.rss_pid.map(|pid| {
         let every = config.rss_every;
+        let stop = stop_sampling.clone();
         tokio::spawn(async move {
             let mut samples = Vec::new();
-            loop {
-                match rss_kib(pid) {
+            while !stop.load(Ordering::Relaxed) {
+                match rss_kib_of(pid) {
                     Some(kib) => samples.push((started.elapsed().as_secs_f64(), kib)),
-                    None => return samples,
+                    None => break,
                 }
                 tokio::time::sleep(every).await;
             }
+            samples
         })
     });
     let workers: Vec<_> = (0..config.concurrency)
         .map(|worker| {
             let client = client.clone();
-            let base_url = base_url.clone();
+            let base_url = base_url.to_string();
             let references = references.clone();
             let max_tokens = config.max_tokens;
             tokio::spawn(async move {
@@ -450,18 +490,21 @@ pub async fn run_phase(
         }
     }
     let wall = started.elapsed();
-    let rss_kib = match sampler {
-        Some(task) => {
-            task.abort();
-            let mut samples = task.await.unwrap_or_default();
-            if let Some(kib) = config.rss_pid.and_then(rss_kib) {
-                samples.push((started.elapsed().as_secs_f64(), kib));
-            }
-            samples
-        }
+    stop_sampling.store(true, Ordering::Relaxed);
+    let mut rss_kib = match sampler {
+        Some(task) => task.await.unwrap_or_default(),
         None => vec![],
     };
-    summarize(outcomes, wall, rss_kib)
+    if let Some(kib) = config.rss_pid.and_then(rss_kib_of) {
+        rss_kib.push((started.elapsed().as_secs_f64(), kib));
+    }
+    let cpu = match (cpu_before, config.rss_pid.and_then(cpu_seconds)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let mut report = summarize(outcomes, wall, rss_kib);
+    report.cpu_seconds = cpu;
+    report
 }
 
 fn summarize(outcomes: Vec<Outcome>, wall: Duration, rss_kib: Vec<(f64, u64)>) -> PhaseReport {
@@ -485,6 +528,9 @@ fn summarize(outcomes: Vec<Outcome>, wall: Duration, rss_kib: Vec<(f64, u64)>) -
             }
             Verdict::Incomplete(why) => {
                 report.incomplete += 1;
+                if why.contains("error sending request") {
+                    report.connection_reuse_failures += 1;
+                }
                 if report.failures.len() < 5 {
                     report.failures.push(format!("incomplete: {why}"));
                 }
@@ -503,29 +549,66 @@ fn summarize(outcomes: Vec<Outcome>, wall: Duration, rss_kib: Vec<(f64, u64)>) -
     report
 }
 
-/// The whole run: references, the direct phase (if any), then the proxy phase.
-pub async fn run(config: &LoadConfig) -> Result<(Option<PhaseReport>, PhaseReport), String> {
+/// What a whole run measured.
+pub struct RunReport {
+    pub direct: Option<PhaseReport>,
+    pub target_only_proxy: Option<PhaseReport>,
+    pub proxy: PhaseReport,
+}
+
+/// The whole run: references, the direct phase and the no-draft proxy phase (if asked for),
+/// then the proxy phase.
+pub async fn run(config: &LoadConfig) -> Result<RunReport, String> {
     let client = reqwest::Client::new();
     let mut references = Vec::new();
     for prompt in prompts() {
         references.push(reference(&client, &config.target_url, &prompt, config.max_tokens).await?);
     }
     let references = Arc::new(references);
-    let direct = if config.direct_duration > Duration::ZERO {
-        Some(
+    let mut direct = None;
+    let mut target_only_proxy = None;
+    if config.direct_duration > Duration::ZERO {
+        direct = Some(
             run_phase(
                 config,
+                &config.target_url,
                 Via::Direct,
                 config.direct_duration,
                 references.clone(),
             )
             .await,
-        )
-    } else {
-        None
-    };
-    let proxy = run_phase(config, Via::Proxy, config.duration, references).await;
-    Ok((direct, proxy))
+        );
+        if let Some(url) = &config.target_only_proxy_url {
+            // No RSS sampling here: `rss_pid` is the main proxy, idle during this phase.
+            let unsampled = LoadConfig {
+                rss_pid: None,
+                ..config.clone()
+            };
+            target_only_proxy = Some(
+                run_phase(
+                    &unsampled,
+                    url,
+                    Via::Proxy,
+                    config.direct_duration,
+                    references.clone(),
+                )
+                .await,
+            );
+        }
+    }
+    let proxy = run_phase(
+        config,
+        &config.proxy_url,
+        Via::Proxy,
+        config.duration,
+        references,
+    )
+    .await;
+    Ok(RunReport {
+        direct,
+        target_only_proxy,
+        proxy,
+    })
 }
 
 /// RSS figures of a phase: (first sample after `warmup_s`, last, max), in MiB.
@@ -543,11 +626,10 @@ pub fn rss_summary(samples: &[(f64, u64)], warmup_s: f64) -> Option<(f64, f64, f
 }
 
 /// The results as JSON (everything) and Markdown (the table for benchmarks/results/load.md).
-pub fn render(
-    config: &LoadConfig,
-    direct: Option<&PhaseReport>,
-    proxy: &PhaseReport,
-) -> (Value, String) {
+pub fn render(config: &LoadConfig, report: &RunReport) -> (Value, String) {
+    let direct = report.direct.as_ref();
+    let target_only = report.target_only_proxy.as_ref();
+    let proxy = &report.proxy;
     let json = json!({
         "concurrency": config.concurrency,
         "proxy_seconds": config.duration.as_secs_f64(),
@@ -556,6 +638,7 @@ pub fn render(
         "prompts": prompts().len(),
         "proxy": proxy.json(),
         "direct": direct.map(PhaseReport::json),
+        "target_only_proxy": target_only.map(PhaseReport::json),
     });
     let mut md = String::new();
     md.push_str(&format!(
@@ -586,7 +669,10 @@ pub fn render(
     if let Some(d) = direct {
         md.push_str(&row("target direct", d));
     }
-    md.push_str(&row("through tightwad", proxy));
+    if let Some(t) = target_only {
+        md.push_str(&row("through tightwad, no draft", t));
+    }
+    md.push_str(&row("through tightwad (with draft)", proxy));
     if let Some(d) = direct {
         md.push_str(&format!(
             "\nOverhead through the proxy under this load: latency p50 {:+.0} ms, p99 {:+.0} ms; \
@@ -596,6 +682,16 @@ pub fn render(
             proxy.first_text.p50 - d.first_text.p50,
             proxy.first_text.p99 - d.first_text.p99
         ));
+        if let Some(t) = target_only {
+            md.push_str(&format!(
+                "Without a draft (the relay alone, same duration as direct): latency p50 {:+.0} ms, \
+                 p99 {:+.0} ms; first text p50 {:+.0} ms, p99 {:+.0} ms.\n",
+                t.latency.p50 - d.latency.p50,
+                t.latency.p99 - d.latency.p99,
+                t.first_text.p50 - d.first_text.p50,
+                t.first_text.p99 - d.first_text.p99
+            ));
+        }
     }
     if let Some((first, last, max)) = rss_summary(&proxy.rss_kib, 10.0) {
         md.push_str(&format!(
@@ -603,6 +699,15 @@ pub fn render(
              last {last:.1} MiB, max {max:.1} MiB.\n",
             config.rss_every.as_secs_f64()
         ));
+    }
+    if let Some(cpu) = proxy.cpu_seconds {
+        md.push_str(&format!(
+            "\nProxy CPU time during its phase: {cpu:.1} s ({:.0}% of one core).\n",
+            100.0 * cpu / proxy.wall.as_secs_f64().max(1e-9)
+        ));
+    }
+    if let Some(d) = direct.filter(|d| !d.failures.is_empty()) {
+        md.push_str(&format!("\nDirect failures: {:?}\n", d.failures));
     }
     if !proxy.served_by.is_empty() {
         md.push_str(&format!("\nServed by: {:?}.\n", proxy.served_by));
@@ -616,7 +721,7 @@ pub fn render(
 fn usage() -> ! {
     eprintln!(
         "usage: load_gen --proxy URL --target URL [--concurrency 64] [--seconds 300] \
-         [--direct-seconds 60] [--max-tokens 32] [--proxy-pid PID] [--json FILE] [--markdown FILE]"
+         [--direct-seconds 60] [--max-tokens 32] [--proxy-target-only URL] [--proxy-pid PID] [--json FILE] [--markdown FILE]"
     );
     std::process::exit(2)
 }
@@ -631,6 +736,7 @@ fn main() {
         duration: Duration::from_secs(300),
         direct_duration: Duration::from_secs(60),
         max_tokens: 32,
+        target_only_proxy_url: None,
         rss_pid: None,
         rss_every: Duration::from_secs(2),
     };
@@ -646,6 +752,9 @@ fn main() {
             "--seconds" => config.duration = Duration::from_secs(number(value())),
             "--direct-seconds" => config.direct_duration = Duration::from_secs(number(value())),
             "--max-tokens" => config.max_tokens = number(value()) as usize,
+            "--proxy-target-only" => {
+                config.target_only_proxy_url = Some(value().trim_end_matches('/').to_string())
+            }
             "--proxy-pid" => config.rss_pid = Some(number(value()) as u32),
             "--json" => json_path = Some(value()),
             "--markdown" => markdown_path = Some(value()),
@@ -659,14 +768,15 @@ fn main() {
         eprintln!("load_gen: cannot start the runtime: {e}");
         std::process::exit(1)
     });
-    let (direct, proxy) = match runtime.block_on(run(&config)) {
+    let report = match runtime.block_on(run(&config)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("load_gen: {e}");
             std::process::exit(1)
         }
     };
-    let (json, markdown) = render(&config, direct.as_ref(), &proxy);
+    let (json, markdown) = render(&config, &report);
+    let proxy = &report.proxy;
     print!("{markdown}");
     let write = |path: Option<String>, text: String| {
         if let Some(path) = path {
