@@ -144,7 +144,7 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
     if let Some(e) = &env {
         let _ = writeln!(
             s,
-            "Measured by `bench-suite` at commit `{}`{} on {} CPU core(s){}.\n",
+            "Measured by `bench-suite` on {2} CPU core(s){3}; the checkout was at commit `{0}`{1} when the results were written.\n",
             e.commit
                 .as_deref()
                 .map_or("unknown", |c| &c[..c.len().min(12)]),
