@@ -155,3 +155,47 @@ async fn a_client_that_disconnects_stops_the_backend_work() {
         assert_eq!(target.metric("llamacpp:n_decode_total").await, decodes);
     }
 }
+
+#[tokio::test]
+async fn several_pairings_are_served_under_their_own_model_names() {
+    let env = env();
+    let target =
+        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(4)).await;
+    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let mut fast = RunningProxy::entry(&target.url, Some(&draft.url), 4);
+    fast.name = Some("with-draft".into());
+    let mut plain = RunningProxy::entry(&target.url, None, 4);
+    plain.name = Some("target-only".into());
+    let c = ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        pairings: vec![fast, plain],
+        ..ProxyConfig::default()
+    };
+    let proxy = RunningProxy::start_with(c).await;
+    let models: serde_json::Value = reqwest::get(format!("{}/v1/models", proxy.url))
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("JSON");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["with-draft", "target-only"]);
+    for (model, served_by) in [
+        ("with-draft", "speculative"),
+        ("target-only", "target_only"),
+    ] {
+        let (s, v) = proxy
+            .post("/v1/completions", &json!({"model": model, "prompt": "Once", "max_tokens": 8, "temperature": 0, "return_token_ids": true}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["model"], model);
+        assert_eq!(v["tightwad"]["served_by"], served_by, "{v}");
+    }
+    let stats = proxy.stats().await;
+    assert_eq!(stats["pairings"].as_array().map(Vec::len), Some(2));
+}
