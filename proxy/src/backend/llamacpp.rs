@@ -656,10 +656,7 @@ fn sse_events(
                     // A final event without its blank line: process it as complete.
                     buf.extend_from_slice(b"\n\n");
                 }
-                Ok(Some(Ok(chunk))) => {
-                    buf.extend_from_slice(&chunk);
-                    normalize_crlf(&mut buf);
-                }
+                Ok(Some(Ok(chunk))) => append_normalized(&mut buf, &chunk),
                 Ok(Some(Err(e))) => {
                     let err = BackendError::Malformed {
                         server: role.as_str(),
@@ -673,20 +670,20 @@ fn sse_events(
     })
 }
 
-/// Turn every CRLF of the buffered, not yet consumed bytes into LF. Done on the whole buffer, not
-/// per network chunk, so a `\r` ending one chunk pairs with the `\n` starting the next (a
-/// trailing lone `\r` simply waits for the next chunk).
-fn normalize_crlf(buf: &mut Vec<u8>) {
-    let mut w = 0;
-    for r in 0..buf.len() {
-        let b = buf[r];
-        if b == b'\r' && buf.get(r + 1) == Some(&b'\n') {
+/// Append a network chunk, turning each CRLF of the original byte stream into LF exactly once,
+/// wherever the chunk boundaries fall: a `\r` that ended the previous chunk pairs with a `\n`
+/// starting this one (a chunk's trailing `\r` is never consumed before the next chunk arrives,
+/// since events end with `\n\n`).
+fn append_normalized(buf: &mut Vec<u8>, chunk: &[u8]) {
+    if buf.last() == Some(&b'\r') && chunk.first() == Some(&b'\n') {
+        buf.pop();
+    }
+    for (i, b) in chunk.iter().enumerate() {
+        if *b == b'\r' && chunk.get(i + 1) == Some(&b'\n') {
             continue;
         }
-        buf[w] = b;
-        w += 1;
+        buf.push(*b);
     }
-    buf.truncate(w);
 }
 
 fn truncate(s: &str, max: usize) -> String {
