@@ -281,10 +281,7 @@ async fn handle(
             let prepared = match pairing.prepare(generation).await {
                 Ok(p) => p,
                 Err(e) => {
-                    pairing.metrics.request(ServedBy::Error);
-                    if matches!(e, crate::engine::EngineError::Backend(_)) {
-                        pairing.invalidate().await;
-                    }
+                    pairing.record_failure(&e).await;
                     return Err(e.into());
                 }
             };
@@ -304,10 +301,7 @@ async fn handle(
                 let generation = match result {
                     Ok(g) => g,
                     Err(e) => {
-                        pairing.metrics.request(ServedBy::Error);
-                        if matches!(e, crate::engine::EngineError::Backend(_)) {
-                            pairing.invalidate().await;
-                        }
+                        pairing.record_failure(&e).await;
                         return Err(e.into());
                     }
                 };
@@ -498,10 +492,7 @@ async fn stream_response(
                         Ok(g)
                     }
                     Err(e) => {
-                        pairing.metrics.request(ServedBy::Error);
-                        if matches!(e, crate::engine::EngineError::Backend(_)) {
-                            pairing.invalidate().await;
-                        }
+                        pairing.record_failure(&e).await;
                         warn!(error = %e, "generation failed mid-stream");
                         Err(ApiError::from(e))
                     }

@@ -284,6 +284,15 @@ impl Pairing {
         }
     }
 
+    /// Count a failed request; after a backend failure, forget what was probed so the next
+    /// request looks at the servers again.
+    pub async fn record_failure(&self, e: &EngineError) {
+        self.metrics.request(ServedBy::Error);
+        if matches!(e, EngineError::Backend(_)) {
+            self.invalidate().await;
+        }
+    }
+
     /// Forget what was probed (after a backend failure), so the next request looks again.
     pub async fn invalidate(&self) {
         *self.probed.lock().await = None;
@@ -742,9 +751,7 @@ impl Pairing {
                         .await
                         .map_err(|e| SpeculationStop::Fatal(e.into()))?,
                 );
-                if !text.is_empty() && tx.send(Delta { text }).await.is_err() {
-                    return Err(SpeculationStop::Fatal(EngineError::ClientGone));
-                }
+                send_text(tx, text).await.map_err(SpeculationStop::Fatal)?;
                 Ok(())
             };
             round.instrument(span).await?;
@@ -763,9 +770,7 @@ impl Pairing {
         native_draft_tokens: Option<usize>,
     ) -> Result<Stretch, EngineError> {
         let pending = self.resolve_text(&mut run.out, true).await?;
-        if !pending.is_empty() && tx.send(Delta { text: pending }).await.is_err() {
-            return Err(EngineError::ClientGone);
-        }
+        send_text(tx, pending).await?;
         if run.out.finish.is_some() {
             return Ok(Stretch::default());
         }
@@ -797,9 +802,7 @@ impl Pairing {
                     _ if stretch < remaining => String::new(),
                     _ => run.out.end(FinishReason::Length),
                 };
-                if !text.is_empty() && tx.send(Delta { text }).await.is_err() {
-                    return Err(EngineError::ClientGone);
-                }
+                send_text(tx, text).await?;
                 break;
             }
             let n = event.tokens_predicted.saturating_sub(decoded_before).max(1);
@@ -817,9 +820,7 @@ impl Pairing {
             if ended {
                 text.push_str(&run.out.end(FinishReason::Stop));
             }
-            if !text.is_empty() && tx.send(Delta { text }).await.is_err() {
-                return Err(EngineError::ClientGone);
-            }
+            send_text(tx, text).await?;
             // Native pairing at the token limit: read on to the final event, which carries the
             // draft counters (the server sends it right after the last token). Otherwise (stop
             // string, EOS) stop reading: dropping the stream cancels the server's work.
@@ -971,6 +972,16 @@ fn slots_for_verification(
         );
     }
     Ok(wanted.min(slots - 1).max(1))
+}
+
+/// Send text that is final to the client; empty text sends nothing. A closed channel means the
+/// client went away.
+async fn send_text(tx: &mpsc::Sender<Delta>, text: String) -> Result<(), EngineError> {
+    if text.is_empty() || tx.send(Delta { text }).await.is_ok() {
+        Ok(())
+    } else {
+        Err(EngineError::ClientGone)
+    }
 }
 
 /// What a target-only stretch produced.
