@@ -202,20 +202,7 @@ impl LlamaServer {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
             .arg(&env.llama_server)
-            .arg("-m")
-            .arg(model)
-            .args(["--host", &ns.ip, "--port", &port.to_string()])
-            .args(["-np", &opts.slots.to_string()])
-            .args(["-t", &opts.threads.to_string()])
-            .args(["-c", &opts.ctx.to_string()])
-            .args([
-                "--kv-unified",
-                "--cache-ram",
-                "0",
-                "--metrics",
-                "--no-webui",
-            ])
-            .args(&opts.extra)
+            .args(opts.llama_server_args(model, &ns.ip, port))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file);

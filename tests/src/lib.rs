@@ -99,6 +99,39 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
+    /// The llama-server command line every test server gets (loopback or in a namespace).
+    pub fn llama_server_args(
+        &self,
+        model: &Path,
+        host: &str,
+        port: u16,
+    ) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["-m".into(), model.into()];
+        for a in [
+            "--host".to_string(),
+            host.to_string(),
+            "--port".to_string(),
+            port.to_string(),
+            "-np".to_string(),
+            self.slots.to_string(),
+            "-t".to_string(),
+            self.threads.to_string(),
+            "-c".to_string(),
+            self.ctx.to_string(),
+            // `--cache-ram 0`: llama-server's host-RAM prompt cache swaps slot contents between
+            // requests, which makes every verification slot re-process its whole context (5x slower).
+            "--kv-unified".to_string(),
+            "--cache-ram".to_string(),
+            "0".to_string(),
+            "--metrics".to_string(),
+            "--no-webui".to_string(),
+        ] {
+            args.push(a.into());
+        }
+        args.extend(self.extra.iter().map(Into::into));
+        args
+    }
+
     /// A target able to verify `k` draft tokens in one pass (k + 1 slots, one shared KV pool).
     pub fn target(k: u32) -> Self {
         ServerOptions {
@@ -171,22 +204,7 @@ impl LlamaServer {
         let log = std::env::temp_dir().join(format!("tightwad-test-llama-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("create server log");
         let mut cmd = Command::new(&env.llama_server);
-        cmd.arg("-m")
-            .arg(model)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-np", &opts.slots.to_string()])
-            .args(["-t", &opts.threads.to_string()])
-            .args(["-c", &opts.ctx.to_string()])
-            // `--cache-ram 0`: llama-server's host-RAM prompt cache swaps slot contents between requests,
-            // which makes every verification slot re-process its whole context (measured: 5x slower).
-            .args([
-                "--kv-unified",
-                "--cache-ram",
-                "0",
-                "--metrics",
-                "--no-webui",
-            ])
-            .args(&opts.extra)
+        cmd.args(opts.llama_server_args(model, "127.0.0.1", port))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file);
