@@ -225,6 +225,16 @@ pub struct PromptResult {
 }
 
 impl PromptResult {
+    /// Accepted ÷ drafted draft tokens, when anything was drafted.
+    pub fn acceptance(&self) -> Option<f64> {
+        (self.drafted > 0).then(|| self.accepted as f64 / self.drafted as f64)
+    }
+
+    /// Tokens per round: the accepted drafts plus the target's own token each round.
+    pub fn tokens_per_round(&self) -> Option<f64> {
+        (self.rounds > 0).then(|| (self.accepted + self.rounds) as f64 / self.rounds as f64)
+    }
+
     /// Sum one prompt's direct and proxied measurements (same length, in repeat order).
     pub fn from_measurements(
         prompt: &BenchPrompt,
@@ -650,8 +660,7 @@ pub fn render_table(report: &BenchReport) -> String {
         "tok/rnd",
     );
     for r in &report.prompts {
-        let acceptance = (r.drafted > 0).then(|| r.accepted as f64 / r.drafted as f64);
-        let per_round = (r.rounds > 0).then(|| (r.accepted + r.rounds) as f64 / r.rounds as f64);
+        let (acceptance, per_round) = (r.acceptance(), r.tokens_per_round());
         let _ = writeln!(
             s,
             "{:<10} {:>9.1} {:>9.1} {:>7.2}x {:>4}/{:<4} {:>5} {:>6} {:>7} {:>8}  {}",
@@ -724,8 +733,7 @@ pub fn render_markdown(report: &BenchReport) -> String {
     let _ = writeln!(s, "| category | direct tok/s | proxy tok/s | speedup | tokens direct/proxy | identical | rounds | acceptance | tokens/round | served by |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---|");
     for r in &report.prompts {
-        let acceptance = (r.drafted > 0).then(|| r.accepted as f64 / r.drafted as f64);
-        let per_round = (r.rounds > 0).then(|| (r.accepted + r.rounds) as f64 / r.rounds as f64);
+        let (acceptance, per_round) = (r.acceptance(), r.tokens_per_round());
         let _ = writeln!(
             s,
             "| {} | {:.1} | {:.1} | {:.2}x | {}/{} | {} | {} | {} | {} | {} |",
