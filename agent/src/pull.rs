@@ -130,10 +130,7 @@ impl ManifestCache {
         let modified = meta.modified().map_err(io_err(&path))?;
         let key = (path.clone(), meta.len(), modified, piece_bytes);
         if let Ok(entries) = self.entries.lock() {
-            if let Some(e) = entries
-                .iter()
-                .find(|e| (e.0.clone(), e.1, e.2, e.3) == key)
-            {
+            if let Some(e) = entries.iter().find(|e| (e.0.clone(), e.1, e.2, e.3) == key) {
                 return Ok(e.4.clone());
             }
         }
@@ -268,8 +265,15 @@ async fn fetch_piece(
         .map_err(|e| peer.explain(e).to_string())?;
     let mut data = Vec::with_capacity(len as usize);
     while data.len() < len as usize {
-        match stream.next_reply().await.map_err(|e| peer.explain(e).to_string())? {
-            Some(Reply::Piece { offset: at, data: d }) if at == offset + data.len() as u64 => {
+        match stream
+            .next_reply()
+            .await
+            .map_err(|e| peer.explain(e).to_string())?
+        {
+            Some(Reply::Piece {
+                offset: at,
+                data: d,
+            }) if at == offset + data.len() as u64 => {
                 data.extend_from_slice(&d);
                 paced.1 += d.len() as u64;
                 if let Some(rate) = rate.filter(|r| *r > 0) {
@@ -427,16 +431,18 @@ pub async fn pull(
     let Some(manifest) = manifest else {
         let why: Vec<String> = reports
             .iter()
-            .filter_map(|r| r.lock().ok().and_then(|r| r.error.clone().map(|e| format!("{}: {e}", r.name))))
+            .filter_map(|r| {
+                r.lock()
+                    .ok()
+                    .and_then(|r| r.error.clone().map(|e| format!("{}: {e}", r.name)))
+            })
             .collect();
         return Err(TransferError::Refused(format!(
             "no source could serve {file_name}: {}",
             why.join("; ")
         )));
     };
-    if manifest.pieces.len() as u64
-        != manifest.size.div_ceil(u64::from(manifest.piece_bytes))
-    {
+    if manifest.pieces.len() as u64 != manifest.size.div_ceil(u64::from(manifest.piece_bytes)) {
         return Err(TransferError::Refused(
             "the sources' manifest does not cover the file: refused".into(),
         ));
@@ -444,7 +450,9 @@ pub async fn pull(
     if target.exists() {
         let check = target.clone();
         let existing = blocking(move || {
-            Ok(hex::encode(crate::transfer::sha256_prefix(&check, None)?.finalize()))
+            Ok(hex::encode(
+                crate::transfer::sha256_prefix(&check, None)?.finalize(),
+            ))
         })
         .await?;
         if existing == manifest.sha256 {
@@ -590,7 +598,9 @@ pub async fn pull(
     shared.file.sync_all().map_err(io_err(&part))?;
     let check = part.clone();
     let digest = blocking(move || {
-        Ok(hex::encode(crate::transfer::sha256_prefix(&check, None)?.finalize()))
+        Ok(hex::encode(
+            crate::transfer::sha256_prefix(&check, None)?.finalize(),
+        ))
     })
     .await?;
     if digest != manifest.sha256 {
@@ -631,7 +641,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tightwad-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("m.gguf");
-        let data: Vec<u8> = (0..(2 * MIN_PIECE_BYTES + 5)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(2 * MIN_PIECE_BYTES + 5))
+            .map(|i| (i % 251) as u8)
+            .collect();
         std::fs::write(&path, &data).expect("write");
         let m = manifest_of(&path, "m.gguf", MIN_PIECE_BYTES).expect("manifest");
         assert_eq!(m.size, data.len() as u64);

@@ -434,10 +434,9 @@ target = \"http://a:1\"
         let pc = c.pairings[0].to_pairing_config(0);
         assert_eq!(pc.draft_url.as_deref(), Some("http://b:2"));
         assert_eq!(pc.drafts, vec!["http://c:3".to_string()]);
-        let bad: ProxyConfig = toml::from_str(
-            "[[pairings]]\ntarget = \"http://a:1\"\ndrafts = [\"c:3\"]\n",
-        )
-        .expect("parses");
+        let bad: ProxyConfig =
+            toml::from_str("[[pairings]]\ntarget = \"http://a:1\"\ndrafts = [\"c:3\"]\n")
+                .expect("parses");
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("drafts") && e.contains("c:3"), "{e}");
         let e = toml::from_str::<ProxyConfig>(

@@ -58,11 +58,17 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
     assert_ties_are_rare(&outcomes);
 
     let stats = proxy.stats().await;
-    eprintln!("{}", serde_json::to_string_pretty(&stats["pairings"][0]["drafters"]).unwrap_or_default());
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&stats["pairings"][0]["drafters"]).unwrap_or_default()
+    );
     let o = drafter(&stats, &other.url);
     assert_eq!(o["wins"], 0, "{o}");
     assert!(
-        o["unusable"].as_str().unwrap_or_default().contains("vocabulary"),
+        o["unusable"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("vocabulary"),
         "{o}"
     );
     let (g, p) = (drafter(&stats, &good.url), drafter(&stats, &poor.url));
@@ -74,7 +80,10 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
         wins(&stats, &good.url) > wins(&stats, &poor.url),
         "the better drafter did not win more often:\ngood {g}\npoor {p}"
     );
-    assert!(p["rounds"].as_u64() > Some(0), "the poor drafter was never measured: {p}");
+    assert!(
+        p["rounds"].as_u64() > Some(0),
+        "the poor drafter was never measured: {p}"
+    );
 
     // Kill the drafter chosen for a long streamed answer, a few events in: the next usable one
     // takes over and the answer is still the target's own.
@@ -105,7 +114,10 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
     while let Some(chunk) = resp.chunk().await.expect("the stream continues") {
         body.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(!body.contains("\"error\""), "the client saw an error: {body}");
+    assert!(
+        !body.contains("\"error\""),
+        "the client saw an error: {body}"
+    );
     let events: Vec<Value> = body
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
@@ -131,7 +143,9 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
         "the survivor did not take over speculation:\nbefore {s_before}\nafter {s_after}"
     );
     assert!(
-        events.iter().any(|e| e["tightwad"]["drafted"].as_u64() > Some(0)),
+        events
+            .iter()
+            .any(|e| e["tightwad"]["drafted"].as_u64() > Some(0)),
         "no speculation in the answer"
     );
 

@@ -112,7 +112,11 @@ impl Drains {
         if let Ok(mut held) = d.held.lock() {
             *held = Some((generation, guard));
         }
-        info!(pairing, waited_ms = started.elapsed().as_millis() as u64, "pairing drained");
+        info!(
+            pairing,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "pairing drained"
+        );
         let name = pairing.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(hold).await;
@@ -157,11 +161,12 @@ mod tests {
         let in_flight = drains.admit("p").await.expect("admitted").expect("guard");
         let d2 = drains.clone();
         let drain =
-            tokio::spawn(
-                async move { d2.drain("p", Duration::from_secs(5), DEFAULT_HOLD).await },
-            );
+            tokio::spawn(async move { d2.drain("p", Duration::from_secs(5), DEFAULT_HOLD).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!drain.is_finished(), "drained while a request was in flight");
+        assert!(
+            !drain.is_finished(),
+            "drained while a request was in flight"
+        );
         drop(in_flight);
         drain.await.expect("task").expect("drained");
         let d3 = drains.clone();
@@ -171,7 +176,9 @@ mod tests {
         assert!(drains.resume("p").expect("known"));
         assert_eq!(waiting.await.expect("task"), Some(true));
         assert!(matches!(
-            drains.drain("nope", Duration::from_secs(1), DEFAULT_HOLD).await,
+            drains
+                .drain("nope", Duration::from_secs(1), DEFAULT_HOLD)
+                .await,
             Err(DrainError::Unknown(_))
         ));
     }

@@ -45,7 +45,11 @@ pub struct AppState {
 
 impl AppState {
     fn unknown_pairing(&self, name: &str) -> ApiError {
-        let names: Vec<String> = self.pairings.iter().map(|p| p.config.name.clone()).collect();
+        let names: Vec<String> = self
+            .pairings
+            .iter()
+            .map(|p| p.config.name.clone())
+            .collect();
         ApiError::model_not_found(name, &names).with_code("pairing_not_found")
     }
 
@@ -306,12 +310,16 @@ async fn handle(
     let pairing = state.pairing(request.model.as_deref())?.clone();
     // While the pairing is drained for a model swap, wait for it to resume (then the new model
     // answers), or give up with 503 after `drain::MAX_WAIT`.
-    let admission = state.drains.admit(&pairing.config.name).await.ok_or_else(|| {
-        ApiError::unavailable(format!(
-            "The model of {} is being swapped and it took too long; retry shortly.",
-            pairing.config.name
-        ))
-    })?;
+    let admission = state
+        .drains
+        .admit(&pairing.config.name)
+        .await
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "The model of {} is being swapped and it took too long; retry shortly.",
+                pairing.config.name
+            ))
+        })?;
     permit.hold(admission);
     let mut plan = request.plan(endpoint)?;
     if let Some(limit) = state.gate.limits().max_tokens {

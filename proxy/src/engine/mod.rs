@@ -479,25 +479,23 @@ impl Pairing {
                 Err("no draft server configured".to_string()),
                 Drafter::Server,
             ),
-            Some(checked) => {
-                match checked {
-                    Err(reason)
-                        if self.config.prompt_lookup_fallback
-                            && reason.starts_with("draft unavailable") =>
-                    {
-                        warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
-                        (
-                            slots_for_verification(
-                                props.total_slots,
-                                self.config.draft_tokens,
-                                &self.config.name,
-                            ),
-                            Drafter::PromptLookup,
-                        )
-                    }
-                    other => (other, Drafter::Server),
+            Some(checked) => match checked {
+                Err(reason)
+                    if self.config.prompt_lookup_fallback
+                        && reason.starts_with("draft unavailable") =>
+                {
+                    warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
+                    (
+                        slots_for_verification(
+                            props.total_slots,
+                            self.config.draft_tokens,
+                            &self.config.name,
+                        ),
+                        Drafter::PromptLookup,
+                    )
                 }
-            }
+                other => (other, Drafter::Server),
+            },
         };
         Ok(PairingInfo {
             target_model: model.id,

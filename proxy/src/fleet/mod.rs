@@ -332,15 +332,23 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 _ => from.clone(),
             };
             if sources.len() > 1 {
-                let summary = pull(fleet, &file, &sources, &to, piece_mib << 20, max_rate, |p| {
-                    eprint!(
-                        "\r{}: {} / {} MiB (pulling from {} sources)",
-                        p.file_name,
-                        p.bytes_done >> 20,
-                        p.bytes_total >> 20,
-                        sources.len()
-                    );
-                })
+                let summary = pull(
+                    fleet,
+                    &file,
+                    &sources,
+                    &to,
+                    piece_mib << 20,
+                    max_rate,
+                    |p| {
+                        eprint!(
+                            "\r{}: {} / {} MiB (pulling from {} sources)",
+                            p.file_name,
+                            p.bytes_done >> 20,
+                            p.bytes_total >> 20,
+                            sources.len()
+                        );
+                    },
+                )
                 .await?;
                 eprintln!();
                 if json {
@@ -357,25 +365,35 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                             s.name,
                             s.pieces,
                             s.bytes >> 20,
-                            s.error.as_ref().map(|e| format!(" (stopped: {e})")).unwrap_or_default()
+                            s.error
+                                .as_ref()
+                                .map(|e| format!(" (stopped: {e})"))
+                                .unwrap_or_default()
                         );
                     }
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let summary = copy(fleet, &file, sources.first().map(String::as_str), &to, max_rate, |p| {
-                eprint!(
-                    "\r{}: {} / {} MiB{}",
-                    p.file_name,
-                    p.bytes_done >> 20,
-                    p.bytes_total >> 20,
-                    if p.resumed_from > 0 {
-                        format!(" (resumed at {} MiB)", p.resumed_from >> 20)
-                    } else {
-                        String::new()
-                    }
-                );
-            })
+            let summary = copy(
+                fleet,
+                &file,
+                sources.first().map(String::as_str),
+                &to,
+                max_rate,
+                |p| {
+                    eprint!(
+                        "\r{}: {} / {} MiB{}",
+                        p.file_name,
+                        p.bytes_done >> 20,
+                        p.bytes_total >> 20,
+                        if p.resumed_from > 0 {
+                            format!(" (resumed at {} MiB)", p.resumed_from >> 20)
+                        } else {
+                            String::new()
+                        }
+                    );
+                },
+            )
             .await?;
             eprintln!();
             if json {

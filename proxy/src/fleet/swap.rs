@@ -242,9 +242,14 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
     };
     if let (Some(admin), Some(pairing)) = (&admin, &args.pairing) {
         admin
-            .post(&format!("/v1/tightwad/pairings/{pairing}/resume"), json!({}))
+            .post(
+                &format!("/v1/tightwad/pairings/{pairing}/resume"),
+                json!({}),
+            )
             .await
-            .with_context(|| format!("resuming pairing {pairing} (it resumes by itself when its drain expires)"))?;
+            .with_context(|| {
+                format!("resuming pairing {pairing} (it resumes by itself when its drain expires)")
+            })?;
     }
     let status = outcome?;
     Ok(SwapReport {
@@ -301,7 +306,10 @@ mod tests {
     fn the_model_argument_is_replaced_in_every_spelling() {
         let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         let (new, old) = replace_model(&s(&["-m", "/a.gguf", "--port", "8"]), "/b.gguf").unwrap();
-        assert_eq!((new, old), (s(&["-m", "/b.gguf", "--port", "8"]), "/a.gguf".into()));
+        assert_eq!(
+            (new, old),
+            (s(&["-m", "/b.gguf", "--port", "8"]), "/a.gguf".into())
+        );
         let (new, _) = replace_model(&s(&["--model=/a.gguf"]), "/b.gguf").unwrap();
         assert_eq!(new, s(&["--model=/b.gguf"]));
         let e = replace_model(&s(&["--port", "8"]), "/b.gguf").unwrap_err();
