@@ -135,6 +135,13 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
     let k = drafter(&after, &killed);
     assert!(k["failures"].as_u64() >= Some(1), "{k}");
     assert!(k["unusable"].is_string(), "{k}");
+    // `tightwad status` shows the same figures, per drafter.
+    let shown = tightwad::fleet::status::drafters_text(&after);
+    eprint!("{shown}");
+    assert!(
+        shown.contains(&survivor) && shown.contains(&killed) && shown.contains("UNUSABLE"),
+        "{shown}"
+    );
     let s_before = drafter(&during, &survivor);
     let s_after = drafter(&after, &survivor);
     assert!(

@@ -233,6 +233,11 @@ impl Controller {
         (cost > 0.0).then(|| self.expected_tokens(k) / (cost * r_t))
     }
 
+    /// Tokens per second its speculative stretches actually delivered (smoothed over requests).
+    pub fn measured_goodput(&self) -> Option<f64> {
+        self.goodput_tok_s.get()
+    }
+
     /// Tokens per second a round delivers at its best draft length: expected tokens (acceptance)
     /// over the measured draft + verify time (speed). Needs no target-alone speed, so it ranks
     /// drafters of one pairing against each other (`engine::drafters`) from their first rounds.

@@ -3,11 +3,13 @@
 //! Drafters differ in two ways that matter: how often the target accepts what they propose and
 //! how fast they propose it (a better model on a slower host, a worse one on a faster host). Each
 //! drafter therefore has its own [`adapt::Controller`], fed only by the rounds it drafted, and a
-//! request goes to the drafter whose measured rounds deliver the most tokens per second
-//! ([`adapt::Controller::round_goodput`]: expected tokens per round over draft + verify time, so
-//! acceptance × speed). Drafters with too few rounds to rank are tried first, and every
-//! [`REVISIT_EVERY`]-th request goes to the one chosen least recently, so a drafter that got
-//! better (another model loaded, a busy host freed up) is noticed.
+//! request goes to the drafter whose speculative stretches delivered the most tokens per second
+//! ([`adapt::Controller::measured_goodput`]: accepted tokens over wall time, so acceptance ×
+//! speed, measured whole requests at a time, which averages out the per-round timing noise of
+//! a busy host; the model's per-round prediction only breaks ties before that exists).
+//! Drafters with too few rounds to rank are tried first, and every [`REVISIT_EVERY`]-th request
+//! goes to the one chosen least recently, so a drafter that got better (another model loaded, a
+//! busy host freed up) is noticed.
 //!
 //! Every choice is a "win" in the per-drafter figures (`/metrics`, `/v1/tightwad/stats`,
 //! `tightwad status`). A drafter that fails mid-answer is marked failed (re-probed after the retry
@@ -26,7 +28,7 @@ use crate::metrics::DrafterMetrics;
 /// Rounds a drafter needs before its estimates are trusted to rank it against the others.
 pub const MIN_ROUNDS_TO_RANK: u64 = 8;
 /// Every this many requests, the drafter chosen least recently gets one (keeps estimates fresh).
-pub const REVISIT_EVERY: u64 = 10;
+pub const REVISIT_EVERY: u64 = 8;
 
 /// One draft server of a pairing, with its own controller and counters.
 pub struct DraftSlot {
@@ -67,9 +69,17 @@ impl DraftSlot {
         self.with_controller(|c| {
             (
                 !matches!(c.mode(), adapt::Mode::Off { .. }),
-                c.round_goodput().unwrap_or(0.0),
+                c.measured_goodput()
+                    .or_else(|| c.round_goodput())
+                    .unwrap_or(0.0),
             )
         })
+    }
+
+    /// Not enough measured to be ranked against the others yet.
+    fn unmeasured(&self) -> bool {
+        self.metrics.rounds.get() < MIN_ROUNDS_TO_RANK
+            || self.with_controller(|c| c.measured_goodput().is_none())
     }
 }
 
@@ -87,7 +97,7 @@ pub fn choose(slots: &[DraftSlot], usable: &[usize], request_no: u64) -> Option<
     // Unmeasured first: the one with the fewest rounds, so every drafter gets ranked.
     if let Some(&i) = candidates
         .iter()
-        .filter(|&&i| slots[i].metrics.rounds.get() < MIN_ROUNDS_TO_RANK)
+        .filter(|&&i| slots[i].unmeasured())
         .min_by_key(|&&i| slots[i].metrics.rounds.get())
     {
         return Some(i);
@@ -124,9 +134,10 @@ pub struct DrafterView {
     pub accepted: u64,
     pub acceptance: Option<f64>,
     pub failures: u64,
-    /// Tokens per second its speculative stretches delivered (smoothed), as measured.
+    /// Tokens per second its speculative stretches delivered (smoothed): what ranks it.
     pub tok_s: Option<f64>,
-    /// Tokens per second its rounds are predicted to deliver at the best k (what ranks it).
+    /// Tokens per second its rounds are predicted to deliver at the best k (ranks it until
+    /// `tok_s` is measured).
     pub round_goodput_tok_s: Option<f64>,
     pub controller: adapt::ControllerView,
 }
@@ -149,5 +160,56 @@ impl DraftSlot {
             round_goodput_tok_s: goodput,
             controller,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::llamacpp::Role;
+    use std::time::{Duration, Instant};
+
+    fn slot(metrics: &crate::metrics::Metrics, url: &str) -> DraftSlot {
+        let server = LlamaServer::new(Role::Draft, url, Duration::from_secs(1)).expect("client");
+        DraftSlot::new(
+            url.into(),
+            server,
+            adapt::Controller::fixed(4),
+            metrics.pairing("p").drafter(url),
+        )
+    }
+
+    /// `rounds` rounds at full or partial acceptance, then one request's measured throughput.
+    fn feed(s: &DraftSlot, rounds: u64, accepted: usize, tok_s: f64) {
+        for _ in 0..rounds {
+            s.metrics.round(4, accepted);
+            s.with_controller(|c| c.record_round(Instant::now(), 4, accepted, 0.01, 0.02));
+        }
+        s.with_controller(|c| c.record_speculative_request(Instant::now(), 100, 100.0 / tok_s));
+    }
+
+    #[test]
+    fn unmeasured_drafters_first_then_the_best_with_periodic_revisits() {
+        let m = crate::metrics::Metrics::new();
+        let slots = vec![slot(&m, "http://a:1"), slot(&m, "http://b:2")];
+        let usable = [0, 1];
+        // Nothing measured: the one with fewest rounds (ties: the first).
+        assert_eq!(choose(&slots, &usable, 1), Some(0));
+        feed(&slots[0], MIN_ROUNDS_TO_RANK, 4, 50.0);
+        assert_eq!(choose(&slots, &usable, 2), Some(1), "b is still unmeasured");
+        feed(&slots[1], MIN_ROUNDS_TO_RANK, 1, 20.0);
+        assert_eq!(choose(&slots, &usable, 3), Some(0), "a delivers more");
+        chosen(&slots[0], 3);
+        chosen(&slots[1], 2);
+        assert_eq!(
+            choose(&slots, &usable, REVISIT_EVERY),
+            Some(1),
+            "the periodic revisit goes to the one chosen least recently"
+        );
+        // Only usable drafters count.
+        assert_eq!(choose(&slots, &[1], 3), Some(1));
+        assert_eq!(choose(&slots, &[], 3), None);
+        chosen(&slots[0], 4);
+        assert_eq!(slots[0].view(None).wins, 2);
     }
 }

@@ -146,6 +146,9 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", status::render(&reports));
                 print!("{}", status::render_layout(&reports, &layout));
+                if let Some(text) = status::render_drafters(config).await {
+                    print!("{text}");
+                }
             }
             let all_up = reports.iter().all(|r| r.reachable);
             Ok(if all_up {
