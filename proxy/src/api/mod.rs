@@ -156,6 +156,9 @@ async fn stats(
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("drafters".into(), json!(p.drafter_views()));
+                if let Some(paths) = p.paths_view() {
+                    m.insert("paths".into(), json!(paths));
+                }
             }
             v
         })
