@@ -114,8 +114,11 @@ pub fn manifest_of(
 /// model takes a while and every puller asks.
 #[derive(Default)]
 pub struct ManifestCache {
-    entries: Mutex<Vec<(PathBuf, u64, std::time::SystemTime, u32, Arc<PieceManifest>)>>,
+    entries: Mutex<Vec<(ManifestKey, Arc<PieceManifest>)>>,
 }
+
+/// What a cached manifest was computed from: path, size, modification time, piece size.
+type ManifestKey = (PathBuf, u64, std::time::SystemTime, u32);
 
 impl ManifestCache {
     /// Source side of `ModelManifest`.
@@ -130,16 +133,16 @@ impl ManifestCache {
         let modified = meta.modified().map_err(io_err(&path))?;
         let key = (path.clone(), meta.len(), modified, piece_bytes);
         if let Ok(entries) = self.entries.lock() {
-            if let Some(e) = entries.iter().find(|e| (e.0.clone(), e.1, e.2, e.3) == key) {
-                return Ok(e.4.clone());
+            if let Some((_, m)) = entries.iter().find(|(k, _)| *k == key) {
+                return Ok(m.clone());
             }
         }
         let name = file_name.to_string();
         let p = path.clone();
         let manifest = Arc::new(blocking(move || manifest_of(&p, &name, piece_bytes)).await?);
         if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|e| e.0 != path);
-            entries.push((key.0, key.1, key.2, key.3, manifest.clone()));
+            entries.retain(|(k, _)| k.0 != path);
+            entries.push((key, manifest.clone()));
         }
         Ok(manifest)
     }
@@ -161,7 +164,7 @@ pub async fn serve_piece(
     let path = models.locate(file_name)?;
     let file = std::fs::File::open(&path).map_err(io_err(&path))?;
     let size = file.metadata().map_err(io_err(&path))?.len();
-    let end = offset.checked_add(u64::from(len)).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(u64::from(len));
     if end > size {
         return Err(TransferError::Refused(format!(
             "bytes {offset}..{end} are past the end of {file_name} ({size} bytes)"

@@ -17,6 +17,9 @@ use common::cluster::*;
 use common::sha256_file;
 
 const KEY: &str = "sk-swap-test";
+
+/// One request of the load: when it started, when it ended, its text or its error.
+type Outcome = (Instant, Instant, Result<String, String>);
 const PROMPT: &str = "Once upon a time, in a lighthouse by the sea,";
 
 async fn complete(http: &reqwest::Client, url: &str, stream: bool) -> Result<String, String> {
@@ -101,7 +104,7 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
 
     // Load: four clients, streamed and not, back to back until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<(Instant, Instant, Result<String, String>)>>> = Default::default();
+    let results: Arc<Mutex<Vec<Outcome>>> = Default::default();
     let mut clients = Vec::new();
     for i in 0..4 {
         let (stop, results, http, url) = (

@@ -102,7 +102,7 @@ pub fn choose(slots: &[DraftSlot], usable: &[usize], request_no: u64) -> Option<
     {
         return Some(i);
     }
-    if request_no.is_multiple_of(REVISIT_EVERY) {
+    if request_no % REVISIT_EVERY == 0 {
         return candidates
             .iter()
             .copied()

@@ -432,9 +432,12 @@ impl Pairing {
             Ok(info) if info.drafter == Drafter::Server && self.drafts.len() > 1 => {
                 // Untouched only while every usable drafter's controller has speculation off.
                 let now = Instant::now();
-                info.usable_drafters(&[]).into_iter().fold(true, |all, i| {
-                    self.drafts[i].with_controller(|c| c.passthrough_while_off(now)) && all
-                })
+                // Every controller is asked (each counts its requests while off).
+                let mut all = true;
+                for i in info.usable_drafters(&[]) {
+                    all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
+                }
+                all
             }
             Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
             Err(_) => false,
@@ -722,7 +725,7 @@ impl Pairing {
                 let mut drafter = info.drafter;
                 while run.out.finish.is_none() && run.ids_known() {
                     let result = self
-                        .speculate(&info, drafter, slot, *k, &request.sampling, &mut run, &tx)
+                        .speculate(&info, (drafter, slot), *k, &request.sampling, &mut run, &tx)
                         .await;
                     match result {
                         Ok(()) => break,
@@ -807,8 +810,7 @@ impl Pairing {
     async fn speculate(
         &self,
         info: &PairingInfo,
-        drafter: Drafter,
-        slot: Option<usize>,
+        (drafter, slot): (Drafter, Option<usize>),
         k_max: usize,
         sampling: &Sampling,
         run: &mut Run,
