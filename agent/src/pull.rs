@@ -386,7 +386,9 @@ pub async fn pull(
         let peer = client
             .connect(&s.address, ServerExpectation::Pinned(s.fingerprint))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                format!("{e} (a source serves pieces only to agents the coordinator introduced to it: pull with `tightwad models copy`)")
+            })?;
         let reply = peer
             .call(&Request::ModelManifest {
                 file_name: file_name.to_string(),

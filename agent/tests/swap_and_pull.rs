@@ -283,6 +283,48 @@ fn a_pull_from_three_sources_survives_a_killed_source_and_a_restarted_receiver()
     );
     let expected = sha256_file(&cluster.host("src-a").models.join(FILE));
     let dest_models = cluster.host("dest").models.clone();
+
+    // 0. Only introduced peers may read pieces: a pull naming a source that never pinned the
+    //    receiver is refused there, and nothing is written.
+    {
+        let fleet = cluster.fleet();
+        let refused = cluster.rt.block_on(async {
+            let src = fleet.config.host("src-a").expect("host").clone();
+            let fingerprint = fleet
+                .connect(&src)
+                .await
+                .expect("connect")
+                .peer_fingerprint();
+            let dest = fleet.config.host("dest").expect("host").clone();
+            let mut stream = fleet
+                .connect(&dest)
+                .await
+                .expect("connect")
+                .open(&tightwad_protocol::messages::Request::PullModel {
+                    file_name: FILE.into(),
+                    sources: vec![tightwad_protocol::messages::PeerAddress {
+                        name: src.name.clone(),
+                        address: src.address.clone(),
+                        fingerprint,
+                    }],
+                    piece_bytes: Some(PIECE),
+                    max_bytes_per_second: None,
+                })
+                .await
+                .expect("request");
+            loop {
+                match stream.next_reply().await {
+                    Ok(Some(tightwad_protocol::messages::Reply::Progress(_))) => continue,
+                    other => break other,
+                }
+            }
+        });
+        let e = refused.expect_err("a source that never pinned the receiver served it");
+        eprintln!("unintroduced pull refused: {e}");
+        assert!(e.to_string().contains("no source could serve"), "{e}");
+        assert!(!dest_models.join(FILE).exists());
+        assert_eq!(pieces_done(&dest_models), 0);
+    }
     let sources: Vec<String> = ["src-a", "src-b", "src-c"].map(String::from).to_vec();
 
     // 1. The receiver dies mid-pull; started again, the pull resumes with the pieces it had.

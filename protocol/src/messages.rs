@@ -619,6 +619,17 @@ mod tests {
                 offset: 7,
                 prefix_sha256: "ab".into(),
             },
+            Reply::Manifest(Box::new(PieceManifest {
+                file_name: "m.gguf".into(),
+                size: 9,
+                sha256: "cd".into(),
+                piece_bytes: 4,
+                pieces: vec![[1; 32], [2; 32], [3; 32]],
+            })),
+            Reply::Piece {
+                offset: 4,
+                data: vec![0, 1, 2, 3],
+            },
         ];
         for reply in replies {
             let frame = crate::frame::encode(&reply).expect("encode");
