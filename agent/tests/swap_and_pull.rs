@@ -215,6 +215,40 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
         .block_on(fleet::swap::run(&fleet, &missing, &cluster.config))
         .unwrap_err();
     assert!(format!("{e:#}").contains("models copy"), "{e:#}");
+
+    // A model that does not load: the old one is started again, the pairing resumes and keeps
+    // answering with it.
+    std::fs::write(
+        cluster.host("gpu").models.join("broken.gguf"),
+        b"GGUF not really",
+    )
+    .expect("write a broken model");
+    let broken = fleet::swap::SwapArgs {
+        model: "broken.gguf".into(),
+        ..args_clone(&args_template(&proxy_url))
+    };
+    let e = rt
+        .block_on(fleet::swap::run(&fleet, &broken, &cluster.config))
+        .unwrap_err();
+    eprintln!("broken swap: {e:#}");
+    assert!(format!("{e:#}").contains("runs"), "{e:#}");
+    assert_eq!(
+        rt.block_on(complete(&http, &proxy_url, false))
+            .expect("served after a failed swap"),
+        new_text
+    );
+
+    // An RPC pool's coordinator has no pairing to drain: the same swap, without --pairing.
+    let back = fleet::swap::SwapArgs {
+        model: "target.gguf".into(),
+        pairing: None,
+        proxy: None,
+        ..args_clone(&args_template(&proxy_url))
+    };
+    let report = rt
+        .block_on(fleet::swap::run(&fleet, &back, &cluster.config))
+        .expect("swap without a pairing");
+    assert!(report.new_model.ends_with("target.gguf") && report.drain_ms.is_none());
     let _ = stop_proxy.send(());
 }
 
