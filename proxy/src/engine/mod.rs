@@ -402,7 +402,15 @@ impl Pairing {
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let mut guard = self.probed.lock().await;
         if let Some(info) = guard.as_ref() {
-            let draft_may_be_back = info.drafters.iter().any(Result::is_err)
+            // Re-probe while speculation is off for want of a drafter, or while one drafter is
+            // down for a reason that passes (not another vocabulary, which stays so).
+            let transient = |d: &Result<usize, String>| {
+                d.as_ref()
+                    .err()
+                    .is_some_and(|r| r.starts_with("draft unavailable") || r.starts_with("failed:"))
+            };
+            let draft_may_be_back = ((info.speculation.is_err() && !self.drafts.is_empty())
+                || info.drafters.iter().any(transient))
                 && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
             if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
                 return Ok(info.clone());
