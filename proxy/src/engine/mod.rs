@@ -402,14 +402,17 @@ impl Pairing {
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let mut guard = self.probed.lock().await;
         if let Some(info) = guard.as_ref() {
-            // Re-probe while speculation is off for want of a drafter, or while one drafter is
-            // down for a reason that passes (not another vocabulary, which stays so).
+            // Re-probe while speculation is off for want of a drafter (target-only, or
+            // native-only when the pairing has that path too), or while one drafter is down for
+            // a reason that passes (not another vocabulary, which stays so).
             let transient = |d: &Result<usize, String>| {
                 d.as_ref()
                     .err()
                     .is_some_and(|r| r.starts_with("draft unavailable") || r.starts_with("failed:"))
             };
-            let draft_may_be_back = ((info.speculation.is_err() && !self.drafts.is_empty())
+            let without_draft = info.speculation.is_err()
+                || (info.drafter == Drafter::Native && self.native_alternative.is_some());
+            let draft_may_be_back = ((without_draft && !self.drafts.is_empty())
                 || info.drafters.iter().any(transient))
                 && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
             if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
@@ -437,6 +440,10 @@ impl Pairing {
     pub async fn passthrough_now(&self) -> bool {
         match self.info().await {
             Ok(info) if info.speculation.is_err() => true,
+            // A natively paired target speculates on its own whenever a request does not say
+            // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and
+            // with two paths the native one may be the better even while rounds are off.
+            Ok(_) if self.config.native => false,
             Ok(info) if info.drafter == Drafter::Server && self.drafts.len() > 1 => {
                 // Untouched only while every usable drafter's controller has speculation off.
                 let now = Instant::now();
@@ -488,8 +495,18 @@ impl Pairing {
                 target_build: old.target_build.clone(),
                 n_ctx: old.n_ctx,
                 end_of_generation: old.end_of_generation.clone(),
-                speculation: usable.ok_or_else(|| reason.clone()),
-                drafter: old.drafter,
+                // No drafter left: with native pairing as well, the target's own speculation
+                // carries on alone.
+                speculation: match usable {
+                    Some(k) => Ok(k),
+                    None if self.config.native => Ok(self.config.draft_tokens.max(1)),
+                    None => Err(reason.clone()),
+                },
+                drafter: if usable.is_none() && self.config.native {
+                    Drafter::Native
+                } else {
+                    old.drafter
+                },
                 drafters,
                 probed_at: Instant::now(),
             };
@@ -556,6 +573,10 @@ impl Pairing {
                         ),
                         Drafter::PromptLookup,
                     )
+                }
+                Err(reason) if self.config.native => {
+                    warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
+                    (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
                 }
                 other => (other, Drafter::Server),
             },
@@ -692,8 +713,14 @@ impl Pairing {
             _ => None,
         };
         if let (Ok(_), Drafter::Native) = (&info.speculation, info.drafter) {
+            // Native only: the pairing's one controller, or the native path's own while a
+            // two-path pairing's draft server is away.
+            let controller = self
+                .native_alternative
+                .as_ref()
+                .map_or(&self.controller, |n| &n.controller);
             served_by = self
-                .generate_native(&self.controller, &info, &request.sampling, &mut run, &tx)
+                .generate_native(controller, &info, &request.sampling, &mut run, &tx)
                 .await?;
         } else if let (Some(paths::SpeculationPath::Native), Some(native)) =
             (path, &self.native_alternative)
