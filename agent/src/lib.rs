@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod inventory;
 pub mod logbuf;
 pub mod models;
+pub mod pull;
 pub mod readiness;
 pub mod service;
 pub mod supervisor;

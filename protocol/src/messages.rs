@@ -130,6 +130,29 @@ pub enum Request {
     ListDevices {
         rpc_servers: Vec<String>,
     },
+    /// Coordinator → receiving agent: fetch `file_name` in pieces from all `sources` at once
+    /// (each checked against its piece hash), resuming what an earlier pull left. Replies with
+    /// `Progress` frames, then `PullDone`. The sources must have pinned the receiver
+    /// (`IntroducePeer`); the receiver checks each source's fingerprint.
+    PullModel {
+        file_name: String,
+        sources: Vec<PeerAddress>,
+        /// Piece size (default 8 MiB; 1–16 MiB).
+        piece_bytes: Option<u32>,
+        /// Optional rate limit per source.
+        max_bytes_per_second: Option<u64>,
+    },
+    /// Agent → agent (pinned peers only): the piece manifest of a model file.
+    ModelManifest {
+        file_name: String,
+        piece_bytes: u32,
+    },
+    /// Agent → agent (pinned peers only): `len` bytes at `offset`, as `Piece` replies.
+    ReadPiece {
+        file_name: String,
+        offset: u64,
+        len: u32,
+    },
 }
 
 impl Request {
@@ -151,6 +174,9 @@ impl Request {
             Request::ReceiveModel(_) => "receive_model",
             Request::CheckProcess { .. } => "check_process",
             Request::ListDevices { .. } => "list_devices",
+            Request::PullModel { .. } => "pull_model",
+            Request::ModelManifest { .. } => "model_manifest",
+            Request::ReadPiece { .. } => "read_piece",
         }
     }
 }
@@ -205,6 +231,14 @@ pub enum Reply {
     Error(RemoteError),
     ProcessCheck(Box<ProcessCheck>),
     Devices(Vec<Device>),
+    Manifest(Box<PieceManifest>),
+    /// Bytes of a `ReadPiece`, at most 1 MiB per frame.
+    Piece {
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    PullDone(Box<PullSummary>),
 }
 
 impl Reply {
@@ -223,6 +257,9 @@ impl Reply {
             Reply::Error(_) => "error",
             Reply::ProcessCheck(_) => "process_check",
             Reply::Devices(_) => "devices",
+            Reply::Manifest(_) => "manifest",
+            Reply::Piece { .. } => "piece",
+            Reply::PullDone(_) => "pull_done",
         }
     }
 
@@ -511,6 +548,38 @@ pub struct TransferSummary {
     pub seconds: f64,
 }
 
+/// A model file cut into pieces, each with its sha256, plus the whole file's: a receiver checks
+/// every piece from any source before writing it, and the whole file before renaming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceManifest {
+    pub file_name: String,
+    pub size: u64,
+    /// sha256 of the whole file, hex.
+    pub sha256: String,
+    pub piece_bytes: u32,
+    /// sha256 of each piece, in order (the last one may be shorter).
+    pub pieces: Vec<[u8; 32]>,
+}
+
+/// One source's share of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullSource {
+    pub name: String,
+    pub pieces: u32,
+    pub bytes: u64,
+    /// Why this source stopped serving before the end, if it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullSummary {
+    pub transfer: TransferSummary,
+    pub pieces: u32,
+    /// Pieces already present from an earlier, interrupted pull.
+    pub pieces_resumed: u32,
+    pub sources: Vec<PullSource>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +618,17 @@ mod tests {
             Reply::UploadResume {
                 offset: 7,
                 prefix_sha256: "ab".into(),
+            },
+            Reply::Manifest(Box::new(PieceManifest {
+                file_name: "m.gguf".into(),
+                size: 9,
+                sha256: "cd".into(),
+                piece_bytes: 4,
+                pieces: vec![[1; 32], [2; 32], [3; 32]],
+            })),
+            Reply::Piece {
+                offset: 4,
+                data: vec![0, 1, 2, 3],
             },
         ];
         for reply in replies {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod layout;
 pub mod session;
 pub mod status;
+pub mod swap;
 pub mod up;
 
 use anyhow::Context;
@@ -51,6 +52,10 @@ pub enum FleetCommand {
         /// Only the pool or native pairing of this name.
         name: Option<String>,
     },
+    /// Put another model into one supervised llama-server (a pairing's target or an RPC pool's
+    /// coordinator): drain the pairing at the proxy, restart just that process with the new
+    /// model, resume. Other hosts and processes are not touched; no request is lost.
+    Swap(swap::SwapArgs),
     /// Print a join token for a new agent (`tightwad-agent --join <token>`).
     Token {
         /// Seconds the token stays valid.
@@ -102,19 +107,30 @@ pub enum ModelsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Copy a model file from one host to another (resumes an interrupted copy).
+    /// Copy a model file from one host to another (resumes an interrupted copy). With several
+    /// sources (`--from a,b,c`, or every host that has the file when --from is left out) the
+    /// receiver pulls pieces from all of them at once, each checked against the sources'
+    /// manifest of piece hashes; a source that dies mid-way has its pieces fetched by the others.
+    ///
+    /// Example: tightwad models copy qwen3-32b-q4_k_m.gguf --from gpu-a,gpu-b,nas --to desktop
     Copy {
         /// File name, as `tightwad models list` shows it.
         file: String,
-        /// Host that has the file (default: the first host that has it).
-        #[arg(long)]
-        from: Option<String>,
+        /// Host(s) that have the file (default: every other host that has it).
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<String>,
         /// Host to copy to.
         #[arg(long)]
         to: String,
-        /// Limit the transfer rate (bytes per second).
+        /// Limit the transfer rate (bytes per second; per source for a multi-source pull).
         #[arg(long)]
         max_rate: Option<u64>,
+        /// Piece size in MiB for a multi-source pull (1–16).
+        #[arg(long, default_value_t = 8)]
+        piece_mib: u32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -130,6 +146,9 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", status::render(&reports));
                 print!("{}", status::render_layout(&reports, &layout));
+                if let Some(text) = status::render_drafters(config).await {
+                    print!("{text}");
+                }
             }
             let all_up = reports.iter().all(|r| r.reachable);
             Ok(if all_up {
@@ -169,6 +188,15 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Models { action } => models(&fleet, action).await,
+        FleetCommand::Swap(args) => {
+            let report = swap::run(&fleet, &args, config).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", swap::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         FleetCommand::Token { ttl } => {
             let token = fleet.pending.issue(fleet.identity.fingerprint(), ttl)?;
             eprintln!("join token (valid {ttl}s); on the new host run:\n  tightwad-agent --join {token}\nthen add the host to [[hosts]] and run `tightwad status` to enroll it.");
@@ -299,22 +327,82 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
             from,
             to,
             max_rate,
+            piece_mib,
+            json,
         } => {
-            let summary = copy(fleet, &file, from.as_deref(), &to, max_rate, |p| {
-                eprint!(
-                    "\r{}: {} / {} MiB{}",
-                    p.file_name,
-                    p.bytes_done >> 20,
-                    p.bytes_total >> 20,
-                    if p.resumed_from > 0 {
-                        format!(" (resumed at {} MiB)", p.resumed_from >> 20)
-                    } else {
-                        String::new()
+            let sources = match from.len() {
+                0 => hosts_with(fleet, &file, &to).await,
+                _ => from.clone(),
+            };
+            if sources.len() > 1 {
+                let summary = pull(
+                    fleet,
+                    &file,
+                    &sources,
+                    &to,
+                    piece_mib << 20,
+                    max_rate,
+                    |p| {
+                        eprint!(
+                            "\r{}: {} / {} MiB (pulling from {} sources)",
+                            p.file_name,
+                            p.bytes_done >> 20,
+                            p.bytes_total >> 20,
+                            sources.len()
+                        );
+                    },
+                )
+                .await?;
+                eprintln!();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                } else {
+                    let t = &summary.transfer;
+                    println!(
+                        "pulled {} to {}:{} ({} bytes in {} pieces, {} already there, sha256 {}, {:.1}s)",
+                        t.file_name, to, t.path, t.bytes, summary.pieces, summary.pieces_resumed, t.sha256, t.seconds
+                    );
+                    for s in &summary.sources {
+                        println!(
+                            "  {}: {} pieces, {} MiB{}",
+                            s.name,
+                            s.pieces,
+                            s.bytes >> 20,
+                            s.error
+                                .as_ref()
+                                .map(|e| format!(" (stopped: {e})"))
+                                .unwrap_or_default()
+                        );
                     }
-                );
-            })
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let summary = copy(
+                fleet,
+                &file,
+                sources.first().map(String::as_str),
+                &to,
+                max_rate,
+                |p| {
+                    eprint!(
+                        "\r{}: {} / {} MiB{}",
+                        p.file_name,
+                        p.bytes_done >> 20,
+                        p.bytes_total >> 20,
+                        if p.resumed_from > 0 {
+                            format!(" (resumed at {} MiB)", p.resumed_from >> 20)
+                        } else {
+                            String::new()
+                        }
+                    );
+                },
+            )
             .await?;
             eprintln!();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "copied {} to {}:{} ({} bytes, resumed from {}, sha256 {}, {:.1}s)",
                 summary.file_name,
@@ -326,6 +414,86 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 summary.seconds
             );
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The hosts other than `to` that have `file` (unreachable ones are skipped).
+async fn hosts_with(fleet: &Fleet, file: &str, to: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for host in fleet.config.hosts.iter().filter(|h| h.name != to) {
+        if let Ok(client) = fleet.connect(host).await {
+            if client.find_model(file).await.is_ok_and(|m| !m.is_empty()) {
+                found.push(host.name.clone());
+            }
+        }
+    }
+    found
+}
+
+/// Pulls `file` onto `to` from all `sources` at once (see `tightwad_agent::pull`): introduces
+/// the receiver to every source (only pinned peers may read pieces there), then asks the
+/// receiver to pull; returns its verified summary.
+pub async fn pull(
+    fleet: &Fleet,
+    file: &str,
+    sources: &[String],
+    to: &str,
+    piece_bytes: u32,
+    max_rate: Option<u64>,
+    mut on_progress: impl FnMut(&tightwad_protocol::messages::TransferProgress),
+) -> anyhow::Result<tightwad_protocol::messages::PullSummary> {
+    let to_host = fleet.config.host(to)?;
+    let destination = fleet.connect(to_host).await?;
+    let mut addresses = Vec::new();
+    let mut unreachable = Vec::new();
+    for name in sources {
+        anyhow::ensure!(name != to, "{to} is both a source and the destination");
+        let host = fleet.config.host(name)?;
+        let source = match fleet.connect(host).await {
+            Ok(c) => c,
+            Err(e) => {
+                unreachable.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        source
+            .introduce_peer(&to_host.name, destination.peer_fingerprint())
+            .await
+            .with_context(|| format!("introducing {to} to {name}"))?;
+        addresses.push(PeerAddress {
+            name: host.name.clone(),
+            address: host.address.clone(),
+            fingerprint: source.peer_fingerprint(),
+        });
+    }
+    anyhow::ensure!(
+        !addresses.is_empty(),
+        "no source is reachable: {}",
+        unreachable.join("; ")
+    );
+    for u in &unreachable {
+        eprintln!("skipping unreachable source {u}");
+    }
+    let mut stream = destination
+        .open(&tightwad_protocol::messages::Request::PullModel {
+            file_name: file.to_string(),
+            sources: addresses,
+            piece_bytes: Some(piece_bytes),
+            max_bytes_per_second: max_rate,
+        })
+        .await?;
+    loop {
+        match stream
+            .next_reply()
+            .await
+            .with_context(|| format!("pulling {file} onto {to}"))?
+        {
+            Some(Reply::Progress(p)) => on_progress(&p),
+            Some(Reply::PullDone(summary)) => return Ok(*summary),
+            Some(Reply::Error(e)) => anyhow::bail!("{to}: {}", e.message),
+            Some(other) => anyhow::bail!("unexpected reply {} during the pull", other.kind()),
+            None => anyhow::bail!("{to} ended the pull without a result"),
         }
     }
 }

@@ -327,3 +327,94 @@ pub fn render_layout(reports: &[HostReport], layout: &super::layout::Layout) -> 
     }
     out
 }
+
+/// The drafters of the proxy's pairings (`drafts`), as the running proxy measured them: who won
+/// how often, acceptance, speed, failures. `None` when the config names no proxy with several
+/// drafters or the proxy does not answer (it may simply not run on this machine).
+pub async fn render_drafters(config: &std::path::Path) -> Option<String> {
+    let file: toml::Table = toml::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    let several = file.get("pairings")?.as_array()?.iter().any(|p| {
+        p.get("drafts")
+            .and_then(|d| d.as_array())
+            .is_some_and(|d| !d.is_empty())
+    });
+    if !several {
+        return None;
+    }
+    let listen: std::net::SocketAddr = file
+        .get("listen")
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1:8088")
+        .parse()
+        .ok()?;
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        listen.ip().to_string()
+    };
+    let url = format!("http://{host}:{}/v1/tightwad/stats", listen.port());
+    let key = std::env::var("TIGHTWAD_API_KEY").ok().or_else(|| {
+        file.get("api_keys")?
+            .as_array()?
+            .first()?
+            .as_str()
+            .map(str::to_string)
+    });
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .ok()?;
+    let mut req = http.get(&url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let stats: serde_json::Value = match req.send().await {
+        Ok(r) if r.status().is_success() => r.json().await.ok()?,
+        Ok(r) => return Some(format!("\nproxy {url}: {}\n", r.status())),
+        Err(_) => return Some(format!("\nproxy {url}: not reachable\n")),
+    };
+    Some(drafters_text(&stats))
+}
+
+/// The drafters part of the stats JSON as text.
+pub fn drafters_text(stats: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for p in stats["pairings"].as_array().into_iter().flatten() {
+        let Some(drafters) = p["drafters"].as_array().filter(|d| d.len() > 1) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\npairing {}: {} drafters\n",
+            p["pairing"].as_str().unwrap_or("?"),
+            drafters.len()
+        ));
+        for d in drafters {
+            let pct = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map(|a| format!("{:.0}%", a * 100.0))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let num = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            out.push_str(&format!(
+                "  {}  wins {}  rounds {}  drafted {}  accepted {} ({})  tok/s {}  failures {}{}\n",
+                d["url"].as_str().unwrap_or("?"),
+                d["wins"],
+                d["rounds"],
+                d["drafted"],
+                d["accepted"],
+                pct(&d["acceptance"]),
+                num(&d["tok_s"]),
+                d["failures"],
+                d["unusable"]
+                    .as_str()
+                    .map(|r| format!("  UNUSABLE: {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
