@@ -200,23 +200,74 @@ pub async fn preflight(
         .collect())
 }
 
+/// What `tightwad up`/`down` did to one pool or native pairing (printed, or as JSON).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// `pool` or `native_pairing`.
+    pub kind: &'static str,
+    pub name: String,
+    /// The llama-server that serves it (`host/process`).
+    pub process: String,
+    /// Its state after the command (`ready`, `stopped`, ...).
+    pub state: String,
+    /// Its arguments (empty after `down`).
+    pub args: Vec<String>,
+}
+
+/// Prints `up`/`down` outcomes: one line each, or a JSON list.
+pub fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcomes)?);
+        return Ok(());
+    }
+    for o in outcomes {
+        let kind = if o.kind == "pool" {
+            "pool"
+        } else {
+            "native pairing"
+        };
+        if o.args.is_empty() {
+            println!("{kind} {}: {}", o.name, o.state);
+        } else {
+            println!(
+                "{kind} {}: {} {} ({})",
+                o.name,
+                o.process,
+                o.state,
+                o.args.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn state_name(state: &tightwad_protocol::messages::ProcessState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}").to_lowercase())
+}
+
 /// Starts every pool and native pairing of the layout (or only the one named `only`).
-pub async fn run(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::Result<()> {
-    let mut started = 0;
+pub async fn run(
+    fleet: &Fleet,
+    layout: &Layout,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut started = Vec::new();
     for pool in layout
         .pools
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
         let status = start_pool(fleet, pool).await?;
-        println!(
-            "pool {}: {} {:?} ({})",
-            pool.name,
-            pool.coordinator,
-            status.state,
-            status.args.join(" ")
-        );
-        started += 1;
+        started.push(Outcome {
+            kind: "pool",
+            name: pool.name.clone(),
+            process: pool.coordinator.to_string(),
+            state: state_name(&status.state),
+            args: status.args,
+        });
     }
     for native in layout
         .native_pairings
@@ -224,21 +275,20 @@ pub async fn run(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
         let status = start_native(fleet, native).await?;
-        println!(
-            "native pairing {}: {} {:?} ({})",
-            native.name,
-            native.target,
-            status.state,
-            status.args.join(" ")
-        );
-        started += 1;
+        started.push(Outcome {
+            kind: "native_pairing",
+            name: native.name.clone(),
+            process: native.target.to_string(),
+            state: state_name(&status.state),
+            args: status.args,
+        });
     }
     anyhow::ensure!(
-        started > 0,
+        !started.is_empty(),
         "nothing to start: no [[pools]] or [[native_pairings]]{} in the config",
         only.map(|n| format!(" named {n:?}")).unwrap_or_default()
     );
-    Ok(())
+    Ok(started)
 }
 
 async fn stop(fleet: &Fleet, reference: &ProcessRef) -> anyhow::Result<ProcessStatus> {
@@ -252,36 +302,50 @@ async fn stop(fleet: &Fleet, reference: &ProcessRef) -> anyhow::Result<ProcessSt
 
 /// `tightwad down`: stops the pools and native pairings of the layout (or the one named `only`),
 /// the llama-server first, then the rpc-servers it used.
-pub async fn down(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::Result<()> {
-    let mut stopped = 0;
+pub async fn down(
+    fleet: &Fleet,
+    layout: &Layout,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut stopped = Vec::new();
     for pool in layout
         .pools
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
-        stop(fleet, &pool.coordinator).await?;
+        let status = stop(fleet, &pool.coordinator).await?;
         for worker in &pool.workers {
             stop(fleet, worker).await?;
         }
-        println!("pool {}: stopped", pool.name);
-        stopped += 1;
+        stopped.push(Outcome {
+            kind: "pool",
+            name: pool.name.clone(),
+            process: pool.coordinator.to_string(),
+            state: state_name(&status.state),
+            args: Vec::new(),
+        });
     }
     for native in layout
         .native_pairings
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
-        stop(fleet, &native.target).await?;
+        let status = stop(fleet, &native.target).await?;
         stop(fleet, &native.draft_worker).await?;
-        println!("native pairing {}: stopped", native.name);
-        stopped += 1;
+        stopped.push(Outcome {
+            kind: "native_pairing",
+            name: native.name.clone(),
+            process: native.target.to_string(),
+            state: state_name(&status.state),
+            args: Vec::new(),
+        });
     }
     anyhow::ensure!(
-        stopped > 0,
+        !stopped.is_empty(),
         "nothing to stop: no [[pools]] or [[native_pairings]]{} in the config",
         only.map(|n| format!(" named {n:?}")).unwrap_or_default()
     );
-    Ok(())
+    Ok(stopped)
 }
 
 #[cfg(test)]
