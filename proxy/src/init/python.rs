@@ -437,7 +437,7 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
     }
     if let Some(binaries) = get(root, "binaries").and_then(Yaml::as_mapping) {
         for key in binaries.keys() {
-            w.skip(&format!("binaries.{}", key_name(key)), "each agent finds or builds its llama.cpp (`tightwad build`, agent.toml's builds); no per-config binary paths");
+            w.skip(&format!("binaries.{}", key_name(key)), "binary paths are per host now: set them in that host's agent.toml under [binaries] (llama_server, rpc_server)");
         }
     }
     if !pairing.contains_key("target") {
