@@ -221,7 +221,10 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
         }
         FleetCommand::Models { action } => models(&fleet, action).await,
         FleetCommand::Token { ttl, json } => {
-            let token = fleet.pending.issue(fleet.identity.fingerprint(), ttl)?;
+            let token = fleet
+                .pending
+                .issue(fleet.identity.fingerprint(), ttl)?
+                .to_string();
             if json {
                 println!(
                     "{}",
@@ -413,6 +416,11 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 progress.set(p.bytes_done);
             })
             .await;
+            if let Ok(summary) = &summary {
+                // The sender reports every few MiB; the end is the summary.
+                progress.set_total(summary.bytes);
+                progress.set(summary.bytes);
+            }
             progress.finish();
             let summary = summary?;
             if json {
