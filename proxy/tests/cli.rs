@@ -281,6 +281,35 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     assert!(status.is_success());
     wait_for(&followed, "rounds=", 30);
     assert!(follow.0.try_wait().ok().flatten().is_none(), "-f keeps running");
+
+    // bench: per-prompt progress lines on stderr (a pipe, so no bar), the table on stdout, the
+    // report in the --json file; with `--json -` the report is stdout and stderr stays quiet.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "The sea is\nOnce upon a time\n").expect("prompts");
+    let bench = |json_to: &str| {
+        let out = Command::new(BIN)
+            .args(["bench", "--proxy", &proxy_url, "--target", &target_url, "--model", "sea"])
+            .args(["--max-tokens", "8", "--warmup", "0", "--json", json_to, "--prompts"])
+            .arg(&prompts)
+            .output()
+            .expect("bench runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let report_file = dir.join("bench.json");
+    let table = bench(&report_file.to_string_lossy());
+    let progress = String::from_utf8_lossy(&table.stderr);
+    assert!(progress.contains(": 1/2") && progress.contains(": 2/2"), "{progress}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report")).expect("JSON");
+    assert_eq!(report["prompts"].as_array().map(Vec::len), Some(2));
+    let piped = bench("-");
+    let report: Value = serde_json::from_slice(&piped.stdout).expect("bench --json - prints JSON");
+    assert_eq!(report["prompts"].as_array().map(Vec::len), Some(2));
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("2/2"),
+        "no progress with --json"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
