@@ -75,6 +75,8 @@ fn logs_find_the_one_host_with_the_process_and_refuse_to_guess() {
     assert!(text.contains("started pid"), "{text}");
     cluster
         .rt
-        .block_on(fleet::print_agent_logs(&fleet, "alpha", "solo", 10, false, true))
+        .block_on(fleet::print_agent_logs(
+            &fleet, "alpha", "solo", 10, false, true,
+        ))
         .expect("the CLI's printer reads the same log");
 }

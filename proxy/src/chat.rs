@@ -334,8 +334,10 @@ mod tests {
     #[test]
     fn figures_come_from_the_final_chunk_and_usage() {
         let mut f = Figures::default();
-        f.absorb(&json!({"choices": [{"delta": {}, "finish_reason": "length"}],
-            "tightwad": {"served_by": "speculative", "rounds": 4, "drafted": 16, "accepted": 12}}));
+        f.absorb(
+            &json!({"choices": [{"delta": {}, "finish_reason": "length"}],
+            "tightwad": {"served_by": "speculative", "rounds": 4, "drafted": 16, "accepted": 12}}),
+        );
         f.absorb(&json!({"choices": [], "usage": {"completion_tokens": 16}}));
         f.seconds = 2.0;
         assert_eq!(

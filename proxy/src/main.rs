@@ -32,7 +32,9 @@ enum Command {
     Proxy(ProxyArgs),
     /// Check every host, build, model, flag, memory fit, vocabulary, network and the predicted
     /// payoff before anything starts; non-zero exit when something is wrong.
-    #[command(after_long_help = "Examples:\n  tightwad doctor\n  tightwad -c tightwad.toml doctor --json")]
+    #[command(
+        after_long_help = "Examples:\n  tightwad doctor\n  tightwad -c tightwad.toml doctor --json"
+    )]
     Doctor(tightwad::doctor::DoctorArgs),
     /// Write a commented config from flags, from the agents' inventories, or from a Python
     /// Tightwad `cluster.yaml` (`--from`).

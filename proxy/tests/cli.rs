@@ -207,13 +207,18 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     let status = wait_exit(&mut chat, 30);
     eprintln!("{shown}");
     assert!(status.success(), "{status}: {shown}");
-    assert!(shown.contains(&expected), "expected {expected:?} in:\n{shown}");
+    assert!(
+        shown.contains(&expected),
+        "expected {expected:?} in:\n{shown}"
+    );
     let figures = shown
         .lines()
         .find(|l| l.contains("tokens/round"))
         .expect("figures line");
     let number_before = |word: &str| -> u64 {
-        let at = figures.find(word).unwrap_or_else(|| panic!("{word} in {figures}"));
+        let at = figures
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {figures}"));
         figures[..at]
             .trim_end()
             .rsplit(|c: char| !c.is_ascii_digit())
@@ -236,20 +241,29 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     drop(input);
     let status = wait_exit(&mut direct, 30);
     assert!(status.success(), "{status}: {shown}");
-    assert!(shown.contains(&expected), "expected {expected:?} in:\n{shown}");
+    assert!(
+        shown.contains(&expected),
+        "expected {expected:?} in:\n{shown}"
+    );
 
     // The proxy's own log, as JSON lines: the chat's generation is there.
     let logs = Command::new(BIN)
         .args(["-c", &config_arg, "logs", "proxy", "--json", "-n", "2000"])
         .output()
         .expect("logs runs");
-    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    assert!(
+        logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8_lossy(&logs.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert!(
-        lines.iter().any(|l| l["line"].as_str().is_some_and(|t| t.contains("rounds="))),
+        lines
+            .iter()
+            .any(|l| l["line"].as_str().is_some_and(|t| t.contains("rounds="))),
         "{lines:?}"
     );
 
@@ -265,7 +279,10 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     let followed = collect(follow.0.stdout.take().expect("stdout"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        !followed.lock().map(|t| t.contains("rounds=")).unwrap_or(true),
+        !followed
+            .lock()
+            .map(|t| t.contains("rounds="))
+            .unwrap_or(true),
         "-n 0 prints no history"
     );
     let (status, _) = (
@@ -280,7 +297,10 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     );
     assert!(status.is_success());
     wait_for(&followed, "rounds=", 30);
-    assert!(follow.0.try_wait().ok().flatten().is_none(), "-f keeps running");
+    assert!(
+        follow.0.try_wait().ok().flatten().is_none(),
+        "-f keeps running"
+    );
 
     // bench: per-prompt progress lines on stderr (a pipe, so no bar), the table on stdout, the
     // report in the --json file; with `--json -` the report is stdout and stderr stays quiet.
@@ -288,20 +308,44 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     std::fs::write(&prompts, "The sea is\nOnce upon a time\n").expect("prompts");
     let bench = |json_to: &str| {
         let out = Command::new(BIN)
-            .args(["bench", "--proxy", &proxy_url, "--target", &target_url, "--model", "sea"])
-            .args(["--max-tokens", "8", "--warmup", "0", "--json", json_to, "--prompts"])
+            .args([
+                "bench",
+                "--proxy",
+                &proxy_url,
+                "--target",
+                &target_url,
+                "--model",
+                "sea",
+            ])
+            .args([
+                "--max-tokens",
+                "8",
+                "--warmup",
+                "0",
+                "--json",
+                json_to,
+                "--prompts",
+            ])
             .arg(&prompts)
             .output()
             .expect("bench runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     };
     let report_file = dir.join("bench.json");
     let table = bench(&report_file.to_string_lossy());
     let progress = String::from_utf8_lossy(&table.stderr);
-    assert!(progress.contains(": 1/2") && progress.contains(": 2/2"), "{progress}");
+    assert!(
+        progress.contains(": 1/2") && progress.contains(": 2/2"),
+        "{progress}"
+    );
     let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report")).expect("JSON");
+        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report"))
+            .expect("JSON");
     assert_eq!(report["prompts"].as_array().map(Vec::len), Some(2));
     let piped = bench("-");
     let report: Value = serde_json::from_slice(&piped.stdout).expect("bench --json - prints JSON");
@@ -476,12 +520,18 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
         "coordinator.backend",
         "models.llama-70b",
     ] {
-        assert!(skipped.iter().any(|k| k == key), "{key} not reported: {skipped:?}");
+        assert!(
+            skipped.iter().any(|k| k == key),
+            "{key} not reported: {skipped:?}"
+        );
     }
-    assert!(!skipped.iter().any(|k| k.starts_with("proxy.target") || k == "proxy.draft"));
+    assert!(!skipped
+        .iter()
+        .any(|k| k.starts_with("proxy.target") || k == "proxy.draft"));
     let text = std::fs::read_to_string(&out).expect("written");
     assert!(
-        text.contains("\"-m\", \"/models/Qwen3-32B-Q4_K_M.gguf\"") && text.contains("\"--no-mmap\""),
+        text.contains("\"-m\", \"/models/Qwen3-32B-Q4_K_M.gguf\"")
+            && text.contains("\"--no-mmap\""),
         "the coordinator's agent process is written out:\n{text}"
     );
 
@@ -507,7 +557,10 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
         "peer",
         "quality_gate",
     ] {
-        assert!(skipped.iter().any(|k| k == key), "{key} not reported: {skipped:?}");
+        assert!(
+            skipped.iter().any(|k| k == key),
+            "{key} not reported: {skipped:?}"
+        );
     }
 
     // Never over an existing file without --force; bad YAML is an error that writes nothing.
@@ -556,7 +609,11 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
         .args(["token", "--ttl", "60", "--json"])
         .output()
         .expect("token runs");
-    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
     let token: Value = serde_json::from_slice(&token.stdout).expect("JSON");
     assert_eq!(token["ttl_s"], 60);
     assert!(token["command"]

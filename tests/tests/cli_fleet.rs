@@ -46,12 +46,8 @@ fn tightwad(config: &Path, args: &[&str]) -> Output {
 }
 
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn env_path(name: &str) -> String {
@@ -113,7 +109,10 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     assert_eq!(reachable, [true, true], "{status}");
 
     // agent start --json: one object with the process's state.
-    let started = json(&tightwad(&config, &["agent", "start", "beta", "rpc", "--json"]));
+    let started = json(&tightwad(
+        &config,
+        &["agent", "start", "beta", "rpc", "--json"],
+    ));
     assert_eq!(started["name"], "rpc");
     assert_eq!(started["state"], "ready", "{started}");
 
@@ -124,11 +123,13 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert!(!lines.is_empty());
-    assert!(lines.iter().all(|l| l["host"] == "beta" && l["process"] == "rpc"));
+    assert!(lines
+        .iter()
+        .all(|l| l["host"] == "beta" && l["process"] == "rpc"));
     assert!(
-        lines
-            .iter()
-            .any(|l| l["line"].as_str().is_some_and(|t| t.contains("started pid"))),
+        lines.iter().any(|l| l["line"]
+            .as_str()
+            .is_some_and(|t| t.contains("started pid"))),
         "{lines:?}"
     );
     let unknown = Command::new(tightwad_bin())
@@ -143,21 +144,39 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     // models copy on a pipe: plain progress lines on stderr (no bar), the summary on stdout.
     let copied = tightwad(
         &config,
-        &["models", "copy", file, "--to", "beta", "--max-rate", "40000000"],
+        &[
+            "models",
+            "copy",
+            file,
+            "--to",
+            "beta",
+            "--max-rate",
+            "40000000",
+        ],
     );
     let progress = String::from_utf8_lossy(&copied.stderr);
     assert!(
-        progress.lines().any(|l| l.starts_with(&format!("{file}: ")) && l.contains("100%")),
+        progress
+            .lines()
+            .any(|l| l.starts_with(&format!("{file}: ")) && l.contains("100%")),
         "{progress}"
     );
-    assert!(!progress.contains('\r'), "no bar redraws on a pipe: {progress:?}");
+    assert!(
+        !progress.contains('\r'),
+        "no bar redraws on a pipe: {progress:?}"
+    );
     assert!(String::from_utf8_lossy(&copied.stdout).starts_with(&format!("copied {file} to beta")));
     assert_eq!(
         sha256_file(&models_b.join(file)),
         sha256_file(&models_a.join(file))
     );
     // Again with --json: only the JSON summary, no progress.
-    let again = tightwad(&config, &["models", "copy", file, "--from", "alpha", "--to", "beta", "--json"]);
+    let again = tightwad(
+        &config,
+        &[
+            "models", "copy", file, "--from", "alpha", "--to", "beta", "--json",
+        ],
+    );
     let summary = json(&again);
     assert_eq!(summary["file_name"], file);
     assert_eq!(summary["to"], "beta");
@@ -169,7 +188,10 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     );
 
     // agent stop --json.
-    let stopped = json(&tightwad(&config, &["agent", "stop", "beta", "rpc", "--json"]));
+    let stopped = json(&tightwad(
+        &config,
+        &["agent", "stop", "beta", "rpc", "--json"],
+    ));
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     // The fleet library agrees with what the CLI printed.
     let rt = tokio::runtime::Runtime::new().expect("runtime");

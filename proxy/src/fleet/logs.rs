@@ -49,9 +49,7 @@ struct ProxyKeys {
 
 fn proxy_keys(config: &Path) -> anyhow::Result<ProxyKeys> {
     match std::fs::read_to_string(config) {
-        Ok(text) => {
-            toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))
-        }
+        Ok(text) => toml::from_str(&text).with_context(|| format!("parsing {}", config.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProxyKeys::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", config.display())),
     }
@@ -167,7 +165,9 @@ async fn proxy_log(config: &Path, args: &LogsArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot reach the proxy at {base} (pass --url)"))?;
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            anyhow::bail!("the proxy at {base} wants an API key: pass --api-key or set TIGHTWAD_API_KEY");
+            anyhow::bail!(
+                "the proxy at {base} wants an API key: pass --api-key or set TIGHTWAD_API_KEY"
+            );
         }
         anyhow::ensure!(
             status.is_success(),

@@ -21,7 +21,9 @@ pub use session::Fleet;
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {
     /// Every host: reachable, versions, GPUs, processes, models.
-    #[command(after_long_help = "Examples:\n  tightwad status\n  tightwad status --host gpu-box --json")]
+    #[command(
+        after_long_help = "Examples:\n  tightwad status\n  tightwad status --host gpu-box --json"
+    )]
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -71,9 +73,7 @@ pub enum FleetCommand {
         json: bool,
     },
     /// Print a join token for a new agent (`tightwad-agent --join <token>`).
-    #[command(
-        after_long_help = "Examples:\n  tightwad token\n  tightwad token --ttl 600 --json"
-    )]
+    #[command(after_long_help = "Examples:\n  tightwad token\n  tightwad token --ttl 600 --json")]
     Token {
         /// Seconds the token stays valid.
         #[arg(long, default_value_t = 3600)]
@@ -93,7 +93,9 @@ pub enum FleetCommand {
 #[derive(Subcommand, Debug)]
 pub enum AgentAction {
     /// Start a configured process and wait until it is ready.
-    #[command(after_long_help = "Example:\n  tightwad agent start gpu-box target -- -m /models/big.gguf --port 8080")]
+    #[command(
+        after_long_help = "Example:\n  tightwad agent start gpu-box target -- -m /models/big.gguf --port 8080"
+    )]
     Start {
         host: String,
         name: String,
@@ -248,7 +250,8 @@ async fn agent(fleet: &Fleet, action: AgentAction, json: bool) -> anyhow::Result
         if json {
             println!(
                 "{}",
-                serde_json::to_string(&status).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+                serde_json::to_string(&status)
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
             );
             return;
         }

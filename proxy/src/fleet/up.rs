@@ -216,10 +216,16 @@ pub struct Outcome {
 
 /// Prints `up`/`down` outcomes: one line each, or a JSON list.
 pub fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
+    print!("{}", render(outcomes, json)?);
+    Ok(())
+}
+
+/// The text [`print`] prints.
+pub fn render(outcomes: &[Outcome], json: bool) -> anyhow::Result<String> {
     if json {
-        println!("{}", serde_json::to_string_pretty(outcomes)?);
-        return Ok(());
+        return Ok(serde_json::to_string_pretty(outcomes)? + "\n");
     }
+    let mut out = String::new();
     for o in outcomes {
         let kind = if o.kind == "pool" {
             "pool"
@@ -227,18 +233,18 @@ pub fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
             "native pairing"
         };
         if o.args.is_empty() {
-            println!("{kind} {}: {}", o.name, o.state);
+            out.push_str(&format!("{kind} {}: {}\n", o.name, o.state));
         } else {
-            println!(
-                "{kind} {}: {} {} ({})",
+            out.push_str(&format!(
+                "{kind} {}: {} {} ({})\n",
                 o.name,
                 o.process,
                 o.state,
                 o.args.join(" ")
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn state_name(state: &tightwad_protocol::messages::ProcessState) -> String {
@@ -351,6 +357,35 @@ pub async fn down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn up_and_down_report_as_lines_or_json() {
+        let outcomes = vec![
+            Outcome {
+                kind: "pool",
+                name: "big".into(),
+                process: "alpha/target".into(),
+                state: "ready".into(),
+                args: vec!["--rpc".into(), "10.0.0.3:50052".into()],
+            },
+            Outcome {
+                kind: "native_pairing",
+                name: "n".into(),
+                process: "alpha/target".into(),
+                state: "stopped".into(),
+                args: vec![],
+            },
+        ];
+        assert_eq!(
+            render(&outcomes, false).expect("text"),
+            "pool big: alpha/target ready (--rpc 10.0.0.3:50052)\nnative pairing n: stopped\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&outcomes, true).expect("json")).expect("valid JSON");
+        assert_eq!(json[0]["kind"], "pool");
+        assert_eq!(json[0]["state"], "ready");
+        assert_eq!(json[1]["name"], "n");
+    }
 
     #[test]
     fn arguments_added_for_pools_and_native_pairing() {

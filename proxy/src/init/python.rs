@@ -284,9 +284,19 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
             "proxy.",
             proxy,
             &[
-                "host", "port", "auth_token", "max_tokens_limit", "max_body_size", "target",
-                "draft", "drafters", "max_draft_tokens", "fallback_on_draft_failure",
-                "consensus_mode", "chat_template", "allow_private_upstream",
+                "host",
+                "port",
+                "auth_token",
+                "max_tokens_limit",
+                "max_body_size",
+                "target",
+                "draft",
+                "drafters",
+                "max_draft_tokens",
+                "fallback_on_draft_failure",
+                "consensus_mode",
+                "chat_template",
+                "allow_private_upstream",
             ],
             "unknown key in the predecessor's schema",
         );
@@ -316,13 +326,24 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
             };
             for key in ["moe_placement", "moe_hot_profile"] {
                 if get(model, key).is_some() {
-                    w.skip(&format!("models.{name}.{key}"), "no MoE expert placement: pass llama.cpp's -ot flags in the process's args");
+                    w.skip(
+                        &format!("models.{name}.{key}"),
+                        "no MoE expert placement: pass llama.cpp's -ot flags in the process's args",
+                    );
                 }
             }
             w.rest(
                 &format!("models.{name}."),
                 model,
-                &["path", "ctx_size", "predict", "flash_attn", "default", "moe_placement", "moe_hot_profile"],
+                &[
+                    "path",
+                    "ctx_size",
+                    "predict",
+                    "flash_attn",
+                    "default",
+                    "moe_placement",
+                    "moe_hot_profile",
+                ],
                 "unknown key in the predecessor's schema",
             );
             if default_model.as_ref().map(|(n, _)| n) != Some(&name) {
@@ -330,7 +351,10 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
             }
         }
     }
-    let workers = get(root, "workers").and_then(Yaml::as_sequence).cloned().unwrap_or_default();
+    let workers = get(root, "workers")
+        .and_then(Yaml::as_sequence)
+        .cloned()
+        .unwrap_or_default();
     let coordinator = get(root, "coordinator").and_then(Yaml::as_mapping);
     let mut worker_refs: Vec<toml::Value> = Vec::new();
     let mut rpc_addresses = Vec::new();
@@ -354,65 +378,122 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         host.insert("address".into(), format!("{address}:{AGENT_PORT}").into());
         hosts.push(host.into());
         if get(worker, "ssh_user").is_some() {
-            w.skip(&format!("{key}.ssh_user"), "no SSH: the agent on the host does the work");
+            w.skip(
+                &format!("{key}.ssh_user"),
+                "no SSH: the agent on the host does the work",
+            );
         }
         if get(worker, "peer_port").is_some() {
-            w.skip(&format!("{key}.peer_port"), &format!("the agent listens on {AGENT_PORT} (QUIC), written in [[hosts]]"));
+            w.skip(
+                &format!("{key}.peer_port"),
+                &format!("the agent listens on {AGENT_PORT} (QUIC), written in [[hosts]]"),
+            );
         }
         let mut snippet = format!("# In {name}'s agent.toml:\n");
         if let Some(dir) = get(worker, "model_dir").and_then(text) {
             snippet.push_str(&format!("#   model_dirs = [{}]\n", quote(&dir)));
         }
-        let gpus = get(worker, "gpus").and_then(Yaml::as_sequence).cloned().unwrap_or_default();
+        let gpus = get(worker, "gpus")
+            .and_then(Yaml::as_sequence)
+            .cloned()
+            .unwrap_or_default();
         for (g, gpu) in gpus.iter().enumerate() {
             let gpu = gpu.as_mapping();
-            let port = gpu.and_then(|m| get(m, "rpc_port")).and_then(number).unwrap_or(50052);
-            let process = if gpus.len() > 1 { format!("rpc-{g}") } else { "rpc".into() };
+            let port = gpu
+                .and_then(|m| get(m, "rpc_port"))
+                .and_then(number)
+                .unwrap_or(50052);
+            let process = if gpus.len() > 1 {
+                format!("rpc-{g}")
+            } else {
+                "rpc".into()
+            };
             snippet.push_str(&format!(
                 "#   [[process]]\n#   name = \"{process}\"\n#   kind = \"rpc-server\"\n#   args = [\"-H\", \"0.0.0.0\", \"-p\", \"{port}\"]\n"
             ));
             worker_refs.push(format!("{name}/{process}").into());
             rpc_addresses.push(format!("{address}:{port}"));
             if let Some(gpu) = gpu {
-                w.rest(&format!("{key}.gpus[{g}]."), gpu, &["name", "vram_gb", "rpc_port"], "unknown key in the predecessor's schema");
+                w.rest(
+                    &format!("{key}.gpus[{g}]."),
+                    gpu,
+                    &["name", "vram_gb", "rpc_port"],
+                    "unknown key in the predecessor's schema",
+                );
             }
         }
         if gpus.len() > 1 {
             w.skip(&format!("{key}.gpus"), "one rpc-server per GPU written; pin each to its GPU with CUDA_VISIBLE_DEVICES in the process's env");
         }
-        w.rest(&format!("{key}."), worker, &["host", "ssh_user", "model_dir", "peer_port", "gpus"], "unknown key in the predecessor's schema");
+        w.rest(
+            &format!("{key}."),
+            worker,
+            &["host", "ssh_user", "model_dir", "peer_port", "gpus"],
+            "unknown key in the predecessor's schema",
+        );
         snippets.push(snippet);
     }
     if let Some(coordinator) = coordinator {
         let port = get(coordinator, "port").and_then(number).unwrap_or(8080);
-        let mut args = vec!["-ngl".to_string(), "999".into(), "--host".into(), get(coordinator, "host").and_then(text).unwrap_or_else(|| "0.0.0.0".into()), "--port".into(), port.to_string()];
+        let mut args = vec![
+            "-ngl".to_string(),
+            "999".into(),
+            "--host".into(),
+            get(coordinator, "host")
+                .and_then(text)
+                .unwrap_or_else(|| "0.0.0.0".into()),
+            "--port".into(),
+            port.to_string(),
+        ];
         match &default_model {
             Some((_, model)) => {
                 let m = model.as_mapping();
                 if let Some(path) = m.and_then(|m| get(m, "path")).and_then(text) {
                     args.splice(0..0, ["-m".to_string(), path]);
                 }
-                let ctx = m.and_then(|m| get(m, "ctx_size")).and_then(number).unwrap_or(8192);
-                let predict = m.and_then(|m| get(m, "predict")).and_then(number).unwrap_or(4096);
-                args.extend(["--ctx-size".into(), ctx.to_string(), "-n".into(), predict.to_string()]);
+                let ctx = m
+                    .and_then(|m| get(m, "ctx_size"))
+                    .and_then(number)
+                    .unwrap_or(8192);
+                let predict = m
+                    .and_then(|m| get(m, "predict"))
+                    .and_then(number)
+                    .unwrap_or(4096);
+                args.extend([
+                    "--ctx-size".into(),
+                    ctx.to_string(),
+                    "-n".into(),
+                    predict.to_string(),
+                ]);
                 if m.and_then(|m| get(m, "flash_attn")).and_then(Yaml::as_bool) != Some(false) {
                     args.extend(["--flash-attn".into(), "on".into()]);
                 }
             }
-            None => w.skip("coordinator", "no models: the llama-server below has no -m; add one"),
+            None => w.skip(
+                "coordinator",
+                "no models: the llama-server below has no -m; add one",
+            ),
         }
         if let Some(extra) = get(coordinator, "extra_args").and_then(Yaml::as_sequence) {
             args.extend(extra.iter().filter_map(text));
         }
         if get(coordinator, "env").is_some() {
-            w.skip("coordinator.env", "set it in the process's env in agent.toml");
+            w.skip(
+                "coordinator.env",
+                "set it in the process's env in agent.toml",
+            );
         }
         for key in ["backend", "gpus"] {
             if get(coordinator, key).is_some() {
                 w.skip(&format!("coordinator.{key}"), "the agent detects GPUs and llama.cpp builds itself (`tightwad status` shows them)");
             }
         }
-        w.rest("coordinator.", coordinator, &["host", "port", "backend", "gpus", "extra_args", "env"], "unknown key in the predecessor's schema");
+        w.rest(
+            "coordinator.",
+            coordinator,
+            &["host", "port", "backend", "gpus", "extra_args", "env"],
+            "unknown key in the predecessor's schema",
+        );
         let mut host = toml::Table::new();
         host.insert("name".into(), "coordinator".into());
         host.insert("address".into(), format!("127.0.0.1:{AGENT_PORT}").into());
@@ -425,7 +506,14 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         ));
         if !worker_refs.is_empty() {
             let mut pool = toml::Table::new();
-            pool.insert("name".into(), default_model.as_ref().map(|(n, _)| slug(n)).unwrap_or_else(|| "pool".into()).into());
+            pool.insert(
+                "name".into(),
+                default_model
+                    .as_ref()
+                    .map(|(n, _)| slug(n))
+                    .unwrap_or_else(|| "pool".into())
+                    .into(),
+            );
             pool.insert("coordinator".into(), "coordinator/llama-server".into());
             pool.insert("workers".into(), worker_refs.into());
             pools.push(pool.into());
