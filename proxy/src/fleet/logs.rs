@@ -19,9 +19,12 @@ use super::Fleet;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogsArgs {
-    /// `HOST NAME`, or just `NAME` (the host is found), or `proxy`.
-    #[arg(value_name = "HOST", num_args = 1..=2, required = true)]
-    pub names: Vec<String>,
+    /// The host, when NAME follows; else the process name (its host is found), or `proxy`.
+    #[arg(value_name = "HOST|NAME")]
+    pub first: String,
+    /// The process name, after its HOST.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
     /// Lines of history.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub tail: u32,
@@ -64,10 +67,9 @@ pub fn url_from_listen(listen: &str) -> String {
 }
 
 pub async fn run(fleet: &Fleet, config: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let (host, name) = match args.names.as_slice() {
-        [name] => (None, name.clone()),
-        [host, name] => (Some(host.clone()), name.clone()),
-        _ => anyhow::bail!("give NAME, or HOST NAME"),
+    let (host, name) = match &args.name {
+        Some(name) => (Some(args.first.clone()), name.clone()),
+        None => (None, args.first.clone()),
     };
     if host.is_none() && name == "proxy" {
         proxy_log(config, &args).await?;
