@@ -510,6 +510,8 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
     assert_eq!(layout.pools.len(), 1);
     assert_eq!(layout.pools[0].name, "qwen3-32b");
     assert_eq!(layout.pools[0].workers.len(), 3, "one rpc-server per GPU");
+    assert_eq!(report["pools"], json!(["qwen3-32b"]));
+    assert_eq!(report["hosts"].as_array().map(Vec::len), Some(3));
     let skipped = not_carried(&report);
     for key in [
         "proxy.max_draft_tokens",

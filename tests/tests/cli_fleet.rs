@@ -187,6 +187,50 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
         String::from_utf8_lossy(&again.stderr)
     );
 
+    // logs NAME -f follows: a restart after it started shows up in it.
+    let mut follow = Command::new(tightwad_bin())
+        .arg("-c")
+        .arg(&config)
+        .args(["logs", "rpc", "-f", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("logs -f runs");
+    let mut followed = follow.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = followed.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.matches("started pid").count() >= 1 {
+                break;
+            }
+        }
+        text
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let restarted = json(&tightwad(
+        &config,
+        &["agent", "restart", "beta", "rpc", "--json"],
+    ));
+    assert_eq!(restarted["state"], "ready", "{restarted}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !reader.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restart never showed up in logs -f"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let text = reader.join().expect("reader");
+    assert!(text.contains("started pid"), "{text}");
+
     // agent stop --json.
     let stopped = json(&tightwad(
         &config,

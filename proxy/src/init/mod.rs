@@ -361,8 +361,8 @@ fn run_from(args: &InitArgs, from: &Path, config: &Path) -> anyhow::Result<ExitC
                 "path": config,
                 "from": from,
                 "pairings": parsed.pairings.len(),
-                "hosts": parsed.hosts.len(),
-                "pools": parsed.pools.len(),
+                "hosts": parsed.hosts.iter().filter_map(|h| h.get("name").and_then(|n| n.as_str())).collect::<Vec<_>>(),
+                "pools": parsed.pools.iter().filter_map(|p| p.get("name").and_then(|n| n.as_str())).collect::<Vec<_>>(),
                 "not_carried": conversion.not_carried,
                 "agent_snippets": conversion.agent_snippets,
             }))?
