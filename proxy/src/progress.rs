@@ -39,6 +39,14 @@ pub struct Progress {
     last_tenth: Option<u64>,
 }
 
+/// The bar's layout: sizes, rate and time left for bytes; a count and the time so far for items.
+fn template(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Bytes => "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        Unit::Items => "{msg} [{bar:30}] {pos}/{len} elapsed {elapsed}",
+    }
+}
+
 impl Progress {
     /// The mode for a command: quiet with `--json`, a bar on a terminal, lines otherwise.
     pub fn mode(json: bool) -> Mode {
@@ -56,11 +64,7 @@ impl Progress {
         let label = label.into();
         let bar = (mode == Mode::Bar).then(|| {
             let bar = ProgressBar::new(total);
-            let template = match unit {
-                Unit::Bytes => "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                Unit::Items => "{msg} [{bar:30}] {pos}/{len} elapsed {elapsed}",
-            };
-            if let Ok(style) = ProgressStyle::with_template(template) {
+            if let Ok(style) = ProgressStyle::with_template(template(unit)) {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(label.clone());
@@ -155,6 +159,13 @@ mod tests {
         assert_eq!(lines.len(), 11, "{lines:?}");
         assert_eq!(lines[0], "m.gguf: 0% (0/1000 MiB)");
         assert_eq!(lines[10], "m.gguf: 100% (1000/1000 MiB)");
+    }
+
+    #[test]
+    fn the_bar_templates_are_valid() {
+        for unit in [Unit::Bytes, Unit::Items] {
+            assert!(ProgressStyle::with_template(template(unit)).is_ok());
+        }
     }
 
     #[test]
