@@ -144,7 +144,10 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|g| (g.name.as_str(), &g.environment))
         .chain(sweep.iter().map(|w| (w.name.as_str(), &w.environment)))
-        .chain(real.iter().map(|r| (r.name.as_str(), &r.report.environment)));
+        .chain(
+            real.iter()
+                .map(|r| (r.name.as_str(), &r.report.environment)),
+        );
     for (name, e) in envs {
         let _ = writeln!(
             s,

@@ -88,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tightwad/hosts", get(hosts))
         .route("/v1/tightwad/pairings/{name}/drain", post(drain_pairing))
         .route("/v1/tightwad/pairings/{name}/resume", post(resume_pairing))
+        .route("/v1/tightwad/logs", get(proxy_logs))
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
         .fallback(fallback)
@@ -235,6 +236,32 @@ async fn hosts(
 ) -> Result<Json<Value>, ApiError> {
     state.gate.authorize(&headers)?;
     Ok(Json(state.hosts.json()))
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_log_tail")]
+    tail: usize,
+}
+
+fn default_log_tail() -> usize {
+    100
+}
+
+/// The proxy's own recent log lines (see [`crate::logring`]): numbered above `after`, at most
+/// `tail`; `next` is the `after` for the following poll (`tightwad logs proxy -f`).
+async fn proxy_logs(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::invalid(format!("bad query: {e}"), None))?;
+    let (lines, next) = crate::logring::read(query.after, query.tail);
+    Ok(Json(json!({"lines": lines, "next": next})))
 }
 
 async fn completions(

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod layout;
+pub mod logs;
 pub mod session;
 pub mod status;
 pub mod swap;
@@ -21,6 +22,9 @@ pub use session::Fleet;
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {
     /// Every host: reachable, versions, GPUs, processes, models.
+    #[command(
+        after_long_help = "Examples:\n  tightwad status\n  tightwad status --host gpu-box --json"
+    )]
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -30,43 +34,73 @@ pub enum FleetCommand {
         host: Option<String>,
     },
     /// Control the processes an agent supervises.
+    #[command(
+        after_long_help = "Examples:\n  tightwad agent start gpu-box target\n  tightwad agent restart gpu-box target --json\n  tightwad agent logs gpu-box target --tail 50 -f"
+    )]
     Agent {
+        /// Print the result as JSON (one object per process, or per log line).
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         action: AgentAction,
     },
     /// Model files on the hosts.
+    #[command(
+        after_long_help = "Examples:\n  tightwad models list --json\n  tightwad models find gpt-oss-20b-Q8_0.gguf\n  tightwad models copy gpt-oss-20b-Q8_0.gguf --from gpu-box --to desktop"
+    )]
     Models {
         #[command(subcommand)]
         action: ModelsAction,
     },
     /// Start the RPC pools and native pairings of the config's layout (workers first).
+    #[command(after_long_help = "Examples:\n  tightwad up\n  tightwad up big-pool --json")]
     Up {
         /// Only the pool or native pairing of this name.
         name: Option<String>,
         /// Start even when `tightwad doctor` finds a problem with it.
         #[arg(long)]
         skip_doctor: bool,
+        /// Print what was started as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the RPC pools and native pairings of the layout (llama-server first, then workers).
+    #[command(after_long_help = "Examples:\n  tightwad down\n  tightwad down big-pool --json")]
     Down {
         /// Only the pool or native pairing of this name.
         name: Option<String>,
+        /// Print what was stopped as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Put another model into one supervised llama-server (a pairing's target or an RPC pool's
     /// coordinator): drain the pairing at the proxy, restart just that process with the new
     /// model, resume. Other hosts and processes are not touched; no request is lost.
     Swap(swap::SwapArgs),
     /// Print a join token for a new agent (`tightwad-agent --join <token>`).
+    #[command(after_long_help = "Examples:\n  tightwad token\n  tightwad token --ttl 600 --json")]
     Token {
         /// Seconds the token stays valid.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Print {"token", "ttl_s", "command"} as JSON.
+        #[arg(long)]
+        json: bool,
     },
+    /// A managed process's output, or the proxy's own log (`tightwad logs proxy`); HOST may be
+    /// left out when only one host has a process of that name.
+    #[command(
+        after_long_help = "Examples:\n  tightwad logs target -f\n  tightwad logs gpu-box target --tail 20\n  tightwad logs proxy -f\n  tightwad logs proxy --url http://10.0.0.1:8088 --json"
+    )]
+    Logs(logs::LogsArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AgentAction {
     /// Start a configured process and wait until it is ready.
+    #[command(
+        after_long_help = "Example:\n  tightwad agent start gpu-box target -- -m /models/big.gguf --port 8080"
+    )]
     Start {
         host: String,
         name: String,
@@ -75,10 +109,13 @@ pub enum AgentAction {
         args: Vec<String>,
     },
     /// Stop a process (SIGTERM, then SIGKILL after the agent's grace period).
+    #[command(after_long_help = "Example:\n  tightwad agent stop gpu-box target")]
     Stop { host: String, name: String },
     /// Stop then start a process with its current arguments.
+    #[command(after_long_help = "Example:\n  tightwad agent restart gpu-box target")]
     Restart { host: String, name: String },
-    /// A process's output.
+    /// A process's output (see also `tightwad logs`, which finds the host itself).
+    #[command(after_long_help = "Example:\n  tightwad agent logs gpu-box target --tail 50 -f")]
     Logs {
         host: String,
         name: String,
@@ -94,6 +131,7 @@ pub enum AgentAction {
 #[derive(Subcommand, Debug)]
 pub enum ModelsAction {
     /// Model files on every host (or one), with their GGUF metadata.
+    #[command(after_long_help = "Example:\n  tightwad models list --host gpu-box --json")]
     List {
         #[arg(long)]
         host: Option<String>,
@@ -101,6 +139,7 @@ pub enum ModelsAction {
         json: bool,
     },
     /// Where a model file is, on every host (searches all of each agent's model folders).
+    #[command(after_long_help = "Example:\n  tightwad models find gpt-oss-20b-Q8_0.gguf --json")]
     Find {
         /// File name, e.g. `gpt-oss-20b-Q8_0.gguf`.
         file: String,
@@ -111,8 +150,10 @@ pub enum ModelsAction {
     /// sources (`--from a,b,c`, or every host that has the file when --from is left out) the
     /// receiver pulls pieces from all of them at once, each checked against the sources'
     /// manifest of piece hashes; a source that dies mid-way has its pieces fetched by the others.
-    ///
-    /// Example: tightwad models copy qwen3-32b-q4_k_m.gguf --from gpu-a,gpu-b,nas --to desktop
+    /// A progress bar on a terminal, a line per tenth otherwise, nothing with --json.
+    #[command(
+        after_long_help = "Examples:\n  tightwad models copy big.gguf --to desktop\n  tightwad models copy big.gguf --from gpu-a,gpu-b,nas --to desktop\n  tightwad models copy big.gguf --from gpu-box --to desktop --max-rate 50000000 --json"
+    )]
     Copy {
         /// File name, as `tightwad models list` shows it.
         file: String,
@@ -128,7 +169,7 @@ pub enum ModelsAction {
         /// Piece size in MiB for a multi-source pull (1–16).
         #[arg(long, default_value_t = 8)]
         piece_mib: u32,
-        /// Print the result as JSON.
+        /// Print the receiver's summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -157,8 +198,13 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        FleetCommand::Agent { action } => agent(&fleet, action).await,
-        FleetCommand::Up { name, skip_doctor } => {
+        FleetCommand::Agent { action, json } => agent(&fleet, action, json).await,
+        FleetCommand::Logs(args) => logs::run(&fleet, config, args).await,
+        FleetCommand::Up {
+            name,
+            skip_doctor,
+            json,
+        } => {
             let layout = layout::Layout::load(config)?;
             if !skip_doctor {
                 let failures = up::preflight(config, &layout, name.as_deref()).await?;
@@ -180,11 +226,13 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            up::run(&fleet, &layout, name.as_deref()).await?;
+            let started = up::run(&fleet, &layout, name.as_deref()).await?;
+            up::print(&started, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        FleetCommand::Down { name } => {
-            up::down(&fleet, &layout::Layout::load(config)?, name.as_deref()).await?;
+        FleetCommand::Down { name, json } => {
+            let stopped = up::down(&fleet, &layout::Layout::load(config)?, name.as_deref()).await?;
+            up::print(&stopped, json)?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Models { action } => models(&fleet, action).await,
@@ -197,17 +245,39 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        FleetCommand::Token { ttl } => {
-            let token = fleet.pending.issue(fleet.identity.fingerprint(), ttl)?;
-            eprintln!("join token (valid {ttl}s); on the new host run:\n  tightwad-agent --join {token}\nthen add the host to [[hosts]] and run `tightwad status` to enroll it.");
-            println!("{token}");
+        FleetCommand::Token { ttl, json } => {
+            let token = fleet
+                .pending
+                .issue(fleet.identity.fingerprint(), ttl)?
+                .to_string();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "token": token,
+                        "ttl_s": ttl,
+                        "command": format!("tightwad-agent --join {token}"),
+                    })
+                );
+            } else {
+                eprintln!("join token (valid {ttl}s); on the new host run:\n  tightwad-agent --join {token}\nthen add the host to [[hosts]] and run `tightwad status` to enroll it.");
+                println!("{token}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn agent(fleet: &Fleet, action: AgentAction) -> anyhow::Result<ExitCode> {
+async fn agent(fleet: &Fleet, action: AgentAction, json: bool) -> anyhow::Result<ExitCode> {
     let print = |status: tightwad_protocol::messages::ProcessStatus| {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&status)
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            );
+            return;
+        }
         println!(
             "{} {:?} pid={} port={} restarts={}{}",
             status.name,
@@ -262,25 +332,48 @@ async fn agent(fleet: &Fleet, action: AgentAction) -> anyhow::Result<ExitCode> {
             tail,
             follow,
         } => {
-            let client = fleet.connect(fleet.config.host(&host)?).await?;
-            let mut stream = client.logs(&name, tail, follow).await?;
-            while let Some(reply) = stream
-                .next_reply()
-                .await
-                .with_context(|| format!("logs of {name} on {host}"))?
-            {
-                if let Reply::LogLines(lines) = reply {
-                    for line in lines {
-                        match line.stream {
-                            LogStream::Supervisor => println!("[agent] {}", line.line),
-                            _ => println!("{}", line.line),
-                        }
-                    }
+            print_agent_logs(fleet, &host, &name, tail, follow, json).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a process's log lines from `host`'s agent (following while `follow`): plain lines, the
+/// agent's own notes prefixed `[agent]`, or one JSON object `{host, process, stream, line}` each.
+pub async fn print_agent_logs(
+    fleet: &Fleet,
+    host: &str,
+    name: &str,
+    tail: u32,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = fleet.connect(fleet.config.host(host)?).await?;
+    let mut stream = client.logs(name, tail, follow).await?;
+    while let Some(reply) = stream
+        .next_reply()
+        .await
+        .with_context(|| format!("logs of {name} on {host}"))?
+    {
+        if let Reply::LogLines(lines) = reply {
+            for line in lines {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "host": host, "process": name, "stream": line.stream, "line": line.line,
+                        })
+                    );
+                    continue;
+                }
+                match line.stream {
+                    LogStream::Supervisor => println!("[agent] {}", line.line),
+                    _ => println!("{}", line.line),
                 }
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode> {
@@ -334,7 +427,14 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 0 => hosts_with(fleet, &file, &to).await,
                 _ => from.clone(),
             };
+            let mut progress = crate::progress::Progress::new(
+                crate::progress::Progress::mode(json),
+                crate::progress::Unit::Bytes,
+                file.clone(),
+                0,
+            );
             if sources.len() > 1 {
+                progress.set_message(format!("{file} (pulling from {} sources)", sources.len()));
                 let summary = pull(
                     fleet,
                     &file,
@@ -343,19 +443,21 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                     piece_mib << 20,
                     max_rate,
                     |p| {
-                        eprint!(
-                            "\r{}: {} / {} MiB (pulling from {} sources)",
-                            p.file_name,
-                            p.bytes_done >> 20,
-                            p.bytes_total >> 20,
-                            sources.len()
-                        );
+                        progress.set_total(p.bytes_total);
+                        progress.set(p.bytes_done);
                     },
                 )
-                .await?;
-                eprintln!();
+                .await;
+                if let Ok(summary) = &summary {
+                    progress.set_total(summary.transfer.bytes);
+                    progress.set(summary.transfer.bytes);
+                }
+                progress.finish();
+                let summary = summary?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                    let mut value = serde_json::to_value(&summary)?;
+                    value["to"] = serde_json::json!(to);
+                    println!("{}", serde_json::to_string_pretty(&value)?);
                 } else {
                     let t = &summary.transfer;
                     println!(
@@ -377,6 +479,7 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let mut resumed_shown = false;
             let summary = copy(
                 fleet,
                 &file,
@@ -384,23 +487,30 @@ async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode>
                 &to,
                 max_rate,
                 |p| {
-                    eprint!(
-                        "\r{}: {} / {} MiB{}",
-                        p.file_name,
-                        p.bytes_done >> 20,
-                        p.bytes_total >> 20,
-                        if p.resumed_from > 0 {
-                            format!(" (resumed at {} MiB)", p.resumed_from >> 20)
-                        } else {
-                            String::new()
-                        }
-                    );
+                    if p.resumed_from > 0 && !resumed_shown {
+                        resumed_shown = true;
+                        progress.set_message(format!(
+                            "{} (resumed at {} MiB)",
+                            p.file_name,
+                            p.resumed_from >> 20
+                        ));
+                    }
+                    progress.set_total(p.bytes_total);
+                    progress.set(p.bytes_done);
                 },
             )
-            .await?;
-            eprintln!();
+            .await;
+            if let Ok(summary) = &summary {
+                // The sender reports every few MiB; the end is the summary.
+                progress.set_total(summary.bytes);
+                progress.set(summary.bytes);
+            }
+            progress.finish();
+            let summary = summary?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let mut value = serde_json::to_value(&summary)?;
+                value["to"] = serde_json::json!(to);
+                println!("{}", serde_json::to_string_pretty(&value)?);
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
