@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod logbuf;
 pub mod models;
 pub mod readiness;
+pub mod reclaim;
 pub mod service;
 pub mod supervisor;
 pub mod transfer;

@@ -154,6 +154,42 @@ impl ModelBytes {
         }
     }
 
+    /// An approximation from the summary alone (what the peer protocol carries, without the
+    /// tensor table): expert and other weights spread evenly over the blocks, input and output
+    /// layers of `vocab x embd` at the file's average bytes per parameter. Doctor uses it on
+    /// remote files; `inspect` reads the tensor table and needs no approximation.
+    pub fn from_summary(s: &tightwad_protocol::messages::GgufSummary, file_bytes: u64) -> Self {
+        let n_layer = s.block_count.unwrap_or(1).max(1) as u32;
+        let total = if s.tensor_bytes > 0 {
+            s.tensor_bytes
+        } else {
+            file_bytes
+        };
+        let per_param = total as f64 / s.parameter_count.max(1) as f64;
+        let io = match (s.vocab_size, s.embedding_length) {
+            (Some(v), Some(e)) => ((v * e) as f64 * per_param) as u64,
+            _ => 0,
+        };
+        let experts = s.expert_tensor_bytes.min(total);
+        let rest = total.saturating_sub(experts).saturating_sub(2 * io);
+        let n = n_layer as u64;
+        ModelBytes {
+            n_layer,
+            layer: vec![rest / n; n_layer as usize],
+            experts: vec![experts / n; n_layer as usize],
+            input: io,
+            output: io,
+            output_tied: false,
+            kv_per_token_layer: s.kv_cache_bytes(1).unwrap_or(0) / n,
+            n_vocab: s.vocab_size.unwrap_or(0),
+            n_embd: s.embedding_length.unwrap_or(0),
+            n_head: s.head_count.unwrap_or(0),
+            expert_count: s.expert_count.unwrap_or(0),
+            expert_used_count: s.expert_used_count.unwrap_or(0),
+            context_length: s.context_length.unwrap_or(4096),
+        }
+    }
+
     pub fn total_weights(&self) -> u64 {
         self.input
             + if self.output_tied { 0 } else { self.output }
@@ -305,18 +341,12 @@ fn kv_layer_bytes(model: &ModelBytes, options: &PlanOptions, context: u64) -> u6
     (f16 * (options.cache_k_bytes + options.cache_v_bytes) / 4.0) as u64
 }
 
-/// Compute buffer estimate per device: activations of one micro-batch, plus the logits on the
-/// output device. A SIMPLE MODEL calibrated against llama-server's logged `compute buffer size`
-/// (see the placement test's stated margin), not llama.cpp's graph allocator.
-fn compute_bytes(model: &ModelBytes, options: &PlanOptions, holds_output: bool) -> u64 {
-    let ub = options.ubatch;
-    let activations = ub * 4 * (model.n_embd * 6 + model.n_head * 256);
-    let logits = if holds_output {
-        ub * 4 * model.n_vocab
-    } else {
-        0
-    };
-    activations + logits
+/// Compute buffer estimate per device: about eight activations of width n_embd per token of a
+/// micro-batch. A SIMPLE MODEL calibrated against the `compute buffer size` llama-server logs on
+/// CPU and RPC devices (the placement test states the margin); GPU backends with flash attention
+/// off need more, which the per-device headroom covers.
+fn compute_bytes(model: &ModelBytes, options: &PlanOptions, _holds_output: bool) -> u64 {
+    options.ubatch * 4 * model.n_embd * 8
 }
 
 /// The device index of each of the n_layer + 1 slots (blocks, then output), `None` for CPU —
@@ -365,6 +395,19 @@ pub fn evaluate(
     let context = context_of(model, options);
     let kv = kv_layer_bytes(model, options, context);
     let n = target.devices.len();
+    // No `--tensor-split`: llama.cpp splits by each device's (free) memory.
+    let config = &if config.tensor_split.iter().any(|x| *x > 0.0) {
+        config.clone()
+    } else {
+        Config {
+            tensor_split: target
+                .devices
+                .iter()
+                .map(|d| d.memory_bytes as f64)
+                .collect(),
+            ..config.clone()
+        }
+    };
     let slots = slot_devices(model.n_layer, n, config);
     let mut uses: Vec<DeviceUse> = target
         .devices

@@ -10,6 +10,7 @@
 //! - [`config`] and [`server`]: how a proxy is described and started;
 //! - [`fleet`]: the commands that control the hosts' agents over the peer protocol;
 //! - [`doctor`] and [`init`]: checking a cluster before anything starts, writing a first config;
+//! - [`inspect`]: a GGUF file's contents and its placement plan (`tightwad inspect`);
 //! - [`bench`]: direct-to-target against through-the-proxy measurements (`tightwad bench`).
 
 pub mod api;
@@ -20,5 +21,6 @@ pub mod doctor;
 pub mod engine;
 pub mod fleet;
 pub mod init;
+pub mod inspect;
 pub mod metrics;
 pub mod server;

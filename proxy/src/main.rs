@@ -38,6 +38,11 @@ enum Command {
     Bench(tightwad::bench::BenchArgs),
     #[command(flatten)]
     Fleet(tightwad::fleet::FleetCommand),
+    /// A GGUF file's metadata and, with --plan, where its tensors go on the cluster's devices
+    /// (tensor split, expert offload, per-device memory, the llama-server flags).
+    ///
+    /// Example: tightwad inspect gpt-oss-120b.gguf --plan --gpu 24576 --rpc-worker desktop=12288
+    Inspect(tightwad::inspect::InspectArgs),
     /// Print a shell completion script: `tightwad completions bash > /etc/bash_completion.d/tightwad`.
     Completions {
         #[arg(value_enum)]
@@ -196,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => tightwad::init::run(args, &config_path(cli.config)).await,
         Command::Bench(args) => tightwad::bench::run(args).await,
         Command::Fleet(cmd) => tightwad::fleet::run(cmd, &config_path(cli.config)).await,
+        Command::Inspect(args) => tightwad::inspect::run(args, &config_path(cli.config)).await,
     }
 }
 

@@ -92,13 +92,12 @@ fn strings(flags: &[&str]) -> Vec<String> {
 // experts = 1,058,816); routed experts 3 x 256·128·8·4 = 3,145,728; dense FFN 3 x 786,432 =
 // 2,359,296. Output 1,024,000 + 1,024 = 1,025,024; input 1,024,000.
 // KV: 4 kv heads x (64 + 64) x 2 bytes = 1,024 bytes per token per layer; -c 1024 → 1 MiB.
-// Compute (ubatch 512): 512·4·(256·6 + 4·256) = 5,242,880; + logits 512·4·1000 = 2,048,000.
+// Compute (ubatch 512): 512·4·256·8 = 4,194,304 on every device that holds a layer.
 const BLOCK_MOE: u64 = 1_058_816;
 const EXPERTS: u64 = 3_145_728;
 const KV: u64 = 1_048_576;
 const OUTPUT: u64 = 1_025_024;
-const COMPUTE: u64 = 5_242_880;
-const LOGITS: u64 = 2_048_000;
+const COMPUTE: u64 = 4_194_304;
 
 #[test]
 fn model_bytes_by_role() {
@@ -131,7 +130,7 @@ fn a_dense_model_that_fits_goes_entirely_to_the_gpu() {
     assert!(g.holds_output);
     assert_eq!(g.weights_bytes, 4 * (1_050_624 + 2_359_296) + OUTPUT);
     assert_eq!(g.kv_bytes, 4 * KV);
-    assert_eq!(g.compute_bytes, COMPUTE + LOGITS);
+    assert_eq!(g.compute_bytes, COMPUTE);
     let cpu = p.cpu().expect("cpu");
     assert_eq!(cpu.weights_bytes, 1_024_000, "token embeddings stay on the CPU");
     assert_eq!(cpu.kv_bytes, 0);
@@ -140,19 +139,20 @@ fn a_dense_model_that_fits_goes_entirely_to_the_gpu() {
 #[test]
 fn a_dense_model_too_big_keeps_its_first_layers_on_the_cpu() {
     // Slots: block = 3,409,920 + 1 MiB KV = 4,458,496; output 1,025,024. A card with 12 MB:
-    // usable 12,000,000 - 7,290,880 = 4,709,120 → output + 0 blocks? 1,025,024 + 4,458,496 =
-    // 5,483,520 > 4,709,120, so only the output layer: -ngl 1.
+    // usable 12,000,000 - 4,194,304 = 7,805,696 → output + 1 block = 5,483,520; a second block
+    // would make 9,942,016. So -ngl 2: block 3 and the output.
     let m = small(4, 0);
     let p = plan(&m, &target(vec![gpu("CUDA0", 12_000_000)]), &options());
-    assert_eq!(p.config.gpu_layers, 1);
-    assert_eq!(p.flags, strings(&["-c", "1024", "-ngl", "1"]));
-    assert!(p.warnings[0].contains("4 of 5 layers"), "{:?}", p.warnings);
+    assert_eq!(p.config.gpu_layers, 2);
+    assert_eq!(p.flags, strings(&["-c", "1024", "-ngl", "2"]));
+    assert!(p.warnings[0].contains("3 of 5 layers"), "{:?}", p.warnings);
     assert!(p.fits);
-    // 20 MB: usable 12,709,120 → output + 2 blocks (9,942,016), a third would be 14,400,512.
+    assert_eq!(p.devices[0].layers, Some((3, 3)));
+    // 20 MB: usable 15,805,696 → output + 3 blocks (14,400,512); a fourth would be 18,859,008.
     let p = plan(&m, &target(vec![gpu("CUDA0", 20_000_000)]), &options());
-    assert_eq!(p.config.gpu_layers, 3);
-    assert_eq!(p.devices[0].layers, Some((2, 3)));
-    assert_eq!(p.cpu().and_then(|c| c.layers), Some((0, 1)));
+    assert_eq!(p.config.gpu_layers, 4);
+    assert_eq!(p.devices[0].layers, Some((1, 3)));
+    assert_eq!(p.cpu().and_then(|c| c.layers), Some((0, 0)));
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn moe_experts_that_do_not_fit_stay_in_ram_with_n_cpu_moe() {
     // usable memory is that + 2 experts + 100,000 keeps the experts of blocks 3 and 2.
     let m = small(4, 8);
     let usable = 9_454_592 + 2 * EXPERTS + 100_000;
-    let card = usable + COMPUTE + LOGITS;
+    let card = usable + COMPUTE;
     let p = plan(&m, &target(vec![gpu("CUDA0", card)]), &options());
     assert!(p.fits, "{p:#?}");
     assert_eq!(
@@ -180,7 +180,7 @@ fn moe_experts_that_do_not_fit_stay_in_ram_with_n_cpu_moe() {
     assert_eq!(cpu.expert_bytes, 2 * EXPERTS);
     assert_eq!(cpu.weights_bytes, 1_024_000);
     // Much smaller: no expert fits → --cpu-moe; much larger: no flag at all.
-    let p = plan(&m, &target(vec![gpu("CUDA0", 9_454_592 + COMPUTE + LOGITS)]), &options());
+    let p = plan(&m, &target(vec![gpu("CUDA0", 9_454_592 + COMPUTE)]), &options());
     assert_eq!(p.flags, strings(&["-c", "1024", "-ngl", "5", "--cpu-moe"]));
     let p = plan(&m, &target(vec![gpu("CUDA0", 1 << 30)]), &options());
     assert_eq!(p.flags, strings(&["-c", "1024", "-ngl", "5"]));
@@ -188,11 +188,11 @@ fn moe_experts_that_do_not_fit_stay_in_ram_with_n_cpu_moe() {
 
 #[test]
 fn two_devices_split_layers_and_experts_each_keeps_what_fits() {
-    // RPC0 (a worker) and CUDA0, 16.5 MB each. Usable: RPC0 16,500,000 - 5,242,880 =
-    // 11,257,120; CUDA0 (holds the output, so the logits too) 9,209,120. Five slots in
-    // proportion 0.55 : 0.45 → 3 : 2 (largest remainder). RPC0 holds blocks 0-2: base
-    // 3 x 2,107,392 = 6,322,176, room 4,934,944 → one expert (block 2). CUDA0 holds block 3 and
-    // the output: base 3,132,416, room 6,076,704 → block 3's experts. CPU: blocks 0, 1.
+    // RPC0 (a worker) and CUDA0, 16.5 MB each: usable 16,500,000 - 4,194,304 = 12,305,696
+    // each. Five slots in proportion 1 : 1 → 3 : 2 (largest remainder, ties to the first).
+    // RPC0 holds blocks 0-2: base 3 x 2,107,392 = 6,322,176, room 5,983,520 → one block's
+    // experts (3,145,728; two would be 6,291,456): block 2's. CUDA0 holds block 3 and the
+    // output: base 3,132,416, room 9,173,280 → block 3's experts. CPU: experts of blocks 0, 1.
     let m = small(4, 8);
     let devices = vec![
         Device {
