@@ -75,7 +75,10 @@ async fn reclaim_drops_the_model_from_the_page_cache_after_a_no_mmap_load() {
     // Read the file in first, so it is certainly cached before the server starts.
     pagecache::prefetch(&model).expect("prefetch");
     let (cached, total) = pagecache::resident_bytes(&model).expect("mincore");
-    assert!(cached > total / 2, "{cached} of {total} cached after a full read");
+    assert!(
+        cached > total / 2,
+        "{cached} of {total} cached after a full read"
+    );
 
     let supervisor = Supervisor::new(&config);
     let status = supervisor.start("target", None).await.expect("start");

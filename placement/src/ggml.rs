@@ -95,7 +95,10 @@ pub fn tensor_bytes(id: u32, dims: &[u64]) -> Option<u64> {
     if row % block != 0 {
         return None;
     }
-    let rows = dims.iter().skip(1).try_fold(1u64, |a, d| a.checked_mul(*d))?;
+    let rows = dims
+        .iter()
+        .skip(1)
+        .try_fold(1u64, |a, d| a.checked_mul(*d))?;
     (row / block).checked_mul(size)?.checked_mul(rows)
 }
 
@@ -107,7 +110,10 @@ mod tests {
     fn sizes_match_ggml() {
         assert_eq!(tensor_bytes(0, &[256, 32000]), Some(256 * 32000 * 4));
         assert_eq!(tensor_bytes(8, &[4096, 4096]), Some(4096 / 32 * 34 * 4096));
-        assert_eq!(tensor_bytes(12, &[4096, 11008]), Some(4096 / 256 * 144 * 11008));
+        assert_eq!(
+            tensor_bytes(12, &[4096, 11008]),
+            Some(4096 / 256 * 144 * 11008)
+        );
         // MXFP4 experts of GPT-OSS 120B: 2880 x 2880 x 128.
         assert_eq!(
             tensor_bytes(39, &[2880, 2880, 128]),

@@ -384,7 +384,10 @@ pub fn read_model_header<R: Read>(reader: R, file_len: u64) -> Result<GgufModel,
     let mut by_offset: Vec<u64> = tensors.iter().map(|t| t.offset).collect();
     by_offset.sort_unstable();
     let data_len = file_len.saturating_sub(data_offset);
-    for t in tensors.iter_mut().filter(|t| t.bytes == 0 && t.elements() > 0) {
+    for t in tensors
+        .iter_mut()
+        .filter(|t| t.bytes == 0 && t.elements() > 0)
+    {
         let next = by_offset
             .iter()
             .find(|o| **o > t.offset)

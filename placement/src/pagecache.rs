@@ -89,15 +89,24 @@ pub fn prefetch(path: &Path) -> io::Result<u64> {
 
 #[cfg(not(target_os = "linux"))]
 pub fn resident_bytes(_: &Path) -> io::Result<(u64, u64)> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "page-cache residency is measured on Linux only"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "page-cache residency is measured on Linux only",
+    ))
 }
 #[cfg(not(target_os = "linux"))]
 pub fn drop_cache(_: &Path) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "page-cache reclaim is Linux only"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "page-cache reclaim is Linux only",
+    ))
 }
 #[cfg(not(target_os = "linux"))]
 pub fn prefetch(_: &Path) -> io::Result<u64> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "prefetch is Linux only"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "prefetch is Linux only",
+    ))
 }
 
 /// Resident memory of a process from `/proc/PID/status`: (VmRSS, RssFile) in bytes. RssFile is
@@ -145,9 +154,15 @@ mod tests {
         let (after, _) = resident_bytes(&path).expect("mincore");
         if on_tmpfs(dir.path()) {
             // tmpfs pages are the file itself: nothing to drop, and nothing to measure.
-            eprintln!("SKIPPED the drop assertion: {} is tmpfs", dir.path().display());
+            eprintln!(
+                "SKIPPED the drop assertion: {} is tmpfs",
+                dir.path().display()
+            );
         } else {
-            assert!(before > total / 2, "prefetch left {before} of {total} resident");
+            assert!(
+                before > total / 2,
+                "prefetch left {before} of {total} resident"
+            );
             assert!(after < total / 4, "before {before}, after {after}");
         }
         assert!(process_rss(std::process::id()).expect("rss").0 > 0);

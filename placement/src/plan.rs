@@ -358,13 +358,12 @@ pub fn slot_devices(n_layer: u32, n_devices: usize, config: &Config) -> Vec<Opti
     }
     let ngl = (config.gpu_layers as i64).min(slots);
     let start = slots - ngl;
-    let mut splits: Vec<f32> = if config.tensor_split.len() == n_devices
-        && config.tensor_split.iter().any(|x| *x > 0.0)
-    {
-        config.tensor_split.iter().map(|x| *x as f32).collect()
-    } else {
-        vec![1.0; n_devices]
-    };
+    let mut splits: Vec<f32> =
+        if config.tensor_split.len() == n_devices && config.tensor_split.iter().any(|x| *x > 0.0) {
+            config.tensor_split.iter().map(|x| *x as f32).collect()
+        } else {
+            vec![1.0; n_devices]
+        };
     let mut sum = 0.0f32;
     for s in splits.iter_mut() {
         sum += *s;
@@ -470,7 +469,12 @@ pub fn evaluate(
 }
 
 /// The flags that make llama-server use `config` on `n_devices` devices.
-pub fn flags_for(model: &ModelBytes, config: &Config, n_devices: usize, context: u64) -> Vec<String> {
+pub fn flags_for(
+    model: &ModelBytes,
+    config: &Config,
+    n_devices: usize,
+    context: u64,
+) -> Vec<String> {
     let mut flags = vec!["-c".to_string(), context.to_string()];
     if n_devices > 0 {
         flags.extend(["-ngl".to_string(), config.gpu_layers.to_string()]);

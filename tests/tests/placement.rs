@@ -21,7 +21,9 @@ const MIB: u64 = 1 << 20;
 fn moe_model() -> std::path::PathBuf {
     match std::env::var_os("TIGHTWAD_MOE_MODEL") {
         Some(p) if !p.is_empty() => p.into(),
-        _ => panic!("TIGHTWAD_MOE_MODEL is not set: run ./scripts/test or eval \"$(scripts/setup)\""),
+        _ => {
+            panic!("TIGHTWAD_MOE_MODEL is not set: run ./scripts/test or eval \"$(scripts/setup)\"")
+        }
     }
 }
 
@@ -58,9 +60,21 @@ async fn planned_flags_load_the_moe_model_and_the_prediction_matches_the_buffers
     };
     let p = plan(&model, &target, &options);
     assert!(p.fits, "{p:#?}");
-    assert_eq!(p.config.cpu_expert_layers.iter().copied().collect::<Vec<_>>(), vec![3], "{p:#?}");
+    assert_eq!(
+        p.config
+            .cpu_expert_layers
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![3],
+        "{p:#?}"
+    );
     assert!(p.flags.iter().any(|f| f == "-ot"), "{:?}", p.flags);
-    assert!(p.flags.iter().any(|f| f == "--tensor-split"), "{:?}", p.flags);
+    assert!(
+        p.flags.iter().any(|f| f == "--tensor-split"),
+        "{:?}",
+        p.flags
+    );
 
     // The plan's flags, as the agent would pass them (minus -c, which ServerOptions sets), and
     // `-lm none` so the CPU buffer is what is really allocated rather than a mapped file range,
@@ -106,7 +120,9 @@ async fn planned_flags_load_the_moe_model_and_the_prediction_matches_the_buffers
     let weights_kv = |device: &str| -> u64 {
         buffers
             .iter()
-            .filter(|b| b.device() == device && matches!(b.kind, BufferKind::Model | BufferKind::Kv))
+            .filter(|b| {
+                b.device() == device && matches!(b.kind, BufferKind::Model | BufferKind::Kv)
+            })
             .map(|b| b.bytes)
             .sum()
     };

@@ -43,9 +43,17 @@ fn small(layers: u32, experts: u64) -> ModelBytes {
         if experts > 0 {
             g = g
                 .tensor(&format!("{p}ffn_gate_inp.weight"), &[256, experts], F32)
-                .tensor(&format!("{p}ffn_gate_exps.weight"), &[256, 128, experts], F32)
+                .tensor(
+                    &format!("{p}ffn_gate_exps.weight"),
+                    &[256, 128, experts],
+                    F32,
+                )
                 .tensor(&format!("{p}ffn_up_exps.weight"), &[256, 128, experts], F32)
-                .tensor(&format!("{p}ffn_down_exps.weight"), &[128, 256, experts], F32);
+                .tensor(
+                    &format!("{p}ffn_down_exps.weight"),
+                    &[128, 256, experts],
+                    F32,
+                );
         } else {
             g = g
                 .tensor(&format!("{p}ffn_gate.weight"), &[256, 768], F32)
@@ -132,7 +140,10 @@ fn a_dense_model_that_fits_goes_entirely_to_the_gpu() {
     assert_eq!(g.kv_bytes, 4 * KV);
     assert_eq!(g.compute_bytes, COMPUTE);
     let cpu = p.cpu().expect("cpu");
-    assert_eq!(cpu.weights_bytes, 1_024_000, "token embeddings stay on the CPU");
+    assert_eq!(
+        cpu.weights_bytes, 1_024_000,
+        "token embeddings stay on the CPU"
+    );
     assert_eq!(cpu.kv_bytes, 0);
 }
 
@@ -180,7 +191,11 @@ fn moe_experts_that_do_not_fit_stay_in_ram_with_n_cpu_moe() {
     assert_eq!(cpu.expert_bytes, 2 * EXPERTS);
     assert_eq!(cpu.weights_bytes, 1_024_000);
     // Much smaller: no expert fits → --cpu-moe; much larger: no flag at all.
-    let p = plan(&m, &target(vec![gpu("CUDA0", 9_454_592 + COMPUTE)]), &options());
+    let p = plan(
+        &m,
+        &target(vec![gpu("CUDA0", 9_454_592 + COMPUTE)]),
+        &options(),
+    );
     assert_eq!(p.flags, strings(&["-c", "1024", "-ngl", "5", "--cpu-moe"]));
     let p = plan(&m, &target(vec![gpu("CUDA0", 1 << 30)]), &options());
     assert_eq!(p.flags, strings(&["-c", "1024", "-ngl", "5"]));
@@ -208,7 +223,16 @@ fn two_devices_split_layers_and_experts_each_keeps_what_fits() {
     assert_eq!(p.config.tensor_split, vec![3.0, 2.0]);
     assert_eq!(
         p.flags,
-        strings(&["-c", "1024", "-ngl", "5", "--tensor-split", "3,2", "--n-cpu-moe", "2"])
+        strings(&[
+            "-c",
+            "1024",
+            "-ngl",
+            "5",
+            "--tensor-split",
+            "3,2",
+            "--n-cpu-moe",
+            "2"
+        ])
     );
     assert_eq!(p.devices[0].layers, Some((0, 2)));
     assert_eq!(p.devices[0].expert_bytes, EXPERTS);
@@ -310,9 +334,17 @@ fn gpt_oss_120b() -> ModelBytes {
             .tensor(&format!("{p}attn_output.weight"), &[4096, 2880], Q8_0)
             .tensor(&format!("{p}post_attention_norm.weight"), &[2880], F32)
             .tensor(&format!("{p}ffn_gate_inp.weight"), &[2880, 128], F32)
-            .tensor(&format!("{p}ffn_gate_exps.weight"), &[2880, 2880, 128], MXFP4)
+            .tensor(
+                &format!("{p}ffn_gate_exps.weight"),
+                &[2880, 2880, 128],
+                MXFP4,
+            )
             .tensor(&format!("{p}ffn_up_exps.weight"), &[2880, 2880, 128], MXFP4)
-            .tensor(&format!("{p}ffn_down_exps.weight"), &[2880, 2880, 128], MXFP4);
+            .tensor(
+                &format!("{p}ffn_down_exps.weight"),
+                &[2880, 2880, 128],
+                MXFP4,
+            );
     }
     let header = g.header();
     let model = read_model_header(&header[..], g.file_len()).expect("reads back");
@@ -359,7 +391,10 @@ fn gpt_oss_120b_on_a_12_gb_rpc_worker_is_refused_with_numbers_and_replanned() {
         .iter()
         .find(|w| w.contains("RPC0"))
         .unwrap_or_else(|| panic!("{:?}", given.warnings));
-    assert!(warning.starts_with("RPC worker RPC0[192.168.1.20:50052] on desktop would need 22."), "{warning}");
+    assert!(
+        warning.starts_with("RPC worker RPC0[192.168.1.20:50052] on desktop would need 22."),
+        "{warning}"
+    );
     assert!(warning.contains("experts 22.1 GiB"), "{warning}");
     assert!(warning.contains("but has 12.0 GiB"), "{warning}");
     assert!(warning.contains("cannot spill"), "{warning}");
@@ -371,7 +406,10 @@ fn gpt_oss_120b_on_a_12_gb_rpc_worker_is_refused_with_numbers_and_replanned() {
     let p = plan(&m, &t, &opts);
     assert!(p.fits, "{p:#?}");
     for d in &p.devices[..3] {
-        assert!(d.total_bytes() + opts.headroom_bytes <= d.capacity_bytes, "{d:?}");
+        assert!(
+            d.total_bytes() + opts.headroom_bytes <= d.capacity_bytes,
+            "{d:?}"
+        );
     }
     let cpu = p.cpu().expect("cpu");
     let per_block = 3 * 564_019_200;

@@ -236,14 +236,19 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         };
         let mut devices = Vec::new();
         for worker in &pool.workers {
-            let (Some(view), Some(status)) = (cluster.host(&worker.host), cluster.status(&worker.host)) else {
+            let (Some(view), Some(status)) =
+                (cluster.host(&worker.host), cluster.status(&worker.host))
+            else {
                 continue;
             };
             let worker_process = status.processes.iter().find(|p| p.name == worker.process);
             let endpoint = crate::fleet::up::rpc_address(&view.entry.address, worker_process);
             devices.push(crate::inspect::rpc_device(&worker.host, &endpoint, status));
         }
-        devices.extend(crate::inspect::gpu_devices(&pool.coordinator.host, coordinator));
+        devices.extend(crate::inspect::gpu_devices(
+            &pool.coordinator.host,
+            coordinator,
+        ));
         let target = Target {
             host: pool.coordinator.host.clone(),
             ram_bytes: coordinator.inventory.host.ram_total_bytes,
@@ -280,7 +285,8 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
                 if d.total_bytes() > d.capacity_bytes {
                     over_rpc.push(d.clone());
                 }
-                load.rpc_devices.push((what, d.total_bytes(), d.capacity_bytes));
+                load.rpc_devices
+                    .push((what, d.total_bytes(), d.capacity_bytes));
             } else {
                 load.local.push((what, d.total_bytes()));
                 if d.kind.is_none() {
@@ -305,7 +311,12 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
                         gib(d.capacity_bytes)
                     ),
                     format!(
-                        "keep the experts that do not fit in the coordinator's RAM instead: the placement plan (`tightwad inspect MODEL --plan`) gives {}{}",
+                        "split by each device's own memory{}: the placement plan (`tightwad inspect MODEL --plan`) gives {}{}",
+                        if planned.config.cpu_expert_layers.is_empty() {
+                            ""
+                        } else {
+                            " and keep the experts that do not fit in the coordinator's RAM"
+                        },
                         crate::inspect::shell_join(&planned.flags),
                         if planned.fits { "" } else { " (and even that does not fit: a smaller quant or context)" }
                     ),
@@ -633,7 +644,10 @@ mod tests {
         )
         .expect("layout");
         let checks = checks(
-            &cluster_with(&["-c", "2048", "--tensor-split", "28,24,24"], &[12288, 16384]),
+            &cluster_with(
+                &["-c", "2048", "--tensor-split", "28,24,24"],
+                &[12288, 16384],
+            ),
             &layout,
         );
         let moe = checks
@@ -641,10 +655,15 @@ mod tests {
             .find(|c| c.subject == "desk" && c.status == Status::Warn)
             .unwrap_or_else(|| panic!("{checks:#?}"));
         assert!(moe.message.contains("MoE model"), "{moe:?}");
-        assert!(moe.message.contains("asks desk on RPC0[desk:50052] for 21."), "{moe:?}");
+        assert!(
+            moe.message
+                .contains("asks desk on RPC0[desk:50052] for 21."),
+            "{moe:?}"
+        );
         assert!(moe.message.contains("but it has 12.0 GiB"), "{moe:?}");
         let hint = moe.hint.as_deref().unwrap_or_default();
-        assert!(hint.contains("--tensor-split") && (hint.contains("-ot") || hint.contains("--n-cpu-moe")), "{hint}");
+        // 12 + 24 + 24 GiB hold the 56 GiB model when the split follows each device's memory.
+        assert!(hint.contains("--tensor-split 7,15,15"), "{hint}");
         let fail = checks
             .iter()
             .find(|c| c.subject == "desk" && c.status == Status::Fail)

@@ -295,7 +295,9 @@ async fn target_for(args: &InspectArgs, config: &Path) -> anyhow::Result<Target>
                 .iter()
                 .find(|h| h.name == name)
                 .with_context(|| {
-                    format!("no host {name:?} in the config's [[hosts]] (or give its memory: NAME=MIB)")
+                    format!(
+                        "no host {name:?} in the config's [[hosts]] (or give its memory: NAME=MIB)"
+                    )
                 })?
                 .clone();
             let client = fleet.connect(&entry).await?;
