@@ -395,6 +395,7 @@ async fn run_loop(managed: Arc<Managed>, binary: PathBuf, args: Vec<String>) {
                     started.elapsed().as_secs_f64()
                 ));
                 if managed.kind == ProcessKind::LlamaServer {
+                    log_measured_buffers(&managed);
                     reclaim_after_load(&managed, &args, pid).await;
                 }
                 tokio::select! {
@@ -467,6 +468,22 @@ async fn run_loop(managed: Arc<Managed>, binary: PathBuf, args: Vec<String>) {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Logs the memory llama-server reported allocating per device (its `buffer size` lines; this
+/// llama.cpp prints them at `-lv 4`), the measured side of a placement plan.
+fn log_measured_buffers(managed: &Managed) {
+    let lines: Vec<String> = managed.logs.tail(4000).into_iter().map(|l| l.line).collect();
+    let buffers = tightwad_placement::measure::parse_log(lines.iter().map(String::as_str));
+    if buffers.is_empty() {
+        return;
+    }
+    let per_device = tightwad_placement::measure::per_device(&buffers)
+        .into_iter()
+        .map(|(device, bytes)| format!("{device} {:.1} MiB", bytes as f64 / (1u64 << 20) as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+    managed.log(format!("measured buffers (model + KV + compute): {per_device}"));
 }
 
 /// Drops the model file's cached pages once the server has loaded it, when the agent's

@@ -1,6 +1,7 @@
 //! RAM reclaim with a real llama-server under the supervisor (in-process, no network needed):
 //! once the server loaded the model into its own buffers (`-lm none`, llama.cpp's no-mmap), the
 //! agent drops the model file from the page cache; measured with `mincore` before and after.
+//! The agent also logs the buffers llama-server reported.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ async fn reclaim_drops_the_model_from_the_page_cache_after_a_no_mmap_load() {
         "1",
         "-lm",
         "none",
+        // This llama.cpp logs its buffer sizes at trace level only.
+        "-lv",
+        "4",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -105,6 +109,15 @@ async fn reclaim_drops_the_model_from_the_page_cache_after_a_no_mmap_load() {
     });
     assert!(line.contains("cached before"), "{line}");
     assert!(line.contains("server RSS"), "{line}");
+    // The agent also logs what llama-server allocated (the measured side of a plan).
+    let measured = managed
+        .logs
+        .tail(4000)
+        .into_iter()
+        .map(|l| l.line)
+        .find(|l| l.starts_with("measured buffers"))
+        .unwrap_or_else(|| panic!("no measured-buffers line"));
+    assert!(measured.contains("CPU "), "{measured}");
     let (after, _) = pagecache::resident_bytes(&model).expect("mincore");
     assert!(
         after < total / 4,

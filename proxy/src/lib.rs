@@ -11,6 +11,7 @@
 //! - [`fleet`]: the commands that control the hosts' agents over the peer protocol;
 //! - [`doctor`] and [`init`]: checking a cluster before anything starts, writing a first config;
 //! - [`inspect`]: a GGUF file's contents and its placement plan (`tightwad inspect`);
+//! - [`tune`]: RAM, swap and page-cache advice for a model on a host (`tightwad tune`);
 //! - [`bench`]: direct-to-target against through-the-proxy measurements (`tightwad bench`).
 
 pub mod api;
@@ -24,3 +25,4 @@ pub mod init;
 pub mod inspect;
 pub mod metrics;
 pub mod server;
+pub mod tune;

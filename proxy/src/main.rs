@@ -43,6 +43,10 @@ enum Command {
     ///
     /// Example: tightwad inspect gpt-oss-120b.gguf --plan --gpu 24576 --rpc-worker desktop=12288
     Inspect(tightwad::inspect::InspectArgs),
+    /// RAM, swap and page-cache advice for running a model on a host (mmap, mlock, no-mmap).
+    ///
+    /// Example: tightwad tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full
+    Tune(tightwad::tune::TuneArgs),
     /// Print a shell completion script: `tightwad completions bash > /etc/bash_completion.d/tightwad`.
     Completions {
         #[arg(value_enum)]
@@ -202,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => tightwad::bench::run(args).await,
         Command::Fleet(cmd) => tightwad::fleet::run(cmd, &config_path(cli.config)).await,
         Command::Inspect(args) => tightwad::inspect::run(args, &config_path(cli.config)).await,
+        Command::Tune(args) => tightwad::tune::run(args, &config_path(cli.config)).await,
     }
 }
 
