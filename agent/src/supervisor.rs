@@ -473,7 +473,12 @@ async fn run_loop(managed: Arc<Managed>, binary: PathBuf, args: Vec<String>) {
 /// Logs the memory llama-server reported allocating per device (its `buffer size` lines; this
 /// llama.cpp prints them at `-lv 4`), the measured side of a placement plan.
 fn log_measured_buffers(managed: &Managed) {
-    let lines: Vec<String> = managed.logs.tail(4000).into_iter().map(|l| l.line).collect();
+    let lines: Vec<String> = managed
+        .logs
+        .tail(4000)
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
     let buffers = tightwad_placement::measure::parse_log(lines.iter().map(String::as_str));
     if buffers.is_empty() {
         return;
@@ -483,7 +488,9 @@ fn log_measured_buffers(managed: &Managed) {
         .map(|(device, bytes)| format!("{device} {:.1} MiB", bytes as f64 / (1u64 << 20) as f64))
         .collect::<Vec<_>>()
         .join(", ");
-    managed.log(format!("measured buffers (model + KV + compute): {per_device}"));
+    managed.log(format!(
+        "measured buffers (model + KV + compute): {per_device}"
+    ));
 }
 
 /// Drops the model file's cached pages once the server has loaded it, when the agent's

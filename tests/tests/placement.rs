@@ -4,8 +4,8 @@
 //! are the same, only the memory is not VRAM), then the buffers llama-server logs compared with
 //! the prediction.
 //!
-//! Stated margin (README, "Placement"): per device, the predicted total (weights + experts + KV
-//! + compute) is within 5% or 2 MiB of the logged buffers, whichever is larger; the weight and
+//! Stated margin (README, "Placement"): per device, the predicted total (weights, experts, KV
+//! and compute) is within 5% or 2 MiB of the logged buffers, whichever is larger; the weight and
 //! KV buffers alone within 1%.
 
 use std::time::Duration;

@@ -124,7 +124,7 @@ pub fn inspection(path: &Path, model: &GgufModel) -> Inspection {
         }
     }
     let mut types: Vec<TypeRow> = types.into_values().collect();
-    types.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    types.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let s = &model.summary;
     Inspection {
         path: path.display().to_string(),
@@ -484,7 +484,8 @@ mod tests {
         let header = g.header();
         let model = read_model_header(&header[..], g.file_len()).expect("parse");
         let r = inspection(Path::new("m.gguf"), &model);
-        assert_eq!(r.expert_bytes, 256 / 256 * 144 * 128 * 8);
+        // Q4_K: one 144-byte block per 256-wide row, 128 x 8 rows.
+        assert_eq!(r.expert_bytes, 144 * 128 * 8);
         assert_eq!(r.shared_expert_bytes, 256 / 32 * 34 * 256);
         assert_eq!(r.types.len(), 3);
         let q8 = r.types.iter().find(|t| t.ggml_type == "Q8_0").expect("q8");

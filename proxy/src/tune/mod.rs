@@ -102,11 +102,14 @@ pub fn advise(model_bytes: u64, kv_bytes: u64, mem: HostMemory, offload: Offload
                     gib(mem.ram_available)
                 )));
             } else {
-                out.push(item(Level::Ok, format!(
-                    "{} of model and KV fit in {} available RAM",
-                    gib(need),
-                    gib(mem.ram_available)
-                )));
+                out.push(item(
+                    Level::Ok,
+                    format!(
+                        "{} of model and KV fit in {} available RAM",
+                        gib(need),
+                        gib(mem.ram_available)
+                    ),
+                ));
             }
             out.push(item(Level::Advice, "keep mmap (the default) for CPU-resident weights: the page cache is the weights, nothing is copied, and the kernel may drop them under pressure (slow but alive); `--mlock` trades that for guaranteed residency".into()));
         }
@@ -152,10 +155,7 @@ pub async fn run(args: TuneArgs, config: &Path) -> anyhow::Result<ExitCode> {
     let model = read_model(&args.model)
         .with_context(|| format!("reading the GGUF header of {}", args.model.display()))?;
     let bytes = ModelBytes::from_gguf(&model);
-    let ctx = args
-        .ctx
-        .filter(|c| *c > 0)
-        .unwrap_or(bytes.context_length);
+    let ctx = args.ctx.filter(|c| *c > 0).unwrap_or(bytes.context_length);
     let kv = bytes.kv_per_token_layer * bytes.n_layer as u64 * ctx;
     let mem = host_memory(&args, config).await?;
     let advice = advise(model.file_len, kv, mem, args.gpu_offload);
@@ -212,8 +212,14 @@ mod tests {
         };
         // 60 GB on a 64 GB host with 40 available: too little available, and no swap.
         let a = advise(60 * GIB, GIB, mem, Offload::None);
-        assert!(a[0].level == Level::Warning && a[0].message.contains("only 40.0 GiB RAM is available"), "{a:?}");
-        assert!(a.iter().any(|x| x.message.contains("fallocate -l 31G")), "{a:?}");
+        assert!(
+            a[0].level == Level::Warning && a[0].message.contains("only 40.0 GiB RAM is available"),
+            "{a:?}"
+        );
+        assert!(
+            a.iter().any(|x| x.message.contains("fallocate -l 31G")),
+            "{a:?}"
+        );
         // 70 GB cannot fit at all.
         let a = advise(70 * GIB, GIB, mem, Offload::None);
         assert!(a[0].message.contains("do not fit"), "{a:?}");
