@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod inventory;
 pub mod logbuf;
+pub mod memory;
 pub mod models;
 pub mod readiness;
 pub mod reclaim;

@@ -1,7 +1,8 @@
 //! RAM reclaim with a real llama-server under the supervisor (in-process, no network needed):
 //! once the server loaded the model into its own buffers (`-lm none`, llama.cpp's no-mmap), the
 //! agent drops the model file from the page cache; measured with `mincore` before and after.
-//! The agent also logs the buffers llama-server reported.
+//! The agent also logs the buffers llama-server reported, and its process-memory answer (what
+//! `tightwad status` shows) puts the planner's prediction next to them.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -118,6 +119,23 @@ async fn reclaim_drops_the_model_from_the_page_cache_after_a_no_mmap_load() {
         .find(|l| l.starts_with("measured buffers"))
         .unwrap_or_else(|| panic!("no measured-buffers line"));
     assert!(measured.contains("CPU "), "{measured}");
+    // What `tightwad status` shows: the planner's prediction for this model and these flags
+    // next to the measured buffers (all on the CPU here): within 5% or 2 MiB.
+    let memory = tightwad_agent::memory::process_memory(&supervisor, "target")
+        .await
+        .expect("process memory");
+    let cpu = |list: &[tightwad_protocol::messages::DeviceBytes]| {
+        list.iter()
+            .find(|d| d.device == "CPU")
+            .map(|d| d.bytes)
+            .unwrap_or_else(|| panic!("no CPU entry in {memory:?}"))
+    };
+    let (predicted, got) = (cpu(&memory.predicted), cpu(&memory.measured));
+    assert!(
+        predicted.abs_diff(got) <= (predicted / 20).max(2 << 20),
+        "predicted {predicted}, measured {got}: {memory:?}"
+    );
+    assert!(memory.rss_bytes.unwrap_or(0) > 0, "{memory:?}");
     let (after, _) = pagecache::resident_bytes(&model).expect("mincore");
     assert!(
         after < total / 4,

@@ -753,6 +753,64 @@ fn repair(counts: &mut [u32], usable: &[u64], first: u32, slot_need: &dyn Fn(u32
     }
 }
 
+/// Plan options from llama-server arguments: `-c`, `-ctk`/`-ctv`, `-ub` (headroom 0: a
+/// prediction of what the server allocates, not a plan to fit).
+pub fn options_from_args(args: &[String]) -> PlanOptions {
+    let value = |names: &[&str]| -> Option<String> {
+        let mut found = None;
+        let mut iter = args.iter();
+        while let Some(a) = iter.next() {
+            if names.contains(&a.as_str()) {
+                found = iter.next().cloned();
+            } else if let Some((f, v)) = a.split_once('=') {
+                if names.contains(&f) {
+                    found = Some(v.to_string());
+                }
+            }
+        }
+        found
+    };
+    let cache = |names: &[&str]| match value(names).map(|v| v.to_ascii_lowercase()).as_deref() {
+        Some("f32") => 4.0,
+        Some("q8_0") => 34.0 / 32.0,
+        Some("q5_0") => 22.0 / 32.0,
+        Some("q5_1") => 24.0 / 32.0,
+        Some("q4_0") | Some("iq4_nl") => 18.0 / 32.0,
+        Some("q4_1") => 20.0 / 32.0,
+        _ => 2.0,
+    };
+    PlanOptions {
+        context: value(&["-c", "--ctx-size"]).and_then(|v| v.parse().ok()),
+        cache_k_bytes: cache(&["-ctk", "--cache-type-k"]),
+        cache_v_bytes: cache(&["-ctv", "--cache-type-v"]),
+        ubatch: value(&["-ub", "--ubatch-size"])
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512),
+        headroom_bytes: 0,
+        experts_on_rpc: true,
+    }
+}
+
+/// The RPC endpoints of `--rpc a:p,b:q`.
+pub fn rpc_endpoints(args: &[String]) -> Vec<String> {
+    let mut iter = args.iter();
+    while let Some(a) = iter.next() {
+        let list = if a == "--rpc" {
+            iter.next().cloned()
+        } else {
+            a.strip_prefix("--rpc=").map(str::to_string)
+        };
+        if let Some(list) = list {
+            return list
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
 /// llama.cpp's configuration from llama-server arguments: `-ngl`, `--tensor-split`,
 /// `--cpu-moe`, `--n-cpu-moe`, and `-ot PATTERN=CPU` overrides whose pattern selects expert
 /// tensors of whole layers.
