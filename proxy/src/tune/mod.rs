@@ -15,7 +15,7 @@ use crate::fleet::{Fleet, FleetConfig};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  tightwad tune ~/models/gpt-oss-120b.gguf\n  tightwad -c tightwad.toml tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full --json"
+    after_help = "Examples:\n  tightwad tune ~/models/gpt-oss-120b.gguf\n  tightwad tune model.gguf --load --port 8080 -- -ngl 99 -lm none -c 8192\n  tightwad -c tightwad.toml tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full --json"
 )]
 pub struct TuneArgs {
     /// The GGUF file (read locally for its size and shape).
@@ -31,6 +31,23 @@ pub struct TuneArgs {
     pub gpu_offload: Offload,
     #[arg(long)]
     pub json: bool,
+    /// Load the model here: read the file once sequentially, start llama-server with the
+    /// arguments after `--`, wait for /health, drop the file from the page cache, report, and
+    /// keep serving until the server exits (Ctrl-C stops it).
+    #[arg(long)]
+    pub load: bool,
+    /// llama-server binary for `--load` (default: `llama-server` on PATH).
+    #[arg(long, env = "LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// Port for `--load`.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Seconds `--load` waits for /health.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// llama-server arguments for `--load` (after `--`; `-m` and `--port` are added).
+    #[arg(last = true)]
+    pub server_args: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -151,7 +168,90 @@ async fn host_memory(args: &TuneArgs, config: &Path) -> anyhow::Result<HostMemor
     })
 }
 
+/// `--load`: prefetch, start, wait, reclaim, report, then serve until the server exits.
+async fn load(args: &TuneArgs) -> anyhow::Result<ExitCode> {
+    use tightwad_placement::pagecache;
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    let started = std::time::Instant::now();
+    let read = pagecache::prefetch(&args.model)
+        .with_context(|| format!("reading {}", args.model.display()))?;
+    println!(
+        "pre-read {} in {:.1}s",
+        mib(read),
+        started.elapsed().as_secs_f64()
+    );
+    let binary = args
+        .llama_server
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("llama-server"));
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("-m")
+        .arg(&args.model)
+        .args(["--port", &args.port.to_string()])
+        .args(&args.server_args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child.id();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/health", args.port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("llama-server exited during the load ({status}); its output is above");
+        }
+        if let Ok(r) = client.get(&url).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill().await;
+            anyhow::bail!("llama-server did not answer {url} within {}s", args.timeout);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("ready after {:.1}s", started.elapsed().as_secs_f64());
+    let rss = || {
+        pid.and_then(|p| pagecache::process_rss(p).ok())
+            .unwrap_or((0, 0))
+    };
+    let rss_before = rss();
+    let (before, total) = pagecache::resident_bytes(&args.model)?;
+    pagecache::drop_cache(&args.model)?;
+    let (after, _) = pagecache::resident_bytes(&args.model)?;
+    let rss_after = rss();
+    println!(
+        "reclaimed: {} of {} cached before, {} after; server RSS {} (file-backed {}) before, {} (file-backed {}) after",
+        mib(before),
+        mib(total),
+        mib(after),
+        mib(rss_before.0),
+        mib(rss_before.1),
+        mib(rss_after.0),
+        mib(rss_after.1)
+    );
+    if after > total / 2 {
+        println!("  the server maps the file, so its pages stay cached: add `-lm none` (older builds `--no-mmap`) for reclaim to free them");
+    }
+    println!("serving on port {}; Ctrl-C stops it", args.port);
+    tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        _ = tokio::signal::ctrl_c() => {
+            let _ = child.kill().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 pub async fn run(args: TuneArgs, config: &Path) -> anyhow::Result<ExitCode> {
+    if args.load {
+        return load(&args).await;
+    }
     let model = read_model(&args.model)
         .with_context(|| format!("reading the GGUF header of {}", args.model.display()))?;
     let bytes = ModelBytes::from_gguf(&model);
