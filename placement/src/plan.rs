@@ -322,8 +322,13 @@ impl Plan {
     }
 }
 
+/// GiB with one decimal, or MiB below 1 GiB (small models would all read "0.0 GiB").
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
 
 fn context_of(model: &ModelBytes, options: &PlanOptions) -> u64 {
