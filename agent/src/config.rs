@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// FOR TESTS ONLY: speak another peer protocol version, to play an agent of another
     /// Tightwad release. Never set it in production.
     pub testing_protocol: Option<TestingProtocol>,
+    /// Drop a llama-server's model file from the page cache once it is ready: `auto` (when the
+    /// file is at least a quarter of RAM), `on` or `off`. See `reclaim`.
+    pub page_cache_reclaim: crate::reclaim::ReclaimMode,
 }
 
 /// The peer protocol version an agent claims instead of its own (tests of `tightwad doctor`).
@@ -99,6 +102,7 @@ impl Default for AgentConfig {
             processes: Vec::new(),
             testing_reported_memory: None,
             testing_protocol: None,
+            page_cache_reclaim: Default::default(),
         }
     }
 }

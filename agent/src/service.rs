@@ -496,6 +496,12 @@ impl Agent {
                     .map(|devices| Some(Reply::Devices(devices)))
                     .map_err(|e| Reply::error(ErrorKind::BadRequest, e.to_string()))
             }
+            Request::ProcessMemory { name } => {
+                crate::memory::process_memory(&self.supervisor, &name)
+                    .await
+                    .map(|m| Some(Reply::ProcessMemory(Box::new(m))))
+                    .map_err(|e| Reply::error(ErrorKind::NotFound, e.to_string()))
+            }
         }
     }
 }

@@ -153,6 +153,11 @@ pub enum Request {
         offset: u64,
         len: u32,
     },
+    /// A running process's memory: predicted from its model and flags (the placement planner)
+    /// next to what it reported allocating and its RSS (`tightwad status`).
+    ProcessMemory {
+        name: String,
+    },
 }
 
 impl Request {
@@ -177,6 +182,7 @@ impl Request {
             Request::PullModel { .. } => "pull_model",
             Request::ModelManifest { .. } => "model_manifest",
             Request::ReadPiece { .. } => "read_piece",
+            Request::ProcessMemory { .. } => "process_memory",
         }
     }
 }
@@ -239,6 +245,7 @@ pub enum Reply {
         data: Vec<u8>,
     },
     PullDone(Box<PullSummary>),
+    ProcessMemory(Box<ProcessMemory>),
 }
 
 impl Reply {
@@ -260,6 +267,7 @@ impl Reply {
             Reply::Manifest(_) => "manifest",
             Reply::Piece { .. } => "piece",
             Reply::PullDone(_) => "pull_done",
+            Reply::ProcessMemory(_) => "process_memory",
         }
     }
 
@@ -520,6 +528,30 @@ pub struct ModelArg {
     pub found_elsewhere: Vec<String>,
 }
 
+/// Bytes on one device (`CPU`, `CUDA0`, `RPC[10.0.0.3:50052]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBytes {
+    pub device: String,
+    pub bytes: u64,
+}
+
+/// A process's memory, predicted and measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    pub name: String,
+    /// The placement planner's prediction for the process's model and flags (weights, KV and
+    /// compute per device); empty when it has no GGUF model.
+    pub predicted: Vec<DeviceBytes>,
+    /// What llama-server logged allocating (model, KV, compute, output buffers) per device;
+    /// empty when its log does not show them (this llama.cpp prints them at `-lv 4`).
+    pub measured: Vec<DeviceBytes>,
+    pub rss_bytes: Option<u64>,
+    /// The file-backed part of the RSS (an mmap'd model).
+    pub rss_file_bytes: Option<u64>,
+    /// Why the prediction is missing or approximate.
+    pub notes: Vec<String>,
+}
+
 /// A device as `llama-server --list-devices` prints it (`RPC0: 10.0.0.3:50052 (11264 MiB, 11000 MiB free)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
@@ -630,6 +662,17 @@ mod tests {
                 offset: 4,
                 data: vec![0, 1, 2, 3],
             },
+            Reply::ProcessMemory(Box::new(ProcessMemory {
+                name: "target".into(),
+                predicted: vec![DeviceBytes {
+                    device: "CPU".into(),
+                    bytes: 3,
+                }],
+                measured: vec![],
+                rss_bytes: Some(9),
+                rss_file_bytes: None,
+                notes: vec!["n".into()],
+            })),
         ];
         for reply in replies {
             let frame = crate::frame::encode(&reply).expect("encode");

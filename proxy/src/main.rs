@@ -55,6 +55,17 @@ enum Command {
     Chat(tightwad::chat::ChatArgs),
     #[command(flatten)]
     Fleet(tightwad::fleet::FleetCommand),
+    /// A GGUF file's metadata and, with --plan, where its tensors go on the cluster's devices
+    /// (tensor split, expert offload, per-device memory, the llama-server flags).
+    #[command(
+        after_long_help = "Examples:\n  tightwad inspect gpt-oss-120b.gguf\n  tightwad inspect gpt-oss-120b.gguf --plan --gpu 24576 --rpc-worker desktop=12288"
+    )]
+    Inspect(tightwad::inspect::InspectArgs),
+    /// RAM, swap and page-cache advice for running a model on a host (mmap, mlock, no-mmap).
+    #[command(
+        after_long_help = "Examples:\n  tightwad tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full"
+    )]
+    Tune(tightwad::tune::TuneArgs),
     /// Print a shell completion script.
     #[command(
         after_long_help = "Examples:\n  tightwad completions bash > /etc/bash_completion.d/tightwad\n  tightwad completions zsh > ~/.zfunc/_tightwad"
@@ -230,6 +241,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => tightwad::bench::run(args).await,
         Command::Chat(args) => tightwad::chat::run(args, &config_path(cli.config)).await,
         Command::Fleet(cmd) => tightwad::fleet::run(cmd, &config_path(cli.config)).await,
+        Command::Inspect(args) => tightwad::inspect::run(args, &config_path(cli.config)).await,
+        Command::Tune(args) => tightwad::tune::run(args, &config_path(cli.config)).await,
     }
 }
 

@@ -15,6 +15,9 @@ pub struct HostReport {
     pub fingerprint: Option<String>,
     pub error: Option<String>,
     pub status: Option<AgentStatus>,
+    /// Predicted vs measured memory of each running llama-server (agents that answer it).
+    #[serde(default)]
+    pub memory: Vec<tightwad_protocol::messages::ProcessMemory>,
 }
 
 #[derive(Debug, Serialize)]
@@ -41,17 +44,29 @@ pub async fn collect(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<Ho
         let result = async {
             let client = fleet.connect(host).await?;
             let status = client.status().await?;
-            anyhow::Ok((client.peer_fingerprint().to_string(), status))
+            let mut memory = Vec::new();
+            for p in &status.processes {
+                if p.kind == tightwad_protocol::messages::ProcessKind::LlamaServer
+                    && p.state == tightwad_protocol::messages::ProcessState::Ready
+                {
+                    // An agent of an older release does not know the request: no memory line.
+                    if let Ok(m) = client.process_memory(&p.name).await {
+                        memory.push(m);
+                    }
+                }
+            }
+            anyhow::Ok((client.peer_fingerprint().to_string(), status, memory))
         }
         .await;
         match result {
-            Ok((fingerprint, status)) => HostReport {
+            Ok((fingerprint, status, memory)) => HostReport {
                 name: host.name.clone(),
                 address: host.address.clone(),
                 reachable: true,
                 fingerprint: Some(fingerprint),
                 error: None,
                 status: Some(status),
+                memory,
             },
             Err(e) => HostReport {
                 name: host.name.clone(),
@@ -60,6 +75,7 @@ pub async fn collect(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<Ho
                 fingerprint: None,
                 error: Some(format!("{e:#}")),
                 status: None,
+                memory: Vec::new(),
             },
         }
     }))
@@ -215,10 +231,53 @@ pub fn render(reports: &[HostReport]) -> String {
                 if let Some(e) = &p.last_error {
                     let _ = writeln!(out, "    last error: {}", e.lines().next().unwrap_or(""));
                 }
+                if let Some(m) = report.memory.iter().find(|m| m.name == p.name) {
+                    let _ = write!(out, "{}", memory_lines(m));
+                }
             }
         }
         let _ = write!(out, "{}", models_table(&inv.models, "  "));
         let _ = writeln!(out);
+    }
+    out
+}
+
+/// Plan and measurement side by side: `memory  CPU  predicted 20.7 MiB  measured 20.8 MiB`.
+pub fn memory_lines(m: &tightwad_protocol::messages::ProcessMemory) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    let mut out = String::new();
+    let mut devices: Vec<&str> = m
+        .predicted
+        .iter()
+        .chain(&m.measured)
+        .map(|d| d.device.as_str())
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let find = |list: &[tightwad_protocol::messages::DeviceBytes], d: &str| {
+        list.iter()
+            .find(|x| x.device == d)
+            .map(|x| mib(x.bytes))
+            .unwrap_or_else(|| "-".into())
+    };
+    for d in devices {
+        let _ = writeln!(
+            out,
+            "    memory {d:<24} predicted {:>11}  measured {:>11}",
+            find(&m.predicted, d),
+            find(&m.measured, d)
+        );
+    }
+    if let Some(rss) = m.rss_bytes {
+        let _ = writeln!(
+            out,
+            "    memory RSS {} (file-backed {})",
+            mib(rss),
+            mib(m.rss_file_bytes.unwrap_or(0))
+        );
+    }
+    for n in &m.notes {
+        let _ = writeln!(out, "    note: {n}");
     }
     out
 }
