@@ -27,8 +27,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::backend::llamacpp::{Completion, LlamaServer, Role, Sampling, TokenId};
-use crate::backend::BackendError;
+use crate::backend::llamacpp::{Completion, Role, Sampling, TokenId};
+use crate::backend::{Backend, BackendError, BackendKind};
 use crate::metrics::{PairingMetrics, ServedBy};
 use output::{FinishReason, Output};
 use verify::Choice;
@@ -88,13 +88,17 @@ pub struct PairingConfig {
     /// The target runs llama.cpp's own speculation with its draft model on a remote rpc-server
     /// (native pairing): the proxy only decides per request how many tokens it may draft.
     pub native: bool,
+    /// Which server software the target runs (llama.cpp or vLLM).
+    pub target_kind: BackendKind,
+    /// Which server software the draft runs.
+    pub draft_kind: BackendKind,
 }
 
 /// A target server with an optional draft server, served under one model name.
 pub struct Pairing {
     pub config: PairingConfig,
-    target: LlamaServer,
-    draft: Option<LlamaServer>,
+    target: Backend,
+    draft: Option<Backend>,
     probed: Mutex<Option<Arc<PairingInfo>>>,
     controller: Arc<std::sync::Mutex<adapt::Controller>>,
     pub metrics: PairingMetrics,
@@ -195,12 +199,17 @@ impl Run {
 
 impl Pairing {
     pub fn new(config: PairingConfig, metrics: PairingMetrics) -> Result<Self, BackendError> {
-        let target = LlamaServer::new(Role::Target, &config.target_url, config.target_timeout)?;
+        let target = Backend::new(
+            config.target_kind,
+            Role::Target,
+            &config.target_url,
+            config.target_timeout,
+        )?;
         let draft = config
             .draft_url
             .as_deref()
             .filter(|u| *u != PROMPT_LOOKUP)
-            .map(|u| LlamaServer::new(Role::Draft, u, config.draft_timeout))
+            .map(|u| Backend::new(config.draft_kind, Role::Draft, u, config.draft_timeout))
             .transpose()?;
         let controller = if config.adaptive {
             adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
@@ -217,7 +226,7 @@ impl Pairing {
         })
     }
 
-    pub fn target(&self) -> &LlamaServer {
+    pub fn target(&self) -> &Backend {
         &self.target
     }
 
@@ -318,22 +327,14 @@ impl Pairing {
     }
 
     async fn probe(&self) -> Result<PairingInfo, BackendError> {
-        let props = self.target.props().await?;
-        let model = self.target.model_info().await?;
-        let mut end_of_generation = HashSet::new();
-        if !props.eos_token().is_empty() {
-            if let Ok(ids) = self.target.tokenize(props.eos_token(), false).await {
-                if let [id] = ids.as_slice() {
-                    end_of_generation.insert(*id);
-                }
-            }
-        }
+        let facts = self.target.facts().await?;
+        let end_of_generation = facts.end_of_generation.clone();
         let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
         let (speculation, drafter) = match &self.draft {
             None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
             None if lookup_configured => (
                 slots_for_verification(
-                    props.total_slots,
+                    facts.verify_slots,
                     self.config.draft_tokens,
                     &self.config.name,
                 ),
@@ -345,7 +346,7 @@ impl Pairing {
             ),
             Some(draft) => {
                 let checked = self
-                    .check_draft(draft, props.total_slots, model.n_vocab)
+                    .check_draft(draft, facts.verify_slots, facts.n_vocab)
                     .await;
                 match checked {
                     Err(reason)
@@ -355,7 +356,7 @@ impl Pairing {
                         warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
                         (
                             slots_for_verification(
-                                props.total_slots,
+                                facts.verify_slots,
                                 self.config.draft_tokens,
                                 &self.config.name,
                             ),
@@ -366,10 +367,19 @@ impl Pairing {
                 }
             }
         };
+        // Proxy rounds decide where the answer ends, so they need the target's end tokens; a
+        // vLLM target tells them only with its tokenizer-info endpoint. Streams end by themselves.
+        let speculation = match speculation {
+            Ok(_) if !facts.eos_known && drafter != Drafter::Native => Err(format!(
+                "the {} target does not say which token ends an answer: start vLLM with --enable-tokenizer-info-endpoint",
+                self.target.kind().as_str()
+            )),
+            other => other,
+        };
         Ok(PairingInfo {
-            target_model: model.id,
-            target_build: props.build_info.clone(),
-            n_ctx: props.default_generation_settings.n_ctx as usize,
+            target_model: facts.model,
+            target_build: facts.build,
+            n_ctx: facts.n_ctx,
             end_of_generation,
             speculation,
             drafter,
@@ -380,12 +390,12 @@ impl Pairing {
     /// Can this draft speak for this target? Same vocabulary, same tokenization, enough slots.
     async fn check_draft(
         &self,
-        draft: &LlamaServer,
+        draft: &Backend,
         target_slots: u32,
         target_vocab: Option<u64>,
     ) -> Result<usize, String> {
         let draft_model = draft
-            .model_info()
+            .facts()
             .await
             .map_err(|e| format!("draft unavailable: {e}"))?;
         if let (Some(t), Some(d)) = (target_vocab, draft_model.n_vocab) {
@@ -424,10 +434,7 @@ impl Pairing {
         match prompt {
             PromptInput::Tokens(t) => Ok(t.clone()),
             PromptInput::Text(s) => self.target.tokenize(s, true).await,
-            PromptInput::Chat(messages) => {
-                let rendered = self.target.apply_template(messages).await?;
-                self.target.tokenize(&rendered, true).await
-            }
+            PromptInput::Chat(messages) => self.target.tokenize_chat(messages).await,
         }
     }
 
@@ -684,12 +691,9 @@ impl Pairing {
                     _ => None,
                 };
                 let verify_started = Instant::now();
-                let prompts: Vec<Vec<TokenId>> = (0..=proposal.len())
-                    .map(|i| [run.ctx.as_slice(), &proposal[..i]].concat())
-                    .collect();
                 let results = self
                     .target
-                    .next_token_many(&prompts, &verify_sampling, n_probs)
+                    .verify(&run.ctx, &proposal, &verify_sampling, n_probs)
                     .await
                     .map_err(|e| match e {
                         // k+1 copies of the context did not fit the target's KV cache: this
@@ -697,7 +701,7 @@ impl Pairing {
                         BackendError::Status { ref body, .. } if body.contains("exceed") => {
                             SpeculationStop::Capacity(format!(
                                 "the target's context cannot hold {} copies of this {}-token context for one-pass verification (start it with a larger -c): {e}",
-                                prompts.len(),
+                                proposal.len() + 1,
                                 run.ctx.len()
                             ))
                         }
