@@ -59,6 +59,8 @@ impl VllmServer {
                 "2048",
                 // The proxy learns the end-of-sequence token from /tokenizer_info.
                 "--enable-tokenizer-info-endpoint",
+                // No torch.compile warm-up: it takes minutes on 2 busy cores and buys nothing here.
+                "--enforce-eager",
             ])
             .env("VLLM_CPU_KVCACHE_SPACE", "1")
             .stdin(Stdio::null())

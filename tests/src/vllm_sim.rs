@@ -156,14 +156,30 @@ async fn serve(mut sock: TcpStream, fault: SimFault) {
                 (_, Some(Value::Array(msgs))) => {
                     let text: String = msgs
                         .iter()
-                        .map(|m| format!("{}: {}\n", m["role"].as_str().unwrap_or(""), m["content"].as_str().unwrap_or("")))
+                        .map(|m| {
+                            format!(
+                                "{}: {}\n",
+                                m["role"].as_str().unwrap_or(""),
+                                m["content"].as_str().unwrap_or("")
+                            )
+                        })
                         .collect::<String>()
                         + "assistant:";
                     tokenize(&text)
                 }
-                _ => return respond(&mut sock, 400, &json!({"error": {"message": "bad tokenize request"}})).await,
+                _ => {
+                    return respond(
+                        &mut sock,
+                        400,
+                        &json!({"error": {"message": "bad tokenize request"}}),
+                    )
+                    .await
+                }
             };
-            (200, json!({"count": tokens.len(), "max_model_len": 4096, "tokens": tokens}))
+            (
+                200,
+                json!({"count": tokens.len(), "max_model_len": 4096, "tokens": tokens}),
+            )
         }
         ("POST", "/detokenize") => {
             let ids: Vec<u64> = serde_json::from_value(body["tokens"].clone()).unwrap_or_default();
@@ -183,7 +199,10 @@ async fn serve(mut sock: TcpStream, fault: SimFault) {
                 completions(&body, fault)
             }
         }
-        _ => (404, json!({"error": {"message": format!("no route {path}")}})),
+        _ => (
+            404,
+            json!({"error": {"message": format!("no route {path}")}}),
+        ),
     };
     respond(&mut sock, status, &reply).await;
 }
@@ -216,7 +235,10 @@ fn generate(prompt: &[u64], max_tokens: usize) -> (Vec<u64>, &'static str) {
 
 fn completions(body: &Value, fault: SimFault) -> (u16, Value) {
     let Some(prompts) = prompts_of(body) else {
-        return (400, json!({"error": {"message": "prompt must be token ids or text"}}));
+        return (
+            400,
+            json!({"error": {"message": "prompt must be token ids or text"}}),
+        );
     };
     let max_tokens = body["max_tokens"].as_u64().unwrap_or(16) as usize;
     let want_prompt_logprobs = body["prompt_logprobs"].as_u64().is_some();

@@ -39,7 +39,10 @@ async fn simulated_vllm_pairing_reproduces_the_simulated_target() {
     assert_eq!(proxy_token_ids(&v), expected);
     let stats = proxy.stats().await;
     assert_eq!(stats["pairings"][0]["target_kind"], "vllm");
-    assert!(stats["pairings"][0]["accepted"].as_u64() > Some(0), "{stats}");
+    assert!(
+        stats["pairings"][0]["accepted"].as_u64() > Some(0),
+        "{stats}"
+    );
 }
 
 #[tokio::test]

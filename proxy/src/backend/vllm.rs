@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::llamacpp::{
-    sse_events, truncate, Completion, Role, Sampling, SampledToken, StreamEvent, TokenId,
+    sse_events, truncate, Completion, Role, SampledToken, Sampling, StreamEvent, TokenId,
 };
 use super::BackendError;
 
@@ -402,10 +402,7 @@ impl VllmServer {
             self.malformed(path, "no `token_ids` (a vLLM without return_token_ids?)")
         })?;
         if tokens.len() > n {
-            return Err(self.malformed(
-                path,
-                format!("{} tokens for max_tokens {n}", tokens.len()),
-            ));
+            return Err(self.malformed(path, format!("{} tokens for max_tokens {n}", tokens.len())));
         }
         Ok(Completion {
             tokens,
@@ -601,7 +598,10 @@ fn argmax(entry: &HashMap<String, PromptLogprob>) -> Option<(TokenId, &PromptLog
     parsed
         .filter(|(_, v)| v.logprob.is_some_and(f64::is_finite))
         .max_by(|a, b| {
-            let (x, y) = (a.1.logprob.unwrap_or(f64::MIN), b.1.logprob.unwrap_or(f64::MIN));
+            let (x, y) = (
+                a.1.logprob.unwrap_or(f64::MIN),
+                b.1.logprob.unwrap_or(f64::MIN),
+            );
             x.total_cmp(&y).then(b.0.cmp(&a.0))
         })
 }
@@ -763,7 +763,10 @@ mod tests {
         }))]);
         let events: Vec<_> = to_stream_events(Role::Target, chunks).collect().await;
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].as_ref().map(|e| e.tokens.clone()).ok(), Some(vec![5]));
+        assert_eq!(
+            events[0].as_ref().map(|e| e.tokens.clone()).ok(),
+            Some(vec![5])
+        );
         assert!(matches!(events[1], Err(BackendError::Malformed { .. })));
     }
 
@@ -771,7 +774,9 @@ mod tests {
     async fn last_chunk_carries_tokens_and_the_stop() {
         let chunks = futures::stream::iter(vec![
             Ok(json!({"choices": [{"index": 0, "text": "a", "token_ids": [1, 2]}]})),
-            Ok(json!({"choices": [{"index": 0, "text": "", "token_ids": [3], "finish_reason": "stop", "stop_reason": null}]})),
+            Ok(
+                json!({"choices": [{"index": 0, "text": "", "token_ids": [3], "finish_reason": "stop", "stop_reason": null}]}),
+            ),
             Ok(json!({"choices": [], "usage": {"completion_tokens": 3}})),
         ]);
         let events: Vec<_> = to_stream_events(Role::Target, chunks)
