@@ -134,3 +134,35 @@ async fn a_vllm_target_restarting_mid_stream_ends_the_stream_with_an_error_not_a
         VllmSimulation::greedy(PROMPT, MAX_TOKENS)
     );
 }
+
+#[tokio::test]
+async fn doctor_audits_a_vllm_pairing_through_the_vllm_api() {
+    let target = VllmSimulation::start().await;
+    let draft = VllmSimulation::start().await;
+    let layout = tightwad::fleet::layout::Layout::parse(&format!(
+        "[[pairings]]\ntarget = \"{}\"\ntarget_kind = \"vllm\"\ndraft = \"{}\"\ndraft_kind = \"vllm\"\n",
+        target.url, draft.url
+    ))
+    .expect("layout parses");
+    let checks = tightwad::doctor::live::checks(&layout).await;
+    let text: Vec<String> = checks
+        .iter()
+        .map(|c| serde_json::to_string(c).expect("check serializes"))
+        .collect();
+    let find = |category: &str| {
+        checks
+            .iter()
+            .find(|c| serde_json::to_value(c.category).ok() == Some(json!(category)))
+            .unwrap_or_else(|| panic!("no {category} check in {text:?}"))
+    };
+    assert!(
+        text.iter().any(|t| t.contains("vllm 0.0.0-simulation")),
+        "the version audit is missing: {text:?}"
+    );
+    let vocab = find("vocabulary");
+    assert_eq!(
+        serde_json::to_value(vocab.status).ok(),
+        Some(json!("pass")),
+        "{text:?}"
+    );
+}
