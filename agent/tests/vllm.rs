@@ -16,14 +16,15 @@ fn vllm_serve_is_checked_started_reported_and_stopped() {
     let ns = lab.add_namespace();
     let models = lab.path("models");
     std::fs::create_dir_all(&models).expect("models dir");
-    // Lands in the agent's [binaries] table, then one vLLM process.
+    // Lands in the agent's [binaries] table, then one vLLM process. On CPU vLLM reserves
+    // `--gpu-memory-utilization` of the host's RAM (0.92 by default, more than is free here).
     let extra = format!(
         r#"vllm = "{vllm}"
 
 [[process]]
 name = "vllm"
 kind = "vllm"
-args = ["{model}", "--host", "127.0.0.1", "--port", "8000", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+args = ["{model}", "--host", "127.0.0.1", "--port", "8000", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--gpu-memory-utilization", "0.2"]
 ready_timeout_secs = 900
 "#
     );
