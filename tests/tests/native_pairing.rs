@@ -74,7 +74,8 @@ async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
         "99".into(),
     ];
     let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let mut draft =
+        LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let mut entry = RunningProxy::entry(&target.url, Some(&draft.url), 4);
     entry.native = true;
     let proxy = RunningProxy::start_entry(entry).await;
@@ -99,5 +100,33 @@ async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
     assert!(
         stats["pairings"][0]["rounds"].as_u64() > Some(0),
         "proxy rounds ran: {stats}"
+    );
+
+    // The draft host goes away: the native path carries on alone, still the target's own output.
+    draft.kill();
+    let mut outcomes = Vec::new();
+    for prompt in prompts().iter().skip(8).take(4) {
+        let (s, through) = proxy
+            .post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 32, "temperature": 0, "return_token_ids": true}))
+            .await;
+        assert_eq!(s, 200, "{through}");
+        let reference = target.reference(json!(prompt), 32).await;
+        outcomes.push(compare(&proxy_token_ids(&through), &reference, prompt));
+    }
+    assert_ties_are_rare(&outcomes);
+    let (_, last) = proxy
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "Once upon a time", "max_tokens": 32, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(last["tightwad"]["served_by"], "speculative", "{last}");
+    assert!(
+        last["tightwad"]["drafted"].as_u64() > Some(0),
+        "the target's own speculation drafted: {last}"
+    );
+    assert_eq!(
+        last["tightwad"]["rounds"], 0,
+        "no proxy rounds without a draft server: {last}"
     );
 }

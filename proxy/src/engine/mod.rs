@@ -310,7 +310,11 @@ impl Pairing {
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let mut guard = self.probed.lock().await;
         if let Some(info) = guard.as_ref() {
-            let draft_may_be_back = info.speculation.is_err()
+            // Without its draft server a pairing is target-only, or native-only when it has
+            // that path too; either way, look for the draft again after a while.
+            let without_draft = info.speculation.is_err()
+                || (info.drafter == Drafter::Native && self.native_alternative.is_some());
+            let draft_may_be_back = without_draft
                 && self.draft.is_some()
                 && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
             if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
@@ -338,6 +342,10 @@ impl Pairing {
     pub async fn passthrough_now(&self) -> bool {
         match self.info().await {
             Ok(info) if info.speculation.is_err() => true,
+            // A natively paired target speculates on its own whenever a request does not say
+            // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and
+            // with two paths the native one may be the better even while rounds are off.
+            Ok(_) if self.config.native => false,
             Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
             Err(_) => false,
         }
@@ -367,8 +375,17 @@ impl Pairing {
                 target_build: old.target_build.clone(),
                 n_ctx: old.n_ctx,
                 end_of_generation: old.end_of_generation.clone(),
-                speculation: Err(reason.clone()),
-                drafter: old.drafter,
+                // With native pairing as well, the target's own speculation carries on alone.
+                speculation: if self.config.native {
+                    Ok(self.config.draft_tokens.max(1))
+                } else {
+                    Err(reason.clone())
+                },
+                drafter: if self.config.native {
+                    Drafter::Native
+                } else {
+                    old.drafter
+                },
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -412,6 +429,10 @@ impl Pairing {
                             ),
                             Drafter::PromptLookup,
                         )
+                    }
+                    Err(reason) if self.config.native => {
+                        warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
+                        (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
                     }
                     other => (other, Drafter::Server),
                 }
@@ -553,8 +574,14 @@ impl Pairing {
             _ => None,
         };
         if let (Ok(_), Drafter::Native) = (&info.speculation, info.drafter) {
+            // Native only: the pairing's one controller, or the native path's own while a
+            // two-path pairing's draft server is away.
+            let controller = self
+                .native_alternative
+                .as_ref()
+                .map_or(&self.controller, |n| &n.controller);
             served_by = self
-                .generate_native(&self.controller, &info, &request.sampling, &mut run, &tx)
+                .generate_native(controller, &info, &request.sampling, &mut run, &tx)
                 .await?;
         } else if let (Some(paths::SpeculationPath::Native), Some(native)) =
             (path, &self.native_alternative)
