@@ -223,7 +223,12 @@ impl HelpCache {
             ProcessKind::Vllm => &["serve", "--help=all"],
             _ => &["--help"],
         };
-        let text = run_capture(binary, help_args, Duration::from_secs(30))
+        // `vllm serve --help=all` imports torch and vLLM first: a minute or more on a busy CPU.
+        let help_timeout = match kind {
+            ProcessKind::Vllm => Duration::from_secs(180),
+            _ => Duration::from_secs(30),
+        };
+        let text = run_capture(binary, help_args, help_timeout)
             .await
             .map_err(|reason| FlagError::HelpUnavailable {
                 binary: binary.display().to_string(),

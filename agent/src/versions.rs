@@ -75,7 +75,7 @@ pub async fn llama_build(binary: &Path) -> Result<LlamaBuild, String> {
 }
 
 pub async fn vllm_version(binary: &Path) -> Result<String, String> {
-    let text = run_capture(binary, &["--version"], Duration::from_secs(60)).await?;
+    let text = run_capture(binary, &["--version"], Duration::from_secs(180)).await?;
     parse_vllm_version(&text).ok_or_else(|| "no version in `vllm --version`".to_string())
 }
 

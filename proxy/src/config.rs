@@ -20,6 +20,8 @@
 //! pipeline = true                    # draft the next block while the target verifies
 //! native = false                     # true: the target runs llama.cpp's own speculation (with
 //!                                    # `draft` too: the faster of the two paths, measured)
+//! target_kind = "llamacpp"           # or "vllm" (`vllm serve`); the draft likewise:
+//! draft_kind = "llamacpp"
 //! ```
 
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::backend::BackendKind;
 use crate::engine::PairingConfig;
 
 #[derive(Debug, Error)]
@@ -143,6 +146,12 @@ pub struct PairingEntry {
     /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).
     #[serde(default = "default_adaptive")]
     pub adaptive: bool,
+    /// The target's server software: `llamacpp` (default) or `vllm`.
+    #[serde(default)]
+    pub target_kind: BackendKind,
+    /// The draft's server software: `llamacpp` (default) or `vllm`.
+    #[serde(default)]
+    pub draft_kind: BackendKind,
 }
 
 fn default_adaptive() -> bool {
@@ -188,6 +197,8 @@ impl PairingEntry {
             adaptive: true,
             pipeline: true,
             native: false,
+            target_kind: BackendKind::default(),
+            draft_kind: BackendKind::default(),
         }
     }
 
@@ -211,6 +222,8 @@ impl PairingEntry {
             prompt_lookup_fallback: self.prompt_lookup_fallback,
             pipeline: self.pipeline,
             native: self.native,
+            target_kind: self.target_kind,
+            draft_kind: self.draft_kind,
         }
     }
 }
@@ -289,6 +302,12 @@ impl ProxyConfig {
                     "pairing {i}: a native pairing drafts inside the target; remove drafts"
                 )));
             }
+            if p.native && p.target_kind != BackendKind::Llamacpp {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: native = true needs a llama.cpp target (llama.cpp's own speculation); with target_kind = \"{}\" give a draft URL instead",
+                    p.target_kind.as_str()
+                )));
+            }
             if p.draft_tokens == 0 || p.draft_tokens > 16 {
                 return Err(ConfigError::Invalid(format!(
                     "pairing {i}: draft_tokens must be between 1 and 16, got {}",
@@ -324,6 +343,8 @@ const ENV_PAIRING_KEYS: &[&str] = &[
     "adaptive",
     "pipeline",
     "native",
+    "target_kind",
+    "draft_kind",
 ];
 
 fn env_value(raw: &str) -> toml::Value {

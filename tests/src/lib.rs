@@ -614,3 +614,5 @@ pub fn proxy_token_ids(v: &Value) -> Vec<u64> {
         .collect()
 }
 pub mod faults;
+pub mod vllm;
+pub mod vllm_sim;

@@ -154,6 +154,8 @@ async fn stats(
             if let Value::Object(m) = &mut v {
                 m.insert("target".into(), json!(p.config.target_url));
                 m.insert("draft".into(), json!(p.config.draft_url));
+                m.insert("target_kind".into(), json!(p.config.target_kind.as_str()));
+                m.insert("draft_kind".into(), json!(p.config.draft_kind.as_str()));
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("drafters".into(), json!(p.drafter_views()));

@@ -536,7 +536,7 @@ impl LlamaServer {
         let role = self.role;
         let idle = self.timeout;
         let bytes = resp.bytes_stream();
-        Ok(sse_events(role, idle, bytes))
+        Ok(sse_events::<StreamEvent>(role, idle, bytes))
     }
 
     /// Send an OpenAI request to the server unchanged and hand back its reply (status and body
@@ -598,15 +598,16 @@ pub fn decode_sse_chunks(
     idle: Duration,
     chunks: impl Stream<Item = bytes::Bytes> + Send + 'static,
 ) -> impl Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static {
-    sse_events(role, idle, chunks.map(Ok::<_, reqwest::Error>))
+    sse_events::<StreamEvent>(role, idle, chunks.map(Ok::<_, reqwest::Error>))
 }
 
 /// Decode a `text/event-stream` body into typed events, failing on a stall longer than `idle`.
-fn sse_events(
+/// Generic over the event type: the vLLM client decodes its own chunk shape with it.
+pub(crate) fn sse_events<T: serde::de::DeserializeOwned + Send + 'static>(
     role: Role,
     idle: Duration,
     bytes: impl Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static {
+) -> impl Stream<Item = Result<T, BackendError>> + Send + 'static {
     let state = (Box::pin(bytes), Vec::<u8>::new(), false);
     futures::stream::unfold(state, move |(mut bytes, mut buf, mut done)| async move {
         loop {
@@ -629,7 +630,7 @@ fn sse_events(
                     done = true;
                     continue;
                 }
-                let parsed: Result<StreamEvent, _> = serde_json::from_str(&data);
+                let parsed: Result<T, _> = serde_json::from_str(&data);
                 let item = parsed.map_err(|e| BackendError::Malformed {
                     server: role.as_str(),
                     path: "/completion (stream)".into(),
@@ -686,7 +687,7 @@ fn append_normalized(buf: &mut Vec<u8>, chunk: &[u8]) {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -718,7 +719,7 @@ mod tests {
             Ok(bytes::Bytes::from_static(b"data: {\"tokens\":[5],\"st")),
             Ok(bytes::Bytes::from_static(b"op\":false}\r\n\r\ndata: {\"tokens\":[6],\"stop\":true,\"stop_type\":\"eos\"}\n\n")),
         ];
-        let events: Vec<_> = sse_events(
+        let events: Vec<_> = sse_events::<StreamEvent>(
             Role::Target,
             Duration::from_secs(1),
             futures::stream::iter(chunks),
@@ -737,7 +738,7 @@ mod tests {
     async fn garbage_in_a_stream_is_an_error_not_a_panic() {
         let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> =
             vec![Ok(bytes::Bytes::from_static(b"data: {not json\n\n"))];
-        let events: Vec<_> = sse_events(
+        let events: Vec<_> = sse_events::<StreamEvent>(
             Role::Draft,
             Duration::from_secs(1),
             futures::stream::iter(chunks),

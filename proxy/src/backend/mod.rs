@@ -5,6 +5,10 @@
 //! text round trips are why its output was not the target's). One module per server kind.
 
 pub mod llamacpp;
+pub mod server;
+pub mod vllm;
+
+pub use server::{Backend, BackendKind, ServerFacts};
 
 use thiserror::Error;
 

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::report::{Category, Check, Status};
 use crate::backend::llamacpp::{LlamaServer, Role, Sampling, TokenId};
+use crate::backend::{Backend, BackendKind};
 use crate::engine::adapt::Controller;
 use crate::fleet::layout::{Layout, PairingUrls};
 
@@ -146,6 +147,10 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         return checks;
     };
     let subject = format!("pairing {name}");
+    if pairing.target_kind == BackendKind::Vllm || pairing.draft_kind == BackendKind::Vllm {
+        checks.extend(vllm_pairing_checks(&subject, pairing).await);
+        return checks;
+    }
 
     // Tokenizer probe.
     let mut mismatch = None;
@@ -240,6 +245,102 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
             ),
         },
     );
+    checks
+}
+
+/// A pairing with a vLLM side: versions for the audit and the tokenizer probes through each
+/// server's own API. The slot and payoff checks replay llama.cpp requests, so they are skipped;
+/// the proxy's controller measures the payoff live.
+async fn vllm_pairing_checks(subject: &str, pairing: &PairingUrls) -> Vec<Check> {
+    let timeout = Duration::from_secs(60);
+    let draft_url = pairing.draft.as_deref().unwrap_or_default();
+    let servers = (
+        Backend::new(pairing.target_kind, Role::Target, &pairing.target, timeout),
+        Backend::new(pairing.draft_kind, Role::Draft, draft_url, timeout),
+    );
+    let (Ok(target), Ok(draft)) = servers else {
+        return vec![Check::new(
+            Category::Network,
+            subject.to_string(),
+            Status::Fail,
+            "invalid URL",
+        )
+        .hint("fix the URL in [[pairings]]")];
+    };
+    let mut checks = Vec::new();
+    for (role, server) in [("target", &target), ("draft", &draft)] {
+        match server.facts().await {
+            Ok(f) => checks.push(
+                Check::new(
+                    Category::Build,
+                    subject.to_string(),
+                    if f.eos_known || role == "draft" { Status::Pass } else { Status::Warn },
+                    format!("{role} ({}): {} serving {}, context {}", server.kind().as_str(), f.build, f.model, f.n_ctx),
+                )
+                .details(json!({"role": role, "kind": server.kind().as_str(), "build": f.build, "model": f.model})),
+            ),
+            Err(e) => checks.push(Check::new(
+                Category::Build,
+                subject.to_string(),
+                Status::Warn,
+                format!("{role}: could not read its version and model: {e}"),
+            )),
+        }
+    }
+    if let Some(c) = checks.first_mut() {
+        if c.status == Status::Warn && pairing.target_kind == BackendKind::Vllm {
+            *c = c.clone().hint("start the vLLM target with --enable-tokenizer-info-endpoint, or the proxy serves it target-only (it cannot tell where answers end)");
+        }
+    }
+    let mut mismatch = None;
+    for probe in PROBES {
+        match (
+            target.tokenize(probe, true).await,
+            draft.tokenize(probe, true).await,
+        ) {
+            (Ok(t), Ok(d)) if t != d => {
+                mismatch = Some(format!(
+                    "{probe:?}: target {} tokens, draft {} tokens",
+                    t.len(),
+                    d.len()
+                ));
+                break;
+            }
+            (Ok(_), Ok(_)) => {}
+            (t, d) => {
+                mismatch = Some(format!(
+                    "tokenize failed: {:?} / {:?}",
+                    t.err().map(|e| e.to_string()),
+                    d.err().map(|e| e.to_string())
+                ));
+                break;
+            }
+        }
+    }
+    checks.push(match mismatch {
+        None => Check::new(
+            Category::Vocabulary,
+            subject.to_string(),
+            Status::Pass,
+            format!(
+                "the running servers tokenize all {} probes identically",
+                PROBES.len()
+            ),
+        ),
+        Some(m) => Check::new(
+            Category::Vocabulary,
+            subject.to_string(),
+            Status::Fail,
+            format!("the running servers tokenize differently: {m}"),
+        )
+        .hint("the draft must use the target's tokenizer: pick a draft of the same model family"),
+    });
+    checks.push(Check::new(
+        Category::Payoff,
+        subject.to_string(),
+        Status::Skip,
+        "not measured for pairings with a vLLM side; the proxy's controller measures it live",
+    ));
     checks
 }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::adapt;
-use crate::backend::llamacpp::LlamaServer;
+use crate::backend::Backend;
 use crate::metrics::DrafterMetrics;
 
 /// Rounds a drafter needs before its estimates are trusted to rank it against the others.
@@ -33,7 +33,7 @@ pub const REVISIT_EVERY: u64 = 8;
 /// One draft server of a pairing, with its own controller and counters.
 pub struct DraftSlot {
     pub url: String,
-    pub server: LlamaServer,
+    pub server: Backend,
     pub controller: Arc<Mutex<adapt::Controller>>,
     pub metrics: DrafterMetrics,
     /// The pairing's request number when this drafter was last chosen (0: never).
@@ -43,7 +43,7 @@ pub struct DraftSlot {
 impl DraftSlot {
     pub fn new(
         url: String,
-        server: LlamaServer,
+        server: Backend,
         controller: adapt::Controller,
         metrics: DrafterMetrics,
     ) -> Self {
@@ -170,7 +170,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn slot(metrics: &crate::metrics::Metrics, url: &str) -> DraftSlot {
-        let server = LlamaServer::new(Role::Draft, url, Duration::from_secs(1)).expect("client");
+        let server = Backend::new(
+            crate::backend::BackendKind::Llamacpp,
+            Role::Draft,
+            url,
+            Duration::from_secs(1),
+        )
+        .expect("client");
         DraftSlot::new(
             url.into(),
             server,

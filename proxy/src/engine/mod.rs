@@ -30,8 +30,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::backend::llamacpp::{Completion, LlamaServer, Role, Sampling, TokenId};
-use crate::backend::BackendError;
+use crate::backend::llamacpp::{Completion, Role, Sampling, TokenId};
+use crate::backend::{Backend, BackendError, BackendKind};
 use crate::metrics::{PairingMetrics, ServedBy};
 use output::{FinishReason, Output};
 use verify::Choice;
@@ -94,12 +94,16 @@ pub struct PairingConfig {
     /// The target runs llama.cpp's own speculation with its draft model on a remote rpc-server
     /// (native pairing): the proxy only decides per request how many tokens it may draft.
     pub native: bool,
+    /// Which server software the target runs (llama.cpp or vLLM).
+    pub target_kind: BackendKind,
+    /// Which server software the draft runs.
+    pub draft_kind: BackendKind,
 }
 
 /// A target server with an optional draft server, served under one model name.
 pub struct Pairing {
     pub config: PairingConfig,
-    target: LlamaServer,
+    target: Backend,
     /// The draft servers, in configuration order (`draft` first, then `drafts`).
     drafts: Vec<drafters::DraftSlot>,
     probed: Mutex<Option<Arc<PairingInfo>>>,
@@ -239,7 +243,12 @@ impl Run {
 
 impl Pairing {
     pub fn new(config: PairingConfig, metrics: PairingMetrics) -> Result<Self, BackendError> {
-        let target = LlamaServer::new(Role::Target, &config.target_url, config.target_timeout)?;
+        let target = Backend::new(
+            config.target_kind,
+            Role::Target,
+            &config.target_url,
+            config.target_timeout,
+        )?;
         let make_controller = || {
             if config.adaptive {
                 adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
@@ -255,7 +264,7 @@ impl Pairing {
             .filter(|u| u.as_str() != PROMPT_LOOKUP)
             .chain(&config.drafts)
         {
-            let server = LlamaServer::new(Role::Draft, url, config.draft_timeout)?;
+            let server = Backend::new(config.draft_kind, Role::Draft, url, config.draft_timeout)?;
             drafts.push(drafters::DraftSlot::new(
                 url.clone(),
                 server,
@@ -343,7 +352,7 @@ impl Pairing {
             .collect()
     }
 
-    pub fn target(&self) -> &LlamaServer {
+    pub fn target(&self) -> &Backend {
         &self.target
     }
 
@@ -518,21 +527,13 @@ impl Pairing {
     }
 
     async fn probe(&self) -> Result<PairingInfo, BackendError> {
-        let props = self.target.props().await?;
-        let model = self.target.model_info().await?;
-        let mut end_of_generation = HashSet::new();
-        if !props.eos_token().is_empty() {
-            if let Ok(ids) = self.target.tokenize(props.eos_token(), false).await {
-                if let [id] = ids.as_slice() {
-                    end_of_generation.insert(*id);
-                }
-            }
-        }
+        let facts = self.target.facts().await?;
+        let end_of_generation = facts.end_of_generation.clone();
         let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
         let mut drafters = Vec::with_capacity(self.drafts.len());
         for d in &self.drafts {
             let checked = self
-                .check_draft(&d.server, props.total_slots, model.n_vocab)
+                .check_draft(&d.server, facts.verify_slots, facts.n_vocab)
                 .await;
             if let Err(reason) = &checked {
                 warn!(pairing = %self.config.name, drafter = %d.url, %reason, "drafter not usable");
@@ -549,7 +550,7 @@ impl Pairing {
             None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
             None if lookup_configured => (
                 slots_for_verification(
-                    props.total_slots,
+                    facts.verify_slots,
                     self.config.draft_tokens,
                     &self.config.name,
                 ),
@@ -567,7 +568,7 @@ impl Pairing {
                     warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
                     (
                         slots_for_verification(
-                            props.total_slots,
+                            facts.verify_slots,
                             self.config.draft_tokens,
                             &self.config.name,
                         ),
@@ -581,10 +582,19 @@ impl Pairing {
                 other => (other, Drafter::Server),
             },
         };
+        // Proxy rounds decide where the answer ends, so they need the target's end tokens; a
+        // vLLM target tells them only with its tokenizer-info endpoint. Streams end by themselves.
+        let speculation = match speculation {
+            Ok(_) if !facts.eos_known && drafter != Drafter::Native => Err(format!(
+                "the {} target does not say which token ends an answer: start vLLM with --enable-tokenizer-info-endpoint",
+                self.target.kind().as_str()
+            )),
+            other => other,
+        };
         Ok(PairingInfo {
-            target_model: model.id,
-            target_build: props.build_info.clone(),
-            n_ctx: props.default_generation_settings.n_ctx as usize,
+            target_model: facts.model,
+            target_build: facts.build,
+            n_ctx: facts.n_ctx,
             end_of_generation,
             speculation,
             drafter,
@@ -596,12 +606,12 @@ impl Pairing {
     /// Can this draft speak for this target? Same vocabulary, same tokenization, enough slots.
     async fn check_draft(
         &self,
-        draft: &LlamaServer,
+        draft: &Backend,
         target_slots: u32,
         target_vocab: Option<u64>,
     ) -> Result<usize, String> {
         let draft_model = draft
-            .model_info()
+            .facts()
             .await
             .map_err(|e| format!("draft unavailable: {e}"))?;
         if let (Some(t), Some(d)) = (target_vocab, draft_model.n_vocab) {
@@ -640,10 +650,7 @@ impl Pairing {
         match prompt {
             PromptInput::Tokens(t) => Ok(t.clone()),
             PromptInput::Text(s) => self.target.tokenize(s, true).await,
-            PromptInput::Chat(messages) => {
-                let rendered = self.target.apply_template(messages).await?;
-                self.target.tokenize(&rendered, true).await
-            }
+            PromptInput::Chat(messages) => self.target.tokenize_chat(messages).await,
         }
     }
 
@@ -940,12 +947,9 @@ impl Pairing {
                     _ => None,
                 };
                 let verify_started = Instant::now();
-                let prompts: Vec<Vec<TokenId>> = (0..=proposal.len())
-                    .map(|i| [run.ctx.as_slice(), &proposal[..i]].concat())
-                    .collect();
                 let results = self
                     .target
-                    .next_token_many(&prompts, &verify_sampling, n_probs)
+                    .verify(&run.ctx, &proposal, &verify_sampling, n_probs)
                     .await
                     .map_err(|e| match e {
                         // k+1 copies of the context did not fit the target's KV cache: this
@@ -953,7 +957,7 @@ impl Pairing {
                         BackendError::Status { ref body, .. } if body.contains("exceed") => {
                             SpeculationStop::Capacity(format!(
                                 "the target's context cannot hold {} copies of this {}-token context for one-pass verification (start it with a larger -c): {e}",
-                                prompts.len(),
+                                proposal.len() + 1,
                                 run.ctx.len()
                             ))
                         }

@@ -115,6 +115,11 @@ pub struct PairingUrls {
     /// The target runs llama.cpp's own speculation (native pairing); the proxy only steers it.
     #[serde(default)]
     pub native: bool,
+    /// The target's and the draft's server software (llama.cpp unless `vllm`).
+    #[serde(default)]
+    pub target_kind: crate::backend::BackendKind,
+    #[serde(default)]
+    pub draft_kind: crate::backend::BackendKind,
 }
 
 fn default_draft_tokens() -> usize {

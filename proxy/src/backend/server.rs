@@ -1,0 +1,246 @@
+//! One inference server of either kind, behind the calls the engine makes.
+//!
+//! The engine never needs to know which server software answers: a pairing's target and its draft
+//! are each a [`Backend`], so llama.cpp and vLLM mix freely (a llama.cpp draft on a small card, a
+//! vLLM target on the big one) as long as the vocabularies match — which the engine checks with
+//! the same tokenizer probes whatever the kinds.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::llamacpp::{Completion, LlamaServer, Role, Sampling, StreamEvent, TokenId};
+use super::vllm::VllmServer;
+use super::BackendError;
+
+/// Which server software runs at a URL (`kind` in a pairing's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// llama.cpp's `llama-server`.
+    #[default]
+    Llamacpp,
+    /// `vllm serve` (its OpenAI-compatible server).
+    Vllm,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Llamacpp => "llamacpp",
+            BackendKind::Vllm => "vllm",
+        }
+    }
+}
+
+/// What the engine learns about a server when it probes it.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub model: String,
+    /// Build or version, for logs and audits (`b1-0c1e570`, `vllm 0.32.0`).
+    pub build: String,
+    /// Tokens of prompt + generation one sequence may hold.
+    pub n_ctx: usize,
+    pub n_vocab: Option<u64>,
+    /// End-of-generation token ids.
+    pub end_of_generation: HashSet<TokenId>,
+    /// Whether `end_of_generation` is known (vLLM tells only with its tokenizer-info endpoint).
+    pub eos_known: bool,
+    /// How many prompts one verification request may carry in one pass (llama.cpp: its slots).
+    pub verify_slots: u32,
+}
+
+/// A server of either kind.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Llamacpp(LlamaServer),
+    Vllm(VllmServer),
+}
+
+/// Events of a streamed generation, whichever server produced them.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, BackendError>> + Send>>;
+
+/// vLLM takes up to `VLLM_MAX_COMPLETION_PROMPTS` prompts per request (1024 by default); far more
+/// than any draft length, so it never limits k.
+const VLLM_PROMPTS_PER_REQUEST: u32 = 1024;
+
+impl Backend {
+    pub fn new(
+        kind: BackendKind,
+        role: Role,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        Ok(match kind {
+            BackendKind::Llamacpp => Backend::Llamacpp(LlamaServer::new(role, url, timeout)?),
+            BackendKind::Vllm => Backend::Vllm(VllmServer::new(role, url, timeout)?),
+        })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Llamacpp(_) => BackendKind::Llamacpp,
+            Backend::Vllm(_) => BackendKind::Vllm,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        match self {
+            Backend::Llamacpp(s) => s.base_url(),
+            Backend::Vllm(s) => s.base_url(),
+        }
+    }
+
+    /// The llama.cpp server, for what only llama.cpp has (native pairing, `/metrics` counters).
+    pub fn as_llamacpp(&self) -> Option<&LlamaServer> {
+        match self {
+            Backend::Llamacpp(s) => Some(s),
+            Backend::Vllm(_) => None,
+        }
+    }
+
+    pub async fn health(&self) -> Result<bool, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.health().await,
+            Backend::Vllm(s) => s.health().await,
+        }
+    }
+
+    pub async fn facts(&self) -> Result<ServerFacts, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => {
+                let props = s.props().await?;
+                let model = s.model_info().await?;
+                let mut end_of_generation = HashSet::new();
+                if !props.eos_token().is_empty() {
+                    if let Ok(ids) = s.tokenize(props.eos_token(), false).await {
+                        if let [id] = ids.as_slice() {
+                            end_of_generation.insert(*id);
+                        }
+                    }
+                }
+                Ok(ServerFacts {
+                    model: model.id,
+                    build: props.build_info.clone(),
+                    n_ctx: props.default_generation_settings.n_ctx as usize,
+                    n_vocab: model.n_vocab,
+                    end_of_generation,
+                    eos_known: true,
+                    verify_slots: props.total_slots,
+                })
+            }
+            Backend::Vllm(s) => {
+                let f = s.facts().await?;
+                let mut end_of_generation = HashSet::new();
+                if let Some(eos) = &f.eos_token {
+                    if let [id] = s.tokenize(eos, false).await?.as_slice() {
+                        end_of_generation.insert(*id);
+                    }
+                }
+                Ok(ServerFacts {
+                    model: f.model,
+                    build: format!("vllm {}", f.version),
+                    n_ctx: f.max_model_len,
+                    n_vocab: None,
+                    eos_known: !end_of_generation.is_empty(),
+                    end_of_generation,
+                    verify_slots: VLLM_PROMPTS_PER_REQUEST,
+                })
+            }
+        }
+    }
+
+    pub async fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<TokenId>, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.tokenize(text, add_special).await,
+            Backend::Vllm(s) => s.tokenize(text, add_special).await,
+        }
+    }
+
+    pub async fn detokenize(&self, tokens: &[TokenId]) -> Result<String, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.detokenize(tokens).await,
+            Backend::Vllm(s) => s.detokenize(tokens).await,
+        }
+    }
+
+    /// Chat messages rendered with this server's own template, as token ids.
+    pub async fn tokenize_chat(&self, messages: &Value) -> Result<Vec<TokenId>, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => {
+                let rendered = s.apply_template(messages).await?;
+                s.tokenize(&rendered, true).await
+            }
+            Backend::Vllm(s) => s.tokenize_chat(messages).await,
+        }
+    }
+
+    /// Up to `n` tokens after `prompt` (a draft's proposal).
+    pub async fn complete(
+        &self,
+        prompt: &[TokenId],
+        n: usize,
+        sampling: &Sampling,
+    ) -> Result<Completion, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.complete(prompt, n, sampling).await,
+            Backend::Vllm(s) => s.complete(prompt, n, sampling).await,
+        }
+    }
+
+    /// The target's own choice after `ctx`, `ctx+d1`, …, `ctx+d1..dk` (k + 1 results, in order),
+    /// from one request.
+    pub async fn verify(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+        sampling: &Sampling,
+        n_probs: usize,
+    ) -> Result<Vec<Completion>, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => {
+                let prompts: Vec<Vec<TokenId>> = (0..=proposal.len())
+                    .map(|i| [ctx, &proposal[..i]].concat())
+                    .collect();
+                s.next_token_many(&prompts, sampling, n_probs).await
+            }
+            Backend::Vllm(s) => s.verify(ctx, proposal, sampling).await,
+        }
+    }
+
+    /// Stream up to `n` tokens after `prompt`, sampled by the server itself.
+    pub async fn stream(
+        &self,
+        prompt: &[TokenId],
+        n: usize,
+        sampling: &Sampling,
+        native_draft_tokens: Option<usize>,
+    ) -> Result<EventStream, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => Ok(Box::pin(
+                s.stream(prompt, n, sampling, native_draft_tokens).await?,
+            )),
+            Backend::Vllm(s) => s.stream(prompt, n, sampling).await,
+        }
+    }
+
+    /// Relay an OpenAI request unchanged (passthrough).
+    pub async fn forward(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.forward(path, body).await,
+            Backend::Vllm(s) => s.forward(path, body).await,
+        }
+    }
+}

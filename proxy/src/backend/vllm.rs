@@ -1,0 +1,794 @@
+//! vLLM's OpenAI-compatible server (`vllm serve`), as a target or a draft.
+//!
+//! Only documented endpoints: `/v1/completions` with token-id prompts, `/tokenize` (text, or chat
+//! `messages` rendered with the server's own template), `/detokenize`, `/v1/models`, `/version`,
+//! `/health`, and `/tokenizer_info` (needs `--enable-tokenizer-info-endpoint`; it names the
+//! end-of-sequence token). See `notes/speculation.md` §B.
+//!
+//! Verification, the part that decides exactness:
+//! - **greedy**: ONE request whose prompt is context + k draft tokens, `max_tokens: 1`,
+//!   `prompt_logprobs: 1`, `temperature: 0`. `prompt_logprobs[i]` holds the rank-1 token at every
+//!   prompt position, i.e. the target's argmax after each prefix, and the generated token is its
+//!   argmax after the whole block (the bonus). vLLM skips the prefix cache for requests with
+//!   prompt log-probabilities (it recomputes the whole prompt), so these values are never stale
+//!   cached ones — exact, at the price of a full prefill per round.
+//! - **sampling**: the several-prompts form (`prompt: [ctx, ctx+d1, …]`, `max_tokens: 1`, the
+//!   request's sampler, no seed so positions draw independently): each result is the server's own
+//!   sample, exact for any sampler vLLM implements. Raw `prompt_logprobs` are pre-sampler values,
+//!   so they are never used to sample.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::llamacpp::{
+    sse_events, truncate, Completion, Role, SampledToken, Sampling, StreamEvent, TokenId,
+};
+use super::BackendError;
+
+/// A `vllm serve` reachable over HTTP (persistent connection pool, per-call timeouts).
+#[derive(Debug, Clone)]
+pub struct VllmServer {
+    role: Role,
+    base: String,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// What a vLLM server tells about itself.
+#[derive(Debug, Clone)]
+pub struct VllmFacts {
+    pub model: String,
+    pub version: String,
+    pub max_model_len: usize,
+    /// The end-of-sequence token's text from `/tokenizer_info`; `None` when the endpoint is off.
+    pub eos_token: Option<String>,
+}
+
+/// One entry of `prompt_logprobs[i]` (keyed by token id in the JSON).
+#[derive(Debug, Clone, Deserialize)]
+struct PromptLogprob {
+    #[serde(default)]
+    logprob: Option<f64>,
+    #[serde(default)]
+    rank: Option<u64>,
+    #[serde(default)]
+    decoded_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionChoice {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    stop_reason: Option<Value>,
+    #[serde(default)]
+    token_ids: Option<Vec<TokenId>>,
+    #[serde(default)]
+    prompt_logprobs: Option<Vec<Option<HashMap<String, PromptLogprob>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionResponse {
+    #[serde(default)]
+    choices: Vec<CompletionChoice>,
+}
+
+/// Exact bytes of a token as vLLM decoded it, when they can be trusted: empty text or a
+/// replacement character means the token is part of a multi-byte character (the engine then
+/// resolves it with `/detokenize` together with its neighbours).
+fn trusted_bytes(text: &str) -> Vec<u8> {
+    if text.contains('\u{FFFD}') {
+        Vec::new()
+    } else {
+        text.as_bytes().to_vec()
+    }
+}
+
+/// A result with the token id and (if trustworthy) its bytes, in the shape the engine reads.
+fn completion_for(id: TokenId, text: &str, eos: bool) -> Completion {
+    let bytes = trusted_bytes(text);
+    Completion {
+        tokens: vec![id],
+        stop_type: if eos { "eos".into() } else { String::new() },
+        // No details when the bytes are unknown: the engine then resolves the text itself.
+        completion_probabilities: if bytes.is_empty() {
+            Vec::new()
+        } else {
+            vec![SampledToken {
+                id,
+                bytes,
+                top_probs: Vec::new(),
+                top_logprobs: Vec::new(),
+            }]
+        },
+        timings: None,
+    }
+}
+
+/// `finish_reason: "stop"` without a stop string or stop token id means end of sequence.
+fn ended_by_eos(choice: &CompletionChoice) -> bool {
+    choice.finish_reason.as_deref() == Some("stop")
+        && matches!(choice.stop_reason, None | Some(Value::Null))
+}
+
+impl VllmServer {
+    pub fn new(role: Role, base_url: &str, timeout: Duration) -> Result<Self, BackendError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| BackendError::Unreachable {
+                server: role.as_str(),
+                url: base.clone(),
+                source,
+            })?;
+        Ok(VllmServer {
+            role,
+            base,
+            http,
+            timeout,
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn malformed(&self, path: &str, detail: impl Into<String>) -> BackendError {
+        BackendError::Malformed {
+            server: self.role.as_str(),
+            path: path.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn map_send_error(&self, path: &str, e: reqwest::Error) -> BackendError {
+        if e.is_timeout() {
+            BackendError::Timeout {
+                server: self.role.as_str(),
+                path: path.to_string(),
+                seconds: self.timeout.as_secs(),
+            }
+        } else {
+            BackendError::Unreachable {
+                server: self.role.as_str(),
+                url: self.url(path),
+                source: e,
+            }
+        }
+    }
+
+    async fn check_status(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response, BackendError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        Err(BackendError::Status {
+            server: self.role.as_str(),
+            path: path.to_string(),
+            status,
+            body: truncate(&body, 500),
+        })
+    }
+
+    /// Send once; a request that could not even be sent on a pooled connection the server had
+    /// closed is sent once more on a fresh one (no side effects beyond the KV cache).
+    async fn send(
+        &self,
+        path: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        let resp = match build().send().await {
+            Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => {
+                tracing::debug!(server = self.role.as_str(), error = %e, "retrying once on a fresh connection");
+                build().send().await
+            }
+            other => other,
+        }
+        .map_err(|e| self.map_send_error(path, e))?;
+        self.check_status(path, resp).await
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, BackendError> {
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.map_send_error(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            self.malformed(
+                path,
+                format!(
+                    "{e} (reply began {:?})",
+                    truncate(&String::from_utf8_lossy(&bytes), 200)
+                ),
+            )
+        })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, BackendError> {
+        let resp = self
+            .send(path, || self.http.get(self.url(path)).timeout(self.timeout))
+            .await?;
+        self.read_json(path, resp).await
+    }
+
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, BackendError> {
+        let resp = self
+            .send(path, || {
+                self.http
+                    .post(self.url(path))
+                    .timeout(self.timeout)
+                    .json(body)
+            })
+            .await?;
+        self.read_json(path, resp).await
+    }
+
+    /// `Ok(true)` when the server is up and its engine answers.
+    pub async fn health(&self) -> Result<bool, BackendError> {
+        let resp = self
+            .http
+            .get(self.url("/health"))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.map_send_error("/health", e))?;
+        Ok(resp.status().is_success())
+    }
+
+    /// The server's version (`/version`, for audits).
+    pub async fn version(&self) -> Result<String, BackendError> {
+        let v: Value = self.get_json("/version").await?;
+        v.get("version")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| self.malformed("/version", "no `version` in the reply"))
+    }
+
+    /// Model id, context length, version and (if the endpoint is on) the EOS token's text.
+    pub async fn facts(&self) -> Result<VllmFacts, BackendError> {
+        let models: Value = self.get_json("/v1/models").await?;
+        let first = models
+            .get("data")
+            .and_then(|d| d.get(0))
+            .ok_or_else(|| self.malformed("/v1/models", "no model listed"))?;
+        let model = first
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.malformed("/v1/models", "the model has no `id`"))?
+            .to_string();
+        let max_model_len = first
+            .get("max_model_len")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| self.malformed("/v1/models", "the model has no `max_model_len`"))?
+            as usize;
+        let version = self.version().await?;
+        // `/tokenizer_info` exists only with --enable-tokenizer-info-endpoint (404 otherwise).
+        let eos_token = match self.get_json::<Value>("/tokenizer_info").await {
+            Ok(info) => eos_text(&info),
+            Err(BackendError::Status { status: 404, .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(VllmFacts {
+            model,
+            version,
+            max_model_len,
+            eos_token,
+        })
+    }
+
+    /// Tokenize text as vLLM's own completion endpoint would (`add_special_tokens` adds BOS where
+    /// the model wants one).
+    pub async fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<TokenId>, BackendError> {
+        let v: Value = self
+            .post_json(
+                "/tokenize",
+                &json!({ "prompt": text, "add_special_tokens": add_special }),
+            )
+            .await?;
+        self.tokens_of("/tokenize", &v)
+    }
+
+    /// Render chat messages with the server's own chat template and tokenize them, in one call.
+    pub async fn tokenize_chat(&self, messages: &Value) -> Result<Vec<TokenId>, BackendError> {
+        let v: Value = self
+            .post_json(
+                "/tokenize",
+                &json!({ "messages": messages, "add_generation_prompt": true }),
+            )
+            .await?;
+        self.tokens_of("/tokenize", &v)
+    }
+
+    fn tokens_of(&self, path: &str, v: &Value) -> Result<Vec<TokenId>, BackendError> {
+        serde_json::from_value(v.get("tokens").cloned().unwrap_or(Value::Null))
+            .map_err(|e| self.malformed(path, format!("no token list in the reply: {e}")))
+    }
+
+    /// The text of several tokens together.
+    pub async fn detokenize(&self, tokens: &[TokenId]) -> Result<String, BackendError> {
+        let v: Value = self
+            .post_json("/detokenize", &json!({ "tokens": tokens }))
+            .await?;
+        v.get("prompt")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| self.malformed("/detokenize", "no `prompt` in the reply"))
+    }
+
+    fn completion_body(prompt: Value, max_tokens: usize, sampling: &Sampling) -> Value {
+        let mut body = serde_json::Map::new();
+        body.insert("prompt".into(), prompt);
+        body.insert("max_tokens".into(), json!(max_tokens));
+        body.insert("return_token_ids".into(), json!(true));
+        // The proxy applies stop strings itself; special tokens stay out of the text as in
+        // vLLM's own answers.
+        body.insert("temperature".into(), json!(sampling.temperature.max(0.0)));
+        if let Some(v) = sampling.top_k {
+            body.insert("top_k".into(), json!(v));
+        }
+        if let Some(v) = sampling.top_p {
+            body.insert("top_p".into(), json!(v));
+        }
+        if let Some(v) = sampling.min_p {
+            body.insert("min_p".into(), json!(v));
+        }
+        if let Some(v) = sampling.seed {
+            body.insert("seed".into(), json!(v));
+        }
+        Value::Object(body)
+    }
+
+    async fn completions(&self, body: &Value) -> Result<CompletionResponse, BackendError> {
+        self.post_json("/v1/completions", body).await
+    }
+
+    /// Generate up to `n` tokens after `prompt` (the draft's proposal). Only `tokens` is filled.
+    pub async fn complete(
+        &self,
+        prompt: &[TokenId],
+        n: usize,
+        sampling: &Sampling,
+    ) -> Result<Completion, BackendError> {
+        let path = "/v1/completions";
+        let resp = self
+            .completions(&Self::completion_body(json!(prompt), n, sampling))
+            .await?;
+        let choice = resp
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.malformed(path, "no choices in the reply"))?;
+        let tokens = choice.token_ids.clone().ok_or_else(|| {
+            self.malformed(path, "no `token_ids` (a vLLM without return_token_ids?)")
+        })?;
+        if tokens.len() > n {
+            return Err(self.malformed(path, format!("{} tokens for max_tokens {n}", tokens.len())));
+        }
+        Ok(Completion {
+            tokens,
+            stop_type: if ended_by_eos(&choice) {
+                "eos".into()
+            } else {
+                String::new()
+            },
+            completion_probabilities: Vec::new(),
+            timings: None,
+        })
+    }
+
+    /// The target's own choice after `ctx`, `ctx+d1`, …, `ctx+d1..dk`: k + 1 results in order.
+    /// Greedy: one sequence with `prompt_logprobs`; otherwise the several-prompts form.
+    pub async fn verify(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+        sampling: &Sampling,
+    ) -> Result<Vec<Completion>, BackendError> {
+        if sampling.is_greedy() {
+            self.verify_greedy(ctx, proposal).await
+        } else {
+            self.verify_sampled(ctx, proposal, sampling).await
+        }
+    }
+
+    async fn verify_greedy(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+    ) -> Result<Vec<Completion>, BackendError> {
+        let path = "/v1/completions";
+        if ctx.is_empty() {
+            return Err(self.malformed(path, "cannot verify after an empty context"));
+        }
+        let prompt: Vec<TokenId> = [ctx, proposal].concat();
+        let mut body = Self::completion_body(json!(prompt), 1, &Sampling::greedy());
+        if let Value::Object(m) = &mut body {
+            m.insert("prompt_logprobs".into(), json!(1));
+        }
+        let resp = self.completions(&body).await?;
+        let choice = resp
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.malformed(path, "no choices in the reply"))?;
+        let positions = choice.prompt_logprobs.as_ref().ok_or_else(|| {
+            self.malformed(path, "no `prompt_logprobs` although they were requested")
+        })?;
+        if positions.len() != prompt.len() {
+            return Err(self.malformed(
+                path,
+                format!(
+                    "{} prompt_logprobs entries for a {}-token prompt",
+                    positions.len(),
+                    prompt.len()
+                ),
+            ));
+        }
+        let mut results = Vec::with_capacity(proposal.len() + 1);
+        // Position ctx.len() + i scores proposal[i] and holds the argmax after ctx + d[..i].
+        for (i, entry) in positions[ctx.len()..].iter().enumerate() {
+            let entry = entry.as_ref().ok_or_else(|| {
+                self.malformed(
+                    path,
+                    format!("no log-probabilities for prompt position {}", ctx.len() + i),
+                )
+            })?;
+            let (id, lp) = argmax(entry).ok_or_else(|| {
+                self.malformed(
+                    path,
+                    format!("no rank-1 token at prompt position {}", ctx.len() + i),
+                )
+            })?;
+            results.push(completion_for(
+                id,
+                lp.decoded_token.as_deref().unwrap_or(""),
+                false,
+            ));
+        }
+        let bonus = choice
+            .token_ids
+            .as_ref()
+            .and_then(|t| t.first())
+            .copied()
+            .ok_or_else(|| self.malformed(path, "no generated token (`token_ids`)"))?;
+        results.push(completion_for(bonus, &choice.text, ended_by_eos(&choice)));
+        Ok(results)
+    }
+
+    async fn verify_sampled(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+        sampling: &Sampling,
+    ) -> Result<Vec<Completion>, BackendError> {
+        let path = "/v1/completions";
+        let prompts: Vec<Vec<TokenId>> = (0..=proposal.len())
+            .map(|i| [ctx, &proposal[..i]].concat())
+            .collect();
+        // Never one seed for all positions: identical draws would correlate acceptances.
+        let unseeded = Sampling {
+            seed: None,
+            ..*sampling
+        };
+        let resp = self
+            .completions(&Self::completion_body(json!(prompts), 1, &unseeded))
+            .await?;
+        if resp.choices.len() != prompts.len() {
+            return Err(self.malformed(
+                path,
+                format!(
+                    "{} choices for {} prompts",
+                    resp.choices.len(),
+                    prompts.len()
+                ),
+            ));
+        }
+        let mut results: Vec<Option<Completion>> = vec![None; prompts.len()];
+        for choice in &resp.choices {
+            let id = choice
+                .token_ids
+                .as_ref()
+                .and_then(|t| t.first())
+                .copied()
+                .ok_or_else(|| self.malformed(path, "a choice without its sampled token"))?;
+            let slot = results.get_mut(choice.index).ok_or_else(|| {
+                self.malformed(path, format!("choice index {} out of range", choice.index))
+            })?;
+            *slot = Some(completion_for(id, &choice.text, ended_by_eos(choice)));
+        }
+        results
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.malformed(path, "a prompt without its choice"))
+    }
+
+    /// Stream up to `n` tokens after `prompt`, sampled by vLLM itself (target-only stretches), in
+    /// the engine's event shape: one event per chunk with its token ids, then a final stop event.
+    pub async fn stream(
+        &self,
+        prompt: &[TokenId],
+        n: usize,
+        sampling: &Sampling,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<StreamEvent, BackendError>> + Send>>, BackendError>
+    {
+        let path = "/v1/completions";
+        let mut body = Self::completion_body(json!(prompt), n, sampling);
+        if let Value::Object(m) = &mut body {
+            m.insert("stream".into(), json!(true));
+        }
+        // No overall timeout: the stream lasts as long as the generation; stalls are caught by the
+        // idle timeout of the event decoder.
+        let resp = self
+            .send(path, || self.http.post(self.url(path)).json(&body))
+            .await?;
+        let chunks = sse_events::<Value>(self.role, self.timeout, resp.bytes_stream());
+        Ok(Box::pin(to_stream_events(self.role, chunks)))
+    }
+
+    /// Send an OpenAI request to the server for the proxy to relay (passthrough). vLLM refuses
+    /// model names it does not serve, and clients use the pairing's name: the name is dropped, so
+    /// vLLM uses its served model.
+    pub async fn forward(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, BackendError> {
+        let mut body = body.clone();
+        if let Value::Object(m) = &mut body {
+            m.remove("model");
+        }
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.map_send_error(path, e))
+    }
+}
+
+/// The rank-1 entry of one `prompt_logprobs` position (highest log-probability if ranks are
+/// missing), with its id parsed from the JSON key.
+fn argmax(entry: &HashMap<String, PromptLogprob>) -> Option<(TokenId, &PromptLogprob)> {
+    let parsed = entry
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse::<TokenId>().ok()?, v)));
+    if let Some(best) = parsed.clone().find(|(_, v)| v.rank == Some(1)) {
+        return Some(best);
+    }
+    parsed
+        .filter(|(_, v)| v.logprob.is_some_and(f64::is_finite))
+        .max_by(|a, b| {
+            let (x, y) = (
+                a.1.logprob.unwrap_or(f64::MIN),
+                b.1.logprob.unwrap_or(f64::MIN),
+            );
+            x.total_cmp(&y).then(b.0.cmp(&a.0))
+        })
+}
+
+/// The EOS token's text from a `/tokenizer_info` reply (a string, or an added-token object).
+fn eos_text(info: &Value) -> Option<String> {
+    match info.get("eos_token")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Turn vLLM's streamed completion chunks into the engine's events. The chunk with
+/// `finish_reason` is followed by a stop event; a stream that ends without one is an error (a
+/// vLLM that died mid-answer), never a silently short answer.
+fn to_stream_events(
+    role: Role,
+    chunks: impl Stream<Item = Result<Value, BackendError>> + Send + 'static,
+) -> impl Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static {
+    let path = "/v1/completions (stream)";
+    let malformed = move |detail: String| BackendError::Malformed {
+        server: role.as_str(),
+        path: path.into(),
+        detail,
+    };
+    futures::stream::unfold(
+        (Box::pin(chunks), 0usize, false),
+        move |(mut chunks, mut predicted, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let chunk = match chunks.next().await {
+                    None => {
+                        let err = malformed("the stream ended without a finish_reason".into());
+                        return Some((vec![Err(err)], (chunks, predicted, true)));
+                    }
+                    Some(Err(e)) => return Some((vec![Err(e)], (chunks, predicted, true))),
+                    Some(Ok(v)) => v,
+                };
+                if let Some(err) = chunk.get("error") {
+                    let err = malformed(format!("vLLM reported an error: {err}"));
+                    return Some((vec![Err(err)], (chunks, predicted, true)));
+                }
+                let choices = match chunk.get("choices") {
+                    Some(Value::Array(c)) => c,
+                    _ => {
+                        let err = malformed(format!(
+                            "a chunk without `choices`: {}",
+                            truncate(&chunk.to_string(), 200)
+                        ));
+                        return Some((vec![Err(err)], (chunks, predicted, true)));
+                    }
+                };
+                // The usage-only chunk has no choices.
+                let Some(first) = choices.first() else {
+                    continue;
+                };
+                let choice: CompletionChoice = match serde_json::from_value(first.clone()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let err = malformed(format!("unreadable chunk: {e}"));
+                        return Some((vec![Err(err)], (chunks, predicted, true)));
+                    }
+                };
+                let Some(ids) = choice.token_ids.clone() else {
+                    let err = malformed("a chunk without `token_ids`".into());
+                    return Some((vec![Err(err)], (chunks, predicted, true)));
+                };
+                let mut events = Vec::new();
+                if !ids.is_empty() {
+                    predicted += ids.len();
+                    events.push(Ok(StreamEvent {
+                        content: choice.text.clone(),
+                        tokens: ids,
+                        tokens_predicted: predicted,
+                        completion_probabilities: Vec::new(),
+                        stop: false,
+                        stop_type: String::new(),
+                        timings: None,
+                    }));
+                }
+                let finished = choice.finish_reason.is_some();
+                if finished {
+                    events.push(Ok(StreamEvent {
+                        content: String::new(),
+                        tokens: Vec::new(),
+                        tokens_predicted: predicted,
+                        completion_probabilities: Vec::new(),
+                        stop: true,
+                        stop_type: if ended_by_eos(&choice) {
+                            "eos".into()
+                        } else {
+                            "limit".into()
+                        },
+                        timings: None,
+                    }));
+                }
+                if events.is_empty() {
+                    continue;
+                }
+                return Some((events, (chunks, predicted, finished)));
+            }
+        },
+    )
+    .flat_map(futures::stream::iter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_prefers_rank_one_then_logprob() {
+        let entry: HashMap<String, PromptLogprob> = serde_json::from_value(json!({
+            "17": {"logprob": -3.0, "rank": 4, "decoded_token": " the"},
+            "9": {"logprob": -0.1, "rank": 1, "decoded_token": " a"}
+        }))
+        .expect("entry parses");
+        assert_eq!(argmax(&entry).map(|(id, _)| id), Some(9));
+        let no_ranks: HashMap<String, PromptLogprob> = serde_json::from_value(json!({
+            "3": {"logprob": -2.0}, "5": {"logprob": -1.0}, "x": {"logprob": 0.0}
+        }))
+        .expect("entry parses");
+        assert_eq!(argmax(&no_ranks).map(|(id, _)| id), Some(5));
+    }
+
+    #[test]
+    fn partial_characters_have_no_bytes() {
+        let c = completion_for(7, "\u{FFFD}", false);
+        assert!(c.completion_probabilities.is_empty());
+        let c = completion_for(7, " Köln", true);
+        assert_eq!(c.completion_probabilities[0].bytes, " Köln".as_bytes());
+        assert_eq!(c.stop_type, "eos");
+    }
+
+    #[test]
+    fn eos_from_tokenizer_info() {
+        assert_eq!(
+            eos_text(&json!({"eos_token": "<|im_end|>"})).as_deref(),
+            Some("<|im_end|>")
+        );
+        assert_eq!(
+            eos_text(&json!({"eos_token": {"content": "</s>"}})).as_deref(),
+            Some("</s>")
+        );
+        assert_eq!(eos_text(&json!({"tokenizer_class": "x"})), None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_finish_reason_is_an_error() {
+        let chunks = futures::stream::iter(vec![Ok(json!({
+            "choices": [{"index": 0, "text": "Hi", "token_ids": [5], "finish_reason": null}]
+        }))]);
+        let events: Vec<_> = to_stream_events(Role::Target, chunks).collect().await;
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0].as_ref().map(|e| e.tokens.clone()).ok(),
+            Some(vec![5])
+        );
+        assert!(matches!(events[1], Err(BackendError::Malformed { .. })));
+    }
+
+    #[tokio::test]
+    async fn last_chunk_carries_tokens_and_the_stop() {
+        let chunks = futures::stream::iter(vec![
+            Ok(json!({"choices": [{"index": 0, "text": "a", "token_ids": [1, 2]}]})),
+            Ok(
+                json!({"choices": [{"index": 0, "text": "", "token_ids": [3], "finish_reason": "stop", "stop_reason": null}]}),
+            ),
+            Ok(json!({"choices": [], "usage": {"completion_tokens": 3}})),
+        ]);
+        let events: Vec<_> = to_stream_events(Role::Target, chunks)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("all events parse");
+        let events: Vec<StreamEvent> = events;
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[1].tokens_predicted, 3);
+        assert!(events[2].stop);
+        assert_eq!(events[2].stop_type, "eos");
+    }
+}
