@@ -613,6 +613,65 @@ pub fn proxy_token_ids(v: &Value) -> Vec<u64> {
         .map(|t| t.as_u64().expect("token id"))
         .collect()
 }
+/// The token ids of a streamed completion's body (raw SSE text): the final chunk carries them.
+pub fn stream_token_ids(body: &str) -> Vec<u64> {
+    body.split("\n\n")
+        .filter_map(|e| e.trim_start().strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .find_map(|c| c["choices"][0]["token_ids"].as_array().cloned())
+        .unwrap_or_else(|| panic!("no chunk carries token_ids in {body}"))
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect()
+}
+
+/// The user's story behind most exactness tests: greedy completions through the proxy, each
+/// answered by speculation, compared token by token with the target alone.
+pub async fn greedy_through_proxy_matches_target(
+    proxy: &RunningProxy,
+    target: &LlamaServer,
+    prompts: &[String],
+    max_tokens: usize,
+) -> Vec<Agreement> {
+    let mut outcomes = Vec::new();
+    for prompt in prompts {
+        let (s, through) = proxy
+            .post(
+                "/v1/completions",
+                &serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": true}),
+            )
+            .await;
+        assert_eq!(s, 200, "{through}");
+        assert_eq!(through["tightwad"]["served_by"], "speculative", "{through}");
+        let reference = target
+            .reference(serde_json::json!(prompt), max_tokens)
+            .await;
+        outcomes.push(compare(&proxy_token_ids(&through), &reference, prompt));
+    }
+    outcomes
+}
+
+impl ServerOptions {
+    /// A target with llama.cpp's own speculation: `draft_model` loaded on the rpc-server at
+    /// `rpc_port` (native pairing, the draft's weights on another "host").
+    pub fn native_target(k: u32, draft_model: &Path, rpc_port: u16) -> Self {
+        let mut opts = ServerOptions::target(k);
+        opts.extra = vec![
+            "-md".into(),
+            draft_model.display().to_string(),
+            "--spec-type".into(),
+            "draft-simple".into(),
+            "--rpc".into(),
+            format!("127.0.0.1:{rpc_port}"),
+            "--spec-draft-device".into(),
+            "RPC0".into(),
+            "-ngld".into(),
+            "99".into(),
+        ];
+        opts
+    }
+}
+
 pub mod faults;
 pub mod vllm;
 pub mod vllm_sim;

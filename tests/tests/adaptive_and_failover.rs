@@ -1,23 +1,11 @@
 //! Speculation that would not pay switches itself off; a draft that dies mid-answer changes
 //! nothing the client can see; with no draft model, the context itself drafts.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, prompts, proxy_token_ids, Agreement, LlamaServer,
-    RunningProxy, ServerOptions,
+    assert_ties_are_rare, compare, env, prompts, proxy_token_ids, stream_token_ids, Agreement,
+    LlamaServer, RunningProxy, ServerOptions,
 };
-
-fn final_token_ids(events: &[String]) -> Vec<u64> {
-    events
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .find_map(|c| c["choices"][0]["token_ids"].as_array().cloned())
-        .expect("the final chunk carries token_ids")
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect()
-}
 
 #[tokio::test]
 async fn a_draft_killed_mid_stream_changes_nothing_the_client_sees_and_comes_back() {
@@ -56,7 +44,7 @@ async fn a_draft_killed_mid_stream_changes_nothing_the_client_sees_and_comes_bac
         "the client saw an error: {body}"
     );
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let outcome = compare(&final_token_ids(&events), &reference, prompt);
+    let outcome = compare(&stream_token_ids(&body), &reference, prompt);
     assert_ne!(outcome, Agreement::TieAt(0));
     let stats = proxy.stats().await;
     assert!(

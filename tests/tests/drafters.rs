@@ -5,8 +5,8 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, prompts, proxy_token_ids, LlamaServer, RunningProxy,
-    ServerOptions,
+    assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, prompts,
+    proxy_token_ids, stream_token_ids, LlamaServer, RunningProxy, ServerOptions,
 };
 
 fn drafter<'a>(stats: &'a Value, url: &str) -> &'a Value {
@@ -45,16 +45,7 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
     entry.drafts = vec![other.url.clone(), good.url.clone()];
     let proxy = RunningProxy::start_entry(entry).await;
 
-    let mut outcomes = Vec::new();
-    for prompt in prompts().iter().take(12) {
-        let (s, through) = proxy
-            .post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 32, "temperature": 0, "return_token_ids": true}))
-            .await;
-        assert_eq!(s, 200, "{through}");
-        assert_eq!(through["tightwad"]["served_by"], "speculative", "{through}");
-        let reference = target.reference(json!(prompt), 32).await;
-        outcomes.push(compare(&proxy_token_ids(&through), &reference, prompt));
-    }
+    let outcomes = greedy_through_proxy_matches_target(&proxy, &target, &prompts()[..12], 32).await;
     assert_ties_are_rare(&outcomes);
 
     let stats = proxy.stats().await;
@@ -123,13 +114,7 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
         .filter_map(|e| e.strip_prefix("data: "))
         .filter_map(|e| serde_json::from_str(e).ok())
         .collect();
-    let ids: Vec<u64> = events
-        .iter()
-        .find_map(|c| c["choices"][0]["token_ids"].as_array().cloned())
-        .expect("the final chunk carries token_ids")
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
+    let ids = stream_token_ids(&body);
     assert_ties_are_rare(&[compare(&ids, &reference, prompt)]);
     let after = proxy.stats().await;
     let k = drafter(&after, &killed);

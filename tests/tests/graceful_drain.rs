@@ -5,8 +5,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tightwad_e2e::{compare, env, free_port, Agreement, LlamaServer, ServerOptions};
+use serde_json::json;
+use tightwad_e2e::{
+    compare, env, free_port, stream_token_ids, Agreement, LlamaServer, ServerOptions,
+};
 
 /// The `tightwad` binary cargo built beside this test (`target/<profile>/tightwad`).
 fn tightwad_binary() -> std::path::PathBuf {
@@ -39,17 +41,6 @@ async fn wait_ready(url: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the proxy at {url} did not become ready");
-}
-
-fn token_ids_of_stream(body: &str) -> Vec<u64> {
-    body.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .find_map(|c| c["choices"][0]["token_ids"].as_array().cloned())
-        .expect("the final chunk carries token_ids")
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect()
 }
 
 #[tokio::test]
@@ -152,7 +143,7 @@ async fn sigterm_lets_streams_in_flight_finish_refuses_new_ones_and_exits_cleanl
             "stream for {prompt:?} was cut: {body}"
         );
         assert!(!body.contains("\"error\""), "{body}");
-        let outcome = compare(&token_ids_of_stream(&body), reference, prompt);
+        let outcome = compare(&stream_token_ids(&body), reference, prompt);
         assert_ne!(outcome, Agreement::TieAt(0), "{prompt:?}");
     }
 

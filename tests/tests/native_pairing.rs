@@ -3,29 +3,17 @@
 
 use serde_json::json;
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, prompts, proxy_token_ids, LlamaServer, RpcServer,
-    RunningProxy, ServerOptions,
+    assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, prompts,
+    proxy_token_ids, LlamaServer, RpcServer, RunningProxy, ServerOptions,
 };
 
 #[tokio::test]
 async fn the_proxy_steers_native_pairing_and_output_stays_the_targets() {
     let env = env();
     let rpc = RpcServer::start(&env).await;
-    let mut opts = ServerOptions::target(4);
+    let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
     opts.slots = 1;
     opts.ctx = 4096;
-    opts.extra = vec![
-        "-md".into(),
-        env.model("draft.gguf").display().to_string(),
-        "--spec-type".into(),
-        "draft-simple".into(),
-        "--rpc".into(),
-        format!("127.0.0.1:{}", rpc.port),
-        "--spec-draft-device".into(),
-        "RPC0".into(),
-        "-ngld".into(),
-        "99".into(),
-    ];
     let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
     let mut entry = RunningProxy::entry(&target.url, None, 4);
     entry.native = true;
@@ -59,20 +47,8 @@ async fn the_proxy_steers_native_pairing_and_output_stays_the_targets() {
 async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
     let env = env();
     let rpc = RpcServer::start(&env).await;
-    let mut opts = ServerOptions::target(4);
+    let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
     opts.ctx = 8192;
-    opts.extra = vec![
-        "-md".into(),
-        env.model("draft.gguf").display().to_string(),
-        "--spec-type".into(),
-        "draft-simple".into(),
-        "--rpc".into(),
-        format!("127.0.0.1:{}", rpc.port),
-        "--spec-draft-device".into(),
-        "RPC0".into(),
-        "-ngld".into(),
-        "99".into(),
-    ];
     let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
     let mut draft =
         LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
@@ -80,16 +56,7 @@ async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
     entry.native = true;
     let proxy = RunningProxy::start_entry(entry).await;
 
-    let mut outcomes = Vec::new();
-    for prompt in prompts().iter().take(8) {
-        let (s, through) = proxy
-            .post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 32, "temperature": 0, "return_token_ids": true}))
-            .await;
-        assert_eq!(s, 200, "{through}");
-        assert_eq!(through["tightwad"]["served_by"], "speculative", "{through}");
-        let reference = target.reference(json!(prompt), 32).await;
-        outcomes.push(compare(&proxy_token_ids(&through), &reference, prompt));
-    }
+    let outcomes = greedy_through_proxy_matches_target(&proxy, &target, &prompts()[..8], 32).await;
     assert_ties_are_rare(&outcomes);
     let stats = proxy.stats().await;
     let paths = &stats["pairings"][0]["paths"];
@@ -104,15 +71,8 @@ async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
 
     // The draft host goes away: the native path carries on alone, still the target's own output.
     draft.kill();
-    let mut outcomes = Vec::new();
-    for prompt in prompts().iter().skip(8).take(4) {
-        let (s, through) = proxy
-            .post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 32, "temperature": 0, "return_token_ids": true}))
-            .await;
-        assert_eq!(s, 200, "{through}");
-        let reference = target.reference(json!(prompt), 32).await;
-        outcomes.push(compare(&proxy_token_ids(&through), &reference, prompt));
-    }
+    let outcomes =
+        greedy_through_proxy_matches_target(&proxy, &target, &prompts()[8..12], 32).await;
     assert_ties_are_rare(&outcomes);
     let (_, last) = proxy
         .post(
