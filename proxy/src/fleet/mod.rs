@@ -2,6 +2,7 @@
 //! `tightwad models ...`, `tightwad token`. They talk to the `tightwad-agent` on every host over
 //! the QUIC peer protocol (`tightwad-protocol`).
 
+pub mod build;
 pub mod config;
 pub mod layout;
 pub mod session;
@@ -57,6 +58,9 @@ pub enum FleetCommand {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Build one llama.cpp (same source, same ref) on every host, smoke-test it, switch the
+    /// supervised servers to it; `--rollback` goes back.
+    Build(build::BuildArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +173,7 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Models { action } => models(&fleet, action).await,
+        FleetCommand::Build(args) => build::run(&fleet, args).await,
         FleetCommand::Token { ttl } => {
             let token = fleet.pending.issue(fleet.identity.fingerprint(), ttl)?;
             eprintln!("join token (valid {ttl}s); on the new host run:\n  tightwad-agent --join {token}\nthen add the host to [[hosts]] and run `tightwad status` to enroll it.");
