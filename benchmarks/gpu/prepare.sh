@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare .gpu/ (git-ignored via .git/info/exclude) on the CPU machine, for benchmarks/gpu/run.sh on
 # the GPU machine: the pinned llama.cpp tree stripped to what a CUDA build needs (~11 MB), a
-# vocabulary file for the model generator, and release builds of `tightwad` and `lan-relay`.
+# vocabulary file for the model generator, and release builds of `tightwad`, `lan-relay` and `bench-suite`.
 # Then, with the device tool: run `bash benchmarks/gpu/run.sh build` and, within its warm window,
 # `bash benchmarks/gpu/run.sh bench`, both with carry [".gpu"]; summarize the returned files with
 # benchmarks/gpu/summarize.py RAW_DIR benchmarks/results/gpu.
@@ -18,7 +18,7 @@ tar -C "$VENDOR" --exclude='llama.cpp/build*' --exclude='llama.cpp/docs' --exclu
   --exclude='llama.cpp/models/*.out' --exclude='llama.cpp/.git*' --exclude='llama.cpp/examples' \
   --exclude='llama.cpp/tests' -czf .gpu/llama.cpp-src.tar.gz llama.cpp
 cp "$VENDOR/llama.cpp/models/ggml-vocab-llama-spm.gguf" .gpu/
-cargo build --release -p tightwad -p tightwad-benchmarks --bin tightwad --bin lan-relay
-cp target/release/tightwad target/release/lan-relay .gpu/
+cargo build --release -p tightwad -p tightwad-benchmarks --bin tightwad --bin lan-relay --bin bench-suite
+cp target/release/tightwad target/release/lan-relay target/release/bench-suite .gpu/
 du -sh .gpu
 

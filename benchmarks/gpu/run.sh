@@ -7,12 +7,14 @@
 #   benchmarks/gpu/run.sh bench   # every scenario; JSON + logs into $OUT (or ./gpu-out)
 #
 # It needs, carried in .gpu/ (made on the CPU machine by benchmarks/gpu/prepare.sh):
-#   llama.cpp-src.tar.gz, ggml-vocab-llama-spm.gguf, tightwad, lan-relay (release builds).
+#   llama.cpp-src.tar.gz, ggml-vocab-llama-spm.gguf, tightwad, lan-relay, bench-suite (release builds).
 # Scenarios, each direct-to-target vs through-the-proxy in the same run (`tightwad bench`):
 #   fast target (all layers on the GPU): passthrough, proxy adaptive, proxy forced k=4, native
 #     pairing (llama.cpp's own speculation) steered by the proxy; LAN emulator at 0.3 and 2 ms RTT;
 #   slow target (most layers in host RAM, like the field report's 48 GB GPU + RAM box): proxy forced,
 #     proxy adaptive, native; 2 ms RTT;
+#   both: "auto" — a draft server AND a natively paired target; the controller picks the path per
+#     request (after 8 warm-up requests in which it tries both);
 #   exactness on the GPU: proxy tokens vs the target alone, with the top-two margin at every
 #     divergence.
 set -euo pipefail
@@ -91,7 +93,7 @@ stage_bench() {
   # --- fast target: everything on the GPU -----------------------------------------------------
   start_server target 9001 "$OUTDIR/target-fast.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768
   start_server draft 9002 "$OUTDIR/draft.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
-  start_server native 9003 "$OUTDIR/target-native.log" -m "$M/gpu-target.gguf" -ngl 99 -np 1 -c 8192 \
+  start_server native 9003 "$OUTDIR/target-native.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768 \
     -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
   for rtt in 0.3 2; do
     local tag=${rtt/./_}
@@ -100,6 +102,10 @@ stage_bench() {
     proxy 9202 "http://127.0.0.1:9101" "http://127.0.0.1:9102" ; bench "fast-adaptive-rtt$tag" http://127.0.0.1:9202 http://127.0.0.1:9101 --max-tokens 96
     proxy 9203 "http://127.0.0.1:9101" "http://127.0.0.1:9102" --no-adaptive --draft-tokens 4 ; bench "fast-forced-k4-rtt$tag" http://127.0.0.1:9203 http://127.0.0.1:9101 --max-tokens 96
     proxy 9204 "http://127.0.0.1:9103" - --native --no-adaptive --draft-tokens 8 ; bench "fast-native-rtt$tag" http://127.0.0.1:9204 http://127.0.0.1:9101 --max-tokens 96
+    # Both paths (draft server for proxy rounds, native pairing in the target): the controller
+    # picks per request. 8 warm-up requests: the path chooser tries each path 3 times first.
+    proxy 9205 "http://127.0.0.1:9103" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench "fast-auto-rtt$tag" http://127.0.0.1:9205 http://127.0.0.1:9101 --max-tokens 96 --warmup 8
+    curl -s http://127.0.0.1:9205/v1/tightwad/stats > "$OUTDIR/fast-auto-rtt$tag-stats.json" || true
     if [ "$rtt" = 2 ]; then
       log "exactness on the GPU (forced speculation, k=4)"
       python3 benchmarks/gpu/exactness.py --proxy http://127.0.0.1:9203 --target http://127.0.0.1:9001 \
@@ -111,7 +117,7 @@ stage_bench() {
   # --- slow target: 8 of 28 layers on the GPU, the rest in host RAM ---------------------------
   start_server target-slow 9011 "$OUTDIR/target-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16
   start_server draft 9002 "$OUTDIR/draft2.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
-  start_server native-slow 9013 "$OUTDIR/target-native-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 1 -c 8192 -t 16 \
+  start_server native-slow 9013 "$OUTDIR/target-native-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16 \
     -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
   relay 9111 9011 2; relay 9102 9002 2; relay 9113 9013 2
   printf '%s\n' "Explain why the sky is blue." "Write a Python function that reverses a linked list." \
@@ -119,6 +125,8 @@ stage_bench() {
   proxy 9211 "http://127.0.0.1:9111" "http://127.0.0.1:9102" --no-adaptive --draft-tokens 4 ; bench slow-forced-k4-rtt2 http://127.0.0.1:9211 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt"
   proxy 9212 "http://127.0.0.1:9111" "http://127.0.0.1:9102" ; bench slow-adaptive-rtt2 http://127.0.0.1:9212 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt"
   proxy 9213 "http://127.0.0.1:9113" - --native --no-adaptive --draft-tokens 8 ; bench slow-native-rtt2 http://127.0.0.1:9213 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt"
+  proxy 9214 "http://127.0.0.1:9113" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench slow-auto-rtt2 http://127.0.0.1:9214 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt" --warmup 8
+  curl -s http://127.0.0.1:9214/v1/tightwad/stats > "$OUTDIR/slow-auto-rtt2-stats.json" || true
   cleanup
   log "done"
 }
@@ -129,8 +137,17 @@ cleanup_relays_and_proxies() {
   sleep 0.5
 }
 
+# The SIMULATION grid (no GPU involved) on this machine's idle cores: ratios only, several points
+# at once (they mostly sleep). Needs bench-suite in .gpu/.
+stage_sim() {
+  log "simulation grid, $(nproc) cores"
+  "$CARRY/bench-suite" --only sim-grid,sim-k-sweep --jobs "${SIM_JOBS:-8}" --results "$OUTDIR/sim" \
+    > "$OUTDIR/sim-suite.log" 2>&1 || log "sim grid failed: $(tail -3 "$OUTDIR/sim-suite.log")"
+}
+
 case "${1:-}" in
   build) stage_build ;;
   bench) stage_bench ;;
-  *) echo "usage: $0 build|bench" >&2; exit 2 ;;
+  sim) stage_sim ;;
+  *) echo "usage: $0 build|bench|sim" >&2; exit 2 ;;
 esac

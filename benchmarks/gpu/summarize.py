@@ -19,6 +19,8 @@ SCENARIOS = [
     ("slow-forced-k4", "slow target, draft, speculation forced on (k=4)"),
     ("slow-adaptive", "slow target, draft, adaptive controller"),
     ("slow-native", "slow target, native pairing steered by the proxy (k=8)"),
+    ("fast-auto", "fast target, draft server AND native pairing: the controller picks the path per request"),
+    ("slow-auto", "slow target, draft server AND native pairing: the controller picks the path per request"),
 ]
 
 
@@ -33,7 +35,7 @@ def main():
     rows = []
     for f in sorted(glob.glob(os.path.join(a.raw, "*.json"))):
         name = os.path.basename(f)[:-5]
-        if name == "exactness":
+        if name == "exactness" or name.endswith("-stats"):
             continue
         d = json.load(open(f))
         t = d["totals"]
@@ -45,6 +47,12 @@ def main():
             "identical_prompts": t.get("identical_prompts"), "prompts": t.get("prompts"),
             "tokens": t["direct_tokens"],
         })
+        stats = os.path.join(a.raw, f"{name}-stats.json")
+        if os.path.exists(stats):
+            # The path chooser's figures at the end of an "auto" scenario.
+            paths = json.load(open(stats))["pairings"][0].get("paths")
+            rows[-1]["paths"] = paths
+            shutil.copy(stats, os.path.join(a.out, f"{name}-stats.json"))
         for ext in ("json", "txt"):
             src = os.path.join(a.raw, f"{name}.{ext}")
             if os.path.exists(src):
@@ -71,8 +79,18 @@ def main():
     for row in exact["rows"]:
         if not row["identical"]:
             ex_lines.append(f"| `{row['prompt'][:40].replace(chr(10), ' ')}` | token {row['first_divergence']} | {row['margin']:.4f} | {row['proxy_took_runner_up']} |")
+    path_lines = ["| scenario | RTT added | requests on proxy rounds | on native | rounds tok/s | native tok/s | preferred | why |",
+                  "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r.get("paths")
+        if p:
+            path_lines.append(
+                f"| {r['scenario']} | {r['rtt_ms']} ms | {p['rounds_requests']} | {p['native_requests']} | "
+                f"{fmt(p.get('rounds_tok_s'), 1)} | {fmt(p.get('native_tok_s'), 1)} | {p['preferred']} | {p['last_reason']} |")
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n\n" + "\n".join(ex_lines) + "\n")
+        if len(path_lines) > 2:
+            f.write("\nPath choice in the auto scenarios (warm-up requests included):\n\n" + "\n".join(path_lines) + "\n")
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -17,7 +17,8 @@
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
 //! adaptive = true                    # false: speculate every round with draft_tokens
 //! pipeline = true                    # draft the next block while the target verifies
-//! native = false                     # true: the target runs llama.cpp's own speculation
+//! native = false                     # true: the target runs llama.cpp's own speculation (with
+//!                                    # `draft` too: the faster of the two paths, measured)
 //! ```
 
 use std::net::SocketAddr;
@@ -130,7 +131,8 @@ pub struct PairingEntry {
     #[serde(default = "default_pipeline")]
     pub pipeline: bool,
     /// The target speculates by itself (llama.cpp `-md` with the draft on a remote rpc-server);
-    /// no `draft` URL then: the proxy steers `speculative.n_max` per request.
+    /// the proxy steers `speculative.n_max` per request. With a `draft` URL as well, the pairing
+    /// has two paths and each request takes the one that has been delivering more tokens/s.
     #[serde(default)]
     pub native: bool,
     /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).

@@ -70,7 +70,8 @@ struct ProxyArgs {
     #[arg(long)]
     prompt_lookup_fallback: bool,
     /// The target runs llama.cpp's own speculation (`-md` with the draft on a remote rpc-server);
-    /// the proxy steers how many tokens it drafts per request. No --draft then.
+    /// the proxy steers how many tokens it drafts per request. With --draft as well, each request
+    /// takes whichever path (proxy rounds or native) has been delivering more tokens/s.
     #[arg(long)]
     native: bool,
     /// Speculate every round with --draft-tokens, even where the controller would switch it off.

@@ -22,6 +22,9 @@ struct Args {
     /// Only rewrite README.md and the plots from the result files already there.
     #[arg(long)]
     readme_only: bool,
+    /// Simulation points measured at once (only where cores are idle, e.g. 8 on a 16-core box).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
 }
 
 #[tokio::main]
@@ -40,6 +43,7 @@ async fn main() -> ExitCode {
             quick: args.quick,
             results_dir: args.results.clone(),
             only: args.only,
+            jobs: args.jobs,
         })
         .await
     };

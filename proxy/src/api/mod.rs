@@ -141,6 +141,9 @@ async fn stats(
                 m.insert("draft".into(), json!(p.config.draft_url));
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
                 m.insert("controller".into(), json!(p.controller_view()));
+                if let Some(paths) = p.paths_view() {
+                    m.insert("paths".into(), json!(paths));
+                }
             }
             v
         })

@@ -14,6 +14,7 @@
 pub mod adapt;
 pub mod lookup;
 pub mod output;
+pub mod paths;
 pub mod verify;
 
 use std::collections::HashSet;
@@ -97,7 +98,24 @@ pub struct Pairing {
     draft: Option<LlamaServer>,
     probed: Mutex<Option<Arc<PairingInfo>>>,
     controller: Arc<std::sync::Mutex<adapt::Controller>>,
+    /// Both a draft server and native pairing configured: the native path's own controller, and
+    /// the choice between the two paths per request ([`paths`]).
+    native_alternative: Option<NativeAlternative>,
     pub metrics: PairingMetrics,
+}
+
+/// The second speculation path of a pairing that has a draft server and a native-pairing target.
+struct NativeAlternative {
+    controller: Arc<std::sync::Mutex<adapt::Controller>>,
+    chooser: std::sync::Mutex<paths::PathChooser>,
+}
+
+/// Lock a controller (a poisoned lock means a panic elsewhere; the state is still plain numbers,
+/// so keep using it).
+fn lock_controller(
+    c: &std::sync::Mutex<adapt::Controller>,
+) -> std::sync::MutexGuard<'_, adapt::Controller> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the pairing learned about its servers, refreshed after failures.
@@ -202,17 +220,24 @@ impl Pairing {
             .filter(|u| *u != PROMPT_LOOKUP)
             .map(|u| LlamaServer::new(Role::Draft, u, config.draft_timeout))
             .transpose()?;
-        let controller = if config.adaptive {
-            adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
-        } else {
-            adapt::Controller::fixed(config.draft_tokens)
+        let new_controller = || {
+            Arc::new(std::sync::Mutex::new(if config.adaptive {
+                adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
+            } else {
+                adapt::Controller::fixed(config.draft_tokens)
+            }))
         };
+        let native_alternative = (config.native && draft.is_some()).then(|| NativeAlternative {
+            controller: new_controller(),
+            chooser: Default::default(),
+        });
         Ok(Pairing {
+            controller: new_controller(),
+            native_alternative,
             config,
             target,
             draft,
             probed: Mutex::new(None),
-            controller: Arc::new(std::sync::Mutex::new(controller)),
             metrics,
         })
     }
@@ -224,11 +249,36 @@ impl Pairing {
     /// Run `f` on the controller (a poisoned lock means a panic elsewhere; the state is still
     /// plain numbers, so keep using it).
     fn with_controller<T>(&self, f: impl FnOnce(&mut adapt::Controller) -> T) -> T {
-        let mut guard = self
-            .controller
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut guard)
+        f(&mut lock_controller(&self.controller))
+    }
+
+    /// With a draft server and a native-pairing target: how the two paths compare.
+    pub fn paths_view(&self) -> Option<paths::PathsView> {
+        self.native_alternative.as_ref().map(|n| {
+            n.chooser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .view()
+        })
+    }
+
+    /// The path for this request when the pairing has two (`None`: it has one).
+    fn choose_path(&self) -> Option<paths::SpeculationPath> {
+        self.native_alternative.as_ref().map(|n| {
+            n.chooser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .choose()
+        })
+    }
+
+    fn record_path(&self, path: paths::SpeculationPath, tokens: usize, seconds: f64) {
+        if let Some(n) = &self.native_alternative {
+            n.chooser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(path, tokens, seconds);
+        }
     }
 
     /// The controller's state for the stats JSON.
@@ -251,7 +301,11 @@ impl Pairing {
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let mut guard = self.probed.lock().await;
         if let Some(info) = guard.as_ref() {
-            let draft_may_be_back = info.speculation.is_err()
+            // Without its draft server a pairing is target-only, or native-only when it has
+            // that path too; either way, look for the draft again after a while.
+            let without_draft = info.speculation.is_err()
+                || (info.drafter == Drafter::Native && self.native_alternative.is_some());
+            let draft_may_be_back = without_draft
                 && self.draft.is_some()
                 && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
             if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
@@ -279,6 +333,10 @@ impl Pairing {
     pub async fn passthrough_now(&self) -> bool {
         match self.info().await {
             Ok(info) if info.speculation.is_err() => true,
+            // A natively paired target speculates on its own whenever a request does not say
+            // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and
+            // with two paths the native one may be the better even while rounds are off.
+            Ok(_) if self.config.native => false,
             Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
             Err(_) => false,
         }
@@ -308,8 +366,17 @@ impl Pairing {
                 target_build: old.target_build.clone(),
                 n_ctx: old.n_ctx,
                 end_of_generation: old.end_of_generation.clone(),
-                speculation: Err(reason.clone()),
-                drafter: old.drafter,
+                // With native pairing as well, the target's own speculation carries on alone.
+                speculation: if self.config.native {
+                    Ok(self.config.draft_tokens.max(1))
+                } else {
+                    Err(reason.clone())
+                },
+                drafter: if self.config.native {
+                    Drafter::Native
+                } else {
+                    old.drafter
+                },
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -361,6 +428,10 @@ impl Pairing {
                             ),
                             Drafter::PromptLookup,
                         )
+                    }
+                    Err(reason) if self.config.native => {
+                        warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
+                        (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
                     }
                     other => (other, Drafter::Server),
                 }
@@ -489,9 +560,28 @@ impl Pairing {
             prefetched: 0,
         };
         let mut served_by = ServedBy::TargetOnly;
+        // A pairing with both paths picks one per request (only while the draft server is usable;
+        // without it the native path is all there is).
+        let path = match (&info.speculation, info.drafter) {
+            (Ok(_), Drafter::Server) => self.choose_path(),
+            _ => None,
+        };
         if let (Ok(_), Drafter::Native) = (&info.speculation, info.drafter) {
+            // Native only: the pairing's one controller, or the native path's own while a
+            // two-path pairing's draft server is away.
+            let controller = self
+                .native_alternative
+                .as_ref()
+                .map_or(&self.controller, |n| &n.controller);
             served_by = self
-                .generate_native(&info, &request.sampling, &mut run, &tx)
+                .generate_native(controller, &info, &request.sampling, &mut run, &tx)
+                .await?;
+        } else if let (Some(paths::SpeculationPath::Native), Some(native)) =
+            (path, &self.native_alternative)
+        {
+            served_by = self
+                .generate_native(&native.controller, &info, &request.sampling, &mut run, &tx)
+                .instrument(info_span!("path", chosen = "native"))
                 .await?;
         } else if let Ok(k) = &info.speculation {
             let plan = self.with_controller(|c| c.plan_request(Instant::now()));
@@ -567,6 +657,9 @@ impl Pairing {
         let finish = run.out.finish.unwrap_or(FinishReason::Length);
         let completion_tokens = run.out.count();
         let elapsed = started.elapsed();
+        if let Some(path) = path {
+            self.record_path(path, completion_tokens, elapsed.as_secs_f64());
+        }
         self.metrics.generated.inc_by(completion_tokens as u64);
         self.metrics.request(served_by);
         if completion_tokens > 1 {
@@ -842,23 +935,26 @@ impl Pairing {
     /// many tokens it may draft (0 = off), from measured throughput with and without.
     async fn generate_native(
         &self,
+        controller: &std::sync::Mutex<adapt::Controller>,
         info: &PairingInfo,
         sampling: &Sampling,
         run: &mut Run,
         tx: &mpsc::Sender<Delta>,
     ) -> Result<ServedBy, EngineError> {
-        let plan = self.with_controller(|c| c.plan_request(Instant::now()));
+        let plan = lock_controller(controller).plan_request(Instant::now());
         self.publish_controller_state();
         if plan.measure_target_tokens > 0 {
             let s = self
                 .target_only(info, sampling, run, tx, plan.measure_target_tokens, Some(0))
                 .await?;
-            self.with_controller(|c| {
-                c.record_target_only(Instant::now(), s.tokens_after_first, s.seconds)
-            });
+            lock_controller(controller).record_target_only(
+                Instant::now(),
+                s.tokens_after_first,
+                s.seconds,
+            );
         }
         let k = if plan.speculate {
-            self.with_controller(|c| c.choose_k())
+            lock_controller(controller).choose_k()
         } else {
             0
         };
@@ -866,25 +962,25 @@ impl Pairing {
             .target_only(info, sampling, run, tx, usize::MAX, Some(k))
             .await?;
         if k == 0 {
-            self.with_controller(|c| {
-                c.record_target_only(Instant::now(), s.tokens_after_first, s.seconds)
-            });
+            lock_controller(controller).record_target_only(
+                Instant::now(),
+                s.tokens_after_first,
+                s.seconds,
+            );
             return Ok(ServedBy::TargetOnly);
         }
         run.drafted += s.drafted;
         run.accepted += s.accepted;
         self.metrics.drafted.inc_by(s.drafted as u64);
         self.metrics.accepted.inc_by(s.accepted as u64);
-        self.with_controller(|c| {
-            c.record_native(
-                Instant::now(),
-                k,
-                s.drafted,
-                s.accepted,
-                s.tokens_after_first,
-                s.seconds,
-            )
-        });
+        lock_controller(controller).record_native(
+            Instant::now(),
+            k,
+            s.drafted,
+            s.accepted,
+            s.tokens_after_first,
+            s.seconds,
+        );
         self.publish_controller_state();
         Ok(ServedBy::Speculative)
     }
