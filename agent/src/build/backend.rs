@@ -79,6 +79,10 @@ pub fn cmake_flags(backend: BuildBackend, host: &HostTraits) -> Vec<String> {
         "LLAMA_BUILD_SERVER=ON",
         "LLAMA_BUILD_TOOLS=ON",
         "BUILD_SHARED_LIBS=OFF",
+        // llama.cpp compiles its models as unity batches; relative #includes in those generated
+        // files keep them identical wherever the tree is unpacked, so ccache hits them too
+        // (CMake >= 4.0; older versions ignore it).
+        "CMAKE_UNITY_BUILD_RELOCATABLE=ON",
     ]);
     match backend {
         BuildBackend::Cpu => {

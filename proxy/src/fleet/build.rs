@@ -26,7 +26,7 @@ Per-host GPU backend: detected from the host (NVIDIA → cuda, AMD → hip, macO
 override it with `build_backend = \"cpu\"` in that host's [[hosts]] table.")]
 pub struct BuildArgs {
     /// A git ref (tag such as b8111, branch or commit) each host fetches from --git-url.
-    #[arg(long = "ref", value_name = "REF", conflicts_with = "source")]
+    #[arg(long = "ref", value_name = "REF")]
     pub git_ref: Option<String>,
     /// The repository for --ref.
     #[arg(long, default_value = "https://github.com/ggml-org/llama.cpp")]
@@ -383,7 +383,10 @@ pub fn plan_from(args: &BuildArgs) -> anyhow::Result<BuildPlan> {
                 git_ref,
             }))
         }
-        (Some(source), _) => Ok(BuildPlan::Build(SourceSpec::Tarball(PathBuf::from(source)))),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--ref goes with a git URL (--source https://...) or alone; a tarball is already one version"
+        ),
+        (Some(source), None) => Ok(BuildPlan::Build(SourceSpec::Tarball(PathBuf::from(source)))),
         (None, Some(git_ref)) => Ok(BuildPlan::Build(SourceSpec::Git {
             url: args.git_url.clone(),
             git_ref: git_ref.clone(),
@@ -434,7 +437,7 @@ pub fn render(results: &[HostResult]) -> String {
     let builds: std::collections::BTreeSet<String> = results
         .iter()
         .filter_map(|r| r.identity.as_ref())
-        .map(|i| identity_key(i))
+        .map(identity_key)
         .collect();
     let failed = results.iter().filter(|r| !r.ok).count();
     match (builds.len(), failed) {
@@ -549,6 +552,7 @@ mod tests {
             ])),
             Ok(BuildPlan::Build(SourceSpec::Git { .. }))
         ));
+        assert!(plan_from(&args(&["--source", "x.tar.gz", "--ref", "b1"])).is_err());
         let none = plan_from(&args(&[])).expect_err("nothing to build");
         assert!(none.to_string().contains("--ref"), "{none}");
         let url_without_ref =
