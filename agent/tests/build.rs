@@ -259,8 +259,10 @@ fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back
     let hosts = fleet.config.hosts.clone();
 
     // A proxy with one model per host, and a steady stream of requests through it.
-    let mut config = tightwad::config::ProxyConfig::default();
-    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = tightwad::config::ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    };
     for host in &cluster.hosts {
         let mut entry =
             tightwad::config::PairingEntry::new(format!("http://{}:8080", host.ns.ip), None);
