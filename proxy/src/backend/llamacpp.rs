@@ -322,7 +322,8 @@ impl LlamaServer {
     ) -> Result<reqwest::Response, reqwest::Error> {
         loop {
             let refused = match &result {
-                Err(e) => e.is_connect(),
+                // Refused at once (not a timeout: an unreachable host is not restarting).
+                Err(e) => e.is_connect() && !e.is_timeout(),
                 Ok(resp) => resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE,
             };
             let since = {
