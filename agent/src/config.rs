@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// FOR TESTS ONLY: speak another peer protocol version, to play an agent of another
     /// Tightwad release. Never set it in production.
     pub testing_protocol: Option<TestingProtocol>,
+    /// Drop a llama-server's model file from the page cache once it is ready: `auto` (when the
+    /// file is at least a quarter of RAM), `on` or `off`. See `reclaim`.
+    pub page_cache_reclaim: crate::reclaim::ReclaimMode,
     /// `tightwad build`: tools, caches and the smoke test.
     pub build: BuildConfig,
     /// The build `tightwad build` made current: its binaries replace `[binaries]` for
@@ -168,6 +171,7 @@ impl Default for AgentConfig {
             processes: Vec::new(),
             testing_reported_memory: None,
             testing_protocol: None,
+            page_cache_reclaim: Default::default(),
             build: BuildConfig::default(),
             active_build: ActiveBuild::default(),
         }

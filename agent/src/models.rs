@@ -241,7 +241,7 @@ mod tests {
         let outside = tempfile::tempdir().expect("outside");
         std::fs::write(outside.path().join("secret.gguf"), b"x").expect("write");
         std::fs::create_dir(b.path().join("sub")).expect("sub");
-        let bytes = crate::gguf::tests::tiny_gguf(&["a"], None);
+        let bytes = tightwad_placement::synth::tiny_gguf(&["a"], None);
         std::fs::write(b.path().join("sub").join("m.gguf"), &bytes).expect("write");
         std::os::unix::fs::symlink(
             outside.path().join("secret.gguf"),

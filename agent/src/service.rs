@@ -34,6 +34,8 @@ pub struct Agent {
     /// File names being received right now: a second transfer of the same file would write the
     /// same partial file.
     receiving: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Piece manifests of files this agent serves to pulling peers.
+    manifests: crate::pull::ManifestCache,
     /// Held while a `tightwad build` (or rollback) runs: one at a time.
     building: tokio::sync::Mutex<()>,
 }
@@ -102,6 +104,7 @@ pub async fn run(
         client,
         started: Instant::now(),
         receiving: Default::default(),
+        manifests: Default::default(),
         building: Default::default(),
         config,
     });
@@ -242,7 +245,12 @@ impl Agent {
         let kind = request.kind();
         let allowed = match role {
             PeerRole::Coordinator => true,
-            PeerRole::Peer | PeerRole::Agent => matches!(request, Request::ReceiveModel(_)),
+            PeerRole::Peer | PeerRole::Agent => matches!(
+                request,
+                Request::ReceiveModel(_)
+                    | Request::ModelManifest { .. }
+                    | Request::ReadPiece { .. }
+            ),
         };
         if !allowed {
             let _ = stream
@@ -430,6 +438,63 @@ impl Agent {
             .await
             .map(|check| Some(Reply::ProcessCheck(Box::new(check))))
             .map_err(supervisor_error),
+            Request::PullModel {
+                file_name,
+                sources,
+                piece_bytes,
+                max_bytes_per_second,
+            } => {
+                let folder = self.config.receive_dir().ok_or_else(|| {
+                    Reply::error(
+                        ErrorKind::Transfer,
+                        "no model folder configured to receive into",
+                    )
+                })?;
+                let fresh = self
+                    .receiving
+                    .lock()
+                    .map(|mut set| set.insert(file_name.clone()))
+                    .unwrap_or(false);
+                if !fresh {
+                    return Err(Reply::error(
+                        ErrorKind::Transfer,
+                        format!("{file_name} is already being received"),
+                    ));
+                }
+                let _guard = ReceivingGuard {
+                    set: &self.receiving,
+                    name: file_name.clone(),
+                };
+                crate::pull::pull(
+                    &folder,
+                    &self.client,
+                    &file_name,
+                    &sources,
+                    piece_bytes,
+                    max_bytes_per_second,
+                    stream,
+                )
+                .await
+                .map(|summary| Some(Reply::PullDone(Box::new(summary))))
+                .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string()))
+            }
+            Request::ModelManifest {
+                file_name,
+                piece_bytes,
+            } => self
+                .manifests
+                .get(&self.models, &file_name, piece_bytes)
+                .await
+                .map(|m| Some(Reply::Manifest(Box::new((*m).clone()))))
+                .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string())),
+            Request::ReadPiece {
+                file_name,
+                offset,
+                len,
+            } => crate::pull::serve_piece(&self.models, &file_name, offset, len, stream)
+                .await
+                .map(|()| None)
+                .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string())),
             Request::Build(request) => self.build(request, stream).await,
             Request::RollbackBuild => {
                 let _busy = self
@@ -448,6 +513,12 @@ impl Agent {
                     .await
                     .map(|devices| Some(Reply::Devices(devices)))
                     .map_err(|e| Reply::error(ErrorKind::BadRequest, e.to_string()))
+            }
+            Request::ProcessMemory { name } => {
+                crate::memory::process_memory(&self.supervisor, &name)
+                    .await
+                    .map(|m| Some(Reply::ProcessMemory(Box::new(m))))
+                    .map_err(|e| Reply::error(ErrorKind::NotFound, e.to_string()))
             }
         }
     }

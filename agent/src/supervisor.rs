@@ -64,6 +64,7 @@ pub struct Managed {
     ready_timeout: Duration,
     restart_on_crash: bool,
     grace: Duration,
+    reclaim: crate::reclaim::ReclaimMode,
     pub logs: Arc<LogBuffer>,
     run: Mutex<RunState>,
     /// Whether the process should be running; the run loop watches it.
@@ -333,6 +334,7 @@ fn managed_from(config: &AgentConfig, p: &ProcessConfig, log_dir: &Path) -> Mana
         ),
         restart_on_crash: p.restart.unwrap_or(true),
         grace: Duration::from_secs(config.stop_grace_secs),
+        reclaim: config.page_cache_reclaim,
         logs: Arc::new(LogBuffer::new(
             &log_dir.join(format!("{}.log", sanitize(&p.name))),
         )),
@@ -412,6 +414,10 @@ async fn run_loop(managed: Arc<Managed>, binary: PathBuf, args: Vec<String>) {
                     "ready after {:.1}s",
                     started.elapsed().as_secs_f64()
                 ));
+                if managed.kind == ProcessKind::LlamaServer {
+                    log_measured_buffers(&managed);
+                    reclaim_after_load(&managed, &args, pid).await;
+                }
                 tokio::select! {
                     status = child.wait() => status.ok(),
                     _ = wait_for_stop(&mut desired) => {
@@ -481,6 +487,54 @@ async fn run_loop(managed: Arc<Managed>, binary: PathBuf, args: Vec<String>) {
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Logs the memory llama-server reported allocating per device (its `buffer size` lines; this
+/// llama.cpp prints them at `-lv 4`), the measured side of a placement plan.
+fn log_measured_buffers(managed: &Managed) {
+    let lines: Vec<String> = managed
+        .logs
+        .tail(4000)
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    let buffers = tightwad_placement::measure::parse_log(lines.iter().map(String::as_str));
+    if buffers.is_empty() {
+        return;
+    }
+    let per_device = tightwad_placement::measure::per_device(&buffers)
+        .into_iter()
+        .map(|(device, bytes)| format!("{device} {:.1} MiB", bytes as f64 / (1u64 << 20) as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+    managed.log(format!(
+        "measured buffers (model + KV + compute): {per_device}"
+    ));
+}
+
+/// Drops the model file's cached pages once the server has loaded it, when the agent's
+/// `page_cache_reclaim` asks for it (see `crate::reclaim`), and logs what changed.
+async fn reclaim_after_load(managed: &Managed, args: &[String], pid: Option<u32>) {
+    let Some(model) = crate::reclaim::model_path(args) else {
+        return;
+    };
+    let mode = managed.reclaim;
+    let result = tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&model)?.len();
+        let mut sys = sysinfo::System::new();
+        sys.refresh_memory();
+        if !crate::reclaim::wanted(mode, size, sys.total_memory()) {
+            return Ok(None);
+        }
+        crate::reclaim::reclaim(&model, pid).map(Some)
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(done))) => managed.log(done.describe()),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => managed.log(format!("page-cache reclaim skipped: {e}")),
+        Err(e) => managed.log(format!("page-cache reclaim failed: {e}")),
     }
 }
 

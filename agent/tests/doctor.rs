@@ -225,6 +225,7 @@ workers = ["beta/rpc"]
             fleet::FleetCommand::Up {
                 name: None,
                 skip_doctor: false,
+                json: false,
             },
             &cluster.config,
         ))

@@ -198,6 +198,7 @@ workers = ["beta/rpc"]
             fleet::FleetCommand::Up {
                 name: Some("big".into()),
                 skip_doctor: false,
+                json: false,
             },
             &cluster.config,
         ))
@@ -241,6 +242,7 @@ workers = ["beta/rpc"]
         .block_on(fleet::run(
             fleet::FleetCommand::Down {
                 name: Some("big".into()),
+                json: false,
             },
             &cluster.config,
         ))

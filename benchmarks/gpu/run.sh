@@ -137,6 +137,30 @@ cleanup_relays_and_proxies() {
   sleep 0.5
 }
 
+# Only the "auto" scenarios (both paths, chosen per request), fast and slow target, 2 ms RTT.
+stage_auto() {
+  local M=$WORK/models
+  start_server target 9001 "$OUTDIR/target-fast.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768
+  start_server draft 9002 "$OUTDIR/draft.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
+  start_server native 9003 "$OUTDIR/target-native.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768 \
+    -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
+  relay 9101 9001 2; relay 9102 9002 2; relay 9103 9003 2
+  proxy 9205 "http://127.0.0.1:9103" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench "fast-auto-rtt2" http://127.0.0.1:9205 http://127.0.0.1:9101 --max-tokens 96 --warmup 8
+  curl -s http://127.0.0.1:9205/v1/tightwad/stats > "$OUTDIR/fast-auto-rtt2-stats.json" || true
+  cleanup
+  start_server target-slow 9011 "$OUTDIR/target-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16
+  start_server draft 9002 "$OUTDIR/draft2.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
+  start_server native-slow 9013 "$OUTDIR/target-native-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16 \
+    -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
+  relay 9111 9011 2; relay 9102 9002 2; relay 9113 9013 2
+  printf '%s\n' "Explain why the sky is blue." "Write a Python function that reverses a linked list." \
+    "List five capitals of Europe." "Tell a short story about a lighthouse keeper." > "$WORK/slow-prompts.txt"
+  proxy 9214 "http://127.0.0.1:9113" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench slow-auto-rtt2 http://127.0.0.1:9214 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt" --warmup 8
+  curl -s http://127.0.0.1:9214/v1/tightwad/stats > "$OUTDIR/slow-auto-rtt2-stats.json" || true
+  cleanup
+  log "done"
+}
+
 # The SIMULATION grid (no GPU involved) on this machine's idle cores: ratios only, several points
 # at once (they mostly sleep). Needs bench-suite in .gpu/.
 stage_sim() {
@@ -149,5 +173,6 @@ case "${1:-}" in
   build) stage_build ;;
   bench) stage_bench ;;
   sim) stage_sim ;;
-  *) echo "usage: $0 build|bench|sim" >&2; exit 2 ;;
+  auto) stage_auto ;;
+  *) echo "usage: $0 build|bench|sim|auto" >&2; exit 2 ;;
 esac

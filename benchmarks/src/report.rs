@@ -137,14 +137,26 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
 
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmark results\n");
-    let env = grid
-        .as_ref()
-        .map(|g| g.environment.clone())
-        .or_else(|| real.first().map(|r| r.report.environment.clone()));
-    if let Some(e) = &env {
+    // Scenarios may come from different machines (the simulation can run on an idle many-core
+    // box, the real-server ones here): say where each was measured.
+    let _ = writeln!(s, "Where each scenario was measured:\n");
+    let envs = grid
+        .iter()
+        .map(|g| (g.name.as_str(), &g.environment))
+        .chain(sweep.iter().map(|w| (w.name.as_str(), &w.environment)))
+        .chain(
+            real.iter()
+                .map(|r| (r.name.as_str(), &r.report.environment)),
+        );
+    for (name, e) in envs {
         let _ = writeln!(
             s,
-            "Measured by `bench-suite` on {2} CPU core(s){3}; the checkout was at commit `{0}`{1} when the results were written.\n",
+            "- `{name}`: {} CPU core(s){}, commit `{}`{}, load average {}",
+            e.nproc,
+            e.cpu_model
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
             e.commit
                 .as_deref()
                 .map_or("unknown", |c| &c[..c.len().min(12)]),
@@ -153,26 +165,10 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
             } else {
                 ""
             },
-            e.nproc,
-            e.cpu_model
-                .as_deref()
-                .map(|m| format!(" ({m})"))
-                .unwrap_or_default(),
+            e.load_average.as_deref().unwrap_or("unknown"),
         );
     }
-    let loads: Vec<String> = grid
-        .iter()
-        .map(|g| &g.environment)
-        .chain(real.iter().map(|r| &r.report.environment))
-        .filter_map(|e| e.load_average.clone())
-        .collect();
-    if !loads.is_empty() {
-        let _ = writeln!(
-            s,
-            "Load average (1/5/15 min) when each scenario finished: {}.\n",
-            loads.join("; ")
-        );
-    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "**Read the ratios, not the absolute numbers.** Absolute tokens per second from this 2-core CPU machine say nothing about a GPU LAN; every figure that matters here is a ratio measured in one run: the proxy against the same target reached directly (alternating requests, greedy, same `max_tokens`, tokens counted from `usage.completion_tokens`), or the proxy against the analytic limit. Speedup = time per token direct ÷ time per token through the proxy (= ratio of total times when token counts are equal, which they are here).\n");
 
     let _ = writeln!(s, "## Headline\n");

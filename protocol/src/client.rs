@@ -369,6 +369,18 @@ impl Client {
         }
     }
 
+    pub async fn process_memory(&self, name: &str) -> Result<ProcessMemory, ProtocolError> {
+        match self
+            .call(&Request::ProcessMemory {
+                name: name.to_string(),
+            })
+            .await?
+        {
+            Reply::ProcessMemory(memory) => Ok(*memory),
+            other => Err(unexpected("process_memory", &other)),
+        }
+    }
+
     pub async fn find_model(&self, file_name: &str) -> Result<Vec<ModelFile>, ProtocolError> {
         match self
             .call(&Request::FindModel {

@@ -132,6 +132,34 @@ pub enum Request {
     ListDevices {
         rpc_servers: Vec<String>,
     },
+    /// Coordinator → receiving agent: fetch `file_name` in pieces from all `sources` at once
+    /// (each checked against its piece hash), resuming what an earlier pull left. Replies with
+    /// `Progress` frames, then `PullDone`. The sources must have pinned the receiver
+    /// (`IntroducePeer`); the receiver checks each source's fingerprint.
+    PullModel {
+        file_name: String,
+        sources: Vec<PeerAddress>,
+        /// Piece size (default 8 MiB; 1–16 MiB).
+        piece_bytes: Option<u32>,
+        /// Optional rate limit per source.
+        max_bytes_per_second: Option<u64>,
+    },
+    /// Agent → agent (pinned peers only): the piece manifest of a model file.
+    ModelManifest {
+        file_name: String,
+        piece_bytes: u32,
+    },
+    /// Agent → agent (pinned peers only): `len` bytes at `offset`, as `Piece` replies.
+    ReadPiece {
+        file_name: String,
+        offset: u64,
+        len: u32,
+    },
+    /// A running process's memory: predicted from its model and flags (the placement planner)
+    /// next to what it reported allocating and its RSS (`tightwad status`).
+    ProcessMemory {
+        name: String,
+    },
     /// Build llama.cpp from a source, smoke-test it and switch the supervised processes to it
     /// (`tightwad build`). A `Tarball` source is uploaded on the same stream exactly like a model
     /// (`UploadResume` reply, then `UploadFrame`s); then `BuildProgress` frames, then `BuildDone`.
@@ -159,6 +187,10 @@ impl Request {
             Request::ReceiveModel(_) => "receive_model",
             Request::CheckProcess { .. } => "check_process",
             Request::ListDevices { .. } => "list_devices",
+            Request::PullModel { .. } => "pull_model",
+            Request::ModelManifest { .. } => "model_manifest",
+            Request::ReadPiece { .. } => "read_piece",
+            Request::ProcessMemory { .. } => "process_memory",
             Request::Build(_) => "build",
             Request::RollbackBuild => "rollback_build",
         }
@@ -215,6 +247,15 @@ pub enum Reply {
     Error(RemoteError),
     ProcessCheck(Box<ProcessCheck>),
     Devices(Vec<Device>),
+    Manifest(Box<PieceManifest>),
+    /// Bytes of a `ReadPiece`, at most 1 MiB per frame.
+    Piece {
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    PullDone(Box<PullSummary>),
+    ProcessMemory(Box<ProcessMemory>),
     BuildProgress(BuildProgress),
     BuildDone(Box<BuildOutcome>),
 }
@@ -235,6 +276,10 @@ impl Reply {
             Reply::Error(_) => "error",
             Reply::ProcessCheck(_) => "process_check",
             Reply::Devices(_) => "devices",
+            Reply::Manifest(_) => "manifest",
+            Reply::Piece { .. } => "piece",
+            Reply::PullDone(_) => "pull_done",
+            Reply::ProcessMemory(_) => "process_memory",
             Reply::BuildProgress(_) => "build_progress",
             Reply::BuildDone(_) => "build_done",
         }
@@ -501,6 +546,30 @@ pub struct ModelArg {
     pub found_elsewhere: Vec<String>,
 }
 
+/// Bytes on one device (`CPU`, `CUDA0`, `RPC[10.0.0.3:50052]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBytes {
+    pub device: String,
+    pub bytes: u64,
+}
+
+/// A process's memory, predicted and measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    pub name: String,
+    /// The placement planner's prediction for the process's model and flags (weights, KV and
+    /// compute per device); empty when it has no GGUF model.
+    pub predicted: Vec<DeviceBytes>,
+    /// What llama-server logged allocating (model, KV, compute, output buffers) per device;
+    /// empty when its log does not show them (this llama.cpp prints them at `-lv 4`).
+    pub measured: Vec<DeviceBytes>,
+    pub rss_bytes: Option<u64>,
+    /// The file-backed part of the RSS (an mmap'd model).
+    pub rss_file_bytes: Option<u64>,
+    /// Why the prediction is missing or approximate.
+    pub notes: Vec<String>,
+}
+
 /// A device as `llama-server --list-devices` prints it (`RPC0: 10.0.0.3:50052 (11264 MiB, 11000 MiB free)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
@@ -527,6 +596,38 @@ pub struct TransferSummary {
     pub resumed_from: u64,
     pub sha256: String,
     pub seconds: f64,
+}
+
+/// A model file cut into pieces, each with its sha256, plus the whole file's: a receiver checks
+/// every piece from any source before writing it, and the whole file before renaming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceManifest {
+    pub file_name: String,
+    pub size: u64,
+    /// sha256 of the whole file, hex.
+    pub sha256: String,
+    pub piece_bytes: u32,
+    /// sha256 of each piece, in order (the last one may be shorter).
+    pub pieces: Vec<[u8; 32]>,
+}
+
+/// One source's share of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullSource {
+    pub name: String,
+    pub pieces: u32,
+    pub bytes: u64,
+    /// Why this source stopped serving before the end, if it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullSummary {
+    pub transfer: TransferSummary,
+    pub pieces: u32,
+    /// Pieces already present from an earlier, interrupted pull.
+    pub pieces_resumed: u32,
+    pub sources: Vec<PullSource>,
 }
 
 /// The compute backend a llama.cpp build targets.
@@ -701,6 +802,28 @@ mod tests {
                 offset: 7,
                 prefix_sha256: "ab".into(),
             },
+            Reply::Manifest(Box::new(PieceManifest {
+                file_name: "m.gguf".into(),
+                size: 9,
+                sha256: "cd".into(),
+                piece_bytes: 4,
+                pieces: vec![[1; 32], [2; 32], [3; 32]],
+            })),
+            Reply::Piece {
+                offset: 4,
+                data: vec![0, 1, 2, 3],
+            },
+            Reply::ProcessMemory(Box::new(ProcessMemory {
+                name: "target".into(),
+                predicted: vec![DeviceBytes {
+                    device: "CPU".into(),
+                    bytes: 3,
+                }],
+                measured: vec![],
+                rss_bytes: Some(9),
+                rss_file_bytes: None,
+                notes: vec!["n".into()],
+            })),
         ];
         for reply in replies {
             let frame = crate::frame::encode(&reply).expect("encode");

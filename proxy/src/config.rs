@@ -12,6 +12,7 @@
 //! name = "llama-70b"                 # the model name clients ask for
 //! target = "http://10.0.0.2:8080"    # llama-server with -np >= draft_tokens + 1
 //! draft = "http://10.0.0.3:8080"     # optional: no draft = target-only; "prompt-lookup" = no model
+//! drafts = ["http://10.0.0.4:8080"]  # optional: more draft servers; the best measured one drafts
 //! prompt_lookup_fallback = false     # draft from the context while the draft server is down
 //! draft_tokens = 4                  # the largest k the controller may use
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
@@ -115,6 +116,10 @@ pub struct PairingEntry {
     pub name: Option<String>,
     pub target: String,
     pub draft: Option<String>,
+    /// More draft servers for this target (after `draft`): each request goes to the drafter whose
+    /// measured acceptance × speed delivers most; one that fails hands over to the next.
+    #[serde(default)]
+    pub drafts: Vec<String>,
     #[serde(default = "default_draft_tokens")]
     pub draft_tokens: usize,
     #[serde(default = "default_target_timeout")]
@@ -174,6 +179,7 @@ impl PairingEntry {
             name: None,
             target,
             draft,
+            drafts: Vec::new(),
             draft_tokens: default_draft_tokens(),
             target_timeout_s: default_target_timeout(),
             draft_timeout_s: default_draft_timeout(),
@@ -196,6 +202,7 @@ impl PairingEntry {
             }),
             target_url: self.target.clone(),
             draft_url: self.draft.clone(),
+            drafts: self.drafts.clone(),
             draft_tokens: self.draft_tokens,
             target_timeout: Duration::from_secs(self.target_timeout_s),
             draft_timeout: Duration::from_secs(self.draft_timeout_s),
@@ -259,7 +266,11 @@ impl ProxyConfig {
                 .draft
                 .as_ref()
                 .filter(|d| d.as_str() != crate::engine::PROMPT_LOOKUP);
-            for (what, url) in [("target", Some(&p.target)), ("draft", draft_url)] {
+            let listed = p.drafts.iter().map(|u| ("drafts", Some(u)));
+            for (what, url) in [("target", Some(&p.target)), ("draft", draft_url)]
+                .into_iter()
+                .chain(listed)
+            {
                 if let Some(url) = url {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(ConfigError::Invalid(format!(
@@ -267,6 +278,16 @@ impl ProxyConfig {
                         )));
                     }
                 }
+            }
+            if p.drafts.iter().any(|d| d == crate::engine::PROMPT_LOOKUP) {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: drafts lists draft servers; use draft = \"prompt-lookup\" (or prompt_lookup_fallback = true) for prompt lookup"
+                )));
+            }
+            if p.native && !p.drafts.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: a native pairing drafts inside the target; remove drafts"
+                )));
             }
             if p.draft_tokens == 0 || p.draft_tokens > 16 {
                 return Err(ConfigError::Invalid(format!(
@@ -294,6 +315,7 @@ const ENV_PAIRING_KEYS: &[&str] = &[
     "name",
     "target",
     "draft",
+    "drafts",
     "draft_tokens",
     "target_timeout_s",
     "draft_timeout_s",
@@ -402,6 +424,29 @@ target = \"http://a:1\"
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn drafts_add_draft_servers_after_draft_and_are_checked() {
+        let c: ProxyConfig = toml::from_str(
+            "[[pairings]]\ntarget = \"http://a:1\"\ndraft = \"http://b:2\"\ndrafts = [\"http://c:3\"]\n",
+        )
+        .expect("valid config");
+        c.validate().expect("valid");
+        let pc = c.pairings[0].to_pairing_config(0);
+        assert_eq!(pc.draft_url.as_deref(), Some("http://b:2"));
+        assert_eq!(pc.drafts, vec!["http://c:3".to_string()]);
+        let bad: ProxyConfig =
+            toml::from_str("[[pairings]]\ntarget = \"http://a:1\"\ndrafts = [\"c:3\"]\n")
+                .expect("parses");
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("drafts") && e.contains("c:3"), "{e}");
+        let e = toml::from_str::<ProxyConfig>(
+            "[[pairings]]\ntarget = \"http://a:1\"\ndrafts = \"http://c:3\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("drafts") && e.contains("line 3"), "{e}");
     }
 
     #[test]

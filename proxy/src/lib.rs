@@ -10,15 +10,24 @@
 //! - [`config`] and [`server`]: how a proxy is described and started;
 //! - [`fleet`]: the commands that control the hosts' agents over the peer protocol;
 //! - [`doctor`] and [`init`]: checking a cluster before anything starts, writing a first config;
-//! - [`bench`]: direct-to-target against through-the-proxy measurements (`tightwad bench`).
+//! - [`inspect`]: a GGUF file's contents and its placement plan (`tightwad inspect`);
+//! - [`tune`]: RAM, swap and page-cache advice for a model on a host (`tightwad tune`);
+//! - [`bench`]: direct-to-target against through-the-proxy measurements (`tightwad bench`);
+//! - [`chat`], [`logring`], [`progress`]: `tightwad chat`, the proxy's log for `tightwad logs
+//!   proxy`, progress bars for long commands.
 
 pub mod api;
 pub mod backend;
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod doctor;
 pub mod engine;
 pub mod fleet;
 pub mod init;
+pub mod inspect;
+pub mod logring;
 pub mod metrics;
+pub mod progress;
 pub mod server;
+pub mod tune;

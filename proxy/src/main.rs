@@ -26,19 +26,50 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the OpenAI API, speculating with the draft for the target.
-    ///
-    /// Example: tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081
+    #[command(
+        after_long_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy --log-format json"
+    )]
     Proxy(ProxyArgs),
     /// Check every host, build, model, flag, memory fit, vocabulary, network and the predicted
     /// payoff before anything starts; non-zero exit when something is wrong.
+    #[command(
+        after_long_help = "Examples:\n  tightwad doctor\n  tightwad -c tightwad.toml doctor --json"
+    )]
     Doctor(tightwad::doctor::DoctorArgs),
-    /// Write a commented config from flags or from the agents' inventories.
+    /// Write a commented config from flags, from the agents' inventories, or from a Python
+    /// Tightwad `cluster.yaml` (`--from`).
+    #[command(
+        after_long_help = "Examples:\n  tightwad init --target-url http://gpu-box:8080 --draft-url http://desktop:8081\n  tightwad init --from-agents --host gpu-box=10.0.0.2 --host desktop=10.0.0.3\n  tightwad -c tightwad.toml init --from configs/cluster.yaml --json"
+    )]
     Init(tightwad::init::InitArgs),
     /// Measure the target directly and through the proxy, alternating, on a fixed prompt set.
+    #[command(
+        after_long_help = "Examples:\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080 --json - > bench.json"
+    )]
     Bench(tightwad::bench::BenchArgs),
+    /// Chat with the model in the terminal; after each reply: rounds, drafted, accepted,
+    /// tokens per round, tokens/s. `--direct` talks to the target alone, to compare.
+    #[command(
+        after_long_help = "Examples:\n  tightwad chat\n  tightwad -c tightwad.toml chat --direct\n  tightwad chat --url http://10.0.0.1:8088 --model llama-70b --system \"Answer briefly.\""
+    )]
+    Chat(tightwad::chat::ChatArgs),
     #[command(flatten)]
     Fleet(tightwad::fleet::FleetCommand),
-    /// Print a shell completion script: `tightwad completions bash > /etc/bash_completion.d/tightwad`.
+    /// A GGUF file's metadata and, with --plan, where its tensors go on the cluster's devices
+    /// (tensor split, expert offload, per-device memory, the llama-server flags).
+    #[command(
+        after_long_help = "Examples:\n  tightwad inspect gpt-oss-120b.gguf\n  tightwad inspect gpt-oss-120b.gguf --plan --gpu 24576 --rpc-worker desktop=12288"
+    )]
+    Inspect(tightwad::inspect::InspectArgs),
+    /// RAM, swap and page-cache advice for running a model on a host (mmap, mlock, no-mmap).
+    #[command(
+        after_long_help = "Examples:\n  tightwad tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full"
+    )]
+    Tune(tightwad::tune::TuneArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_long_help = "Examples:\n  tightwad completions bash > /etc/bash_completion.d/tightwad\n  tightwad completions zsh > ~/.zfunc/_tightwad"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -91,17 +122,29 @@ enum LogFormat {
     Json,
 }
 
+/// stderr in the chosen format, plus the in-memory ring `tightwad logs proxy` reads
+/// (`tightwad::logring`), always plain text.
 fn init_logging(format: LogFormat) {
-    let json = format == LogFormat::Json;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let ring = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(tightwad::logring::make);
+    let registry = tracing_subscriber::registry().with(filter).with(ring);
+    if format == LogFormat::Json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     } else {
-        builder.init();
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
 }
 
@@ -196,7 +239,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => tightwad::doctor::run(args, &config_path(cli.config)).await,
         Command::Init(args) => tightwad::init::run(args, &config_path(cli.config)).await,
         Command::Bench(args) => tightwad::bench::run(args).await,
+        Command::Chat(args) => tightwad::chat::run(args, &config_path(cli.config)).await,
         Command::Fleet(cmd) => tightwad::fleet::run(cmd, &config_path(cli.config)).await,
+        Command::Inspect(args) => tightwad::inspect::run(args, &config_path(cli.config)).await,
+        Command::Tune(args) => tightwad::tune::run(args, &config_path(cli.config)).await,
     }
 }
 
@@ -209,5 +255,33 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and subcommand shows at least one example in its `--help`.
+    #[test]
+    fn every_subcommand_has_an_example_in_its_long_help() {
+        fn walk(cmd: &mut clap::Command, path: String, missing: &mut Vec<String>) {
+            let help = cmd.render_long_help().to_string();
+            if !help.contains("Example") {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands_mut() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let name = format!("{path} {}", sub.get_name());
+                walk(sub, name, missing);
+            }
+        }
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&mut cmd, "tightwad".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
     }
 }

@@ -49,6 +49,7 @@ pub struct Metrics {
     draft_failures: Family<PairingLabel, Counter>,
     prefetched: Family<PairingLabel, Counter>,
     speculation_enabled: Family<PairingLabel, Gauge>,
+    drafters: DrafterFamilies,
     rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
 }
 
@@ -129,7 +130,9 @@ impl Metrics {
             "1 when the pairing currently speculates, 0 when it serves target-only",
             speculation_enabled.clone(),
         );
+        let drafters = DrafterFamilies::register(&mut registry);
         Metrics {
+            drafters,
             registry,
             requests,
             rounds,
@@ -165,6 +168,7 @@ impl Metrics {
             draft_failures: self.draft_failures.get_or_create(&l).clone(),
             prefetched: self.prefetched.get_or_create(&l).clone(),
             speculation_enabled: self.speculation_enabled.get_or_create(&l).clone(),
+            drafters: self.drafters.clone(),
             rates,
         }
     }
@@ -174,6 +178,78 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrafterLabel {
+    pairing: String,
+    drafter: String,
+}
+
+/// Per-drafter counters of pairings with several draft servers (`engine::drafters`).
+#[derive(Clone)]
+struct DrafterFamilies {
+    wins: Family<DrafterLabel, Counter>,
+    rounds: Family<DrafterLabel, Counter>,
+    drafted: Family<DrafterLabel, Counter>,
+    accepted: Family<DrafterLabel, Counter>,
+    failures: Family<DrafterLabel, Counter>,
+}
+
+impl DrafterFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = DrafterFamilies {
+            wins: Family::default(),
+            rounds: Family::default(),
+            drafted: Family::default(),
+            accepted: Family::default(),
+            failures: Family::default(),
+        };
+        registry.register(
+            "drafter_wins",
+            "Requests for which this drafter was chosen (or took over from a failed one)",
+            f.wins.clone(),
+        );
+        registry.register(
+            "drafter_rounds",
+            "Draft→verify rounds drafted by this drafter",
+            f.rounds.clone(),
+        );
+        registry.register(
+            "drafter_drafted_tokens",
+            "Tokens proposed by this drafter",
+            f.drafted.clone(),
+        );
+        registry.register(
+            "drafter_accepted_tokens",
+            "Tokens of this drafter the target accepted",
+            f.accepted.clone(),
+        );
+        registry.register(
+            "drafter_failures",
+            "Errors of this drafter (the answer went on with another drafter or the target)",
+            f.failures.clone(),
+        );
+        f
+    }
+}
+
+/// One drafter's counters (cheap clones of shared atomics).
+#[derive(Clone)]
+pub struct DrafterMetrics {
+    pub wins: Counter,
+    pub rounds: Counter,
+    pub drafted: Counter,
+    pub accepted: Counter,
+    pub failures: Counter,
+}
+
+impl DrafterMetrics {
+    pub fn round(&self, drafted: usize, accepted: usize) {
+        self.rounds.inc();
+        self.drafted.inc_by(drafted as u64);
+        self.accepted.inc_by(accepted as u64);
     }
 }
 
@@ -190,6 +266,7 @@ pub struct PairingMetrics {
     pub draft_failures: Counter,
     pub prefetched: Counter,
     pub speculation_enabled: Gauge,
+    drafters: DrafterFamilies,
     rates: Arc<Mutex<Rates>>,
 }
 
@@ -221,6 +298,22 @@ pub struct RequestCounts {
 }
 
 impl PairingMetrics {
+    /// The handle one drafter of this pairing records into (`drafter` is its URL).
+    pub fn drafter(&self, drafter: &str) -> DrafterMetrics {
+        let l = DrafterLabel {
+            pairing: self.name.clone(),
+            drafter: drafter.to_string(),
+        };
+        let f = &self.drafters;
+        DrafterMetrics {
+            wins: f.wins.get_or_create(&l).clone(),
+            rounds: f.rounds.get_or_create(&l).clone(),
+            drafted: f.drafted.get_or_create(&l).clone(),
+            accepted: f.accepted.get_or_create(&l).clone(),
+            failures: f.failures.get_or_create(&l).clone(),
+        }
+    }
+
     pub fn request(&self, served_by: ServedBy) {
         self.requests
             .get_or_create(&RequestLabel {

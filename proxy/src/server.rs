@@ -46,6 +46,8 @@ impl Proxy {
         if let (Some(path), false) = (&config.source, config.hosts.is_empty()) {
             hosts.spawn_refresher(path.clone(), std::time::Duration::from_secs(15));
         }
+        let drains =
+            crate::api::drain::Drains::new(pairings.iter().map(|p| p.config.name.as_str()));
         let state = Arc::new(AppState {
             recent: Default::default(),
             hosts,
@@ -54,6 +56,7 @@ impl Proxy {
             metrics,
             max_body_bytes: config.max_body_bytes,
             started,
+            drains,
         });
         Ok(Proxy { listener, state })
     }

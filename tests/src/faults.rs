@@ -427,12 +427,24 @@ impl AgentProcess {
         models: &Path,
         join: Option<&str>,
     ) -> AgentProcess {
+        Self::start_with(ns, state_dir, models, join, "")
+    }
+
+    /// [`AgentProcess::start`] with more of the agent's config (`[binaries]`, `[[process]]`
+    /// tables) appended.
+    pub fn start_with(
+        ns: &Namespace,
+        state_dir: &Path,
+        models: &Path,
+        join: Option<&str>,
+        extra_toml: &str,
+    ) -> AgentProcess {
         let address = format!("{}:7420", ns.ip);
         let config = state_dir.with_extension("toml");
         std::fs::write(
             &config,
             format!(
-                "name = \"{}\"\nlisten = \"{address}\"\nstate_dir = \"{}\"\nmodel_dirs = [\"{}\"]\n",
+                "name = \"{}\"\nlisten = \"{address}\"\nstate_dir = \"{}\"\nmodel_dirs = [\"{}\"]\n{extra_toml}\n",
                 ns.name,
                 state_dir.display(),
                 models.display()

@@ -67,6 +67,28 @@ impl ApiError {
         }
     }
 
+    /// 503: the service cannot take this request now (a pairing drained for a model swap).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("pairing_swapping"),
+        }
+    }
+
+    /// 504: an admin operation did not finish in the time it was given.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("timeout"),
+        }
+    }
+
     pub fn backend(e: &BackendError) -> Self {
         let status = StatusCode::from_u16(e.client_status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError {

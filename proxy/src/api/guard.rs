@@ -34,6 +34,16 @@ pub struct Gate {
 pub struct Permit {
     gate: Arc<Gate>,
     client: IpAddr,
+    /// The pairing's admission while it is not drained (`api::drain`): held as long as the
+    /// generation runs, so a drain waits for it.
+    hold: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+}
+
+impl Permit {
+    /// Keep the pairing's admission for as long as this permit lives.
+    pub fn hold(&mut self, guard: Option<tokio::sync::OwnedRwLockReadGuard<()>>) {
+        self.hold = guard;
+    }
 }
 
 impl Drop for Permit {
@@ -115,6 +125,7 @@ impl Gate {
         Ok(Permit {
             gate: self.clone(),
             client,
+            hold: None,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Each completion request gets a `request` tracing span; the engine adds one span per round.
 
 pub mod dashboard;
+pub mod drain;
 pub mod error;
 pub mod guard;
 pub mod openai;
@@ -38,9 +39,20 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub started: u64,
+    /// Pairings drained for a model swap (`tightwad swap`).
+    pub drains: drain::Drains,
 }
 
 impl AppState {
+    fn unknown_pairing(&self, name: &str) -> ApiError {
+        let names: Vec<String> = self
+            .pairings
+            .iter()
+            .map(|p| p.config.name.clone())
+            .collect();
+        ApiError::model_not_found(name, &names).with_code("pairing_not_found")
+    }
+
     fn pairing(&self, model: Option<&str>) -> Result<&Arc<Pairing>, ApiError> {
         match model {
             // A client that names no model gets the first pairing (curl users, simple scripts).
@@ -74,6 +86,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tightwad/stats", get(stats))
         .route("/v1/tightwad/requests", get(recent_requests))
         .route("/v1/tightwad/hosts", get(hosts))
+        .route("/v1/tightwad/pairings/{name}/drain", post(drain_pairing))
+        .route("/v1/tightwad/pairings/{name}/resume", post(resume_pairing))
+        .route("/v1/tightwad/logs", get(proxy_logs))
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
         .fallback(fallback)
@@ -141,6 +156,7 @@ async fn stats(
                 m.insert("draft".into(), json!(p.config.draft_url));
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
                 m.insert("controller".into(), json!(p.controller_view()));
+                m.insert("drafters".into(), json!(p.drafter_views()));
                 if let Some(paths) = p.paths_view() {
                     m.insert("paths".into(), json!(paths));
                 }
@@ -149,6 +165,61 @@ async fn stats(
         })
         .collect();
     Ok(Json(json!({"pairings": pairings})))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    timeout_s: Option<u64>,
+    hold_s: Option<u64>,
+}
+
+/// `POST /v1/tightwad/pairings/{name}/drain`: see [`drain`].
+async fn drain_pairing(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    let body: DrainBody = if body.is_empty() {
+        DrainBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("Bad drain request: {e}"), None))?
+    };
+    let timeout = std::time::Duration::from_secs(body.timeout_s.unwrap_or(120));
+    let hold = body
+        .hold_s
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(drain::DEFAULT_HOLD);
+    match state.drains.drain(&name, timeout, hold).await {
+        Ok(waited) => Ok(Json(json!({
+            "pairing": name,
+            "drained": true,
+            "waited_ms": waited.as_millis() as u64,
+            "hold_s": hold.as_secs(),
+        }))),
+        Err(drain::DrainError::Unknown(_)) => Err(state.unknown_pairing(&name)),
+        Err(e) => Err(ApiError::timeout(e.to_string())),
+    }
+}
+
+/// `POST /v1/tightwad/pairings/{name}/resume`: requests flow again; the pairing re-probes its
+/// servers (the target may now hold another model).
+async fn resume_pairing(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    if let Some(p) = state.pairings.iter().find(|p| p.config.name == name) {
+        p.invalidate().await;
+    }
+    match state.drains.resume(&name) {
+        Ok(was) => Ok(Json(json!({"pairing": name, "resumed": was}))),
+        Err(_) => Err(state.unknown_pairing(&name)),
+    }
 }
 
 async fn recent_requests(
@@ -165,6 +236,32 @@ async fn hosts(
 ) -> Result<Json<Value>, ApiError> {
     state.gate.authorize(&headers)?;
     Ok(Json(state.hosts.json()))
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_log_tail")]
+    tail: usize,
+}
+
+fn default_log_tail() -> usize {
+    100
+}
+
+/// The proxy's own recent log lines (see [`crate::logring`]): numbered above `after`, at most
+/// `tail`; `next` is the `after` for the following poll (`tightwad logs proxy -f`).
+async fn proxy_logs(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::invalid(format!("bad query: {e}"), None))?;
+    let (lines, next) = crate::logring::read(query.after, query.tail);
+    Ok(Json(json!({"lines": lines, "next": next})))
 }
 
 async fn completions(
@@ -237,10 +334,23 @@ async fn handle(
     id: String,
 ) -> Result<Response, ApiError> {
     state.gate.authorize(req.headers())?;
-    let permit = state.gate.admit(client.ip())?;
+    let mut permit = state.gate.admit(client.ip())?;
     let body = read_body(&state, req).await?;
     let (mut raw, request) = openai::parse(&body)?;
     let pairing = state.pairing(request.model.as_deref())?.clone();
+    // While the pairing is drained for a model swap, wait for it to resume (then the new model
+    // answers), or give up with 503 after `drain::MAX_WAIT`.
+    let admission = state
+        .drains
+        .admit(&pairing.config.name)
+        .await
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "The model of {} is being swapped and it took too long; retry shortly.",
+                pairing.config.name
+            ))
+        })?;
+    permit.hold(admission);
     let mut plan = request.plan(endpoint)?;
     if let Some(limit) = state.gate.limits().max_tokens {
         let asked = request.max_completion_tokens.or(request.max_tokens);

@@ -48,7 +48,7 @@ pub struct BenchArgs {
     /// Unmeasured requests per side before measuring (caches, connection pools, the controller).
     #[arg(long, default_value_t = 1)]
     pub warmup: u32,
-    /// Write the full report as JSON here.
+    /// Write the full report as JSON here (`-`: print it on stdout instead of the table).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write the report as a Markdown table here.
@@ -587,6 +587,15 @@ pub fn stats_delta(before: &Value, after: &Value) -> StatsDelta {
 
 /// Measure every prompt direct and through the proxy, alternating, after a warm-up.
 pub async fn compare(config: CompareConfig) -> Result<BenchReport, BenchError> {
+    compare_with_progress(config, |_, _, _| {}).await
+}
+
+/// [`compare`], calling `on_prompt(done, total, next_category)` before each prompt and once at
+/// the end (`done == total`), so a CLI can show progress.
+pub async fn compare_with_progress(
+    config: CompareConfig,
+    mut on_prompt: impl FnMut(usize, usize, &str),
+) -> Result<BenchReport, BenchError> {
     if config.prompts.is_empty() {
         return Err(BenchError::Empty("the prompt set is empty".into()));
     }
@@ -601,7 +610,8 @@ pub async fn compare(config: CompareConfig) -> Result<BenchReport, BenchError> {
     }
     let stats_before = client.stats().await;
     let mut results = Vec::with_capacity(config.prompts.len());
-    for prompt in &config.prompts {
+    for (i, prompt) in config.prompts.iter().enumerate() {
+        on_prompt(i, config.prompts.len(), &prompt.category);
         let mut direct = Vec::new();
         let mut proxied = Vec::new();
         client.prime(prompt).await?;
@@ -620,6 +630,7 @@ pub async fn compare(config: CompareConfig) -> Result<BenchReport, BenchError> {
         );
         results.push(result);
     }
+    on_prompt(config.prompts.len(), config.prompts.len(), "done");
     let stats_after = client.stats().await;
     let proxy_stats = match (&stats_before, &stats_after) {
         (Some(b), Some(a)) => Some(stats_delta(b, a)),
@@ -782,9 +793,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         ..CompareConfig::new(&args.proxy, &args.target)
     };
-    let report = compare(config).await.context("benchmark run failed")?;
-    print!("{}", render_table(&report));
-    if let Some(path) = &args.json {
+    let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let mut progress = crate::progress::Progress::new(
+        crate::progress::Progress::mode(to_stdout),
+        crate::progress::Unit::Items,
+        "bench",
+        config.prompts.len() as u64,
+    );
+    let report = compare_with_progress(config, |done, _, category| {
+        progress.set_message(format!("bench ({category})"));
+        progress.set(done as u64);
+    })
+    .await
+    .context("benchmark run failed");
+    progress.finish();
+    let report = report?;
+    if to_stdout {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("serializing the report")?
+        );
+    } else {
+        print!("{}", render_table(&report));
+    }
+    if let Some(path) = args.json.as_ref().filter(|_| !to_stdout) {
         let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;

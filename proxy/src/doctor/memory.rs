@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use tightwad_protocol::messages::{AgentStatus, GgufSummary, ModelArg};
 
+use tightwad_placement::plan::{
+    check, config_from_args, plan, DeviceKind, ModelBytes, PlanOptions, Target,
+};
+
 use super::agents::Cluster;
 use super::report::{gib, Category, Check, Status};
 use crate::fleet::layout::{Layout, ProcessRef};
@@ -115,7 +119,11 @@ struct HostLoad {
     local: Vec<(String, u64)>,
     /// (what, bytes) held by an rpc-server for a remote llama-server: device memory only.
     rpc: Vec<(String, u64)>,
-    moe_notes: Vec<String>,
+    /// (what, bytes, device memory) of each RPC device a pool places here: one rpc-server
+    /// exposes one device, which must hold its share alone.
+    rpc_devices: Vec<(String, u64, u64)>,
+    /// (message, hint) for MoE pools whose placement overflows an RPC device.
+    moe_notes: Vec<(String, String)>,
     /// Bytes of processes not running yet: they still have to come out of the RAM available now
     /// (a running server's memory is already taken from it).
     pending: u64,
@@ -210,7 +218,10 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         }
     }
 
-    // Pools: the model split over the members in proportion to their device memory.
+    // Pools: llama.cpp's own placement of the model over the workers' RPC devices and the
+    // coordinator's GPUs, as the coordinator's flags configure it (the planner's `check`):
+    // experts go with their layers unless `-ot`/`--cpu-moe` keep them in RAM, which is how a
+    // 12 GB RPC worker gets asked for 22.3 GB.
     for pool in &layout.pools {
         let Some(model) = cluster.main_model(&pool.coordinator) else {
             continue;
@@ -220,53 +231,96 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             .check(&pool.coordinator)
             .map(|c| c.args.clone())
             .unwrap_or_default();
-        let Some((w, kv)) = model_bytes(model, &args) else {
+        let Some(coordinator) = cluster.status(&pool.coordinator.host) else {
             continue;
         };
-        let mut members = vec![(pool.coordinator.host.clone(), false)];
-        members.extend(pool.workers.iter().map(|w| (w.host.clone(), true)));
-        let caps: Vec<u64> = members
-            .iter()
-            .map(|(h, _)| cluster.status(h).map(|s| capacity(s).0).unwrap_or(0))
-            .collect();
-        let total_cap: u64 = caps.iter().sum();
-        if total_cap == 0 {
-            continue;
+        let mut devices = Vec::new();
+        for worker in &pool.workers {
+            let (Some(view), Some(status)) =
+                (cluster.host(&worker.host), cluster.status(&worker.host))
+            else {
+                continue;
+            };
+            let worker_process = status.processes.iter().find(|p| p.name == worker.process);
+            let endpoint = crate::fleet::up::rpc_address(&view.entry.address, worker_process);
+            devices.push(crate::inspect::rpc_device(&worker.host, &endpoint, status));
         }
-        let moe = g.expert_tensor_bytes > 0 || g.expert_count.is_some_and(|e| e > 1);
-        for ((host, is_worker), cap) in members.iter().zip(&caps) {
-            let share = ((w + kv) as f64 * *cap as f64 / total_cap as f64) as u64;
-            let what = format!("pool {} share {} of {}", pool.name, gib(share), gib(w + kv));
-            let load = loads.entry(host.clone()).or_default();
-            if !cluster
-                .check(&pool.coordinator)
-                .is_some_and(|c| running(c.state))
-            {
-                load.pending += share;
+        devices.extend(crate::inspect::gpu_devices(
+            &pool.coordinator.host,
+            coordinator,
+        ));
+        let target = Target {
+            host: pool.coordinator.host.clone(),
+            ram_bytes: coordinator.inventory.host.ram_total_bytes,
+            devices,
+        };
+        let bytes = ModelBytes::from_summary(g, model.size_bytes);
+        let options = PlanOptions {
+            context: Some(context_of(&args, g)),
+            cache_k_bytes: cache_type_bytes(&args, &["-ctk", "--cache-type-k"]),
+            cache_v_bytes: cache_type_bytes(&args, &["-ctv", "--cache-type-v"]),
+            ..PlanOptions::default()
+        };
+        let given = config_from_args(&bytes, &args, target.devices.len());
+        let placed = check(&bytes, &target, &options, &given);
+        let running_now = cluster
+            .check(&pool.coordinator)
+            .is_some_and(|c| running(c.state));
+        let mut over_rpc = Vec::new();
+        for d in &placed.devices {
+            let what = format!(
+                "pool {} on {}: {} (weights {}, experts {}, KV {})",
+                pool.name,
+                d.name,
+                gib(d.total_bytes()),
+                gib(d.weights_bytes),
+                gib(d.expert_bytes),
+                gib(d.kv_bytes)
+            );
+            let load = loads.entry(d.host.clone()).or_default();
+            if !running_now {
+                load.pending += d.total_bytes();
             }
-            if *is_worker {
-                load.rpc.push((what, share));
-                let largest_card = cluster.status(host).and_then(|s| {
-                    s.inventory
-                        .gpus
-                        .iter()
-                        .map(|g| g.memory_total_mib << 20)
-                        .max()
-                });
-                if moe {
-                    load.moe_notes.push(format!(
-                        "pool {}: MoE model ({} of {} weights are expert tensors) on this RPC worker: the split estimate is {}{}, but RPC buffers for MoE layers can be far larger than the split (the field report: 22.3 GB asked of a 12 GB card)",
-                        pool.name,
-                        gib(g.expert_tensor_bytes),
-                        gib(w),
-                        gib(share),
-                        largest_card
-                            .map(|c| format!(" and this host's largest card has {}", gib(c)))
-                            .unwrap_or_default()
-                    ));
+            if d.kind == Some(DeviceKind::Rpc) {
+                if d.total_bytes() > d.capacity_bytes {
+                    over_rpc.push(d.clone());
                 }
+                load.rpc_devices
+                    .push((what, d.total_bytes(), d.capacity_bytes));
             } else {
-                load.local.push((what, share));
+                load.local.push((what, d.total_bytes()));
+                if d.kind.is_none() {
+                    load.in_ram += d.total_bytes();
+                }
+            }
+        }
+        if !over_rpc.is_empty() && bytes.is_moe() {
+            let planned = plan(&bytes, &target, &options);
+            for d in over_rpc {
+                let load = loads.entry(d.host.clone()).or_default();
+                load.moe_notes.push((
+                    format!(
+                        "pool {}: MoE model ({} of {} weights are routed experts): with these flags llama.cpp asks {} on {} for {} (experts {}) but it has {}",
+                        pool.name,
+                        gib(bytes.expert_weights()),
+                        gib(bytes.total_weights()),
+                        d.host,
+                        d.name,
+                        gib(d.total_bytes()),
+                        gib(d.expert_bytes),
+                        gib(d.capacity_bytes)
+                    ),
+                    format!(
+                        "split by each device's own memory{}: the placement plan (`tightwad inspect MODEL --plan`) gives {}{}",
+                        if planned.config.cpu_expert_layers.is_empty() {
+                            ""
+                        } else {
+                            " and keep the experts that do not fit in the coordinator's RAM"
+                        },
+                        crate::inspect::shell_join(&planned.flags),
+                        if planned.fits { "" } else { " (and even that does not fit: a smaller quant or context)" }
+                    ),
+                ));
             }
         }
     }
@@ -309,13 +363,16 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
         let (device, ram, available) = capacity(status);
         let has_gpu = !status.inventory.gpus.is_empty();
         let local: u64 = load.local.iter().map(|(_, b)| b).sum();
-        let rpc: u64 = load.rpc.iter().map(|(_, b)| b).sum();
+        let rpc: u64 = load.rpc.iter().map(|(_, b)| b).sum::<u64>()
+            + load.rpc_devices.iter().map(|(_, b, _)| b).sum::<u64>();
+        let over_device = load.rpc_devices.iter().any(|(_, b, cap)| b > cap);
         let need = local + rpc;
         let items = load
             .local
             .iter()
             .chain(&load.rpc)
             .map(|(what, _)| what.clone())
+            .chain(load.rpc_devices.iter().map(|(what, _, _)| what.clone()))
             .collect::<Vec<_>>()
             .join("; ");
         let memory_name = if is_mac(status) {
@@ -335,7 +392,7 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             gib(need),
             gib(device)
         );
-        let fits_rpc = rpc <= device;
+        let fits_rpc = rpc <= device && !over_device;
         let fits_at_all = need <= if has_gpu { device + ram } else { ram };
         // On a GPU host, what the flags keep in RAM does not count against VRAM.
         let on_device = need.saturating_sub(if has_gpu { load.in_ram } else { 0 });
@@ -371,11 +428,8 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
             Check::new(Category::Memory, host.clone(), Status::Pass, summary)
         };
         checks.push(check.details(details));
-        for note in load.moe_notes {
-            checks.push(
-                Check::new(Category::Memory, host.clone(), Status::Warn, note)
-                    .hint("keep the expert tensors on the coordinator's CPU (`--cpu-moe` or `-ot exps=CPU`) instead of pooling them over RPC, or give MoE models only workers with ample memory"),
-            );
+        for (note, hint) in load.moe_notes {
+            checks.push(Check::new(Category::Memory, host.clone(), Status::Warn, note).hint(hint));
         }
     }
     checks
@@ -541,8 +595,9 @@ mod tests {
         assert_eq!(status_for(&["-c", "512", "-ngl", "0"]), vec![Status::Pass]);
     }
 
-    /// The field report's pool: a 60 GB MoE model over a 48 GB box and a 28 GB desktop
-    /// (16 + 12 GB cards). The split alone puts ~22 GB on the desktop's rpc-server.
+    /// The field report's pool: a 60 GB, 36-block MoE model over a box with two 24 GB cards and
+    /// a desktop whose rpc-server runs on its 12 GB RTX 3060, split 28:24:24 by the desktop's
+    /// 28 GB total. llama.cpp gives the worker 14 of 37 slots, experts included: ~22 GiB.
     #[test]
     fn moe_on_a_small_rpc_worker_is_flagged_with_the_estimate() {
         let model = ModelArg {
@@ -554,6 +609,8 @@ mod tests {
                 tensor_bytes: 60_000_000_000,
                 expert_tensor_bytes: 55_000_000_000,
                 expert_count: Some(128),
+                block_count: Some(36),
+                parameter_count: 117_000_000_000,
                 context_length: Some(2048),
                 ..Default::default()
             }),
@@ -561,53 +618,73 @@ mod tests {
             found_elsewhere: vec![],
         };
         let coordinator: ProcessRef = "gpu/target".parse().expect("ref");
-        let mut processes = BTreeMap::new();
-        processes.insert(
-            coordinator.clone(),
-            ProcessView {
-                reference: coordinator.clone(),
-                check: Ok(ProcessCheck {
-                    name: "target".into(),
-                    kind: ProcessKind::LlamaServer,
-                    args: vec!["-c".into(), "2048".into()],
-                    binary: None,
-                    flag_error: None,
-                    models: vec![model],
-                    state: ProcessState::Stopped,
-                }),
-            },
-        );
-        let cluster = Cluster {
-            hosts: vec![host("gpu", &[24576, 24576]), host("desk", &[16384, 12288])],
-            processes,
+        let cluster_with = |args: &[&str], desk_mib: &[u64]| {
+            let mut processes = BTreeMap::new();
+            processes.insert(
+                coordinator.clone(),
+                ProcessView {
+                    reference: coordinator.clone(),
+                    check: Ok(ProcessCheck {
+                        name: "target".into(),
+                        kind: ProcessKind::LlamaServer,
+                        args: args.iter().map(|a| a.to_string()).collect(),
+                        binary: None,
+                        flag_error: None,
+                        models: vec![model.clone()],
+                        state: ProcessState::Stopped,
+                    }),
+                },
+            );
+            Cluster {
+                hosts: vec![host("gpu", &[24576, 24576]), host("desk", desk_mib)],
+                processes,
+            }
         };
         let layout = Layout::parse(
             "[[pools]]\nname = \"big\"\ncoordinator = \"gpu/target\"\nworkers = [\"desk/rpc\"]\n",
         )
         .expect("layout");
-        let checks = checks(&cluster, &layout);
+        let checks = checks(
+            &cluster_with(
+                &["-c", "2048", "--tensor-split", "28,24,24"],
+                &[12288, 16384],
+            ),
+            &layout,
+        );
         let moe = checks
             .iter()
             .find(|c| c.subject == "desk" && c.status == Status::Warn)
             .unwrap_or_else(|| panic!("{checks:#?}"));
         assert!(moe.message.contains("MoE model"), "{moe:?}");
         assert!(
-            moe.message.contains("split estimate is 20.6 GiB"),
+            moe.message
+                .contains("asks desk on RPC0[desk:50052] for 21."),
             "{moe:?}"
         );
-        assert!(moe.message.contains("largest card has 16.0 GiB"), "{moe:?}");
-        assert!(moe.hint.as_deref().is_some_and(|h| h.contains("--cpu-moe")));
-        // A worker too small even for its split share fails: rpc-server cannot spill to RAM.
-        let tiny = Cluster {
-            hosts: vec![host("gpu", &[24576, 24576]), host("desk", &[2048])],
-            processes: cluster.processes,
-        };
-        let checks = super::checks(&tiny, &layout);
+        assert!(moe.message.contains("but it has 12.0 GiB"), "{moe:?}");
+        let hint = moe.hint.as_deref().unwrap_or_default();
+        // 12 + 24 + 24 GiB hold the 56 GiB model when the split follows each device's memory.
+        assert!(hint.contains("--tensor-split 7,15,15"), "{hint}");
         let fail = checks
             .iter()
             .find(|c| c.subject == "desk" && c.status == Status::Fail)
             .unwrap_or_else(|| panic!("{checks:#?}"));
         assert!(fail.message.contains("RPC buffers do not fit"), "{fail:?}");
+        // With the planner's flags the same pool passes on the desktop.
+        let planned = hint.split("gives ").nth(1).unwrap_or_default();
+        let mut args: Vec<String> = Vec::new();
+        for word in planned.split_whitespace() {
+            args.push(word.trim_matches('\'').to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let checks = super::checks(&cluster_with(&args, &[12288, 16384]), &layout);
+        assert!(
+            checks
+                .iter()
+                .filter(|c| c.subject == "desk")
+                .all(|c| c.status == Status::Pass),
+            "{args:?}: {checks:#?}"
+        );
     }
 
     #[test]

@@ -233,6 +233,23 @@ impl Controller {
         (cost > 0.0).then(|| self.expected_tokens(k) / (cost * r_t))
     }
 
+    /// Tokens per second its speculative stretches actually delivered (smoothed over requests).
+    pub fn measured_goodput(&self) -> Option<f64> {
+        self.goodput_tok_s.get()
+    }
+
+    /// Tokens per second a round delivers at its best draft length: expected tokens (acceptance)
+    /// over the measured draft + verify time (speed). Needs no target-alone speed, so it ranks
+    /// drafters of one pairing against each other (`engine::drafters`) from their first rounds.
+    pub fn round_goodput(&self) -> Option<f64> {
+        (1..=self.k_cap)
+            .filter_map(|k| {
+                let cost = self.draft_cost.predict(k)? + self.verify_cost.predict(k)?;
+                (cost > 0.0).then(|| self.expected_tokens(k) / cost)
+            })
+            .max_by(f64::total_cmp)
+    }
+
     /// The best draft length and its predicted speedup (`None` until the estimates exist).
     pub fn best_k(&self) -> Option<(usize, f64)> {
         (1..=self.k_cap)

@@ -12,12 +12,14 @@
 //! client never sees the difference except in speed.
 
 pub mod adapt;
+pub mod drafters;
 pub mod lookup;
 pub mod output;
 pub mod paths;
 pub mod verify;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +74,9 @@ pub struct PairingConfig {
     pub target_url: String,
     /// A draft `llama-server` URL, or [`PROMPT_LOOKUP`] to draft from the context itself.
     pub draft_url: Option<String>,
+    /// More draft servers after `draft_url` (config key `drafts`): each request goes to the one
+    /// whose rounds deliver most, and a failing one hands over to the next ([`drafters`]).
+    pub drafts: Vec<String>,
     /// When the draft server is down, draft from the context (prompt lookup) instead of nothing.
     pub prompt_lookup_fallback: bool,
     /// Tokens the draft proposes per round (k). Capped by the target's slots (k + 1 needed).
@@ -95,13 +100,20 @@ pub struct PairingConfig {
 pub struct Pairing {
     pub config: PairingConfig,
     target: LlamaServer,
-    draft: Option<LlamaServer>,
+    /// The draft servers, in configuration order (`draft` first, then `drafts`).
+    drafts: Vec<drafters::DraftSlot>,
     probed: Mutex<Option<Arc<PairingInfo>>>,
+    /// The controller when no draft server drafts (prompt lookup, native pairing, target-only);
+    /// each draft server has its own.
     controller: Arc<std::sync::Mutex<adapt::Controller>>,
     /// Both a draft server and native pairing configured: the native path's own controller, and
     /// the choice between the two paths per request ([`paths`]).
     native_alternative: Option<NativeAlternative>,
     pub metrics: PairingMetrics,
+    /// Requests that asked for a drafter (numbers the choices).
+    choices: AtomicU64,
+    /// The draft server chosen last (`usize::MAX`: none yet): whose controller the stats show.
+    last_slot: AtomicUsize,
 }
 
 /// The second speculation path of a pairing that has a draft server and a native-pairing target.
@@ -131,7 +143,21 @@ pub struct PairingInfo {
     pub speculation: Result<usize, String>,
     /// Who drafts while `speculation` is `Ok`.
     pub drafter: Drafter,
+    /// Per draft server (same order as the config): usable with k, or why not.
+    pub drafters: Vec<Result<usize, String>>,
     probed_at: Instant,
+}
+
+impl PairingInfo {
+    /// The draft servers usable now, minus those that already failed during this request.
+    fn usable_drafters(&self, failed: &[usize]) -> Vec<usize> {
+        self.drafters
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| d.is_ok() && !failed.contains(i))
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// Where a prompt comes from; the target turns all of them into token ids.
@@ -214,20 +240,30 @@ impl Run {
 impl Pairing {
     pub fn new(config: PairingConfig, metrics: PairingMetrics) -> Result<Self, BackendError> {
         let target = LlamaServer::new(Role::Target, &config.target_url, config.target_timeout)?;
-        let draft = config
-            .draft_url
-            .as_deref()
-            .filter(|u| *u != PROMPT_LOOKUP)
-            .map(|u| LlamaServer::new(Role::Draft, u, config.draft_timeout))
-            .transpose()?;
-        let new_controller = || {
-            Arc::new(std::sync::Mutex::new(if config.adaptive {
+        let make_controller = || {
+            if config.adaptive {
                 adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
             } else {
                 adapt::Controller::fixed(config.draft_tokens)
-            }))
+            }
         };
-        let native_alternative = (config.native && draft.is_some()).then(|| NativeAlternative {
+        let new_controller = || Arc::new(std::sync::Mutex::new(make_controller()));
+        let mut drafts = Vec::new();
+        for url in config
+            .draft_url
+            .iter()
+            .filter(|u| u.as_str() != PROMPT_LOOKUP)
+            .chain(&config.drafts)
+        {
+            let server = LlamaServer::new(Role::Draft, url, config.draft_timeout)?;
+            drafts.push(drafters::DraftSlot::new(
+                url.clone(),
+                server,
+                make_controller(),
+                metrics.drafter(url),
+            ));
+        }
+        let native_alternative = (config.native && !drafts.is_empty()).then(|| NativeAlternative {
             controller: new_controller(),
             chooser: Default::default(),
         });
@@ -236,10 +272,75 @@ impl Pairing {
             native_alternative,
             config,
             target,
-            draft,
+            drafts,
             probed: Mutex::new(None),
             metrics,
+            choices: AtomicU64::new(0),
+            last_slot: AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// The controller of draft server `slot`, or the pairing's own for `None`.
+    fn ctl(&self, slot: Option<usize>) -> &Arc<std::sync::Mutex<adapt::Controller>> {
+        match slot.and_then(|i| self.drafts.get(i)) {
+            Some(d) => &d.controller,
+            None => &self.controller,
+        }
+    }
+
+    /// Run `f` on the controller of `slot` (see [`Pairing::ctl`]).
+    fn with_ctl<T>(&self, slot: Option<usize>, f: impl FnOnce(&mut adapt::Controller) -> T) -> T {
+        let mut guard = self
+            .ctl(slot)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// The draft server whose controller speaks for the pairing in stats: the one chosen last,
+    /// else the first; `None` without draft servers.
+    fn primary_slot(&self) -> Option<usize> {
+        if self.drafts.is_empty() {
+            return None;
+        }
+        let last = self.last_slot.load(Ordering::Relaxed);
+        Some(if last < self.drafts.len() { last } else { 0 })
+    }
+
+    /// A target-only measurement is the target's speed whoever drafts: every controller learns it.
+    fn record_target_only_all(&self, tokens: usize, secs: f64) {
+        let now = Instant::now();
+        self.with_ctl(None, |c| c.record_target_only(now, tokens, secs));
+        for d in &self.drafts {
+            d.with_controller(|c| c.record_target_only(now, tokens, secs));
+        }
+    }
+
+    /// Pick the draft server for a request (or for the rest of one, after `failed` failed).
+    fn choose_drafter(&self, info: &PairingInfo, failed: &[usize]) -> Option<usize> {
+        let usable = info.usable_drafters(failed);
+        let n = self.choices.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = drafters::choose(&self.drafts, &usable, n)?;
+        drafters::chosen(&self.drafts[slot], n);
+        self.last_slot.store(slot, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    /// Every draft server's figures, for the stats JSON.
+    pub fn drafter_views(&self) -> Vec<drafters::DrafterView> {
+        let info = self.probed.try_lock().ok().and_then(|g| g.clone());
+        self.drafts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let unusable = match info.as_ref().and_then(|info| info.drafters.get(i)) {
+                    Some(Err(reason)) => Some(reason.clone()),
+                    Some(Ok(_)) => None,
+                    None => Some("not probed yet".to_string()),
+                };
+                d.view(unusable)
+            })
+            .collect()
     }
 
     pub fn target(&self) -> &LlamaServer {
@@ -249,7 +350,7 @@ impl Pairing {
     /// Run `f` on the controller (a poisoned lock means a panic elsewhere; the state is still
     /// plain numbers, so keep using it).
     fn with_controller<T>(&self, f: impl FnOnce(&mut adapt::Controller) -> T) -> T {
-        f(&mut lock_controller(&self.controller))
+        self.with_ctl(self.primary_slot(), f)
     }
 
     /// With a draft server and a native-pairing target: how the two paths compare.
@@ -301,12 +402,18 @@ impl Pairing {
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let mut guard = self.probed.lock().await;
         if let Some(info) = guard.as_ref() {
-            // Without its draft server a pairing is target-only, or native-only when it has
-            // that path too; either way, look for the draft again after a while.
+            // Re-probe while speculation is off for want of a drafter (target-only, or
+            // native-only when the pairing has that path too), or while one drafter is down for
+            // a reason that passes (not another vocabulary, which stays so).
+            let transient = |d: &Result<usize, String>| {
+                d.as_ref()
+                    .err()
+                    .is_some_and(|r| r.starts_with("draft unavailable") || r.starts_with("failed:"))
+            };
             let without_draft = info.speculation.is_err()
                 || (info.drafter == Drafter::Native && self.native_alternative.is_some());
-            let draft_may_be_back = without_draft
-                && self.draft.is_some()
+            let draft_may_be_back = ((without_draft && !self.drafts.is_empty())
+                || info.drafters.iter().any(transient))
                 && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
             if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
                 return Ok(info.clone());
@@ -337,6 +444,16 @@ impl Pairing {
             // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and
             // with two paths the native one may be the better even while rounds are off.
             Ok(_) if self.config.native => false,
+            Ok(info) if info.drafter == Drafter::Server && self.drafts.len() > 1 => {
+                // Untouched only while every usable drafter's controller has speculation off.
+                let now = Instant::now();
+                // Every controller is asked (each counts its requests while off).
+                let mut all = true;
+                for i in info.usable_drafters(&[]) {
+                    all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
+                }
+                all
+            }
             Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
             Err(_) => false,
         }
@@ -356,32 +473,48 @@ impl Pairing {
         *self.probed.lock().await = None;
     }
 
-    /// Mark the draft as failed: speculation stays off until the retry interval has passed.
-    async fn draft_failed(&self, reason: String) {
+    /// Mark draft server `slot` as failed until the retry interval has passed; speculation stays
+    /// on while another draft server is usable.
+    async fn draft_failed(&self, slot: Option<usize>, reason: String) {
         self.metrics.draft_failures.inc();
+        if let Some(d) = slot.and_then(|i| self.drafts.get(i)) {
+            d.metrics.failures.inc();
+        }
         let mut guard = self.probed.lock().await;
+        let mut still_on = false;
         if let Some(old) = guard.as_ref() {
+            let mut drafters = old.drafters.clone();
+            match slot.and_then(|i| drafters.get_mut(i)) {
+                Some(d) => *d = Err(format!("failed: {reason}")),
+                None => drafters.iter_mut().for_each(|d| *d = Err(reason.clone())),
+            }
+            let usable = drafters.iter().find_map(|d| d.as_ref().ok().copied());
+            still_on = usable.is_some();
             let info = PairingInfo {
                 target_model: old.target_model.clone(),
                 target_build: old.target_build.clone(),
                 n_ctx: old.n_ctx,
                 end_of_generation: old.end_of_generation.clone(),
-                // With native pairing as well, the target's own speculation carries on alone.
-                speculation: if self.config.native {
-                    Ok(self.config.draft_tokens.max(1))
-                } else {
-                    Err(reason.clone())
+                // No drafter left: with native pairing as well, the target's own speculation
+                // carries on alone.
+                speculation: match usable {
+                    Some(k) => Ok(k),
+                    None if self.config.native => Ok(self.config.draft_tokens.max(1)),
+                    None => Err(reason.clone()),
                 },
-                drafter: if self.config.native {
+                drafter: if usable.is_none() && self.config.native {
                     Drafter::Native
                 } else {
                     old.drafter
                 },
+                drafters,
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
         }
-        self.metrics.set_speculation(false, Some(reason));
+        if !still_on {
+            self.metrics.set_speculation(false, Some(reason));
+        }
     }
 
     async fn probe(&self) -> Result<PairingInfo, BackendError> {
@@ -396,7 +529,23 @@ impl Pairing {
             }
         }
         let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
-        let (speculation, drafter) = match &self.draft {
+        let mut drafters = Vec::with_capacity(self.drafts.len());
+        for d in &self.drafts {
+            let checked = self
+                .check_draft(&d.server, props.total_slots, model.n_vocab)
+                .await;
+            if let Err(reason) = &checked {
+                warn!(pairing = %self.config.name, drafter = %d.url, %reason, "drafter not usable");
+            }
+            drafters.push(checked);
+        }
+        // The first usable drafter's k (all share the target's slots), else the first reason.
+        let servers_checked = drafters
+            .iter()
+            .find(|d| d.is_ok())
+            .or(drafters.first())
+            .cloned();
+        let (speculation, drafter) = match servers_checked {
             None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
             None if lookup_configured => (
                 slots_for_verification(
@@ -410,32 +559,27 @@ impl Pairing {
                 Err("no draft server configured".to_string()),
                 Drafter::Server,
             ),
-            Some(draft) => {
-                let checked = self
-                    .check_draft(draft, props.total_slots, model.n_vocab)
-                    .await;
-                match checked {
-                    Err(reason)
-                        if self.config.prompt_lookup_fallback
-                            && reason.starts_with("draft unavailable") =>
-                    {
-                        warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
-                        (
-                            slots_for_verification(
-                                props.total_slots,
-                                self.config.draft_tokens,
-                                &self.config.name,
-                            ),
-                            Drafter::PromptLookup,
-                        )
-                    }
-                    Err(reason) if self.config.native => {
-                        warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
-                        (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
-                    }
-                    other => (other, Drafter::Server),
+            Some(checked) => match checked {
+                Err(reason)
+                    if self.config.prompt_lookup_fallback
+                        && reason.starts_with("draft unavailable") =>
+                {
+                    warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
+                    (
+                        slots_for_verification(
+                            props.total_slots,
+                            self.config.draft_tokens,
+                            &self.config.name,
+                        ),
+                        Drafter::PromptLookup,
+                    )
                 }
-            }
+                Err(reason) if self.config.native => {
+                    warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
+                    (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
+                }
+                other => (other, Drafter::Server),
+            },
         };
         Ok(PairingInfo {
             target_model: model.id,
@@ -444,6 +588,7 @@ impl Pairing {
             end_of_generation,
             speculation,
             drafter,
+            drafters,
             probed_at: Instant::now(),
         })
     }
@@ -560,6 +705,7 @@ impl Pairing {
             prefetched: 0,
         };
         let mut served_by = ServedBy::TargetOnly;
+        let mut shadow_slot = self.primary_slot();
         // A pairing with both paths picks one per request (only while the draft server is usable;
         // without it the native path is all there is).
         let path = match (&info.speculation, info.drafter) {
@@ -584,7 +730,12 @@ impl Pairing {
                 .instrument(info_span!("path", chosen = "native"))
                 .await?;
         } else if let Ok(k) = &info.speculation {
-            let plan = self.with_controller(|c| c.plan_request(Instant::now()));
+            // Which draft server drafts this request (`None`: prompt lookup, no server).
+            let mut slot = match info.drafter {
+                Drafter::Server => self.choose_drafter(&info, &[]),
+                _ => None,
+            };
+            let plan = self.with_ctl(slot, |c| c.plan_request(Instant::now()));
             self.publish_controller_state();
             if plan.speculate {
                 served_by = ServedBy::Speculative;
@@ -601,47 +752,57 @@ impl Pairing {
                         )
                         .await?
                         .timed();
-                    self.with_controller(|c| c.record_target_only(Instant::now(), n, secs));
+                    self.record_target_only_all(n, secs);
                 }
                 let spec_started = Instant::now();
                 let count_before = run.out.count();
-                if run.out.finish.is_none() && run.ids_known() {
-                    let mut result = self
-                        .speculate(&info, info.drafter, *k, &request.sampling, &mut run, &tx)
+                let mut failed: Vec<usize> = Vec::new();
+                let mut drafter = info.drafter;
+                while run.out.finish.is_none() && run.ids_known() {
+                    let result = self
+                        .speculate(&info, (drafter, slot), *k, &request.sampling, &mut run, &tx)
                         .await;
-                    if let Err(SpeculationStop::Draft(reason)) = &result {
-                        if self.config.prompt_lookup_fallback {
-                            warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; drafting from the context for the rest of this answer");
-                            self.draft_failed(reason.clone()).await;
-                            result = self
-                                .speculate(
-                                    &info,
-                                    Drafter::PromptLookup,
-                                    *k,
-                                    &request.sampling,
-                                    &mut run,
-                                    &tx,
-                                )
-                                .await;
-                        }
-                    }
-                    if let Err(e) = result {
-                        match e {
-                            SpeculationStop::Draft(reason) => {
-                                warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; continuing target-only");
-                                self.draft_failed(reason).await;
+                    match result {
+                        Ok(()) => break,
+                        Err(SpeculationStop::Draft(reason)) => {
+                            self.draft_failed(slot, reason.clone()).await;
+                            if let Some(i) = slot {
+                                failed.push(i);
                             }
-                            SpeculationStop::Capacity(reason) => {
-                                warn!(pairing = %self.config.name, %reason, "continuing this request target-only");
+                            // Fall over to the next usable draft server, then to prompt lookup
+                            // if configured, then to the target alone.
+                            if drafter == Drafter::Server {
+                                if let Some(next) = self.choose_drafter(&info, &failed) {
+                                    warn!(pairing = %self.config.name, %reason, from = ?slot.map(|i| &self.drafts[i].url), to = %self.drafts[next].url, "drafter failed mid-stream; falling over to the next drafter");
+                                    slot = Some(next);
+                                    continue;
+                                }
+                                if self.config.prompt_lookup_fallback {
+                                    warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; drafting from the context for the rest of this answer");
+                                    drafter = Drafter::PromptLookup;
+                                    slot = None;
+                                    continue;
+                                }
                             }
-                            SpeculationStop::Fatal(e) => return Err(e),
+                            warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; continuing target-only");
+                            break;
                         }
+                        Err(SpeculationStop::Capacity(reason)) => {
+                            warn!(pairing = %self.config.name, %reason, "continuing this request target-only");
+                            break;
+                        }
+                        Err(SpeculationStop::Fatal(e)) => return Err(e),
                     }
                 }
                 let made = run.out.count() - count_before;
                 let secs = spec_started.elapsed().as_secs_f64();
-                self.with_controller(|c| c.record_speculative_request(Instant::now(), made, secs));
+                self.with_ctl(slot, |c| {
+                    c.record_speculative_request(Instant::now(), made, secs)
+                });
                 self.publish_controller_state();
+            }
+            if served_by == ServedBy::TargetOnly {
+                shadow_slot = slot;
             }
         }
         if run.out.finish.is_none() {
@@ -649,9 +810,9 @@ impl Pairing {
                 .target_only(&info, &request.sampling, &mut run, &tx, usize::MAX, None)
                 .await?
                 .timed();
-            self.with_controller(|c| c.record_target_only(Instant::now(), n, secs));
+            self.record_target_only_all(n, secs);
             if served_by == ServedBy::TargetOnly && info.speculation.is_ok() {
-                self.shadow(&run, prompt_tokens);
+                self.shadow(shadow_slot, &run, prompt_tokens);
             }
         }
         let finish = run.out.finish.unwrap_or(FinishReason::Length);
@@ -684,12 +845,14 @@ impl Pairing {
     async fn speculate(
         &self,
         info: &PairingInfo,
-        drafter: Drafter,
+        (drafter, slot): (Drafter, Option<usize>),
         k_max: usize,
         sampling: &Sampling,
         run: &mut Run,
         tx: &mpsc::Sender<Delta>,
     ) -> Result<(), SpeculationStop> {
+        let draft_slot = slot.and_then(|i| self.drafts.get(i));
+        let draft_server = draft_slot.map(|d| &d.server);
         let mut rng = match sampling.seed {
             Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
             None => rand::rngs::StdRng::from_os_rng(),
@@ -713,7 +876,7 @@ impl Pairing {
         // drafted for and the task drafting it (aborted when the bet is lost).
         let mut prefetch: Option<Prefetch> = None;
         while run.out.finish.is_none() {
-            let wanted = self.with_controller(|c| c.choose_k());
+            let wanted = self.with_ctl(slot, |c| c.choose_k());
             if wanted == 0 {
                 // The controller switched speculation off: the rest is the target's alone.
                 return Ok(());
@@ -722,7 +885,7 @@ impl Pairing {
             let span = info_span!("round", n = run.rounds + 1, k);
             let round = async {
                 let draft_started = Instant::now();
-                let proposal = match (k, drafter, &self.draft) {
+                let proposal = match (k, drafter, draft_server) {
                     (0, _, _) => Vec::new(),
                     (_, Drafter::PromptLookup, _) => lookup::propose(&run.ctx, k),
                     (_, Drafter::Native, _) => {
@@ -759,7 +922,7 @@ impl Pairing {
                 let draft_secs = draft_started.elapsed().as_secs_f64();
                 // Bet on full acceptance: draft k + 1 more tokens after this block (the first is
                 // the draft's guess for the target's bonus token) while the target verifies.
-                let bet = match (&self.draft, drafter) {
+                let bet = match (draft_server, drafter) {
                     (Some(draft), Drafter::Server)
                         if self.config.pipeline && k > 0 && proposal.len() == k =>
                     {
@@ -810,7 +973,7 @@ impl Pairing {
                     verify_ms = verify_secs * 1e3,
                     "verified"
                 );
-                self.with_controller(|c| {
+                self.with_ctl(slot, |c| {
                     c.record_round(
                         Instant::now(),
                         proposal.len(),
@@ -820,6 +983,9 @@ impl Pairing {
                     )
                 });
                 self.metrics.round(proposal.len(), n_accepted);
+                if let Some(d) = draft_slot {
+                    d.metrics.round(proposal.len(), n_accepted);
+                }
                 run.rounds += 1;
                 run.drafted += proposal.len();
                 run.accepted += n_accepted;
@@ -988,10 +1154,11 @@ impl Pairing {
     /// While speculation is off, estimate the draft's acceptance without costing the target
     /// anything: ask the draft what it would have proposed at a few points of the answer the
     /// target just gave, and compare. Runs in the background on the draft host only.
-    fn shadow(&self, run: &Run, prompt_tokens: usize) {
-        let Some(draft) = self.draft.clone() else {
+    fn shadow(&self, slot: Option<usize>, run: &Run, prompt_tokens: usize) {
+        let Some(d) = slot.and_then(|i| self.drafts.get(i)) else {
             return;
         };
+        let draft = d.server.clone();
         if run.out.token_ids().is_none() {
             return;
         }
@@ -1000,7 +1167,7 @@ impl Pairing {
         if generated < 8 {
             return;
         }
-        let controller = self.controller.clone();
+        let controller = d.controller.clone();
         let k = self.config.draft_tokens.clamp(1, adapt::K_MAX);
         tokio::spawn(async move {
             for i in 1..=3 {

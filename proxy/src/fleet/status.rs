@@ -15,6 +15,9 @@ pub struct HostReport {
     pub fingerprint: Option<String>,
     pub error: Option<String>,
     pub status: Option<AgentStatus>,
+    /// Predicted vs measured memory of each running llama-server (agents that answer it).
+    #[serde(default)]
+    pub memory: Vec<tightwad_protocol::messages::ProcessMemory>,
 }
 
 #[derive(Debug, Serialize)]
@@ -41,17 +44,29 @@ pub async fn collect(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<Ho
         let result = async {
             let client = fleet.connect(host).await?;
             let status = client.status().await?;
-            anyhow::Ok((client.peer_fingerprint().to_string(), status))
+            let mut memory = Vec::new();
+            for p in &status.processes {
+                if p.kind == tightwad_protocol::messages::ProcessKind::LlamaServer
+                    && p.state == tightwad_protocol::messages::ProcessState::Ready
+                {
+                    // An agent of an older release does not know the request: no memory line.
+                    if let Ok(m) = client.process_memory(&p.name).await {
+                        memory.push(m);
+                    }
+                }
+            }
+            anyhow::Ok((client.peer_fingerprint().to_string(), status, memory))
         }
         .await;
         match result {
-            Ok((fingerprint, status)) => HostReport {
+            Ok((fingerprint, status, memory)) => HostReport {
                 name: host.name.clone(),
                 address: host.address.clone(),
                 reachable: true,
                 fingerprint: Some(fingerprint),
                 error: None,
                 status: Some(status),
+                memory,
             },
             Err(e) => HostReport {
                 name: host.name.clone(),
@@ -60,6 +75,7 @@ pub async fn collect(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<Ho
                 fingerprint: None,
                 error: Some(format!("{e:#}")),
                 status: None,
+                memory: Vec::new(),
             },
         }
     }))
@@ -215,10 +231,53 @@ pub fn render(reports: &[HostReport]) -> String {
                 if let Some(e) = &p.last_error {
                     let _ = writeln!(out, "    last error: {}", e.lines().next().unwrap_or(""));
                 }
+                if let Some(m) = report.memory.iter().find(|m| m.name == p.name) {
+                    let _ = write!(out, "{}", memory_lines(m));
+                }
             }
         }
         let _ = write!(out, "{}", models_table(&inv.models, "  "));
         let _ = writeln!(out);
+    }
+    out
+}
+
+/// Plan and measurement side by side: `memory  CPU  predicted 20.7 MiB  measured 20.8 MiB`.
+pub fn memory_lines(m: &tightwad_protocol::messages::ProcessMemory) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    let mut out = String::new();
+    let mut devices: Vec<&str> = m
+        .predicted
+        .iter()
+        .chain(&m.measured)
+        .map(|d| d.device.as_str())
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let find = |list: &[tightwad_protocol::messages::DeviceBytes], d: &str| {
+        list.iter()
+            .find(|x| x.device == d)
+            .map(|x| mib(x.bytes))
+            .unwrap_or_else(|| "-".into())
+    };
+    for d in devices {
+        let _ = writeln!(
+            out,
+            "    memory {d:<24} predicted {:>11}  measured {:>11}",
+            find(&m.predicted, d),
+            find(&m.measured, d)
+        );
+    }
+    if let Some(rss) = m.rss_bytes {
+        let _ = writeln!(
+            out,
+            "    memory RSS {} (file-backed {})",
+            mib(rss),
+            mib(m.rss_file_bytes.unwrap_or(0))
+        );
+    }
+    for n in &m.notes {
+        let _ = writeln!(out, "    note: {n}");
     }
     out
 }
@@ -324,6 +383,97 @@ pub fn render_layout(reports: &[HostReport], layout: &super::layout::Layout) -> 
             state(&native.draft_worker),
             native.draft_model
         );
+    }
+    out
+}
+
+/// The drafters of the proxy's pairings (`drafts`), as the running proxy measured them: who won
+/// how often, acceptance, speed, failures. `None` when the config names no proxy with several
+/// drafters or the proxy does not answer (it may simply not run on this machine).
+pub async fn render_drafters(config: &std::path::Path) -> Option<String> {
+    let file: toml::Table = toml::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    let several = file.get("pairings")?.as_array()?.iter().any(|p| {
+        p.get("drafts")
+            .and_then(|d| d.as_array())
+            .is_some_and(|d| !d.is_empty())
+    });
+    if !several {
+        return None;
+    }
+    let listen: std::net::SocketAddr = file
+        .get("listen")
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1:8088")
+        .parse()
+        .ok()?;
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        listen.ip().to_string()
+    };
+    let url = format!("http://{host}:{}/v1/tightwad/stats", listen.port());
+    let key = std::env::var("TIGHTWAD_API_KEY").ok().or_else(|| {
+        file.get("api_keys")?
+            .as_array()?
+            .first()?
+            .as_str()
+            .map(str::to_string)
+    });
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .ok()?;
+    let mut req = http.get(&url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let stats: serde_json::Value = match req.send().await {
+        Ok(r) if r.status().is_success() => r.json().await.ok()?,
+        Ok(r) => return Some(format!("\nproxy {url}: {}\n", r.status())),
+        Err(_) => return Some(format!("\nproxy {url}: not reachable\n")),
+    };
+    Some(drafters_text(&stats))
+}
+
+/// The drafters part of the stats JSON as text.
+pub fn drafters_text(stats: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for p in stats["pairings"].as_array().into_iter().flatten() {
+        let Some(drafters) = p["drafters"].as_array().filter(|d| d.len() > 1) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\npairing {}: {} drafters\n",
+            p["pairing"].as_str().unwrap_or("?"),
+            drafters.len()
+        ));
+        for d in drafters {
+            let pct = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map(|a| format!("{:.0}%", a * 100.0))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let num = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            out.push_str(&format!(
+                "  {}  wins {}  rounds {}  drafted {}  accepted {} ({})  tok/s {}  failures {}{}\n",
+                d["url"].as_str().unwrap_or("?"),
+                d["wins"],
+                d["rounds"],
+                d["drafted"],
+                d["accepted"],
+                pct(&d["acceptance"]),
+                num(&d["tok_s"]),
+                d["failures"],
+                d["unusable"]
+                    .as_str()
+                    .map(|r| format!("  UNUSABLE: {r}"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     out
 }

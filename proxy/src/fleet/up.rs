@@ -200,23 +200,80 @@ pub async fn preflight(
         .collect())
 }
 
+/// What `tightwad up`/`down` did to one pool or native pairing (printed, or as JSON).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// `pool` or `native_pairing`.
+    pub kind: &'static str,
+    pub name: String,
+    /// The llama-server that serves it (`host/process`).
+    pub process: String,
+    /// Its state after the command (`ready`, `stopped`, ...).
+    pub state: String,
+    /// Its arguments (empty after `down`).
+    pub args: Vec<String>,
+}
+
+/// Prints `up`/`down` outcomes: one line each, or a JSON list.
+pub fn print(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
+    print!("{}", render(outcomes, json)?);
+    Ok(())
+}
+
+/// The text [`print`] prints.
+pub fn render(outcomes: &[Outcome], json: bool) -> anyhow::Result<String> {
+    if json {
+        return Ok(serde_json::to_string_pretty(outcomes)? + "\n");
+    }
+    let mut out = String::new();
+    for o in outcomes {
+        let kind = if o.kind == "pool" {
+            "pool"
+        } else {
+            "native pairing"
+        };
+        if o.args.is_empty() {
+            out.push_str(&format!("{kind} {}: {}\n", o.name, o.state));
+        } else {
+            out.push_str(&format!(
+                "{kind} {}: {} {} ({})\n",
+                o.name,
+                o.process,
+                o.state,
+                o.args.join(" ")
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn state_name(state: &tightwad_protocol::messages::ProcessState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}").to_lowercase())
+}
+
 /// Starts every pool and native pairing of the layout (or only the one named `only`).
-pub async fn run(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::Result<()> {
-    let mut started = 0;
+pub async fn run(
+    fleet: &Fleet,
+    layout: &Layout,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut started = Vec::new();
     for pool in layout
         .pools
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
         let status = start_pool(fleet, pool).await?;
-        println!(
-            "pool {}: {} {:?} ({})",
-            pool.name,
-            pool.coordinator,
-            status.state,
-            status.args.join(" ")
-        );
-        started += 1;
+        started.push(Outcome {
+            kind: "pool",
+            name: pool.name.clone(),
+            process: pool.coordinator.to_string(),
+            state: state_name(&status.state),
+            args: status.args,
+        });
     }
     for native in layout
         .native_pairings
@@ -224,21 +281,20 @@ pub async fn run(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
         let status = start_native(fleet, native).await?;
-        println!(
-            "native pairing {}: {} {:?} ({})",
-            native.name,
-            native.target,
-            status.state,
-            status.args.join(" ")
-        );
-        started += 1;
+        started.push(Outcome {
+            kind: "native_pairing",
+            name: native.name.clone(),
+            process: native.target.to_string(),
+            state: state_name(&status.state),
+            args: status.args,
+        });
     }
     anyhow::ensure!(
-        started > 0,
+        !started.is_empty(),
         "nothing to start: no [[pools]] or [[native_pairings]]{} in the config",
         only.map(|n| format!(" named {n:?}")).unwrap_or_default()
     );
-    Ok(())
+    Ok(started)
 }
 
 async fn stop(fleet: &Fleet, reference: &ProcessRef) -> anyhow::Result<ProcessStatus> {
@@ -252,41 +308,84 @@ async fn stop(fleet: &Fleet, reference: &ProcessRef) -> anyhow::Result<ProcessSt
 
 /// `tightwad down`: stops the pools and native pairings of the layout (or the one named `only`),
 /// the llama-server first, then the rpc-servers it used.
-pub async fn down(fleet: &Fleet, layout: &Layout, only: Option<&str>) -> anyhow::Result<()> {
-    let mut stopped = 0;
+pub async fn down(
+    fleet: &Fleet,
+    layout: &Layout,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut stopped = Vec::new();
     for pool in layout
         .pools
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
-        stop(fleet, &pool.coordinator).await?;
+        let status = stop(fleet, &pool.coordinator).await?;
         for worker in &pool.workers {
             stop(fleet, worker).await?;
         }
-        println!("pool {}: stopped", pool.name);
-        stopped += 1;
+        stopped.push(Outcome {
+            kind: "pool",
+            name: pool.name.clone(),
+            process: pool.coordinator.to_string(),
+            state: state_name(&status.state),
+            args: Vec::new(),
+        });
     }
     for native in layout
         .native_pairings
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
-        stop(fleet, &native.target).await?;
+        let status = stop(fleet, &native.target).await?;
         stop(fleet, &native.draft_worker).await?;
-        println!("native pairing {}: stopped", native.name);
-        stopped += 1;
+        stopped.push(Outcome {
+            kind: "native_pairing",
+            name: native.name.clone(),
+            process: native.target.to_string(),
+            state: state_name(&status.state),
+            args: Vec::new(),
+        });
     }
     anyhow::ensure!(
-        stopped > 0,
+        !stopped.is_empty(),
         "nothing to stop: no [[pools]] or [[native_pairings]]{} in the config",
         only.map(|n| format!(" named {n:?}")).unwrap_or_default()
     );
-    Ok(())
+    Ok(stopped)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn up_and_down_report_as_lines_or_json() {
+        let outcomes = vec![
+            Outcome {
+                kind: "pool",
+                name: "big".into(),
+                process: "alpha/target".into(),
+                state: "ready".into(),
+                args: vec!["--rpc".into(), "10.0.0.3:50052".into()],
+            },
+            Outcome {
+                kind: "native_pairing",
+                name: "n".into(),
+                process: "alpha/target".into(),
+                state: "stopped".into(),
+                args: vec![],
+            },
+        ];
+        assert_eq!(
+            render(&outcomes, false).expect("text"),
+            "pool big: alpha/target ready (--rpc 10.0.0.3:50052)\nnative pairing n: stopped\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&outcomes, true).expect("json")).expect("valid JSON");
+        assert_eq!(json[0]["kind"], "pool");
+        assert_eq!(json[0]["state"], "ready");
+        assert_eq!(json[1]["name"], "n");
+    }
 
     #[test]
     fn arguments_added_for_pools_and_native_pairing() {

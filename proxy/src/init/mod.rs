@@ -4,6 +4,8 @@
 //! and writes atomically (a temporary file renamed or linked into place), so a crash never leaves
 //! half a config.
 
+pub mod python;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,13 @@ pub struct InitArgs {
     /// `~/.tightwad/coordinator`); `--from-agents` connects with this identity.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Convert a Python Tightwad config (`cluster.yaml`) instead; every key that cannot be
+    /// carried over is reported with the reason.
+    #[arg(long, value_name = "CLUSTER_YAML", conflicts_with = "from_agents")]
+    pub from: Option<PathBuf>,
+    /// Print what was written (path, pairings, hosts, keys not carried over) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A proposed pairing: the target and the draft model, and the hosts they are on.
@@ -336,10 +345,59 @@ pub fn write_atomically(path: &Path, text: &str, force: bool) -> anyhow::Result<
     result
 }
 
+/// `init --from`: converts, writes, reports.
+fn run_from(args: &InitArgs, from: &Path, config: &Path) -> anyhow::Result<ExitCode> {
+    let yaml =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let conversion =
+        python::convert(&yaml).with_context(|| format!("converting {}", from.display()))?;
+    // What we write must load: the proxy's own loader refuses unknown keys.
+    let parsed: crate::config::ProxyConfig = toml::from_str(&conversion.toml)
+        .context("the converted config does not parse (a bug: please report it)")?;
+    write_atomically(config, &conversion.toml, args.force)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "path": config,
+                "from": from,
+                "pairings": parsed.pairings.len(),
+                "hosts": parsed.hosts.iter().filter_map(|h| h.get("name").and_then(|n| n.as_str())).collect::<Vec<_>>(),
+                "pools": parsed.pools.iter().filter_map(|p| p.get("name").and_then(|n| n.as_str())).collect::<Vec<_>>(),
+                "not_carried": conversion.not_carried,
+                "agent_snippets": conversion.agent_snippets,
+            }))?
+        );
+    } else {
+        eprintln!(
+            "wrote {} from {} ({} pairing(s), {} host(s), {} pool(s))",
+            config.display(),
+            from.display(),
+            parsed.pairings.len(),
+            parsed.hosts.len(),
+            parsed.pools.len()
+        );
+        if !conversion.not_carried.is_empty() {
+            eprintln!("not carried over:");
+            for n in &conversion.not_carried {
+                eprintln!("  {}: {}", n.key, n.reason);
+            }
+        }
+        eprintln!(
+            "check it with `tightwad doctor --config {}`",
+            config.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Writes the config to `config`.
 pub async fn run(args: InitArgs, config: &Path) -> anyhow::Result<ExitCode> {
     if !args.force && config.exists() {
         anyhow::bail!("{} exists; pass --force to replace it", config.display());
+    }
+    if let Some(from) = &args.from {
+        return run_from(&args, from, config);
     }
     let hosts: Vec<HostEntry> = args
         .hosts
@@ -375,6 +433,21 @@ pub async fn run(args: InitArgs, config: &Path) -> anyhow::Result<ExitCode> {
     }
     let text = render(&args, &hosts, &proposals);
     write_atomically(config, &text, args.force)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "path": config,
+                "pairings": proposals.len().max(1),
+                "hosts": hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
+                "proposals": proposals.iter().map(|p| serde_json::json!({
+                    "target_host": p.target_host, "target": p.target.path,
+                    "draft_host": p.draft_host, "draft": p.draft.path,
+                })).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "wrote {} ({} pairing(s)); check it with `tightwad doctor --config {}`",
         config.display(),

@@ -1,0 +1,249 @@
+//! The `tightwad` binary against real agents in network namespaces, the way scripts use it:
+//! `status --json`, `agent start/stop --json`, `logs NAME` finding the host itself, and
+//! `models copy` with plain progress lines on a pipe and nothing but JSON with `--json`.
+//!
+//! The binary is `TIGHTWAD_BIN`, or the `tightwad` cargo built next to this test binary
+//! (`cargo nextest run --workspace` and `cargo build -p tightwad` put it there).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tightwad::fleet;
+use tightwad_e2e::faults::{sha256_file, AgentProcess, Lab, ScratchDir};
+
+fn tightwad_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TIGHTWAD_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tightwad"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} missing: build it (cargo build -p tightwad) or set TIGHTWAD_BIN",
+        path.display()
+    );
+    path
+}
+
+fn tightwad(config: &Path, args: &[&str]) -> Output {
+    let out = Command::new(tightwad_bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("tightwad runs");
+    assert!(
+        out.status.success(),
+        "tightwad {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn env_path(name: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| panic!("{name} is not set: run ./scripts/test"))
+}
+
+#[test]
+fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
+    let models = PathBuf::from(env_path("TIGHTWAD_MODELS"));
+    let mut lab = Lab::new();
+    let ns_a = lab.add_namespace();
+    let ns_b = lab.add_namespace();
+    let scratch = ScratchDir::new("cli-fleet");
+    let models_a = scratch.dir("models-a");
+    let models_b = scratch.dir("models-b");
+    let file = "draft.gguf";
+    if std::fs::hard_link(models.join(file), models_a.join(file)).is_err() {
+        std::fs::copy(models.join(file), models_a.join(file)).expect("stock alpha");
+    }
+    let config = scratch.path.join("tightwad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[[hosts]]\nname = \"alpha\"\naddress = \"{}:7420\"\n[[hosts]]\nname = \"beta\"\naddress = \"{}:7420\"\n",
+            scratch.dir("coordinator").display(),
+            ns_a.ip,
+            ns_b.ip
+        ),
+    )
+    .expect("config");
+    let token = || {
+        let out = tightwad(&config, &["token", "--ttl", "600", "--json"]);
+        json(&out)["token"].as_str().expect("token").to_string()
+    };
+    let worker = format!(
+        "[binaries]\nrpc_server = \"{}\"\n[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n",
+        env_path("RPC_SERVER")
+    );
+    let _alpha = AgentProcess::start(&ns_a, &scratch.dir("agent-a"), &models_a, Some(&token()));
+    let _beta = AgentProcess::start_with(
+        &ns_b,
+        &scratch.dir("agent-b"),
+        &models_b,
+        Some(&token()),
+        &worker,
+    );
+
+    // status --json enrolls both and says so.
+    let status = json(&tightwad(&config, &["status", "--json"]));
+    let reachable: Vec<bool> = status
+        .as_array()
+        .expect("a list of hosts")
+        .iter()
+        .map(|h| h["reachable"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(reachable, [true, true], "{status}");
+
+    // agent start --json: one object with the process's state.
+    let started = json(&tightwad(
+        &config,
+        &["agent", "start", "beta", "rpc", "--json"],
+    ));
+    assert_eq!(started["name"], "rpc");
+    assert_eq!(started["state"], "ready", "{started}");
+
+    // logs NAME: the coordinator finds beta itself; --json lines name the host.
+    let logs = tightwad(&config, &["logs", "rpc", "--json", "-n", "200"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines
+        .iter()
+        .all(|l| l["host"] == "beta" && l["process"] == "rpc"));
+    assert!(
+        lines.iter().any(|l| l["line"]
+            .as_str()
+            .is_some_and(|t| t.contains("started pid"))),
+        "{lines:?}"
+    );
+    let unknown = Command::new(tightwad_bin())
+        .arg("-c")
+        .arg(&config)
+        .args(["logs", "nothing-by-this-name"])
+        .output()
+        .expect("runs");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no reachable host runs a process"));
+
+    // models copy on a pipe: plain progress lines on stderr (no bar), the summary on stdout.
+    let copied = tightwad(
+        &config,
+        &[
+            "models",
+            "copy",
+            file,
+            "--to",
+            "beta",
+            "--max-rate",
+            "40000000",
+        ],
+    );
+    let progress = String::from_utf8_lossy(&copied.stderr);
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.starts_with(&format!("{file}: ")) && l.contains("100%")),
+        "{progress}"
+    );
+    assert!(
+        !progress.contains('\r'),
+        "no bar redraws on a pipe: {progress:?}"
+    );
+    assert!(String::from_utf8_lossy(&copied.stdout).starts_with(&format!("copied {file} to beta")));
+    assert_eq!(
+        sha256_file(&models_b.join(file)),
+        sha256_file(&models_a.join(file))
+    );
+    // Again with --json: only the JSON summary, no progress.
+    let again = tightwad(
+        &config,
+        &[
+            "models", "copy", file, "--from", "alpha", "--to", "beta", "--json",
+        ],
+    );
+    let summary = json(&again);
+    assert_eq!(summary["file_name"], file);
+    assert_eq!(summary["to"], "beta");
+    assert_eq!(summary["sha256"].as_str().map(str::len), Some(64));
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("MiB"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // logs NAME -f follows: a restart after it started shows up in it.
+    let mut follow = Command::new(tightwad_bin())
+        .arg("-c")
+        .arg(&config)
+        .args(["logs", "rpc", "-f", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("logs -f runs");
+    let mut followed = follow.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = followed.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.matches("started pid").count() >= 1 {
+                break;
+            }
+        }
+        text
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let restarted = json(&tightwad(
+        &config,
+        &["agent", "restart", "beta", "rpc", "--json"],
+    ));
+    assert_eq!(restarted["state"], "ready", "{restarted}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !reader.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restart never showed up in logs -f"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let text = reader.join().expect("reader");
+    assert!(text.contains("started pid"), "{text}");
+
+    // agent stop --json.
+    let stopped = json(&tightwad(
+        &config,
+        &["agent", "stop", "beta", "rpc", "--json"],
+    ));
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    // The fleet library agrees with what the CLI printed.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _runtime = rt.enter();
+    let fleet =
+        fleet::Fleet::open(fleet::FleetConfig::load(&config).expect("config")).expect("fleet");
+    let host = rt
+        .block_on(fleet::logs::find_host(&fleet, "rpc"))
+        .expect("beta has rpc");
+    assert_eq!(host, "beta");
+}
