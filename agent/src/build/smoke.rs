@@ -75,6 +75,7 @@ pub async fn run(llama_server: &Path, model: &Path) -> Result<String, BuildError
             BuildError::SmokeTest(format!("cannot execute {}: {e}", llama_server.display()))
         })?;
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let mut pumps = Vec::new();
     for pipe in [
         child
             .stdout
@@ -89,7 +90,7 @@ pub async fn run(llama_server: &Path, model: &Path) -> Result<String, BuildError
     .flatten()
     {
         let tail = tail.clone();
-        tokio::spawn(async move {
+        pumps.push(tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Ok(mut tail) = tail.lock() {
@@ -99,7 +100,7 @@ pub async fn run(llama_server: &Path, model: &Path) -> Result<String, BuildError
                     tail.push_back(line);
                 }
             }
-        });
+        }));
     }
     let last_output = || {
         tail.lock()
@@ -166,6 +167,10 @@ pub async fn run(llama_server: &Path, model: &Path) -> Result<String, BuildError
         {
             let _ = child.kill().await;
         }
+    }
+    // The last lines (why it exited) are only complete once both pipes reached their end.
+    for pump in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
     }
     match result {
         Ok(tokens) => Ok(format!(
