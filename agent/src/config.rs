@@ -35,6 +35,75 @@ pub struct AgentConfig {
     /// Drop a llama-server's model file from the page cache once it is ready: `auto` (when the
     /// file is at least a quarter of RAM), `on` or `off`. See `reclaim`.
     pub page_cache_reclaim: crate::reclaim::ReclaimMode,
+    /// `tightwad build`: tools, caches and the smoke test.
+    pub build: BuildConfig,
+    /// The build `tightwad build` made current: its binaries replace `[binaries]` for
+    /// llama-server and rpc-server. Shared by every clone of the config; not read from the file.
+    #[serde(skip)]
+    pub active_build: ActiveBuild,
+}
+
+/// `[build]` in agent.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildConfig {
+    /// Folders put in front of PATH for the build (where cmake, ninja, ccache, git live).
+    pub extra_path: Vec<PathBuf>,
+    /// Parallel compile jobs (default: the CPU count).
+    pub jobs: Option<u32>,
+    /// ccache's folder; ccache is used when it is on PATH.
+    pub ccache_dir: PathBuf,
+    /// Model for the smoke test (default: the smallest GGUF in the model folders).
+    pub smoke_model: Option<PathBuf>,
+    /// Seconds the whole compile may take.
+    pub timeout_secs: u64,
+    /// Extra cmake `-D` flags for every build on this host (e.g. `CMAKE_CUDA_ARCHITECTURES=86`).
+    pub cmake_flags: Vec<String>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            extra_path: Vec::new(),
+            jobs: None,
+            ccache_dir: home_dir().join(".cache").join("tightwad").join("ccache"),
+            smoke_model: None,
+            timeout_secs: 3 * 3600,
+            cmake_flags: Vec::new(),
+        }
+    }
+}
+
+/// The bin folder of the current `tightwad build` build, shared between the supervisor, the
+/// inventory and the builder (which switches it).
+#[derive(Debug, Clone, Default)]
+pub struct ActiveBuild(std::sync::Arc<std::sync::RwLock<Option<PathBuf>>>);
+
+impl ActiveBuild {
+    pub fn set(&self, bin_dir: Option<PathBuf>) {
+        match self.0.write() {
+            Ok(mut slot) => *slot = bin_dir,
+            Err(poisoned) => *poisoned.into_inner() = bin_dir,
+        }
+    }
+
+    pub fn bin_dir(&self) -> Option<PathBuf> {
+        match self.0.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The current build's executable for `kind`, when a build is current and has it.
+    pub fn binary(&self, kind: ProcessKind) -> Option<PathBuf> {
+        let dir = self.bin_dir()?;
+        let name = match kind {
+            ProcessKind::LlamaServer => "llama-server",
+            ProcessKind::RpcServer => "ggml-rpc-server",
+            ProcessKind::Vllm => return None,
+        };
+        Some(dir.join(name)).filter(|p| p.is_file())
+    }
 }
 
 /// The peer protocol version an agent claims instead of its own (tests of `tightwad doctor`).
@@ -103,6 +172,8 @@ impl Default for AgentConfig {
             testing_reported_memory: None,
             testing_protocol: None,
             page_cache_reclaim: Default::default(),
+            build: BuildConfig::default(),
+            active_build: ActiveBuild::default(),
         }
     }
 }
@@ -133,6 +204,14 @@ impl AgentConfig {
         config.state_dir = expand_home(&config.state_dir);
         config.model_dirs = config.model_dirs.iter().map(|d| expand_home(d)).collect();
         config.receive_dir = config.receive_dir.as_deref().map(expand_home);
+        config.build.ccache_dir = expand_home(&config.build.ccache_dir);
+        config.build.extra_path = config
+            .build
+            .extra_path
+            .iter()
+            .map(|d| expand_home(d))
+            .collect();
+        config.build.smoke_model = config.build.smoke_model.as_deref().map(expand_home);
         let mut seen = std::collections::HashSet::new();
         for process in &config.processes {
             anyhow::ensure!(
@@ -144,8 +223,17 @@ impl AgentConfig {
         Ok(config)
     }
 
-    /// The executable for a process kind: configured, else found on PATH.
+    /// The executable for a process kind: the current `tightwad build` build's, else
+    /// configured, else found on PATH.
     pub fn binary_for(&self, kind: ProcessKind) -> Option<PathBuf> {
+        if let Some(built) = self.active_build.binary(kind) {
+            return Some(built);
+        }
+        self.configured_binary(kind)
+    }
+
+    /// The executable `[binaries]` (or PATH) names, ignoring `tightwad build`'s builds.
+    pub fn configured_binary(&self, kind: ProcessKind) -> Option<PathBuf> {
         let (configured, names): (&Option<PathBuf>, &[&str]) = match kind {
             ProcessKind::LlamaServer => (&self.binaries.llama_server, &["llama-server"]),
             ProcessKind::RpcServer => (

@@ -43,7 +43,10 @@ impl BinaryCache {
                     }
                 } else {
                     match versions::llama_build(&path).await {
-                        Ok(build) => info.build = Some(build),
+                        Ok(mut build) => {
+                            build.backend = crate::build::backend_of_binary(&path);
+                            info.build = Some(build)
+                        }
                         Err(e) => info.error = Some(e),
                     }
                 }
@@ -54,6 +57,7 @@ impl BinaryCache {
                         build_number: None,
                         version: Some(v),
                         commit: None,
+                        backend: None,
                     })
                 }
                 Err(e) => info.error = Some(e),

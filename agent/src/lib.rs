@@ -2,6 +2,7 @@
 //! inventory, and moves model files, all under remote control of the coordinator through the
 //! QUIC peer protocol (`tightwad-protocol`).
 
+pub mod build;
 pub mod config;
 pub mod dryrun;
 pub mod flags;

@@ -33,6 +33,63 @@ pub async fn health_ok(host: &str, port: u16) -> bool {
     )
 }
 
+/// One HTTP/1.1 request with `Connection: close`; the status and the whole body (at most
+/// 1 MiB). For the build smoke test and the idle check before a switch: small JSON both ways.
+pub async fn http_call(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let attempt = async {
+        let mut stream = TcpStream::connect((host, port)).await.ok()?;
+        let body = json_body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        (&mut stream)
+            .take(1 << 20)
+            .read_to_end(&mut reply)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        let chunked = head.lines().any(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("transfer-encoding: chunked")
+        });
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Some((status, body))
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
+}
+
+/// Joins an HTTP/1.1 chunked body (llama-server chunks some replies).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// True when something accepts TCP connections on the port.
 pub async fn tcp_open(host: &str, port: u16) -> bool {
     matches!(
@@ -44,6 +101,14 @@ pub async fn tcp_open(host: &str, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dechunks_bodies() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
 
     #[tokio::test]
     async fn health_endpoint_200_and_503() {

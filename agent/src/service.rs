@@ -36,6 +36,8 @@ pub struct Agent {
     receiving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Piece manifests of files this agent serves to pulling peers.
     manifests: crate::pull::ManifestCache,
+    /// Held while a `tightwad build` (or rollback) runs: one at a time.
+    building: tokio::sync::Mutex<()>,
 }
 
 /// Removes a file name from `Agent::receiving` when its transfer ends, however it ends.
@@ -59,6 +61,7 @@ fn capabilities() -> Vec<Capability> {
         Capability::Logs,
         Capability::Models,
         Capability::ModelTransfer,
+        Capability::Build,
     ]
 }
 
@@ -90,6 +93,7 @@ pub async fn run(
         identity.clone(),
         Hello::ours(NodeRole::Agent, &config.name, capabilities()),
     )?;
+    crate::build::restore(&config);
     let agent = Arc::new(Agent {
         supervisor: Supervisor::new(&config),
         models: ModelFolders::new(config.model_dirs.clone()),
@@ -101,6 +105,7 @@ pub async fn run(
         started: Instant::now(),
         receiving: Default::default(),
         manifests: Default::default(),
+        building: Default::default(),
         config,
     });
     tracing::info!(
@@ -490,6 +495,19 @@ impl Agent {
                 .await
                 .map(|()| None)
                 .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string())),
+            Request::Build(request) => self.build(request, stream).await,
+            Request::RollbackBuild => {
+                let _busy = self
+                    .building
+                    .try_lock()
+                    .map_err(|_| build_error(crate::build::BuildError::Busy))?;
+                let ctx = self.build_context();
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let result = forward_progress(crate::build::rollback(&ctx, &tx), rx, stream).await;
+                result
+                    .map(|outcome| Some(Reply::BuildDone(Box::new(outcome))))
+                    .map_err(build_error)
+            }
             Request::ListDevices { rpc_servers } => {
                 crate::dryrun::list_devices(&self.config, &rpc_servers)
                     .await
@@ -504,6 +522,90 @@ impl Agent {
             }
         }
     }
+}
+
+impl Agent {
+    fn build_context(&self) -> crate::build::BuildContext<'_> {
+        crate::build::BuildContext {
+            config: &self.config,
+            supervisor: &self.supervisor,
+            models: &self.models,
+        }
+    }
+
+    /// `Request::Build`: receive the tarball on this stream (as a model upload), then build,
+    /// smoke-test and switch, streaming `BuildProgress` frames.
+    async fn build(
+        &self,
+        request: BuildRequest,
+        stream: &mut RequestStream,
+    ) -> Result<Option<Reply>, Reply> {
+        use crate::build::{BuildError, PreparedSource};
+        let _busy = self
+            .building
+            .try_lock()
+            .map_err(|_| build_error(BuildError::Busy))?;
+        let source = match request.source {
+            BuildSource::Tarball(offer) => {
+                let folder = crate::build::incoming_dir(&self.config.state_dir);
+                let sha256 = offer.sha256.clone();
+                let summary = transfer::receive(&folder, offer, stream)
+                    .await
+                    .map_err(|e| build_error(BuildError::Upload(e)))?;
+                tracing::info!(path = %summary.path, bytes = summary.bytes, "source tarball received and verified");
+                PreparedSource::Tarball {
+                    path: summary.path.into(),
+                    sha256,
+                }
+            }
+            BuildSource::Git { url, git_ref } => PreparedSource::Git { url, git_ref },
+        };
+        let ctx = self.build_context();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let work = crate::build::build(&ctx, source, request.backend, request.jobs, &tx);
+        let result = forward_progress(work, rx, stream).await;
+        match &result {
+            Ok(outcome) => {
+                tracing::info!(build = %outcome.identity, switched = ?outcome.switched, "build done")
+            }
+            Err(e) => tracing::error!(error = %e, "build failed"),
+        }
+        result
+            .map(|outcome| Some(Reply::BuildDone(Box::new(outcome))))
+            .map_err(build_error)
+    }
+}
+
+/// Runs `work` while sending its progress reports on `stream`; a coordinator that went away
+/// does not stop the build (its result is still recorded on this host).
+async fn forward_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<BuildProgress>,
+    stream: &mut RequestStream,
+) -> T {
+    tokio::pin!(work);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                while let Ok(p) = rx.try_recv() {
+                    if listening && stream.reply(&Reply::BuildProgress(p)).await.is_err() {
+                        listening = false;
+                    }
+                }
+                return result;
+            }
+            Some(p) = rx.recv() => {
+                if listening && stream.reply(&Reply::BuildProgress(p)).await.is_err() {
+                    listening = false;
+                }
+            }
+        }
+    }
+}
+
+fn build_error(e: crate::build::BuildError) -> Reply {
+    Reply::error(ErrorKind::Build, e.to_string())
 }
 
 fn internal(e: impl std::fmt::Display) -> Reply {

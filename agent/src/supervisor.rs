@@ -55,7 +55,9 @@ struct RunState {
 pub struct Managed {
     name: String,
     kind: ProcessKind,
-    binary: Option<PathBuf>,
+    /// `[binaries]`/PATH's executable; the current `tightwad build` build's wins over it.
+    configured_binary: Option<PathBuf>,
+    active_build: crate::config::ActiveBuild,
     configured_args: Vec<String>,
     port_override: Option<u16>,
     health_host: String,
@@ -73,6 +75,17 @@ pub struct Managed {
 }
 
 impl Managed {
+    /// The executable a start uses now (a build switch changes it for the next start).
+    fn binary(&self) -> Option<PathBuf> {
+        self.active_build
+            .binary(self.kind)
+            .or_else(|| self.configured_binary.clone())
+    }
+
+    pub fn kind(&self) -> ProcessKind {
+        self.kind
+    }
+
     fn snapshot(&self) -> RunState {
         match self.run.lock() {
             Ok(run) => run.clone(),
@@ -178,7 +191,7 @@ impl Supervisor {
                 run.args.clone()
             }
         });
-        Ok((managed.kind, managed.binary.clone(), args, run.state))
+        Ok((managed.kind, managed.binary(), args, run.state))
     }
 
     /// The check `start` runs on arguments, alone.
@@ -190,6 +203,13 @@ impl Supervisor {
     ) -> Result<(), flags::FlagError> {
         let help = self.help.flags_for(binary, kind).await?;
         flags::check(binary, &help, args)
+    }
+
+    /// Where a process answers HTTP (its health-check host and port).
+    pub fn endpoint(&self, name: &str) -> Option<(String, u16)> {
+        let managed = self.processes.get(name)?;
+        let port = managed.port(&managed.snapshot().args)?;
+        Some((managed.health_host.clone(), port))
     }
 
     pub fn statuses(&self) -> Vec<ProcessStatus> {
@@ -218,8 +238,7 @@ impl Supervisor {
             };
         }
         let binary = managed
-            .binary
-            .clone()
+            .binary()
             .ok_or(SupervisorError::NoBinary { kind: managed.kind })?;
         let args = args.unwrap_or_else(|| managed.configured_args.clone());
         let help = self.help.flags_for(&binary, managed.kind).await?;
@@ -305,7 +324,8 @@ fn managed_from(config: &AgentConfig, p: &ProcessConfig, log_dir: &Path) -> Mana
     Managed {
         name: p.name.clone(),
         kind: p.kind,
-        binary: config.binary_for(p.kind),
+        configured_binary: config.configured_binary(p.kind),
+        active_build: config.active_build.clone(),
         configured_args: p.args.clone(),
         port_override: p.port,
         health_host: p.health_host.clone().unwrap_or_else(|| "127.0.0.1".into()),

@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tightwad_protocol::client::{ClientEndpoint, FramedStream};
 use tightwad_protocol::messages::*;
 use tightwad_protocol::server::RequestStream;
 use tightwad_protocol::trust::ServerExpectation;
+use tightwad_protocol::upload;
 
-pub const CHUNK_BYTES: u32 = 1024 * 1024;
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+pub const CHUNK_BYTES: u32 = upload::CHUNK_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -74,7 +74,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Sender side: pushes `file_name` to `to`, reporting progress on `report` (the coordinator's
-/// stream).
+/// stream). The upload itself is `tightwad_protocol::upload::push`, shared with the
+/// coordinator's source tarballs.
 #[tracing::instrument(skip(models, client, report), fields(to = %to.name))]
 pub async fn send(
     models: &ModelFolders,
@@ -86,100 +87,43 @@ pub async fn send(
 ) -> Result<TransferSummary, TransferError> {
     let started = Instant::now();
     let path = models.locate(file_name)?;
-    let size = std::fs::metadata(&path).map_err(io_err(&path))?.len();
-    let hash_path = path.clone();
-    let sha256 =
-        blocking(move || Ok(hex::encode(sha256_prefix(&hash_path, None)?.finalize()))).await?;
+    let offer = upload::offer_for(&path, file_name).await?;
     let peer = client
         .connect(&to.address, ServerExpectation::Pinned(to.fingerprint))
         .await?;
-    let offer = UploadOffer {
-        file_name: file_name.to_string(),
-        size,
-        sha256: sha256.clone(),
-        chunk_size: CHUNK_BYTES,
-    };
-    let mut upload = peer.open(&Request::ReceiveModel(offer)).await?;
-    let mut offset = match upload.next_reply().await.map_err(|e| peer.explain(e))? {
-        Some(Reply::UploadResume {
-            offset,
-            prefix_sha256,
-        }) if offset <= size => {
-            let prefix_path = path.clone();
-            let ours = blocking(move || {
-                Ok(hex::encode(
-                    sha256_prefix(&prefix_path, Some(offset))?.finalize(),
-                ))
-            })
-            .await?;
-            if ours == prefix_sha256 {
-                offset
-            } else {
-                tracing::warn!(
-                    offset,
-                    "receiver's partial file differs from ours: starting over"
-                );
-                0
+    let mut stream = peer.open(&Request::ReceiveModel(offer.clone())).await?;
+    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(None);
+    let resumed_from = {
+        let push = upload::push(&mut stream, &path, &offer, max_bytes_per_second, |p| {
+            let _ = progress_tx.send(Some(p));
+        });
+        tokio::pin!(push);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                result = &mut push => break result.map_err(|e| peer.explain(e))?,
+                Ok(()) = progress_rx.changed() => {
+                    let progress = *progress_rx.borrow_and_update();
+                    // The first report is the resume point, before any chunk: not progress yet.
+                    if let Some(p) = progress.filter(|_| !std::mem::take(&mut first)) {
+                        report
+                            .reply(&Reply::Progress(TransferProgress {
+                                file_name: file_name.to_string(),
+                                bytes_done: p.done,
+                                bytes_total: p.total,
+                                resumed_from: p.resumed_from,
+                            }))
+                            .await?;
+                    }
+                }
             }
         }
-        Some(other) => {
-            return Err(TransferError::Refused(format!(
-                "unexpected reply {}",
-                other.kind()
-            )))
-        }
-        None => return Err(TransferError::Refused("receiver closed the stream".into())),
     };
-    let resumed_from = offset;
     if resumed_from > 0 {
-        tracing::info!(resumed_from, size, "resuming transfer");
+        tracing::info!(resumed_from, size = offer.size, "resumed transfer");
     }
-    let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
-    file.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
-    let mut last_progress = Instant::now();
-    let rate_started = Instant::now();
-    let mut sent_this_run: u64 = 0;
-    let mut buf = vec![0u8; CHUNK_BYTES as usize];
-    while offset < size {
-        let want = ((size - offset) as usize).min(buf.len());
-        file.read_exact(&mut buf[..want]).map_err(io_err(&path))?;
-        let data = buf[..want].to_vec();
-        let digest: [u8; 32] = Sha256::digest(&data).into();
-        upload
-            .send(&UploadFrame::Chunk {
-                offset,
-                data,
-                sha256: digest,
-            })
-            .await
-            .map_err(|e| peer.explain(e))?;
-        offset += want as u64;
-        sent_this_run += want as u64;
-        if let Some(rate) = max_bytes_per_second.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(sent_this_run as f64 / rate as f64);
-            let elapsed = rate_started.elapsed();
-            if due > elapsed {
-                tokio::time::sleep(due - elapsed).await;
-            }
-        }
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
-            report
-                .reply(&Reply::Progress(TransferProgress {
-                    file_name: file_name.to_string(),
-                    bytes_done: offset,
-                    bytes_total: size,
-                    resumed_from,
-                }))
-                .await?;
-        }
-    }
-    upload
-        .send(&UploadFrame::Finish)
-        .await
-        .map_err(|e| peer.explain(e))?;
-    upload.finish().map_err(|e| peer.explain(e))?;
-    let summary = match upload.next_reply().await.map_err(|e| peer.explain(e))? {
+    stream.finish().map_err(|e| peer.explain(e))?;
+    let summary = match stream.next_reply().await.map_err(|e| peer.explain(e))? {
         Some(Reply::TransferDone(summary)) => summary,
         Some(other) => {
             return Err(TransferError::Refused(format!(

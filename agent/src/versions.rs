@@ -29,6 +29,7 @@ pub fn parse_llama_version(text: &str) -> Option<LlamaBuild> {
             build_number: Some(number),
             version: None,
             commit,
+            backend: None,
         });
     }
     let mut build_number = None;
@@ -45,6 +46,7 @@ pub fn parse_llama_version(text: &str) -> Option<LlamaBuild> {
         build_number,
         version: Some(head.to_string()).filter(|v| !v.is_empty()),
         commit,
+        backend: None,
     })
 }
 

@@ -21,6 +21,7 @@ pub mod server;
 pub mod tls;
 pub mod token;
 pub mod trust;
+pub mod upload;
 
 pub use error::ProtocolError;
 pub use fingerprint::Fingerprint;
@@ -28,10 +29,11 @@ pub use fingerprint::Fingerprint;
 /// Bumped whenever a message changes shape; peers with another major version refuse each other.
 /// v2: dry runs for `tightwad doctor` (`CheckProcess`, `ListDevices`), tensor bytes, KV shape
 /// and special tokens in `GgufSummary`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// v3: `tightwad build` (`Build`, `RollbackBuild`), the backend in `LlamaBuild`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
-/// The oldest peer protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// The oldest peer protocol version this build still speaks (v3 changed `LlamaBuild`'s shape).
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 
 /// The software version reported in `Hello`.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

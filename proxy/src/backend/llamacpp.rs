@@ -39,7 +39,18 @@ pub struct LlamaServer {
     base: String,
     http: reqwest::Client,
     timeout: Duration,
+    /// How long a request waits for a server that refuses connections or is loading its model
+    /// (an agent restarting it, e.g. onto a new build by `tightwad build`), before failing.
+    restart_wait: Duration,
+    /// Since when the server has been refusing: past `restart_wait` it is down, not
+    /// restarting, and requests fail at once until it answers again.
+    refusing_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// The target's `restart_wait`: a llama-server restart (stop, start, load a model) takes a few
+/// seconds; the draft gets none (the engine falls back to target-only at once instead).
+pub const TARGET_RESTART_WAIT: Duration = Duration::from_secs(10);
+const RESTART_POLL: Duration = Duration::from_millis(200);
 
 /// What `/props` tells about a running server.
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +229,11 @@ impl LlamaServer {
             base,
             http,
             timeout,
+            restart_wait: match role {
+                Role::Target => TARGET_RESTART_WAIT,
+                _ => Duration::ZERO,
+            },
+            refusing_since: Default::default(),
         })
     }
 
@@ -286,12 +302,50 @@ impl LlamaServer {
         &self,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, reqwest::Error> {
-        match build().send().await {
+        let result = match build().send().await {
             Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => {
                 tracing::debug!(server = self.role.as_str(), error = %e, "retrying once on a fresh connection");
                 build().send().await
             }
             other => other,
+        };
+        self.wait_out_a_restart(result, build).await
+    }
+
+    /// A server that refuses connections, or answers 503 while it loads its model, may be
+    /// restarting (an agent switching it to a new build): nothing reached it, so the request is
+    /// sent again until it answers or `restart_wait` has passed since it began refusing.
+    async fn wait_out_a_restart(
+        &self,
+        mut result: Result<reqwest::Response, reqwest::Error>,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        loop {
+            let refused = match &result {
+                // Refused at once (not a timeout: an unreachable host is not restarting).
+                Err(e) => e.is_connect() && !e.is_timeout(),
+                Ok(resp) => resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let since = {
+                let mut slot = match self.refusing_since.lock() {
+                    Ok(slot) => slot,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if !refused {
+                    *slot = None;
+                    return result;
+                }
+                *slot.get_or_insert_with(std::time::Instant::now)
+            };
+            if since.elapsed() >= self.restart_wait {
+                return result;
+            }
+            tracing::debug!(
+                server = self.role.as_str(),
+                "server refusing or loading: waiting for a restart to finish"
+            );
+            tokio::time::sleep(RESTART_POLL).await;
+            result = build().send().await;
         }
     }
 

@@ -179,18 +179,43 @@ fn build_label(info: &BinaryInfo) -> Option<String> {
     })
 }
 
+/// The `tightwad build` command that makes these hosts agree: the newest release tag among
+/// their builds (`b8111`), or a placeholder where none looks like one.
+pub fn build_command<'a>(builds: impl Iterator<Item = &'a HostBuild>) -> String {
+    let newest = builds
+        .filter_map(|b| b.llama.as_deref())
+        .flat_map(|label| label.split_whitespace())
+        .filter_map(|word| {
+            word.strip_prefix('b')?
+                .split('-')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        // llama.cpp's release tags are b<build number>; a package's own build 1 is not one.
+        .filter(|n| *n >= 1000)
+        .max();
+    crate::fleet::build::suggestion(newest.map(|n| format!("b{n}")).as_deref())
+}
+
 /// A host's llama.cpp build and rpc-server protocol, as its agent reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostBuild {
     pub llama: Option<String>,
     pub rpc_protocol: Option<String>,
+    /// The GPU backend, where the agent knows it (builds made by `tightwad build`). Shown, not
+    /// compared: a CUDA host and a CPU host of one pool run one build with two backends.
+    pub backend: Option<String>,
 }
 
 impl HostBuild {
     fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(l) = &self.llama {
-            parts.push(format!("llama.cpp {l}"));
+            match &self.backend {
+                Some(b) => parts.push(format!("llama.cpp {l} ({b})")),
+                None => parts.push(format!("llama.cpp {l}")),
+            }
         }
         if let Some(r) = &self.rpc_protocol {
             parts.push(format!("RPC protocol v{r}"));
@@ -210,6 +235,10 @@ impl Cluster {
         Some(HostBuild {
             llama: find(ProcessKind::LlamaServer).and_then(build_label),
             rpc_protocol: find(ProcessKind::RpcServer).and_then(|b| b.rpc_protocol.clone()),
+            backend: find(ProcessKind::LlamaServer)
+                .and_then(|b| b.build.as_ref())
+                .and_then(|b| b.backend)
+                .map(|b| b.to_string()),
         })
     }
 
@@ -449,7 +478,8 @@ impl Cluster {
                         format!("llama.cpp builds differ ({why}): {listing}"),
                     )
                     .hint(format!(
-                        "build the same llama.cpp on every one of these hosts, e.g. {reference}, and point each agent's [binaries] at it"
+                        "build the same llama.cpp on every one of these hosts (e.g. {reference}) in one command: {}",
+                        build_command(builds.iter().map(|(_, b)| b))
                     ))
                     .details(details),
                 );
@@ -507,7 +537,7 @@ impl Cluster {
                             db.describe()
                         ),
                     )
-                    .hint("works over HTTP, but one build everywhere avoids surprises (and native pairing requires it)"),
+                    .hint(format!("works over HTTP, but one build everywhere avoids surprises (and native pairing requires it): {}", build_command([&tb, &db].into_iter()))),
                 );
             } else {
                 checks.push(Check::new(
@@ -537,8 +567,16 @@ impl Cluster {
                 .join("; ");
             if distinct.len() > 1 {
                 checks.push(
-                    Check::new(Category::Build, "all hosts", Status::Warn, format!("hosts run different llama.cpp builds: {listing}"))
-                        .hint("RPC pools and native pairing need one build on every host involved; rebuild the others at the same commit"),
+                    Check::new(
+                        Category::Build,
+                        "all hosts",
+                        Status::Warn,
+                        format!("hosts run different llama.cpp builds: {listing}"),
+                    )
+                    .hint(format!(
+                        "RPC pools and native pairing need one build on every host involved: {}",
+                        build_command(builds.iter().map(|(_, b)| b))
+                    )),
                 );
             } else if !builds.is_empty() {
                 checks.push(Check::new(
@@ -738,5 +776,28 @@ fn failure_kind(error: &str) -> &'static str {
         "not trusted"
     } else {
         "unreachable"
+    }
+}
+
+#[cfg(test)]
+mod build_command_tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_newest_release_tag() {
+        let host = |l: &str| HostBuild {
+            llama: Some(l.into()),
+            rpc_protocol: None,
+            backend: None,
+        };
+        let builds = [
+            host("b8112-aaa"),
+            host("b8079-bbb"),
+            host("0.5.0-dev b1-ccc"),
+        ];
+        let text = build_command(builds.iter());
+        assert!(text.contains("tightwad build --ref b8112"), "{text}");
+        let text = build_command([host("0.5.0-dev b1-ccc")].iter());
+        assert!(text.contains("tightwad build --ref REF"), "{text}");
     }
 }

@@ -449,6 +449,7 @@ mod tests {
             entry: HostEntry {
                 name: name.into(),
                 address: format!("{name}:7420"),
+                build_backend: None,
             },
             client: None,
             status: Ok(AgentStatus {

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 pub struct HostEntry {
     pub name: String,
     pub address: String,
+    /// `tightwad build`: this host's GPU backend (cpu, cuda, hip, metal, vulkan) instead of the
+    /// one its agent detects.
+    #[serde(default)]
+    pub build_backend: Option<tightwad_protocol::messages::BuildBackend>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

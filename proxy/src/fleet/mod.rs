@@ -2,6 +2,7 @@
 //! `tightwad models ...`, `tightwad token`. They talk to the `tightwad-agent` on every host over
 //! the QUIC peer protocol (`tightwad-protocol`).
 
+pub mod build;
 pub mod config;
 pub mod layout;
 pub mod logs;
@@ -93,6 +94,9 @@ pub enum FleetCommand {
         after_long_help = "Examples:\n  tightwad logs target -f\n  tightwad logs gpu-box target --tail 20\n  tightwad logs proxy -f\n  tightwad logs proxy --url http://10.0.0.1:8088 --json"
     )]
     Logs(logs::LogsArgs),
+    /// Build one llama.cpp (same source, same ref) on every host, smoke-test it, switch the
+    /// supervised servers to it; `--rollback` goes back.
+    Build(build::BuildArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,6 +269,7 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        FleetCommand::Build(args) => build::run(&fleet, args).await,
     }
 }
 

@@ -132,6 +132,7 @@ fn parse_host(text: &str) -> anyhow::Result<HostEntry> {
     Ok(HostEntry {
         name: name.to_string(),
         address: address.to_string(),
+        build_backend: None,
     })
 }
 
@@ -497,6 +498,7 @@ mod tests {
             &[HostEntry {
                 name: "a".into(),
                 address: "10.0.0.2:7420".into(),
+                build_backend: None,
             }],
             &p,
         );
@@ -543,10 +545,12 @@ mod tests {
             HostEntry {
                 name: "a".into(),
                 address: "10.0.0.2:7420".into(),
+                build_backend: None,
             },
             HostEntry {
                 name: "b".into(),
                 address: "10.0.0.3:7420".into(),
+                build_backend: None,
             },
         ];
         let from_agents = render(
