@@ -20,6 +20,7 @@
 //! pipeline = true                    # draft the next block while the target verifies
 //! native = false                     # true: the target runs llama.cpp's own speculation (with
 //!                                    # `draft` too: the faster of the two paths, measured)
+//! moe = false                        # true: a mixture-of-experts target (k <= 4 until measured cheap)
 //! target_kind = "llamacpp"           # or "vllm" (`vllm serve`); the draft likewise:
 //! draft_kind = "llamacpp"
 //! ```
@@ -143,6 +144,11 @@ pub struct PairingEntry {
     /// has two paths and each request takes the one that has been delivering more tokens/s.
     #[serde(default)]
     pub native: bool,
+    /// The target is a mixture-of-experts model (`tightwad init` sets it from the GGUF's expert
+    /// count): k stays at 4 or less unless verification is measured to cost nearly the same for
+    /// 8 tokens as for 1.
+    #[serde(default)]
+    pub moe: bool,
     /// `false` pins speculation on with `draft_tokens` every round (for experiments and tests).
     #[serde(default = "default_adaptive")]
     pub adaptive: bool,
@@ -197,6 +203,7 @@ impl PairingEntry {
             adaptive: true,
             pipeline: true,
             native: false,
+            moe: false,
             target_kind: BackendKind::default(),
             draft_kind: BackendKind::default(),
         }
@@ -222,6 +229,7 @@ impl PairingEntry {
             prompt_lookup_fallback: self.prompt_lookup_fallback,
             pipeline: self.pipeline,
             native: self.native,
+            moe: self.moe,
             target_kind: self.target_kind,
             draft_kind: self.draft_kind,
         }
@@ -343,6 +351,7 @@ const ENV_PAIRING_KEYS: &[&str] = &[
     "adaptive",
     "pipeline",
     "native",
+    "moe",
     "target_kind",
     "draft_kind",
 ];

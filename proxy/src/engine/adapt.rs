@@ -22,6 +22,13 @@ use serde::Serialize;
 
 /// Largest draft length ever tried (speculation.md: k beyond ~8 never pays on these servers).
 pub const K_MAX: usize = 8;
+/// Largest draft length on a mixture-of-experts target until calibration shows otherwise: each
+/// extra token verified can route to other experts, so verification cost grows with k much faster
+/// than on a dense model (speculation.md §C).
+pub const MOE_K_MAX: usize = 4;
+/// "Calibration says otherwise": verifying `K_MAX` tokens measured at most this many times the
+/// cost of verifying one (the experts stayed cheap), so the MoE cap is lifted.
+const MOE_FLAT_VERIFY_RATIO: f64 = 1.3;
 const ACCEPT_PRIOR: f64 = 0.6;
 /// Rounds of evidence needed before the controller may switch speculation off.
 const MIN_ROUNDS_BEFORE_OFF: u32 = 8;
@@ -143,6 +150,9 @@ pub struct Controller {
     adaptive: bool,
     mode: Mode,
     k_cap: usize,
+    /// The target is a mixture-of-experts model: k ≤ `MOE_K_MAX` unless verification measures
+    /// flat (see [`Controller::cap`]).
+    moe_target: bool,
     disable_above_tok_s: Option<f64>,
     target_tok_s: Ewma,
     target_measured_at: Option<Instant>,
@@ -180,6 +190,7 @@ impl Controller {
             adaptive: true,
             mode: Mode::On,
             k_cap: k_cap.clamp(1, K_MAX),
+            moe_target: false,
             disable_above_tok_s,
             target_tok_s: Ewma::default(),
             target_measured_at: None,
@@ -201,6 +212,30 @@ impl Controller {
         Controller {
             adaptive: false,
             ..Controller::new(k, None)
+        }
+    }
+
+    /// A controller for a mixture-of-experts target (config `moe = true`, set by `tightwad init`
+    /// from the GGUF's expert count).
+    pub fn for_moe_target(mut self) -> Self {
+        self.moe_target = true;
+        self
+    }
+
+    /// The largest k this controller will choose now: the configured cap, held to `MOE_K_MAX` on
+    /// a MoE target until the fitted verify cost says 8 tokens cost at most 1.3× one token.
+    pub fn cap(&self) -> usize {
+        if !self.moe_target {
+            return self.k_cap;
+        }
+        let flat = match (self.verify_cost.predict(K_MAX), self.verify_cost.predict(1)) {
+            (Some(v8), Some(v1)) if v1 > 0.0 => v8 <= MOE_FLAT_VERIFY_RATIO * v1,
+            _ => false,
+        };
+        if flat {
+            self.k_cap
+        } else {
+            self.k_cap.min(MOE_K_MAX)
         }
     }
 
@@ -242,7 +277,7 @@ impl Controller {
     /// over the measured draft + verify time (speed). Needs no target-alone speed, so it ranks
     /// drafters of one pairing against each other (`engine::drafters`) from their first rounds.
     pub fn round_goodput(&self) -> Option<f64> {
-        (1..=self.k_cap)
+        (1..=self.cap())
             .filter_map(|k| {
                 let cost = self.draft_cost.predict(k)? + self.verify_cost.predict(k)?;
                 (cost > 0.0).then(|| self.expected_tokens(k) / cost)
@@ -252,7 +287,7 @@ impl Controller {
 
     /// The best draft length and its predicted speedup (`None` until the estimates exist).
     pub fn best_k(&self) -> Option<(usize, f64)> {
-        (1..=self.k_cap)
+        (1..=self.cap())
             .filter_map(|k| self.predicted_speedup(k).map(|s| (k, s)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
@@ -354,11 +389,12 @@ impl Controller {
         }
         let n = self.rounds_chosen.get() + 1;
         self.rounds_chosen.set(n);
-        let best = self.best_k().map(|(k, _)| k).unwrap_or(self.k_cap.min(4));
+        let cap = self.cap();
+        let best = self.best_k().map(|(k, _)| k).unwrap_or(cap.min(4));
         if n % EXPLORE_EVERY == 0 {
             let up = (n / EXPLORE_EVERY) % 2 == 1;
-            return if (up && best < self.k_cap) || best == 1 {
-                (best + 1).min(self.k_cap)
+            return if (up && best < cap) || best == 1 {
+                (best + 1).min(cap)
             } else {
                 best - 1
             };
@@ -747,6 +783,45 @@ mod tests {
         let through: Vec<bool> = (0..16).map(|_| c.passthrough_while_off(now)).collect();
         assert_eq!(through.iter().filter(|p| !**p).count(), 2, "{through:?}");
         assert!(!Controller::fixed(4).passthrough_while_off(now));
+    }
+
+    #[test]
+    fn a_moe_target_keeps_k_at_four_until_verification_measures_flat() {
+        // Cheap draft, great acceptance: on a dense target the model's best k is the cap (8).
+        let mut dense = Controller::new(8, None);
+        let mut moe = Controller::new(8, None).for_moe_target();
+        let now = Instant::now();
+        for c in [&mut dense, &mut moe] {
+            c.record_target_only(now, 64, 64.0 / 10.0);
+            for k in [2, 3, 4] {
+                for _ in 0..4 {
+                    // Verify cost grows with k: 100 ms + 20 ms per token.
+                    c.record_round(now, k, k, 0.002 * k as f64, 0.1 + 0.02 * k as f64);
+                }
+            }
+        }
+        let dense_k = dense.best_k().map(|(k, _)| k).unwrap_or(0);
+        assert!(dense_k > MOE_K_MAX, "a dense target goes past 4: {dense_k}");
+        assert_eq!(moe.cap(), MOE_K_MAX);
+        assert_eq!(moe.best_k().map(|(k, _)| k), Some(4));
+        for _ in 0..50 {
+            assert!(
+                moe.choose_k() <= MOE_K_MAX,
+                "exploration stays under the cap too"
+            );
+        }
+
+        // Calibration says otherwise: verification measured nearly flat in k lifts the cap.
+        let mut flat = Controller::new(8, None).for_moe_target();
+        flat.record_target_only(now, 64, 64.0 / 10.0);
+        for k in [1, 2, 3, 4] {
+            for _ in 0..4 {
+                flat.record_round(now, k, k, 0.002 * k as f64, 0.1 + 0.002 * k as f64);
+            }
+        }
+        assert_eq!(flat.cap(), 8);
+        let flat_k = flat.best_k().map(|(k, _)| k).unwrap_or(0);
+        assert!(flat_k > MOE_K_MAX, "calibrated flat: k past 4: {flat_k}");
     }
 
     #[test]

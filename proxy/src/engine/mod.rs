@@ -94,6 +94,9 @@ pub struct PairingConfig {
     /// The target runs llama.cpp's own speculation with its draft model on a remote rpc-server
     /// (native pairing): the proxy only decides per request how many tokens it may draft.
     pub native: bool,
+    /// The target is a mixture-of-experts model: its controllers keep k ≤ 4 until calibration
+    /// lifts the cap ([`adapt::Controller::cap`]).
+    pub moe: bool,
     /// Which server software the target runs (llama.cpp or vLLM).
     pub target_kind: BackendKind,
     /// Which server software the draft runs.
@@ -250,7 +253,10 @@ impl Pairing {
             config.target_timeout,
         )?;
         let make_controller = || {
-            if config.adaptive {
+            if config.adaptive && config.moe {
+                adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
+                    .for_moe_target()
+            } else if config.adaptive {
                 adapt::Controller::new(config.draft_tokens, config.disable_above_tok_s)
             } else {
                 adapt::Controller::fixed(config.draft_tokens)

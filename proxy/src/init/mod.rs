@@ -270,6 +270,18 @@ pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> S
             "draft = {}",
             quote(&url_for(&p.draft_host, 8081 + 2 * i as u16))
         );
+        let moe = p
+            .target
+            .gguf
+            .as_ref()
+            .and_then(|g| g.expert_count)
+            .is_some_and(|n| n > 1);
+        if moe {
+            let _ = writeln!(
+                out,
+                "moe = true                         # the target's GGUF has experts: k <= 4 until calibration says otherwise"
+            );
+        }
         let _ = writeln!(out, "draft_tokens = {k}\n");
         for (host, process, role) in [
             (&p.target_host, &target_process, "target"),
@@ -569,6 +581,30 @@ mod tests {
             config.pairings[0].draft.as_deref(),
             Some("http://10.0.0.3:8081")
         );
+        assert!(!config.pairings[0].moe, "a dense target is not marked MoE");
+
+        // A target whose GGUF has experts gets `moe = true` (k held at 4 until calibrated).
+        let mut big = model("big-moe.gguf", 70_000, "f1");
+        if let Some(g) = big.gguf.as_mut() {
+            g.expert_count = Some(128);
+        }
+        let models = vec![
+            ("a".to_string(), big),
+            ("b".to_string(), model("small.gguf", 1_000, "f1")),
+        ];
+        let moe_config = render(
+            &InitArgs {
+                draft_tokens: 8,
+                ..Default::default()
+            },
+            &hosts,
+            &propose(&models),
+        );
+        let config: crate::config::ProxyConfig =
+            toml::from_str(&moe_config).unwrap_or_else(|e| panic!("{e}\n{moe_config}"));
+        config.validate().expect("valid");
+        assert!(config.pairings[0].moe, "{moe_config}");
+        assert!(config.pairings[0].to_pairing_config(0).moe);
     }
 
     #[test]
