@@ -267,7 +267,9 @@ impl Supervisor {
         loop {
             let run = managed.snapshot();
             match run.state {
-                ProcessState::Starting if Instant::now() < deadline => {
+                // Stopping: the run loop is ending this start (readiness timed out, or it was
+                // asked to stop) and will say how it ended; don't report the half-way state.
+                ProcessState::Starting | ProcessState::Stopping if Instant::now() < deadline => {
                     tokio::time::sleep(POLL).await
                 }
                 ProcessState::Failed => {
