@@ -185,12 +185,27 @@ fn an_rpc_pool_starts_across_hosts_and_answers() {
 name = "big"
 coordinator = "alpha/target"
 workers = ["beta/rpc"]
+place = true
 "#,
     );
     let report = doctor_offline(&cluster);
     assert!(report.ok, "{}", report.render());
     let fleet = cluster.fleet();
     let layout = fleet::layout::Layout::load(&cluster.config).expect("layout");
+    // What the placement planner makes of this model over beta's rpc-server and alpha's RAM
+    // (`place = true`: `tightwad up` starts the coordinator with exactly these flags).
+    let planned = cluster.rt.block_on(async {
+        let gathered = doctor::agents::gather(&fleet, &layout).await;
+        let p = doctor::memory::pool_placement(&gathered, &layout.pools[0]).expect("placement");
+        tightwad_placement::plan::plan(&p.bytes, &p.target, &p.options)
+    });
+    assert!(planned.fits, "{planned:?}");
+    assert!(
+        planned.flags.iter().any(|f| f == "-ngl"),
+        "the plan places layers: {:?}",
+        planned.flags
+    );
+    eprintln!("planned flags: {:?}", planned.flags);
     // `tightwad up big`: doctor's checks first, then the worker, then the coordinator.
     cluster
         .rt
@@ -215,6 +230,12 @@ workers = ["beta/rpc"]
         .find(|p| p.name == "target")
         .expect("target process");
     assert_eq!(status.state, ProcessState::Ready);
+    let started = status.args.join(" ");
+    assert!(
+        started.contains(&planned.flags.join(" ")),
+        "the coordinator runs the planned flags {:?}: {started}",
+        planned.flags
+    );
     let worker = format!("{}:50052", cluster.host("beta").ns.ip);
     assert!(
         status.args.join(" ").ends_with(&format!("--rpc {worker}")),

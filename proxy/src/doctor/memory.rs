@@ -183,6 +183,63 @@ fn bytes_kept_in_ram(args: &[String], model: &ModelArg, total: u64) -> u64 {
     0
 }
 
+/// What the planner needs to place a pool's model: the model's bytes (from the coordinator
+/// host's GGUF inventory), the devices (each worker's rpc-server, then the coordinator's GPUs,
+/// then its RAM), the context and cache types from the coordinator's arguments, and those
+/// arguments. Doctor checks the configured flags with it; `tightwad up` plans with it
+/// (`place = true`).
+pub struct PoolPlacement {
+    pub bytes: ModelBytes,
+    pub target: Target,
+    pub options: PlanOptions,
+    pub args: Vec<String>,
+}
+
+pub fn pool_placement(
+    cluster: &Cluster,
+    pool: &crate::fleet::layout::PoolEntry,
+) -> Option<PoolPlacement> {
+    let model = cluster.main_model(&pool.coordinator)?;
+    let g = model.gguf.as_ref()?;
+    let args = cluster
+        .check(&pool.coordinator)
+        .map(|c| c.args.clone())
+        .unwrap_or_default();
+    let coordinator = cluster.status(&pool.coordinator.host)?;
+    let mut devices = Vec::new();
+    for worker in &pool.workers {
+        let (Some(view), Some(status)) = (cluster.host(&worker.host), cluster.status(&worker.host))
+        else {
+            continue;
+        };
+        let worker_process = status.processes.iter().find(|p| p.name == worker.process);
+        let endpoint = crate::fleet::up::rpc_address(&view.entry.address, worker_process);
+        devices.push(crate::inspect::rpc_device(&worker.host, &endpoint, status));
+    }
+    devices.extend(crate::inspect::gpu_devices(
+        &pool.coordinator.host,
+        coordinator,
+    ));
+    let target = Target {
+        host: pool.coordinator.host.clone(),
+        ram_bytes: coordinator.inventory.host.ram_total_bytes,
+        devices,
+    };
+    let bytes = ModelBytes::from_summary(g, model.size_bytes);
+    let options = PlanOptions {
+        context: Some(context_of(&args, g)),
+        cache_k_bytes: cache_type_bytes(&args, &["-ctk", "--cache-type-k"]),
+        cache_v_bytes: cache_type_bytes(&args, &["-ctv", "--cache-type-v"]),
+        ..PlanOptions::default()
+    };
+    Some(PoolPlacement {
+        bytes,
+        target,
+        options,
+        args,
+    })
+}
+
 pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
     let mut loads: BTreeMap<String, HostLoad> = BTreeMap::new();
     let pooled: std::collections::BTreeSet<&ProcessRef> =
@@ -223,43 +280,14 @@ pub fn checks(cluster: &Cluster, layout: &Layout) -> Vec<Check> {
     // experts go with their layers unless `-ot`/`--cpu-moe` keep them in RAM, which is how a
     // 12 GB RPC worker gets asked for 22.3 GB.
     for pool in &layout.pools {
-        let Some(model) = cluster.main_model(&pool.coordinator) else {
+        let Some(PoolPlacement {
+            bytes,
+            target,
+            options,
+            args,
+        }) = pool_placement(cluster, pool)
+        else {
             continue;
-        };
-        let Some(g) = &model.gguf else { continue };
-        let args = cluster
-            .check(&pool.coordinator)
-            .map(|c| c.args.clone())
-            .unwrap_or_default();
-        let Some(coordinator) = cluster.status(&pool.coordinator.host) else {
-            continue;
-        };
-        let mut devices = Vec::new();
-        for worker in &pool.workers {
-            let (Some(view), Some(status)) =
-                (cluster.host(&worker.host), cluster.status(&worker.host))
-            else {
-                continue;
-            };
-            let worker_process = status.processes.iter().find(|p| p.name == worker.process);
-            let endpoint = crate::fleet::up::rpc_address(&view.entry.address, worker_process);
-            devices.push(crate::inspect::rpc_device(&worker.host, &endpoint, status));
-        }
-        devices.extend(crate::inspect::gpu_devices(
-            &pool.coordinator.host,
-            coordinator,
-        ));
-        let target = Target {
-            host: pool.coordinator.host.clone(),
-            ram_bytes: coordinator.inventory.host.ram_total_bytes,
-            devices,
-        };
-        let bytes = ModelBytes::from_summary(g, model.size_bytes);
-        let options = PlanOptions {
-            context: Some(context_of(&args, g)),
-            cache_k_bytes: cache_type_bytes(&args, &["-ctk", "--cache-type-k"]),
-            cache_v_bytes: cache_type_bytes(&args, &["-ctv", "--cache-type-v"]),
-            ..PlanOptions::default()
         };
         let given = config_from_args(&bytes, &args, target.devices.len());
         let placed = check(&bytes, &target, &options, &given);

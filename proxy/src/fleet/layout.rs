@@ -93,6 +93,11 @@ pub struct PoolEntry {
     pub name: String,
     pub coordinator: ProcessRef,
     pub workers: Vec<ProcessRef>,
+    /// `tightwad up` starts the coordinator with the placement planner's flags (`-ngl`,
+    /// `--tensor-split`, `--n-cpu-moe`/`-ot` for experts, `-c`) in place of its own, computed
+    /// from the model's GGUF and each member's memory — what `tightwad inspect --plan` prints.
+    #[serde(default)]
+    pub place: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -99,8 +99,79 @@ async fn start(
         .with_context(|| format!("starting {reference}"))
 }
 
+/// llama-server flags the placement planner owns (and whether each takes a value): a planned
+/// start drops the configured ones.
+const PLACEMENT_FLAGS: &[(&str, bool)] = &[
+    ("-c", true),
+    ("--ctx-size", true),
+    ("-ngl", true),
+    ("--gpu-layers", true),
+    ("--n-gpu-layers", true),
+    ("-ts", true),
+    ("--tensor-split", true),
+    ("-ot", true),
+    ("--override-tensor", true),
+    ("-ncmoe", true),
+    ("--n-cpu-moe", true),
+    ("-cmoe", false),
+    ("--cpu-moe", false),
+];
+
+/// `base` without the placement flags, then the plan's flags.
+pub fn with_planned_flags(base: &[String], planned: &[String]) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < base.len() {
+        let arg = &base[i];
+        let owned = PLACEMENT_FLAGS
+            .iter()
+            .find(|(flag, _)| arg == flag || arg.starts_with(&format!("{flag}=")));
+        match owned {
+            Some((flag, takes_value)) => {
+                i += if *takes_value && arg == flag { 2 } else { 1 };
+            }
+            None => {
+                args.push(arg.clone());
+                i += 1;
+            }
+        }
+    }
+    args.extend(planned.iter().cloned());
+    args
+}
+
+/// The planner's flags for a pool with `place = true` (from what the agents report).
+fn planned_flags(
+    cluster: &crate::doctor::agents::Cluster,
+    pool: &PoolEntry,
+) -> anyhow::Result<Vec<String>> {
+    let p = crate::doctor::memory::pool_placement(cluster, pool).with_context(|| {
+        format!(
+            "pool {}: place = true, but the coordinator's model, its GGUF details or a member's inventory is not available (run `tightwad doctor`)",
+            pool.name
+        )
+    })?;
+    let planned = tightwad_placement::plan::plan(&p.bytes, &p.target, &p.options);
+    anyhow::ensure!(
+        planned.fits,
+        "pool {}: the placement plan does not fit the members' memory ({}): a smaller quant or context",
+        pool.name,
+        crate::inspect::shell_join(&planned.flags)
+    );
+    Ok(planned.flags)
+}
+
 /// Starts a pool's workers, then its coordinator with `--rpc` naming them.
 pub async fn start_pool(fleet: &Fleet, pool: &PoolEntry) -> anyhow::Result<ProcessStatus> {
+    start_pool_planned(fleet, pool, None).await
+}
+
+/// [`start_pool`], the coordinator's placement flags replaced by `planned` when given.
+pub async fn start_pool_planned(
+    fleet: &Fleet,
+    pool: &PoolEntry,
+    planned: Option<&[String]>,
+) -> anyhow::Result<ProcessStatus> {
     let mut addresses = Vec::new();
     for worker in &pool.workers {
         let status = start(fleet, worker, None).await?;
@@ -113,7 +184,11 @@ pub async fn start_pool(fleet: &Fleet, pool: &PoolEntry) -> anyhow::Result<Proce
         addresses.push(rpc_address(&host.address, Some(&status)));
     }
     let base = process_status(fleet, &pool.coordinator).await?;
-    let args = pool_coordinator_args(&base.args, &addresses);
+    let base_args = match planned {
+        Some(flags) => with_planned_flags(&base.args, flags),
+        None => base.args.clone(),
+    };
+    let args = pool_coordinator_args(&base_args, &addresses);
     start(fleet, &pool.coordinator, Some(args)).await
 }
 
@@ -261,12 +336,19 @@ pub async fn run(
     only: Option<&str>,
 ) -> anyhow::Result<Vec<Outcome>> {
     let mut started = Vec::new();
-    for pool in layout
-        .pools
-        .iter()
-        .filter(|p| only.is_none_or(|n| n == p.name))
-    {
-        let status = start_pool(fleet, pool).await?;
+    let wanted = |name: &str| only.is_none_or(|n| n == name);
+    // Pools that ask for placement are planned from what the agents report before anything starts.
+    let cluster = if layout.pools.iter().any(|p| p.place && wanted(&p.name)) {
+        Some(crate::doctor::agents::gather(fleet, layout).await)
+    } else {
+        None
+    };
+    for pool in layout.pools.iter().filter(|p| wanted(&p.name)) {
+        let planned = match (&cluster, pool.place) {
+            (Some(cluster), true) => Some(planned_flags(cluster, pool)?),
+            _ => None,
+        };
+        let status = start_pool_planned(fleet, pool, planned.as_deref()).await?;
         started.push(Outcome {
             kind: "pool",
             name: pool.name.clone(),
@@ -357,6 +439,33 @@ pub async fn down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn planned_flags_replace_the_configured_placement_and_keep_the_rest() {
+        let base: Vec<String> = [
+            "-m",
+            "/m/big.gguf",
+            "-c",
+            "4096",
+            "-ngl",
+            "20",
+            "--tensor-split=1,1",
+            "--cpu-moe",
+            "--port",
+            "8080",
+            "-ot",
+            "exps=CPU",
+        ]
+        .map(String::from)
+        .to_vec();
+        let planned: Vec<String> = ["-c", "8192", "-ngl", "99", "--n-cpu-moe", "3"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            with_planned_flags(&base, &planned).join(" "),
+            "-m /m/big.gguf --port 8080 -c 8192 -ngl 99 --n-cpu-moe 3"
+        );
+    }
 
     #[test]
     fn up_and_down_report_as_lines_or_json() {

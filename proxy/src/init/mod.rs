@@ -64,6 +64,31 @@ pub struct Proposal {
     pub target: ModelFile,
     pub draft_host: String,
     pub draft: ModelFile,
+    /// The placement planner's llama-server flags for the target on its host's GPUs and RAM
+    /// (`-c`, `-ngl`, `--tensor-split`, expert offload), when the host's inventory was read.
+    pub target_placement: Option<Vec<String>>,
+}
+
+/// The planner's flags for `model` on a host with these GPUs and RAM (`tightwad inspect --plan`
+/// does the same arithmetic), at `context` tokens.
+pub fn placement_for(
+    host: &str,
+    status: &tightwad_protocol::messages::AgentStatus,
+    model: &ModelFile,
+    context: u64,
+) -> Option<Vec<String>> {
+    let g = model.gguf.as_ref()?;
+    let bytes = tightwad_placement::plan::ModelBytes::from_summary(g, model.size_bytes);
+    let target = tightwad_placement::plan::Target {
+        host: host.to_string(),
+        ram_bytes: status.inventory.host.ram_total_bytes,
+        devices: crate::inspect::gpu_devices(host, status),
+    };
+    let options = tightwad_placement::plan::PlanOptions {
+        context: Some(context),
+        ..Default::default()
+    };
+    Some(tightwad_placement::plan::plan(&bytes, &target, &options).flags)
 }
 
 /// Proposes pairs from the hosts' model files: files with the same vocabulary fingerprint form a
@@ -118,6 +143,7 @@ pub fn propose(models: &[(String, ModelFile)]) -> Vec<Proposal> {
                 target: target.1.clone(),
                 draft_host: draft.0.clone(),
                 draft: draft.1.clone(),
+                target_placement: None,
             });
         }
     }
@@ -150,6 +176,10 @@ fn agent_snippet(out: &mut String, process: &str, model: &str, port: u16, extra:
         quote(model)
     );
 }
+
+/// Context the target is planned for: the proxy verifies k + 1 copies of a context in one batch
+/// (`--kv-unified` shares one cache between the slots).
+const TARGET_CONTEXT: u64 = 16384;
 
 /// The config text for the given hosts and pairings.
 pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> String {
@@ -294,12 +324,24 @@ pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> S
             );
         }
         let _ = writeln!(out, "# In {}'s agent.toml:", p.target_host);
+        let mut extra = target_extra.clone();
+        if let Some(flags) = &p.target_placement {
+            let _ = writeln!(
+                out,
+                "#   (placement planned for {}'s GPUs and RAM: {}; `tightwad inspect MODEL --plan` shows the arithmetic)",
+                p.target_host,
+                crate::inspect::shell_join(flags)
+            );
+            for f in flags {
+                extra.push_str(&format!(", {}", quote(f)));
+            }
+        }
         agent_snippet(
             &mut out,
             &target_process,
             &p.target.path,
             8080 + 2 * i as u16,
-            &target_extra,
+            &extra,
         );
         let _ = writeln!(out, "# In {}'s agent.toml:", p.draft_host);
         agent_snippet(
@@ -427,16 +469,27 @@ pub async fn run(args: InitArgs, config: &Path) -> anyhow::Result<ExitCode> {
             hosts: hosts.clone(),
         })?;
         let mut models = Vec::new();
+        let mut statuses = std::collections::HashMap::new();
         for host in &hosts {
             match fleet.connect(host).await {
-                Ok(client) => match client.list_models().await {
-                    Ok(list) => models.extend(list.into_iter().map(|m| (host.name.clone(), m))),
-                    Err(e) => eprintln!("{}: cannot list models: {e}", host.name),
-                },
+                Ok(client) => {
+                    match client.list_models().await {
+                        Ok(list) => models.extend(list.into_iter().map(|m| (host.name.clone(), m))),
+                        Err(e) => eprintln!("{}: cannot list models: {e}", host.name),
+                    }
+                    if let Ok(status) = client.status().await {
+                        statuses.insert(host.name.clone(), status);
+                    }
+                }
                 Err(e) => eprintln!("{}: unreachable: {e:#}", host.name),
             }
         }
         proposals = propose(&models);
+        for p in &mut proposals {
+            p.target_placement = statuses
+                .get(&p.target_host)
+                .and_then(|s| placement_for(&p.target_host, s, &p.target, TARGET_CONTEXT));
+        }
         if proposals.is_empty() {
             eprintln!(
                 "no two models with the same vocabulary found on the agents; writing a template"
@@ -605,6 +658,87 @@ mod tests {
         config.validate().expect("valid");
         assert!(config.pairings[0].moe, "{moe_config}");
         assert!(config.pairings[0].to_pairing_config(0).moe);
+    }
+
+    /// `init --from-agents` writes the target's llama-server flags from the placement planner: a
+    /// MoE model larger than the host's GPU keeps its experts in RAM, a small dense one goes
+    /// wholly on the GPU.
+    #[test]
+    fn the_targets_flags_come_from_the_placement_plan() {
+        use tightwad_protocol::messages::{AgentStatus, Gpu, GpuVendor, HostInfo, Inventory};
+        let status = AgentStatus {
+            node_name: "gpu-box".into(),
+            software_version: "0".into(),
+            protocol_version: 3,
+            uptime_secs: 0,
+            processes: vec![],
+            inventory: Inventory {
+                host: HostInfo {
+                    ram_total_bytes: 128 << 30,
+                    ram_available_bytes: 120 << 30,
+                    ..Default::default()
+                },
+                gpus: vec![Gpu {
+                    vendor: GpuVendor::Nvidia,
+                    index: 0,
+                    name: "RTX 4090".into(),
+                    memory_total_mib: 24 * 1024,
+                    memory_used_mib: None,
+                    driver: None,
+                }],
+                ..Default::default()
+            },
+        };
+        let mut moe = model("gpt-oss-120b.gguf", 117_000_000_000, "f1");
+        moe.size_bytes = 60_000_000_000;
+        if let Some(g) = moe.gguf.as_mut() {
+            g.tensor_bytes = 60_000_000_000;
+            g.expert_tensor_bytes = 55_000_000_000;
+            g.expert_count = Some(128);
+            g.block_count = Some(36);
+            g.context_length = Some(131072);
+        }
+        let flags = placement_for("gpu-box", &status, &moe, TARGET_CONTEXT).expect("planned");
+        let joined = flags.join(" ");
+        assert!(joined.contains("-ngl"), "{joined}");
+        assert!(
+            joined.contains("--n-cpu-moe")
+                || joined.contains("--cpu-moe")
+                || joined.contains("-ot"),
+            "55 GB of experts cannot sit on a 24 GB card: {joined}"
+        );
+
+        let mut dense = model("small-dense.gguf", 1_000_000_000, "f1");
+        dense.size_bytes = 2_000_000_000;
+        if let Some(g) = dense.gguf.as_mut() {
+            g.tensor_bytes = 2_000_000_000;
+            g.block_count = Some(24);
+        }
+        let flags = placement_for("gpu-box", &status, &dense, TARGET_CONTEXT).expect("planned");
+        let joined = flags.join(" ");
+        assert!(
+            !joined.contains("moe") && !joined.contains("-ot"),
+            "{joined}"
+        );
+
+        // The written agent.toml snippet carries them.
+        let proposals = vec![Proposal {
+            target_host: "gpu-box".into(),
+            target: moe.clone(),
+            draft_host: "desk".into(),
+            draft: model("draft.gguf", 1_000, "f1"),
+            target_placement: placement_for("gpu-box", &status, &moe, TARGET_CONTEXT),
+        }];
+        let text = render(
+            &InitArgs {
+                draft_tokens: 4,
+                ..Default::default()
+            },
+            &[],
+            &proposals,
+        );
+        assert!(text.contains("placement planned for gpu-box"), "{text}");
+        assert!(text.contains("\"-ngl\""), "{text}");
     }
 
     #[test]
