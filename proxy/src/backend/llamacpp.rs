@@ -250,19 +250,7 @@ impl LlamaServer {
     }
 
     fn map_send_error(&self, path: &str, e: reqwest::Error) -> BackendError {
-        if e.is_timeout() {
-            BackendError::Timeout {
-                server: self.role.as_str(),
-                path: path.to_string(),
-                seconds: self.timeout.as_secs(),
-            }
-        } else {
-            BackendError::Unreachable {
-                server: self.role.as_str(),
-                url: self.url(path),
-                source: e,
-            }
-        }
+        super::send_error(self.role.as_str(), self.url(path), path, self.timeout, e)
     }
 
     async fn check_status(
@@ -270,17 +258,7 @@ impl LlamaServer {
         path: &str,
         resp: reqwest::Response,
     ) -> Result<reqwest::Response, BackendError> {
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        Err(BackendError::Status {
-            server: self.role.as_str(),
-            path: path.to_string(),
-            status,
-            body: truncate(&body, 500),
-        })
+        super::check_status(self.role.as_str(), path, resp).await
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(

@@ -54,3 +54,47 @@ impl BackendError {
         }
     }
 }
+
+/// How a request that got no HTTP answer failed: a timeout, or the server was not reachable.
+/// Shared by every backend kind so the API layer maps them the same way.
+pub(crate) fn send_error(
+    server: &'static str,
+    url: String,
+    path: &str,
+    timeout: std::time::Duration,
+    e: reqwest::Error,
+) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout {
+            server,
+            path: path.to_string(),
+            seconds: timeout.as_secs(),
+        }
+    } else {
+        BackendError::Unreachable {
+            server,
+            url,
+            source: e,
+        }
+    }
+}
+
+/// The response when its status is a success, else the server's own error text (shortened) as a
+/// [`BackendError::Status`].
+pub(crate) async fn check_status(
+    server: &'static str,
+    path: &str,
+    resp: reqwest::Response,
+) -> Result<reqwest::Response, BackendError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    Err(BackendError::Status {
+        server,
+        path: path.to_string(),
+        status,
+        body: llamacpp::truncate(&body, 500),
+    })
+}

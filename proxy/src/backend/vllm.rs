@@ -162,19 +162,7 @@ impl VllmServer {
     }
 
     fn map_send_error(&self, path: &str, e: reqwest::Error) -> BackendError {
-        if e.is_timeout() {
-            BackendError::Timeout {
-                server: self.role.as_str(),
-                path: path.to_string(),
-                seconds: self.timeout.as_secs(),
-            }
-        } else {
-            BackendError::Unreachable {
-                server: self.role.as_str(),
-                url: self.url(path),
-                source: e,
-            }
-        }
+        super::send_error(self.role.as_str(), self.url(path), path, self.timeout, e)
     }
 
     async fn check_status(
@@ -182,17 +170,7 @@ impl VllmServer {
         path: &str,
         resp: reqwest::Response,
     ) -> Result<reqwest::Response, BackendError> {
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        Err(BackendError::Status {
-            server: self.role.as_str(),
-            path: path.to_string(),
-            status,
-            body: truncate(&body, 500),
-        })
+        super::check_status(self.role.as_str(), path, resp).await
     }
 
     /// Send once; a request that could not even be sent on a pooled connection the server had
