@@ -214,16 +214,7 @@ struct TokenizeResponse {
 impl LlamaServer {
     pub fn new(role: Role, base_url: &str, timeout: Duration) -> Result<Self, BackendError> {
         let base = base_url.trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| BackendError::Unreachable {
-                server: role.as_str(),
-                url: base.clone(),
-                source,
-            })?;
+        let http = super::http_client(role.as_str(), &base)?;
         Ok(LlamaServer {
             role,
             base,

@@ -98,3 +98,22 @@ pub(crate) async fn check_status(
         body: llamacpp::truncate(&body, 500),
     })
 }
+
+/// The HTTP client every backend kind uses for one server: connections kept for reuse (a round
+/// is two requests; a new TCP handshake each time would add an RTT), no Nagle delay on the small
+/// verify requests, and a short connect timeout so a dead host is found quickly.
+pub(crate) fn http_client(
+    server: &'static str,
+    base: &str,
+) -> Result<reqwest::Client, BackendError> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|source| BackendError::Unreachable {
+            server,
+            url: base.to_string(),
+            source,
+        })
+}
