@@ -613,6 +613,39 @@ pub fn proxy_token_ids(v: &Value) -> Vec<u64> {
         .map(|t| t.as_u64().expect("token id"))
         .collect()
 }
+/// A streamed request read part-way: the response to read on, and the SSE text so far. Tests that
+/// break something mid-answer (kill a server, send a signal) start one, act, then finish it.
+pub struct OpenStream {
+    pub resp: reqwest::Response,
+    pub body: String,
+}
+
+impl OpenStream {
+    /// POST `request` to `url` and read until `events` `data:` events have arrived.
+    pub async fn start(url: &str, request: &Value, events: usize) -> OpenStream {
+        let mut resp = reqwest::Client::new()
+            .post(url)
+            .json(request)
+            .send()
+            .await
+            .expect("stream starts");
+        let mut body = String::new();
+        while body.matches("data:").count() < events {
+            let chunk = resp.chunk().await.expect("chunk").expect("more data");
+            body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        OpenStream { resp, body }
+    }
+
+    /// Read the rest of the stream; the whole SSE text.
+    pub async fn finish(mut self) -> String {
+        while let Some(chunk) = self.resp.chunk().await.expect("the stream continues") {
+            self.body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        self.body
+    }
+}
+
 /// The token ids of a streamed completion's body (raw SSE text): the final chunk carries them.
 pub fn stream_token_ids(body: &str) -> Vec<u64> {
     body.split("\n\n")

@@ -4,7 +4,7 @@
 use serde_json::json;
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, prompts, proxy_token_ids, stream_token_ids, Agreement,
-    LlamaServer, RunningProxy, ServerOptions,
+    LlamaServer, OpenStream, RunningProxy, ServerOptions,
 };
 
 #[tokio::test]
@@ -19,22 +19,14 @@ async fn a_draft_killed_mid_stream_changes_nothing_the_client_sees_and_comes_bac
     let prompt = "The history of lighthouses";
     let reference = target.reference(json!(prompt), 160).await;
 
-    let client = reqwest::Client::new();
-    let mut resp = client
-        .post(format!("{}/v1/completions", proxy.url))
-        .json(&json!({"prompt": prompt, "max_tokens": 160, "temperature": 0, "stream": true, "return_token_ids": true}))
-        .send()
-        .await
-        .expect("stream starts");
-    let mut body = String::new();
-    while body.matches("data:").count() < 4 {
-        let chunk = resp.chunk().await.expect("chunk").expect("more data");
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let stream = OpenStream::start(
+        &format!("{}/v1/completions", proxy.url),
+        &json!({"prompt": prompt, "max_tokens": 160, "temperature": 0, "stream": true, "return_token_ids": true}),
+        4,
+    )
+    .await;
     draft.kill();
-    while let Some(chunk) = resp.chunk().await.expect("the stream continues") {
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let body = stream.finish().await;
     let events: Vec<String> = body
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))

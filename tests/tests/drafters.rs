@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, prompts,
-    proxy_token_ids, stream_token_ids, LlamaServer, RunningProxy, ServerOptions,
+    proxy_token_ids, stream_token_ids, LlamaServer, OpenStream, RunningProxy, ServerOptions,
 };
 
 fn drafter<'a>(stats: &'a Value, url: &str) -> &'a Value {
@@ -81,18 +81,12 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
     let prompt = "The history of lighthouses";
     let reference = target.reference(json!(prompt), 160).await;
     let before = proxy.stats().await;
-    let client = reqwest::Client::new();
-    let mut resp = client
-        .post(format!("{}/v1/completions", proxy.url))
-        .json(&json!({"prompt": prompt, "max_tokens": 160, "temperature": 0, "stream": true, "return_token_ids": true}))
-        .send()
-        .await
-        .expect("stream starts");
-    let mut body = String::new();
-    while body.matches("data:").count() < 4 {
-        let chunk = resp.chunk().await.expect("chunk").expect("more data");
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let stream = OpenStream::start(
+        &format!("{}/v1/completions", proxy.url),
+        &json!({"prompt": prompt, "max_tokens": 160, "temperature": 0, "stream": true, "return_token_ids": true}),
+        4,
+    )
+    .await;
     let during = proxy.stats().await;
     let good_chosen = wins(&during, &good.url) > wins(&before, &good.url);
     let (survivor, killed) = if good_chosen {
@@ -102,9 +96,7 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
         poor.kill();
         (good.url.clone(), poor.url.clone())
     };
-    while let Some(chunk) = resp.chunk().await.expect("the stream continues") {
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let body = stream.finish().await;
     assert!(
         !body.contains("\"error\""),
         "the client saw an error: {body}"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tightwad_e2e::{
-    compare, env, free_port, stream_token_ids, Agreement, LlamaServer, ServerOptions,
+    compare, env, free_port, stream_token_ids, Agreement, LlamaServer, OpenStream, ServerOptions,
 };
 
 /// The `tightwad` binary cargo built beside this test (`target/<profile>/tightwad`).
@@ -81,21 +81,16 @@ async fn sigterm_lets_streams_in_flight_finish_refuses_new_ones_and_exits_cleanl
     }
 
     // Two answers streaming when the signal comes.
-    let client = reqwest::Client::new();
     let mut streams = Vec::new();
     for p in prompts {
-        let mut resp = client
-            .post(format!("{url}/v1/completions"))
-            .json(&json!({"prompt": p, "max_tokens": 200, "temperature": 0, "stream": true, "return_token_ids": true}))
-            .send()
-            .await
-            .expect("stream starts");
-        let mut body = String::new();
-        while body.matches("data:").count() < 2 {
-            let chunk = resp.chunk().await.expect("chunk").expect("more data");
-            body.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        streams.push((resp, body));
+        streams.push(
+            OpenStream::start(
+                &format!("{url}/v1/completions"),
+                &json!({"prompt": p, "max_tokens": 200, "temperature": 0, "stream": true, "return_token_ids": true}),
+                2,
+            )
+            .await,
+        );
     }
     // What systemd's `systemctl stop` sends.
     let killed = Command::new("kill")
@@ -128,16 +123,8 @@ async fn sigterm_lets_streams_in_flight_finish_refuses_new_ones_and_exits_cleanl
     );
 
     // The answers in flight run to their end, identical to the target's own.
-    for ((mut resp, mut body), (prompt, reference)) in
-        streams.into_iter().zip(prompts.iter().zip(&references))
-    {
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .expect("the stream continues after SIGTERM")
-        {
-            body.push_str(&String::from_utf8_lossy(&chunk));
-        }
+    for (stream, (prompt, reference)) in streams.into_iter().zip(prompts.iter().zip(&references)) {
+        let body = stream.finish().await;
         assert!(
             body.trim_end().ends_with("data: [DONE]"),
             "stream for {prompt:?} was cut: {body}"
