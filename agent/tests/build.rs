@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tightwad::fleet::build::{run_on_hosts, BuildPlan, HostResult, SourceSpec};
+use tightwad_coordinator::fleet::build::{run_on_hosts, BuildPlan, HostResult, SourceSpec};
 use tightwad_protocol::messages::{
     BuildBackend, BuildProgress, BuildStage, ProcessKind, ProcessState,
 };
@@ -259,19 +259,19 @@ fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back
     let hosts = fleet.config.hosts.clone();
 
     // A proxy with one model per host, and a steady stream of requests through it.
-    let mut config = tightwad::config::ProxyConfig {
+    let mut config = tightwad_serve::config::ProxyConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         ..Default::default()
     };
     for host in &cluster.hosts {
         let mut entry =
-            tightwad::config::PairingEntry::new(format!("http://{}:8080", host.ns.ip), None);
+            tightwad_serve::config::PairingEntry::new(format!("http://{}:8080", host.ns.ip), None);
         entry.name = Some(host.name.clone());
         config.pairings.push(entry);
     }
     let proxy = cluster
         .rt
-        .block_on(tightwad::server::Proxy::bind(&config))
+        .block_on(tightwad_serve::server::Proxy::bind(&config))
         .expect("proxy");
     let proxy_addr = proxy.local_addr().expect("proxy address");
     let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();

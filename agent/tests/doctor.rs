@@ -3,7 +3,7 @@
 //! flag the build does not accept, a model larger than the memory an agent reports, a draft with
 //! another vocabulary, an unreachable host. A healthy cluster passes.
 
-use tightwad::{doctor, fleet, init};
+use tightwad_coordinator::{doctor, fleet, init};
 
 mod common;
 
@@ -511,7 +511,7 @@ fn init_proposes_a_pairing_from_the_agents_inventories_and_doctor_accepts_it() {
         .expect("init writes the config");
     let text = std::fs::read_to_string(&out).expect("config written");
     eprintln!("{text}");
-    let layout = fleet::layout::Layout::parse(&text).expect("layout");
+    let layout = tightwad_coordinator::cluster::layout::Layout::parse(&text).expect("layout");
     assert_eq!(layout.pairings.len(), 1, "{text}");
     let alpha_ip = &cluster.host("alpha").ns.ip;
     assert_eq!(layout.pairings[0].target, format!("http://{alpha_ip}:8080"));

@@ -1,7 +1,7 @@
 //! `tightwad logs NAME` without a host: the coordinator asks every agent (real agents in network
 //! namespaces) which one runs a process of that name, and refuses to guess between several.
 
-use tightwad::fleet;
+use tightwad_coordinator::fleet;
 
 mod common;
 

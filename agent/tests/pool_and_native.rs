@@ -3,15 +3,15 @@
 //! native pairing runs the draft model on the draft host's rpc-server inside the target's own
 //! llama.cpp speculation, and its greedy output equals the target alone.
 
-use tightwad::{doctor, fleet};
+use tightwad_coordinator::{doctor, fleet};
 
 mod common;
 
 use common::cluster::*;
 use doctor::{DoctorArgs, Status};
 use std::time::Duration;
-use tightwad::backend::llamacpp::{LlamaServer, Role, Sampling};
 use tightwad_protocol::messages::ProcessState;
+use tightwad_serve::backend::llamacpp::{LlamaServer, Role, Sampling};
 
 const RPC_WORKER: &str =
     "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
@@ -117,7 +117,8 @@ draft_tokens = 4
         report.render()
     );
 
-    let layout = fleet::layout::Layout::load(&cluster.config).expect("layout");
+    let layout =
+        tightwad_coordinator::cluster::layout::Layout::load(&cluster.config).expect("layout");
     let status = cluster
         .rt
         .block_on(fleet::up::start_native(&fleet, &layout.native_pairings[0]))
@@ -191,7 +192,8 @@ place = true
     let report = doctor_offline(&cluster);
     assert!(report.ok, "{}", report.render());
     let fleet = cluster.fleet();
-    let layout = fleet::layout::Layout::load(&cluster.config).expect("layout");
+    let layout =
+        tightwad_coordinator::cluster::layout::Layout::load(&cluster.config).expect("layout");
     // What the placement planner makes of this model over beta's rpc-server and alpha's RAM
     // (`place = true`: `tightwad up` starts the coordinator with exactly these flags).
     let planned = cluster.rt.block_on(async {

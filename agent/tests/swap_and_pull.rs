@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tightwad::config::{PairingEntry, ProxyConfig};
-use tightwad::fleet;
+use tightwad_coordinator::fleet;
+use tightwad_serve::config::{PairingEntry, ProxyConfig};
 
 mod common;
 
@@ -84,7 +84,9 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
         ..ProxyConfig::default()
     };
     let (proxy_url, stop_proxy) = rt.block_on(async {
-        let proxy = tightwad::server::Proxy::bind(&config).await.expect("proxy");
+        let proxy = tightwad_serve::server::Proxy::bind(&config)
+            .await
+            .expect("proxy");
         let url = format!("http://{}", proxy.local_addr().expect("address"));
         proxy.probe().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,7 +8,7 @@
 //! - [`suite`]: the scenarios of `bench-suite` and the result files they write;
 //! - [`report`] and [`plot`]: `results/README.md` and its SVG plots.
 //!
-//! The per-request comparison itself (direct vs through the proxy) is `tightwad::bench`, which the
+//! The per-request comparison itself (direct vs through the proxy) is `tightwad_coordinator::bench`, which the
 //! proxy's own `tightwad bench` command uses too.
 
 pub mod clock;
@@ -21,4 +21,4 @@ pub mod sim;
 pub mod suite;
 
 /// The per-request comparison (direct vs through the proxy), shared with `tightwad bench`.
-pub use tightwad::bench;
+pub use tightwad_coordinator::bench;

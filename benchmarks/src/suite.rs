@@ -17,8 +17,8 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tightwad::config::{PairingEntry, ProxyConfig};
-use tightwad::server::Proxy;
+use tightwad_serve::config::{PairingEntry, ProxyConfig};
+use tightwad_serve::server::Proxy;
 use tracing::info;
 
 use crate::bench::{compare, BenchPrompt, BenchReport, CompareConfig, Environment};

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use tightwad::bench::{self, BenchArgs, BenchPrompt, BenchReport, CompareConfig};
 use tightwad_benchmarks::sim::{SimConfig, SimServer};
 use tightwad_benchmarks::suite::InProcessProxy;
+use tightwad_coordinator::bench::{self, BenchArgs, BenchPrompt, BenchReport, CompareConfig};
 
 async fn servers() -> (SimServer, SimServer) {
     let target = SimServer::start_local(SimConfig::target(1000.0, 0.05))

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tightwad::backend::llamacpp::{LlamaServer, Role, Sampling};
-use tightwad::config::{PairingEntry, ProxyConfig};
-use tightwad::server::Proxy;
 use tightwad_benchmarks::relay::{LanRelay, LinkConfig};
 use tightwad_benchmarks::sim::{tokenizer, SimConfig, SimServer, Speaker};
+use tightwad_serve::backend::llamacpp::{LlamaServer, Role, Sampling};
+use tightwad_serve::config::{PairingEntry, ProxyConfig};
+use tightwad_serve::server::Proxy;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tightwad::api::openai::{parse, Endpoint, Plan};
+use tightwad_serve::api::openai::{parse, Endpoint, Plan};
 
 fuzz_target!(|body: &[u8]| {
     let Ok((_value, request)) = parse(body) else {

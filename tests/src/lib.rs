@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tightwad::config::{PairingEntry, ProxyConfig};
-use tightwad::server::Proxy;
+use tightwad_serve::config::{PairingEntry, ProxyConfig};
+use tightwad_serve::server::Proxy;
 
 /// Where the real parts are.
 pub struct TestEnv {
@@ -268,7 +268,7 @@ impl LlamaServer {
             .text()
             .await
             .expect("metrics text");
-        tightwad::backend::llamacpp::parse_metric(&text, name)
+        tightwad_serve::backend::llamacpp::parse_metric(&text, name)
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
@@ -357,6 +357,7 @@ impl RunningProxy {
 
     pub async fn start_with(config: ProxyConfig) -> RunningProxy {
         let proxy = Proxy::bind(&config).await.expect("proxy binds");
+        tightwad_coordinator::hosts_view::attach(&proxy, &config);
         let addr = proxy.local_addr().expect("proxy address");
         proxy.probe().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

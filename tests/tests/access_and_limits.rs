@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tightwad::config::ProxyConfig;
 use tightwad_e2e::{env, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_serve::config::ProxyConfig;
 
 fn config(target: &str, draft: Option<&str>) -> ProxyConfig {
     ProxyConfig {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tightwad::fleet;
+use tightwad_coordinator::fleet;
 use tightwad_e2e::faults::{sha256_file, AgentProcess, Lab, ScratchDir};
 
 fn tightwad_bin() -> PathBuf {

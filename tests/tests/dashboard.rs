@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tightwad::config::ProxyConfig;
 use tightwad_e2e::{env, free_port, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_serve::config::ProxyConfig;
 
 fn chromium() -> PathBuf {
     ["chromium", "chromium-browser", "google-chrome"]

@@ -113,7 +113,7 @@ async fn the_best_drafter_is_chosen_and_a_killed_one_hands_over_with_identical_o
     assert!(k["failures"].as_u64() >= Some(1), "{k}");
     assert!(k["unusable"].is_string(), "{k}");
     // `tightwad status` shows the same figures, per drafter.
-    let shown = tightwad::fleet::status::drafters_text(&after);
+    let shown = tightwad_coordinator::fleet::status::drafters_text(&after);
     eprint!("{shown}");
     assert!(
         shown.contains(&survivor) && shown.contains(&killed) && shown.contains("UNUSABLE"),

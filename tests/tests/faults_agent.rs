@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tightwad::fleet;
+use tightwad_coordinator::fleet;
 use tightwad_e2e::faults::{sha256_file, AgentProcess, Lab, ScratchDir};
 
 const FILE: &str = "target.gguf";

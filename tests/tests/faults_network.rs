@@ -20,7 +20,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const FD_SLACK: usize = 4;
 
 /// The pairing the fault tests use: speculation pinned on, short timeouts so faults show quickly.
-fn entry(target: &str, draft: Option<&str>) -> tightwad::config::PairingEntry {
+fn entry(target: &str, draft: Option<&str>) -> tightwad_serve::config::PairingEntry {
     let mut entry = RunningProxy::entry(target, draft, 4);
     entry.draft_timeout_s = DRAFT_TIMEOUT_S;
     entry.target_timeout_s = TARGET_TIMEOUT_S;

@@ -10,8 +10,8 @@ mod load_gen;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tightwad::config::ProxyConfig;
 use tightwad_e2e::{env, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_serve::config::ProxyConfig;
 
 const CONCURRENCY: usize = 64;
 /// RSS may grow this much between the end of the warm-up and the end of the run. A leak of even a

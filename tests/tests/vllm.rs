@@ -4,12 +4,12 @@
 //! file (it takes a minute or more), so everything runs in one test.
 
 use serde_json::{json, Value};
-use tightwad::backend::BackendKind;
 use tightwad_e2e::vllm::VllmServer;
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, prompts, proxy_token_ids, Agreement, LlamaServer,
     Reference, RunningProxy, ServerOptions,
 };
+use tightwad_serve::backend::BackendKind;
 
 const MAX_TOKENS: usize = 24;
 const K: usize = 4;
@@ -29,7 +29,7 @@ fn entry(
     target_kind: BackendKind,
     draft: &str,
     draft_kind: BackendKind,
-) -> tightwad::config::PairingEntry {
+) -> tightwad_serve::config::PairingEntry {
     let mut e = RunningProxy::entry(target, Some(draft), K);
     e.target_kind = target_kind;
     e.draft_kind = draft_kind;

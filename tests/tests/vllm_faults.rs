@@ -3,9 +3,9 @@
 //! REAL vLLM is `tests/tests/vllm.rs`; here only the proxy's handling of bad replies is tested.
 
 use serde_json::{json, Value};
-use tightwad::backend::BackendKind;
 use tightwad_e2e::vllm_sim::{SimFault, VllmSimulation};
 use tightwad_e2e::{proxy_token_ids, RunningProxy};
+use tightwad_serve::backend::BackendKind;
 
 const PROMPT: &str = "the simulated answer begins";
 const MAX_TOKENS: usize = 40;
@@ -139,12 +139,12 @@ async fn a_vllm_target_restarting_mid_stream_ends_the_stream_with_an_error_not_a
 async fn doctor_audits_a_vllm_pairing_through_the_vllm_api() {
     let target = VllmSimulation::start().await;
     let draft = VllmSimulation::start().await;
-    let layout = tightwad::fleet::layout::Layout::parse(&format!(
+    let layout = tightwad_coordinator::cluster::layout::Layout::parse(&format!(
         "[[pairings]]\ntarget = \"{}\"\ntarget_kind = \"vllm\"\ndraft = \"{}\"\ndraft_kind = \"vllm\"\n",
         target.url, draft.url
     ))
     .expect("layout parses");
-    let checks = tightwad::doctor::live::checks(&layout).await;
+    let checks = tightwad_coordinator::doctor::live::checks(&layout).await;
     let text: Vec<String> = checks
         .iter()
         .map(|c| serde_json::to_string(c).expect("check serializes"))

@@ -3,7 +3,7 @@
 //! fleet code the `tightwad` CLI runs).
 #![allow(dead_code)]
 
-pub use tightwad::fleet;
+pub use tightwad_coordinator::fleet;
 
 pub mod cluster;
 

@@ -1,0 +1,300 @@
+//! `tightwad`: the coordinator's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tightwad_serve::config::{PairingEntry, ProxyConfig};
+use tightwad_serve::server::Proxy;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tightwad",
+    version,
+    about = "Speculative decoding across your LAN, behind one OpenAI endpoint",
+    after_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy\n  tightwad status --json\n  tightwad agent logs gpu-box target --tail 50\n  tightwad models copy model.gguf --from gpu-box --to desktop"
+)]
+struct Cli {
+    /// Config file: pairings and limits for `proxy`, `[[hosts]]` for the fleet commands.
+    #[arg(long, short = 'c', global = true, env = "TIGHTWAD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the OpenAI API, speculating with the draft for the target.
+    #[command(
+        after_long_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy --log-format json"
+    )]
+    Proxy(ProxyArgs),
+    /// Check every host, build, model, flag, memory fit, vocabulary, network and the predicted
+    /// payoff before anything starts; non-zero exit when something is wrong.
+    #[command(
+        after_long_help = "Examples:\n  tightwad doctor\n  tightwad -c tightwad.toml doctor --json"
+    )]
+    Doctor(tightwad_coordinator::doctor::DoctorArgs),
+    /// Write a commented config from flags, from the agents' inventories, or from a Python
+    /// Tightwad `cluster.yaml` (`--from`).
+    #[command(
+        after_long_help = "Examples:\n  tightwad init --target-url http://gpu-box:8080 --draft-url http://desktop:8081\n  tightwad init --from-agents --host gpu-box=10.0.0.2 --host desktop=10.0.0.3\n  tightwad -c tightwad.toml init --from configs/cluster.yaml --json"
+    )]
+    Init(tightwad_coordinator::init::InitArgs),
+    /// Measure the target directly and through the proxy, alternating, on a fixed prompt set.
+    #[command(
+        after_long_help = "Examples:\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080 --json - > bench.json"
+    )]
+    Bench(tightwad_coordinator::bench::BenchArgs),
+    /// Chat with the model in the terminal; after each reply: rounds, drafted, accepted,
+    /// tokens per round, tokens/s. `--direct` talks to the target alone, to compare.
+    #[command(
+        after_long_help = "Examples:\n  tightwad chat\n  tightwad -c tightwad.toml chat --direct\n  tightwad chat --url http://10.0.0.1:8088 --model llama-70b --system \"Answer briefly.\""
+    )]
+    Chat(tightwad_coordinator::chat::ChatArgs),
+    #[command(flatten)]
+    Fleet(tightwad_coordinator::fleet::FleetCommand),
+    /// A GGUF file's metadata and, with --plan, where its tensors go on the cluster's devices
+    /// (tensor split, expert offload, per-device memory, the llama-server flags).
+    #[command(
+        after_long_help = "Examples:\n  tightwad inspect gpt-oss-120b.gguf\n  tightwad inspect gpt-oss-120b.gguf --plan --gpu 24576 --rpc-worker desktop=12288"
+    )]
+    Inspect(tightwad_coordinator::inspect::InspectArgs),
+    /// RAM, swap and page-cache advice for running a model on a host (mmap, mlock, no-mmap).
+    #[command(
+        after_long_help = "Examples:\n  tightwad tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full"
+    )]
+    Tune(tightwad_coordinator::tune::TuneArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_long_help = "Examples:\n  tightwad completions bash > /etc/bash_completion.d/tightwad\n  tightwad completions zsh > ~/.zfunc/_tightwad"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ProxyArgs {
+    /// Target llama-server URL (the big model whose output clients get).
+    #[arg(long, env = "TIGHTWAD_TARGET")]
+    target: Option<String>,
+    /// Draft llama-server URL (a small model with the same vocabulary), or `prompt-lookup` to
+    /// draft from the context itself. Without it: target-only.
+    #[arg(long, env = "TIGHTWAD_DRAFT")]
+    draft: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "TIGHTWAD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Model name clients use (default "tightwad").
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Draft tokens per round (k); the target needs -np k+1.
+    #[arg(long)]
+    draft_tokens: Option<usize>,
+    /// Never speculate while the target alone is faster than this (tokens/s).
+    #[arg(long)]
+    disable_above_tok_s: Option<f64>,
+    /// While the draft server is down, draft from the context itself (prompt lookup).
+    #[arg(long)]
+    prompt_lookup_fallback: bool,
+    /// The target runs llama.cpp's own speculation (`-md` with the draft on a remote rpc-server);
+    /// the proxy steers how many tokens it drafts per request. With --draft as well, each request
+    /// takes whichever path (proxy rounds or native) has been delivering more tokens/s.
+    #[arg(long)]
+    native: bool,
+    /// Speculate every round with --draft-tokens, even where the controller would switch it off.
+    #[arg(long)]
+    no_adaptive: bool,
+    /// An API key clients must send as `Authorization: Bearer KEY` (adds to the file's keys).
+    #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Log format on stderr: `text` for people, `json` for journald/log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIGHTWAD_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// stderr in the chosen format, plus the in-memory ring `tightwad logs proxy` reads
+/// (`tightwad_serve::logring`), always plain text.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ring = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(tightwad_serve::logring::make);
+    let registry = tracing_subscriber::registry().with(filter).with(ring);
+    if format == LogFormat::Json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+}
+
+fn proxy_config(args: &ProxyArgs, file: Option<&PathBuf>) -> anyhow::Result<ProxyConfig> {
+    let mut config = match file {
+        Some(path) => ProxyConfig::load(path)?,
+        None => ProxyConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(key) = &args.api_key {
+        config.api_keys.push(key.clone());
+    }
+    if let Some(target) = &args.target {
+        let entry = PairingEntry::new(target.clone(), args.draft.clone());
+        if config.pairings.is_empty() {
+            config.pairings.push(entry);
+        } else {
+            config.pairings[0].target = entry.target;
+            config.pairings[0].draft = entry.draft;
+        }
+    } else if args.draft.is_some() && config.pairings.is_empty() {
+        anyhow::bail!("--draft needs a --target to draft for");
+    }
+    if let Some(first) = config.pairings.first_mut() {
+        if let Some(name) = &args.model_name {
+            first.name = Some(name.clone());
+        }
+        if let Some(k) = args.draft_tokens {
+            first.draft_tokens = k;
+        }
+        if args.prompt_lookup_fallback {
+            first.prompt_lookup_fallback = true;
+        }
+        if args.native {
+            first.native = true;
+        }
+        if args.no_adaptive {
+            first.adaptive = false;
+        }
+        if let Some(limit) = args.disable_above_tok_s {
+            first.disable_above_tok_s = Some(limit);
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// The config file the fleet commands read and `init` writes: `-c FILE` or `./tightwad.toml`.
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from("tightwad.toml"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Proxy(args) => {
+            init_logging(args.log_format);
+            let config = proxy_config(&args, cli.config.as_ref())?;
+            let proxy = Proxy::bind(&config).await?;
+            tightwad_coordinator::hosts_view::attach(&proxy, &config);
+            proxy.probe().await;
+            proxy
+                .serve(shutdown_signal())
+                .await
+                .context("proxy stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tightwad", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            tightwad_coordinator::doctor::run(args, &config_path(cli.config)).await
+        }
+        Command::Init(args) => {
+            tightwad_coordinator::init::run(args, &config_path(cli.config)).await
+        }
+        Command::Bench(args) => tightwad_coordinator::bench::run(args).await,
+        Command::Chat(args) => {
+            tightwad_coordinator::chat::run(args, &config_path(cli.config)).await
+        }
+        Command::Fleet(cmd) => {
+            tightwad_coordinator::fleet::run(cmd, &config_path(cli.config)).await
+        }
+        Command::Inspect(args) => {
+            tightwad_coordinator::inspect::run(args, &config_path(cli.config)).await
+        }
+        Command::Tune(args) => {
+            tightwad_coordinator::tune::run(args, &config_path(cli.config)).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and subcommand shows at least one example in its `--help`.
+    #[test]
+    fn every_subcommand_has_an_example_in_its_long_help() {
+        fn walk(cmd: &mut clap::Command, path: String, missing: &mut Vec<String>) {
+            let help = cmd.render_long_help().to_string();
+            if !help.contains("Example") {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands_mut() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let name = format!("{path} {}", sub.get_name());
+                walk(sub, name, missing);
+            }
+        }
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&mut cmd, "tightwad".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+}
