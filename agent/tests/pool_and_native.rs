@@ -11,7 +11,8 @@ use common::cluster::*;
 use doctor::{DoctorArgs, Status};
 use std::time::Duration;
 use tightwad_protocol::messages::ProcessState;
-use tightwad_serve::backend::llamacpp::{LlamaServer, Role, Sampling};
+use tightwad_serve::backend::llamacpp::LlamaServer;
+use tightwad_serve::backend::types::{Role, Sampling};
 
 const RPC_WORKER: &str =
     "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";

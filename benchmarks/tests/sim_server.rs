@@ -7,7 +7,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tightwad_benchmarks::relay::{LanRelay, LinkConfig};
 use tightwad_benchmarks::sim::{tokenizer, SimConfig, SimServer, Speaker};
-use tightwad_serve::backend::llamacpp::{LlamaServer, Role, Sampling};
+use tightwad_serve::backend::llamacpp::LlamaServer;
+use tightwad_serve::backend::types::{Role, Sampling};
 use tightwad_serve::config::{PairingEntry, ProxyConfig};
 use tightwad_serve::server::Proxy;
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tightwad_serve::backend::llamacpp::{decode_sse_chunks, Role};
+use tightwad_serve::backend::sse::decode_sse_chunks;
+use tightwad_serve::backend::types::Role;
 
 /// Decode `chunks` and describe each event the way `fuzz/fuzz_targets/sse_stream.rs` compares
 /// them (`Debug` of the event; an error is just an error).

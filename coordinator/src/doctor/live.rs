@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::report::{Category, Check, Status};
 use crate::cluster::layout::{Layout, PairingUrls};
-use tightwad_serve::backend::llamacpp::{LlamaServer, Role, Sampling, TokenId};
+use tightwad_serve::backend::llamacpp::LlamaServer;
+use tightwad_serve::backend::types::{Role, Sampling, TokenId};
 use tightwad_serve::backend::{Backend, BackendKind};
 use tightwad_serve::engine::adapt::Controller;
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::backend::llamacpp::{Sampling, TokenId};
+use crate::backend::types::{Sampling, TokenId};
 use crate::engine::{GenerationRequest, PromptInput};
 
 /// Which endpoint a request came in on.

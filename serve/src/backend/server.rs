@@ -13,7 +13,8 @@ use futures::Stream;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::llamacpp::{Completion, LlamaServer, Role, Sampling, StreamEvent, TokenId};
+use super::llamacpp::LlamaServer;
+use super::types::{Completion, Role, Sampling, StreamEvent, TokenId};
 use super::vllm::VllmServer;
 use super::BackendError;
 

@@ -25,18 +25,15 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::llamacpp::{
-    sse_events, truncate, Completion, Role, SampledToken, Sampling, StreamEvent, TokenId,
-};
+use super::http::{truncate, Endpoint};
+use super::sse::sse_events;
+use super::types::{Completion, Role, SampledToken, Sampling, StreamEvent, TokenId};
 use super::BackendError;
 
 /// A `vllm serve` reachable over HTTP (persistent connection pool, per-call timeouts).
 #[derive(Debug, Clone)]
 pub struct VllmServer {
-    role: Role,
-    base: String,
-    http: reqwest::Client,
-    timeout: Duration,
+    ep: Endpoint,
 }
 
 /// What a vLLM server tells about itself.
@@ -122,153 +119,61 @@ fn ended_by_eos(choice: &CompletionChoice) -> bool {
 
 impl VllmServer {
     pub fn new(role: Role, base_url: &str, timeout: Duration) -> Result<Self, BackendError> {
-        let base = base_url.trim_end_matches('/').to_string();
-        let http = super::http_client(role.as_str(), &base)?;
         Ok(VllmServer {
-            role,
-            base,
-            http,
-            timeout,
+            ep: Endpoint::new(role, base_url, timeout, Duration::ZERO)?,
         })
     }
 
     pub fn role(&self) -> Role {
-        self.role
+        self.ep.role()
     }
 
     pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    fn malformed(&self, path: &str, detail: impl Into<String>) -> BackendError {
-        BackendError::Malformed {
-            server: self.role.as_str(),
-            path: path.to_string(),
-            detail: detail.into(),
-        }
-    }
-
-    fn map_send_error(&self, path: &str, e: reqwest::Error) -> BackendError {
-        super::send_error(self.role.as_str(), self.url(path), path, self.timeout, e)
-    }
-
-    async fn check_status(
-        &self,
-        path: &str,
-        resp: reqwest::Response,
-    ) -> Result<reqwest::Response, BackendError> {
-        super::check_status(self.role.as_str(), path, resp).await
-    }
-
-    /// Send once; a request that could not even be sent on a pooled connection the server had
-    /// closed is sent once more on a fresh one (no side effects beyond the KV cache).
-    async fn send(
-        &self,
-        path: &str,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, BackendError> {
-        let resp = match build().send().await {
-            Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => {
-                tracing::debug!(server = self.role.as_str(), error = %e, "retrying once on a fresh connection");
-                build().send().await
-            }
-            other => other,
-        }
-        .map_err(|e| self.map_send_error(path, e))?;
-        self.check_status(path, resp).await
-    }
-
-    async fn read_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        resp: reqwest::Response,
-    ) -> Result<T, BackendError> {
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.map_send_error(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            self.malformed(
-                path,
-                format!(
-                    "{e} (reply began {:?})",
-                    truncate(&String::from_utf8_lossy(&bytes), 200)
-                ),
-            )
-        })
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-    ) -> Result<T, BackendError> {
-        let resp = self
-            .send(path, || self.http.get(self.url(path)).timeout(self.timeout))
-            .await?;
-        self.read_json(path, resp).await
-    }
-
-    async fn post_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> Result<T, BackendError> {
-        let resp = self
-            .send(path, || {
-                self.http
-                    .post(self.url(path))
-                    .timeout(self.timeout)
-                    .json(body)
-            })
-            .await?;
-        self.read_json(path, resp).await
+        self.ep.base_url()
     }
 
     /// `Ok(true)` when the server is up and its engine answers.
     pub async fn health(&self) -> Result<bool, BackendError> {
         let resp = self
-            .http
-            .get(self.url("/health"))
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| self.map_send_error("/health", e))?;
+            .ep
+            .send_once("/health", |c| {
+                c.get(self.ep.url("/health")).timeout(self.ep.timeout())
+            })
+            .await?;
         Ok(resp.status().is_success())
     }
 
     /// The server's version (`/version`, for audits).
     pub async fn version(&self) -> Result<String, BackendError> {
-        let v: Value = self.get_json("/version").await?;
+        let v: Value = self.ep.get_json("/version").await?;
         v.get("version")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| self.malformed("/version", "no `version` in the reply"))
+            .ok_or_else(|| self.ep.malformed("/version", "no `version` in the reply"))
     }
 
     /// Model id, context length, version and (if the endpoint is on) the EOS token's text.
     pub async fn facts(&self) -> Result<VllmFacts, BackendError> {
-        let models: Value = self.get_json("/v1/models").await?;
+        let models: Value = self.ep.get_json("/v1/models").await?;
         let first = models
             .get("data")
             .and_then(|d| d.get(0))
-            .ok_or_else(|| self.malformed("/v1/models", "no model listed"))?;
+            .ok_or_else(|| self.ep.malformed("/v1/models", "no model listed"))?;
         let model = first
             .get("id")
             .and_then(Value::as_str)
-            .ok_or_else(|| self.malformed("/v1/models", "the model has no `id`"))?
+            .ok_or_else(|| self.ep.malformed("/v1/models", "the model has no `id`"))?
             .to_string();
         let max_model_len = first
             .get("max_model_len")
             .and_then(Value::as_u64)
-            .ok_or_else(|| self.malformed("/v1/models", "the model has no `max_model_len`"))?
-            as usize;
+            .ok_or_else(|| {
+                self.ep
+                    .malformed("/v1/models", "the model has no `max_model_len`")
+            })? as usize;
         let version = self.version().await?;
         // `/tokenizer_info` exists only with --enable-tokenizer-info-endpoint (404 otherwise).
-        let eos_token = match self.get_json::<Value>("/tokenizer_info").await {
+        let eos_token = match self.ep.get_json::<Value>("/tokenizer_info").await {
             Ok(info) => eos_text(&info),
             Err(BackendError::Status { status: 404, .. }) => None,
             Err(e) => return Err(e),
@@ -289,6 +194,7 @@ impl VllmServer {
         add_special: bool,
     ) -> Result<Vec<TokenId>, BackendError> {
         let v: Value = self
+            .ep
             .post_json(
                 "/tokenize",
                 &json!({ "prompt": text, "add_special_tokens": add_special }),
@@ -300,6 +206,7 @@ impl VllmServer {
     /// Render chat messages with the server's own chat template and tokenize them, in one call.
     pub async fn tokenize_chat(&self, messages: &Value) -> Result<Vec<TokenId>, BackendError> {
         let v: Value = self
+            .ep
             .post_json(
                 "/tokenize",
                 &json!({ "messages": messages, "add_generation_prompt": true }),
@@ -309,19 +216,22 @@ impl VllmServer {
     }
 
     fn tokens_of(&self, path: &str, v: &Value) -> Result<Vec<TokenId>, BackendError> {
-        serde_json::from_value(v.get("tokens").cloned().unwrap_or(Value::Null))
-            .map_err(|e| self.malformed(path, format!("no token list in the reply: {e}")))
+        serde_json::from_value(v.get("tokens").cloned().unwrap_or(Value::Null)).map_err(|e| {
+            self.ep
+                .malformed(path, format!("no token list in the reply: {e}"))
+        })
     }
 
     /// The text of several tokens together.
     pub async fn detokenize(&self, tokens: &[TokenId]) -> Result<String, BackendError> {
         let v: Value = self
+            .ep
             .post_json("/detokenize", &json!({ "tokens": tokens }))
             .await?;
         v.get("prompt")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| self.malformed("/detokenize", "no `prompt` in the reply"))
+            .ok_or_else(|| self.ep.malformed("/detokenize", "no `prompt` in the reply"))
     }
 
     fn completion_body(prompt: Value, max_tokens: usize, sampling: &Sampling) -> Value {
@@ -348,7 +258,7 @@ impl VllmServer {
     }
 
     async fn completions(&self, body: &Value) -> Result<CompletionResponse, BackendError> {
-        self.post_json("/v1/completions", body).await
+        self.ep.post_json("/v1/completions", body).await
     }
 
     /// Generate up to `n` tokens after `prompt` (the draft's proposal). Only `tokens` is filled.
@@ -366,12 +276,15 @@ impl VllmServer {
             .choices
             .into_iter()
             .next()
-            .ok_or_else(|| self.malformed(path, "no choices in the reply"))?;
+            .ok_or_else(|| self.ep.malformed(path, "no choices in the reply"))?;
         let tokens = choice.token_ids.clone().ok_or_else(|| {
-            self.malformed(path, "no `token_ids` (a vLLM without return_token_ids?)")
+            self.ep
+                .malformed(path, "no `token_ids` (a vLLM without return_token_ids?)")
         })?;
         if tokens.len() > n {
-            return Err(self.malformed(path, format!("{} tokens for max_tokens {n}", tokens.len())));
+            return Err(self
+                .ep
+                .malformed(path, format!("{} tokens for max_tokens {n}", tokens.len())));
         }
         Ok(Completion {
             tokens,
@@ -407,7 +320,9 @@ impl VllmServer {
     ) -> Result<Vec<Completion>, BackendError> {
         let path = "/v1/completions";
         if ctx.is_empty() {
-            return Err(self.malformed(path, "cannot verify after an empty context"));
+            return Err(self
+                .ep
+                .malformed(path, "cannot verify after an empty context"));
         }
         let prompt: Vec<TokenId> = [ctx, proposal].concat();
         let mut body = Self::completion_body(json!(prompt), 1, &Sampling::greedy());
@@ -419,12 +334,13 @@ impl VllmServer {
             .choices
             .into_iter()
             .next()
-            .ok_or_else(|| self.malformed(path, "no choices in the reply"))?;
+            .ok_or_else(|| self.ep.malformed(path, "no choices in the reply"))?;
         let positions = choice.prompt_logprobs.as_ref().ok_or_else(|| {
-            self.malformed(path, "no `prompt_logprobs` although they were requested")
+            self.ep
+                .malformed(path, "no `prompt_logprobs` although they were requested")
         })?;
         if positions.len() != prompt.len() {
-            return Err(self.malformed(
+            return Err(self.ep.malformed(
                 path,
                 format!(
                     "{} prompt_logprobs entries for a {}-token prompt",
@@ -437,13 +353,13 @@ impl VllmServer {
         // Position ctx.len() + i scores proposal[i] and holds the argmax after ctx + d[..i].
         for (i, entry) in positions[ctx.len()..].iter().enumerate() {
             let entry = entry.as_ref().ok_or_else(|| {
-                self.malformed(
+                self.ep.malformed(
                     path,
                     format!("no log-probabilities for prompt position {}", ctx.len() + i),
                 )
             })?;
             let (id, lp) = argmax(entry).ok_or_else(|| {
-                self.malformed(
+                self.ep.malformed(
                     path,
                     format!("no rank-1 token at prompt position {}", ctx.len() + i),
                 )
@@ -459,7 +375,7 @@ impl VllmServer {
             .as_ref()
             .and_then(|t| t.first())
             .copied()
-            .ok_or_else(|| self.malformed(path, "no generated token (`token_ids`)"))?;
+            .ok_or_else(|| self.ep.malformed(path, "no generated token (`token_ids`)"))?;
         results.push(completion_for(bonus, &choice.text, ended_by_eos(&choice)));
         Ok(results)
     }
@@ -483,7 +399,7 @@ impl VllmServer {
             .completions(&Self::completion_body(json!(prompts), 1, &unseeded))
             .await?;
         if resp.choices.len() != prompts.len() {
-            return Err(self.malformed(
+            return Err(self.ep.malformed(
                 path,
                 format!(
                     "{} choices for {} prompts",
@@ -499,16 +415,20 @@ impl VllmServer {
                 .as_ref()
                 .and_then(|t| t.first())
                 .copied()
-                .ok_or_else(|| self.malformed(path, "a choice without its sampled token"))?;
+                .ok_or_else(|| {
+                    self.ep
+                        .malformed(path, "a choice without its sampled token")
+                })?;
             let slot = results.get_mut(choice.index).ok_or_else(|| {
-                self.malformed(path, format!("choice index {} out of range", choice.index))
+                self.ep
+                    .malformed(path, format!("choice index {} out of range", choice.index))
             })?;
             *slot = Some(completion_for(id, &choice.text, ended_by_eos(choice)));
         }
         results
             .into_iter()
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| self.malformed(path, "a prompt without its choice"))
+            .ok_or_else(|| self.ep.malformed(path, "a prompt without its choice"))
     }
 
     /// Stream up to `n` tokens after `prompt`, sampled by vLLM itself (target-only stretches), in
@@ -528,10 +448,12 @@ impl VllmServer {
         // No overall timeout: the stream lasts as long as the generation; stalls are caught by the
         // idle timeout of the event decoder.
         let resp = self
-            .send(path, || self.http.post(self.url(path)).json(&body))
+            .ep
+            .send(path, |c| c.post(self.ep.url(path)).json(&body))
             .await?;
-        let chunks = sse_events::<Value>(self.role, self.timeout, resp.bytes_stream());
-        Ok(Box::pin(to_stream_events(self.role, chunks)))
+        let role = self.ep.role();
+        let chunks = sse_events::<Value>(role, self.ep.timeout(), resp.bytes_stream());
+        Ok(Box::pin(to_stream_events(role, chunks)))
     }
 
     /// Send an OpenAI request to the server for the proxy to relay (passthrough). vLLM refuses
@@ -546,12 +468,9 @@ impl VllmServer {
         if let Value::Object(m) = &mut body {
             m.remove("model");
         }
-        self.http
-            .post(self.url(path))
-            .json(&body)
-            .send()
+        self.ep
+            .send_once(path, |c| c.post(self.ep.url(path)).json(&body))
             .await
-            .map_err(|e| self.map_send_error(path, e))
     }
 }
 

@@ -166,7 +166,7 @@ impl DraftSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::llamacpp::Role;
+    use crate::backend::types::Role;
     use std::time::{Duration, Instant};
 
     fn slot(metrics: &crate::metrics::Metrics, url: &str) -> DraftSlot {

@@ -5,7 +5,7 @@
 //! copy-heavy output (code edits, quoting, JSON, summaries) and rarely on free prose; verification
 //! keeps the output exact either way, and the controller decides whether it pays.
 
-use crate::backend::llamacpp::TokenId;
+use crate::backend::types::TokenId;
 
 /// Longest and shortest n-gram matched against the context.
 const MAX_NGRAM: usize = 4;

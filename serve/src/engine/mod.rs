@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::backend::llamacpp::{Completion, Role, Sampling, TokenId};
+use crate::backend::types::{Completion, Role, Sampling, TokenId};
 use crate::backend::{Backend, BackendError, BackendKind};
 use crate::metrics::{PairingMetrics, ServedBy};
 use output::{FinishReason, Output};

@@ -6,7 +6,7 @@
 //! end at the same token with the same text, whatever the round boundaries were, so all of that
 //! lives here, fed one token at a time.
 
-use crate::backend::llamacpp::TokenId;
+use crate::backend::types::TokenId;
 
 /// Why a generation ended, in OpenAI's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

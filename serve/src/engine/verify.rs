@@ -9,7 +9,7 @@
 
 use rand::Rng;
 
-use crate::backend::llamacpp::{Candidate, TokenId};
+use crate::backend::types::{Candidate, TokenId};
 
 /// The target's choice at one position, with the bytes to show for it.
 #[derive(Debug, Clone, PartialEq)]

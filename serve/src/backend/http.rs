@@ -1,0 +1,289 @@
+//! The HTTP side every server kind shares: one [`Endpoint`] per server with its connection pool,
+//! timeouts, the retry of a request that never reached the server, the wait for a restarting
+//! target, and the mapping of failures to [`BackendError`]s (so the API layer maps them the same
+//! way whatever server answered).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::types::Role;
+use super::BackendError;
+
+/// How long an idle pooled connection is kept. llama-server (cpp-httplib) closes a kept-alive
+/// connection after 5 s idle (`Keep-Alive: timeout=5`): a pool that kept it longer would hand out
+/// connections the server has already closed, all of them at once after a burst. Below the
+/// server's figure, the pool drops them first.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+const RESTART_POLL: Duration = Duration::from_millis(200);
+
+/// The HTTP client for one server: connections kept for reuse (a round is two requests; a new TCP
+/// handshake each time would add an RTT), no Nagle delay on the small verify requests, and a short
+/// connect timeout so a dead host is found quickly.
+pub(crate) fn http_client(
+    server: &'static str,
+    base: &str,
+) -> Result<reqwest::Client, BackendError> {
+    client_builder()
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build()
+        .map_err(|source| unreachable(server, base, source))
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+}
+
+fn unreachable(server: &'static str, url: &str, source: reqwest::Error) -> BackendError {
+    BackendError::Unreachable {
+        server,
+        url: url.to_string(),
+        source,
+    }
+}
+
+/// One server's base URL, pooled client and timeouts.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    role: Role,
+    base: String,
+    http: reqwest::Client,
+    /// A client that keeps no idle connection: the retry of a request that could not be sent on a
+    /// pooled connection must really open a new one (the pool would hand out the next connection
+    /// that went stale at the same moment).
+    fresh: reqwest::Client,
+    timeout: Duration,
+    /// How long a request waits for a server that refuses connections or is loading its model
+    /// (an agent restarting it, e.g. onto a new build by `tightwad build`), before failing.
+    restart_wait: Duration,
+    /// Since when the server has been refusing: past `restart_wait` it is down, not
+    /// restarting, and requests fail at once until it answers again.
+    refusing_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Endpoint {
+    pub fn new(
+        role: Role,
+        base_url: &str,
+        timeout: Duration,
+        restart_wait: Duration,
+    ) -> Result<Self, BackendError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let http = http_client(role.as_str(), &base)?;
+        let fresh = client_builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|source| unreachable(role.as_str(), &base, source))?;
+        Ok(Endpoint {
+            role,
+            base,
+            http,
+            fresh,
+            timeout,
+            restart_wait,
+            refusing_since: Default::default(),
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn server(&self) -> &'static str {
+        self.role.as_str()
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A reply that could not be understood.
+    pub fn malformed(&self, path: &str, detail: impl Into<String>) -> BackendError {
+        BackendError::Malformed {
+            server: self.server(),
+            path: path.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    /// How a request that got no HTTP answer failed: a timeout, or the server was not reachable.
+    pub fn send_error(&self, path: &str, e: reqwest::Error) -> BackendError {
+        if e.is_timeout() {
+            BackendError::Timeout {
+                server: self.server(),
+                path: path.to_string(),
+                seconds: self.timeout.as_secs(),
+            }
+        } else {
+            unreachable(self.server(), &self.url(path), e)
+        }
+    }
+
+    /// The response when its status is a success, else the server's own error text (shortened).
+    pub async fn check_status(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response, BackendError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        Err(BackendError::Status {
+            server: self.server(),
+            path: path.to_string(),
+            status,
+            body: truncate(&body, 500),
+        })
+    }
+
+    /// Send a request built on a client (`build` gets the client to use) and return the server's
+    /// reply whatever its status. A request that could not even be sent (a pooled keep-alive
+    /// connection the server had already closed) goes once more on a NEW connection; a server
+    /// that refuses or is loading is waited for up to `restart_wait`. Only for requests without
+    /// side effects beyond the KV cache.
+    pub async fn send_raw(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        let result = match build(&self.http).send().await {
+            Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => {
+                tracing::debug!(server = self.server(), error = %e, "retrying once on a fresh connection");
+                build(&self.fresh).send().await
+            }
+            other => other,
+        };
+        self.wait_out_a_restart(result, &build)
+            .await
+            .map_err(|e| self.send_error(path, e))
+    }
+
+    /// One attempt, no retry and no waiting for a restart (health checks, metrics: their callers
+    /// want to know how the server is now).
+    pub async fn send_once(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        build(&self.http)
+            .send()
+            .await
+            .map_err(|e| self.send_error(path, e))
+    }
+
+    /// [`Endpoint::send_raw`], then a non-success status becomes a [`BackendError::Status`].
+    pub async fn send(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        let resp = self.send_raw(path, build).await?;
+        self.check_status(path, resp).await
+    }
+
+    /// A server that refuses connections, or answers 503 while it loads its model, may be
+    /// restarting (an agent switching it to a new build): nothing reached it, so the request is
+    /// sent again until it answers or `restart_wait` has passed since it began refusing.
+    async fn wait_out_a_restart(
+        &self,
+        mut result: Result<reqwest::Response, reqwest::Error>,
+        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        if self.restart_wait.is_zero() {
+            return result;
+        }
+        loop {
+            let refused = match &result {
+                // Refused at once (not a timeout: an unreachable host is not restarting).
+                Err(e) => e.is_connect() && !e.is_timeout(),
+                Ok(resp) => resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let since = {
+                let mut slot = self
+                    .refusing_since
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !refused {
+                    *slot = None;
+                    return result;
+                }
+                *slot.get_or_insert_with(Instant::now)
+            };
+            if since.elapsed() >= self.restart_wait {
+                return result;
+            }
+            tracing::debug!(
+                server = self.server(),
+                "server refusing or loading: waiting for a restart to finish"
+            );
+            tokio::time::sleep(RESTART_POLL).await;
+            result = build(&self.fresh).send().await;
+        }
+    }
+
+    /// The body of a successful reply as JSON of type `T`.
+    pub async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, BackendError> {
+        let bytes = resp.bytes().await.map_err(|e| self.send_error(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            self.malformed(
+                path,
+                format!(
+                    "{e} (reply began {:?})",
+                    truncate(&String::from_utf8_lossy(&bytes), 200)
+                ),
+            )
+        })
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, BackendError> {
+        let resp = self
+            .send(path, |c| c.get(self.url(path)).timeout(self.timeout))
+            .await?;
+        self.read_json(path, resp).await
+    }
+
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, BackendError> {
+        let resp = self
+            .send(path, |c| {
+                c.post(self.url(path)).timeout(self.timeout).json(body)
+            })
+            .await?;
+        self.read_json(path, resp).await
+    }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), with an ellipsis when cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,119 @@
+//! The types every backend and the engine share: token ids, the sampler settings, one position's
+//! sampled token and candidates, a completion and a stream event. Their serde shapes are
+//! llama-server's `/completion` JSON (the richest of the servers); the vLLM client builds the same
+//! values from its own replies, so the engine never knows which server answered.
+
+use serde::Deserialize;
+
+/// A token id in the model's vocabulary (llama.cpp uses `int32_t`; ids are never negative).
+pub type TokenId = u32;
+
+/// Which role a server plays; used in error messages and logs so the user knows which host failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Target,
+    Draft,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Target => "target",
+            Role::Draft => "draft",
+        }
+    }
+}
+
+/// The sampler settings forwarded to the target (and the draft, which always decodes greedily).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: Option<i32>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Sampling::default()
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+}
+
+/// One candidate of a position's distribution (after the sampler chain when asked for).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Candidate {
+    pub id: TokenId,
+    #[serde(default)]
+    pub bytes: Vec<u8>,
+    #[serde(default)]
+    pub prob: Option<f64>,
+    #[serde(default)]
+    pub logprob: Option<f64>,
+}
+
+/// The sampled token at one position, with its exact bytes and (when requested) its neighbours.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SampledToken {
+    pub id: TokenId,
+    #[serde(default)]
+    pub bytes: Vec<u8>,
+    #[serde(default)]
+    pub top_probs: Vec<Candidate>,
+    #[serde(default)]
+    pub top_logprobs: Vec<Candidate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Timings {
+    #[serde(default)]
+    pub prompt_n: f64,
+    #[serde(default)]
+    pub prompt_ms: f64,
+    #[serde(default)]
+    pub predicted_n: f64,
+    #[serde(default)]
+    pub predicted_ms: f64,
+    /// Tokens llama.cpp's own speculation drafted / accepted (native pairing).
+    #[serde(default)]
+    pub draft_n: Option<u64>,
+    #[serde(default)]
+    pub draft_n_accepted: Option<u64>,
+}
+
+/// One prompt's result from `/completion`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Completion {
+    #[serde(default)]
+    pub tokens: Vec<TokenId>,
+    #[serde(default)]
+    pub stop_type: String,
+    #[serde(default)]
+    pub completion_probabilities: Vec<SampledToken>,
+    #[serde(default)]
+    pub timings: Option<Timings>,
+}
+
+/// One event of a streamed `/completion`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamEvent {
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub tokens: Vec<TokenId>,
+    /// Tokens generated so far; jumps by more than one where events were skipped.
+    #[serde(default)]
+    pub tokens_predicted: usize,
+    #[serde(default)]
+    pub completion_probabilities: Vec<SampledToken>,
+    #[serde(default)]
+    pub stop: bool,
+    #[serde(default)]
+    pub stop_type: String,
+    #[serde(default)]
+    pub timings: Option<Timings>,
+}
