@@ -1,7 +1,7 @@
 //! Checks against the running llama-servers of each `[[pairings]]` entry, from this host (where
 //! the proxy runs): network round trip and throughput, a tokenizer probe on both servers, the
 //! target's slots, and the predicted payoff of speculation from short measured runs, through
-//! the proxy's own cost model ([`tightwad_serve::engine::adapt::Controller`]).
+//! the proxy's own cost model ([`tightwad_serve::engine::controller::Controller`]).
 
 use std::time::{Duration, Instant};
 
@@ -12,16 +12,9 @@ use crate::cluster::layout::{Layout, PairingUrls};
 use tightwad_serve::backend::llamacpp::LlamaServer;
 use tightwad_serve::backend::types::{Role, Sampling, TokenId};
 use tightwad_serve::backend::{Backend, BackendKind};
-use tightwad_serve::engine::adapt::Controller;
-
-/// Texts both tokenizers must split identically: prose, code, numbers, non-ASCII, chat markup.
-pub const PROBES: &[&str] = &[
-    "The quick brown fox jumps over the lazy dog.",
-    "fn main() {\n    println!(\"{}\", 40 + 2);\n}\n",
-    "Prices rose 3.75% in 2024; 1,234,567 units shipped.",
-    "Grüße aus Köln — 東京 — emoji 🚀 and   spaces\ttabs",
-    "<|im_start|>user\nHello<|im_end|>\n<s>[INST] hi [/INST]",
-];
+use tightwad_serve::engine::controller::Controller;
+use tightwad_serve::engine::probe::compare_tokenizers;
+use tightwad_serve::engine::TOKENIZER_PROBES;
 
 /// Prompt for the speed and acceptance runs.
 const PAYOFF_PROMPT: &str = "Write a short story about a lighthouse keeper who finds a message in a bottle. Once upon a time,";
@@ -153,32 +146,13 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         return checks;
     }
 
-    // Tokenizer probe.
-    let mut mismatch = None;
-    for probe in PROBES {
-        match (
-            target.tokenize(probe, true).await,
-            draft.tokenize(probe, true).await,
-        ) {
-            (Ok(t), Ok(d)) if t != d => {
-                mismatch = Some(format!(
-                    "{probe:?}: target {} tokens, draft {} tokens",
-                    t.len(),
-                    d.len()
-                ));
-                break;
-            }
-            (Ok(_), Ok(_)) => {}
-            (t, d) => {
-                mismatch = Some(format!(
-                    "tokenize failed: {:?} / {:?}",
-                    t.err().map(|e| e.to_string()),
-                    d.err().map(|e| e.to_string())
-                ));
-                break;
-            }
-        }
-    }
+    // Tokenizer probe: the engine's own, so doctor checks what the proxy relies on.
+    let mismatch = compare_tokenizers(
+        &Backend::Llamacpp(target.clone()),
+        &Backend::Llamacpp(draft.clone()),
+    )
+    .await
+    .err();
     match mismatch {
         None => checks.push(Check::new(
             Category::Vocabulary,
@@ -186,7 +160,7 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
             Status::Pass,
             format!(
                 "the running servers tokenize all {} probes identically",
-                PROBES.len()
+                TOKENIZER_PROBES.len()
             ),
         )),
         Some(m) => {
@@ -293,31 +267,7 @@ async fn vllm_pairing_checks(subject: &str, pairing: &PairingUrls) -> Vec<Check>
             *c = c.clone().hint("start the vLLM target with --enable-tokenizer-info-endpoint, or the proxy serves it target-only (it cannot tell where answers end)");
         }
     }
-    let mut mismatch = None;
-    for probe in PROBES {
-        match (
-            target.tokenize(probe, true).await,
-            draft.tokenize(probe, true).await,
-        ) {
-            (Ok(t), Ok(d)) if t != d => {
-                mismatch = Some(format!(
-                    "{probe:?}: target {} tokens, draft {} tokens",
-                    t.len(),
-                    d.len()
-                ));
-                break;
-            }
-            (Ok(_), Ok(_)) => {}
-            (t, d) => {
-                mismatch = Some(format!(
-                    "tokenize failed: {:?} / {:?}",
-                    t.err().map(|e| e.to_string()),
-                    d.err().map(|e| e.to_string())
-                ));
-                break;
-            }
-        }
-    }
+    let mismatch = compare_tokenizers(&target, &draft).await.err();
     checks.push(match mismatch {
         None => Check::new(
             Category::Vocabulary,
@@ -325,7 +275,7 @@ async fn vllm_pairing_checks(subject: &str, pairing: &PairingUrls) -> Vec<Check>
             Status::Pass,
             format!(
                 "the running servers tokenize all {} probes identically",
-                PROBES.len()
+                TOKENIZER_PROBES.len()
             ),
         ),
         Some(m) => Check::new(

@@ -2,9 +2,9 @@
 //!
 //! Drafters differ in two ways that matter: how often the target accepts what they propose and
 //! how fast they propose it (a better model on a slower host, a worse one on a faster host). Each
-//! drafter therefore has its own [`adapt::Controller`], fed only by the rounds it drafted, and a
+//! drafter therefore has its own [`controller::Controller`], fed only by the rounds it drafted, and a
 //! request goes to the drafter whose speculative stretches delivered the most tokens per second
-//! ([`adapt::Controller::measured_goodput`]: accepted tokens over wall time, so acceptance ×
+//! ([`controller::Controller::measured_goodput`]: accepted tokens over wall time, so acceptance ×
 //! speed, measured whole requests at a time, which averages out the per-round timing noise of
 //! a busy host; the model's per-round prediction only breaks ties before that exists).
 //! Drafters with too few rounds to rank are tried first, and every [`REVISIT_EVERY`]-th request
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::adapt;
+use super::controller;
 use crate::backend::Backend;
 use crate::metrics::DrafterMetrics;
 
@@ -34,7 +34,7 @@ pub const REVISIT_EVERY: u64 = 8;
 pub struct DraftSlot {
     pub url: String,
     pub server: Backend,
-    pub controller: Arc<Mutex<adapt::Controller>>,
+    pub controller: Arc<Mutex<controller::Controller>>,
     pub metrics: DrafterMetrics,
     /// The pairing's request number when this drafter was last chosen (0: never).
     last_chosen: AtomicU64,
@@ -44,7 +44,7 @@ impl DraftSlot {
     pub fn new(
         url: String,
         server: Backend,
-        controller: adapt::Controller,
+        controller: controller::Controller,
         metrics: DrafterMetrics,
     ) -> Self {
         DraftSlot {
@@ -57,7 +57,7 @@ impl DraftSlot {
     }
 
     /// Run `f` on this drafter's controller (a poisoned lock still holds plain numbers).
-    pub fn with_controller<T>(&self, f: impl FnOnce(&mut adapt::Controller) -> T) -> T {
+    pub fn with_controller<T>(&self, f: impl FnOnce(&mut controller::Controller) -> T) -> T {
         let mut guard = self
             .controller
             .lock()
@@ -68,7 +68,7 @@ impl DraftSlot {
     fn rank_key(&self) -> (bool, f64) {
         self.with_controller(|c| {
             (
-                !matches!(c.mode(), adapt::Mode::Off { .. }),
+                !matches!(c.mode(), controller::Mode::Off { .. }),
                 c.measured_goodput()
                     .or_else(|| c.round_goodput())
                     .unwrap_or(0.0),
@@ -139,7 +139,7 @@ pub struct DrafterView {
     /// Tokens per second its rounds are predicted to deliver at the best k (ranks it until
     /// `tok_s` is measured).
     pub round_goodput_tok_s: Option<f64>,
-    pub controller: adapt::ControllerView,
+    pub controller: controller::ControllerView,
 }
 
 impl DraftSlot {
@@ -180,7 +180,7 @@ mod tests {
         DraftSlot::new(
             url.into(),
             server,
-            adapt::Controller::fixed(4),
+            controller::Controller::fixed(4),
             metrics.pairing("p").drafter(url),
         )
     }

@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::adapt::Ewma;
+use super::controller::Ewma;
 
 /// A way to speculate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,0 +1,239 @@
+//! The controller's decisions on made-up timings: on/off/probing, k per round, the MoE cap.
+use super::*;
+
+/// Replay rounds of a pairing with the given per-token costs and acceptance.
+fn replay(
+    c: &mut Controller,
+    start: Instant,
+    rounds: u32,
+    target_tok_s: f64,
+    draft_s_per_token: f64,
+    verify_s: impl Fn(usize) -> f64,
+    accepted_of_k: impl Fn(u32, usize) -> usize,
+) -> Instant {
+    let mut now = start;
+    c.record_target_only(now, 32, 32.0 / target_tok_s);
+    for i in 0..rounds {
+        let plan = c.plan_request(now);
+        if !plan.speculate {
+            now += Duration::from_millis(500);
+            continue;
+        }
+        let k = c.choose_k().max(1);
+        let a = accepted_of_k(i, k);
+        let d = 0.002 + draft_s_per_token * k as f64;
+        let v = verify_s(k);
+        now += Duration::from_secs_f64(d + v);
+        c.record_round(now, k, a, d, v);
+    }
+    now
+}
+
+#[test]
+fn a_fast_target_turns_speculation_off() {
+    // Field-report-like: target 20 tok/s, draft only 1.4x cheaper, 30 ms network per round.
+    let mut c = Controller::new(8, None);
+    let t0 = Instant::now();
+    replay(
+        &mut c,
+        t0,
+        20,
+        20.0,
+        0.04,
+        |k| 0.03 + 0.05 + 0.02 * k as f64,
+        |_, k| k,
+    );
+    assert!(matches!(c.mode(), Mode::Off { .. }), "{:?}", c.view());
+    assert!(c
+        .last_decision
+        .as_ref()
+        .is_some_and(|d| d.reason.contains("below 1")));
+}
+
+#[test]
+fn a_slow_target_with_a_good_draft_stays_on_with_a_useful_k() {
+    // Field report's 3 tok/s RPC-pooled target, a fast draft, 80% acceptance.
+    let mut c = Controller::new(8, None);
+    let t0 = Instant::now();
+    replay(
+        &mut c,
+        t0,
+        60,
+        3.0,
+        0.01,
+        |k| 0.34 + 0.02 * k as f64,
+        |i, k| {
+            // Deterministic 80%: reject at a position that cycles.
+            let cut = (i as usize * 7) % 5;
+            if cut == 0 {
+                k.saturating_sub(1)
+            } else {
+                k
+            }
+        },
+    );
+    assert_eq!(c.mode(), Mode::On, "{:?}", c.view());
+    let (k, s) = c.best_k().expect("estimates exist");
+    assert!(k >= 3, "k = {k}");
+    assert!(s > 2.0, "predicted {s}");
+}
+
+#[test]
+fn the_users_threshold_switches_off_regardless_of_the_model() {
+    let mut c = Controller::new(4, Some(10.0));
+    let now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 19.7);
+    assert!(matches!(c.mode(), Mode::Off { .. }));
+    assert!(c
+        .last_decision
+        .as_ref()
+        .is_some_and(|d| d.reason.contains("disable_above_tok_s")));
+    // And it stays off past the back-off while the target is still that fast.
+    let later = now + Duration::from_secs(3600);
+    assert!(!c.plan_request(later).speculate);
+}
+
+#[test]
+fn noisy_measurements_around_a_clear_win_do_not_flap() {
+    let mut c = Controller::new(6, None);
+    let t0 = Instant::now();
+    let mut changes = 0;
+    let mut last = c.mode();
+    let mut now = t0;
+    c.record_target_only(now, 32, 32.0 / 5.0);
+    for i in 0..300u32 {
+        // ±30% noise on verify time, acceptance 0.75 on average.
+        let noise = 1.0 + 0.3 * ((i * 7919 % 13) as f64 / 6.0 - 1.0);
+        let k = c.choose_k().max(1);
+        let a = if i % 4 == 0 { k / 2 } else { k };
+        let d = 0.003 * k as f64;
+        let v = (0.2 + 0.01 * k as f64) * noise;
+        now += Duration::from_secs_f64(d + v);
+        let _ = c.plan_request(now);
+        c.record_round(now, k, a, d, v);
+        if std::mem::discriminant(&c.mode()) != std::mem::discriminant(&last) {
+            changes += 1;
+            last = c.mode();
+        }
+    }
+    assert_eq!(changes, 0, "flapped: {:?}", c.view());
+}
+
+#[test]
+fn off_probes_again_after_the_backoff_and_comes_back_on_when_it_pays() {
+    let mut c = Controller::new(4, None);
+    let mut now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 10.0);
+    // Bad rounds: switches off.
+    for _ in 0..10 {
+        c.record_round(now, 4, 0, 0.2, 0.2);
+    }
+    assert!(matches!(c.mode(), Mode::Off { .. }));
+    assert!(!c.plan_request(now + Duration::from_secs(1)).speculate);
+    // Conditions improve (the draft host got a GPU): shadowing sees high agreement.
+    for _ in 0..40 {
+        c.record_shadow(4, 4);
+    }
+    now += Duration::from_secs(20);
+    let plan = c.plan_request(now);
+    assert!(plan.speculate, "{:?}", c.view());
+    assert!(matches!(c.mode(), Mode::Probing { .. }));
+    for _ in 0..16 {
+        c.record_round(now, 4, 4, 0.02, 0.1);
+    }
+    assert_eq!(c.mode(), Mode::On, "{:?}", c.view());
+}
+
+#[test]
+fn a_fixed_controller_always_speculates_with_its_k() {
+    let mut c = Controller::fixed(3);
+    let now = Instant::now();
+    c.record_target_only(now, 32, 0.1);
+    for _ in 0..20 {
+        c.record_round(now, 3, 0, 1.0, 1.0);
+    }
+    assert!(c.plan_request(now).speculate);
+    assert_eq!(c.choose_k(), 3);
+}
+
+#[test]
+fn exploration_finds_a_larger_k_when_the_first_guess_was_pessimistic() {
+    // Verify cost nearly flat in k (GPU-like), acceptance 0.9: k = 4+ is best. The controller
+    // starts from observations at k = 1 only.
+    let mut c = Controller::new(6, None);
+    let now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 20.0);
+    for _ in 0..5 {
+        c.record_round(now, 1, 1, 0.005, 0.06);
+    }
+    let mut ks = Vec::new();
+    for i in 0..200u32 {
+        let k = c.choose_k().max(1);
+        ks.push(k);
+        let a = if i % 10 == 0 { k.saturating_sub(1) } else { k };
+        c.record_round(now, k, a, 0.005 * k as f64, 0.06 + 0.002 * k as f64);
+    }
+    let late = &ks[150..];
+    let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
+    assert!(mean >= 3.5, "stayed at small k: {:?}", &ks[150..]);
+}
+
+#[test]
+fn while_off_most_requests_pass_through_and_some_are_sampled() {
+    let mut c = Controller::new(4, Some(1.0));
+    let now = Instant::now();
+    c.record_target_only(now, 32, 1.0);
+    assert!(matches!(c.mode(), Mode::Off { .. }));
+    let through: Vec<bool> = (0..16).map(|_| c.passthrough_while_off(now)).collect();
+    assert_eq!(through.iter().filter(|p| !**p).count(), 2, "{through:?}");
+    assert!(!Controller::fixed(4).passthrough_while_off(now));
+}
+
+#[test]
+fn a_moe_target_keeps_k_at_four_until_verification_measures_flat() {
+    // Cheap draft, great acceptance: on a dense target the model's best k is the cap (8).
+    let mut dense = Controller::new(8, None);
+    let mut moe = Controller::new(8, None).for_moe_target();
+    let now = Instant::now();
+    for c in [&mut dense, &mut moe] {
+        c.record_target_only(now, 64, 64.0 / 10.0);
+        for k in [2, 3, 4] {
+            for _ in 0..4 {
+                // Verify cost grows with k: 100 ms + 20 ms per token.
+                c.record_round(now, k, k, 0.002 * k as f64, 0.1 + 0.02 * k as f64);
+            }
+        }
+    }
+    let dense_k = dense.best_k().map(|(k, _)| k).unwrap_or(0);
+    assert!(dense_k > MOE_K_MAX, "a dense target goes past 4: {dense_k}");
+    assert_eq!(moe.cap(), MOE_K_MAX);
+    assert_eq!(moe.best_k().map(|(k, _)| k), Some(4));
+    for _ in 0..50 {
+        assert!(
+            moe.choose_k() <= MOE_K_MAX,
+            "exploration stays under the cap too"
+        );
+    }
+
+    // Calibration says otherwise: verification measured nearly flat in k lifts the cap.
+    let mut flat = Controller::new(8, None).for_moe_target();
+    flat.record_target_only(now, 64, 64.0 / 10.0);
+    for k in [1, 2, 3, 4] {
+        for _ in 0..4 {
+            flat.record_round(now, k, k, 0.002 * k as f64, 0.1 + 0.002 * k as f64);
+        }
+    }
+    assert_eq!(flat.cap(), 8);
+    let flat_k = flat.best_k().map(|(k, _)| k).unwrap_or(0);
+    assert!(flat_k > MOE_K_MAX, "calibrated flat: k past 4: {flat_k}");
+}
+
+#[test]
+fn linear_cost_fits_intercept_and_slope() {
+    let mut f = LinearCost::default();
+    for k in [1usize, 2, 4, 8, 1, 2, 4, 8] {
+        f.observe(k, 0.05 + 0.01 * k as f64);
+    }
+    let p = f.predict(6).expect("fitted");
+    assert!((p - 0.11).abs() < 1e-6, "{p}");
+}

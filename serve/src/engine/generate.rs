@@ -1,0 +1,251 @@
+//! One request's course through the engine: whether it goes to the target untouched, preparing it
+//! (probe, tokenize, context check), then the chosen path — native pairing, proxy rounds with
+//! fail-over between drafters, and target-only for whatever is left — and the figures at the end.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::{info_span, warn, Instrument};
+
+use super::output::{FinishReason, Output};
+use super::pairing::{Drafter, Pairing};
+use super::path_choice;
+use super::request::{
+    Delta, EngineError, Generation, GenerationRequest, Prepared, PromptInput, Run,
+};
+use super::round::SpeculationStop;
+use crate::backend::{BackendError, TokenId};
+use crate::metrics::ServedBy;
+
+impl Pairing {
+    /// Whether a request can go to the target untouched: no drafter can speak for it, or the
+    /// controller has speculation off (it still samples some requests through the engine).
+    /// Unknown (the target is not reachable): no, so the engine reports the error properly.
+    pub async fn passthrough_now(&self) -> bool {
+        match self.info().await {
+            Ok(info) if info.speculation.is_err() => true,
+            // A natively paired target speculates on its own whenever a request does not say
+            // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and
+            // with two paths the native one may be the better even while rounds are off.
+            Ok(_) if self.config.native => false,
+            Ok(info) if info.drafter == Drafter::Server && self.drafts.len() > 1 => {
+                // Untouched only while every usable drafter's controller has speculation off.
+                let now = Instant::now();
+                // Every controller is asked (each counts its requests while off).
+                let mut all = true;
+                for i in info.usable_drafters(&[]) {
+                    all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
+                }
+                all
+            }
+            Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
+            Err(_) => false,
+        }
+    }
+
+    /// Turn a prompt into the target's token ids, exactly as the target's own endpoints would.
+    pub async fn tokenize_prompt(
+        &self,
+        prompt: &PromptInput,
+    ) -> Result<Vec<TokenId>, BackendError> {
+        match prompt {
+            PromptInput::Tokens(t) => Ok(t.clone()),
+            PromptInput::Text(s) => self.target.tokenize(s, true).await,
+            PromptInput::Chat(messages) => self.target.tokenize_chat(messages).await,
+        }
+    }
+
+    /// Generate the target's answer, sending text to `tx` as soon as it is final.
+    /// Everything that can fail before the first token: probing, tokenizing, context checks. The
+    /// API layer calls it before answering, so these failures get a proper HTTP status even for
+    /// streamed requests.
+    pub async fn prepare(&self, request: GenerationRequest) -> Result<Prepared, EngineError> {
+        let started = Instant::now();
+        let info = self.info().await?;
+        let prompt = self.tokenize_prompt(&request.prompt).await?;
+        let prompt_tokens = prompt.len();
+        if prompt_tokens + 1 >= info.n_ctx {
+            return Err(EngineError::ContextExceeded {
+                prompt: prompt_tokens,
+                n_ctx: info.n_ctx,
+            });
+        }
+        Ok(Prepared {
+            request,
+            info,
+            prompt,
+            started,
+        })
+    }
+
+    /// Prepare and generate in one go.
+    pub async fn generate(
+        &self,
+        request: GenerationRequest,
+        tx: mpsc::Sender<Delta>,
+    ) -> Result<Generation, EngineError> {
+        let prepared = self.prepare(request).await?;
+        self.generate_prepared(prepared, tx).await
+    }
+
+    /// Generate the target's answer, sending text to `tx` as soon as it is final.
+    pub async fn generate_prepared(
+        &self,
+        prepared: Prepared,
+        tx: mpsc::Sender<Delta>,
+    ) -> Result<Generation, EngineError> {
+        let Prepared {
+            request,
+            info,
+            prompt,
+            started,
+        } = prepared;
+        let prompt_tokens = prompt.len();
+        // The target alone stops when prompt + generated reaches its context.
+        let room = info.n_ctx - prompt_tokens;
+        let max_tokens = request.max_tokens.unwrap_or(room).min(room);
+        let mut run = Run {
+            ctx: prompt,
+            out: Output::new(request.stop.clone(), max_tokens),
+            rounds: 0,
+            drafted: 0,
+            accepted: 0,
+            prefetched: 0,
+        };
+        let mut served_by = ServedBy::TargetOnly;
+        let mut shadow_slot = self.primary_slot();
+        // A pairing with both paths picks one per request (only while the draft server is usable;
+        // without it the native path is all there is).
+        let path = match (&info.speculation, info.drafter) {
+            (Ok(_), Drafter::Server) => self.choose_path(),
+            _ => None,
+        };
+        if let (Ok(_), Drafter::Native) = (&info.speculation, info.drafter) {
+            // Native only: the pairing's one controller, or the native path's own while a
+            // two-path pairing's draft server is away.
+            let controller = self
+                .native_alternative
+                .as_ref()
+                .map_or(&self.controller, |n| &n.controller);
+            served_by = self
+                .generate_native(controller, &info, &request.sampling, &mut run, &tx)
+                .await?;
+        } else if let (Some(path_choice::SpeculationPath::Native), Some(native)) =
+            (path, &self.native_alternative)
+        {
+            served_by = self
+                .generate_native(&native.controller, &info, &request.sampling, &mut run, &tx)
+                .instrument(info_span!("path", chosen = "native"))
+                .await?;
+        } else if let Ok(k) = &info.speculation {
+            // Which draft server drafts this request (`None`: prompt lookup, no server).
+            let mut slot = match info.drafter {
+                Drafter::Server => self.choose_drafter(&info, &[]),
+                _ => None,
+            };
+            let plan = self.with_ctl(slot, |c| c.plan_request(Instant::now()));
+            self.publish_controller_state();
+            if plan.speculate {
+                served_by = ServedBy::Speculative;
+                if plan.measure_target_tokens > 0 {
+                    // Refresh the target's plain speed on the first tokens of this answer.
+                    let (n, secs) = self
+                        .target_only(
+                            &info,
+                            &request.sampling,
+                            &mut run,
+                            &tx,
+                            plan.measure_target_tokens,
+                            None,
+                        )
+                        .await?
+                        .timed();
+                    self.record_target_only_all(n, secs);
+                }
+                let spec_started = Instant::now();
+                let count_before = run.out.count();
+                let mut failed: Vec<usize> = Vec::new();
+                let mut drafter = info.drafter;
+                while run.out.finish.is_none() && run.ids_known() {
+                    let result = self
+                        .speculate(&info, (drafter, slot), *k, &request.sampling, &mut run, &tx)
+                        .await;
+                    match result {
+                        Ok(()) => break,
+                        Err(SpeculationStop::Draft(reason)) => {
+                            self.draft_failed(slot, reason.clone()).await;
+                            if let Some(i) = slot {
+                                failed.push(i);
+                            }
+                            // Fall over to the next usable draft server, then to prompt lookup
+                            // if configured, then to the target alone.
+                            if drafter == Drafter::Server {
+                                if let Some(next) = self.choose_drafter(&info, &failed) {
+                                    warn!(pairing = %self.config.name, %reason, from = ?slot.map(|i| &self.drafts[i].url), to = %self.drafts[next].url, "drafter failed mid-stream; falling over to the next drafter");
+                                    slot = Some(next);
+                                    continue;
+                                }
+                                if self.config.prompt_lookup_fallback {
+                                    warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; drafting from the context for the rest of this answer");
+                                    drafter = Drafter::PromptLookup;
+                                    slot = None;
+                                    continue;
+                                }
+                            }
+                            warn!(pairing = %self.config.name, %reason, "draft failed mid-stream; continuing target-only");
+                            break;
+                        }
+                        Err(SpeculationStop::Capacity(reason)) => {
+                            warn!(pairing = %self.config.name, %reason, "continuing this request target-only");
+                            break;
+                        }
+                        Err(SpeculationStop::Fatal(e)) => return Err(e),
+                    }
+                }
+                let made = run.out.count() - count_before;
+                let secs = spec_started.elapsed().as_secs_f64();
+                self.with_ctl(slot, |c| {
+                    c.record_speculative_request(Instant::now(), made, secs)
+                });
+                self.publish_controller_state();
+            }
+            if served_by == ServedBy::TargetOnly {
+                shadow_slot = slot;
+            }
+        }
+        if run.out.finish.is_none() {
+            let (n, secs) = self
+                .target_only(&info, &request.sampling, &mut run, &tx, usize::MAX, None)
+                .await?
+                .timed();
+            self.record_target_only_all(n, secs);
+            if served_by == ServedBy::TargetOnly && info.speculation.is_ok() {
+                self.shadow(shadow_slot, &run, prompt_tokens);
+            }
+        }
+        let finish = run.out.finish.unwrap_or(FinishReason::Length);
+        let completion_tokens = run.out.count();
+        let elapsed = started.elapsed();
+        if let Some(path) = path {
+            self.record_path(path, completion_tokens, elapsed.as_secs_f64());
+        }
+        self.metrics.generated.inc_by(completion_tokens as u64);
+        self.metrics.request(served_by);
+        if completion_tokens > 1 {
+            self.metrics
+                .record_rate(served_by, completion_tokens as f64 / elapsed.as_secs_f64());
+        }
+        Ok(Generation {
+            finish,
+            prompt_tokens,
+            completion_tokens,
+            token_ids: run.out.token_ids().map(<[TokenId]>::to_vec),
+            served_by,
+            rounds: run.rounds,
+            drafted: run.drafted,
+            accepted: run.accepted,
+            prefetched: run.prefetched,
+            elapsed,
+        })
+    }
+}

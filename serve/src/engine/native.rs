@@ -1,0 +1,70 @@
+//! Native pairing: the target runs llama.cpp's own speculation (its draft model on a remote
+//! rpc-server); the proxy decides per request how many tokens it may draft (0 = off) from measured
+//! throughput with and without.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::controller;
+use super::pairing::{lock_controller, Pairing};
+use super::probe::PairingInfo;
+use super::request::{Delta, EngineError, Run};
+use crate::backend::Sampling;
+use crate::metrics::ServedBy;
+
+impl Pairing {
+    /// Native pairing: the target speculates by itself; the controller decides per request how
+    /// many tokens it may draft (0 = off), from measured throughput with and without.
+    pub(super) async fn generate_native(
+        &self,
+        controller: &std::sync::Mutex<controller::Controller>,
+        info: &PairingInfo,
+        sampling: &Sampling,
+        run: &mut Run,
+        tx: &mpsc::Sender<Delta>,
+    ) -> Result<ServedBy, EngineError> {
+        let plan = lock_controller(controller).plan_request(Instant::now());
+        self.publish_controller_state();
+        if plan.measure_target_tokens > 0 {
+            let s = self
+                .target_only(info, sampling, run, tx, plan.measure_target_tokens, Some(0))
+                .await?;
+            lock_controller(controller).record_target_only(
+                Instant::now(),
+                s.tokens_after_first,
+                s.seconds,
+            );
+        }
+        let k = if plan.speculate {
+            lock_controller(controller).choose_k()
+        } else {
+            0
+        };
+        let s = self
+            .target_only(info, sampling, run, tx, usize::MAX, Some(k))
+            .await?;
+        if k == 0 {
+            lock_controller(controller).record_target_only(
+                Instant::now(),
+                s.tokens_after_first,
+                s.seconds,
+            );
+            return Ok(ServedBy::TargetOnly);
+        }
+        run.drafted += s.drafted;
+        run.accepted += s.accepted;
+        self.metrics.drafted.inc_by(s.drafted as u64);
+        self.metrics.accepted.inc_by(s.accepted as u64);
+        lock_controller(controller).record_native(
+            Instant::now(),
+            k,
+            s.drafted,
+            s.accepted,
+            s.tokens_after_first,
+            s.seconds,
+        );
+        self.publish_controller_state();
+        Ok(ServedBy::Speculative)
+    }
+}

@@ -1,0 +1,303 @@
+//! One pairing: a target server, its draft servers (or prompt lookup, or the target's own native
+//! speculation), a controller per drafter, and the metrics handle. The other rooms of the engine
+//! add their `impl Pairing` blocks: probing ([`super::probe`]), the request's course
+//! ([`super::generate`]), the rounds ([`super::round`]), target-only streaming
+//! ([`super::target_only`]), native pairing ([`super::native`]), shadow drafting ([`super::shadow`]).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::probe::PairingInfo;
+use super::request::EngineError;
+use super::{controller, drafters, path_choice};
+use crate::backend::{Backend, BackendError, BackendKind, Role};
+use crate::metrics::{PairingMetrics, ServedBy};
+
+/// The `draft` value that selects prompt-lookup drafting instead of a draft server.
+pub const PROMPT_LOOKUP: &str = "prompt-lookup";
+
+/// Who proposes the draft tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drafter {
+    /// The draft `llama-server`.
+    Server,
+    /// The context's own earlier n-grams ([`lookup::propose`]).
+    PromptLookup,
+    /// The target's own built-in speculation (native pairing), steered per request.
+    Native,
+}
+
+/// How long a draft that failed is left alone before the pairing probes it again.
+pub(super) const DRAFT_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long probed facts are trusted: servers get restarted with other models or settings.
+pub(super) const REPROBE_AFTER: Duration = Duration::from_secs(60);
+
+/// What one pairing is configured with.
+#[derive(Debug, Clone)]
+pub struct PairingConfig {
+    /// The model name clients use (`model` in requests, listed in `/v1/models`).
+    pub name: String,
+    pub target_url: String,
+    /// A draft `llama-server` URL, or [`PROMPT_LOOKUP`] to draft from the context itself.
+    pub draft_url: Option<String>,
+    /// More draft servers after `draft_url` (config key `drafts`): each request goes to the one
+    /// whose rounds deliver most, and a failing one hands over to the next ([`drafters`]).
+    pub drafts: Vec<String>,
+    /// When the draft server is down, draft from the context (prompt lookup) instead of nothing.
+    pub prompt_lookup_fallback: bool,
+    /// Tokens the draft proposes per round (k). Capped by the target's slots (k + 1 needed).
+    pub draft_tokens: usize,
+    /// Longest wait for one target reply (a verification or a stream event).
+    pub target_timeout: Duration,
+    /// Longest wait for the draft; past it the stream continues target-only.
+    pub draft_timeout: Duration,
+    /// Never speculate while the target alone is faster than this (tokens/s), as users asked.
+    pub disable_above_tok_s: Option<f64>,
+    /// `false`: speculate every round with `draft_tokens`, whatever it costs (tests, experiments).
+    pub adaptive: bool,
+    /// Draft the next block while the target verifies this one (needs `-np 2` on the draft).
+    pub pipeline: bool,
+    /// The target runs llama.cpp's own speculation with its draft model on a remote rpc-server
+    /// (native pairing): the proxy only decides per request how many tokens it may draft.
+    pub native: bool,
+    /// The target is a mixture-of-experts model: its controllers keep k ≤ 4 until calibration
+    /// lifts the cap ([`controller::Controller::cap`]).
+    pub moe: bool,
+    /// Which server software the target runs (llama.cpp or vLLM).
+    pub target_kind: BackendKind,
+    /// Which server software the draft runs.
+    pub draft_kind: BackendKind,
+}
+
+/// A target server with an optional draft server, served under one model name.
+pub struct Pairing {
+    pub config: PairingConfig,
+    pub(super) target: Backend,
+    /// The draft servers, in configuration order (`draft` first, then `drafts`).
+    pub(super) drafts: Vec<drafters::DraftSlot>,
+    pub(super) probed: Mutex<Option<Arc<PairingInfo>>>,
+    /// The controller when no draft server drafts (prompt lookup, native pairing, target-only);
+    /// each draft server has its own.
+    pub(super) controller: Arc<std::sync::Mutex<controller::Controller>>,
+    /// Both a draft server and native pairing configured: the native path's own controller, and
+    /// the choice between the two paths per request ([`paths`]).
+    pub(super) native_alternative: Option<NativeAlternative>,
+    pub metrics: PairingMetrics,
+    /// Requests that asked for a drafter (numbers the choices).
+    pub(super) choices: AtomicU64,
+    /// The draft server chosen last (`usize::MAX`: none yet): whose controller the stats show.
+    pub(super) last_slot: AtomicUsize,
+}
+
+/// The second speculation path of a pairing that has a draft server and a native-pairing target.
+pub(super) struct NativeAlternative {
+    pub(super) controller: Arc<std::sync::Mutex<controller::Controller>>,
+    pub(super) chooser: std::sync::Mutex<path_choice::PathChooser>,
+}
+
+/// Lock a controller (a poisoned lock means a panic elsewhere; the state is still plain numbers,
+/// so keep using it).
+pub(super) fn lock_controller(
+    c: &std::sync::Mutex<controller::Controller>,
+) -> std::sync::MutexGuard<'_, controller::Controller> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Pairing {
+    pub fn new(config: PairingConfig, metrics: PairingMetrics) -> Result<Self, BackendError> {
+        let target = Backend::new(
+            config.target_kind,
+            Role::Target,
+            &config.target_url,
+            config.target_timeout,
+        )?;
+        let make_controller = || {
+            if config.adaptive && config.moe {
+                controller::Controller::new(config.draft_tokens, config.disable_above_tok_s)
+                    .for_moe_target()
+            } else if config.adaptive {
+                controller::Controller::new(config.draft_tokens, config.disable_above_tok_s)
+            } else {
+                controller::Controller::fixed(config.draft_tokens)
+            }
+        };
+        let new_controller = || Arc::new(std::sync::Mutex::new(make_controller()));
+        let mut drafts = Vec::new();
+        for url in config
+            .draft_url
+            .iter()
+            .filter(|u| u.as_str() != PROMPT_LOOKUP)
+            .chain(&config.drafts)
+        {
+            let server = Backend::new(config.draft_kind, Role::Draft, url, config.draft_timeout)?;
+            drafts.push(drafters::DraftSlot::new(
+                url.clone(),
+                server,
+                make_controller(),
+                metrics.drafter(url),
+            ));
+        }
+        let native_alternative = (config.native && !drafts.is_empty()).then(|| NativeAlternative {
+            controller: new_controller(),
+            chooser: Default::default(),
+        });
+        Ok(Pairing {
+            controller: new_controller(),
+            native_alternative,
+            config,
+            target,
+            drafts,
+            probed: Mutex::new(None),
+            metrics,
+            choices: AtomicU64::new(0),
+            last_slot: AtomicUsize::new(usize::MAX),
+        })
+    }
+
+    /// The controller of draft server `slot`, or the pairing's own for `None`.
+    pub(super) fn ctl(
+        &self,
+        slot: Option<usize>,
+    ) -> &Arc<std::sync::Mutex<controller::Controller>> {
+        match slot.and_then(|i| self.drafts.get(i)) {
+            Some(d) => &d.controller,
+            None => &self.controller,
+        }
+    }
+
+    /// Run `f` on the controller of `slot` (see [`Pairing::ctl`]).
+    pub(super) fn with_ctl<T>(
+        &self,
+        slot: Option<usize>,
+        f: impl FnOnce(&mut controller::Controller) -> T,
+    ) -> T {
+        let mut guard = self
+            .ctl(slot)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// The draft server whose controller speaks for the pairing in stats: the one chosen last,
+    /// else the first; `None` without draft servers.
+    pub(super) fn primary_slot(&self) -> Option<usize> {
+        if self.drafts.is_empty() {
+            return None;
+        }
+        let last = self.last_slot.load(Ordering::Relaxed);
+        Some(if last < self.drafts.len() { last } else { 0 })
+    }
+
+    /// A target-only measurement is the target's speed whoever drafts: every controller learns it.
+    pub(super) fn record_target_only_all(&self, tokens: usize, secs: f64) {
+        let now = Instant::now();
+        self.with_ctl(None, |c| c.record_target_only(now, tokens, secs));
+        for d in &self.drafts {
+            d.with_controller(|c| c.record_target_only(now, tokens, secs));
+        }
+    }
+
+    /// Pick the draft server for a request (or for the rest of one, after `failed` failed).
+    pub(super) fn choose_drafter(&self, info: &PairingInfo, failed: &[usize]) -> Option<usize> {
+        let usable = info.usable_drafters(failed);
+        let n = self.choices.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = drafters::choose(&self.drafts, &usable, n)?;
+        drafters::chosen(&self.drafts[slot], n);
+        self.last_slot.store(slot, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    /// Every draft server's figures, for the stats JSON.
+    pub fn drafter_views(&self) -> Vec<drafters::DrafterView> {
+        let info = self.probed.try_lock().ok().and_then(|g| g.clone());
+        self.drafts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let unusable = match info.as_ref().and_then(|info| info.drafters.get(i)) {
+                    Some(Err(reason)) => Some(reason.clone()),
+                    Some(Ok(_)) => None,
+                    None => Some("not probed yet".to_string()),
+                };
+                d.view(unusable)
+            })
+            .collect()
+    }
+
+    pub fn target(&self) -> &Backend {
+        &self.target
+    }
+
+    /// Run `f` on the controller (a poisoned lock means a panic elsewhere; the state is still
+    /// plain numbers, so keep using it).
+    pub(super) fn with_controller<T>(&self, f: impl FnOnce(&mut controller::Controller) -> T) -> T {
+        self.with_ctl(self.primary_slot(), f)
+    }
+
+    /// With a draft server and a native-pairing target: how the two paths compare.
+    pub fn paths_view(&self) -> Option<path_choice::PathsView> {
+        self.native_alternative.as_ref().map(|n| {
+            n.chooser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .view()
+        })
+    }
+
+    /// The path for this request when the pairing has two (`None`: it has one).
+    pub(super) fn choose_path(&self) -> Option<path_choice::SpeculationPath> {
+        self.native_alternative.as_ref().map(|n| {
+            n.chooser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .choose()
+        })
+    }
+
+    pub(super) fn record_path(
+        &self,
+        path: path_choice::SpeculationPath,
+        tokens: usize,
+        seconds: f64,
+    ) {
+        if let Some(n) = &self.native_alternative {
+            n.chooser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(path, tokens, seconds);
+        }
+    }
+
+    /// The controller's state for the stats JSON.
+    pub fn controller_view(&self) -> controller::ControllerView {
+        self.with_controller(|c| c.view())
+    }
+
+    pub(super) fn publish_controller_state(&self) {
+        let (enabled, reason) = self.with_controller(|c| {
+            (
+                !matches!(c.mode(), controller::Mode::Off { .. }),
+                c.last_decision.as_ref().map(|d| d.reason.clone()),
+            )
+        });
+        self.metrics
+            .set_speculation(enabled, if enabled { None } else { reason });
+    }
+
+    /// Count a failed request; after a backend failure, forget what was probed so the next
+    /// request looks at the servers again.
+    pub async fn record_failure(&self, e: &EngineError) {
+        self.metrics.request(ServedBy::Error);
+        if matches!(e, EngineError::Backend(_)) {
+            self.invalidate().await;
+        }
+    }
+
+    /// Forget what was probed (after a backend failure), so the next request looks again.
+    pub async fn invalidate(&self) {
+        *self.probed.lock().await = None;
+    }
+}

@@ -1,0 +1,283 @@
+//! What a pairing learns about its servers before it may speculate, and keeps up to date: the
+//! target's context, end tokens and slots; per draft server whether it can speak for the target
+//! (same vocabulary, same tokenization of [`TOKENIZER_PROBES`], enough target slots); which
+//! drafter drafts. `tightwad doctor` checks the same probe strings.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::pairing::{Drafter, Pairing, DRAFT_RETRY_AFTER, PROMPT_LOOKUP, REPROBE_AFTER};
+use crate::backend::{Backend, BackendError, TokenId};
+
+/// Strings both servers must tokenize identically before the draft may speak for the target. They
+/// cover words, numbers, whitespace runs, punctuation, non-Latin scripts and emoji.
+pub const TOKENIZER_PROBES: &[&str] = &[
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    "3.14159 + 2,718 = 5.85959; 1e-9 × 10^9 = 1",
+    "  multiple   spaces\tand\ttabs\n\nnew lines  ",
+    "Grüße aus Köln — naïve café, 東京の天気は晴れ, Москва, 🙂🚀",
+    "<|im_start|>user\nhi<|im_end|>\n</s><s>[INST]",
+];
+
+/// What the pairing learned about its servers, refreshed after failures.
+#[derive(Debug)]
+pub struct PairingInfo {
+    pub target_model: String,
+    pub target_build: String,
+    /// Context size of one target slot: prompt + generation must stay below it.
+    pub n_ctx: usize,
+    /// End-of-generation token ids (EOS and the like).
+    pub end_of_generation: HashSet<TokenId>,
+    /// `Ok(k)`: speculate with k draft tokens per round. `Err(reason)`: target-only, and why.
+    pub speculation: Result<usize, String>,
+    /// Who drafts while `speculation` is `Ok`.
+    pub drafter: Drafter,
+    /// Per draft server (same order as the config): usable with k, or why not.
+    pub drafters: Vec<Result<usize, String>>,
+    pub(super) probed_at: Instant,
+}
+
+impl PairingInfo {
+    /// The draft servers usable now, minus those that already failed during this request.
+    pub(super) fn usable_drafters(&self, failed: &[usize]) -> Vec<usize> {
+        self.drafters
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| d.is_ok() && !failed.contains(i))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+impl Pairing {
+    /// The pairing's facts, probing the servers when they are unknown or a failure made them stale.
+    pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
+        let mut guard = self.probed.lock().await;
+        if let Some(info) = guard.as_ref() {
+            // Re-probe while speculation is off for want of a drafter (target-only, or
+            // native-only when the pairing has that path too), or while one drafter is down for
+            // a reason that passes (not another vocabulary, which stays so).
+            let transient = |d: &Result<usize, String>| {
+                d.as_ref()
+                    .err()
+                    .is_some_and(|r| r.starts_with("draft unavailable") || r.starts_with("failed:"))
+            };
+            let without_draft = info.speculation.is_err()
+                || (info.drafter == Drafter::Native && self.native_alternative.is_some());
+            let draft_may_be_back = ((without_draft && !self.drafts.is_empty())
+                || info.drafters.iter().any(transient))
+                && info.probed_at.elapsed() > DRAFT_RETRY_AFTER;
+            if !draft_may_be_back && info.probed_at.elapsed() < REPROBE_AFTER {
+                return Ok(info.clone());
+            }
+        }
+        let info = Arc::new(self.probe().await?);
+        match &info.speculation {
+            Ok(k) => {
+                info!(pairing = %self.config.name, k, target = %info.target_model, build = %info.target_build, "speculation on");
+                self.metrics.set_speculation(true, None);
+            }
+            Err(reason) => {
+                warn!(pairing = %self.config.name, %reason, "speculation off: serving target-only");
+                self.metrics.set_speculation(false, Some(reason.clone()));
+            }
+        }
+        *guard = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Mark draft server `slot` as failed until the retry interval has passed; speculation stays
+    /// on while another draft server is usable.
+    pub(super) async fn draft_failed(&self, slot: Option<usize>, reason: String) {
+        self.metrics.draft_failures.inc();
+        if let Some(d) = slot.and_then(|i| self.drafts.get(i)) {
+            d.metrics.failures.inc();
+        }
+        let mut guard = self.probed.lock().await;
+        let mut still_on = false;
+        if let Some(old) = guard.as_ref() {
+            let mut drafters = old.drafters.clone();
+            match slot.and_then(|i| drafters.get_mut(i)) {
+                Some(d) => *d = Err(format!("failed: {reason}")),
+                None => drafters.iter_mut().for_each(|d| *d = Err(reason.clone())),
+            }
+            let usable = drafters.iter().find_map(|d| d.as_ref().ok().copied());
+            still_on = usable.is_some();
+            let info = PairingInfo {
+                target_model: old.target_model.clone(),
+                target_build: old.target_build.clone(),
+                n_ctx: old.n_ctx,
+                end_of_generation: old.end_of_generation.clone(),
+                // No drafter left: with native pairing as well, the target's own speculation
+                // carries on alone.
+                speculation: match usable {
+                    Some(k) => Ok(k),
+                    None if self.config.native => Ok(self.config.draft_tokens.max(1)),
+                    None => Err(reason.clone()),
+                },
+                drafter: if usable.is_none() && self.config.native {
+                    Drafter::Native
+                } else {
+                    old.drafter
+                },
+                drafters,
+                probed_at: Instant::now(),
+            };
+            *guard = Some(Arc::new(info));
+        }
+        if !still_on {
+            self.metrics.set_speculation(false, Some(reason));
+        }
+    }
+
+    pub(super) async fn probe(&self) -> Result<PairingInfo, BackendError> {
+        let facts = self.target.facts().await?;
+        let end_of_generation = facts.end_of_generation.clone();
+        let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
+        let mut drafters = Vec::with_capacity(self.drafts.len());
+        for d in &self.drafts {
+            let checked = self
+                .check_draft(&d.server, facts.verify_slots, facts.n_vocab)
+                .await;
+            if let Err(reason) = &checked {
+                warn!(pairing = %self.config.name, drafter = %d.url, %reason, "drafter not usable");
+            }
+            drafters.push(checked);
+        }
+        // The first usable drafter's k (all share the target's slots), else the first reason.
+        let servers_checked = drafters
+            .iter()
+            .find(|d| d.is_ok())
+            .or(drafters.first())
+            .cloned();
+        let (speculation, drafter) = match servers_checked {
+            None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
+            None if lookup_configured => (
+                slots_for_verification(
+                    facts.verify_slots,
+                    self.config.draft_tokens,
+                    &self.config.name,
+                ),
+                Drafter::PromptLookup,
+            ),
+            None => (
+                Err("no draft server configured".to_string()),
+                Drafter::Server,
+            ),
+            Some(checked) => match checked {
+                Err(reason)
+                    if self.config.prompt_lookup_fallback
+                        && reason.starts_with("draft unavailable") =>
+                {
+                    warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
+                    (
+                        slots_for_verification(
+                            facts.verify_slots,
+                            self.config.draft_tokens,
+                            &self.config.name,
+                        ),
+                        Drafter::PromptLookup,
+                    )
+                }
+                Err(reason) if self.config.native => {
+                    warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
+                    (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
+                }
+                other => (other, Drafter::Server),
+            },
+        };
+        // Proxy rounds decide where the answer ends, so they need the target's end tokens; a
+        // vLLM target tells them only with its tokenizer-info endpoint. Streams end by themselves.
+        let speculation = match speculation {
+            Ok(_) if !facts.eos_known && drafter != Drafter::Native => Err(format!(
+                "the {} target does not say which token ends an answer: start vLLM with --enable-tokenizer-info-endpoint",
+                self.target.kind().as_str()
+            )),
+            other => other,
+        };
+        Ok(PairingInfo {
+            target_model: facts.model,
+            target_build: facts.build,
+            n_ctx: facts.n_ctx,
+            end_of_generation,
+            speculation,
+            drafter,
+            drafters,
+            probed_at: Instant::now(),
+        })
+    }
+
+    /// Can this draft speak for this target? Same vocabulary, same tokenization, enough slots.
+    pub(super) async fn check_draft(
+        &self,
+        draft: &Backend,
+        target_slots: u32,
+        target_vocab: Option<u64>,
+    ) -> Result<usize, String> {
+        let draft_model = draft
+            .facts()
+            .await
+            .map_err(|e| format!("draft unavailable: {e}"))?;
+        if let (Some(t), Some(d)) = (target_vocab, draft_model.n_vocab) {
+            if t != d {
+                return Err(format!(
+                    "draft vocabulary has {d} tokens, the target's {t}: they cannot share token ids"
+                ));
+            }
+        }
+        compare_tokenizers(&self.target, draft).await?;
+        slots_for_verification(target_slots, self.config.draft_tokens, &self.config.name)
+    }
+}
+
+/// Whether `draft` tokenizes every [`TOKENIZER_PROBES`] string exactly as `target` does; the
+/// reason why not otherwise. The engine's probe and `tightwad doctor` both ask this.
+pub async fn compare_tokenizers(target: &Backend, draft: &Backend) -> Result<(), String> {
+    for probe in TOKENIZER_PROBES {
+        let t = target
+            .tokenize(probe, true)
+            .await
+            .map_err(|e| format!("target tokenizer probe failed: {e}"))?;
+        let d = draft
+            .tokenize(probe, true)
+            .await
+            .map_err(|e| format!("draft tokenizer probe failed: {e}"))?;
+        if t != d {
+            return Err(format!(
+                "draft and target tokenize {probe:?} differently ({} vs {} tokens): different vocabularies",
+                d.len(),
+                t.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The draft length the target's slots allow (k draft tokens need k + 1 slots), or why none.
+pub(super) fn slots_for_verification(
+    target_slots: u32,
+    wanted: usize,
+    pairing: &str,
+) -> Result<usize, String> {
+    let slots = target_slots as usize;
+    if slots < 2 {
+        return Err(format!(
+            "the target has {slots} slot; verifying {wanted} draft tokens in one pass needs {} (start it with -np {})",
+            wanted + 1,
+            wanted + 1
+        ));
+    }
+    if slots < wanted + 1 {
+        warn!(
+            pairing,
+            "the target has {slots} slots: draft length capped at {} (start it with -np {} for k = {wanted})",
+            slots - 1,
+            wanted + 1
+        );
+    }
+    Ok(wanted.min(slots - 1).max(1))
+}

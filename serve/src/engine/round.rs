@@ -1,0 +1,310 @@
+//! One speculation round after another: the draft proposes k tokens, the target verifies them,
+//! the accepted prefix and the target's own next token go to the output. Pipelining drafts the
+//! next block while the target verifies this one. Every emitted token is the target's choice.
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+
+use super::lookup;
+use super::pairing::{Drafter, Pairing};
+use super::probe::PairingInfo;
+use super::request::{Delta, EngineError, Run};
+use super::target_only::send_text;
+use super::verify::{self, Choice};
+use crate::backend::{BackendError, Completion, Sampling, TokenId};
+
+impl Pairing {
+    /// Draft→verify rounds until the output is finished or the draft fails.
+    pub(super) async fn speculate(
+        &self,
+        info: &PairingInfo,
+        (drafter, slot): (Drafter, Option<usize>),
+        k_max: usize,
+        sampling: &Sampling,
+        run: &mut Run,
+        tx: &mpsc::Sender<Delta>,
+    ) -> Result<(), SpeculationStop> {
+        let draft_slot = slot.and_then(|i| self.drafts.get(i));
+        let draft_server = draft_slot.map(|d| &d.server);
+        let mut rng = match sampling.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        // The target samples by itself where the proxy cannot (see `choose`); it must never get
+        // one fixed seed for all positions of a round, so the seed is not forwarded here.
+        let verify_sampling = Sampling {
+            seed: None,
+            ..*sampling
+        };
+        let n_probs = if sampling.is_greedy() {
+            1
+        } else {
+            match sampling.top_k {
+                Some(k) if (1..=100).contains(&k) => k as usize,
+                _ => 100,
+            }
+        };
+        // Pipelining: while the target verifies a block, the draft already drafts the next one,
+        // betting that the whole block is accepted. `prefetch` holds that bet: the context it was
+        // drafted for and the task drafting it (aborted when the bet is lost).
+        let mut prefetch: Option<Prefetch> = None;
+        while run.out.finish.is_none() {
+            let wanted = self.with_ctl(slot, |c| c.choose_k());
+            if wanted == 0 {
+                // The controller switched speculation off: the rest is the target's alone.
+                return Ok(());
+            }
+            let k = wanted.min(k_max).min(run.out.remaining().saturating_sub(1));
+            let span = info_span!("round", n = run.rounds + 1, k);
+            let round = async {
+                let draft_started = Instant::now();
+                let proposal = match (k, drafter, draft_server) {
+                    (0, _, _) => Vec::new(),
+                    (_, Drafter::PromptLookup, _) => lookup::propose(&run.ctx, k),
+                    (_, Drafter::Native, _) => {
+                        return Err(SpeculationStop::Draft(
+                            "native pairing drafts inside the target, not in proxy rounds".into(),
+                        ))
+                    }
+                    (_, Drafter::Server, None) => {
+                        return Err(SpeculationStop::Draft("no draft server".into()))
+                    }
+                    (_, Drafter::Server, Some(draft)) => {
+                        let ready = match prefetch.take() {
+                            Some(p) if p.base == run.ctx => p.collect().await,
+                            _ => None,
+                        };
+                        let mut d = match ready {
+                            Some(tokens) if tokens.len() >= k => {
+                                run.prefetched += 1;
+                                self.metrics.prefetched.inc();
+                                tokens
+                            }
+                            _ => {
+                                draft
+                                    .complete(&run.ctx, k, &Sampling::greedy())
+                                    .await
+                                    .map_err(|e| SpeculationStop::Draft(e.to_string()))?
+                                    .tokens
+                            }
+                        };
+                        d.truncate(k);
+                        d
+                    }
+                };
+                let draft_secs = draft_started.elapsed().as_secs_f64();
+                // Bet on full acceptance: draft k + 1 more tokens after this block (the first is
+                // the draft's guess for the target's bonus token) while the target verifies.
+                let bet = match (draft_server, drafter) {
+                    (Some(draft), Drafter::Server)
+                        if self.config.pipeline && k > 0 && proposal.len() == k =>
+                    {
+                        let base: Vec<TokenId> = [run.ctx.as_slice(), &proposal].concat();
+                        let draft = draft.clone();
+                        let ahead = base.clone();
+                        let task = tokio::spawn(async move {
+                            draft
+                                .complete(&ahead, k + 1, &Sampling::greedy())
+                                .await
+                                .map(|c| c.tokens)
+                        });
+                        Some(Prefetch::new(base, task))
+                    }
+                    _ => None,
+                };
+                let verify_started = Instant::now();
+                let results = self
+                    .target
+                    .verify(&run.ctx, &proposal, &verify_sampling, n_probs)
+                    .await
+                    .map_err(|e| match e {
+                        // k+1 copies of the context did not fit the target's KV cache: this
+                        // request continues target-only (exact), and the user learns why.
+                        BackendError::Status { ref body, .. } if body.contains("exceed") => {
+                            SpeculationStop::Capacity(format!(
+                                "the target's context cannot hold {} copies of this {}-token context for one-pass verification (start it with a larger -c): {e}",
+                                proposal.len() + 1,
+                                run.ctx.len()
+                            ))
+                        }
+                        e => SpeculationStop::Fatal(e.into()),
+                    })?;
+                let choices = results
+                    .iter()
+                    .map(|r| choose(r, sampling, info, &mut rng))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| SpeculationStop::Fatal(e.into()))?;
+                let n_accepted = verify::accepted_prefix(&proposal, &choices);
+                let verify_secs = verify_started.elapsed().as_secs_f64();
+                debug!(
+                    drafted = proposal.len(),
+                    accepted = n_accepted,
+                    draft_ms = draft_secs * 1e3,
+                    verify_ms = verify_secs * 1e3,
+                    "verified"
+                );
+                self.with_ctl(slot, |c| {
+                    c.record_round(
+                        Instant::now(),
+                        proposal.len(),
+                        n_accepted,
+                        draft_secs,
+                        verify_secs,
+                    )
+                });
+                self.metrics.round(proposal.len(), n_accepted);
+                if let Some(d) = draft_slot {
+                    d.metrics.round(proposal.len(), n_accepted);
+                }
+                run.rounds += 1;
+                run.drafted += proposal.len();
+                run.accepted += n_accepted;
+                if let Some(bet) = bet {
+                    if n_accepted == proposal.len() {
+                        // Still winning if the draft's first extra token is the target's bonus.
+                        prefetch = Some(bet.after_bonus(choices[n_accepted].id));
+                    }
+                    // Otherwise the bet is dropped here, which cancels it.
+                }
+                let mut text = String::new();
+                for c in &choices[..=n_accepted] {
+                    text.push_str(&run.out.push(c.id, c.bytes.as_deref(), c.end_of_generation));
+                    run.ctx.push(c.id);
+                    if run.out.finish.is_some() {
+                        break;
+                    }
+                }
+                text.push_str(
+                    &self
+                        .resolve_text(&mut run.out, false)
+                        .await
+                        .map_err(|e| SpeculationStop::Fatal(e.into()))?,
+                );
+                send_text(tx, text).await.map_err(SpeculationStop::Fatal)?;
+                Ok(())
+            };
+            round.instrument(span).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Draft tokens being drafted ahead for the context `base` (pipelining). Dropping it cancels the
+/// draft request, so a lost bet never keeps the draft busy.
+pub(super) struct Prefetch {
+    base: Vec<TokenId>,
+    task: Option<tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>>,
+}
+
+impl Prefetch {
+    fn new(
+        base: Vec<TokenId>,
+        task: tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>,
+    ) -> Self {
+        Prefetch {
+            base,
+            task: Some(task),
+        }
+    }
+
+    /// The drafted tokens, if the draft answered.
+    async fn collect(mut self) -> Option<Vec<TokenId>> {
+        let task = self.task.take()?;
+        task.await.ok().and_then(Result::ok)
+    }
+
+    /// The whole block was accepted and the target added `bonus`: keep the drafted tokens after
+    /// their first one, if that first one was `bonus`.
+    fn after_bonus(mut self, bonus: TokenId) -> Prefetch {
+        let task = self.task.take();
+        let mut base = std::mem::take(&mut self.base);
+        base.push(bonus);
+        let next = tokio::spawn(async move {
+            let mut inner = AbortOnDrop(task);
+            match inner.0.as_mut() {
+                Some(t) => match t.await {
+                    Ok(Ok(tokens)) if tokens.first() == Some(&bonus) => Ok(tokens[1..].to_vec()),
+                    _ => Ok(Vec::new()),
+                },
+                None => Ok(Vec::new()),
+            }
+        });
+        Prefetch::new(base, next)
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Aborts the task it holds if dropped before the task was awaited.
+pub(super) struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Why the rounds stopped before the output was finished.
+pub(super) enum SpeculationStop {
+    /// The draft failed: continue target-only.
+    Draft(String),
+    /// The target cannot verify this request's drafts (context too small): continue target-only.
+    Capacity(String),
+    /// The target failed or the client left: end the request.
+    Fatal(EngineError),
+}
+
+/// The target's choice at one position: its own greedy token, or a sample from its post-sampler
+/// distribution drawn by the proxy (seeded by the request), or — when the returned candidates do
+/// not cover the distribution — the sample the server itself drew with an independent seed.
+pub(super) fn choose(
+    result: &Completion,
+    sampling: &Sampling,
+    info: &PairingInfo,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Choice, BackendError> {
+    let server_eos = result.stop_type == "eos";
+    let Some(sampled) = result.completion_probabilities.first() else {
+        // No details for this token (its text ends mid-character): its id is all there is.
+        let id = *result
+            .tokens
+            .first()
+            .ok_or_else(|| BackendError::Malformed {
+                server: "target",
+                path: "/completion".into(),
+                detail: "a verification result without its sampled token".into(),
+            })?;
+        return Ok(Choice {
+            id,
+            bytes: None,
+            end_of_generation: server_eos || info.end_of_generation.contains(&id),
+        });
+    };
+    if !sampling.is_greedy() {
+        if let Some(c) = verify::sample(&sampled.top_probs, rng) {
+            let end_of_generation =
+                info.end_of_generation.contains(&c.id) || (c.id == sampled.id && server_eos);
+            return Ok(Choice {
+                id: c.id,
+                bytes: Some(c.bytes.clone()),
+                end_of_generation,
+            });
+        }
+    }
+    Ok(Choice {
+        id: sampled.id,
+        bytes: Some(sampled.bytes.clone()),
+        end_of_generation: server_eos || info.end_of_generation.contains(&sampled.id),
+    })
+}

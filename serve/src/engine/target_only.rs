@@ -1,0 +1,142 @@
+//! The target alone, streamed: the rest of an answer when speculation is off or stopped, the
+//! stretches that time the target's own speed, and native pairing's streams. Exact for any sampler
+//! by construction.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::output::{FinishReason, Output};
+use super::pairing::Pairing;
+use super::probe::PairingInfo;
+use super::request::{Delta, EngineError, Run};
+use crate::backend::{BackendError, Sampling};
+
+impl Pairing {
+    /// Let the target generate the rest by itself, streamed (exact for any sampler by construction).
+    pub(super) async fn target_only(
+        &self,
+        info: &PairingInfo,
+        sampling: &Sampling,
+        run: &mut Run,
+        tx: &mpsc::Sender<Delta>,
+        limit: usize,
+        native_draft_tokens: Option<usize>,
+    ) -> Result<Stretch, EngineError> {
+        let pending = self.resolve_text(&mut run.out, true).await?;
+        send_text(tx, pending).await?;
+        if run.out.finish.is_some() {
+            return Ok(Stretch::default());
+        }
+        let remaining = run.out.remaining();
+        let stretch = remaining.min(limit);
+        let mut events = std::pin::pin!(
+            self.target
+                .stream(&run.ctx, stretch, sampling, native_draft_tokens)
+                .await?
+        );
+        let mut result = Stretch::default();
+        let mut decoded_before = 0usize;
+        // Timed from the first token on, so prompt processing does not count as decode speed.
+        let mut first_token_at: Option<Instant> = None;
+        let mut after_first = 0usize;
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if run.out.finish.is_some() && !event.stop {
+                continue;
+            }
+            if event.stop {
+                if let Some(t) = &event.timings {
+                    result.drafted = t.draft_n.unwrap_or(0) as usize;
+                    result.accepted = t.draft_n_accepted.unwrap_or(0) as usize;
+                }
+                // The final event repeats nothing new in stream mode; it only says why it ended.
+                let text = match event.stop_type.as_str() {
+                    "eos" => run.out.end(FinishReason::Stop),
+                    _ if stretch < remaining => String::new(),
+                    _ => run.out.end(FinishReason::Length),
+                };
+                send_text(tx, text).await?;
+                break;
+            }
+            let n = event.tokens_predicted.saturating_sub(decoded_before).max(1);
+            decoded_before = event.tokens_predicted.max(decoded_before + n);
+            match first_token_at {
+                None => first_token_at = Some(Instant::now()),
+                Some(_) => after_first += n,
+            }
+            let ended = event
+                .tokens
+                .last()
+                .is_some_and(|t| info.end_of_generation.contains(t));
+            let mut text = run.out.push_streamed(&event.tokens, n, &event.content);
+            run.ctx.extend_from_slice(&event.tokens);
+            if ended {
+                text.push_str(&run.out.end(FinishReason::Stop));
+            }
+            send_text(tx, text).await?;
+            // Native pairing at the token limit: read on to the final event, which carries the
+            // draft counters (the server sends it right after the last token). Otherwise (stop
+            // string, EOS) stop reading: dropping the stream cancels the server's work.
+            let drain =
+                native_draft_tokens.is_some() && run.out.finish == Some(FinishReason::Length);
+            if run.out.finish.is_some() && !drain {
+                break;
+            }
+        }
+        if run.out.finish.is_none() && stretch >= remaining {
+            run.out.end(FinishReason::Length);
+        }
+        result.tokens_after_first = after_first;
+        result.seconds = first_token_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Ok(result)
+    }
+}
+
+impl Pairing {
+    /// Fetch the text of tokens whose bytes the target did not report, once it is a whole
+    /// character (or `force`d, or the output is finished, or the wait grew long).
+    pub(super) async fn resolve_text(
+        &self,
+        out: &mut Output,
+        force: bool,
+    ) -> Result<String, BackendError> {
+        if out.unresolved().is_empty() {
+            return Ok(String::new());
+        }
+        let text = self.target.detokenize(out.unresolved()).await?;
+        let incomplete = text.ends_with('\u{FFFD}');
+        if incomplete && !force && out.finish.is_none() && out.unresolved().len() < 8 {
+            return Ok(String::new());
+        }
+        Ok(out.resolve(&text))
+    }
+}
+
+/// Send text that is final to the client; empty text sends nothing. A closed channel means the
+/// client went away.
+pub(super) async fn send_text(tx: &mpsc::Sender<Delta>, text: String) -> Result<(), EngineError> {
+    if text.is_empty() || tx.send(Delta { text }).await.is_ok() {
+        Ok(())
+    } else {
+        Err(EngineError::ClientGone)
+    }
+}
+
+/// What a target-only stretch produced.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Stretch {
+    /// Tokens after the first (the first one's latency includes prompt processing).
+    pub(super) tokens_after_first: usize,
+    pub(super) seconds: f64,
+    /// Native pairing only: the target's own speculation counters.
+    pub(super) drafted: usize,
+    pub(super) accepted: usize,
+}
+
+impl Stretch {
+    pub(super) fn timed(self) -> (usize, f64) {
+        (self.tokens_after_first, self.seconds)
+    }
+}
