@@ -37,10 +37,18 @@ struct RequestLabel {
     served_by: ServedBy,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabel {
+    pairing: String,
+    /// [`crate::engine::ForwardReason::kind`]: a bounded set.
+    reason: &'static str,
+}
+
 /// All families, registered once.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabel, Counter>,
+    forwarded: Family<ForwardLabel, Counter>,
     rounds: Family<PairingLabel, Counter>,
     drafted: Family<PairingLabel, Counter>,
     accepted: Family<PairingLabel, Counter>,
@@ -81,6 +89,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tightwad");
         let requests = Family::<RequestLabel, Counter>::default();
+        let forwarded = Family::<ForwardLabel, Counter>::default();
         let rounds = Family::<PairingLabel, Counter>::default();
         let drafted = Family::<PairingLabel, Counter>::default();
         let accepted = Family::<PairingLabel, Counter>::default();
@@ -93,6 +102,11 @@ impl Metrics {
             "requests",
             "Completion requests by how they were served",
             requests.clone(),
+        );
+        registry.register(
+            "forwarded_requests",
+            "Requests forwarded to the target unchanged, by why",
+            forwarded.clone(),
         );
         registry.register("spec_rounds", "Draft→verify rounds", rounds.clone());
         registry.register(
@@ -135,6 +149,7 @@ impl Metrics {
             drafters,
             registry,
             requests,
+            forwarded,
             rounds,
             drafted,
             accepted,
@@ -160,6 +175,7 @@ impl Metrics {
         PairingMetrics {
             name: name.to_string(),
             requests: self.requests.clone(),
+            forwarded: self.forwarded.clone(),
             rounds: self.rounds.get_or_create(&l).clone(),
             drafted: self.drafted.get_or_create(&l).clone(),
             accepted: self.accepted.get_or_create(&l).clone(),
@@ -258,6 +274,7 @@ impl DrafterMetrics {
 pub struct PairingMetrics {
     name: String,
     requests: Family<RequestLabel, Counter>,
+    forwarded: Family<ForwardLabel, Counter>,
     pub rounds: Counter,
     pub drafted: Counter,
     pub accepted: Counter,
@@ -319,6 +336,17 @@ impl PairingMetrics {
             .get_or_create(&RequestLabel {
                 pairing: self.name.clone(),
                 served_by,
+            })
+            .inc();
+    }
+
+    /// A request the target served unchanged: counted as passthrough, and by why.
+    pub fn forwarded(&self, reason: &crate::engine::ForwardReason) {
+        self.request(ServedBy::Passthrough);
+        self.forwarded
+            .get_or_create(&ForwardLabel {
+                pairing: self.name.clone(),
+                reason: reason.kind(),
             })
             .inc();
     }

@@ -89,6 +89,17 @@ impl ApiError {
         }
     }
 
+    /// A failure of the proxy itself (a task that ended without its result).
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
     pub fn backend(e: &BackendError) -> Self {
         let status = StatusCode::from_u16(e.client_status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError {

@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::backend::types::{Sampling, TokenId};
-use crate::engine::{GenerationRequest, PromptInput};
+pub use crate::engine::Plan;
+use crate::engine::{ForwardReason, GenerationRequest, PromptInput};
 
 /// Which endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,15 +71,6 @@ pub struct OpenAiRequest {
     pub return_token_ids: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-/// What to do with a valid request.
-#[derive(Debug)]
-pub enum Plan {
-    /// Generate through the engine (speculation when the pairing allows it).
-    Engine(GenerationRequest),
-    /// Forward to the target as is; the reason goes to the logs.
-    Passthrough(String),
 }
 
 /// Fields that never change the generated tokens.
@@ -205,7 +197,7 @@ impl OpenAiRequest {
                     ));
                 }
                 match check_messages(self.messages.as_ref())? {
-                    Some(reason) => return Ok(Plan::Passthrough(reason)),
+                    Some(reason) => return Ok(Plan::Forward(reason)),
                     None => PromptInput::Chat(self.messages.clone().unwrap_or(Value::Null)),
                 }
             }
@@ -216,12 +208,10 @@ impl OpenAiRequest {
             .find(|(k, v)| !INERT_FIELDS.contains(&k.as_str()) && !is_default_value(v))
             .map(|(k, _)| k)
         {
-            return Ok(Plan::Passthrough(format!(
-                "`{field}` is handled by the target itself"
-            )));
+            return Ok(Plan::Forward(ForwardReason::field(field)));
         }
         let top_k = self.top_k.map(|k| k.clamp(0, i32::MAX as i64) as i32);
-        Ok(Plan::Engine(GenerationRequest {
+        Ok(Plan::Generate(GenerationRequest {
             prompt,
             max_tokens: max_tokens.map(|m| m as usize),
             sampling: Sampling {
@@ -288,7 +278,7 @@ fn parse_prompt(prompt: Option<&Value>) -> Result<PromptInput, ApiError> {
 }
 
 /// Validate chat messages. `Ok(Some(reason))`: valid, but only the target can render them.
-fn check_messages(messages: Option<&Value>) -> Result<Option<String>, ApiError> {
+fn check_messages(messages: Option<&Value>) -> Result<Option<ForwardReason>, ApiError> {
     let Some(Value::Array(items)) = messages else {
         return Err(ApiError::invalid(
             "`messages` is required: an array of {\"role\", \"content\"} objects.",
@@ -321,7 +311,7 @@ fn check_messages(messages: Option<&Value>) -> Result<Option<String>, ApiError> 
         }
         match m.get("content") {
             Some(Value::String(_)) => {}
-            _ => passthrough = Some(format!("messages[{i}] has non-text content")),
+            _ => passthrough = Some(ForwardReason::NonTextContent),
         }
     }
     Ok(passthrough)
@@ -343,7 +333,7 @@ mod tests {
             Endpoint::ChatCompletions,
         )
         .expect("valid");
-        let Plan::Engine(g) = p else {
+        let Plan::Generate(g) = p else {
             panic!("expected the engine")
         };
         assert_eq!(g.max_tokens, Some(5));
@@ -386,13 +376,13 @@ mod tests {
             Endpoint::Completions,
         )
         .expect("valid");
-        assert!(matches!(p, Plan::Passthrough(_)));
+        assert!(matches!(p, Plan::Forward(_)));
         let p = plan(
             r#"{"prompt":"x","presence_penalty":0,"user":"bob"}"#,
             Endpoint::Completions,
         )
         .expect("valid");
-        assert!(matches!(p, Plan::Engine(_)));
+        assert!(matches!(p, Plan::Generate(_)));
     }
 
     #[test]
@@ -404,7 +394,7 @@ mod tests {
             r#"{"prompt":[[1,2,3]]}"#,
         ] {
             assert!(
-                matches!(plan(body, Endpoint::Completions), Ok(Plan::Engine(_))),
+                matches!(plan(body, Endpoint::Completions), Ok(Plan::Generate(_))),
                 "{body}"
             );
         }

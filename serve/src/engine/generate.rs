@@ -5,42 +5,81 @@
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tracing::{info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::output::{FinishReason, Output};
 use super::pairing::{Drafter, Pairing};
 use super::path_choice;
 use super::request::{
-    Delta, EngineError, Generation, GenerationRequest, Prepared, PromptInput, Run,
+    EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
+    PromptInput, Route, Run,
 };
 use super::round::SpeculationStop;
 use crate::backend::{BackendError, TokenId};
 use crate::metrics::ServedBy;
 
 impl Pairing {
-    /// Whether a request can go to the target untouched: no drafter can speak for it, or the
-    /// controller has speculation off (it still samples some requests through the engine).
-    /// Unknown (the target is not reachable): no, so the engine reports the error properly.
-    pub async fn passthrough_now(&self) -> bool {
-        match self.info().await {
-            Ok(info) if info.speculation.is_err() => true,
-            // A natively paired target speculates on its own whenever a request does not say
-            // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and
-            // with two paths the native one may be the better even while rounds are off.
-            Ok(_) if self.config.native => false,
-            Ok(info) if info.drafter == Drafter::Server && self.drafts.len() > 1 => {
-                // Untouched only while every usable drafter's controller has speculation off.
-                let now = Instant::now();
-                // Every controller is asked (each counts its requests while off).
-                let mut all = true;
-                for i in info.usable_drafters(&[]) {
-                    all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
-                }
-                all
-            }
-            Ok(_) => self.with_controller(|c| c.passthrough_while_off(Instant::now())),
-            Err(_) => false,
+    /// Serve a job: forward it to the target unchanged when the engine has nothing to add
+    /// (the plan says so, or no drafter can speak for the target, or the controller has
+    /// speculation off), else prepare it for [`Pairing::run`]. Every failure is counted here.
+    pub async fn route(&self, job: Job) -> Result<Route, EngineError> {
+        let reason = match &job.plan {
+            Plan::Forward(reason) => Some(reason.clone()),
+            Plan::Generate(_) if job.engine_only => None,
+            Plan::Generate(_) => self.forward_reason().await,
+        };
+        let result = match (reason, job.plan) {
+            (Some(reason), _) => self.forward(job.path, &job.body, reason).await,
+            (None, Plan::Generate(request)) => self.prepare(request).await.map(Route::Generate),
+            (None, Plan::Forward(_)) => unreachable!("a forward plan always has its reason"),
+        };
+        if let Err(e) = &result {
+            self.record_failure(e).await;
         }
+        result
+    }
+
+    /// Send the client's body to the target's own route and hand back its reply.
+    async fn forward(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        reason: ForwardReason,
+    ) -> Result<Route, EngineError> {
+        info!(pairing = %self.config.name, reason = %reason.tag(), "forwarding to the target unchanged");
+        let response = self.target.forward(path, body).await?;
+        self.metrics.forwarded(&reason);
+        Ok(Route::Forwarded { response, reason })
+    }
+
+    /// Why a request the engine could generate should go to the target untouched right now: no
+    /// drafter can speak for it, or the controller has speculation off (it still samples some
+    /// requests through the engine). `None` when unknown (the target is not reachable), so the
+    /// engine reports the error properly.
+    async fn forward_reason(&self) -> Option<ForwardReason> {
+        let info = self.info().await.ok()?;
+        if info.speculation.is_err() {
+            return Some(ForwardReason::NoDrafter);
+        }
+        // A natively paired target speculates on its own whenever a request does not say
+        // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and with
+        // two paths the native one may be the better even while rounds are off.
+        if self.config.native {
+            return None;
+        }
+        let now = Instant::now();
+        let off = if info.drafter == Drafter::Server && self.drafts.len() > 1 {
+            // Untouched only while every usable drafter's controller has speculation off; every
+            // controller is asked (each counts its requests while off).
+            let mut all = true;
+            for i in info.usable_drafters(&[]) {
+                all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
+            }
+            all
+        } else {
+            self.with_controller(|c| c.passthrough_while_off(now))
+        };
+        off.then_some(ForwardReason::SpeculationOff)
     }
 
     /// Turn a prompt into the target's token ids, exactly as the target's own endpoints would.
@@ -78,21 +117,34 @@ impl Pairing {
         })
     }
 
-    /// Prepare and generate in one go.
-    pub async fn generate(
-        &self,
-        request: GenerationRequest,
-        tx: mpsc::Sender<Delta>,
-    ) -> Result<Generation, EngineError> {
-        let prepared = self.prepare(request).await?;
-        self.generate_prepared(prepared, tx).await
+    /// Generate a prepared request, sending its text to `tx` as soon as it is final and then
+    /// [`Event::Done`] with the figures or the error (counted here).
+    pub async fn run(&self, prepared: Prepared, tx: mpsc::Sender<Event>) {
+        let result = self.generate_prepared(prepared, &tx).await;
+        match &result {
+            Ok(g) => info!(
+                served_by = ?g.served_by,
+                prompt_tokens = g.prompt_tokens,
+                completion_tokens = g.completion_tokens,
+                rounds = g.rounds,
+                drafted = g.drafted,
+                accepted = g.accepted,
+                ms = g.elapsed.as_millis() as u64,
+                "completed"
+            ),
+            Err(e) => {
+                warn!(error = %e, "generation failed");
+                self.record_failure(e).await;
+            }
+        }
+        let _ = tx.send(Event::Done(result)).await;
     }
 
     /// Generate the target's answer, sending text to `tx` as soon as it is final.
-    pub async fn generate_prepared(
+    async fn generate_prepared(
         &self,
         prepared: Prepared,
-        tx: mpsc::Sender<Delta>,
+        tx: &mpsc::Sender<Event>,
     ) -> Result<Generation, EngineError> {
         let Prepared {
             request,
@@ -128,13 +180,13 @@ impl Pairing {
                 .as_ref()
                 .map_or(&self.controller, |n| &n.controller);
             served_by = self
-                .generate_native(controller, &info, &request.sampling, &mut run, &tx)
+                .generate_native(controller, &info, &request.sampling, &mut run, tx)
                 .await?;
         } else if let (Some(path_choice::SpeculationPath::Native), Some(native)) =
             (path, &self.native_alternative)
         {
             served_by = self
-                .generate_native(&native.controller, &info, &request.sampling, &mut run, &tx)
+                .generate_native(&native.controller, &info, &request.sampling, &mut run, tx)
                 .instrument(info_span!("path", chosen = "native"))
                 .await?;
         } else if let Ok(k) = &info.speculation {
@@ -154,7 +206,7 @@ impl Pairing {
                             &info,
                             &request.sampling,
                             &mut run,
-                            &tx,
+                            tx,
                             plan.measure_target_tokens,
                             None,
                         )
@@ -168,7 +220,7 @@ impl Pairing {
                 let mut drafter = info.drafter;
                 while run.out.finish.is_none() && run.ids_known() {
                     let result = self
-                        .speculate(&info, (drafter, slot), *k, &request.sampling, &mut run, &tx)
+                        .speculate(&info, (drafter, slot), *k, &request.sampling, &mut run, tx)
                         .await;
                     match result {
                         Ok(()) => break,
@@ -215,7 +267,7 @@ impl Pairing {
         }
         if run.out.finish.is_none() {
             let (n, secs) = self
-                .target_only(&info, &request.sampling, &mut run, &tx, usize::MAX, None)
+                .target_only(&info, &request.sampling, &mut run, tx, usize::MAX, None)
                 .await?
                 .timed();
             self.record_target_only_all(n, secs);

@@ -29,4 +29,7 @@ mod target_only;
 
 pub use pairing::{Drafter, Pairing, PairingConfig, PROMPT_LOOKUP};
 pub use probe::{PairingInfo, TOKENIZER_PROBES};
-pub use request::{Delta, EngineError, Generation, GenerationRequest, Prepared, PromptInput};
+pub use request::{
+    EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
+    PromptInput, Route,
+};

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::controller;
 use super::pairing::{lock_controller, Pairing};
 use super::probe::PairingInfo;
-use super::request::{Delta, EngineError, Run};
+use super::request::{EngineError, Event, Run};
 use crate::backend::Sampling;
 use crate::metrics::ServedBy;
 
@@ -22,7 +22,7 @@ impl Pairing {
         info: &PairingInfo,
         sampling: &Sampling,
         run: &mut Run,
-        tx: &mpsc::Sender<Delta>,
+        tx: &mpsc::Sender<Event>,
     ) -> Result<ServedBy, EngineError> {
         let plan = lock_controller(controller).plan_request(Instant::now());
         self.publish_controller_state();

@@ -30,10 +30,104 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
 }
 
-/// A piece of the answer, sent as soon as the target has confirmed it.
+/// How the API layer asks for a request to be served: what the engine would generate, or why
+/// only the target can serve it.
 #[derive(Debug, Clone)]
-pub struct Delta {
-    pub text: String,
+pub enum Plan {
+    /// The engine generates it (speculating when that pays).
+    Generate(GenerationRequest),
+    /// The target serves it unchanged, for this reason.
+    Forward(ForwardReason),
+}
+
+/// Why a request went to the target unchanged (a label in `/metrics`, the
+/// `x-tightwad-served-by` header and the logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardReason {
+    /// The request uses a field the engine does not drive; its name, cut to a safe label.
+    Field(String),
+    /// A chat message whose content is not plain text.
+    NonTextContent,
+    /// No drafter can speak for this target (none configured, another vocabulary, too few
+    /// target slots, the draft host down).
+    NoDrafter,
+    /// The controller has speculation off: the target alone is faster right now.
+    SpeculationOff,
+}
+
+impl ForwardReason {
+    /// A field's name as a label: ASCII letters, digits and `_` only, at most 40 of them (a
+    /// client's field names never reach logs or headers raw).
+    pub fn field(name: &str) -> ForwardReason {
+        ForwardReason::Field(
+            name.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect(),
+        )
+    }
+
+    /// The reason's kind, a bounded label set for `/metrics`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardReason::Field(_) => "field",
+            ForwardReason::NonTextContent => "non_text_content",
+            ForwardReason::NoDrafter => "no_drafter",
+            ForwardReason::SpeculationOff => "speculation_off",
+        }
+    }
+
+    /// `kind` with the field name where there is one (`field:tools`), for headers and logs.
+    pub fn tag(&self) -> String {
+        match self {
+            ForwardReason::Field(f) => format!("field:{f}"),
+            other => other.kind().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardReason::Field(name) => write!(f, "`{name}` is handled by the target itself"),
+            ForwardReason::NonTextContent => write!(f, "a message has non-text content"),
+            ForwardReason::NoDrafter => write!(f, "no drafter can speak for the target"),
+            ForwardReason::SpeculationOff => {
+                write!(f, "speculation is off (the target alone is faster now)")
+            }
+        }
+    }
+}
+
+/// One request as the engine takes it from the API layer.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub plan: Plan,
+    /// The target's route for forwarding (`/v1/chat/completions`, `/v1/completions`).
+    pub path: &'static str,
+    /// The client's body, sent to the target as is when the request is forwarded.
+    pub body: Value,
+    /// The client asked for something only the engine gives (token ids): never forward.
+    pub engine_only: bool,
+}
+
+/// How the engine serves a [`Job`].
+pub enum Route {
+    /// Ready to generate: [`super::Pairing::run`] streams it.
+    Generate(Prepared),
+    /// The target's own reply, to relay as it is.
+    Forwarded {
+        response: reqwest::Response,
+        reason: ForwardReason,
+    },
+}
+
+/// What a generation sends the API layer, in order, over one channel: text as soon as the target
+/// has confirmed it, then the end.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done(Result<Generation, EngineError>),
 }
 
 /// The outcome of a finished generation.

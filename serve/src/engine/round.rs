@@ -11,7 +11,7 @@ use tracing::{debug, info_span, Instrument};
 use super::lookup;
 use super::pairing::{Drafter, Pairing};
 use super::probe::PairingInfo;
-use super::request::{Delta, EngineError, Run};
+use super::request::{EngineError, Event, Run};
 use super::target_only::send_text;
 use super::verify::{self, Choice};
 use crate::backend::{BackendError, Completion, Sampling, TokenId};
@@ -25,7 +25,7 @@ impl Pairing {
         k_max: usize,
         sampling: &Sampling,
         run: &mut Run,
-        tx: &mpsc::Sender<Delta>,
+        tx: &mpsc::Sender<Event>,
     ) -> Result<(), SpeculationStop> {
         let draft_slot = slot.and_then(|i| self.drafts.get(i));
         let draft_server = draft_slot.map(|d| &d.server);

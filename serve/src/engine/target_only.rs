@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::output::{FinishReason, Output};
 use super::pairing::Pairing;
 use super::probe::PairingInfo;
-use super::request::{Delta, EngineError, Run};
+use super::request::{EngineError, Event, Run};
 use crate::backend::{BackendError, Sampling};
 
 impl Pairing {
@@ -20,7 +20,7 @@ impl Pairing {
         info: &PairingInfo,
         sampling: &Sampling,
         run: &mut Run,
-        tx: &mpsc::Sender<Delta>,
+        tx: &mpsc::Sender<Event>,
         limit: usize,
         native_draft_tokens: Option<usize>,
     ) -> Result<Stretch, EngineError> {
@@ -116,8 +116,8 @@ impl Pairing {
 
 /// Send text that is final to the client; empty text sends nothing. A closed channel means the
 /// client went away.
-pub(super) async fn send_text(tx: &mpsc::Sender<Delta>, text: String) -> Result<(), EngineError> {
-    if text.is_empty() || tx.send(Delta { text }).await.is_ok() {
+pub(super) async fn send_text(tx: &mpsc::Sender<Event>, text: String) -> Result<(), EngineError> {
+    if text.is_empty() || tx.send(Event::Text(text)).await.is_ok() {
         Ok(())
     } else {
         Err(EngineError::ClientGone)

@@ -1,0 +1,177 @@
+//! `POST /v1/chat/completions` and `/v1/completions`, one straight line: admit (key, concurrency,
+//! body, drain) → parse and plan → the engine routes it (generate, or forward to the target) →
+//! the response (JSON, SSE, or the target's own reply relayed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::{info_span, warn, Instrument};
+
+use super::error::ApiError;
+use super::openai::{self, Endpoint, OpenAiRequest, Plan};
+use super::reply::Reply;
+use super::{guard, relay, unix_now, AppState};
+use crate::engine::{Job, Pairing, Route};
+
+pub(super) async fn completions(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    serve(state, Endpoint::Completions, client, req).await
+}
+
+pub(super) async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    serve(state, Endpoint::ChatCompletions, client, req).await
+}
+
+/// One request, in its `request` span; a refusal becomes its OpenAI error.
+async fn serve(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    client: SocketAddr,
+    req: Request,
+) -> Response {
+    let id = Reply::new_id(endpoint);
+    let span = info_span!("request", %id, endpoint = endpoint.path());
+    async move {
+        match handle(state, endpoint, client, req, id).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(status = e.status.as_u16(), message = %e.message, "request refused");
+                e.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    client: SocketAddr,
+    req: Request,
+    id: String,
+) -> Result<Response, ApiError> {
+    let admitted = admit(&state, client, req).await?;
+    let job = plan(&state, endpoint, &admitted.request, admitted.body)?;
+    let route = admitted.pairing.route(job).await?;
+    let reply = Reply {
+        id,
+        model: admitted.pairing.config.name.clone(),
+        created: unix_now(),
+        endpoint,
+        include_usage: admitted.request.include_usage(),
+        return_token_ids: admitted.request.return_token_ids.unwrap_or(false),
+    };
+    Ok(match route {
+        Route::Forwarded { response, reason } => {
+            relay::forwarded(response, &reason, endpoint, admitted.permit)
+        }
+        Route::Generate(prepared) if admitted.request.wants_stream() => {
+            reply.stream(state.clone(), admitted.pairing, prepared, admitted.permit)
+        }
+        Route::Generate(prepared) => {
+            reply
+                .whole(&state, &admitted.pairing, prepared, admitted.permit)
+                .await?
+        }
+    })
+}
+
+/// A request that passed the gate: its key, a concurrency permit, the body within its size limit,
+/// its pairing, and (while the pairing is drained for a swap) its turn.
+struct Admitted {
+    permit: guard::Permit,
+    body: serde_json::Value,
+    request: OpenAiRequest,
+    pairing: Arc<Pairing>,
+}
+
+async fn admit(state: &AppState, client: SocketAddr, req: Request) -> Result<Admitted, ApiError> {
+    state.gate.authorize(req.headers())?;
+    let mut permit = state.gate.admit(client.ip())?;
+    let body = read_body(state, req).await?;
+    let (body, request) = openai::parse(&body)?;
+    let pairing = state.pairing(request.model.as_deref())?.clone();
+    // While the pairing is drained for a model swap, wait for it to resume (then the new model
+    // answers), or give up with 503 after `drain::MAX_WAIT`.
+    let admission = state
+        .drains
+        .admit(&pairing.config.name)
+        .await
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "The model of {} is being swapped and it took too long; retry shortly.",
+                pairing.config.name
+            ))
+        })?;
+    permit.hold(admission);
+    Ok(Admitted {
+        permit,
+        body,
+        request,
+        pairing,
+    })
+}
+
+/// The engine's job for a parsed request: its plan, with the proxy's `max_tokens` cap applied to
+/// whoever generates (the engine, or the target on a forward).
+fn plan(
+    state: &AppState,
+    endpoint: Endpoint,
+    request: &OpenAiRequest,
+    mut body: serde_json::Value,
+) -> Result<Job, ApiError> {
+    let mut plan = request.plan(endpoint)?;
+    if let Some(limit) = state.gate.limits().max_tokens {
+        let asked = request.max_completion_tokens.or(request.max_tokens);
+        if let Some(m) = asked.filter(|m| *m > limit as i64) {
+            return Err(ApiError::invalid(
+                format!("`max_tokens` = {m} is above this proxy's limit of {limit}."),
+                Some("max_tokens"),
+            ));
+        }
+        if asked.is_none() {
+            body["max_tokens"] = json!(limit);
+            if let Plan::Generate(g) = &mut plan {
+                g.max_tokens = Some(limit);
+            }
+        }
+    }
+    Ok(Job {
+        plan,
+        path: endpoint.path(),
+        body,
+        // Requests that ask for the engine's extras (token ids) always go through it.
+        engine_only: request.return_token_ids.unwrap_or(false),
+    })
+}
+
+/// Read the body within the size limit; a larger body is refused whole, never half-read.
+async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))
+}

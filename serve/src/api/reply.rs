@@ -1,0 +1,266 @@
+//! The engine's answer in OpenAI's shapes: one JSON body, or SSE chunks (role, deltas, the final
+//! chunk with the `tightwad` figures, usage, `[DONE]`) read from the engine's one event channel.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::openai::Endpoint;
+use super::{guard, unix_now, AppState};
+use crate::engine::{Event, Generation, Pairing, Prepared};
+
+/// The identity of one response, shared by its chunks.
+pub(super) struct Reply {
+    pub(super) id: String,
+    pub(super) model: String,
+    pub(super) created: u64,
+    pub(super) endpoint: Endpoint,
+    pub(super) include_usage: bool,
+    pub(super) return_token_ids: bool,
+}
+
+impl Reply {
+    fn usage(g: &Generation) -> Value {
+        json!({
+            "prompt_tokens": g.prompt_tokens,
+            "completion_tokens": g.completion_tokens,
+            "total_tokens": g.prompt_tokens + g.completion_tokens,
+        })
+    }
+
+    fn speculation(g: &Generation) -> Value {
+        json!({
+            "served_by": g.served_by,
+            "rounds": g.rounds,
+            "drafted": g.drafted,
+            "accepted": g.accepted,
+            "pipelined_rounds": g.prefetched,
+            "elapsed_ms": g.elapsed.as_millis() as u64,
+        })
+    }
+
+    fn full(&self, text: &str, g: &Generation) -> Value {
+        let mut choice = match self.endpoint {
+            Endpoint::Completions => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": g.finish.as_str(),
+            }),
+            Endpoint::ChatCompletions => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": g.finish.as_str(),
+            }),
+        };
+        if self.return_token_ids {
+            choice["token_ids"] = json!(g.token_ids);
+        }
+        json!({
+            "id": self.id,
+            "object": match self.endpoint {
+                Endpoint::Completions => "text_completion",
+                Endpoint::ChatCompletions => "chat.completion",
+            },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": Self::usage(g),
+            "tightwad": Self::speculation(g),
+        })
+    }
+
+    fn chunk(&self, choice: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": match self.endpoint {
+                Endpoint::Completions => "text_completion",
+                Endpoint::ChatCompletions => "chat.completion.chunk",
+            },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        })
+    }
+
+    fn delta_chunk(&self, text: &str) -> Value {
+        self.chunk(match self.endpoint {
+            Endpoint::Completions => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})
+            }
+            Endpoint::ChatCompletions => {
+                json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+            }
+        })
+    }
+
+    fn role_chunk(&self) -> Value {
+        self.chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
+    }
+
+    fn final_chunk(&self, g: &Generation) -> Value {
+        let mut choice = match self.endpoint {
+            Endpoint::Completions => {
+                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": g.finish.as_str()})
+            }
+            Endpoint::ChatCompletions => {
+                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": g.finish.as_str()})
+            }
+        };
+        if self.return_token_ids {
+            choice["token_ids"] = json!(g.token_ids);
+        }
+        let mut chunk = self.chunk(choice);
+        chunk["tightwad"] = Self::speculation(g);
+        chunk
+    }
+
+    fn usage_chunk(&self, g: &Generation) -> Value {
+        let mut chunk = self.chunk(Value::Null);
+        chunk["choices"] = json!([]);
+        chunk["usage"] = Self::usage(g);
+        chunk
+    }
+}
+
+impl Reply {
+    /// A fresh response id (`chatcmpl-…`, `cmpl-…`).
+    pub(super) fn new_id(endpoint: Endpoint) -> String {
+        let prefix = match endpoint {
+            Endpoint::Completions => "cmpl",
+            Endpoint::ChatCompletions => "chatcmpl",
+        };
+        format!("{prefix}-{}", uuid_like())
+    }
+
+    /// Generate and answer with one JSON body. The permit is held until the generation ends.
+    pub(super) async fn whole(
+        &self,
+        state: &AppState,
+        pairing: &Pairing,
+        prepared: Prepared,
+        permit: guard::Permit,
+    ) -> Result<Response, ApiError> {
+        let (tx, mut rx) = mpsc::channel::<Event>(64);
+        let collect = async {
+            let mut text = String::new();
+            while let Some(event) = rx.recv().await {
+                match event {
+                    Event::Text(t) => text.push_str(&t),
+                    Event::Done(result) => return Some((text, result)),
+                }
+            }
+            None
+        };
+        let ((), outcome) = tokio::join!(pairing.run(prepared, tx), collect);
+        drop(permit);
+        let (text, result) =
+            outcome.ok_or_else(|| ApiError::internal("the generation ended without a result"))?;
+        let generation = result?;
+        state.recent.record(&self.id, &self.model, &generation);
+        Ok(Json(self.full(&text, &generation)).into_response())
+    }
+
+    /// Generate in a task of its own and answer with its events as SSE; the client going away
+    /// drops the stream, which aborts the task and with it the backend requests.
+    pub(super) fn stream(
+        self,
+        state: Arc<AppState>,
+        pairing: Arc<Pairing>,
+        prepared: Prepared,
+        permit: guard::Permit,
+    ) -> Response {
+        let (tx, rx) = mpsc::channel::<Event>(64);
+        let span = tracing::Span::current();
+        let task = tokio::spawn(
+            async move {
+                pairing.run(prepared, tx).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+        let events = self.sse(rx, state, AbortOnDrop(task));
+        Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    }
+
+    fn sse(
+        self,
+        rx: mpsc::Receiver<Event>,
+        state: Arc<AppState>,
+        guard: AbortOnDrop,
+    ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+        let first = match self.endpoint {
+            Endpoint::ChatCompletions => Some(self.role_chunk()),
+            Endpoint::Completions => None,
+        };
+        let data = |v: Value| SseEvent::default().data(v.to_string());
+        let initial = (rx, self, state, guard, first, false);
+        futures::stream::unfold(
+            initial,
+            move |(mut rx, reply, state, guard, first, done)| async move {
+                if done {
+                    return None;
+                }
+                if let Some(chunk) = first {
+                    return Some((vec![data(chunk)], (rx, reply, state, guard, None, false)));
+                }
+                let (events, done) = match rx.recv().await {
+                    Some(Event::Text(text)) => (vec![data(reply.delta_chunk(&text))], false),
+                    Some(Event::Done(Ok(g))) => {
+                        state.recent.record(&reply.id, &reply.model, &g);
+                        let mut events = vec![data(reply.final_chunk(&g))];
+                        if reply.include_usage {
+                            events.push(data(reply.usage_chunk(&g)));
+                        }
+                        events.push(SseEvent::default().data("[DONE]"));
+                        (events, true)
+                    }
+                    Some(Event::Done(Err(e))) => {
+                        let e = ApiError::from(e);
+                        (
+                            vec![data(e.body()), SseEvent::default().data("[DONE]")],
+                            true,
+                        )
+                    }
+                    None => {
+                        // The task ended without a result (it panicked or was aborted): say so, end.
+                        let e = ApiError::internal("the generation ended unexpectedly");
+                        (
+                            vec![data(e.body()), SseEvent::default().data("[DONE]")],
+                            true,
+                        )
+                    }
+                };
+                Some((events, (rx, reply, state, guard, None, done)))
+            },
+        )
+        .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+    }
+}
+
+/// Aborts the generation task when the response stream is dropped (the client went away), so the
+/// backends stop working for nobody.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A process-unique id without pulling in a UUID crate for it: time + counter + randomness.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let r: u32 = rand::random();
+    format!("{:x}{:04x}{:08x}", unix_now(), n & 0xffff, r)
+}
