@@ -7,6 +7,8 @@
 pub mod http;
 pub mod llamacpp;
 pub mod server;
+#[cfg(test)]
+pub mod simulated;
 pub mod sse;
 pub mod types;
 pub mod vllm;

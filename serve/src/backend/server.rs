@@ -60,6 +60,9 @@ pub struct ServerFacts {
 pub enum Backend {
     Llamacpp(LlamaServer),
     Vllm(VllmServer),
+    /// A SIMULATION for the engine's unit tests ([`super::simulated`]).
+    #[cfg(test)]
+    Simulated(std::sync::Arc<super::simulated::SimulatedServer>),
 }
 
 /// Events of a streamed generation, whichever server produced them.
@@ -84,6 +87,8 @@ impl Backend {
 
     pub fn kind(&self) -> BackendKind {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(_) => BackendKind::Llamacpp,
             Backend::Llamacpp(_) => BackendKind::Llamacpp,
             Backend::Vllm(_) => BackendKind::Vllm,
         }
@@ -91,6 +96,8 @@ impl Backend {
 
     pub fn base_url(&self) -> &str {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(_) => "simulated://",
             Backend::Llamacpp(s) => s.base_url(),
             Backend::Vllm(s) => s.base_url(),
         }
@@ -99,6 +106,8 @@ impl Backend {
     /// The llama.cpp server, for what only llama.cpp has (native pairing, `/metrics` counters).
     pub fn as_llamacpp(&self) -> Option<&LlamaServer> {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(_) => None,
             Backend::Llamacpp(s) => Some(s),
             Backend::Vllm(_) => None,
         }
@@ -106,6 +115,8 @@ impl Backend {
 
     pub async fn health(&self) -> Result<bool, BackendError> {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(_) => Ok(true),
             Backend::Llamacpp(s) => s.health().await,
             Backend::Vllm(s) => s.health().await,
         }
@@ -113,6 +124,8 @@ impl Backend {
 
     pub async fn facts(&self) -> Result<ServerFacts, BackendError> {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(s) => Ok(s.facts()),
             Backend::Llamacpp(s) => {
                 let props = s.props().await?;
                 let model = s.model_info().await?;
@@ -163,11 +176,15 @@ impl Backend {
         match self {
             Backend::Llamacpp(s) => s.tokenize(text, add_special).await,
             Backend::Vllm(s) => s.tokenize(text, add_special).await,
+            #[cfg(test)]
+            Backend::Simulated(s) => Ok(s.tokenize(text)),
         }
     }
 
     pub async fn detokenize(&self, tokens: &[TokenId]) -> Result<String, BackendError> {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(s) => Ok(s.detokenize(tokens)),
             Backend::Llamacpp(s) => s.detokenize(tokens).await,
             Backend::Vllm(s) => s.detokenize(tokens).await,
         }
@@ -176,6 +193,8 @@ impl Backend {
     /// Chat messages rendered with this server's own template, as token ids.
     pub async fn tokenize_chat(&self, messages: &Value) -> Result<Vec<TokenId>, BackendError> {
         match self {
+            #[cfg(test)]
+            Backend::Simulated(s) => Ok(s.tokenize(&messages.to_string())),
             Backend::Llamacpp(s) => {
                 let rendered = s.apply_template(messages).await?;
                 s.tokenize(&rendered, true).await
@@ -194,6 +213,8 @@ impl Backend {
         match self {
             Backend::Llamacpp(s) => s.complete(prompt, n, sampling).await,
             Backend::Vllm(s) => s.complete(prompt, n, sampling).await,
+            #[cfg(test)]
+            Backend::Simulated(s) => s.complete(prompt, n),
         }
     }
 
@@ -214,6 +235,8 @@ impl Backend {
                 s.next_token_many(&prompts, sampling, n_probs).await
             }
             Backend::Vllm(s) => s.verify(ctx, proposal, sampling).await,
+            #[cfg(test)]
+            Backend::Simulated(s) => s.verify(ctx, proposal),
         }
     }
 
@@ -230,6 +253,8 @@ impl Backend {
                 s.stream(prompt, n, sampling, native_draft_tokens).await?,
             )),
             Backend::Vllm(s) => s.stream(prompt, n, sampling).await,
+            #[cfg(test)]
+            Backend::Simulated(s) => s.stream(prompt, n),
         }
     }
 
@@ -242,6 +267,13 @@ impl Backend {
         match self {
             Backend::Llamacpp(s) => s.forward(path, body).await,
             Backend::Vllm(s) => s.forward(path, body).await,
+            #[cfg(test)]
+            Backend::Simulated(_) => Err(BackendError::Status {
+                server: "simulated",
+                path: path.to_string(),
+                status: 404,
+                body: "the simulation forwards nothing".into(),
+            }),
         }
     }
 }

@@ -33,3 +33,6 @@ pub use request::{
     EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
     PromptInput, Route,
 };
+
+#[cfg(test)]
+mod tests;

@@ -114,6 +114,27 @@ impl Pairing {
             &config.target_url,
             config.target_timeout,
         )?;
+        let mut drafts = Vec::new();
+        for url in config
+            .draft_url
+            .iter()
+            .filter(|u| u.as_str() != PROMPT_LOOKUP)
+            .chain(&config.drafts)
+        {
+            let server = Backend::new(config.draft_kind, Role::Draft, url, config.draft_timeout)?;
+            drafts.push((url.clone(), server));
+        }
+        Ok(Self::with_backends(config, metrics, target, drafts))
+    }
+
+    /// A pairing over servers already made: the target, and each draft server with its URL (the
+    /// engine's unit tests hand in simulated ones).
+    pub(crate) fn with_backends(
+        config: PairingConfig,
+        metrics: PairingMetrics,
+        target: Backend,
+        draft_servers: Vec<(String, Backend)>,
+    ) -> Self {
         let make_controller = || {
             if config.adaptive && config.moe {
                 controller::Controller::new(config.draft_tokens, config.disable_above_tok_s)
@@ -125,26 +146,18 @@ impl Pairing {
             }
         };
         let new_controller = || Arc::new(std::sync::Mutex::new(make_controller()));
-        let mut drafts = Vec::new();
-        for url in config
-            .draft_url
-            .iter()
-            .filter(|u| u.as_str() != PROMPT_LOOKUP)
-            .chain(&config.drafts)
-        {
-            let server = Backend::new(config.draft_kind, Role::Draft, url, config.draft_timeout)?;
-            drafts.push(drafters::DraftSlot::new(
-                url.clone(),
-                server,
-                make_controller(),
-                metrics.drafter(url),
-            ));
-        }
+        let drafts: Vec<drafters::DraftSlot> = draft_servers
+            .into_iter()
+            .map(|(url, server)| {
+                let m = metrics.drafter(&url);
+                drafters::DraftSlot::new(url, server, make_controller(), m)
+            })
+            .collect();
         let native_alternative = (config.native && !drafts.is_empty()).then(|| NativeAlternative {
             controller: new_controller(),
             chooser: Default::default(),
         });
-        Ok(Pairing {
+        Pairing {
             controller: new_controller(),
             native_alternative,
             config,
@@ -154,7 +167,7 @@ impl Pairing {
             metrics,
             choices: AtomicU64::new(0),
             last_slot: AtomicUsize::new(usize::MAX),
-        })
+        }
     }
 
     /// The controller of draft server `slot`, or the pairing's own for `None`.

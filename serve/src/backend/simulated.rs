@@ -1,0 +1,214 @@
+//! A SIMULATION of an inference server, in memory, for the engine's unit tests: the round loop is
+//! checked in milliseconds against a deterministic "model" instead of only end to end against
+//! real llama-servers (the integration suite still does that). Never used outside tests.
+//!
+//! The simulated model is a function from context to next token (greedy; the simulation has no
+//! sampler). Each token's text is one lowercase letter, so stop strings can span tokens and round
+//! boundaries. A draft is the same kind of server with another function (one that disagrees with
+//! the target where a test wants it to), and any server can be told to fail from its n-th call on.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::server::{EventStream, ServerFacts};
+use super::types::{Candidate, Completion, SampledToken, StreamEvent, Timings, TokenId};
+use super::BackendError;
+
+/// The simulated model: the next token after a context.
+pub type NextToken = Arc<dyn Fn(&[TokenId]) -> TokenId + Send + Sync>;
+
+/// One simulated server (target or draft).
+pub struct SimulatedServer {
+    next: NextToken,
+    eos: TokenId,
+    n_ctx: usize,
+    slots: u32,
+    /// Calls of `complete`/`verify`/`stream` so far.
+    calls: AtomicUsize,
+    /// From this call on (counted from 1), those calls fail as an unreachable server would.
+    fail_from_call: Option<usize>,
+    /// Decodes the server has run: one per `verify` (one pass) and per streamed token.
+    decodes: AtomicUsize,
+}
+
+impl std::fmt::Debug for SimulatedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatedServer")
+            .field("eos", &self.eos)
+            .field("calls", &self.calls)
+            .finish()
+    }
+}
+
+/// Token `t`'s text: one letter (`a` + t mod 26); the end-of-generation token has none.
+pub fn text_of(t: TokenId) -> String {
+    char::from(b'a' + (t % 26) as u8).to_string()
+}
+
+impl SimulatedServer {
+    pub fn new(next: NextToken, eos: TokenId) -> Self {
+        SimulatedServer {
+            next,
+            eos,
+            n_ctx: 4096,
+            slots: 9,
+            calls: AtomicUsize::new(0),
+            fail_from_call: None,
+            decodes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Fail every `complete`/`verify`/`stream` call from the `n`-th on.
+    pub fn failing_from_call(mut self, n: usize) -> Self {
+        self.fail_from_call = Some(n);
+        self
+    }
+
+    pub fn decodes(&self) -> usize {
+        self.decodes.load(Ordering::Relaxed)
+    }
+
+    /// The simulated model's own greedy continuation of `ctx`: `n` tokens, or fewer if it ends.
+    pub fn greedy(&self, ctx: &[TokenId], n: usize) -> Vec<TokenId> {
+        let mut ctx = ctx.to_vec();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let t = (self.next)(&ctx);
+            out.push(t);
+            ctx.push(t);
+            if t == self.eos {
+                break;
+            }
+        }
+        out
+    }
+
+    fn call(&self, path: &str) -> Result<(), BackendError> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.fail_from_call {
+            Some(from) if n >= from => Err(BackendError::Timeout {
+                server: "simulated",
+                path: path.to_string(),
+                seconds: 0,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn bytes(&self, t: TokenId) -> Vec<u8> {
+        if t == self.eos {
+            Vec::new()
+        } else {
+            text_of(t).into_bytes()
+        }
+    }
+
+    fn sampled(&self, t: TokenId) -> SampledToken {
+        SampledToken {
+            id: t,
+            bytes: self.bytes(t),
+            top_probs: vec![Candidate {
+                id: t,
+                bytes: self.bytes(t),
+                prob: Some(1.0),
+                logprob: Some(0.0),
+            }],
+            top_logprobs: Vec::new(),
+        }
+    }
+
+    fn completion(&self, tokens: Vec<TokenId>) -> Completion {
+        let stop_type = if tokens.last() == Some(&self.eos) {
+            "eos"
+        } else {
+            "limit"
+        };
+        Completion {
+            completion_probabilities: tokens.iter().map(|t| self.sampled(*t)).collect(),
+            tokens,
+            stop_type: stop_type.into(),
+            timings: Some(Timings::default()),
+        }
+    }
+
+    pub fn facts(&self) -> ServerFacts {
+        ServerFacts {
+            model: "simulated".into(),
+            build: "simulation".into(),
+            n_ctx: self.n_ctx,
+            n_vocab: Some(26),
+            end_of_generation: HashSet::from([self.eos]),
+            eos_known: true,
+            verify_slots: self.slots,
+        }
+    }
+
+    /// One letter per token (the reverse of [`text_of`]).
+    pub fn tokenize(&self, text: &str) -> Vec<TokenId> {
+        text.bytes()
+            .filter(u8::is_ascii_lowercase)
+            .map(|b| TokenId::from(b - b'a'))
+            .collect()
+    }
+
+    pub fn detokenize(&self, tokens: &[TokenId]) -> String {
+        tokens
+            .iter()
+            .map(|t| String::from_utf8_lossy(&self.bytes(*t)).into_owned())
+            .collect()
+    }
+
+    pub fn complete(&self, prompt: &[TokenId], n: usize) -> Result<Completion, BackendError> {
+        self.call("/completion")?;
+        Ok(self.completion(self.greedy(prompt, n)))
+    }
+
+    /// The several-prompts verification: the next token after `ctx`, `ctx+d1`, …, in one pass.
+    pub fn verify(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+    ) -> Result<Vec<Completion>, BackendError> {
+        self.call("/completion")?;
+        self.decodes.fetch_add(1, Ordering::Relaxed);
+        Ok((0..=proposal.len())
+            .map(|i| {
+                let prefix = [ctx, &proposal[..i]].concat();
+                self.completion(vec![(self.next)(&prefix)])
+            })
+            .collect())
+    }
+
+    pub fn stream(&self, prompt: &[TokenId], n: usize) -> Result<EventStream, BackendError> {
+        self.call("/completion (stream)")?;
+        let tokens = self.greedy(prompt, n);
+        self.decodes.fetch_add(tokens.len(), Ordering::Relaxed);
+        let ended = tokens.last() == Some(&self.eos);
+        let mut events: Vec<Result<StreamEvent, BackendError>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Ok(StreamEvent {
+                    content: String::from_utf8_lossy(&self.bytes(*t)).into_owned(),
+                    tokens: vec![*t],
+                    tokens_predicted: i + 1,
+                    completion_probabilities: vec![self.sampled(*t)],
+                    stop: false,
+                    stop_type: String::new(),
+                    timings: None,
+                })
+            })
+            .collect();
+        events.push(Ok(StreamEvent {
+            content: String::new(),
+            tokens: Vec::new(),
+            tokens_predicted: tokens.len(),
+            completion_probabilities: Vec::new(),
+            stop: true,
+            stop_type: if ended { "eos".into() } else { "limit".into() },
+            timings: Some(Timings::default()),
+        }));
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+}

@@ -1,0 +1,249 @@
+//! The round loop against a SIMULATION of the servers ([`crate::backend::simulated`]): acceptance,
+//! an end-of-generation token inside a draft, stop strings across a round boundary, a draft that
+//! fails mid-answer, k changing between rounds, pipelining. Each answer is compared token by token
+//! with the same pairing's target-only answer, so a change to the loop is caught in seconds; the
+//! integration suite checks the same against real llama-servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::output::FinishReason;
+use super::{Event, Generation, GenerationRequest, Pairing, PairingConfig, PromptInput};
+use crate::backend::simulated::{NextToken, SimulatedServer};
+use crate::backend::{Backend, BackendKind, Sampling, TokenId};
+use crate::metrics::{Metrics, ServedBy};
+
+/// The simulated models' end-of-generation token.
+const EOS: TokenId = 25;
+
+/// A deterministic "model": a hash of the whole context picks one of 25 letters.
+fn model(seed: u64) -> NextToken {
+    Arc::new(move |ctx: &[TokenId]| {
+        let h = ctx.iter().fold(seed, |h, t| {
+            h.wrapping_mul(6364136223846793005)
+                .wrapping_add(u64::from(*t) + 1)
+        });
+        ((h >> 33) % 25) as TokenId
+    })
+}
+
+/// `base`, but choosing another letter whenever the context length is a multiple of `every`.
+fn disagreeing(base: NextToken, every: usize) -> NextToken {
+    Arc::new(move |ctx: &[TokenId]| {
+        let t = base(ctx);
+        if ctx.len() % every == 0 {
+            (t + 1) % 25
+        } else {
+            t
+        }
+    })
+}
+
+/// `base`, ending with EOS once the context is `len` long.
+fn ending_at(base: NextToken, len: usize) -> NextToken {
+    Arc::new(move |ctx: &[TokenId]| if ctx.len() >= len { EOS } else { base(ctx) })
+}
+
+fn config(k: usize) -> PairingConfig {
+    PairingConfig {
+        name: "sim".into(),
+        target_url: "simulated://target".into(),
+        draft_url: Some("simulated://draft".into()),
+        drafts: Vec::new(),
+        prompt_lookup_fallback: false,
+        draft_tokens: k,
+        target_timeout: Duration::from_secs(5),
+        draft_timeout: Duration::from_secs(5),
+        disable_above_tok_s: None,
+        adaptive: false,
+        pipeline: false,
+        native: false,
+        moe: false,
+        target_kind: BackendKind::Llamacpp,
+        draft_kind: BackendKind::Llamacpp,
+    }
+}
+
+fn pairing(
+    config: PairingConfig,
+    target: &Arc<SimulatedServer>,
+    draft: Option<SimulatedServer>,
+) -> Pairing {
+    let drafts = draft
+        .map(|d| {
+            vec![(
+                "simulated://draft".to_string(),
+                Backend::Simulated(Arc::new(d)),
+            )]
+        })
+        .unwrap_or_default();
+    let metrics = Metrics::new().pairing("sim");
+    Pairing::with_backends(config, metrics, Backend::Simulated(target.clone()), drafts)
+}
+
+/// Generate through the engine; the text as sent, and the figures.
+async fn generate(
+    p: &Pairing,
+    prompt: &[TokenId],
+    max_tokens: usize,
+    stop: &[&str],
+) -> (String, Generation) {
+    let request = GenerationRequest {
+        prompt: PromptInput::Tokens(prompt.to_vec()),
+        max_tokens: Some(max_tokens),
+        sampling: Sampling::greedy(),
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+    };
+    let prepared = p.prepare(request).await.expect("prepared");
+    let (tx, mut rx) = mpsc::channel(64);
+    let collect = async {
+        let mut text = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(result) => return (text, result.expect("generated")),
+            }
+        }
+        panic!("the engine ended without Done");
+    };
+    let ((), out) = tokio::join!(p.run(prepared, tx), collect);
+    out
+}
+
+/// The same request served by the target alone (no draft): what every answer must equal.
+async fn target_alone(
+    target: NextToken,
+    prompt: &[TokenId],
+    max_tokens: usize,
+    stop: &[&str],
+) -> (String, Generation) {
+    let server = Arc::new(SimulatedServer::new(target, EOS));
+    let mut c = config(4);
+    c.draft_url = None;
+    let (text, g) = generate(&pairing(c, &server, None), prompt, max_tokens, stop).await;
+    assert_eq!(g.served_by, ServedBy::TargetOnly);
+    (text, g)
+}
+
+fn prompts() -> Vec<Vec<TokenId>> {
+    (0..12u32)
+        .map(|i| (0..(3 + i % 5)).map(|j| (i * 7 + j * 3) % 25).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn rounds_emit_exactly_the_targets_greedy_tokens() {
+    for prompt in prompts() {
+        let target = Arc::new(SimulatedServer::new(model(1), EOS));
+        let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
+        let p = pairing(config(4), &target, Some(draft));
+        let (text, g) = generate(&p, &prompt, 40, &[]).await;
+        let (want_text, want) = target_alone(model(1), &prompt, 40, &[]).await;
+        assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
+        assert_eq!(text, want_text);
+        assert_eq!(g.finish, FinishReason::Length);
+        assert_eq!(g.served_by, ServedBy::Speculative);
+        assert!(g.accepted > 0 && g.accepted < g.drafted, "{g:?}");
+        // One verification per round, one decode each.
+        assert_eq!(target.decodes(), g.rounds, "{g:?}");
+        // Every round emits its accepted tokens plus the target's own next one.
+        assert_eq!(g.accepted + g.rounds, g.completion_tokens, "{g:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_end_of_generation_token_inside_a_draft_ends_the_answer_there() {
+    let prompt: Vec<TokenId> = vec![1, 2, 3];
+    // The target ends after 6 tokens; the draft agrees, so the EOS sits inside an accepted block.
+    let target_model = ending_at(model(2), prompt.len() + 6);
+    let target = Arc::new(SimulatedServer::new(target_model.clone(), EOS));
+    let draft = SimulatedServer::new(target_model.clone(), EOS);
+    let p = pairing(config(4), &target, Some(draft));
+    let (text, g) = generate(&p, &prompt, 40, &[]).await;
+    let (want_text, want) = target_alone(target_model, &prompt, 40, &[]).await;
+    assert_eq!(g.finish, FinishReason::Stop);
+    assert_eq!(g.token_ids, want.token_ids);
+    assert_eq!(g.completion_tokens, want.completion_tokens);
+    assert_eq!(text, want_text);
+    assert_eq!(text.len(), 6, "six letters, then the end: {text:?}");
+}
+
+#[tokio::test]
+async fn a_stop_string_across_a_round_boundary_ends_where_the_target_would() {
+    let prompt: Vec<TokenId> = vec![4, 5, 6];
+    let server = SimulatedServer::new(model(3), EOS);
+    let letters = server.detokenize(&server.greedy(&prompt, 12));
+    // With k = 3 and full acceptance, rounds emit tokens 1-4, 5-8, …: letters 4 and 5 (0-based
+    // 3..5) straddle the first boundary.
+    let stop = &letters[3..5];
+    let target = Arc::new(SimulatedServer::new(model(3), EOS));
+    let draft = SimulatedServer::new(model(3), EOS);
+    let p = pairing(config(3), &target, Some(draft));
+    let (text, g) = generate(&p, &prompt, 12, &[stop]).await;
+    let (want_text, want) = target_alone(model(3), &prompt, 12, &[stop]).await;
+    assert_eq!(g.finish, FinishReason::Stop);
+    assert_eq!(want.finish, FinishReason::Stop);
+    assert_eq!(text, want_text);
+    assert!(
+        !text.contains(stop),
+        "{text:?} holds the stop string {stop:?}"
+    );
+    assert_eq!(
+        text,
+        letters[..letters.find(stop).expect("stop in letters")]
+    );
+    assert!(
+        g.rounds >= 2,
+        "the stop string must span a round boundary: {g:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_draft_failing_mid_answer_hands_over_to_the_target_alone() {
+    let prompt: Vec<TokenId> = vec![7, 8, 9];
+    let target = Arc::new(SimulatedServer::new(model(4), EOS));
+    // Two proposals, then the draft host is gone.
+    let draft = SimulatedServer::new(disagreeing(model(4), 4), EOS).failing_from_call(3);
+    let p = pairing(config(4), &target, Some(draft));
+    let (text, g) = generate(&p, &prompt, 30, &[]).await;
+    let (want_text, want) = target_alone(model(4), &prompt, 30, &[]).await;
+    assert_eq!(g.token_ids, want.token_ids);
+    assert_eq!(text, want_text);
+    assert_eq!(g.served_by, ServedBy::Speculative);
+    assert_eq!(g.rounds, 2, "{g:?}");
+    assert_eq!(p.metrics.draft_failures.get(), 1);
+}
+
+#[tokio::test]
+async fn k_shrinks_to_what_max_tokens_leaves_between_rounds() {
+    let prompt: Vec<TokenId> = vec![10, 11];
+    let target = Arc::new(SimulatedServer::new(model(5), EOS));
+    let draft = SimulatedServer::new(model(5), EOS);
+    let p = pairing(config(4), &target, Some(draft));
+    // Full acceptance: round 1 drafts 4 and emits 5; 2 tokens are left, so round 2 drafts 1.
+    let (_, g) = generate(&p, &prompt, 7, &[]).await;
+    let (_, want) = target_alone(model(5), &prompt, 7, &[]).await;
+    assert_eq!(g.token_ids, want.token_ids);
+    assert_eq!((g.rounds, g.drafted, g.accepted), (2, 5, 5), "{g:?}");
+    assert_eq!(g.completion_tokens, 7);
+}
+
+#[tokio::test]
+async fn pipelined_drafting_is_exact_and_wins_on_full_acceptance() {
+    let prompt: Vec<TokenId> = vec![12, 13, 14];
+    let target = Arc::new(SimulatedServer::new(model(6), EOS));
+    let draft = SimulatedServer::new(model(6), EOS);
+    let mut c = config(4);
+    c.pipeline = true;
+    let p = pairing(c, &target, Some(draft));
+    let (text, g) = generate(&p, &prompt, 30, &[]).await;
+    let (want_text, want) = target_alone(model(6), &prompt, 30, &[]).await;
+    assert_eq!(g.token_ids, want.token_ids);
+    assert_eq!(text, want_text);
+    assert!(
+        g.prefetched > 0,
+        "an always-right draft must win its bets: {g:?}"
+    );
+}
