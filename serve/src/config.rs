@@ -33,7 +33,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::backend::BackendKind;
-use crate::engine::PairingConfig;
+use crate::engine::{PairingConfig, VerifyMode};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -158,6 +158,11 @@ pub struct PairingEntry {
     /// The draft's server software: `llamacpp` (default) or `vllm`.
     #[serde(default)]
     pub draft_kind: BackendKind,
+    /// How the target verifies a draft: `auto` (one sequence when the target advertises client
+    /// drafts — the bundled llama.cpp patch —, else one prompt per draft position),
+    /// `one-pass`, or `multi-prompt` (to compare them).
+    #[serde(default)]
+    pub verify: VerifyMode,
 }
 
 fn default_adaptive() -> bool {
@@ -206,6 +211,7 @@ impl PairingEntry {
             moe: false,
             target_kind: BackendKind::default(),
             draft_kind: BackendKind::default(),
+            verify: VerifyMode::default(),
         }
     }
 
@@ -232,6 +238,7 @@ impl PairingEntry {
             moe: self.moe,
             target_kind: self.target_kind,
             draft_kind: self.draft_kind,
+            verify: self.verify,
         }
     }
 }

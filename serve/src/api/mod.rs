@@ -154,6 +154,7 @@ async fn stats(
                 m.insert("draft_kind".into(), json!(p.config.draft_kind.as_str()));
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
                 m.insert("controller".into(), json!(p.controller_view()));
+                m.insert("verification".into(), json!(p.verification_view()));
                 m.insert("drafters".into(), json!(p.drafter_views()));
                 if let Some(paths) = p.paths_view() {
                     m.insert("paths".into(), json!(paths));

@@ -41,6 +41,24 @@ pub struct Props {
     pub default_generation_settings: GenerationSettings,
     #[serde(default)]
     eos_token: Option<String>,
+    /// Request fields this server honours beyond stock llama.cpp (Tightwad's bundled patch,
+    /// `patches/llama.cpp/`); all false on a stock build.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// What a patched llama-server advertises in `/props`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Capabilities {
+    /// `draft_tokens` on `/completion`: the slot verifies a client's draft in one sequence.
+    #[serde(default)]
+    pub draft_tokens: bool,
+    /// The longest client draft the server takes (its `--spec-draft-n-max`).
+    #[serde(default)]
+    pub draft_tokens_max: Option<u32>,
+    /// Per-request `speculative.n_max` takes effect (stock llama.cpp parses and ignores it).
+    #[serde(default, rename = "speculative.n_max")]
+    pub speculative_n_max: bool,
 }
 
 impl Props {
@@ -227,6 +245,24 @@ impl LlamaServer {
         sampling: &Sampling,
     ) -> Result<Completion, BackendError> {
         let body = Self::completion_body(json!(prompt), n_predict, sampling, 0, false);
+        self.ep.post_json("/completion", &body).await
+    }
+
+    /// One-pass verification (needs the bundled patch, see [`Capabilities::draft_tokens`]): the
+    /// server evaluates the prompt's uncached tail and `draft` in one decode, accepts the longest
+    /// prefix its own sampler agrees with, and returns those tokens plus the one it samples next.
+    pub async fn verify_draft(
+        &self,
+        prompt: &[TokenId],
+        draft: &[TokenId],
+        sampling: &Sampling,
+        n_probs: usize,
+    ) -> Result<Completion, BackendError> {
+        let mut body =
+            Self::completion_body(json!(prompt), draft.len() + 1, sampling, n_probs, false);
+        if let Value::Object(m) = &mut body {
+            m.insert("draft_tokens".into(), json!(draft));
+        }
         self.ep.post_json("/completion", &body).await
     }
 

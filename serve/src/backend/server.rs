@@ -53,6 +53,12 @@ pub struct ServerFacts {
     pub eos_known: bool,
     /// How many prompts one verification request may carry in one pass (llama.cpp: its slots).
     pub verify_slots: u32,
+    /// The longest draft the server verifies in ONE sequence (`draft_tokens`, the bundled
+    /// llama.cpp patch); `None` on a stock build.
+    pub one_pass_max: Option<usize>,
+    /// Whether a per-request `speculative.n_max` takes effect (the patch; stock builds ignore it,
+    /// so native pairing cannot be steered there).
+    pub steers_native: bool,
 }
 
 /// A server of either kind.
@@ -145,6 +151,13 @@ impl Backend {
                     end_of_generation,
                     eos_known: true,
                     verify_slots: props.total_slots,
+                    // A patched server that does not say its limit takes llama.cpp's default
+                    // `--spec-draft-n-max` (3).
+                    one_pass_max: props
+                        .capabilities
+                        .draft_tokens
+                        .then(|| props.capabilities.draft_tokens_max.unwrap_or(3) as usize),
+                    steers_native: props.capabilities.speculative_n_max,
                 })
             }
             Backend::Vllm(s) => {
@@ -163,6 +176,10 @@ impl Backend {
                     eos_known: !end_of_generation.is_empty(),
                     end_of_generation,
                     verify_slots: VLLM_PROMPTS_PER_REQUEST,
+                    // vLLM verifies greedy drafts in one sequence already (`prompt_logprobs`),
+                    // behind `verify`; it has no client-draft field.
+                    one_pass_max: None,
+                    steers_native: false,
                 })
             }
         }
@@ -237,6 +254,29 @@ impl Backend {
             Backend::Vllm(s) => s.verify(ctx, proposal, sampling).await,
             #[cfg(test)]
             Backend::Simulated(s) => s.verify(ctx, proposal),
+        }
+    }
+
+    /// One-pass verification by the server's own sampler (only where
+    /// [`ServerFacts::one_pass_max`] says the server takes client drafts): the accepted draft
+    /// tokens and the token after them.
+    pub async fn verify_one_pass(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+        sampling: &Sampling,
+        n_probs: usize,
+    ) -> Result<Completion, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.verify_draft(ctx, proposal, sampling, n_probs).await,
+            Backend::Vllm(_) => Err(BackendError::Status {
+                server: "target",
+                path: "/v1/completions".into(),
+                status: 501,
+                body: "vLLM takes no client drafts; it verifies through `verify`".into(),
+            }),
+            #[cfg(test)]
+            Backend::Simulated(s) => s.verify_one_pass(ctx, proposal),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct SimulatedServer {
     eos: TokenId,
     n_ctx: usize,
     slots: u32,
+    /// Verifies client drafts in one sequence, up to this many tokens (a patched llama-server).
+    one_pass_max: Option<usize>,
     /// Calls of `complete`/`verify`/`stream` so far.
     calls: AtomicUsize,
     /// From this call on (counted from 1), those calls fail as an unreachable server would.
@@ -53,6 +55,7 @@ impl SimulatedServer {
             eos,
             n_ctx: 4096,
             slots: 9,
+            one_pass_max: None,
             calls: AtomicUsize::new(0),
             fail_from_call: None,
             decodes: AtomicUsize::new(0),
@@ -62,6 +65,12 @@ impl SimulatedServer {
     /// Fail every `complete`/`verify`/`stream` call from the `n`-th on.
     pub fn failing_from_call(mut self, n: usize) -> Self {
         self.fail_from_call = Some(n);
+        self
+    }
+
+    /// Take client drafts of up to `max` tokens and verify them in one sequence.
+    pub fn with_one_pass(mut self, max: usize) -> Self {
+        self.one_pass_max = Some(max);
         self
     }
 
@@ -141,6 +150,8 @@ impl SimulatedServer {
             end_of_generation: HashSet::from([self.eos]),
             eos_known: true,
             verify_slots: self.slots,
+            one_pass_max: self.one_pass_max,
+            steers_native: false,
         }
     }
 
@@ -178,6 +189,33 @@ impl SimulatedServer {
                 self.completion(vec![(self.next)(&prefix)])
             })
             .collect())
+    }
+
+    /// One-pass verification as the patched llama-server does it: the accepted prefix of the
+    /// draft and the model's next token after it, in one decode.
+    pub fn verify_one_pass(
+        &self,
+        ctx: &[TokenId],
+        proposal: &[TokenId],
+    ) -> Result<Completion, BackendError> {
+        self.call("/completion")?;
+        self.decodes.fetch_add(1, Ordering::Relaxed);
+        let mut ctx = ctx.to_vec();
+        let mut out = Vec::new();
+        for d in proposal
+            .iter()
+            .copied()
+            .map(Some)
+            .chain(std::iter::once(None))
+        {
+            let t = (self.next)(&ctx);
+            out.push(t);
+            ctx.push(t);
+            if Some(t) != d || t == self.eos {
+                break;
+            }
+        }
+        Ok(self.completion(out))
     }
 
     pub fn stream(&self, prompt: &[TokenId], n: usize) -> Result<EventStream, BackendError> {

@@ -27,8 +27,8 @@ mod round;
 mod shadow;
 mod target_only;
 
-pub use pairing::{Drafter, Pairing, PairingConfig, PROMPT_LOOKUP};
-pub use probe::{PairingInfo, TOKENIZER_PROBES};
+pub use pairing::{Drafter, Pairing, PairingConfig, VerifyMode, PROMPT_LOOKUP};
+pub use probe::{PairingInfo, Verification, TOKENIZER_PROBES};
 pub use request::{
     EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
     PromptInput, Route,

@@ -70,6 +70,21 @@ pub struct PairingConfig {
     pub target_kind: BackendKind,
     /// Which server software the draft runs.
     pub draft_kind: BackendKind,
+    /// How the target verifies drafts ([`VerifyMode`]).
+    pub verify: VerifyMode,
+}
+
+/// How a llama.cpp target verifies a draft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyMode {
+    /// One sequence when the target advertises client drafts, else one prompt per position.
+    #[default]
+    Auto,
+    /// Only one-pass verification; a target without it serves target-only (and says why).
+    OnePass,
+    /// One prompt per draft position (needs k + 1 target slots), even on a patched target.
+    MultiPrompt,
 }
 
 /// A target server with an optional draft server, served under one model name.

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::pairing::{Drafter, Pairing, DRAFT_RETRY_AFTER, PROMPT_LOOKUP, REPROBE_AFTER};
-use crate::backend::{Backend, BackendError, TokenId};
+use super::pairing::{
+    Drafter, Pairing, VerifyMode, DRAFT_RETRY_AFTER, PROMPT_LOOKUP, REPROBE_AFTER,
+};
+use crate::backend::{Backend, BackendError, BackendKind, ServerFacts, TokenId};
 
 /// Strings both servers must tokenize identically before the draft may speak for the target. They
 /// cover words, numbers, whitespace runs, punctuation, non-Latin scripts and emoji.
@@ -38,7 +40,21 @@ pub struct PairingInfo {
     pub drafter: Drafter,
     /// Per draft server (same order as the config): usable with k, or why not.
     pub drafters: Vec<Result<usize, String>>,
+    /// How the target verifies the drafts.
+    pub verification: Verification,
     pub(super) probed_at: Instant,
+}
+
+/// How the target verifies a draft, as probed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "path", rename_all = "snake_case")]
+pub enum Verification {
+    /// Context tail and draft in ONE sequence, the target's own sampler accepting: one decode of
+    /// about k + 1 tokens per round (the bundled llama.cpp patch, `draft_tokens`).
+    OnePass,
+    /// One prompt per draft position in one request (k + 1 slots, `(k+1)(a+1) + k(k+1)/2`
+    /// tokens a round; vLLM: one sequence through `prompt_logprobs`), and why not one-pass.
+    MultiPrompt { why: String },
 }
 
 impl PairingInfo {
@@ -54,6 +70,12 @@ impl PairingInfo {
 }
 
 impl Pairing {
+    /// How the target verifies drafts, as last probed (`None`: not probed yet), for the stats.
+    pub fn verification_view(&self) -> Option<Verification> {
+        let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
+        Some(info.verification.clone())
+    }
+
     /// The pairing's facts, probing the servers when they are unknown or a failure made them stale.
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let mut guard = self.probed.lock().await;
@@ -125,6 +147,7 @@ impl Pairing {
                     old.drafter
                 },
                 drafters,
+                verification: old.verification.clone(),
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -138,11 +161,10 @@ impl Pairing {
         let facts = self.target.facts().await?;
         let end_of_generation = facts.end_of_generation.clone();
         let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
+        let (verification, length) = self.verification(&facts);
         let mut drafters = Vec::with_capacity(self.drafts.len());
         for d in &self.drafts {
-            let checked = self
-                .check_draft(&d.server, facts.verify_slots, facts.n_vocab)
-                .await;
+            let checked = self.check_draft(&d.server, &length, facts.n_vocab).await;
             if let Err(reason) = &checked {
                 warn!(pairing = %self.config.name, drafter = %d.url, %reason, "drafter not usable");
             }
@@ -156,14 +178,7 @@ impl Pairing {
             .cloned();
         let (speculation, drafter) = match servers_checked {
             None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
-            None if lookup_configured => (
-                slots_for_verification(
-                    facts.verify_slots,
-                    self.config.draft_tokens,
-                    &self.config.name,
-                ),
-                Drafter::PromptLookup,
-            ),
+            None if lookup_configured => (length.clone(), Drafter::PromptLookup),
             None => (
                 Err("no draft server configured".to_string()),
                 Drafter::Server,
@@ -174,14 +189,7 @@ impl Pairing {
                         && reason.starts_with("draft unavailable") =>
                 {
                     warn!(pairing = %self.config.name, %reason, "drafting from the context (prompt lookup) until the draft server is back");
-                    (
-                        slots_for_verification(
-                            facts.verify_slots,
-                            self.config.draft_tokens,
-                            &self.config.name,
-                        ),
-                        Drafter::PromptLookup,
-                    )
+                    (length.clone(), Drafter::PromptLookup)
                 }
                 Err(reason) if self.config.native => {
                     warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
@@ -207,15 +215,48 @@ impl Pairing {
             speculation,
             drafter,
             drafters,
+            verification,
             probed_at: Instant::now(),
         })
+    }
+
+    /// How the target will verify drafts, and the draft length that allows (or why none).
+    fn verification(&self, facts: &ServerFacts) -> (Verification, Result<usize, String>) {
+        let wanted = self.config.draft_tokens;
+        let name = &self.config.name;
+        let multi = |why: String| {
+            let length = slots_for_verification(facts.verify_slots, wanted, name);
+            (Verification::MultiPrompt { why }, length)
+        };
+        match (self.config.verify, facts.one_pass_max) {
+            (VerifyMode::MultiPrompt, _) => multi("`verify = \"multi-prompt\"` in the config".into()),
+            (_, Some(0)) => multi("the target takes client drafts of 0 tokens: start it with --spec-draft-n-max K".into()),
+            (_, Some(max)) => {
+                if max < wanted {
+                    warn!(pairing = %name, "the target verifies client drafts of up to {max} tokens: draft length capped at {max} (start it with --spec-draft-n-max {wanted} for k = {wanted})");
+                }
+                (Verification::OnePass, Ok(wanted.min(max).max(1)))
+            }
+            (VerifyMode::OnePass, None) => (
+                Verification::MultiPrompt { why: "the target takes no client drafts".into() },
+                Err(format!(
+                    "`verify = \"one-pass\"`, but the {} target at {} takes no client drafts: run a llama-server with Tightwad's bundled patch (`tightwad build`, or scripts/setup)",
+                    self.target.kind().as_str(),
+                    self.config.target_url
+                )),
+            ),
+            (VerifyMode::Auto, None) => multi(match self.target.kind() {
+                BackendKind::Vllm => "vLLM verifies through prompt_logprobs (greedy) or one prompt per position (sampled)".into(),
+                BackendKind::Llamacpp => "the target is a stock llama-server (no client drafts): `tightwad build` applies the bundled patch that verifies a draft in one pass".into(),
+            }),
+        }
     }
 
     /// Can this draft speak for this target? Same vocabulary, same tokenization, enough slots.
     pub(super) async fn check_draft(
         &self,
         draft: &Backend,
-        target_slots: u32,
+        length: &Result<usize, String>,
         target_vocab: Option<u64>,
     ) -> Result<usize, String> {
         let draft_model = draft
@@ -230,7 +271,7 @@ impl Pairing {
             }
         }
         compare_tokenizers(&self.target, draft).await?;
-        slots_for_verification(target_slots, self.config.draft_tokens, &self.config.name)
+        length.clone()
     }
 }
 

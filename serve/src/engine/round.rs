@@ -10,7 +10,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::lookup;
 use super::pairing::{Drafter, Pairing};
-use super::probe::PairingInfo;
+use super::probe::{PairingInfo, Verification};
 use super::request::{EngineError, Event, Run};
 use super::target_only::send_text;
 use super::verify::{self, Choice};
@@ -116,28 +116,43 @@ impl Pairing {
                     _ => None,
                 };
                 let verify_started = Instant::now();
-                let results = self
-                    .target
-                    .verify(&run.ctx, &proposal, &verify_sampling, n_probs)
-                    .await
-                    .map_err(|e| match e {
-                        // k+1 copies of the context did not fit the target's KV cache: this
-                        // request continues target-only (exact), and the user learns why.
-                        BackendError::Status { ref body, .. } if body.contains("exceed") => {
-                            SpeculationStop::Capacity(format!(
-                                "the target's context cannot hold {} copies of this {}-token context for one-pass verification (start it with a larger -c): {e}",
-                                proposal.len() + 1,
-                                run.ctx.len()
-                            ))
-                        }
-                        e => SpeculationStop::Fatal(e.into()),
-                    })?;
-                let choices = results
-                    .iter()
-                    .map(|r| choose(r, sampling, info, &mut rng))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| SpeculationStop::Fatal(e.into()))?;
-                let n_accepted = verify::accepted_prefix(&proposal, &choices);
+                let (choices, n_accepted) = match info.verification {
+                    Verification::OnePass => {
+                        // The target samples every position itself; a request seed becomes one
+                        // seed per round (never the same draws at every round's start).
+                        let seeded = Sampling {
+                            seed: sampling.seed.map(|s| round_seed(s, run.ctx.len())),
+                            ..*sampling
+                        };
+                        let result = self
+                            .target
+                            .verify_one_pass(&run.ctx, &proposal, &seeded, 1)
+                            .await
+                            .map_err(|e| capacity_or_fatal(e, proposal.len(), run.ctx.len()))?;
+                        let choices = one_pass_choices(&result, info)
+                            .map_err(|e| SpeculationStop::Fatal(e.into()))?;
+                        let n = choices
+                            .iter()
+                            .zip(&proposal)
+                            .take_while(|(c, d)| c.id == **d)
+                            .count();
+                        (choices, n)
+                    }
+                    Verification::MultiPrompt { .. } => {
+                        let results = self
+                            .target
+                            .verify(&run.ctx, &proposal, &verify_sampling, n_probs)
+                            .await
+                            .map_err(|e| capacity_or_fatal(e, proposal.len(), run.ctx.len()))?;
+                        let choices = results
+                            .iter()
+                            .map(|r| choose(r, sampling, info, &mut rng))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| SpeculationStop::Fatal(e.into()))?;
+                        let n = verify::accepted_prefix(&proposal, &choices);
+                        (choices, n)
+                    }
+                };
                 let verify_secs = verify_started.elapsed().as_secs_f64();
                 debug!(
                     drafted = proposal.len(),
@@ -165,12 +180,16 @@ impl Pairing {
                 if let Some(bet) = bet {
                     if n_accepted == proposal.len() {
                         // Still winning if the draft's first extra token is the target's bonus.
-                        prefetch = Some(bet.after_bonus(choices[n_accepted].id));
+                        if let Some(bonus) = choices.get(n_accepted) {
+                            prefetch = Some(bet.after_bonus(bonus.id));
+                        }
                     }
                     // Otherwise the bet is dropped here, which cancels it.
                 }
                 let mut text = String::new();
-                for c in &choices[..=n_accepted] {
+                // The accepted draft tokens and the target's own next one (none after an
+                // end-of-generation token that a one-pass target accepted).
+                for c in &choices[..(n_accepted + 1).min(choices.len())] {
                     text.push_str(&run.out.push(c.id, c.bytes.as_deref(), c.end_of_generation));
                     run.ctx.push(c.id);
                     if run.out.finish.is_some() {
@@ -253,6 +272,56 @@ impl<T> Drop for AbortOnDrop<T> {
             t.abort();
         }
     }
+}
+
+/// A verification error: the target's context could not hold this round (the request continues
+/// target-only, exact, and the user learns why), or the target failed.
+fn capacity_or_fatal(e: BackendError, drafted: usize, context: usize) -> SpeculationStop {
+    match e {
+        BackendError::Status { ref body, .. } if body.contains("exceed") => {
+            SpeculationStop::Capacity(format!(
+                "the target's context cannot hold this {context}-token context and {drafted} draft tokens for verification (start it with a larger -c): {e}"
+            ))
+        }
+        e => SpeculationStop::Fatal(e.into()),
+    }
+}
+
+/// A one-pass verification's tokens as the round's choices: each is the target's own, with its
+/// bytes where the server reported them (else resolved later with `/detokenize`).
+fn one_pass_choices(result: &Completion, info: &PairingInfo) -> Result<Vec<Choice>, BackendError> {
+    if result.tokens.is_empty() {
+        return Err(BackendError::Malformed {
+            server: "target",
+            path: "/completion".into(),
+            detail: "a one-pass verification without tokens".into(),
+        });
+    }
+    let last = result.tokens.len() - 1;
+    Ok(result
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Choice {
+            id,
+            bytes: result
+                .completion_probabilities
+                .get(i)
+                .filter(|p| p.id == id)
+                .map(|p| p.bytes.clone()),
+            end_of_generation: info.end_of_generation.contains(&id)
+                || (i == last && result.stop_type == "eos"),
+        })
+        .collect())
+}
+
+/// The seed of one round's verification: the request's seed mixed with the position
+/// (splitmix64), so a seeded request is reproducible and its rounds draw independently.
+fn round_seed(seed: u64, position: usize) -> u64 {
+    let mut z = seed ^ (position as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Why the rounds stopped before the output was finished.

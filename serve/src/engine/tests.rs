@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::output::FinishReason;
-use super::{Event, Generation, GenerationRequest, Pairing, PairingConfig, PromptInput};
+use super::{
+    Event, Generation, GenerationRequest, Pairing, PairingConfig, PromptInput, Verification,
+    VerifyMode,
+};
 use crate::backend::simulated::{NextToken, SimulatedServer};
 use crate::backend::{Backend, BackendKind, Sampling, TokenId};
 use crate::metrics::{Metrics, ServedBy};
@@ -63,7 +66,16 @@ fn config(k: usize) -> PairingConfig {
         moe: false,
         target_kind: BackendKind::Llamacpp,
         draft_kind: BackendKind::Llamacpp,
+        verify: VerifyMode::Auto,
     }
+}
+
+/// The target's two ways to verify a draft: one prompt per position, or one sequence.
+fn targets(next: NextToken) -> [Arc<SimulatedServer>; 2] {
+    [
+        Arc::new(SimulatedServer::new(next.clone(), EOS)),
+        Arc::new(SimulatedServer::new(next, EOS).with_one_pass(8)),
+    ]
 }
 
 fn pairing(
@@ -135,8 +147,10 @@ fn prompts() -> Vec<Vec<TokenId>> {
 
 #[tokio::test]
 async fn rounds_emit_exactly_the_targets_greedy_tokens() {
-    for prompt in prompts() {
-        let target = Arc::new(SimulatedServer::new(model(1), EOS));
+    for (prompt, target) in prompts()
+        .into_iter()
+        .flat_map(|p| targets(model(1)).map(|t| (p.clone(), t)))
+    {
         let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
         let p = pairing(config(4), &target, Some(draft));
         let (text, g) = generate(&p, &prompt, 40, &[]).await;
@@ -145,6 +159,8 @@ async fn rounds_emit_exactly_the_targets_greedy_tokens() {
         assert_eq!(text, want_text);
         assert_eq!(g.finish, FinishReason::Length);
         assert_eq!(g.served_by, ServedBy::Speculative);
+        let one_pass = matches!(p.verification_view(), Some(Verification::OnePass));
+        assert_eq!(one_pass, target.facts().one_pass_max.is_some());
         assert!(g.accepted > 0 && g.accepted < g.drafted, "{g:?}");
         // One verification per round, one decode each.
         assert_eq!(target.decodes(), g.rounds, "{g:?}");
@@ -158,16 +174,17 @@ async fn an_end_of_generation_token_inside_a_draft_ends_the_answer_there() {
     let prompt: Vec<TokenId> = vec![1, 2, 3];
     // The target ends after 6 tokens; the draft agrees, so the EOS sits inside an accepted block.
     let target_model = ending_at(model(2), prompt.len() + 6);
-    let target = Arc::new(SimulatedServer::new(target_model.clone(), EOS));
-    let draft = SimulatedServer::new(target_model.clone(), EOS);
-    let p = pairing(config(4), &target, Some(draft));
-    let (text, g) = generate(&p, &prompt, 40, &[]).await;
-    let (want_text, want) = target_alone(target_model, &prompt, 40, &[]).await;
-    assert_eq!(g.finish, FinishReason::Stop);
-    assert_eq!(g.token_ids, want.token_ids);
-    assert_eq!(g.completion_tokens, want.completion_tokens);
-    assert_eq!(text, want_text);
-    assert_eq!(text.len(), 6, "six letters, then the end: {text:?}");
+    for target in targets(target_model.clone()) {
+        let draft = SimulatedServer::new(target_model.clone(), EOS);
+        let p = pairing(config(4), &target, Some(draft));
+        let (text, g) = generate(&p, &prompt, 40, &[]).await;
+        let (want_text, want) = target_alone(target_model.clone(), &prompt, 40, &[]).await;
+        assert_eq!(g.finish, FinishReason::Stop);
+        assert_eq!(g.token_ids, want.token_ids);
+        assert_eq!(g.completion_tokens, want.completion_tokens);
+        assert_eq!(text, want_text);
+        assert_eq!(text.len(), 6, "six letters, then the end: {text:?}");
+    }
 }
 
 #[tokio::test]
@@ -203,17 +220,18 @@ async fn a_stop_string_across_a_round_boundary_ends_where_the_target_would() {
 #[tokio::test]
 async fn a_draft_failing_mid_answer_hands_over_to_the_target_alone() {
     let prompt: Vec<TokenId> = vec![7, 8, 9];
-    let target = Arc::new(SimulatedServer::new(model(4), EOS));
-    // Two proposals, then the draft host is gone.
-    let draft = SimulatedServer::new(disagreeing(model(4), 4), EOS).failing_from_call(3);
-    let p = pairing(config(4), &target, Some(draft));
-    let (text, g) = generate(&p, &prompt, 30, &[]).await;
-    let (want_text, want) = target_alone(model(4), &prompt, 30, &[]).await;
-    assert_eq!(g.token_ids, want.token_ids);
-    assert_eq!(text, want_text);
-    assert_eq!(g.served_by, ServedBy::Speculative);
-    assert_eq!(g.rounds, 2, "{g:?}");
-    assert_eq!(p.metrics.draft_failures.get(), 1);
+    for target in targets(model(4)) {
+        // Two proposals, then the draft host is gone.
+        let draft = SimulatedServer::new(disagreeing(model(4), 4), EOS).failing_from_call(3);
+        let p = pairing(config(4), &target, Some(draft));
+        let (text, g) = generate(&p, &prompt, 30, &[]).await;
+        let (want_text, want) = target_alone(model(4), &prompt, 30, &[]).await;
+        assert_eq!(g.token_ids, want.token_ids);
+        assert_eq!(text, want_text);
+        assert_eq!(g.served_by, ServedBy::Speculative);
+        assert_eq!(g.rounds, 2, "{g:?}");
+        assert_eq!(p.metrics.draft_failures.get(), 1);
+    }
 }
 
 #[tokio::test]
