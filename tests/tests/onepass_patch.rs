@@ -222,6 +222,72 @@ async fn greedy_a_right_draft_is_accepted_whole_and_a_wrong_token_ends_it() {
     }
 }
 
+#[tokio::test]
+async fn eos_and_stop_strings_end_the_step_as_they_end_normal_generation() {
+    let target = start_target(1, 4096, &[]).await;
+    let plain = |prompt: &[u64], extra: Value| {
+        let mut body = json!({"prompt": prompt, "n_predict": K + 1, "temperature": 0,
+                              "return_tokens": true, "cache_prompt": false});
+        tightwad_e2e::merge(&mut body, extra);
+        completion(&target, body)
+    };
+    let same = |a: &Value, b: &Value, label: &str| {
+        for field in ["content", "tokens", "stop_type", "stopping_word"] {
+            assert_eq!(a[field], b[field], "{label}: {field} differs:\n{a}\n{b}");
+        }
+    };
+    let props: Value = reqwest::get(format!("{}/props", target.url))
+        .await
+        .expect("props")
+        .json()
+        .await
+        .expect("props JSON");
+    let (_, eos) = post_json(
+        &format!("{}/tokenize", target.url),
+        &json!({"content": props["eos_token"], "add_special": false, "parse_special": true}),
+    )
+    .await;
+    let eos = eos["tokens"][0].as_u64().expect("the EOS token id");
+    let mut stopped_by_word = 0;
+    for text in &prompts()[..10] {
+        let prompt = tokenize(&target, text).await;
+        let reference = target.reference(json!(prompt), K + 1).await;
+        let draft = &reference.tokens[..K];
+
+        // A stop string that the accepted run produces (the text of its fourth token).
+        let (_, piece) = post_json(
+            &format!("{}/detokenize", target.url),
+            &json!({"tokens": [reference.tokens[3]]}),
+        )
+        .await;
+        let word = piece["content"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if !word.is_empty() {
+            let extra = json!({"stop": [word], "cache_prompt": false});
+            let a = plain(&prompt, extra.clone()).await;
+            let b = step(&target, &prompt, draft, extra).await;
+            same(&a, &b, &format!("{text:?} stop {word:?}"));
+            if b["stop_type"] == "word" {
+                stopped_by_word += 1;
+            }
+        }
+
+        // EOS pushed to the top: the step ends at it exactly like plain generation.
+        let extra = json!({"logit_bias": [[eos, 100.0]], "cache_prompt": false});
+        let a = plain(&prompt, extra.clone()).await;
+        let b = step(&target, &prompt, &[eos, draft[1], draft[2]], extra).await;
+        same(&a, &b, &format!("{text:?} eos"));
+        assert_eq!(b["stop_type"], "eos", "{b}");
+    }
+    assert!(
+        stopped_by_word >= 5,
+        "only {stopped_by_word} steps ended at a stop string"
+    );
+}
+
 /// A client's loop of speculative steps: each round's prompt is the last one plus what came back.
 struct Rounds {
     tokens: Vec<u64>,
