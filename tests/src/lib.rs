@@ -125,6 +125,10 @@ impl ServerOptions {
             "0".to_string(),
             "--metrics".to_string(),
             "--no-webui".to_string(),
+            // Client drafts of up to 16 tokens (the patched server's one-pass verification; a
+            // stock server and one without a draft model reserve only output room with it).
+            "--spec-draft-n-max".to_string(),
+            "16".to_string(),
         ] {
             args.push(a.into());
         }
