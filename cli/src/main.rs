@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tightwad_serve::config::{PairingEntry, ProxyConfig};
+use tightwad_serve::engine::VerifyMode;
 use tightwad_serve::server::Proxy;
 
 #[derive(Parser, Debug)]
@@ -108,12 +109,33 @@ struct ProxyArgs {
     /// Speculate every round with --draft-tokens, even where the controller would switch it off.
     #[arg(long)]
     no_adaptive: bool,
+    /// How the target verifies drafts: `auto` (one pass when the target's llama-server has the
+    /// bundled patch, else one prompt per position), `one-pass`, or `multi-prompt`.
+    #[arg(long, value_enum)]
+    verify: Option<VerifyArg>,
     /// An API key clients must send as `Authorization: Bearer KEY` (adds to the file's keys).
     #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Log format on stderr: `text` for people, `json` for journald/log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIGHTWAD_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum VerifyArg {
+    Auto,
+    OnePass,
+    MultiPrompt,
+}
+
+impl From<VerifyArg> for VerifyMode {
+    fn from(v: VerifyArg) -> Self {
+        match v {
+            VerifyArg::Auto => VerifyMode::Auto,
+            VerifyArg::OnePass => VerifyMode::OnePass,
+            VerifyArg::MultiPrompt => VerifyMode::MultiPrompt,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +207,9 @@ fn proxy_config(args: &ProxyArgs, file: Option<&PathBuf>) -> anyhow::Result<Prox
         }
         if args.no_adaptive {
             first.adaptive = false;
+        }
+        if let Some(v) = args.verify {
+            first.verify = v.into();
         }
         if let Some(limit) = args.disable_above_tok_s {
             first.disable_above_tok_s = Some(limit);
