@@ -562,7 +562,14 @@ impl Agent {
         };
         let ctx = self.build_context();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let work = crate::build::build(&ctx, source, request.backend, request.jobs, &tx);
+        let work = crate::build::build(
+            &ctx,
+            source,
+            &request.patches,
+            request.backend,
+            request.jobs,
+            &tx,
+        );
         let result = forward_progress(work, rx, stream).await;
         match &result {
             Ok(outcome) => {

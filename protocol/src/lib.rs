@@ -30,10 +30,11 @@ pub use fingerprint::Fingerprint;
 /// v2: dry runs for `tightwad doctor` (`CheckProcess`, `ListDevices`), tensor bytes, KV shape
 /// and special tokens in `GgufSummary`.
 /// v3: `tightwad build` (`Build`, `RollbackBuild`), the backend in `LlamaBuild`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// v4: `BuildRequest::patches` (the bundled llama.cpp patches travel with a build).
+pub const PROTOCOL_VERSION: u32 = 4;
 
-/// The oldest peer protocol version this build still speaks (v3 changed `LlamaBuild`'s shape).
-pub const MIN_PROTOCOL_VERSION: u32 = 3;
+/// The oldest peer protocol version this build still speaks (v4 changed `BuildRequest`'s shape).
+pub const MIN_PROTOCOL_VERSION: u32 = 4;
 
 /// The software version reported in `Hello`.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -693,6 +693,17 @@ pub struct BuildRequest {
     pub backend: Option<BuildBackend>,
     /// Parallel compile jobs (default: the agent's setting, else its CPU count).
     pub jobs: Option<u32>,
+    /// Patches applied to the llama.cpp tree (`patch -p1`, in order) before it compiles:
+    /// Tightwad's bundled ones (`patches/llama.cpp/`) unless `tightwad build --stock`.
+    pub patches: Vec<SourcePatch>,
+}
+
+/// One unified diff against the llama.cpp tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePatch {
+    /// The patch file's name (`0001-server-client-draft-tokens.patch`), for logs and errors.
+    pub name: String,
+    pub diff: String,
 }
 
 /// The build a host runs: version, commit and backend (`build.backend`), what `tightwad doctor`

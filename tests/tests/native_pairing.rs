@@ -90,3 +90,82 @@ async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
         "no proxy rounds without a draft server: {last}"
     );
 }
+
+/// The controller protects a natively paired target too: with `disable_above_tok_s` below the
+/// target's own speed, speculation goes off after the first measurement, and "off" really is off
+/// (the patched target drafts nothing when told `speculative.n_max` 0 — the effect, not the field).
+#[tokio::test]
+async fn disable_above_switches_native_speculation_really_off() {
+    let env = env();
+    let rpc = RpcServer::start(&env).await;
+    let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
+    opts.slots = 1;
+    opts.ctx = 4096;
+    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let mut entry = RunningProxy::entry(&target.url, None, 4);
+    entry.native = true;
+    entry.adaptive = true;
+    entry.disable_above_tok_s = Some(0.5);
+    let proxy = RunningProxy::start_entry(entry).await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0});
+    let mut last = serde_json::Value::Null;
+    for _ in 0..3 {
+        let (s, v) = proxy.post("/v1/completions", &body).await;
+        assert_eq!(s, 200, "{v}");
+        last = v;
+    }
+    let stats = proxy.stats().await;
+    assert_eq!(
+        stats["pairings"][0]["native_steering"], "steered",
+        "{stats}"
+    );
+    assert_eq!(
+        last["tightwad"]["served_by"], "target_only",
+        "{last} {stats}"
+    );
+    assert_eq!(
+        last["tightwad"]["drafted"], 0,
+        "off must draft nothing: {last}"
+    );
+    let reason = stats["pairings"][0]["speculation_off_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("disable_above_tok_s"), "{stats}");
+}
+
+/// A stock llama-server ignores per-request `speculative.n_max`: the proxy measures that at probe
+/// time, says so in the stats and never claims to steer it (no "target-only" answers that were
+/// in fact speculated).
+#[tokio::test]
+async fn a_stock_target_that_ignores_steering_is_never_claimed_as_steered() {
+    let mut env = env();
+    env.llama_server = std::env::var_os("LLAMA_SERVER_STOCK")
+        .map(std::path::PathBuf::from)
+        .expect("LLAMA_SERVER_STOCK: run ./scripts/test");
+    let rpc = RpcServer::start(&env).await;
+    let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
+    opts.slots = 1;
+    opts.ctx = 4096;
+    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let mut entry = RunningProxy::entry(&target.url, None, 4);
+    entry.native = true;
+    entry.adaptive = true;
+    entry.disable_above_tok_s = Some(0.5);
+    let proxy = RunningProxy::start_entry(entry).await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0});
+    for _ in 0..3 {
+        let (s, v) = proxy.post("/v1/completions", &body).await;
+        assert_eq!(s, 200, "{v}");
+        let drafted = v["tightwad"]["drafted"].as_u64().unwrap_or(0);
+        let served_by = v["tightwad"]["served_by"].as_str().unwrap_or_default();
+        assert!(
+            (drafted > 0) == (served_by == "speculative"),
+            "served_by must say what the target did: {v}"
+        );
+    }
+    let stats = proxy.stats().await;
+    let steering = stats["pairings"][0]["native_steering"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(steering.contains("ignores per-request steering"), "{stats}");
+}

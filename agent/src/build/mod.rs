@@ -172,6 +172,7 @@ fn folder_name(build: &LlamaBuild, backend: BuildBackend, source_key: &str) -> S
 pub async fn build(
     ctx: &BuildContext<'_>,
     source: PreparedSource,
+    patches: &[tightwad_protocol::messages::SourcePatch],
     backend: Option<BuildBackend>,
     jobs: Option<u32>,
     progress: &Progress,
@@ -217,6 +218,8 @@ pub async fn build(
             )
         }
     };
+    // Patched and stock builds of one source are different builds.
+    let source_key = format!("{source_key}{}", source::patches_key(patches));
     let reused = record::find(state, &source_key, backend);
     let folder = match reused.clone() {
         Some(folder) => {
@@ -244,6 +247,17 @@ pub async fn build(
                     .map_err(|e| BuildError::Source(format!("unpack task failed: {e}")))??;
             }
             let root = source::llama_root(&tree)?;
+            if !patches.is_empty() {
+                let names: Vec<&str> = patches.iter().map(|p| p.name.as_str()).collect();
+                report(
+                    progress,
+                    BuildStage::Unpack,
+                    0,
+                    0,
+                    format!("applying {}", names.join(", ")),
+                );
+                source::apply_patches(&root, patches, &path_env).await?;
+            }
             let mut flags = backend::cmake_flags(backend, &host);
             flags.extend(ctx.config.build.cmake_flags.iter().cloned());
             let jobs = jobs.or(ctx.config.build.jobs).unwrap_or_else(|| {

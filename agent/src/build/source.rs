@@ -136,6 +136,68 @@ pub async fn git_checkout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Apply `patches` to the llama.cpp tree at `root`, in order, with `patch -p1` (a patch that does
+/// not apply fails the build with patch's own words: the source is another llama.cpp version than
+/// the patch was made for).
+pub async fn apply_patches(
+    root: &Path,
+    patches: &[tightwad_protocol::messages::SourcePatch],
+    path_env: &std::ffi::OsStr,
+) -> Result<(), BuildError> {
+    for p in patches {
+        let mut child = Command::new("patch")
+            .args(["-p1", "--forward", "--batch", "--no-backup-if-mismatch"])
+            .current_dir(root)
+            .env("PATH", path_env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                BuildError::Source(format!(
+                    "cannot run `patch` to apply {} ({e}): install it (apt-get install patch), or build with `tightwad build --stock`",
+                    p.name
+                ))
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(p.diff.as_bytes())
+                .await
+                .map_err(|e| BuildError::Source(format!("feeding {} to patch: {e}", p.name)))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| BuildError::Source(format!("patch for {}: {e}", p.name)))?;
+        if !out.status.success() {
+            return Err(BuildError::Source(format!(
+                "{} does not apply to this llama.cpp source (made for another version?): {}{}\n(hint: `tightwad build --stock` builds without Tightwad's patches; one-pass verification then falls back to the multi-prompt form)",
+                p.name,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A short key of the patches, for the build's folder and cache key (empty without patches).
+pub fn patches_key(patches: &[tightwad_protocol::messages::SourcePatch]) -> String {
+    use sha2::{Digest, Sha256};
+    if patches.is_empty() {
+        return String::new();
+    }
+    let mut h = Sha256::new();
+    for p in patches {
+        h.update(p.name.as_bytes());
+        h.update([0]);
+        h.update(p.diff.as_bytes());
+        h.update([0]);
+    }
+    format!("-p{}", &hex::encode(h.finalize())[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,14 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         }
         None => None,
     };
+    if pairing.target_kind == BackendKind::Llamacpp {
+        if let Some((target, _)) = &target {
+            checks.push(one_pass_check(name, target, pairing.draft_tokens.max(1)).await);
+            if pairing.native {
+                checks.push(native_steering_check(name, target).await);
+            }
+        }
+    }
     if pairing.native {
         if let Some((target, _)) = &target {
             checks.push(
@@ -463,6 +471,82 @@ async fn streamed_rate(
         return Err(format!("only {count} tokens to time"));
     }
     Ok((count - 1) as f64 / seconds)
+}
+
+/// Whether the target verifies a whole draft in one sequence (Tightwad's bundled llama.cpp patch,
+/// advertised in `/props`), and for drafts as long as the pairing's k; else how to get it.
+async fn one_pass_check(name: &str, target: &LlamaServer, k: usize) -> Check {
+    let subject = format!("pairing {name} target");
+    let props = match target.props().await {
+        Ok(p) => p,
+        Err(e) => {
+            return Check::new(
+                Category::Build,
+                subject,
+                Status::Skip,
+                format!("cannot read /props: {e}"),
+            )
+        }
+    };
+    let caps = &props.capabilities;
+    match (caps.draft_tokens, caps.draft_tokens_max) {
+        (true, Some(max)) if (max as usize) < k => Check::new(
+            Category::Build,
+            subject,
+            Status::Warn,
+            format!("one-pass verification available, but for drafts of at most {max} tokens (k = {k} is capped)"),
+        )
+        .hint(format!("start the target with --spec-draft-n-max {k}")),
+        (true, max) => Check::new(
+            Category::Build,
+            subject,
+            Status::Pass,
+            format!(
+                "one-pass verification available: the target checks a draft of up to {} tokens in one sequence",
+                max.map_or("3".to_string(), |m| m.to_string())
+            ),
+        ),
+        (false, _) => Check::new(
+            Category::Build,
+            subject,
+            Status::Warn,
+            format!("stock llama-server ({}): drafts are verified with one prompt per position (k + 1 slots, far more target work per round)", props.build_info),
+        )
+        .hint("tightwad build --source llama.cpp.tar.gz (applies Tightwad's bundled patch on every host), then start the target with --spec-draft-n-max K"),
+    }
+}
+
+/// Whether the natively paired target honours a per-request `speculative.n_max` (measured: with 0
+/// it must draft nothing); if not, the proxy cannot switch its speculation off.
+async fn native_steering_check(name: &str, target: &LlamaServer) -> Check {
+    let subject = format!("pairing {name} native steering");
+    let prompt = match target.tokenize(PAYOFF_PROMPT, true).await {
+        Ok(p) => p,
+        Err(e) => {
+            return Check::new(
+                Category::Payoff,
+                subject,
+                Status::Skip,
+                format!("cannot tokenize: {e}"),
+            )
+        }
+    };
+    match target.drafted_with_n_max(&prompt, 16, 0).await {
+        Ok(0) => Check::new(
+            Category::Payoff,
+            subject,
+            Status::Pass,
+            "speculative.n_max 0 drafted nothing: the proxy can switch native speculation off per request",
+        ),
+        Ok(n) => Check::new(
+            Category::Payoff,
+            subject,
+            Status::Fail,
+            format!("the target drafted {n} tokens although the request said speculative.n_max 0: this llama-server ignores per-request steering, so native speculation cannot be switched off when it loses"),
+        )
+        .hint("tightwad build (Tightwad's bundled patch restores per-request speculative.n_max)"),
+        Err(e) => Check::new(Category::Payoff, subject, Status::Skip, format!("could not measure: {e}")),
+    }
 }
 
 /// Native pairing: the target speculates in-process with its remote draft, so the payoff is

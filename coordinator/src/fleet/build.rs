@@ -42,8 +42,12 @@ pub struct BuildArgs {
     #[arg(long)]
     pub jobs: Option<u32>,
     /// Switch each host back to the build it ran before the current one.
-    #[arg(long, conflicts_with_all = ["git_ref", "source"])]
+    #[arg(long, conflicts_with_all = ["git_ref", "source", "stock"])]
     pub rollback: bool,
+    /// Build llama.cpp as it is, without Tightwad's bundled patches (then targets verify drafts
+    /// with one prompt per position instead of one pass).
+    #[arg(long)]
+    pub stock: bool,
     /// Print the per-host results as JSON (no progress bars).
     #[arg(long)]
     pub json: bool,
@@ -58,7 +62,10 @@ pub enum SourceSpec {
 
 #[derive(Debug, Clone)]
 pub enum BuildPlan {
+    /// Build the source with Tightwad's bundled llama.cpp patches ([`super::patches`]).
     Build(SourceSpec),
+    /// Build the source as it is (`--stock`).
+    Stock(SourceSpec),
     Rollback,
 }
 
@@ -176,7 +183,8 @@ pub async fn run_on_hosts(
     observer: &dyn Observer,
 ) -> anyhow::Result<Vec<HostResult>> {
     let offer = match plan {
-        BuildPlan::Build(SourceSpec::Tarball(path)) => {
+        BuildPlan::Build(SourceSpec::Tarball(path))
+        | BuildPlan::Stock(SourceSpec::Tarball(path)) => {
             anyhow::ensure!(
                 path.is_file(),
                 "source tarball {} does not exist",
@@ -213,7 +221,11 @@ async fn one_host(
     let client = fleet.connect(host).await?;
     let (request, tarball) = match plan {
         BuildPlan::Rollback => (Request::RollbackBuild, None),
-        BuildPlan::Build(spec) => {
+        BuildPlan::Build(spec) | BuildPlan::Stock(spec) => {
+            let patches = match plan {
+                BuildPlan::Build(_) => super::patches::bundled(),
+                _ => Vec::new(),
+            };
             let source = match (spec, &offer) {
                 (SourceSpec::Tarball(path), Some(offer)) => {
                     (BuildSource::Tarball(offer.clone()), Some(path.clone()))
@@ -232,6 +244,7 @@ async fn one_host(
                     source: source.0,
                     backend: host.build_backend,
                     jobs,
+                    patches,
                 }),
                 source.1,
             )
@@ -373,24 +386,32 @@ pub fn plan_from(args: &BuildArgs) -> anyhow::Result<BuildPlan> {
     if args.rollback {
         return Ok(BuildPlan::Rollback);
     }
+    Ok(match source_from(args)? {
+        spec if args.stock => BuildPlan::Stock(spec),
+        spec => BuildPlan::Build(spec),
+    })
+}
+
+/// Where the source comes from, by the flags.
+fn source_from(args: &BuildArgs) -> anyhow::Result<SourceSpec> {
     match (&args.source, &args.git_ref) {
         (Some(source), git_ref) if looks_like_url(source) => {
             let git_ref = git_ref.clone().context(
                 "--source with a git URL needs --ref (the tag, branch or commit to build)",
             )?;
-            Ok(BuildPlan::Build(SourceSpec::Git {
+            Ok(SourceSpec::Git {
                 url: source.clone(),
                 git_ref,
-            }))
+            })
         }
         (Some(_), Some(_)) => anyhow::bail!(
             "--ref goes with a git URL (--source https://...) or alone; a tarball is already one version"
         ),
-        (Some(source), None) => Ok(BuildPlan::Build(SourceSpec::Tarball(PathBuf::from(source)))),
-        (None, Some(git_ref)) => Ok(BuildPlan::Build(SourceSpec::Git {
+        (Some(source), None) => Ok(SourceSpec::Tarball(PathBuf::from(source))),
+        (None, Some(git_ref)) => Ok(SourceSpec::Git {
             url: args.git_url.clone(),
             git_ref: git_ref.clone(),
-        })),
+        }),
         (None, None) => anyhow::bail!(
             "say what to build: --ref REF (each host fetches it), --source TARBALL (sent to every host), or --rollback"
         ),
@@ -540,6 +561,10 @@ mod tests {
             Ok(BuildPlan::Build(SourceSpec::Git { .. }))
         ));
         assert!(plan_from(&args(&["--source", "x.tar.gz", "--ref", "b1"])).is_err());
+        assert!(matches!(
+            plan_from(&args(&["--source", "x.tar.gz", "--stock"])),
+            Ok(BuildPlan::Stock(SourceSpec::Tarball(_)))
+        ));
         let none = plan_from(&args(&[])).expect_err("nothing to build");
         assert!(none.to_string().contains("--ref"), "{none}");
         let url_without_ref =

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod logs;
+pub mod patches;
 pub mod status;
 pub mod swap;
 pub mod up;

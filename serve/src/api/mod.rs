@@ -155,6 +155,9 @@ async fn stats(
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("verification".into(), json!(p.verification_view()));
+                if let Some(steering) = p.native_steering_view() {
+                    m.insert("native_steering".into(), json!(steering));
+                }
                 m.insert("drafters".into(), json!(p.drafter_views()));
                 if let Some(paths) = p.paths_view() {
                     m.insert("paths".into(), json!(paths));

@@ -266,6 +266,26 @@ impl LlamaServer {
         self.ep.post_json("/completion", &body).await
     }
 
+    /// How many tokens the server's own speculation drafted for `n_predict` greedy tokens after
+    /// `prompt` when the request says `speculative.n_max = n_max` (`timings.draft_n`). A server
+    /// that honours per-request steering drafts nothing at `n_max` 0 (stock llama.cpp ignores the
+    /// field): this measures the effect, not the field.
+    pub async fn drafted_with_n_max(
+        &self,
+        prompt: &[TokenId],
+        n_predict: usize,
+        n_max: usize,
+    ) -> Result<u64, BackendError> {
+        let mut body =
+            Self::completion_body(json!(prompt), n_predict, &Sampling::greedy(), 0, false);
+        if let Value::Object(m) = &mut body {
+            m.insert("speculative.n_max".into(), json!(n_max));
+            m.insert("speculative.n_min".into(), json!(0));
+        }
+        let c: Completion = self.ep.post_json("/completion", &body).await?;
+        Ok(c.timings.and_then(|t| t.draft_n).unwrap_or(0))
+    }
+
     /// Sample ONE token after each of several prompts, in one request that the server processes in
     /// one decode (it needs at least `prompts.len()` slots). Results come back in prompt order.
     pub async fn next_token_many(

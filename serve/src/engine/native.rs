@@ -24,6 +24,23 @@ impl Pairing {
         run: &mut Run,
         tx: &mpsc::Sender<Event>,
     ) -> Result<ServedBy, EngineError> {
+        if let Some(Err(_)) = &info.native_steering {
+            // The target ignores per-request `speculative.n_max`: it speculates on every request
+            // whatever is sent, so nothing is steered and nothing is claimed; the figures are
+            // what its own counters report.
+            let s = self
+                .target_only(info, sampling, run, tx, usize::MAX, None)
+                .await?;
+            run.drafted += s.drafted;
+            run.accepted += s.accepted;
+            self.metrics.drafted.inc_by(s.drafted as u64);
+            self.metrics.accepted.inc_by(s.accepted as u64);
+            return Ok(if s.drafted > 0 {
+                ServedBy::Speculative
+            } else {
+                ServedBy::TargetOnly
+            });
+        }
         let plan = lock_controller(controller).plan_request(Instant::now());
         self.publish_controller_state();
         if plan.measure_target_tokens > 0 {

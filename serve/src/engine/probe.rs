@@ -42,6 +42,9 @@ pub struct PairingInfo {
     pub drafters: Vec<Result<usize, String>>,
     /// How the target verifies the drafts.
     pub verification: Verification,
+    /// Native pairing only: whether the target honours a per-request `speculative.n_max`
+    /// (measured: with 0 it drafted nothing), or why the proxy cannot steer it.
+    pub native_steering: Option<Result<(), String>>,
     pub(super) probed_at: Instant,
 }
 
@@ -74,6 +77,16 @@ impl Pairing {
     pub fn verification_view(&self) -> Option<Verification> {
         let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
         Some(info.verification.clone())
+    }
+
+    /// Native pairing: "steered", or why the target cannot be (`None`: no native pairing, or not
+    /// probed yet), for the stats.
+    pub fn native_steering_view(&self) -> Option<String> {
+        let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
+        info.native_steering.as_ref().map(|s| match s {
+            Ok(()) => "steered".to_string(),
+            Err(reason) => reason.clone(),
+        })
     }
 
     /// The pairing's facts, probing the servers when they are unknown or a failure made them stale.
@@ -148,6 +161,7 @@ impl Pairing {
                 },
                 drafters,
                 verification: old.verification.clone(),
+                native_steering: old.native_steering.clone(),
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -162,6 +176,13 @@ impl Pairing {
         let end_of_generation = facts.end_of_generation.clone();
         let lookup_configured = self.config.draft_url.as_deref() == Some(PROMPT_LOOKUP);
         let (verification, length) = self.verification(&facts);
+        let native_steering = match (self.config.native, self.target.as_llamacpp()) {
+            (true, Some(target)) => Some(native_steering(target).await),
+            _ => None,
+        };
+        if let Some(Err(reason)) = &native_steering {
+            warn!(pairing = %self.config.name, %reason, "native pairing cannot be steered: the target speculates on every request");
+        }
         let mut drafters = Vec::with_capacity(self.drafts.len());
         for d in &self.drafts {
             let checked = self.check_draft(&d.server, &length, facts.n_vocab).await;
@@ -216,6 +237,7 @@ impl Pairing {
             drafter,
             drafters,
             verification,
+            native_steering,
             probed_at: Instant::now(),
         })
     }
@@ -272,6 +294,22 @@ impl Pairing {
         }
         compare_tokenizers(&self.target, draft).await?;
         length.clone()
+    }
+}
+
+/// Whether a natively paired llama-server honours a per-request `speculative.n_max`: a short
+/// greedy request with 0 must draft nothing (stock llama.cpp parses the field and ignores it).
+async fn native_steering(target: &crate::backend::llamacpp::LlamaServer) -> Result<(), String> {
+    let prompt = target
+        .tokenize(TOKENIZER_PROBES[0], true)
+        .await
+        .map_err(|e| format!("cannot check native steering: {e}"))?;
+    match target.drafted_with_n_max(&prompt, 4, 0).await {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!(
+            "the target drafted {n} tokens with speculative.n_max 0: this llama-server ignores per-request steering (run `tightwad build` for Tightwad's bundled patch)"
+        )),
+        Err(e) => Err(format!("cannot check native steering: {e}")),
     }
 }
 

@@ -1,0 +1,45 @@
+//! The llama.cpp patches Tightwad carries (`patches/llama.cpp/`, see its README), compiled into the
+//! binary so `tightwad build` can send them to every agent: one-pass verification of a client's
+//! draft (`draft_tokens`) and per-request `speculative.n_max`.
+
+use tightwad_protocol::messages::SourcePatch;
+
+/// Every bundled patch, in the order they apply. A unit test checks this list against the folder.
+const BUNDLED: &[(&str, &str)] = &[(
+    "0001-server-client-draft-tokens.patch",
+    include_str!("../../../patches/llama.cpp/0001-server-client-draft-tokens.patch"),
+)];
+
+/// The bundled patches, as a build request carries them.
+pub fn bundled() -> Vec<SourcePatch> {
+    BUNDLED
+        .iter()
+        .map(|(name, diff)| SourcePatch {
+            name: name.to_string(),
+            diff: diff.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A patch added to the folder but not to `BUNDLED` (or the reverse) would silently not reach
+    /// the agents' builds.
+    #[test]
+    fn every_patch_in_the_folder_is_bundled_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../patches/llama.cpp");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("patches/llama.cpp")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".patch"))
+            .collect();
+        on_disk.sort();
+        let bundled: Vec<String> = super::BUNDLED.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(bundled, on_disk);
+        for (name, diff) in super::BUNDLED {
+            let file = std::fs::read_to_string(dir.join(name)).expect("patch file");
+            assert_eq!(&file, diff, "{name} differs from the bundled copy");
+        }
+    }
+}
