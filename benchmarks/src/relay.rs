@@ -10,6 +10,7 @@
 //! own pair of links.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,11 +69,21 @@ pub enum RelayError {
     },
 }
 
+/// The link every connection of a relay reads for each chunk, so it can change while
+/// connections stay open (a LAN that gets slow, then fast again).
+type SharedLink = Arc<RwLock<LinkConfig>>;
+
+fn current(link: &SharedLink) -> LinkConfig {
+    *link
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running relay; dropping it stops accepting and closes every relayed connection.
 pub struct LanRelay {
     local_addr: SocketAddr,
     backend: String,
-    link: LinkConfig,
+    link: SharedLink,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -95,7 +106,8 @@ impl LanRelay {
             source,
         })?;
         let backend = backend.into();
-        let accept_task = tokio::spawn(accept_loop(listener, backend.clone(), link));
+        let link = Arc::new(RwLock::new(link));
+        let accept_task = tokio::spawn(accept_loop(listener, backend.clone(), link.clone()));
         Ok(LanRelay {
             local_addr,
             backend,
@@ -130,7 +142,16 @@ impl LanRelay {
     }
 
     pub fn link(&self) -> LinkConfig {
-        self.link
+        current(&self.link)
+    }
+
+    /// Change the link for every byte sent from now on, on open connections too (bytes already
+    /// in flight keep their delivery time).
+    pub fn set_link(&self, link: LinkConfig) {
+        *self
+            .link
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = link;
     }
 }
 
@@ -141,15 +162,16 @@ impl Drop for LanRelay {
     }
 }
 
-async fn accept_loop(listener: TcpListener, backend: String, link: LinkConfig) {
+async fn accept_loop(listener: TcpListener, backend: String, link: SharedLink) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
                     let backend = backend.clone();
+                    let link = link.clone();
                     connections.spawn(async move {
-                        if let Err(e) = relay_connection(client, &backend, link).await {
+                        if let Err(e) = relay_connection(client, &backend, &link).await {
                             debug!(%peer, %backend, error = %e, "relayed connection ended with an error");
                         }
                     });
@@ -170,7 +192,7 @@ async fn accept_loop(listener: TcpListener, backend: String, link: LinkConfig) {
 async fn relay_connection(
     client: TcpStream,
     backend: &str,
-    link: LinkConfig,
+    link: &SharedLink,
 ) -> std::io::Result<(u64, u64)> {
     let server = TcpStream::connect(backend).await?;
     client.set_nodelay(true)?;
@@ -178,8 +200,8 @@ async fn relay_connection(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let (up, down) = tokio::join!(
-        pump(client_read, server_write, link),
-        pump(server_read, client_write, link)
+        pump(client_read, server_write, link.clone()),
+        pump(server_read, client_write, link.clone())
     );
     Ok((up?, down?))
 }
@@ -199,16 +221,17 @@ const QUEUE_CHUNKS: usize = 64;
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    link: LinkConfig,
+    shared: SharedLink,
 ) -> std::io::Result<u64> {
     let (tx, mut rx) = mpsc::channel::<InFlight>(QUEUE_CHUNKS);
     let reader = async move {
-        let mut buf = vec![0u8; link.chunk_size()];
+        let mut buf = vec![0u8; current(&shared).chunk_size()];
         let mut link_free_at = Instant::now();
         let mut total = 0u64;
         loop {
             // A read error (reset) drops `tx` without a FIN: the writer then closes at once.
             let n = from.read(&mut buf).await?;
+            let link = current(&shared);
             let start = link_free_at.max(Instant::now());
             let bytes = if n == 0 {
                 None

@@ -169,3 +169,102 @@ async fn a_stock_target_that_ignores_steering_is_never_claimed_as_steered() {
         .unwrap_or_default();
     assert!(steering.contains("ignores per-request steering"), "{stats}");
 }
+
+/// The controller protects a natively paired target whose draft sits across a LAN link (SIMULATED
+/// latency: the project's relay in front of the rpc-server): while the link is fast, native
+/// speculation pays and is on; made slow (each draft token pays two round trips), it is switched
+/// off — `speculative.n_max` 0, nothing drafted — within a few requests, the decision and the
+/// measured rates in the stats; fast again, a probe after the back-off turns it back on.
+#[tokio::test]
+async fn a_slow_link_to_the_native_draft_turns_speculation_off_and_a_fast_one_back_on() {
+    use std::time::{Duration, Instant};
+    use tightwad_benchmarks::relay::{LanRelay, LinkConfig};
+    let env = env();
+    let rpc = RpcServer::start(&env).await;
+    let relay = LanRelay::start(
+        "127.0.0.1:0".parse().expect("address"),
+        format!("127.0.0.1:{}", rpc.port),
+        LinkConfig::with_rtt(Duration::ZERO),
+    )
+    .await
+    .expect("relay");
+    let mut opts =
+        ServerOptions::native_target(4, &env.model("draft.gguf"), relay.local_addr().port());
+    opts.slots = 1;
+    opts.ctx = 4096;
+    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let mut entry = RunningProxy::entry(&target.url, None, 4);
+    entry.native = true;
+    entry.adaptive = true;
+    let proxy = RunningProxy::start_entry(entry).await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0});
+    let ask = || async {
+        let (s, v) = proxy.post("/v1/completions", &body).await;
+        assert_eq!(s, 200, "{v}");
+        let served = v["tightwad"]["served_by"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let drafted = v["tightwad"]["drafted"].as_u64().unwrap_or(0);
+        (served, drafted)
+    };
+
+    // A fast link: the target's own speculation pays, and the proxy lets it draft.
+    let mut fast = Vec::new();
+    for _ in 0..3 {
+        fast.push(ask().await);
+    }
+    assert!(
+        fast.iter().any(|(s, d)| s == "speculative" && *d > 0),
+        "native speculation on a fast link: {fast:?}"
+    );
+
+    // A slow link: off within a few requests, and off means nothing drafted.
+    relay.set_link(LinkConfig::with_rtt(Duration::from_millis(30)));
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let answer = ask().await;
+        let off = answer.0 == "target_only" && answer.1 == 0;
+        slow.push(answer);
+        if off {
+            break;
+        }
+    }
+    assert!(
+        slow.last()
+            .is_some_and(|(s, d)| s == "target_only" && *d == 0),
+        "still speculating over a slow link: {slow:?}"
+    );
+    let stats = proxy.stats().await;
+    let controller = &stats["pairings"][0]["controller"];
+    assert_eq!(controller["mode"]["state"], "off", "{stats}");
+    assert!(controller["target_tok_s"].as_f64() > Some(0.0), "{stats}");
+    assert!(
+        controller["speculative_goodput_tok_s"].as_f64() > Some(0.0),
+        "{stats}"
+    );
+    assert!(
+        controller["last_decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{stats}"
+    );
+
+    // Fast again: after the back-off, a probe measures it and turns it back on.
+    relay.set_link(LinkConfig::with_rtt(Duration::ZERO));
+    // (The back-off doubles after a failed probe: up to two probes fit the deadline.)
+    let deadline = Instant::now() + Duration::from_secs(100);
+    loop {
+        ask().await;
+        let stats = proxy.stats().await;
+        if stats["pairings"][0]["controller"]["mode"]["state"] == "on" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back on: {stats}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // On again: the next request speculates.
+    let (served, drafted) = ask().await;
+    assert_eq!(served, "speculative", "{}", proxy.stats().await);
+    assert!(drafted > 0);
+}
