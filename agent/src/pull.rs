@@ -600,24 +600,19 @@ pub async fn pull(
             why.join("; ")
         )));
     }
-    shared.file.sync_all().map_err(io_err(&part))?;
-    let check = part.clone();
+    drop(shared);
+    let expected = manifest.sha256.clone();
+    let (check, placed) = (part.clone(), target.clone());
     let digest = blocking(move || {
-        Ok(hex::encode(
-            crate::transfer::sha256_prefix(&check, None)?.finalize(),
-        ))
+        Ok(tightwad_protocol::files::finish_part_file(
+            &check,
+            &placed,
+            &state_path,
+            &expected,
+            None,
+        )?)
     })
     .await?;
-    if digest != manifest.sha256 {
-        let _ = std::fs::remove_file(&part);
-        let _ = std::fs::remove_file(&state_path);
-        return Err(TransferError::Refused(format!(
-            "sha256 of the assembled file is {digest}, expected {}: discarded",
-            manifest.sha256
-        )));
-    }
-    std::fs::rename(&part, &target).map_err(io_err(&target))?;
-    let _ = std::fs::remove_file(&state_path);
     for (peer, _) in &peers {
         peer.close(tightwad_protocol::client::close_code::DONE, "pull done");
     }

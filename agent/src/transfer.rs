@@ -13,14 +13,17 @@
 use crate::models::{destination, ModelFolders};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tightwad_protocol::client::{ClientEndpoint, FramedStream};
+use tightwad_protocol::files::{finish_part_file, FinishError};
 use tightwad_protocol::messages::*;
 use tightwad_protocol::server::RequestStream;
 use tightwad_protocol::trust::ServerExpectation;
 use tightwad_protocol::upload;
+
+pub use tightwad_protocol::files::sha256_prefix;
 
 pub const CHUNK_BYTES: u32 = upload::CHUNK_BYTES;
 
@@ -40,28 +43,19 @@ pub enum TransferError {
     Refused(String),
 }
 
+impl From<FinishError> for TransferError {
+    fn from(e: FinishError) -> Self {
+        match e {
+            FinishError::Mismatch(m) => TransferError::Refused(m.to_string()),
+            FinishError::Io(e) => TransferError::Protocol(e),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.display().to_string(),
         source,
-    }
-}
-
-/// sha256 of the first `len` bytes of a file (all of it when `len` is `None`).
-pub fn sha256_prefix(path: &Path, len: Option<u64>) -> Result<Sha256, TransferError> {
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut reader: Box<dyn Read> = match len {
-        Some(n) => Box::new(file.take(n)),
-        None => Box::new(file),
-    };
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok(hasher);
-        }
-        hasher.update(&buf[..n]);
     }
 }
 
@@ -293,21 +287,21 @@ pub async fn receive(
             offer.size
         )));
     }
-    let digest = hex::encode(hasher.finalize());
+    let mut digest = hex::encode(hasher.finalize());
     if !target.exists() {
-        if let Some(f) = out.take() {
-            f.sync_all().map_err(io_err(&part))?;
-        }
-        if digest != offer.sha256 {
-            let _ = std::fs::remove_file(&part);
-            let _ = std::fs::remove_file(&meta_file);
-            return Err(TransferError::Refused(format!(
-                "sha256 of the received file is {digest}, expected {}: discarded",
-                offer.sha256
-            )));
-        }
-        std::fs::rename(&part, &target).map_err(io_err(&target))?;
-        let _ = std::fs::remove_file(&meta_file);
+        drop(out.take());
+        let expected = offer.sha256.clone();
+        let target = target.clone();
+        digest = blocking(move || {
+            Ok(finish_part_file(
+                &part,
+                &target,
+                &meta_file,
+                &expected,
+                Some(digest),
+            )?)
+        })
+        .await?;
     }
     Ok(TransferSummary {
         file_name: offer.file_name,

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod error;
+pub mod files;
 pub mod fingerprint;
 pub mod frame;
 pub mod fsutil;
