@@ -11,6 +11,7 @@
 //!   [`server::Server`] for the agent.
 
 pub mod client;
+pub mod crypto;
 pub mod error;
 pub mod files;
 pub mod fingerprint;
