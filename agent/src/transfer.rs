@@ -17,13 +17,11 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tightwad_protocol::client::{ClientEndpoint, FramedStream};
-use tightwad_protocol::files::{finish_part_file, FinishError};
+use tightwad_protocol::files::{finish_part_file, sha256_hex, sha256_prefix, FinishError};
 use tightwad_protocol::messages::*;
 use tightwad_protocol::server::RequestStream;
 use tightwad_protocol::trust::ServerExpectation;
 use tightwad_protocol::upload;
-
-pub use tightwad_protocol::files::sha256_prefix;
 
 pub const CHUNK_BYTES: u32 = upload::CHUNK_BYTES;
 
@@ -52,19 +50,64 @@ impl From<FinishError> for TransferError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.display().to_string(),
         source,
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
 ) -> Result<T, TransferError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| TransferError::Refused(format!("worker task failed: {e}")))?
+}
+
+/// Whether `target` already holds the file whose sha256 is `sha256` (`false` when there is no
+/// file); refused when it holds other contents.
+pub(crate) async fn already_there(target: &Path, sha256: &str) -> Result<bool, TransferError> {
+    if !target.exists() {
+        return Ok(false);
+    }
+    let check = target.to_path_buf();
+    let existing = blocking(move || Ok(sha256_hex(&check, None)?)).await?;
+    if existing != sha256 {
+        return Err(TransferError::Refused(format!(
+            "{} already exists here with other contents; remove it first",
+            target.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// Opens (creates) the part file of a transfer for writing, cut or grown to `len` bytes.
+pub(crate) fn open_part(part: &Path, len: u64) -> Result<std::fs::File, TransferError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(part)
+        .map_err(io_err(part))?;
+    file.set_len(len).map_err(io_err(part))?;
+    Ok(file)
+}
+
+/// Refuses a transfer that needs more than the free space of `folder` (unknown space passes).
+pub(crate) fn check_free_space(folder: &Path, missing: u64) -> Result<(), TransferError> {
+    if let Ok(stats) = nix::sys::statvfs::statvfs(folder) {
+        let available = stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size());
+        if missing > available {
+            return Err(TransferError::Refused(format!(
+                "not enough space in {}: {missing} bytes needed, {available} available",
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sender side: pushes `file_name` to `to`, reporting progress on `report` (the coordinator's
@@ -166,17 +209,7 @@ pub async fn receive(
         sha256: offer.sha256.clone(),
     };
     let meta_file = meta_path(&part);
-    if target.exists() {
-        let check = target.clone();
-        let existing =
-            blocking(move || Ok(hex::encode(sha256_prefix(&check, None)?.finalize()))).await?;
-        if existing != offer.sha256 {
-            return Err(TransferError::Refused(format!(
-                "{} already exists here with other contents; remove it first",
-                target.display()
-            )));
-        }
-    }
+    already_there(&target, &offer.sha256).await?;
     let same_file = std::fs::read(&meta_file)
         .ok()
         .and_then(|b| serde_json::from_slice::<PartMeta>(&b).ok())
@@ -199,27 +232,11 @@ pub async fn receive(
                 serde_json::to_vec(&meta).map_err(|e| TransferError::Refused(e.to_string()))?;
             std::fs::write(&meta_file, json).map_err(io_err(&meta_file))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(io_err(&part))?;
-        file.set_len(have).map_err(io_err(&part))?;
+        open_part(&part, have)?;
         (sha256_prefix(&part, Some(have))?, have)
     };
     let missing = offer.size.saturating_sub(expected);
-    if let Ok(stats) = nix::sys::statvfs::statvfs(folder) {
-        let available = stats
-            .blocks_available()
-            .saturating_mul(stats.fragment_size());
-        if missing > available {
-            return Err(TransferError::Refused(format!(
-                "not enough space in {}: {missing} bytes needed, {available} available",
-                folder.display()
-            )));
-        }
-    }
+    check_free_space(folder, missing)?;
     stream
         .reply(&Reply::UploadResume {
             offset: expected,
