@@ -6,7 +6,7 @@ use tightwad_serve::config::{PairingEntry, ProxyConfig};
 use tightwad_serve::server::Proxy;
 
 use crate::exactness::{compare, Agreement};
-use crate::http::{post_json, proxy_token_ids};
+use crate::http::{post_json, proxy_token_ids, sse_payloads};
 use crate::llama_server::LlamaServer;
 
 /// A proxy running in this process on a real loopback port, stopped when dropped.
@@ -92,16 +92,7 @@ impl RunningProxy {
             .to_string();
         assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
         let text = r.text().await.expect("stream body");
-        text.split("\n\n")
-            .filter_map(|e| {
-                let data: Vec<&str> = e
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                (!data.is_empty()).then(|| data.join("\n"))
-            })
-            .collect()
+        sse_payloads(&text)
     }
 }
 
