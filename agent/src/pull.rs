@@ -34,7 +34,9 @@ use tightwad_protocol::server::RequestStream;
 use tightwad_protocol::trust::ServerExpectation;
 
 use crate::models::{destination, ModelFolders};
-use crate::transfer::{TransferError, CHUNK_BYTES};
+use crate::transfer::{
+    already_there, blocking, check_free_space, io_err, open_part, TransferError, CHUNK_BYTES,
+};
 
 pub const DEFAULT_PIECE_BYTES: u32 = 8 << 20;
 pub const MAX_PIECE_BYTES: u32 = 16 << 20;
@@ -44,21 +46,6 @@ const PER_SOURCE: usize = 2;
 /// Failed reads after which a source is no longer asked.
 const STRIKES: u32 = 2;
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
-    move |source| TransferError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
-) -> Result<T, TransferError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| TransferError::Refused(format!("worker task failed: {e}")))?
-}
 
 fn check_piece_bytes(piece_bytes: u32) -> Result<u32, TransferError> {
     if (MIN_PIECE_BYTES..=MAX_PIECE_BYTES).contains(&piece_bytes) {
@@ -452,33 +439,20 @@ pub async fn pull(
             "the sources' manifest does not cover the file: refused".into(),
         ));
     }
-    if target.exists() {
-        let check = target.clone();
-        let existing = blocking(move || {
-            Ok(hex::encode(
-                crate::transfer::sha256_prefix(&check, None)?.finalize(),
-            ))
-        })
-        .await?;
-        if existing == manifest.sha256 {
-            return Ok(PullSummary {
-                transfer: TransferSummary {
-                    file_name: file_name.to_string(),
-                    path: target.display().to_string(),
-                    bytes: manifest.size,
-                    resumed_from: manifest.size,
-                    sha256: existing,
-                    seconds: started.elapsed().as_secs_f64(),
-                },
-                pieces: manifest.pieces.len() as u32,
-                pieces_resumed: manifest.pieces.len() as u32,
-                sources: Vec::new(),
-            });
-        }
-        return Err(TransferError::Refused(format!(
-            "{} already exists here with other contents; remove it first",
-            target.display()
-        )));
+    if already_there(&target, &manifest.sha256).await? {
+        return Ok(PullSummary {
+            transfer: TransferSummary {
+                file_name: file_name.to_string(),
+                path: target.display().to_string(),
+                bytes: manifest.size,
+                resumed_from: manifest.size,
+                sha256: manifest.sha256.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+            },
+            pieces: manifest.pieces.len() as u32,
+            pieces_resumed: manifest.pieces.len() as u32,
+            sources: Vec::new(),
+        });
     }
     // Resume what an earlier pull of the same file left, else start afresh.
     let previous = std::fs::read(&state_path)
@@ -509,25 +483,9 @@ pub async fn pull(
             (manifest.size - start).min(u64::from(manifest.piece_bytes))
         })
         .sum();
-    if let Ok(stats) = nix::sys::statvfs::statvfs(folder) {
-        let available = stats
-            .blocks_available()
-            .saturating_mul(stats.fragment_size());
-        if missing_bytes > available {
-            return Err(TransferError::Refused(format!(
-                "not enough space in {}: {missing_bytes} bytes needed, {available} available",
-                folder.display()
-            )));
-        }
-    }
+    check_free_space(folder, missing_bytes)?;
     state.save(&state_path)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(&part)
-        .map_err(io_err(&part))?;
-    file.set_len(manifest.size).map_err(io_err(&part))?;
+    let file = open_part(&part, manifest.size)?;
     let pieces_resumed = state.done.iter().filter(|d| **d).count() as u32;
     let resumed_from = manifest.size - missing_bytes;
     if pieces_resumed > 0 {
@@ -600,24 +558,19 @@ pub async fn pull(
             why.join("; ")
         )));
     }
-    shared.file.sync_all().map_err(io_err(&part))?;
-    let check = part.clone();
+    drop(shared);
+    let expected = manifest.sha256.clone();
+    let (check, placed) = (part.clone(), target.clone());
     let digest = blocking(move || {
-        Ok(hex::encode(
-            crate::transfer::sha256_prefix(&check, None)?.finalize(),
-        ))
+        Ok(tightwad_protocol::files::finish_part_file(
+            &check,
+            &placed,
+            &state_path,
+            &expected,
+            None,
+        )?)
     })
     .await?;
-    if digest != manifest.sha256 {
-        let _ = std::fs::remove_file(&part);
-        let _ = std::fs::remove_file(&state_path);
-        return Err(TransferError::Refused(format!(
-            "sha256 of the assembled file is {digest}, expected {}: discarded",
-            manifest.sha256
-        )));
-    }
-    std::fs::rename(&part, &target).map_err(io_err(&target))?;
-    let _ = std::fs::remove_file(&state_path);
     for (peer, _) in &peers {
         peer.close(tightwad_protocol::client::close_code::DONE, "pull done");
     }

@@ -13,10 +13,11 @@
 use crate::models::{destination, ModelFolders};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tightwad_protocol::client::{ClientEndpoint, FramedStream};
+use tightwad_protocol::files::{finish_part_file, sha256_hex, sha256_prefix, FinishError};
 use tightwad_protocol::messages::*;
 use tightwad_protocol::server::RequestStream;
 use tightwad_protocol::trust::ServerExpectation;
@@ -40,37 +41,73 @@ pub enum TransferError {
     Refused(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+impl From<FinishError> for TransferError {
+    fn from(e: FinishError) -> Self {
+        match e {
+            FinishError::Mismatch(m) => TransferError::Refused(m.to_string()),
+            FinishError::Io(e) => TransferError::Protocol(e),
+        }
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.display().to_string(),
         source,
     }
 }
 
-/// sha256 of the first `len` bytes of a file (all of it when `len` is `None`).
-pub fn sha256_prefix(path: &Path, len: Option<u64>) -> Result<Sha256, TransferError> {
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut reader: Box<dyn Read> = match len {
-        Some(n) => Box::new(file.take(n)),
-        None => Box::new(file),
-    };
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok(hasher);
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
 ) -> Result<T, TransferError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| TransferError::Refused(format!("worker task failed: {e}")))?
+}
+
+/// Whether `target` already holds the file whose sha256 is `sha256` (`false` when there is no
+/// file); refused when it holds other contents.
+pub(crate) async fn already_there(target: &Path, sha256: &str) -> Result<bool, TransferError> {
+    if !target.exists() {
+        return Ok(false);
+    }
+    let check = target.to_path_buf();
+    let existing = blocking(move || Ok(sha256_hex(&check, None)?)).await?;
+    if existing != sha256 {
+        return Err(TransferError::Refused(format!(
+            "{} already exists here with other contents; remove it first",
+            target.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// Opens (creates) the part file of a transfer for writing, cut or grown to `len` bytes.
+pub(crate) fn open_part(part: &Path, len: u64) -> Result<std::fs::File, TransferError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(part)
+        .map_err(io_err(part))?;
+    file.set_len(len).map_err(io_err(part))?;
+    Ok(file)
+}
+
+/// Refuses a transfer that needs more than the free space of `folder` (unknown space passes).
+pub(crate) fn check_free_space(folder: &Path, missing: u64) -> Result<(), TransferError> {
+    if let Ok(stats) = nix::sys::statvfs::statvfs(folder) {
+        let available = stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size());
+        if missing > available {
+            return Err(TransferError::Refused(format!(
+                "not enough space in {}: {missing} bytes needed, {available} available",
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sender side: pushes `file_name` to `to`, reporting progress on `report` (the coordinator's
@@ -172,17 +209,7 @@ pub async fn receive(
         sha256: offer.sha256.clone(),
     };
     let meta_file = meta_path(&part);
-    if target.exists() {
-        let check = target.clone();
-        let existing =
-            blocking(move || Ok(hex::encode(sha256_prefix(&check, None)?.finalize()))).await?;
-        if existing != offer.sha256 {
-            return Err(TransferError::Refused(format!(
-                "{} already exists here with other contents; remove it first",
-                target.display()
-            )));
-        }
-    }
+    already_there(&target, &offer.sha256).await?;
     let same_file = std::fs::read(&meta_file)
         .ok()
         .and_then(|b| serde_json::from_slice::<PartMeta>(&b).ok())
@@ -205,27 +232,11 @@ pub async fn receive(
                 serde_json::to_vec(&meta).map_err(|e| TransferError::Refused(e.to_string()))?;
             std::fs::write(&meta_file, json).map_err(io_err(&meta_file))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(io_err(&part))?;
-        file.set_len(have).map_err(io_err(&part))?;
+        open_part(&part, have)?;
         (sha256_prefix(&part, Some(have))?, have)
     };
     let missing = offer.size.saturating_sub(expected);
-    if let Ok(stats) = nix::sys::statvfs::statvfs(folder) {
-        let available = stats
-            .blocks_available()
-            .saturating_mul(stats.fragment_size());
-        if missing > available {
-            return Err(TransferError::Refused(format!(
-                "not enough space in {}: {missing} bytes needed, {available} available",
-                folder.display()
-            )));
-        }
-    }
+    check_free_space(folder, missing)?;
     stream
         .reply(&Reply::UploadResume {
             offset: expected,
@@ -293,21 +304,21 @@ pub async fn receive(
             offer.size
         )));
     }
-    let digest = hex::encode(hasher.finalize());
+    let mut digest = hex::encode(hasher.finalize());
     if !target.exists() {
-        if let Some(f) = out.take() {
-            f.sync_all().map_err(io_err(&part))?;
-        }
-        if digest != offer.sha256 {
-            let _ = std::fs::remove_file(&part);
-            let _ = std::fs::remove_file(&meta_file);
-            return Err(TransferError::Refused(format!(
-                "sha256 of the received file is {digest}, expected {}: discarded",
-                offer.sha256
-            )));
-        }
-        std::fs::rename(&part, &target).map_err(io_err(&target))?;
-        let _ = std::fs::remove_file(&meta_file);
+        drop(out.take());
+        let expected = offer.sha256.clone();
+        let target = target.clone();
+        digest = blocking(move || {
+            Ok(finish_part_file(
+                &part,
+                &target,
+                &meta_file,
+                &expected,
+                Some(digest),
+            )?)
+        })
+        .await?;
     }
     Ok(TransferSummary {
         file_name: offer.file_name,

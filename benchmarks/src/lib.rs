@@ -5,7 +5,7 @@
 //! - [`sim`]: a SIMULATION of llama-server with set speeds and acceptance (`sim-llama-server`);
 //! - [`limit`]: the analytic throughput limit the measurements are compared with;
 //! - [`llama`]: real llama-server processes for the real-hardware scenarios;
-//! - [`suite`]: the scenarios of `bench-suite` and the result files they write;
+//! - [`suite`]: the scenarios of `bench-suite`; [`results`]: the result files they write;
 //! - [`report`] and [`plot`]: `results/README.md` and its SVG plots.
 //!
 //! The per-request comparison itself (direct vs through the proxy) is `tightwad_coordinator::bench`, which the
@@ -17,6 +17,7 @@ pub mod llama;
 pub mod plot;
 pub mod relay;
 pub mod report;
+pub mod results;
 pub mod sim;
 pub mod suite;
 

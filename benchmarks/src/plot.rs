@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use thiserror::Error;
 
-use crate::suite::SimCellResult;
+use crate::results::SimCellResult;
 
 #[derive(Debug, Error)]
 #[error("cannot draw {path}: {detail}")]

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::plot;
-use crate::suite::{RealScenario, SimCellResult, SimScenario};
+use crate::results::{RealScenario, SimCellResult, SimScenario};
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
     if !path.exists() {

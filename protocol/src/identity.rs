@@ -80,7 +80,7 @@ impl NodeIdentity {
     /// Makes sure the stored key can sign with the stored certificate: a mismatched pair would
     /// only show up as confusing handshake failures on the peer.
     fn check_key_matches(&self, key_path: &Path) -> Result<(), ProtocolError> {
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::crypto::crypto_provider();
         let key = provider
             .key_provider
             .load_private_key(self.private_key())

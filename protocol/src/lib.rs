@@ -11,7 +11,9 @@
 //!   [`server::Server`] for the agent.
 
 pub mod client;
+pub mod crypto;
 pub mod error;
+pub mod files;
 pub mod fingerprint;
 pub mod frame;
 pub mod fsutil;

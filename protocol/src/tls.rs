@@ -1,6 +1,7 @@
 //! rustls and quinn configuration. The ring crypto provider is installed explicitly in every
 //! config (never picked implicitly from whatever features happen to be compiled in).
 
+use crate::crypto::crypto_provider;
 use crate::identity::NodeIdentity;
 use crate::trust::{PinnedClientVerifier, PinnedServerVerifier, TrustStore};
 use crate::ProtocolError;
@@ -19,11 +20,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keep-alive interval: well below [`IDLE_TIMEOUT`] so a live but quiet peer is never dropped.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
-
-/// The one crypto provider Tightwad uses.
-pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
 
 fn transport_config() -> Result<quinn::TransportConfig, ProtocolError> {
     let mut transport = quinn::TransportConfig::default();

@@ -127,7 +127,7 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 fn signature_algorithms() -> WebPkiSupportedAlgorithms {
-    crate::tls::crypto_provider().signature_verification_algorithms
+    crate::crypto::crypto_provider().signature_verification_algorithms
 }
 
 /// Server side (agent): accepts a client certificate only when its fingerprint is pinned.

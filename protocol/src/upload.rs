@@ -8,6 +8,7 @@
 //! starts over at zero), then sends 1 MiB chunks, each with its own sha256, then `Finish`.
 
 use crate::client::FramedStream;
+use crate::files::sha256_hex;
 use crate::messages::{Reply, UploadFrame, UploadOffer};
 use crate::ProtocolError;
 use sha2::{Digest, Sha256};
@@ -16,26 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const CHUNK_BYTES: u32 = 1024 * 1024;
-
-/// sha256 (hex) of the first `len` bytes of a file (all of it when `len` is `None`).
-pub fn sha256_hex(path: &Path, len: Option<u64>) -> Result<String, ProtocolError> {
-    let file = std::fs::File::open(path).map_err(|e| ProtocolError::io(path, e))?;
-    let mut reader: Box<dyn Read> = match len {
-        Some(n) => Box::new(file.take(n)),
-        None => Box::new(file),
-    };
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| ProtocolError::io(path, e))?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
-}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ProtocolError> + Send + 'static,

@@ -40,7 +40,7 @@ struct RequestLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForwardLabel {
     pairing: String,
-    /// [`crate::engine::ForwardReason::kind`]: a bounded set.
+    /// Why: a forward reason's kind (`field`, `non_text_content`, …), a bounded set.
     reason: &'static str,
 }
 
@@ -340,13 +340,14 @@ impl PairingMetrics {
             .inc();
     }
 
-    /// A request the target served unchanged: counted as passthrough, and by why.
-    pub fn forwarded(&self, reason: &crate::engine::ForwardReason) {
+    /// A request the target served unchanged: counted as passthrough, and by why (a reason's
+    /// kind, a bounded label set).
+    pub fn forwarded(&self, reason: &'static str) {
         self.request(ServedBy::Passthrough);
         self.forwarded
             .get_or_create(&ForwardLabel {
                 pairing: self.name.clone(),
-                reason: reason.kind(),
+                reason,
             })
             .inc();
     }

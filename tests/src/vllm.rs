@@ -5,12 +5,15 @@
 //! Face folder); `./scripts/test` exports both. Missing → the test fails saying so.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{free_port, post_json, Reference};
+use crate::exactness::Reference;
+use crate::http::post_json;
+use crate::server_process::{log_tail, spawn_logged, Readiness};
+use crate::test_env::free_port;
 
 /// The name the vLLM server serves its model under.
 pub const SERVED_MODEL: &str = "smollm2";
@@ -40,7 +43,6 @@ impl VllmServer {
         let model = var("TIGHTWAD_VLLM_MODEL");
         let port = free_port();
         let log = std::env::temp_dir().join(format!("tightwad-test-vllm-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("create vLLM log");
         let mut cmd = Command::new(&python);
         cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
             .arg(&model)
@@ -62,47 +64,28 @@ impl VllmServer {
                 // No torch.compile warm-up: it takes minutes on 2 busy cores and buys nothing here.
                 "--enforce-eager",
             ])
-            .env("VLLM_CPU_KVCACHE_SPACE", "1")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone log handle"))
-            .stderr(log_file);
+            .env("VLLM_CPU_KVCACHE_SPACE", "1");
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-        let mut server = VllmServer {
+        let mut child = spawn_logged(&mut cmd, &log, &python.display().to_string());
+        let url = format!("http://127.0.0.1:{port}");
+        let readiness = Readiness {
+            what: "vLLM",
+            log: &log,
+            tail_lines: 40,
+            poll: Duration::from_millis(500),
+            timeout: Duration::from_secs(900),
+        };
+        readiness.wait(&mut child, &url).await;
+        VllmServer {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             port,
             log,
-        };
-        server.wait_ready(Duration::from_secs(900)).await;
-        server
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("vLLM exited early ({status}):\n{}", self.log_tail());
-            }
-            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("vLLM not ready after {timeout:?}:\n{}", self.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        log_tail(&self.log, 40)
     }
 
     /// The prompt's token ids as vLLM's completion endpoint would make them (BOS as the model wants).

@@ -3,31 +3,19 @@
 //! `models copy` with plain progress lines on a pipe and nothing but JSON with `--json`.
 //!
 //! The binary is `TIGHTWAD_BIN`, or the `tightwad` cargo built next to this test binary
-//! (`cargo nextest run --workspace` and `cargo build -p tightwad` put it there).
+//! (`scripts/test` builds every binary first: `cargo build --workspace --bins`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 use tightwad_coordinator::fleet;
-use tightwad_e2e::faults::{sha256_file, AgentProcess, Lab, ScratchDir};
+use tightwad_e2e::agents::{sha256_file, AgentProcess, AgentSpec};
+use tightwad_e2e::netns::Lab;
+use tightwad_e2e::test_env::{require_env, workspace_binary};
 
 fn tightwad_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TIGHTWAD_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("tightwad"))
-        .expect("target directory");
-    assert!(
-        path.exists(),
-        "{} missing: build it (cargo build -p tightwad) or set TIGHTWAD_BIN",
-        path.display()
-    );
-    path
+    workspace_binary("tightwad", "TIGHTWAD_BIN")
 }
 
 fn tightwad(config: &Path, args: &[&str]) -> Output {
@@ -50,32 +38,24 @@ fn json(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn env_path(name: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| panic!("{name} is not set: run ./scripts/test"))
-}
-
 #[test]
 fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
-    let models = PathBuf::from(env_path("TIGHTWAD_MODELS"));
+    let models = PathBuf::from(require_env("TIGHTWAD_MODELS"));
     let mut lab = Lab::new();
     let ns_a = lab.add_namespace();
     let ns_b = lab.add_namespace();
-    let scratch = ScratchDir::new("cli-fleet");
-    let models_a = scratch.dir("models-a");
-    let models_b = scratch.dir("models-b");
+    let models_a = lab.path("models-a");
+    let models_b = lab.path("models-b");
     let file = "draft.gguf";
     if std::fs::hard_link(models.join(file), models_a.join(file)).is_err() {
         std::fs::copy(models.join(file), models_a.join(file)).expect("stock alpha");
     }
-    let config = scratch.path.join("tightwad.toml");
+    let config = lab.dir.path().join("tightwad.toml");
     std::fs::write(
         &config,
         format!(
             "state_dir = \"{}\"\n[[hosts]]\nname = \"alpha\"\naddress = \"{}:7420\"\n[[hosts]]\nname = \"beta\"\naddress = \"{}:7420\"\n",
-            scratch.dir("coordinator").display(),
+            lab.path("coordinator").display(),
             ns_a.ip,
             ns_b.ip
         ),
@@ -87,16 +67,18 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     };
     let worker = format!(
         "[binaries]\nrpc_server = \"{}\"\n[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n",
-        env_path("RPC_SERVER")
+        require_env("RPC_SERVER")
     );
-    let _alpha = AgentProcess::start(&ns_a, &scratch.dir("agent-a"), &models_a, Some(&token()));
-    let _beta = AgentProcess::start_with(
-        &ns_b,
-        &scratch.dir("agent-b"),
-        &models_b,
-        Some(&token()),
-        &worker,
-    );
+    let _alpha = AgentProcess::start_bare(AgentSpec::new(
+        &ns_a,
+        lab.path("agent-a"),
+        &models_a,
+        Some(token()),
+    ));
+    let _beta = AgentProcess::start_bare(AgentSpec {
+        extra_toml: worker,
+        ..AgentSpec::new(&ns_b, lab.path("agent-b"), &models_b, Some(token()))
+    });
 
     // status --json enrolls both and says so.
     let status = json(&tightwad(&config, &["status", "--json"]));

@@ -1,6 +1,6 @@
 //! An agent killed (SIGKILL) in the middle of a model copy, then started again: the copy resumes
 //! from the partial file against the restarted agent and the result is verified. (A link cut
-//! mid-copy is `agent/tests/model_transfer.rs`; a kill differs: the process loses everything it
+//! mid-copy is `agent_model_transfer.rs`; a kill differs: the process loses everything it
 //! held in memory, so only what is on disk can carry the copy on.)
 //!
 //! Root only (network namespaces).
@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tightwad_coordinator::fleet;
-use tightwad_e2e::faults::{sha256_file, AgentProcess, Lab, ScratchDir};
+use tightwad_e2e::agents::{sha256_file, AgentProcess, AgentSpec};
+use tightwad_e2e::netns::Lab;
 
 const FILE: &str = "target.gguf";
 /// 16 MiB/s: the 80 MB file takes about 5 s, long enough to kill an agent in the middle.
@@ -30,21 +31,20 @@ async fn copy_survives_a_killed_agent(kill_receiver: bool) {
     let mut lab = Lab::new();
     let ns_a = lab.add_namespace();
     let ns_b = lab.add_namespace();
-    let scratch = ScratchDir::new("agent-kill");
-    let models_a = scratch.dir("models-a");
-    let models_b = scratch.dir("models-b");
+    let models_a = lab.path("models-a");
+    let models_b = lab.path("models-b");
     let source = models_a.join(FILE);
     if std::fs::hard_link(models.join(FILE), &source).is_err() {
         std::fs::copy(models.join(FILE), &source).expect("stock the sender");
     }
     let size = std::fs::metadata(&source).expect("model size").len();
 
-    let coordinator_config = scratch.path.join("fleet.toml");
+    let coordinator_config = lab.dir.path().join("fleet.toml");
     std::fs::write(
         &coordinator_config,
         format!(
             "state_dir = \"{}\"\n[[hosts]]\nname = \"alpha\"\naddress = \"{}:7420\"\n[[hosts]]\nname = \"beta\"\naddress = \"{}:7420\"\n",
-            scratch.dir("coordinator").display(),
+            lab.path("coordinator").display(),
             ns_a.ip,
             ns_b.ip
         ),
@@ -61,8 +61,18 @@ async fn copy_survives_a_killed_agent(kill_receiver: bool) {
             .expect("join token")
             .to_string()
     };
-    let mut alpha = AgentProcess::start(&ns_a, &scratch.dir("agent-a"), &models_a, Some(&token()));
-    let mut beta = AgentProcess::start(&ns_b, &scratch.dir("agent-b"), &models_b, Some(&token()));
+    let mut alpha = AgentProcess::start_bare(AgentSpec::new(
+        &ns_a,
+        lab.path("agent-a"),
+        &models_a,
+        Some(token()),
+    ));
+    let mut beta = AgentProcess::start_bare(AgentSpec::new(
+        &ns_b,
+        lab.path("agent-b"),
+        &models_b,
+        Some(token()),
+    ));
     for report in fleet::status::collect(&fleet, None)
         .await
         .expect("enrollment")

@@ -2,12 +2,14 @@
 //! proxy in the root namespace: the silent kind of failure (no RST, no FIN) that only timeouts
 //! catch. After each case the proxy is back to the descriptors and tasks it held before.
 //!
-//! Root only (network namespaces), like agent/tests.
+//! Root only (network namespaces), like every test on `tightwad_e2e::netns`.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tightwad_e2e::faults::{streamed_token_ids, Footprint, Lab, SseRead};
+use tightwad_e2e::footprint::Footprint;
+use tightwad_e2e::http::{streamed_token_ids, SseRead};
+use tightwad_e2e::netns::Lab;
 use tightwad_e2e::{compare, env, Agreement, LlamaServer, RunningProxy, ServerOptions};
 
 const PROMPT: &str = "The history of lighthouses";

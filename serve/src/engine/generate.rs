@@ -48,7 +48,7 @@ impl Pairing {
     ) -> Result<Route, EngineError> {
         info!(pairing = %self.config.name, reason = %reason.tag(), "forwarding to the target unchanged");
         let response = self.target.forward(path, body).await?;
-        self.metrics.forwarded(&reason);
+        self.metrics.forwarded(reason.kind());
         Ok(Route::Forwarded { response, reason })
     }
 

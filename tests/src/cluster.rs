@@ -1,8 +1,15 @@
 //! A cluster of enrolled agents, one per network namespace, with the coordinator config that
 //! names them: what the doctor, pool and native pairing tests start from.
 
-use super::*;
 use std::path::{Path, PathBuf};
+
+use tightwad_coordinator::fleet;
+
+use crate::agents::{
+    coordinator_config, fleet_for, issue_token, stock_models, AgentProcess, AgentSpec,
+};
+use crate::netns::{Lab, Namespace};
+use crate::test_env::runtime;
 
 /// One host of a test cluster: its namespace, its agent (stopped on drop) and its model folder.
 pub struct TestHost {

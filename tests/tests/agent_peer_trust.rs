@@ -1,9 +1,15 @@
 //! Who may talk to an agent: unknown peers, wrong join tokens, changed keys and incompatible
 //! versions are refused on both sides; malformed and oversize frames cost only their stream.
+//!
+//! Lives in the harness crate, not beside the agent: the agent is started as a binary in a network
+//! namespace and enrolled through the coordinator's fleet code, so this tests both ends together
+//! (the agent crate depends on no coordinator code, not even in its tests).
 
-mod common;
+use tightwad_coordinator::fleet;
+use tightwad_e2e::agents::*;
+use tightwad_e2e::netns::*;
+use tightwad_e2e::test_env::*;
 
-use common::*;
 use std::time::Duration;
 use tightwad_protocol::client::ClientEndpoint;
 use tightwad_protocol::messages::{Hello, NodeRole, Reply, Request};

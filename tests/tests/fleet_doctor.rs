@@ -2,13 +2,17 @@
 //! two llama.cpp builds in one RPC pool, a model file in another folder or on another host, a
 //! flag the build does not accept, a model larger than the memory an agent reports, a draft with
 //! another vocabulary, an unreachable host. A healthy cluster passes.
+//!
+//! Lives in the harness crate, not beside the coordinator: it drives coordinator code against real
+//! `tightwad-agent` processes (the agent binary) in network namespaces, which is what this crate
+//! starts (a coordinator test using it would make a dev-dependency cycle).
+
+use tightwad_e2e::agents::*;
+use tightwad_e2e::cluster::*;
+use tightwad_e2e::test_env::*;
 
 use tightwad_coordinator::{doctor, fleet, init};
 
-mod common;
-
-use common::cluster::*;
-use common::*;
 use doctor::{Category, Check, DoctorArgs, Report, Status};
 
 /// `tightwad doctor` on the cluster's config, its report printed for the test log.

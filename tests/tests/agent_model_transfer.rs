@@ -1,9 +1,15 @@
 //! Model copies between real agents over QUIC: verified, resumable after the link is cut, and
 //! refusing corrupt data.
+//!
+//! Lives in the harness crate, not beside the agent: the agent is started as a binary in a network
+//! namespace and enrolled through the coordinator's fleet code, so this tests both ends together
+//! (the agent crate depends on no coordinator code, not even in its tests).
 
-mod common;
+use tightwad_coordinator::fleet;
+use tightwad_e2e::agents::*;
+use tightwad_e2e::netns::*;
+use tightwad_e2e::test_env::*;
 
-use common::*;
 use sha2::Digest;
 use std::time::{Duration, Instant};
 use tightwad_protocol::messages::{Reply, Request, UploadFrame, UploadOffer};

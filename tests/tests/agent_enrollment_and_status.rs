@@ -1,9 +1,15 @@
 //! Enrollment with a join token, pinning both ways, and `tightwad status` against real agents in
 //! their own network namespaces, with inventory from the real llama.cpp binaries and GGUF files.
+//!
+//! Lives in the harness crate, not beside the agent: the agent is started as a binary in a network
+//! namespace and enrolled through the coordinator's fleet code, so this tests both ends together
+//! (the agent crate depends on no coordinator code, not even in its tests).
 
-mod common;
+use tightwad_coordinator::fleet;
+use tightwad_e2e::agents::*;
+use tightwad_e2e::netns::*;
+use tightwad_e2e::test_env::*;
 
-use common::*;
 use tightwad_protocol::messages::ProcessKind;
 
 #[test]

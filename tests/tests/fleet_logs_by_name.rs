@@ -1,11 +1,13 @@
 //! `tightwad logs NAME` without a host: the coordinator asks every agent (real agents in network
 //! namespaces) which one runs a process of that name, and refuses to guess between several.
+//!
+//! Lives in the harness crate, not beside the coordinator: it drives coordinator code against real
+//! `tightwad-agent` processes (the agent binary) in network namespaces, which is what this crate
+//! starts (a coordinator test using it would make a dev-dependency cycle).
+
+use tightwad_e2e::cluster::*;
 
 use tightwad_coordinator::fleet;
-
-mod common;
-
-use common::cluster::*;
 
 fn rpc(name: &str, port: u16) -> String {
     format!("[[process]]\nname = \"{name}\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"{port}\"]\n")

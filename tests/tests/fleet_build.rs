@@ -12,11 +12,14 @@
 //!
 //! Speed: scripts/setup builds llama.cpp with ccache, with the same flags and the same build
 //! folder shape as an agent, so these builds are nearly all cache hits (mostly linking).
+//!
+//! Lives in the harness crate, not beside the coordinator: it drives coordinator code against real
+//! `tightwad-agent` processes (the agent binary) in network namespaces, which is what this crate
+//! starts (a coordinator test using it would make a dev-dependency cycle).
 
-mod common;
+use tightwad_e2e::cluster::*;
+use tightwad_e2e::test_env::*;
 
-use common::cluster::*;
-use common::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,12 +2,15 @@
 //! namespaces: the pool's coordinator llama-server runs its model over a worker's rpc-server;
 //! native pairing runs the draft model on the draft host's rpc-server inside the target's own
 //! llama.cpp speculation, and its greedy output equals the target alone.
+//!
+//! Lives in the harness crate, not beside the coordinator: it drives coordinator code against real
+//! `tightwad-agent` processes (the agent binary) in network namespaces, which is what this crate
+//! starts (a coordinator test using it would make a dev-dependency cycle).
+
+use tightwad_e2e::cluster::*;
 
 use tightwad_coordinator::{doctor, fleet};
 
-mod common;
-
-use common::cluster::*;
 use doctor::{DoctorArgs, Status};
 use std::time::Duration;
 use tightwad_protocol::messages::ProcessState;

@@ -2,6 +2,13 @@
 //! namespaces, a real llama-server and the real proxy.
 //!
 //! Root only (network namespaces).
+//!
+//! Lives in the harness crate, not beside the coordinator: it drives coordinator code against real
+//! `tightwad-agent` processes (the agent binary) in network namespaces, which is what this crate
+//! starts (a coordinator test using it would make a dev-dependency cycle).
+
+use tightwad_e2e::agents::sha256_file;
+use tightwad_e2e::cluster::*;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,11 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tightwad_coordinator::fleet;
 use tightwad_serve::config::{PairingEntry, ProxyConfig};
-
-mod common;
-
-use common::cluster::*;
-use common::sha256_file;
 
 const KEY: &str = "sk-swap-test";
 
@@ -401,7 +403,7 @@ fn a_pull_from_three_sources_survives_a_killed_source_and_a_restarted_receiver()
         !dest_models.join(FILE).exists(),
         "a final file before verification"
     );
-    let restarted = common::AgentProcess::start(common::AgentSpec {
+    let restarted = tightwad_e2e::agents::AgentProcess::start(tightwad_e2e::agents::AgentSpec {
         ns: &cluster.hosts[dest_i].ns,
         state_dir: cluster.hosts[dest_i].agent.state_dir.clone(),
         models: dest_models.clone(),

@@ -1,8 +1,13 @@
 //! The supervisor with real llama-server and rpc-server processes, driven over QUIC.
+//!
+//! Lives in the harness crate, not beside the agent: the agent is started as a binary in a network
+//! namespace and enrolled through the coordinator's fleet code, so this tests both ends together
+//! (the agent crate depends on no coordinator code, not even in its tests).
 
-mod common;
+use tightwad_e2e::agents::*;
+use tightwad_e2e::netns::*;
+use tightwad_e2e::test_env::*;
 
-use common::*;
 use std::time::{Duration, Instant};
 use tightwad_protocol::client::Client;
 use tightwad_protocol::messages::{ProcessState, ProcessStatus, Reply};

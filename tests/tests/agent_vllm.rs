@@ -1,10 +1,15 @@
 //! The supervisor with a REAL `vllm serve` (the CPU build from `scripts/setup-vllm`): arguments
 //! checked against `vllm serve --help=all` before anything starts, readiness on `/health`, the
 //! version in the inventory, a clean stop of the whole process group.
+//!
+//! Lives in the harness crate, not beside the agent: the agent is started as a binary in a network
+//! namespace and enrolled through the coordinator's fleet code, so this tests both ends together
+//! (the agent crate depends on no coordinator code, not even in its tests).
 
-mod common;
+use tightwad_e2e::agents::*;
+use tightwad_e2e::netns::*;
+use tightwad_e2e::test_env::*;
 
-use common::*;
 use tightwad_protocol::messages::ProcessState;
 
 #[test]
