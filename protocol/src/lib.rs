@@ -11,6 +11,7 @@
 //!   [`server::Server`] for the agent.
 
 pub mod client;
+pub mod discovery;
 pub mod error;
 pub mod fingerprint;
 pub mod frame;
