@@ -510,17 +510,25 @@ pub fn status(at: &WhereArgs, config: Option<&Path>, json: bool) -> anyhow::Resu
     let root = at.root.as_deref();
     let path = under(root, &unit_path(at));
     let text = std::fs::read_to_string(&path).ok();
+    // What install would write now with the binary, config and state folder the installed unit
+    // names (`-c` overrides its config), to tell an edited or outdated unit.
+    let installed = text
+        .as_deref()
+        .filter(|_| at.format == Format::Systemd)
+        .map(installed_paths)
+        .unwrap_or_default();
+    let config = config.map(Path::to_path_buf).or(installed.config.clone());
     let fresh = spec(
         &InstallArgs {
             at: at.clone(),
             dry_run: true,
-            binary: None,
-            state_dir: None,
+            binary: installed.binary.clone(),
+            state_dir: installed.state_dir.clone(),
             model_dirs: Vec::new(),
-            service_user: "tightwad".into(),
+            service_user: installed.user.clone().unwrap_or_else(|| "tightwad".into()),
             no_start: true,
         },
-        config,
+        config.as_deref(),
     )
     .and_then(|s| render(at.format, &s))
     .ok();
@@ -602,6 +610,73 @@ pub fn status(at: &WhereArgs, config: Option<&Path>, json: bool) -> anyhow::Resu
     })
 }
 
+/// The paths an installed systemd unit names: its binary, `--config`, state folder
+/// (`--state-dir`, or the proxy's `HOME`) and `User=`.
+#[derive(Default)]
+struct InstalledPaths {
+    binary: Option<PathBuf>,
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    user: Option<String>,
+}
+
+/// Splits an `ExecStart=` line into words (double quotes group, `%%` is `%`).
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut word).replace("%%", "%"));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(word.replace("%%", "%"));
+    }
+    out
+}
+
+fn installed_paths(unit: &str) -> InstalledPaths {
+    let mut found = InstalledPaths::default();
+    for line in unit.lines() {
+        if let Some(exec) = line.strip_prefix("ExecStart=") {
+            let w = words(exec);
+            found.binary = w.first().map(PathBuf::from);
+            let after = |flag: &str| {
+                w.iter()
+                    .position(|x| x == flag)
+                    .and_then(|i| w.get(i + 1))
+                    .map(PathBuf::from)
+            };
+            found.config = after("--config");
+            if let Some(state) = after("--state-dir") {
+                found.state_dir = Some(state);
+            }
+        } else if let Some(home) = line.strip_prefix("Environment=HOME=") {
+            found
+                .state_dir
+                .get_or_insert_with(|| PathBuf::from(words(home).pop().unwrap_or_default()));
+        } else if let Some(user) = line.strip_prefix("User=") {
+            found.user = Some(user.to_string());
+        }
+    }
+    found
+}
+
 /// `tightwad service …`; `config` is the global `-c PATH`.
 pub fn run(cmd: ServiceCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -614,6 +689,17 @@ pub fn run(cmd: ServiceCommand, config: Option<&Path>) -> anyhow::Result<ExitCod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn installed_units_name_their_paths() {
+        let found = installed_paths(
+            "User=tw\nEnvironment=HOME=/var/lib/x\nExecStart=\"/opt/a b/tightwad-agent\" --config /etc/100%%.toml --state-dir /srv/state\n",
+        );
+        assert_eq!(found.binary, Some(PathBuf::from("/opt/a b/tightwad-agent")));
+        assert_eq!(found.config, Some(PathBuf::from("/etc/100%.toml")));
+        assert_eq!(found.state_dir, Some(PathBuf::from("/srv/state")));
+        assert_eq!(found.user.as_deref(), Some("tw"));
+    }
 
     #[test]
     fn agent_folders_come_from_its_config_with_tilde_as_the_service_home() {
