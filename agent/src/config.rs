@@ -37,6 +37,9 @@ pub struct AgentConfig {
     pub page_cache_reclaim: crate::reclaim::ReclaimMode,
     /// `tightwad build`: tools, caches and the smoke test.
     pub build: BuildConfig,
+    /// Announce this agent on the LAN over mDNS (`discovery = true`, or a `[discovery]` table
+    /// with `interfaces`); off by default. See `discovery`.
+    pub discovery: crate::discovery::DiscoveryConfig,
     /// The build `tightwad build` made current: its binaries replace `[binaries]` for
     /// llama-server and rpc-server. Shared by every clone of the config; not read from the file.
     #[serde(skip)]
@@ -173,6 +176,7 @@ impl Default for AgentConfig {
             testing_protocol: None,
             page_cache_reclaim: Default::default(),
             build: BuildConfig::default(),
+            discovery: Default::default(),
             active_build: ActiveBuild::default(),
         }
     }

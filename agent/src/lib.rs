@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod config;
+pub mod discovery;
 pub mod dryrun;
 pub mod flags;
 pub mod gguf;

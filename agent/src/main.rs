@@ -24,6 +24,10 @@ struct Args {
     /// Join token printed by `tightwad token`: pins the coordinator and lets it enroll this agent.
     #[arg(long, env = "TIGHTWAD_JOIN_TOKEN")]
     join: Option<String>,
+    /// With --join: pin the coordinator and keep the token for its first connection, then exit
+    /// instead of serving (for an agent that runs as a service: restart the service afterwards).
+    #[arg(long, requires = "join")]
+    join_only: bool,
     /// Print this agent's certificate fingerprint and exit.
     #[arg(long)]
     print_fingerprint: bool,
@@ -45,6 +49,10 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if args.join_only {
+        let token = args.join.as_deref().unwrap_or_default();
+        return tightwad_agent::service::join_only(&config.state_dir, token);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

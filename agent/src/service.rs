@@ -80,11 +80,7 @@ pub async fn run(
     let trust = TrustStore::load(&config.state_dir).context("loading pinned peers")?;
     let join_state = AgentJoin::new(&config.state_dir);
     if let Some(token) = join {
-        let token: JoinToken = token.parse().context("parsing --join token")?;
-        trust
-            .pin("coordinator", token.coordinator, PeerRole::Coordinator)
-            .context("pinning the coordinator")?;
-        join_state.save(&token).context("saving the join token")?;
+        let token = accept_join(&trust, &join_state, &token)?;
         tracing::info!(coordinator = %token.coordinator, "pinned the coordinator from the join token; waiting for it to connect");
     }
     let server = Server::bind(config.listen, &identity, trust.clone())
@@ -116,6 +112,21 @@ pub async fn run(
         tightwad_protocol::SOFTWARE_VERSION,
         tightwad_protocol::PROTOCOL_VERSION
     );
+    // Opt-in LAN announcement; a failure to announce is logged, the agent still serves.
+    let _announcer = if agent.config.discovery.enabled {
+        crate::discovery::Announcer::start(
+            &agent.config.discovery,
+            &agent.config.name,
+            server.local_addr()?,
+            agent.identity.fingerprint(),
+        )
+        .map_err(|e| tracing::error!(error = %format!("{e:#}"), "LAN discovery is off"))
+        .ok()
+    } else {
+        None
+    };
+    // Under systemd (`Type=notify`): ready once the endpoint listens; a no-op elsewhere.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     for name in Supervisor::names_to_autostart(&agent.config) {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -138,8 +149,36 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: stopping supervised processes");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     agent.supervisor.stop_all().await;
     server.close();
+    Ok(())
+}
+
+/// Pins the coordinator a join token names and keeps the token for its first connection.
+fn accept_join(
+    trust: &TrustStore,
+    join_state: &AgentJoin,
+    token: &str,
+) -> anyhow::Result<JoinToken> {
+    let token: JoinToken = token.parse().context("parsing --join token")?;
+    trust
+        .pin("coordinator", token.coordinator, PeerRole::Coordinator)
+        .context("pinning the coordinator")?;
+    join_state.save(&token).context("saving the join token")?;
+    Ok(token)
+}
+
+/// `tightwad-agent --join TOKEN --join-only`: what `--join` does at start, without serving; the
+/// agent (a service, restarted afterwards) answers the coordinator's first connection with it.
+pub fn join_only(state_dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    let trust = TrustStore::load(state_dir).context("loading pinned peers")?;
+    let token = accept_join(&trust, &AgentJoin::new(state_dir), token)?;
+    println!(
+        "pinned coordinator {} in {}; restart the agent (e.g. `sudo systemctl restart tightwad-agent`) and run `tightwad status` on the coordinator to finish enrolling",
+        token.coordinator,
+        state_dir.display()
+    );
     Ok(())
 }
 

@@ -67,6 +67,24 @@ enum Command {
         after_long_help = "Examples:\n  tightwad tune gpt-oss-120b.gguf --host gpu-box --gpu-offload full"
     )]
     Tune(tightwad_coordinator::tune::TuneArgs),
+    /// Hosts on the LAN: `tightwad hosts discover` lists the agents that announce themselves
+    /// (mDNS), marked enrolled, NOT enrolled or FINGERPRINT CHANGED.
+    #[command(
+        after_long_help = "Examples:\n  tightwad hosts discover\n  tightwad hosts discover --json --timeout 5"
+    )]
+    Hosts {
+        #[command(subcommand)]
+        action: tightwad_coordinator::discover::HostsCommand,
+    },
+    /// Install, remove or check the proxy or the agent as a service of this host (systemd unit,
+    /// launchd plist on macOS).
+    #[command(
+        after_long_help = "Examples:\n  sudo tightwad service install agent\n  tightwad service install proxy --user --dry-run\n  tightwad service status agent"
+    )]
+    Service {
+        #[command(subcommand)]
+        action: tightwad_coordinator::service::ServiceCommand,
+    },
     /// Print a shell completion script.
     #[command(
         after_long_help = "Examples:\n  tightwad completions bash > /etc/bash_completion.d/tightwad\n  tightwad completions zsh > ~/.zfunc/_tightwad"
@@ -251,6 +269,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let proxy = Proxy::bind(&config).await?;
             tightwad_coordinator::hosts_view::attach(&proxy, &config);
             proxy.probe().await;
+            // Under systemd (`Type=notify`): ready, the socket listens and serving starts now.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             proxy
                 .serve(shutdown_signal())
                 .await
@@ -277,6 +297,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect(args) => {
             tightwad_coordinator::inspect::run(args, &config_path(cli.config)).await
+        }
+        Command::Hosts { action } => {
+            tightwad_coordinator::discover::run(action, &config_path(cli.config)).await
+        }
+        Command::Service { action } => {
+            tightwad_coordinator::service::run(action, cli.config.as_deref())
         }
         Command::Tune(args) => {
             tightwad_coordinator::tune::run(args, &config_path(cli.config)).await

@@ -10,6 +10,8 @@
 //! - [`doctor`]: checking a cluster before anything starts;
 //! - [`inspect`], [`tune`], [`init`]: a GGUF file and its placement, RAM advice, a first config;
 //! - [`fleet`]: the commands that act on the hosts (status, agent, models, up, swap, build, logs);
+//! - [`discover`]: agents announcing themselves on the LAN, marked against what is pinned;
+//! - [`service`]: systemd units and launchd plists for the proxy and the agent;
 //! - [`hosts_view`]: the fleet's status as the proxy's dashboard shows it;
 //! - [`chat`], [`bench`]: `tightwad chat`, direct-to-target against through-the-proxy measurements.
 
@@ -23,8 +25,10 @@ pub mod init;
 pub mod inspect;
 pub mod tune;
 
+pub mod discover;
 pub mod fleet;
 pub mod hosts_view;
+pub mod service;
 
 pub mod bench;
 pub mod chat;

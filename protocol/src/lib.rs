@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod crypto;
+pub mod discovery;
 pub mod error;
 pub mod files;
 pub mod fingerprint;

@@ -55,6 +55,14 @@ pub struct InitArgs {
     /// Print what was written (path, pairings, hosts, keys not carried over) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Add the agents that answer on the LAN (mDNS; `discovery = true` in their agent.toml) to
+    /// `[[hosts]]`. Finding grants no trust: enroll each with a join token. Agents whose
+    /// certificate changed are left out.
+    #[arg(long, conflicts_with = "from")]
+    pub discover: bool,
+    /// Seconds `--discover` listens for answers.
+    #[arg(long, default_value_t = 3.0, requires = "discover")]
+    pub discover_timeout: f64,
 }
 
 /// A proposed pairing: the target and the draft model, and the hosts they are on.
@@ -453,11 +461,25 @@ pub async fn run(args: InitArgs, config: &Path) -> anyhow::Result<ExitCode> {
     if let Some(from) = &args.from {
         return run_from(&args, from, config);
     }
-    let hosts: Vec<HostEntry> = args
+    let mut hosts: Vec<HostEntry> = args
         .hosts
         .iter()
         .map(|h| parse_host(h))
         .collect::<Result<_, _>>()?;
+    if args.discover {
+        anyhow::ensure!(
+            args.discover_timeout.is_finite()
+                && args.discover_timeout > 0.0
+                && args.discover_timeout <= 600.0,
+            "--discover-timeout must be between 0 and 600 seconds"
+        );
+        let fleet = FleetConfig {
+            state_dir: args.state_dir.clone(),
+            hosts,
+        };
+        let timeout = std::time::Duration::from_secs_f64(args.discover_timeout);
+        hosts = crate::discover::hosts_for_init(&fleet, timeout).await?;
+    }
     let mut proposals = Vec::new();
     if args.from_agents {
         anyhow::ensure!(
