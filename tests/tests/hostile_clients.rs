@@ -164,9 +164,9 @@ async fn a_target_that_never_answers_costs_each_request_one_timeout_even_concurr
         ..ProxyConfig::default()
     })
     .await;
-    // The proxy's start-up probe has just failed; its error answers callers for 1 s
+    // The proxy's start-up probe has just failed; its error answers callers for 250 ms
     // (PROBE_FAILURE_SHARED). Let it age out so the requests below wait on a probe of their own.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let started = Instant::now();
     let answers = futures::future::join_all((0..4).map(|_| async {
         let (s, v) = completion(&proxy.url).await;

@@ -26,8 +26,9 @@ pub const TOKENIZER_PROBES: &[&str] = &[
 ];
 
 /// How long a failed probe's error answers callers without a new probe: long enough for the same
-/// request's second look (forward or engine), short enough not to delay a recovery.
-pub(super) const PROBE_FAILURE_SHARED: std::time::Duration = std::time::Duration::from_secs(1);
+/// request's second look (whether to forward, then the engine's preparation, moments apart),
+/// short enough not to delay noticing a server that came back.
+pub(super) const PROBE_FAILURE_SHARED: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the pairing learned about its servers, refreshed after failures.
 #[derive(Debug)]
