@@ -7,6 +7,11 @@
 //! max_concurrent_requests = 64
 //! max_concurrent_per_client = 16
 //! max_tokens_limit = 4096            # optional
+//! default_max_tokens = 4096          # a request that names no max_tokens gets this (0: none)
+//! max_connections_per_client = 128   # open connections from one address; more are closed
+//! header_read_timeout_s = 10         # a request's headers must arrive within this
+//! body_read_timeout_s = 30           # and its body within this (else 408)
+//! remote_control = false             # true: drain/resume/logs from any address without API keys
 //!
 //! [[pairings]]
 //! name = "llama-70b"                 # the model name clients ask for
@@ -61,6 +66,18 @@ fn default_max_concurrent() -> usize {
 fn default_max_concurrent_per_client() -> usize {
     16
 }
+fn default_max_connections_per_client() -> usize {
+    128
+}
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_body_read_timeout() -> u64 {
+    30
+}
+fn default_default_max_tokens() -> usize {
+    4096
+}
 fn default_draft_tokens() -> usize {
     4
 }
@@ -92,6 +109,25 @@ pub struct ProxyConfig {
     /// Largest `max_tokens` a request may ask for (and the default when it asks for none).
     #[serde(default)]
     pub max_tokens_limit: Option<usize>,
+    /// `max_tokens` for a request that names none (without it, a request generates to the end of
+    /// the context); 0: no default. `max_tokens_limit`, when set, takes its place.
+    #[serde(default = "default_default_max_tokens")]
+    pub default_max_tokens: usize,
+    /// Open connections from one client address; a connection beyond it is closed at once.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// A request's headers must have arrived this many seconds after the connection (or the
+    /// previous request) is ready for them; else the connection is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_s: u64,
+    /// A request's body must have arrived within this many seconds; else 408. No concurrency
+    /// place is taken before the body is in.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_s: u64,
+    /// The control routes (drain, resume, the proxy's log) answer other addresses than loopback
+    /// only with a valid API key; `true` opens them to any address when no keys are configured.
+    #[serde(default)]
+    pub remote_control: bool,
     /// The fleet's hosts, read by `tightwad status`/`agent`/`models` (see `fleet::config`).
     #[serde(default)]
     pub hosts: Vec<toml::Value>,
@@ -182,6 +218,11 @@ impl Default for ProxyConfig {
             max_concurrent_requests: default_max_concurrent(),
             max_concurrent_per_client: default_max_concurrent_per_client(),
             max_tokens_limit: None,
+            default_max_tokens: default_default_max_tokens(),
+            max_connections_per_client: default_max_connections_per_client(),
+            header_read_timeout_s: default_header_read_timeout(),
+            body_read_timeout_s: default_body_read_timeout(),
+            remote_control: false,
             hosts: Vec::new(),
             processes: Vec::new(),
             pools: Vec::new(),
@@ -284,6 +325,18 @@ impl ProxyConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client as u64,
+            ),
+            ("header_read_timeout_s", self.header_read_timeout_s),
+            ("body_read_timeout_s", self.body_read_timeout_s),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
         if self.pairings.is_empty() {
             return Err(ConfigError::Invalid(
                 "no target configured: pass --target URL or add a [[pairings]] table".into(),
@@ -342,6 +395,11 @@ const ENV_KEYS: &[&str] = &[
     "max_concurrent_requests",
     "max_concurrent_per_client",
     "max_tokens_limit",
+    "default_max_tokens",
+    "max_connections_per_client",
+    "header_read_timeout_s",
+    "body_read_timeout_s",
+    "remote_control",
     "state_dir",
 ];
 /// First-pairing keys (`TIGHTWAD_PAIRING_` + the key in capitals).

@@ -69,11 +69,15 @@ pub struct RingWriter {
 }
 
 impl Write for RingWriter {
+    /// One `write` ending in a newline is one event: a newline or other control character inside
+    /// it (a client-supplied value, such as a `model` name with a line break) is escaped, so it
+    /// cannot forge a line of its own.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.partial.extend_from_slice(buf);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            push(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r'));
+        if self.partial.last() == Some(&b'\n') {
+            let event = std::mem::take(&mut self.partial);
+            let text = String::from_utf8_lossy(&event[..event.len() - 1]);
+            push(&escape_controls(text.trim_end_matches('\r')));
         }
         Ok(buf.len())
     }
@@ -81,10 +85,26 @@ impl Write for RingWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.partial.is_empty() {
             let rest = std::mem::take(&mut self.partial);
-            push(&String::from_utf8_lossy(&rest));
+            push(&escape_controls(&String::from_utf8_lossy(&rest)));
         }
         Ok(())
     }
+}
+
+/// `s` with control characters (line breaks included) written as escapes (`\n`, `\u{1b}`).
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl Drop for RingWriter {
@@ -106,13 +126,24 @@ mod tests {
     fn lines_are_numbered_split_and_read_after_a_number() {
         let (_, before) = read(0, 0);
         let mut w = make();
-        w.write_all(b"first line\nsecond ").expect("write");
+        w.write_all(b"first line\n").expect("write");
+        w.write_all(b"second ").expect("write");
         w.write_all(b"half\n").expect("write");
+        // One event whose text holds a line break (a client's `model`): still one line.
+        w.write_all(b"WARN model \"x\nINFO forged\"\n")
+            .expect("write");
         drop(w);
         let (lines, next) = read(before, 10);
         let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
-        assert!(texts.ends_with(&["first line", "second half"]), "{texts:?}");
-        assert!(next >= before + 2);
+        assert!(
+            texts.ends_with(&[
+                "first line",
+                "second half",
+                "WARN model \"x\\nINFO forged\""
+            ]),
+            "{texts:?}"
+        );
+        assert!(next >= before + 3);
         let (last, _) = read(before, 1);
         assert_eq!(last.len(), 1);
         assert_eq!(read(next, 10).0.len(), 0);

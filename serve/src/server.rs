@@ -1,10 +1,20 @@
 //! Starting a proxy: build the pairings, bind, serve until shut down.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tracing::info;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::ProxyConfig;
@@ -15,6 +25,14 @@ use crate::metrics::Metrics;
 pub struct Proxy {
     listener: TcpListener,
     state: Arc<AppState>,
+    connections: ConnectionLimits,
+}
+
+/// What one connection may cost the proxy before it sends a request.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    per_client: usize,
+    header_read_timeout: Duration,
 }
 
 impl Proxy {
@@ -41,6 +59,9 @@ impl Proxy {
             max_concurrent: config.max_concurrent_requests,
             max_concurrent_per_client: config.max_concurrent_per_client,
             max_tokens: config.max_tokens_limit,
+            default_max_tokens: (config.default_max_tokens > 0)
+                .then_some(config.default_max_tokens),
+            remote_control: config.remote_control,
         });
         let hosts = Arc::new(crate::api::dashboard::HostsView::default());
         let drains =
@@ -52,10 +73,19 @@ impl Proxy {
             gate,
             metrics,
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: Duration::from_secs(config.body_read_timeout_s),
             started,
             drains,
         });
-        Ok(Proxy { listener, state })
+        let connections = ConnectionLimits {
+            per_client: config.max_connections_per_client,
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_s),
+        };
+        Ok(Proxy {
+            listener,
+            state,
+            connections,
+        })
     }
 
     /// Show the hosts of `source` on the dashboard, refreshed every 15 s in the background (so
@@ -84,17 +114,116 @@ impl Proxy {
     }
 
     /// Serve until `shutdown` resolves; in-flight streams are allowed to finish.
+    ///
+    /// HTTP/1.1 with two limits axum's own server loop does not offer: a request's headers must
+    /// arrive within `header_read_timeout_s` (else the connection is closed), and one address
+    /// holds at most `max_connections_per_client` connections (a connection beyond it is closed
+    /// at once), so no client can tie up the proxy with sockets that never send a request.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         info!(%addr, "tightwad proxy listening");
-        let app =
-            api::router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
+        let router = api::router(self.state);
+        let limits = self.connections;
+        let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
+        // Each connection task holds a receiver; on shutdown the sender says so and then waits
+        // until every receiver is gone (every connection finished its in-flight requests).
+        let (close_tx, close_rx) = tokio::sync::watch::channel(());
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off briefly instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let Some(slot) = ConnectionSlot::take(&per_address, remote.ip(), limits.per_client)
+            else {
+                warn!(client = %remote.ip(), limit = limits.per_client, "connection refused: too many open connections from this address");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let service = router
+                .clone()
+                .map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                    req.map(Body::new)
+                });
+            let mut closing = close_rx.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout);
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                tokio::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            debug!(client = %remote, error = %e, "connection ended with an error");
+                        }
+                    }
+                    _ = closing.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.as_mut().await;
+                    }
+                }
+                drop(closing);
+            });
+        }
+        drop(close_rx);
+        drop(self.listener);
+        let _ = close_tx.send(());
+        close_tx.closed().await;
+        Ok(())
+    }
+}
+
+/// One open connection from an address, counted until dropped.
+struct ConnectionSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ConnectionSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }

@@ -47,7 +47,9 @@ async fn serve(
         match handle(state, endpoint, client, req, id).await {
             Ok(r) => r,
             Err(e) => {
-                warn!(status = e.status.as_u16(), message = %e.message, "request refused");
+                // Debug-formatted: the message may quote client input (a `model` name), whose
+                // line breaks must not forge log lines.
+                warn!(status = e.status.as_u16(), message = ?e.message, "request refused");
                 e.into_response()
             }
         }
@@ -76,7 +78,7 @@ async fn handle(
     };
     Ok(match route {
         Route::Forwarded { response, reason } => {
-            relay::forwarded(response, &reason, endpoint, admitted.permit)
+            relay::forwarded(response, &reason, endpoint, reply.model, admitted.permit).await
         }
         Route::Generate(prepared) if admitted.request.wants_stream() => {
             reply.stream(state.clone(), admitted.pairing, prepared, admitted.permit)
@@ -100,8 +102,11 @@ struct Admitted {
 
 async fn admit(state: &AppState, client: SocketAddr, req: Request) -> Result<Admitted, ApiError> {
     state.gate.authorize(req.headers())?;
-    let mut permit = state.gate.admit(client.ip())?;
+    // The body is read (within its time and size limits) BEFORE a concurrency place is taken: a
+    // client that sends headers and no body holds no place (at most a connection, and those are
+    // capped per address).
     let body = read_body(state, req).await?;
+    let mut permit = state.gate.admit(client.ip())?;
     let (body, request) = openai::parse(&body)?;
     let pairing = state.pairing(request.model.as_deref())?.clone();
     // While the pairing is drained for a model swap, wait for it to resume (then the new model
@@ -134,6 +139,18 @@ fn plan(
     mut body: serde_json::Value,
 ) -> Result<Job, ApiError> {
     let mut plan = request.plan(endpoint)?;
+    let asked = match endpoint {
+        Endpoint::ChatCompletions => request.max_completion_tokens.or(request.max_tokens),
+        Endpoint::Completions => request.max_tokens,
+    };
+    if asked == Some(0) {
+        // OpenAI refuses it; llama-server would still generate a token on a forward while the
+        // engine generates none: one answer for both paths.
+        return Err(ApiError::invalid(
+            "`max_tokens` must be at least 1, got 0.",
+            Some("max_tokens"),
+        ));
+    }
     if let Some(limit) = state.gate.limits().max_tokens {
         let asked = request.max_completion_tokens.or(request.max_tokens);
         if let Some(m) = asked.filter(|m| *m > limit as i64) {
@@ -148,6 +165,12 @@ fn plan(
                 g.max_tokens = Some(limit);
             }
         }
+    } else if let (Some(default), None) = (state.gate.limits().default_max_tokens, asked) {
+        // No answer runs to the end of the context unless the configuration says so.
+        body["max_tokens"] = json!(default);
+        if let Plan::Generate(g) = &mut plan {
+            g.max_tokens = Some(default);
+        }
     }
     Ok(Job {
         plan,
@@ -158,7 +181,8 @@ fn plan(
     })
 }
 
-/// Read the body within the size limit; a larger body is refused whole, never half-read.
+/// Read the body within the size and time limits; a larger body is refused whole (413), never
+/// half-read; one that does not arrive in time is 408, one cut off or malformed 400.
 async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
     let limit = state.max_body_bytes;
     if let Some(len) = req
@@ -171,7 +195,27 @@ async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
             return Err(ApiError::too_large(limit));
         }
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))
+    let read = axum::body::to_bytes(req.into_body(), limit);
+    match tokio::time::timeout(state.body_read_timeout, read).await {
+        Err(_) => Err(ApiError::body_timeout(state.body_read_timeout)),
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::invalid(
+            format!("The request body could not be read: {e}."),
+            None,
+        )),
+    }
+}
+
+/// Whether reading a body failed on the size limit (not a client that broke off or sent bad
+/// chunked encoding).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }

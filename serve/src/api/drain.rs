@@ -9,7 +9,8 @@
 //! leaves a pairing closed for good). Requests that waited longer than [`MAX_WAIT`] get a 503
 //! that says why; the others go on as soon as the pairing resumes, against the new model.
 //!
-//! Routes (API keys apply, like every route but `/health` and `/metrics`):
+//! Routes (control routes: with API keys configured a valid key; without, loopback clients only
+//! unless `remote_control = true`; `hold_s` and `timeout_s` at most [`MAX_HOLD`]):
 //! `POST /v1/tightwad/pairings/{name}/drain` `{"timeout_s": 120, "hold_s": 600}` → 200 once
 //! nothing is in flight (504 if that took longer than `timeout_s`; requests flow again then);
 //! `POST /v1/tightwad/pairings/{name}/resume` → 200, and the pairing re-probes its servers.
@@ -25,6 +26,8 @@ use tracing::{info, warn};
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Longest a drain stays in force without a `resume` when the caller names no `hold_s`.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(600);
+/// The largest `hold_s` (and `timeout_s`) a drain accepts: an hour (a bigger value is 400).
+pub const MAX_HOLD: Duration = Duration::from_secs(3600);
 
 /// The drain state of every pairing, by pairing name.
 #[derive(Default)]

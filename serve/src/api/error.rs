@@ -57,6 +57,42 @@ impl ApiError {
         }
     }
 
+    /// 408: the request body did not arrive in time.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "The request body did not arrive within {} s.",
+                limit.as_secs()
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
+    /// 405, in the same JSON shape as every other error.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{method} is not allowed on {path}."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+        }
+    }
+
+    /// 403: a control route asked from another address than loopback, without an API key.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("forbidden"),
+        }
+    }
+
     pub fn not_found(path: &str) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -151,8 +187,19 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// What a 429 tells the client to wait before retrying, in seconds: places free up as soon as a
+/// generation ends, so a short wait is right.
+pub const RETRY_AFTER_S: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_S),
+            );
+        }
+        response
     }
 }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
@@ -20,6 +21,10 @@ pub struct Limits {
     pub max_concurrent: usize,
     pub max_concurrent_per_client: usize,
     pub max_tokens: Option<usize>,
+    /// `max_tokens` for requests that name none (below `max_tokens`, which takes its place).
+    pub default_max_tokens: Option<usize>,
+    /// The control routes answer any address without API keys (else: loopback, or a key).
+    pub remote_control: bool,
 }
 
 /// Counts in-flight generations, in total and per client address.
@@ -83,23 +88,39 @@ impl Gate {
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         let Some(presented) = presented else {
             return Err(unauthorized(
                 "Missing API key: send it as `Authorization: Bearer <key>`.",
             ));
         };
-        // Compare against every key (no early exit), each in constant time.
+        // Compare against every key (no early exit), each in constant time. The comparison is of
+        // SHA-256 digests, so it takes the same time whatever the lengths (comparing the keys
+        // themselves returns at once on a length mismatch, which tells the key's length).
+        let presented = Sha256::digest(presented.as_bytes());
         let mut ok = subtle::Choice::from(0u8);
         for key in &self.limits.api_keys {
-            ok |= key.as_bytes().ct_eq(presented.as_bytes());
+            ok |= Sha256::digest(key.as_bytes()).ct_eq(&presented);
         }
         if bool::from(ok) {
             Ok(())
         } else {
             Err(unauthorized("Incorrect API key provided."))
         }
+    }
+
+    /// The control routes (drain, resume, the proxy's log): with API keys configured, a valid key
+    /// (from any address); without, only clients on loopback, unless `remote_control` is on.
+    pub fn authorize_control(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), ApiError> {
+        if !self.limits.api_keys.is_empty() {
+            return self.authorize(headers);
+        }
+        if self.limits.remote_control || is_loopback(client) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "Control routes answer only loopback when no API keys are configured (this request came from {client}): configure api_keys, or set remote_control = true."
+        )))
     }
 
     /// A place for one more generation from `client`, or 429.
@@ -127,6 +148,26 @@ impl Gate {
             client,
             hold: None,
         })
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Loopback, including IPv4 loopback mapped into IPv6 (`::ffff:127.0.0.1`).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -160,6 +201,8 @@ mod tests {
             max_concurrent: total,
             max_concurrent_per_client: per_client,
             max_tokens: None,
+            default_max_tokens: None,
+            remote_control: false,
         })
     }
 
@@ -183,6 +226,50 @@ mod tests {
         );
         assert_eq!(g.authorize(&HeaderMap::new()).unwrap_err().status, 401);
         assert_eq!(g.authorize(&bearer("sk-one")).unwrap_err().status, 401);
+        // The scheme is case-insensitive; a prefix or extension of a key is not the key.
+        assert!(g.authorize(&bearer("bearer sk-one")).is_ok());
+        assert!(g.authorize(&bearer("BEARER  sk-one ")).is_ok());
+        assert_eq!(
+            g.authorize(&bearer("Bearer sk-on")).unwrap_err().status,
+            401
+        );
+        assert_eq!(
+            g.authorize(&bearer("Bearer sk-one1")).unwrap_err().status,
+            401
+        );
+        assert_eq!(g.authorize(&bearer("Bearer ")).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn control_routes_need_loopback_or_a_key() {
+        let lan: IpAddr = "192.168.1.20".parse().expect("ip");
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let open = gate(&[], 1, 1);
+        assert!(open.authorize_control(&HeaderMap::new(), lo).is_ok());
+        assert!(open.authorize_control(&HeaderMap::new(), mapped).is_ok());
+        assert_eq!(
+            open.authorize_control(&HeaderMap::new(), lan)
+                .unwrap_err()
+                .status,
+            403
+        );
+        let mut limits = open.limits().clone();
+        limits.remote_control = true;
+        assert!(Gate::new(limits)
+            .authorize_control(&HeaderMap::new(), lan)
+            .is_ok());
+        let keyed = gate(&["sk-one"], 1, 1);
+        assert_eq!(
+            keyed
+                .authorize_control(&HeaderMap::new(), lo)
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert!(keyed
+            .authorize_control(&bearer("Bearer sk-one"), lan)
+            .is_ok());
     }
 
     #[test]

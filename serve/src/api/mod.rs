@@ -11,11 +11,12 @@ pub mod openai;
 mod relay;
 mod reply;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub gate: Arc<guard::Gate>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (408 after).
+    pub body_read_timeout: std::time::Duration,
     pub started: u64,
     /// Pairings drained for a model swap (`tightwad swap`).
     pub drains: drain::Drains,
@@ -88,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -100,6 +104,12 @@ fn unix_now() -> u64 {
 
 async fn fallback(uri: Uri) -> ApiError {
     ApiError::not_found(uri.path())
+}
+
+/// A known route with another method (GET on a POST route): 405 with a JSON body, like every
+/// other error.
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
 }
 
 async fn health() -> Json<Value> {
@@ -179,11 +189,12 @@ struct DrainBody {
 /// `POST /v1/tightwad/pairings/{name}/drain`: see [`drain`].
 async fn drain_pairing(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     axum::extract::Path(name): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    state.gate.authorize(&headers)?;
+    state.gate.authorize_control(&headers, client.ip())?;
     let body: DrainBody = if body.is_empty() {
         DrainBody::default()
     } else {
@@ -191,6 +202,20 @@ async fn drain_pairing(
             .map_err(|e| ApiError::invalid(format!("Bad drain request: {e}"), None))?
     };
     let timeout = std::time::Duration::from_secs(body.timeout_s.unwrap_or(120));
+    for (key, value, max) in [
+        ("hold_s", body.hold_s, drain::MAX_HOLD),
+        ("timeout_s", body.timeout_s, drain::MAX_HOLD),
+    ] {
+        if let Some(v) = value.filter(|v| *v > max.as_secs()) {
+            return Err(ApiError::invalid(
+                format!(
+                    "`{key}` = {v} is above the limit of {} s: a drain that outlives its caller must end by itself.",
+                    max.as_secs()
+                ),
+                Some(key),
+            ));
+        }
+    }
     let hold = body
         .hold_s
         .map(std::time::Duration::from_secs)
@@ -211,10 +236,11 @@ async fn drain_pairing(
 /// servers (the target may now hold another model).
 async fn resume_pairing(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     axum::extract::Path(name): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.gate.authorize(&headers)?;
+    state.gate.authorize_control(&headers, client.ip())?;
     if let Some(p) = state.pairings.iter().find(|p| p.config.name == name) {
         p.invalidate().await;
     }
@@ -256,10 +282,11 @@ fn default_log_tail() -> usize {
 /// `tail`; `next` is the `after` for the following poll (`tightwad logs proxy -f`).
 async fn proxy_logs(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     query: Result<axum::extract::Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.gate.authorize(&headers)?;
+    state.gate.authorize_control(&headers, client.ip())?;
     let axum::extract::Query(query) =
         query.map_err(|e| ApiError::invalid(format!("bad query: {e}"), None))?;
     let (lines, next) = crate::logring::read(query.after, query.tail);

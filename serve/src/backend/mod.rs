@@ -49,12 +49,16 @@ pub enum BackendError {
         path: String,
         seconds: u64,
     },
+    /// One failure answered to several callers (a probe shared by the requests that waited).
+    #[error("{0}")]
+    Shared(std::sync::Arc<BackendError>),
 }
 
 impl BackendError {
     /// The HTTP status the client should see when this error ends a request.
     pub fn client_status(&self) -> u16 {
         match self {
+            BackendError::Shared(e) => e.client_status(),
             BackendError::Unreachable { .. } => 503,
             BackendError::Timeout { .. } => 504,
             BackendError::Status { status, .. } if (400..500).contains(status) => 400,

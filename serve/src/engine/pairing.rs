@@ -94,6 +94,9 @@ pub struct Pairing {
     /// The draft servers, in configuration order (`draft` first, then `drafts`).
     pub(super) drafts: Vec<drafters::DraftSlot>,
     pub(super) probed: Mutex<Option<Arc<PairingInfo>>>,
+    /// The last probe that failed, and when: callers that waited for it share its answer
+    /// (see `Pairing::info`).
+    pub(super) probe_failure: std::sync::Mutex<Option<(Instant, Arc<BackendError>)>>,
     /// The controller when no draft server drafts (prompt lookup, native pairing, target-only);
     /// each draft server has its own.
     pub(super) controller: Arc<std::sync::Mutex<controller::Controller>>,
@@ -179,6 +182,7 @@ impl Pairing {
             target,
             drafts,
             probed: Mutex::new(None),
+            probe_failure: std::sync::Mutex::new(None),
             metrics,
             choices: AtomicU64::new(0),
             last_slot: AtomicUsize::new(usize::MAX),

@@ -25,6 +25,11 @@ pub const TOKENIZER_PROBES: &[&str] = &[
     "<|im_start|>user\nhi<|im_end|>\n</s><s>[INST]",
 ];
 
+/// How long a failed probe's error answers callers without a new probe: long enough for the same
+/// request's second look (whether to forward, then the engine's preparation, moments apart),
+/// short enough not to delay noticing a server that came back.
+pub(super) const PROBE_FAILURE_SHARED: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What the pairing learned about its servers, refreshed after failures.
 #[derive(Debug)]
 pub struct PairingInfo {
@@ -90,7 +95,13 @@ impl Pairing {
     }
 
     /// The pairing's facts, probing the servers when they are unknown or a failure made them stale.
+    ///
+    /// One probe at a time, bounded by the target's timeout; callers that waited for a probe
+    /// that failed get its error at once (a target that accepts and never answers costs every
+    /// waiting request one timeout together, not one each in series), and so does the same
+    /// request's next look within [`PROBE_FAILURE_SHARED`].
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
+        let asked = Instant::now();
         let mut guard = self.probed.lock().await;
         if let Some(info) = guard.as_ref() {
             // Re-probe while speculation is off for want of a drafter (target-only, or
@@ -110,7 +121,39 @@ impl Pairing {
                 return Ok(info.clone());
             }
         }
-        let info = Arc::new(self.probe().await?);
+        let recent_failure = self
+            .probe_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .filter(|(at, _)| *at >= asked || at.elapsed() < PROBE_FAILURE_SHARED);
+        if let Some((_, e)) = recent_failure {
+            return Err(BackendError::Shared(e));
+        }
+        let probed = match tokio::time::timeout(self.config.target_timeout, self.probe()).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout {
+                server: "target",
+                path: "its facts (probe)".into(),
+                seconds: self.config.target_timeout.as_secs(),
+            }),
+        };
+        let mut failure = self
+            .probe_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let info = match probed {
+            Ok(info) => {
+                *failure = None;
+                Arc::new(info)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                *failure = Some((Instant::now(), e.clone()));
+                return Err(BackendError::Shared(e));
+            }
+        };
+        drop(failure);
         match &info.speculation {
             Ok(k) => {
                 info!(pairing = %self.config.name, k, target = %info.target_model, build = %info.target_build, "speculation on");
