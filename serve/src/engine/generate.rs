@@ -2,6 +2,7 @@
 //! (probe, tokenize, context check), then the chosen path — native pairing, proxy rounds with
 //! fail-over between drafters, and target-only for whatever is left — and the figures at the end.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -10,6 +11,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::output::{FinishReason, Output};
 use super::pairing::{Drafter, Pairing};
 use super::path_choice;
+use super::probe::PairingInfo;
 use super::request::{
     EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
     PromptInput, Route, Run,
@@ -23,15 +25,20 @@ impl Pairing {
     /// (the plan says so, or no drafter can speak for the target, or the controller has
     /// speculation off), else prepare it for [`Pairing::run`]. Every failure is counted here.
     pub async fn route(&self, job: Job) -> Result<Route, EngineError> {
-        let reason = match &job.plan {
-            Plan::Forward(reason) => Some(reason.clone()),
-            Plan::Generate(_) if job.engine_only => None,
-            Plan::Generate(_) => self.forward_reason().await,
-        };
-        let result = match (reason, job.plan) {
-            (Some(reason), _) => self.forward(job.path, &job.body, reason).await,
-            (None, Plan::Generate(request)) => self.prepare(request).await.map(Route::Generate),
-            (None, Plan::Forward(_)) => unreachable!("a forward plan always has its reason"),
+        let result = match job.plan {
+            Plan::Forward(reason) => self.forward(job.path, &job.body, reason).await,
+            // The pairing's facts are looked up once per request: a target that does not answer
+            // costs this request one probe, not one for the routing and one for the preparation.
+            Plan::Generate(request) => match self.info().await {
+                Err(e) => Err(e.into()),
+                Ok(info) => match self.forward_reason(&info, job.engine_only) {
+                    Some(reason) => self.forward(job.path, &job.body, reason).await,
+                    None => self
+                        .prepare_with(request, info, Instant::now())
+                        .await
+                        .map(Route::Generate),
+                },
+            },
         };
         if let Err(e) = &result {
             self.record_failure(e).await;
@@ -56,8 +63,10 @@ impl Pairing {
     /// drafter can speak for it, or the controller has speculation off (it still samples some
     /// requests through the engine). `None` when unknown (the target is not reachable), so the
     /// engine reports the error properly.
-    async fn forward_reason(&self) -> Option<ForwardReason> {
-        let info = self.info().await.ok()?;
+    fn forward_reason(&self, info: &PairingInfo, engine_only: bool) -> Option<ForwardReason> {
+        if engine_only {
+            return None;
+        }
         if info.speculation.is_err() {
             return Some(ForwardReason::NoDrafter);
         }
@@ -101,6 +110,16 @@ impl Pairing {
     pub async fn prepare(&self, request: GenerationRequest) -> Result<Prepared, EngineError> {
         let started = Instant::now();
         let info = self.info().await?;
+        self.prepare_with(request, info, started).await
+    }
+
+    /// [`Pairing::prepare`] with the pairing's facts already looked up.
+    async fn prepare_with(
+        &self,
+        request: GenerationRequest,
+        info: Arc<PairingInfo>,
+        started: Instant,
+    ) -> Result<Prepared, EngineError> {
         let prompt = self.tokenize_prompt(&request.prompt).await?;
         let prompt_tokens = prompt.len();
         if prompt_tokens + 1 >= info.n_ctx {

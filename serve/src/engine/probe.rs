@@ -25,11 +25,6 @@ pub const TOKENIZER_PROBES: &[&str] = &[
     "<|im_start|>user\nhi<|im_end|>\n</s><s>[INST]",
 ];
 
-/// How long a failed probe's error answers callers without a new probe: long enough for the same
-/// request's second look (whether to forward, then the engine's preparation, moments apart),
-/// short enough not to delay noticing a server that came back.
-pub(super) const PROBE_FAILURE_SHARED: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// What the pairing learned about its servers, refreshed after failures.
 #[derive(Debug)]
 pub struct PairingInfo {
@@ -98,8 +93,8 @@ impl Pairing {
     ///
     /// One probe at a time, bounded by the target's timeout; callers that waited for a probe
     /// that failed get its error at once (a target that accepts and never answers costs every
-    /// waiting request one timeout together, not one each in series), and so does the same
-    /// request's next look within [`PROBE_FAILURE_SHARED`].
+    /// waiting request one timeout together, not one each in series). A caller that arrives after
+    /// a failure probes afresh, so a server that came back is noticed at once.
     pub async fn info(&self) -> Result<Arc<PairingInfo>, BackendError> {
         let asked = Instant::now();
         let mut guard = self.probed.lock().await;
@@ -126,7 +121,7 @@ impl Pairing {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
-            .filter(|(at, _)| *at >= asked || at.elapsed() < PROBE_FAILURE_SHARED);
+            .filter(|(at, _)| *at >= asked);
         if let Some((_, e)) = recent_failure {
             return Err(BackendError::Shared(e));
         }
