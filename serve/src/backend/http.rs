@@ -47,7 +47,7 @@ fn unreachable(server: &'static str, url: &str, source: reqwest::Error) -> Backe
 
 /// One server's base URL, pooled client and timeouts.
 #[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
+pub struct Endpoint {
     role: Role,
     base: String,
     http: reqwest::Client,
@@ -182,6 +182,17 @@ impl Endpoint {
             .send()
             .await
             .map_err(|e| self.send_error(path, e))
+    }
+
+    /// `Ok(true)` when `/health` answers with a success (the model is loaded and the server takes
+    /// requests); one attempt, no waiting.
+    pub async fn healthy(&self) -> Result<bool, BackendError> {
+        let resp = self
+            .send_once("/health", |c| {
+                c.get(self.url("/health")).timeout(self.timeout)
+            })
+            .await?;
+        Ok(resp.status().is_success())
     }
 
     /// [`Endpoint::send_raw`], then a non-success status becomes a [`BackendError::Status`].

@@ -124,23 +124,17 @@ impl VllmServer {
         })
     }
 
-    pub fn role(&self) -> Role {
-        self.ep.role()
+    /// The server's HTTP side: role, base URL, health (shared by both server kinds).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.ep
     }
 
     pub fn base_url(&self) -> &str {
         self.ep.base_url()
     }
 
-    /// `Ok(true)` when the server is up and its engine answers.
     pub async fn health(&self) -> Result<bool, BackendError> {
-        let resp = self
-            .ep
-            .send_once("/health", |c| {
-                c.get(self.ep.url("/health")).timeout(self.ep.timeout())
-            })
-            .await?;
-        Ok(resp.status().is_success())
+        self.ep.healthy().await
     }
 
     /// The server's version (`/version`, for audits).
