@@ -9,6 +9,7 @@ use tightwad_e2e::{
     assert_ties_are_rare, compare, env, post_json, proxy_token_ids, Agreement, LlamaServer,
     RunningProxy, ServerOptions,
 };
+use tightwad_serve::engine::VerifyMode;
 
 /// Two-sample chi-square statistic over the `categories` most frequent outcomes plus "other".
 fn chi_square(a: &[Vec<u64>], b: &[Vec<u64>], categories: usize) -> f64 {
@@ -44,13 +45,27 @@ fn chi_square(a: &[Vec<u64>], b: &[Vec<u64>], categories: usize) -> f64 {
 /// p = 0.001 critical value of chi-square with 5 degrees of freedom (6 bins).
 const CRITICAL_5DF: f64 = 20.52;
 
+/// Both ways the target can verify: one sequence checked by its own sampler (the patched
+/// llama-server), and one prompt per position sampled by the proxy from the target's post-sampler
+/// distribution.
 #[tokio::test]
-async fn sampled_continuations_follow_the_targets_distribution() {
+async fn sampled_continuations_follow_the_targets_distribution_one_pass() {
+    sampled_continuations_follow_the_targets_distribution(VerifyMode::OnePass).await;
+}
+
+#[tokio::test]
+async fn sampled_continuations_follow_the_targets_distribution_multi_prompt() {
+    sampled_continuations_follow_the_targets_distribution(VerifyMode::MultiPrompt).await;
+}
+
+async fn sampled_continuations_follow_the_targets_distribution(verify: VerifyMode) {
     let env = env();
     let target =
         LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(3)).await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
-    let proxy = RunningProxy::start(&target.url, Some(&draft.url), 3).await;
+    let mut entry = RunningProxy::entry(&target.url, Some(&draft.url), 3);
+    entry.verify = verify;
+    let proxy = RunningProxy::start_entry(entry).await;
     const N: u64 = 160;
     let prompt = "The quick brown fox";
     // The target alone, through its native endpoint (token ids come back directly).
