@@ -66,7 +66,7 @@ fn target_draft_toml(draft_model: &str) -> (String, String) {
         llama_args(
             "{models}/target.gguf",
             8080,
-            r#", "-np", "6", "--kv-unified""#
+            r#", "-np", "6", "--kv-unified", "--spec-draft-n-max", "8""#
         )
     );
     let draft = format!(
@@ -155,6 +155,12 @@ fn a_healthy_cluster_passes_every_check() {
             report.render()
         );
     }
+    assert!(
+        report.checks.iter().any(|c| c.category == Category::Build
+            && c.message.contains("one-pass verification available")),
+        "the patched target's one-pass verification is reported:\n{}",
+        report.render()
+    );
     assert!(report.ok);
     assert_eq!(
         doctor_exit_code(&cluster, true),

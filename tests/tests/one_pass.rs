@@ -164,3 +164,43 @@ async fn concurrent_requests_on_several_slots_stay_exact() {
     assert_ties_are_rare(&outcomes);
     assert_eq!(verification(&proxy.stats().await)["path"], "one_pass");
 }
+
+/// `tightwad doctor` says per target whether one-pass verification is available, and on a stock
+/// llama-server what makes it so.
+#[tokio::test]
+async fn doctor_says_whether_one_pass_verification_is_available_and_how_to_get_it() {
+    use tightwad_coordinator::cluster::layout::Layout;
+    use tightwad_coordinator::doctor::{live, Category, Status};
+    let env = env();
+    let (patched, stock) = (target(&env).await, target(&stock_env()).await);
+    let draft = draft(&env).await;
+    let layout = Layout::parse(&format!(
+        "[[pairings]]\nname = \"patched\"\ntarget = \"{}\"\ndraft = \"{}\"\ndraft_tokens = 4\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{}\"\ndraft = \"{}\"\ndraft_tokens = 4\n",
+        patched.url, draft.url, stock.url, draft.url
+    ))
+    .expect("layout");
+    let checks = live::checks(&layout).await;
+    let one_pass = |pairing: &str| {
+        checks
+            .iter()
+            .find(|c| {
+                c.category == Category::Build
+                    && c.subject.contains(pairing)
+                    && c.message.contains("one")
+            })
+            .unwrap_or_else(|| panic!("no one-pass check for {pairing}: {checks:#?}"))
+            .clone()
+    };
+    let p = one_pass("patched");
+    assert_eq!(p.status, Status::Pass, "{p:?}");
+    assert!(p.message.contains("up to 16 tokens"), "{p:?}");
+    let s = one_pass("stock");
+    assert_eq!(s.status, Status::Warn, "{s:?}");
+    assert!(
+        s.hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("tightwad build"),
+        "the fix is named: {s:?}"
+    );
+}
