@@ -351,6 +351,22 @@ fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back
             "inventory reports the backend"
         );
     }
+    // The build carried Tightwad's bundled llama.cpp patch: the new servers take client drafts.
+    for host in &cluster.hosts {
+        let props: serde_json::Value = cluster.rt.block_on(async {
+            reqwest::get(format!("http://{}:8080/props", host.ns.ip))
+                .await
+                .expect("props")
+                .json()
+                .await
+                .expect("props JSON")
+        });
+        assert_eq!(
+            props["capabilities"]["draft_tokens"], true,
+            "{} runs a patched llama-server: {props}",
+            host.name
+        );
+    }
     assert_traffic_spanned(&traffic, &stages, switched_at, "build");
     let built: Vec<_> = ["alpha", "beta"].map(|h| srv(&cluster, h)).into();
 
