@@ -81,24 +81,6 @@ pub struct ModelInfo {
     pub n_vocab: Option<u64>,
 }
 
-/// The sampler settings as llama-server's `/completion` fields.
-fn write_sampling(sampling: &Sampling, body: &mut serde_json::Map<String, Value>) {
-    let s = sampling;
-    body.insert("temperature".into(), json!(s.temperature));
-    if let Some(v) = s.top_k {
-        body.insert("top_k".into(), json!(v));
-    }
-    if let Some(v) = s.top_p {
-        body.insert("top_p".into(), json!(v));
-    }
-    if let Some(v) = s.min_p {
-        body.insert("min_p".into(), json!(v));
-    }
-    if let Some(v) = s.seed {
-        body.insert("seed".into(), json!(v));
-    }
-}
-
 #[derive(Serialize)]
 struct TokenizeRequest<'a> {
     content: &'a str,
@@ -227,7 +209,7 @@ impl LlamaServer {
         body.insert("post_sampling_probs".into(), json!(post_sampling_probs));
         // The proxy applies stop strings and EOS itself; the server must not add text of its own.
         body.insert("ignore_eos".into(), json!(false));
-        write_sampling(sampling, &mut body);
+        sampling.write_fields(&mut body);
         Value::Object(body)
     }
 

@@ -105,7 +105,7 @@ impl Backend {
             #[cfg(test)]
             Backend::Simulated(_) => "simulated://",
             Backend::Llamacpp(s) => s.base_url(),
-            Backend::Vllm(s) => s.base_url(),
+            Backend::Vllm(s) => s.endpoint().base_url(),
         }
     }
 
@@ -124,7 +124,7 @@ impl Backend {
             #[cfg(test)]
             Backend::Simulated(_) => Ok(true),
             Backend::Llamacpp(s) => s.health().await,
-            Backend::Vllm(s) => s.health().await,
+            Backend::Vllm(s) => s.endpoint().healthy().await,
         }
     }
 

@@ -42,6 +42,25 @@ impl Sampling {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
+
+    /// The settings as request fields, under the names llama-server's `/completion` and vLLM's
+    /// `/v1/completions` share (`temperature`, `top_k`, `top_p`, `min_p`, `seed`).
+    pub fn write_fields(&self, body: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::json;
+        body.insert("temperature".into(), json!(self.temperature.max(0.0)));
+        if let Some(v) = self.top_k {
+            body.insert("top_k".into(), json!(v));
+        }
+        if let Some(v) = self.top_p {
+            body.insert("top_p".into(), json!(v));
+        }
+        if let Some(v) = self.min_p {
+            body.insert("min_p".into(), json!(v));
+        }
+        if let Some(v) = self.seed {
+            body.insert("seed".into(), json!(v));
+        }
+    }
 }
 
 /// One candidate of a position's distribution (after the sampler chain when asked for).

@@ -129,14 +129,6 @@ impl VllmServer {
         &self.ep
     }
 
-    pub fn base_url(&self) -> &str {
-        self.ep.base_url()
-    }
-
-    pub async fn health(&self) -> Result<bool, BackendError> {
-        self.ep.healthy().await
-    }
-
     /// The server's version (`/version`, for audits).
     pub async fn version(&self) -> Result<String, BackendError> {
         let v: Value = self.ep.get_json("/version").await?;
@@ -235,19 +227,7 @@ impl VllmServer {
         body.insert("return_token_ids".into(), json!(true));
         // The proxy applies stop strings itself; special tokens stay out of the text as in
         // vLLM's own answers.
-        body.insert("temperature".into(), json!(sampling.temperature.max(0.0)));
-        if let Some(v) = sampling.top_k {
-            body.insert("top_k".into(), json!(v));
-        }
-        if let Some(v) = sampling.top_p {
-            body.insert("top_p".into(), json!(v));
-        }
-        if let Some(v) = sampling.min_p {
-            body.insert("min_p".into(), json!(v));
-        }
-        if let Some(v) = sampling.seed {
-            body.insert("seed".into(), json!(v));
-        }
+        sampling.write_fields(&mut body);
         Value::Object(body)
     }
 

@@ -216,18 +216,7 @@ impl Output {
                 return String::new();
             }
         };
-        let text = self.decoder.push(bytes);
-        let check = self.stops.push(&text);
-        if check.stopped {
-            self.finish = Some(FinishReason::Stop);
-            return check.emit;
-        }
-        let mut emit = check.emit;
-        if self.count >= self.max_tokens {
-            self.finish = Some(FinishReason::Length);
-            emit.push_str(&self.flush());
-        }
-        emit
+        self.take_bytes(bytes)
     }
 
     /// Add text the target streamed by itself (target-only generation): `n_tokens` tokens whose ids
@@ -241,7 +230,13 @@ impl Output {
         self.ids_complete &= ids.len() == n_tokens;
         self.tokens.extend_from_slice(ids);
         self.count += n_tokens;
-        let text = self.decoder.push(text.as_bytes());
+        self.take_bytes(text.as_bytes())
+    }
+
+    /// Decode `bytes` (already counted as tokens), hold back what could still become a stop
+    /// string, and end at a stop string or at `max_tokens`; the text to show now.
+    fn take_bytes(&mut self, bytes: &[u8]) -> String {
+        let text = self.decoder.push(bytes);
         let check = self.stops.push(&text);
         if check.stopped {
             self.finish = Some(FinishReason::Stop);
