@@ -139,6 +139,9 @@ impl RunningServer {
                 "0",
                 "--metrics",
                 "--no-webui",
+                // A patched target verifies client drafts of up to 8 tokens in one pass.
+                "--spec-draft-n-max",
+                "8",
             ])
             .stdin(Stdio::null())
             .stdout(log_file)

@@ -97,10 +97,12 @@ fn real_table(s: &mut String, scenarios: &[RealScenario]) {
             r.name,
             r.rtt_ms
                 .map_or_else(|| "loopback".into(), |v| format!("{v} ms")),
-            if r.adaptive {
-                "adaptive".to_string()
-            } else {
-                format!("pinned k = {}", r.draft_tokens)
+            match (r.adaptive, r.verification.as_deref()) {
+                (true, Some(v)) => format!("adaptive, {}", v.replace('_', "-")),
+                (true, None) => "adaptive".to_string(),
+                (false, Some(v)) =>
+                    format!("pinned k = {}, {}", r.draft_tokens, v.replace('_', "-")),
+                (false, None) => format!("pinned k = {}", r.draft_tokens),
             },
             t.direct_tok_s,
             t.proxy_tok_s,

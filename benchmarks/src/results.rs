@@ -60,6 +60,10 @@ pub struct RealScenario {
     pub rtt_ms: Option<f64>,
     pub adaptive: bool,
     pub draft_tokens: usize,
+    /// How the target verified drafts: `one_pass` (the patched llama-server) or `multi_prompt`
+    /// (results from before the patch have none).
+    #[serde(default)]
+    pub verification: Option<String>,
     pub seconds: f64,
     pub report: BenchReport,
 }

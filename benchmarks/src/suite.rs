@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use tightwad_serve::config::{PairingEntry, ProxyConfig};
+use tightwad_serve::engine::VerifyMode;
 use tightwad_serve::server::Proxy;
 use tracing::info;
 
@@ -69,10 +70,12 @@ impl InProcessProxy {
         draft: Option<&str>,
         adaptive: bool,
         draft_tokens: usize,
+        verify: VerifyMode,
     ) -> anyhow::Result<Self> {
         let mut entry = PairingEntry::new(target.to_string(), draft.map(str::to_string));
         entry.adaptive = adaptive;
         entry.draft_tokens = draft_tokens;
+        entry.verify = verify;
         let config = ProxyConfig {
             listen: "127.0.0.1:0".parse().context("loopback address")?,
             pairings: vec![entry],
@@ -90,6 +93,19 @@ impl InProcessProxy {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How the target verified drafts (`one_pass`, `multi_prompt`), from the proxy's stats.
+    pub async fn verification(&self) -> Option<String> {
+        let stats: serde_json::Value = reqwest::get(format!("{}/v1/tightwad/stats", self.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        stats["pairings"][0]["verification"]["path"]
+            .as_str()
+            .map(str::to_string)
     }
 }
 
@@ -181,8 +197,14 @@ impl SimPoint {
             category: "sim".into(),
             prompt: SIM_PROMPT.into(),
         };
-        let proxy =
-            InProcessProxy::start(&self.target_url, Some(&self.draft_url), adaptive, k).await?;
+        let proxy = InProcessProxy::start(
+            &self.target_url,
+            Some(&self.draft_url),
+            adaptive,
+            k,
+            VerifyMode::Auto,
+        )
+        .await?;
         if adaptive {
             warm_up(proxy.url(), &prompt, tokens).await?;
         }
@@ -350,7 +372,8 @@ struct RealPair<'a> {
     description: &'a str,
     target_model: &'a str,
     draft_model: Option<&'a str>,
-    variants: &'a [(Option<f64>, bool)],
+    /// (RTT in ms or loopback, adaptive, how the target verifies).
+    variants: &'a [(Option<f64>, bool, VerifyMode)],
 }
 
 async fn real_pair(
@@ -379,7 +402,7 @@ async fn real_pair(
         (64, pair.repeats)
     };
     let mut out = Vec::new();
-    for &(rtt_ms, adaptive) in pair.variants {
+    for &(rtt_ms, adaptive, verify) in pair.variants {
         let started = Instant::now();
         let mut relays = Vec::new();
         let (target_url, draft_url) = match rtt_ms {
@@ -402,9 +425,14 @@ async fn real_pair(
                 draft.as_ref().map(|d| d.url().to_string()),
             ),
         };
-        let proxy =
-            InProcessProxy::start(&target_url, draft_url.as_deref(), adaptive, DRAFT_TOKENS)
-                .await?;
+        let proxy = InProcessProxy::start(
+            &target_url,
+            draft_url.as_deref(),
+            adaptive,
+            DRAFT_TOKENS,
+            verify,
+        )
+        .await?;
         let report = compare(CompareConfig {
             model: "tightwad".into(),
             prompts: prompts.clone(),
@@ -422,6 +450,10 @@ async fn real_pair(
         if !adaptive {
             name.push_str("-pinned");
         }
+        if verify == VerifyMode::MultiPrompt {
+            name.push_str("-multi-prompt");
+        }
+        let verification = proxy.verification().await;
         info!(scenario = %name, speedup = format!("{:.2}", report.totals.speedup), "real scenario");
         out.push(RealScenario {
             name,
@@ -431,6 +463,7 @@ async fn real_pair(
             rtt_ms,
             adaptive,
             draft_tokens: DRAFT_TOKENS,
+            verification,
             seconds: started.elapsed().as_secs_f64(),
             report,
         });
@@ -467,7 +500,12 @@ pub async fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
                         description: "bench-target.gguf (16 layers, 1 thread) with bench-draft.gguf (its first 2 layers, Q8_0, 1 thread)",
                         target_model: "bench-target.gguf",
                         draft_model: Some("bench-draft.gguf"),
-                        variants: &[(None, true), (Some(2.0), true), (Some(2.0), false)],
+                        variants: &[
+                            (None, true, VerifyMode::Auto),
+                            (Some(2.0), true, VerifyMode::Auto),
+                            (Some(2.0), false, VerifyMode::Auto),
+                            (Some(2.0), false, VerifyMode::MultiPrompt),
+                        ],
                     });
                 }
                 if opts.wants("real-fast-target") {
@@ -478,7 +516,12 @@ pub async fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
                         description: "target.gguf (4×256, 1 thread) with draft.gguf (the target plus noise, 1 thread)",
                         target_model: "target.gguf",
                         draft_model: Some("draft.gguf"),
-                        variants: &[(None, true), (Some(2.0), true), (Some(2.0), false)],
+                        variants: &[
+                            (None, true, VerifyMode::Auto),
+                            (Some(2.0), true, VerifyMode::Auto),
+                            (Some(2.0), false, VerifyMode::Auto),
+                            (Some(2.0), false, VerifyMode::MultiPrompt),
+                        ],
                     });
                 }
                 if opts.wants("passthrough") {
@@ -489,7 +532,7 @@ pub async fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
                         description: "target.gguf with no draft: the proxy's own overhead (target-only streaming)",
                         target_model: "target.gguf",
                         draft_model: None,
-                        variants: &[(None, true)],
+                        variants: &[(None, true, VerifyMode::Auto)],
                     });
                 }
                 for pair in pairs {

@@ -2,6 +2,7 @@
 //! front of it, and the files `run` writes. Checks arithmetic and bookkeeping, never speed.
 
 use std::time::Duration;
+use tightwad_serve::engine::VerifyMode;
 
 use tightwad_benchmarks::sim::{SimConfig, SimServer};
 use tightwad_benchmarks::suite::InProcessProxy;
@@ -20,9 +21,15 @@ async fn servers() -> (SimServer, SimServer) {
 #[tokio::test]
 async fn the_report_adds_up_what_the_proxy_reported() {
     let (target, draft) = servers().await;
-    let proxy = InProcessProxy::start(&target.url(), Some(&draft.url()), false, 4)
-        .await
-        .expect("proxy");
+    let proxy = InProcessProxy::start(
+        &target.url(),
+        Some(&draft.url()),
+        false,
+        4,
+        VerifyMode::Auto,
+    )
+    .await
+    .expect("proxy");
     let prompts = vec![
         BenchPrompt {
             category: "code".into(),
@@ -80,7 +87,7 @@ async fn the_report_adds_up_what_the_proxy_reported() {
 #[tokio::test]
 async fn run_writes_the_json_and_markdown_files() {
     let (target, _draft) = servers().await;
-    let proxy = InProcessProxy::start(&target.url(), None, true, 4)
+    let proxy = InProcessProxy::start(&target.url(), None, true, 4, VerifyMode::Auto)
         .await
         .expect("proxy");
     let dir = std::env::temp_dir().join(format!("tightwad-bench-test-{}", std::process::id()));

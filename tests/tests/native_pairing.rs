@@ -268,3 +268,40 @@ async fn a_slow_link_to_the_native_draft_turns_speculation_off_and_a_fast_one_ba
     assert_eq!(served, "speculative", "{}", proxy.stats().await);
     assert!(drafted > 0);
 }
+
+/// With both paths (a draft server and a natively paired target), an answer the controllers serve
+/// target-only must not let the target draft by itself: it is sent `speculative.n_max` 0 (the
+/// target's own counter of drafted tokens stays still), else "the target alone" the controllers
+/// measure would be a target speculating over its remote link (measured on a GPU: 0.46x).
+#[tokio::test]
+async fn with_both_paths_target_only_answers_leave_the_native_target_undrafted() {
+    let env = env();
+    let rpc = RpcServer::start(&env).await;
+    let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
+    opts.ctx = 8192;
+    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let mut entry = RunningProxy::entry(&target.url, Some(&draft.url), 4);
+    entry.native = true;
+    entry.adaptive = true;
+    entry.disable_above_tok_s = Some(0.5);
+    let proxy = RunningProxy::start_entry(entry).await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0});
+    // Both paths measure the target once and switch off (it is above disable_above_tok_s).
+    for _ in 0..4 {
+        let (s, v) = proxy.post("/v1/completions", &body).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let counter = "llamacpp:spec_decode_num_draft_tokens_total";
+    let before = target.metric(counter).await;
+    for _ in 0..3 {
+        let (s, v) = proxy.post("/v1/completions", &body).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["tightwad"]["served_by"], "target_only", "{v}");
+    }
+    let after = target.metric(counter).await;
+    assert_eq!(
+        after, before,
+        "the target drafted during target-only answers"
+    );
+}

@@ -91,6 +91,14 @@ impl Pairing {
         off.then_some(ForwardReason::SpeculationOff)
     }
 
+    /// What a target-only stretch tells the target about its own speculation: on a natively paired
+    /// target that obeys per-request steering, `speculative.n_max` 0 — else "target-only" would
+    /// still draft over its remote link, and the controllers would take that for the target's
+    /// plain speed (measured on the GPU: an auto pairing at 0.46x). `None` elsewhere.
+    fn plain_target(&self, info: &PairingInfo) -> Option<usize> {
+        (self.config.native && matches!(info.native_steering, Some(Ok(())))).then_some(0)
+    }
+
     /// Turn a prompt into the target's token ids, exactly as the target's own endpoints would.
     pub async fn tokenize_prompt(
         &self,
@@ -227,7 +235,7 @@ impl Pairing {
                             &mut run,
                             tx,
                             plan.measure_target_tokens,
-                            None,
+                            self.plain_target(&info),
                         )
                         .await?
                         .timed();
@@ -286,7 +294,14 @@ impl Pairing {
         }
         if run.out.finish.is_none() {
             let (n, secs) = self
-                .target_only(&info, &request.sampling, &mut run, tx, usize::MAX, None)
+                .target_only(
+                    &info,
+                    &request.sampling,
+                    &mut run,
+                    tx,
+                    usize::MAX,
+                    self.plain_target(&info),
+                )
                 .await?
                 .timed();
             self.record_target_only_all(n, secs);
