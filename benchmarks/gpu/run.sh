@@ -90,7 +90,8 @@ stage_build() {
     mkdir -p "$WORK/bin" && cp "$WORK/build/bin/llama-server" "$WORK/build/bin/ggml-rpc-server" "$WORK/bin/"
     log "build done"
   fi
-  if grep -q draft_tokens_max "$WORK/bin/llama-server"; then
+  # At this llama.cpp commit the server's code sits in libllama-server-impl.so beside the binary.
+  if grep -lq draft_tokens_max "$WORK/bin/llama-server" "$WORK/build/bin/"*.so* 2>/dev/null; then
     echo "patched (draft_tokens, per-request speculative.n_max): $(cd "$CARRY/patches" && sha256sum ./*.patch | tr '\n' ' ')" > "$RAW/llama-patched.txt"
     log "llama-server is the PATCHED build (draft_tokens)"
   else
@@ -206,7 +207,6 @@ stage_bench() { # fast|slow
   fi
   [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
-  grep -q draft_tokens_max "$LS" && echo patched > "$RAW/llama-patched.txt" || echo STOCK > "$RAW/llama-patched.txt"
   if [ "$kind" = fast ]; then
     tflags=(-ngl 99); : "${RTTS:=0.3 2}"; : "${N_PROMPTS:=10}"; : "${MAX_TOKENS:=96}"
     : "${BENCH_WARMUP:=1}"; : "${WARM_ADAPTIVE:=8}"; : "${WARM_TOKENS:=$MAX_TOKENS}"; : "${BENCH_TIMEOUT:=150}"
@@ -269,7 +269,14 @@ EOF
   case " $ROWS " in *" md-anchor "*) wait_http http://127.0.0.1:9003 A "$RAW/server-A.log" ;; esac
   i=0; for rtt in $RTTS; do i=$((i + 1)); wait_http "http://127.0.0.1:$((9003 + i))" "N$i" "$RAW/server-N$i.log" 300; done
   log "servers up"
-  curl -sf http://127.0.0.1:9001/props | python3 -c 'import json,sys; print("T /props capabilities:", json.load(sys.stdin).get("capabilities"))' >&2 || true
+  # The target's own word on the patch: /props capabilities (draft_tokens, draft_tokens_max).
+  curl -sf http://127.0.0.1:9001/props > "$RAW/props-T.json" || true
+  python3 - "$RAW/props-T.json" > "$RAW/llama-patched.txt" <<'EOF' || echo "unknown (no /props)" > "$RAW/llama-patched.txt"
+import json, sys
+c = json.load(open(sys.argv[1])).get("capabilities") or {}
+print(f"patched (/props capabilities {json.dumps(c)})" if c.get("draft_tokens") else f"STOCK (/props capabilities {json.dumps(c)})")
+EOF
+  log "T: $(cat "$RAW/llama-patched.txt")"
   # --- rows, per RTT ---------------------------------------------------------------------------
   i=0
   for RTT in $RTTS; do

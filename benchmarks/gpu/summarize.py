@@ -131,6 +131,9 @@ def main():
                 if os.path.exists(src):
                     shutil.copy(src, os.path.join(a.out, f"{name}.{ext}"))
             rows.append(r)
+    # The patch's own evidence: one-pass verification only runs where /props advertised draft_tokens.
+    if any(r.get("verification") == "one_pass" for r in rows) and not (meta["patched"] or "").startswith("patched"):
+        meta["patched"] = "patched (one-pass verification ran: the target advertised draft_tokens)"
     # "Target alone": every row's direct side (through the same relay), pooled.
     for target in ("fast", "slow"):
         for rtt in sorted({r["rtt_ms"] for r in rows if r["target"] == target}):
