@@ -33,9 +33,10 @@ def main():
     ap.add_argument("--target", required=True)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--limit", type=int, default=len(PROMPTS), help="use the first N prompts")
     a = ap.parse_args()
     rows = []
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[: a.limit]:
         through = post(a.proxy + "/v1/completions", {"prompt": prompt, "max_tokens": a.max_tokens,
                                                      "temperature": 0, "return_token_ids": True})
         proxy_ids = through["choices"][0]["token_ids"]

@@ -16,7 +16,9 @@ import sys
 
 import numpy as np
 
+# gen_models.py: in the repository's scripts/, or beside this file in the .gpu/ bundle.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_models as g  # noqa: E402
 
 DELTA = 0.03

@@ -1,178 +1,361 @@
 #!/usr/bin/env bash
-# The GPU benchmark (issue "Measured on a real GPU"). Runs ON the GPU machine, in two stages that
-# each fit one 10-minute device call:
+# The GPU benchmark of the distributed case (issue 16, item 6). Runs ON the GPU machine, in stages
+# that each fit one 10-minute device call, back to back on the same warm machine:
 #
-#   benchmarks/gpu/run.sh build   # CUDA build of llama.cpp from the same pinned source as
-#                                 # scripts/setup (shipped stripped in .gpu/), GPU-sized models
-#   benchmarks/gpu/run.sh bench   # every scenario; JSON + logs into $OUT (or ./gpu-out)
+#   bash .gpu/run.sh build   # llama.cpp with the bundled patches (patch -p1), CUDA sm_90:
+#                            # llama-server + ggml-rpc-server; the GPU-sized models (in parallel)
+#   bash .gpu/run.sh fast    # fast target (all 28 layers on the GPU), relay RTT 0.3 and 2 ms
+#   bash .gpu/run.sh slow    # slow target (8 of 28 layers on the GPU, -t 16), RTT 2 and 0.3 ms
 #
-# It needs, carried in .gpu/ (made on the CPU machine by benchmarks/gpu/prepare.sh):
-#   llama.cpp-src.tar.gz, ggml-vocab-llama-spm.gguf, tightwad, lan-relay, bench-suite (release builds).
-# Scenarios, each direct-to-target vs through-the-proxy in the same run (`tightwad bench`):
-#   fast target (all layers on the GPU): passthrough, proxy adaptive, proxy forced k=4, native
-#     pairing (llama.cpp's own speculation) steered by the proxy; LAN emulator at 0.3 and 2 ms RTT;
-#   slow target (most layers in host RAM, like the field report's 48 GB GPU + RAM box): proxy forced,
-#     proxy adaptive, native; 2 ms RTT;
-#   both: "auto" — a draft server AND a natively paired target; the controller picks the path per
-#     request (after 8 warm-up requests in which it tries both);
-#   exactness on the GPU: proxy tokens vs the target alone, with the top-two margin at every
-#     divergence.
+# .gpu/ is the bundle benchmarks/gpu/prepare.sh makes on the CPU machine (carry [".gpu"]): the
+# pinned llama.cpp source, patches/*.patch, a vocabulary, release builds of `tightwad` and
+# `lan-relay`, this script and its Python helpers, COMMIT. Results: $OUT/<stage>.tar.gz, rewritten
+# after every row (the device returns at most 8 files), and one line per row on stdout.
+#
+# Topology (every server on the one GPU, "hosts" emulated by `lan-relay`, which delays each
+# direction by RTT/2): the client and the proxy sit on one side; the target, the draft server and
+# the rpc-server each sit behind their own relay. Direct requests to the target go through the
+# same relay as the proxy's.
+#   T  target alone (patched llama-server, --spec-draft-n-max 8)     client/proxy --relay--> T
+#   D  draft llama-server (its own process)                          proxy --relay--> D
+#   A  target with -md draft on ITS OWN GPU (the anchor, no network between target and draft)
+#   R  ggml-rpc-server holding the draft model; N = target with -md draft on RPC0, N --relay--> R
+# Rows per RTT (each `tightwad bench`: direct requests to T interleaved with the row's server):
+#   md-anchor, rpc-remote (llama.cpp alone), mp-k4 (Tightwad multi-prompt rounds), op-k4, op-k8
+#   (one-pass rounds, k pinned), op-adaptive, auto (draft server AND the remote-rpc native target,
+#   adaptive, path chosen per request). "Target alone" = the direct side of every row.
+#
+# Test on a CPU machine first (tiny models, same code):
+#   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
+#   GPU_TARGET_MODEL=... GPU_DRAFT_MODEL=... N_PROMPTS=2 MAX_TOKENS=8 bash benchmarks/gpu/run.sh fast
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-REPO=$(pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ -n "${TIGHTWAD_GPU_CARRY:-}" ]; then CARRY=$TIGHTWAD_GPU_CARRY
+elif [ -x "$HERE/tightwad" ]; then CARRY=$HERE              # run from the bundle (.gpu/run.sh)
+else CARRY=$(cd "$HERE/../.." && pwd)/.gpu; fi              # run from benchmarks/gpu/
+# The Python helpers: beside this script in the bundle, else in the repository.
+PYDIR=$HERE
 WORK=${TIGHTWAD_GPU_WORK:-/root/tightwad-gpu}
-OUTDIR=${OUT:-$REPO/gpu-out}
-CARRY=$REPO/.gpu
-mkdir -p "$WORK" "$OUTDIR"
-log() { printf '[gpu %s] %s\n' "$(date +%T)" "$*" >&2; }
+STAGE=${1:-}
+OUTDIR=${OUT:-$WORK/out}
+RAW=$WORK/raw/$STAGE
+rm -rf "$RAW"; mkdir -p "$WORK" "$OUTDIR" "$RAW"
+T0=$(date +%s)
+log() { printf '[gpu %s +%ss] %s\n' "$(date +%T)" "$(( $(date +%s) - T0 ))" "$*" >&2; }
 
+CPU=${GPU_BENCH_CPU:-}
+LS=${GPU_LLAMA_SERVER:-$WORK/bin/llama-server}
+RPCS=${GPU_RPC_SERVER:-$WORK/bin/ggml-rpc-server}
+M_T=${GPU_TARGET_MODEL:-$WORK/models/gpu-target.gguf}
+M_D=${GPU_DRAFT_MODEL:-$WORK/models/gpu-draft.gguf}
+if [ -n "$CPU" ]; then
+  DEV_TARGET=none; RPC_DEV=(); SLOW_THREADS=${GPU_SLOW_THREADS:-1}
+else
+  DEV_TARGET=CUDA0; RPC_DEV=(-d CUDA0); SLOW_THREADS=${GPU_SLOW_THREADS:-16}
+fi
+SPEC=(--spec-type draft-simple --spec-draft-n-max 8 -ngld 99)
+
+pack() { # the stage's raw files -> $OUT/<stage>.tar.gz (atomic), so a kill still returns them
+  tar -czf "$OUTDIR/.$STAGE.tar.gz" -C "$RAW" . 2>/dev/null && mv "$OUTDIR/.$STAGE.tar.gz" "$OUTDIR/$STAGE.tar.gz"
+}
+
+# ------------------------------------------------------------------------------------------------
 stage_build() {
-  if [ ! -x "$WORK/bin/llama-server" ]; then
-    log "building llama.cpp (CUDA, sm_90)"
-    rm -rf "$WORK/src" && mkdir -p "$WORK/src"
+  local src=$WORK/src/llama.cpp gen_pid=
+  if [ ! -x "$WORK/bin/llama-server" ] || [ ! -x "$WORK/bin/ggml-rpc-server" ]; then
+    rm -rf "$WORK/src" "$WORK/build" && mkdir -p "$WORK/src"
     tar -xzf "$CARRY/llama.cpp-src.tar.gz" -C "$WORK/src"
-    cmake -S "$WORK/src/llama.cpp" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+    # The models need only gguf-py from the tree: generate them while CUDA compiles.
+    if [ ! -f "$WORK/models/gpu-target.gguf" ]; then
+      log "generating models (in the background)"
+      ( PYTHONPATH="$src/gguf-py" python3 "$PYDIR/gen_gpu_models.py" --vocab "$CARRY/ggml-vocab-llama-spm.gguf" \
+          --out "$WORK/models.tmp" > "$RAW/models.log" 2>&1 && rm -rf "$WORK/models" && mv "$WORK/models.tmp" "$WORK/models" ) &
+      gen_pid=$!
+    fi
+    local n=0
+    for p in "$CARRY"/patches/*.patch; do
+      [ -f "$p" ] || continue
+      ( cd "$src" && patch -p1 --forward --batch < "$p" ) >> "$RAW/patch.log" 2>&1 \
+        || { log "PATCH FAILED: $(basename "$p")"; tail -20 "$RAW/patch.log" >&2; return 1; }
+      log "applied $(basename "$p") to the CUDA tree (patch -p1)"; n=$((n + 1))
+    done
+    [ "$n" -gt 0 ] || log "WARNING: no patches in $CARRY/patches: building STOCK llama-server"
+    log "building llama.cpp (CUDA, sm_90, $n patch(es)): llama-server ggml-rpc-server"
+    cmake -S "$src" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_RPC=ON \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
-      > "$OUTDIR/build.log" 2>&1
-    cmake --build "$WORK/build" -j "$(nproc)" --target llama-server ggml-rpc-server >> "$OUTDIR/build.log" 2>&1
+      > "$RAW/build.log" 2>&1 || { tail -30 "$RAW/build.log" >&2; return 1; }
+    cmake --build "$WORK/build" -j "$(nproc)" --target llama-server ggml-rpc-server >> "$RAW/build.log" 2>&1 \
+      || { tail -30 "$RAW/build.log" >&2; return 1; }
     mkdir -p "$WORK/bin" && cp "$WORK/build/bin/llama-server" "$WORK/build/bin/ggml-rpc-server" "$WORK/bin/"
+    log "build done"
   fi
-  "$WORK/bin/llama-server" --version 2>&1 | tail -2 | tee "$OUTDIR/llama-version.txt" >&2
+  # At this llama.cpp commit the server's code sits in libllama-server-impl.so beside the binary.
+  if grep -lq draft_tokens_max "$WORK/bin/llama-server" "$WORK/build/bin/"*.so* 2>/dev/null; then
+    echo "patched (draft_tokens, per-request speculative.n_max): $(cd "$CARRY/patches" && sha256sum ./*.patch | tr '\n' ' ')" > "$RAW/llama-patched.txt"
+    log "llama-server is the PATCHED build (draft_tokens)"
+  else
+    echo "stock" > "$RAW/llama-patched.txt"; log "WARNING: llama-server is a STOCK build"
+  fi
+  "$WORK/bin/llama-server" --version > "$RAW/llama-version.txt" 2>&1 || true
+  tail -2 "$RAW/llama-version.txt" >&2
+  if [ -n "$gen_pid" ]; then wait "$gen_pid" || { log "model generation failed"; tail -20 "$RAW/models.log" >&2; return 1; }; fi
   if [ ! -f "$WORK/models/gpu-target.gguf" ]; then
     log "generating models"
-    PYTHONPATH="$WORK/src/llama.cpp/gguf-py" python3 benchmarks/gpu/gen_gpu_models.py \
-      --vocab "$CARRY/ggml-vocab-llama-spm.gguf" --out "$WORK/models.tmp" > "$OUTDIR/models.log" 2>&1
-    mv "$WORK/models.tmp" "$WORK/models"
+    PYTHONPATH="$WORK/src/llama.cpp/gguf-py" python3 "$PYDIR/gen_gpu_models.py" --vocab "$CARRY/ggml-vocab-llama-spm.gguf" \
+      --out "$WORK/models.tmp" > "$RAW/models.log" 2>&1
+    rm -rf "$WORK/models" && mv "$WORK/models.tmp" "$WORK/models"
   fi
   ls -la "$WORK/models" >&2
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/gpu.txt" >&2
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>&1 || true
+  cat "$RAW/gpu.txt" >&2
+  pack
 }
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+# ------------------------------------------------------------------------------------------------
+declare -A PID_OF=()   # name -> pid of every process this script started
+ALL_PIDS=()
+spawn() { # name logfile cmd... (background; remembered by name)
+  local name=$1 logf=$2; shift 2
+  "$@" > "$logf" 2>&1 &
+  PID_OF[$name]=$!; ALL_PIDS+=($!)
+}
+stop() { # names... : kill those processes and wait for exactly them
+  local n p
+  for n in "$@"; do p=${PID_OF[$n]:-}; [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for n in "$@"; do p=${PID_OF[$n]:-}; [ -n "$p" ] && wait "$p" 2>/dev/null || true; unset "PID_OF[$n]"; done
+}
+cleanup() { local p; for p in "${ALL_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+            for p in "${ALL_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; ALL_PIDS=(); pack || true; }
 trap cleanup EXIT
 
-wait_http() { # url name logfile
-  for _ in $(seq 1 600); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  log "$2 not ready"; tail -20 "$3" >&2; return 1
-}
-
-start_server() { # name port logfile args...
-  local name=$1 port=$2 logf=$3; shift 3
-  "$WORK/bin/llama-server" --host 127.0.0.1 --port "$port" --cache-ram 0 --metrics --no-webui "$@" > "$logf" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$port" "$name" "$logf"
-}
-
-relay() { # listen_port to_port rtt_ms
-  "$CARRY/lan-relay" --listen "127.0.0.1:$1" --to "127.0.0.1:$2" --rtt-ms "$3" > /dev/null 2>&1 &
-  PIDS+=($!)
-  sleep 0.3
-}
-
-proxy() { # port target_url draft_url(or -) extra flags...
-  local port=$1 target=$2 draft=$3; shift 3
-  local d=(); [ "$draft" != "-" ] && d=(--draft "$draft")
-  RUST_LOG=info "$CARRY/tightwad" proxy --listen "127.0.0.1:$port" --target "$target" "${d[@]}" "$@" \
-    > "$OUTDIR/proxy-$port.log" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$port" proxy "$OUTDIR/proxy-$port.log"
-}
-
-bench() { # name proxy_url target_url prompts_args...
-  local name=$1 p=$2 t=$3; shift 3
-  log "bench $name"
-  "$CARRY/tightwad" bench --proxy "$p" --target "$t" --json "$OUTDIR/$name.json" "$@" \
-    > "$OUTDIR/$name.txt" 2>&1 || log "bench $name failed: $(tail -3 "$OUTDIR/$name.txt")"
-  tail -4 "$OUTDIR/$name.txt" >&2 || true
-}
-
-stage_bench() {
-  local M=$WORK/models
-  # --- fast target: everything on the GPU -----------------------------------------------------
-  start_server target 9001 "$OUTDIR/target-fast.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768
-  start_server draft 9002 "$OUTDIR/draft.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
-  start_server native 9003 "$OUTDIR/target-native.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768 \
-    -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
-  for rtt in 0.3 2; do
-    local tag=${rtt/./_}
-    relay 9101 9001 "$rtt"; relay 9102 9002 "$rtt"; relay 9103 9003 "$rtt"
-    proxy 9201 "http://127.0.0.1:9101" - ; bench "fast-passthrough-rtt$tag" http://127.0.0.1:9201 http://127.0.0.1:9101 --max-tokens 96
-    proxy 9202 "http://127.0.0.1:9101" "http://127.0.0.1:9102" ; bench "fast-adaptive-rtt$tag" http://127.0.0.1:9202 http://127.0.0.1:9101 --max-tokens 96
-    proxy 9203 "http://127.0.0.1:9101" "http://127.0.0.1:9102" --no-adaptive --draft-tokens 4 ; bench "fast-forced-k4-rtt$tag" http://127.0.0.1:9203 http://127.0.0.1:9101 --max-tokens 96
-    proxy 9204 "http://127.0.0.1:9103" - --native --no-adaptive --draft-tokens 8 ; bench "fast-native-rtt$tag" http://127.0.0.1:9204 http://127.0.0.1:9101 --max-tokens 96
-    # Both paths (draft server for proxy rounds, native pairing in the target): the controller
-    # picks per request. 8 warm-up requests: the path chooser tries each path 3 times first.
-    proxy 9205 "http://127.0.0.1:9103" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench "fast-auto-rtt$tag" http://127.0.0.1:9205 http://127.0.0.1:9101 --max-tokens 96 --warmup 8
-    curl -s http://127.0.0.1:9205/v1/tightwad/stats > "$OUTDIR/fast-auto-rtt$tag-stats.json" || true
-    if [ "$rtt" = 2 ]; then
-      log "exactness on the GPU (forced speculation, k=4)"
-      python3 benchmarks/gpu/exactness.py --proxy http://127.0.0.1:9203 --target http://127.0.0.1:9001 \
-        --max-tokens 64 --out "$OUTDIR/exactness.json" >&2 || log "exactness script failed"
-    fi
-    cleanup_relays_and_proxies
+wait_http() { # url name logfile [seconds]
+  local i
+  for i in $(seq 1 $(( ${4:-180} * 5 ))); do
+    curl -sf -m 2 "$1/health" >/dev/null 2>&1 && return 0; sleep 0.2
   done
-  cleanup
-  # --- slow target: 8 of 28 layers on the GPU, the rest in host RAM ---------------------------
-  start_server target-slow 9011 "$OUTDIR/target-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16
-  start_server draft 9002 "$OUTDIR/draft2.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
-  start_server native-slow 9013 "$OUTDIR/target-native-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16 \
-    -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
-  relay 9111 9011 2; relay 9102 9002 2; relay 9113 9013 2
-  printf '%s\n' "Explain why the sky is blue." "Write a Python function that reverses a linked list." \
-    "List five capitals of Europe." "Tell a short story about a lighthouse keeper." > "$WORK/slow-prompts.txt"
-  proxy 9211 "http://127.0.0.1:9111" "http://127.0.0.1:9102" --no-adaptive --draft-tokens 4 ; bench slow-forced-k4-rtt2 http://127.0.0.1:9211 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt"
-  proxy 9212 "http://127.0.0.1:9111" "http://127.0.0.1:9102" ; bench slow-adaptive-rtt2 http://127.0.0.1:9212 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt"
-  proxy 9213 "http://127.0.0.1:9113" - --native --no-adaptive --draft-tokens 8 ; bench slow-native-rtt2 http://127.0.0.1:9213 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt"
-  proxy 9214 "http://127.0.0.1:9113" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench slow-auto-rtt2 http://127.0.0.1:9214 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt" --warmup 8
-  curl -s http://127.0.0.1:9214/v1/tightwad/stats > "$OUTDIR/slow-auto-rtt2-stats.json" || true
-  cleanup
-  log "done"
+  log "$2 not ready at $1"; tail -25 "$3" >&2; return 1
 }
 
-cleanup_relays_and_proxies() {
-  pkill -f "$CARRY/lan-relay" 2>/dev/null || true
-  pkill -f "$CARRY/tightwad proxy" 2>/dev/null || true
+server() { # name port args... (a llama-server)
+  local name=$1 port=$2; shift 2
+  spawn "$name" "$RAW/server-$name.log" "$LS" --host 127.0.0.1 --port "$port" --cache-ram 0 --metrics --no-webui "$@"
+}
+
+relay() { # name listen_port to_port rtt_ms
+  spawn "$1" "$RAW/relay-$1.log" "$CARRY/lan-relay" --listen "127.0.0.1:$2" --to "127.0.0.1:$3" --rtt-ms "$4"
+}
+
+proxy() { # name port target_url draft_url(or -) flags...
+  local name=$1 port=$2 target=$3 draft=$4; shift 4
+  local d=(); [ "$draft" != "-" ] && d=(--draft "$draft")
+  RUST_LOG=info spawn "$name" "$RAW/proxy-$name.log" "$CARRY/tightwad" proxy --listen "127.0.0.1:$port" \
+    --target "$target" "${d[@]}" "$@"
+  wait_http "http://127.0.0.1:$port" "proxy $name" "$RAW/proxy-$name.log" 60
+}
+
+WARM_PROMPTS=("Name three rivers of Africa." "Write a haiku about rain." "What is 17 times 23?"
+  "Describe a bicycle in two sentences." "Write a SQL query that counts rows per day."
+  "Give two synonyms for fast." "Explain what a hash map is." "Write a limerick about a cat.")
+warm() { # url n max_tokens : unmeasured chat requests to one side only (connections, controller)
+  local url=$1 n=$2 m=$3 i body
+  for i in $(seq 0 $((n - 1))); do
+    body=$(printf '{"model":"tightwad","messages":[{"role":"user","content":"%s"}],"max_tokens":%s,"temperature":0}' \
+      "${WARM_PROMPTS[$((i % ${#WARM_PROMPTS[@]}))]}" "$m")
+    curl -sf -m 120 "$url/v1/chat/completions" -H 'content-type: application/json' -d "$body" > /dev/null \
+      || log "warm-up request to $url failed"
+  done
+}
+
+ROW_LAST_S=30
+bench() { # name "where the draft ran" proxy_url target_url bench_args...
+  local name=$1 where=$2 p=$3 t=$4; shift 4
+  local started; started=$(date +%s)
+  echo "$where" > "$RAW/$name.where"
+  log "bench $name"
+  timeout "$BENCH_TIMEOUT" "$CARRY/tightwad" bench --proxy "$p" --target "$t" --json "$RAW/$name.json" \
+    --max-tokens "$MAX_TOKENS" --prompts "$PROMPTS" --warmup "$BENCH_WARMUP" "$@" > "$RAW/$name.txt" 2>&1 \
+    || log "bench $name FAILED (rc $?): $(tail -3 "$RAW/$name.txt" | tr '\n' ' ')"
+  ROW_LAST_S=$(( $(date +%s) - started ))
+  python3 - "$RAW/$name.json" "$name" "$ROW_LAST_S" <<'EOF' >&2 || true
+import json, sys
+t = json.load(open(sys.argv[1]))["totals"]
+acc = t.get("acceptance")
+print(f"  {sys.argv[2]:<28} direct {t['direct_tok_s']:7.1f} tok/s  row {t['proxy_tok_s']:7.1f} tok/s  "
+      f"{t['speedup']:.2f}x  acc {'-' if acc is None else f'{acc:.2f}'}  same {t['identical_prompts']}/{t['prompts']}  ({sys.argv[3]} s)")
+EOF
+}
+
+time_left() { # seconds of the stage budget left after the next row (rough: last row's time x 1.5)
+  echo $(( STAGE_BUDGET_S - ($(date +%s) - T0) - ROW_LAST_S * 3 / 2 ))
+}
+want() { # row : in ROWS and there is time for it (sets $row)
+  row=$1
+  case " $ROWS " in *" $1 "*) ;; *) return 1 ;; esac
+  if [ "$(time_left)" -lt 0 ]; then log "SKIPPED $1 at RTT $RTT ms: stage budget ($STAGE_BUDGET_S s) nearly spent"; echo "$1 rtt $RTT" >> "$RAW/skipped.txt"; return 1; fi
+}
+
+stats() { curl -sf -m 5 "$1/v1/tightwad/stats" > "$RAW/$2-stats.json" || log "no stats from $1"; }
+# A llama-server's counters (its own speculation: drafted/accepted) around a row, read directly.
+metrics() { curl -sf -m 5 "http://127.0.0.1:$1/metrics" > "$RAW/$2-metrics-$3.txt" 2>/dev/null || true; }
+
+# ------------------------------------------------------------------------------------------------
+stage_bench() { # fast|slow
+  local kind=$1 tflags
+  if [ ! -x "$LS" ] || [ ! -f "$M_T" ]; then
+    log "no llama-server/models here (a fresh machine?): building first"; stage_build
+  fi
+  [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
+  if [ "$kind" = fast ]; then
+    tflags=(-ngl 99); : "${RTTS:=0.3 2}"; : "${N_PROMPTS:=10}"; : "${MAX_TOKENS:=96}"
+    : "${BENCH_WARMUP:=1}"; : "${WARM_ADAPTIVE:=8}"; : "${WARM_TOKENS:=$MAX_TOKENS}"; : "${BENCH_TIMEOUT:=150}"
+    : "${EXACTNESS:=1}"
+  else
+    tflags=(-ngl 8 -t "$SLOW_THREADS"); : "${RTTS:=2 0.3}"; : "${N_PROMPTS:=4}"; : "${MAX_TOKENS:=64}"
+    : "${BENCH_WARMUP:=0}"; : "${WARM_ADAPTIVE:=8}"; : "${WARM_TOKENS:=24}"; : "${BENCH_TIMEOUT:=200}"
+    : "${EXACTNESS:=0}"
+  fi
+  : "${STAGE_BUDGET_S:=510}"
+  : "${ROWS:=rpc-remote md-anchor op-adaptive auto op-k4 op-k8 mp-k4}"
+  PROMPTS=$RAW/prompts.txt
+  printf '%s\n' "What is the capital of France, and what river runs through it?" \
+    "Write a Python function that returns the n-th Fibonacci number iteratively." \
+    "Write a short poem about a lighthouse keeper at dawn." \
+    "If a train leaves at 3 pm and travels 120 km at 80 km/h, when does it arrive? Explain step by step." \
+    "List ten common fruits, one per line." \
+    "Explain in a few sentences how a refrigerator keeps food cold." \
+    "Write a Rust function that reverses the words of a sentence." \
+    "Begin a story about a cat who finds a key in the garden." \
+    "A farmer has 17 sheep and all but 9 run away. How many are left? Think it through." \
+    "List the planets of the solar system in order from the sun." | head -n "$N_PROMPTS" > "$PROMPTS"
+  cat > "$RAW/config.txt" <<EOF
+stage=$kind
+target_flags=${tflags[*]}
+rtts_ms=$RTTS
+prompts=$N_PROMPTS
+max_tokens=$MAX_TOKENS
+bench_warmup_pairs=$BENCH_WARMUP
+proxy_warmup_adaptive=$WARM_ADAPTIVE x $WARM_TOKENS tokens
+rows=$ROWS
+cpu_test=${CPU:-0}
+EOF
+  local tgt=(-m "$M_T" "${tflags[@]}" -np 6 --kv-unified -c 16384)
+  # --- servers, all started at once --------------------------------------------------------------
+  log "starting servers ($kind target)"
+  server T 9001 "${tgt[@]}" --spec-draft-n-max 8
+  server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192
+  case " $ROWS " in *" md-anchor "*) server A 9003 "${tgt[@]}" -md "$M_D" "${SPEC[@]}" ;; esac
+  local i=0 rtt
+  for rtt in $RTTS; do
+    i=$((i + 1))
+    spawn "R$i" "$RAW/rpc-$i.log" "$RPCS" -H 127.0.0.1 -p "$((9500 + i))" "${RPC_DEV[@]}"
+  done
+  sleep 1
+  i=0
+  for rtt in $RTTS; do
+    i=$((i + 1))
+    relay "rR$i" "$((9510 + i))" "$((9500 + i))" "$rtt"
+  done
   sleep 0.5
+  i=0
+  for rtt in $RTTS; do
+    i=$((i + 1))
+    server "N$i" "$((9003 + i))" "${tgt[@]}" -md "$M_D" "${SPEC[@]}" --rpc "127.0.0.1:$((9510 + i))" \
+      --device "$DEV_TARGET" -devd RPC0
+  done
+  wait_http http://127.0.0.1:9001 T "$RAW/server-T.log"
+  wait_http http://127.0.0.1:9002 D "$RAW/server-D.log"
+  case " $ROWS " in *" md-anchor "*) wait_http http://127.0.0.1:9003 A "$RAW/server-A.log" ;; esac
+  i=0; for rtt in $RTTS; do i=$((i + 1)); wait_http "http://127.0.0.1:$((9003 + i))" "N$i" "$RAW/server-N$i.log" 300; done
+  log "servers up"
+  # The target's own word on the patch: /props capabilities (draft_tokens, draft_tokens_max).
+  curl -sf http://127.0.0.1:9001/props > "$RAW/props-T.json" || true
+  python3 - "$RAW/props-T.json" > "$RAW/llama-patched.txt" <<'EOF' || echo "unknown (no /props)" > "$RAW/llama-patched.txt"
+import json, sys
+c = json.load(open(sys.argv[1])).get("capabilities") or {}
+print(f"patched (/props capabilities {json.dumps(c)})" if c.get("draft_tokens") else f"STOCK (/props capabilities {json.dumps(c)})")
+EOF
+  log "T: $(cat "$RAW/llama-patched.txt")"
+  # --- rows, per RTT ---------------------------------------------------------------------------
+  i=0
+  for RTT in $RTTS; do
+    i=$((i + 1))
+    local tag=${RTT/./_} b=$((9100 + 100 * i)) S=$kind
+    relay "rT$i" "$((b + 1))" 9001 "$RTT"; relay "rD$i" "$((b + 2))" 9002 "$RTT"
+    relay "rA$i" "$((b + 3))" 9003 "$RTT"; relay "rN$i" "$((b + 4))" "$((9003 + i))" "$RTT"
+    sleep 0.5
+    local rT=http://127.0.0.1:$((b + 1)) rD=http://127.0.0.1:$((b + 2)) rA=http://127.0.0.1:$((b + 3)) rN=http://127.0.0.1:$((b + 4))
+    local pp=$((b + 50))
+    warm "$rT" 1 8
+    if want rpc-remote; then
+      warm "$rN" 1 16; metrics "$((9003 + i))" "$S-rpc-remote-rtt$tag" before
+      bench "$S-rpc-remote-rtt$tag" "llama.cpp -md, draft on a ggml-rpc-server behind the ${RTT} ms relay (same GPU, other process)" \
+        "$rN" "$rT" --prime "$rN"; metrics "$((9003 + i))" "$S-rpc-remote-rtt$tag" after; pack
+    fi
+    if want md-anchor; then
+      warm "$rA" 1 16; metrics 9003 "$S-md-anchor-rtt$tag" before
+      bench "$S-md-anchor-rtt$tag" "llama.cpp -md, draft on the target's own GPU in the target's process (anchor)" \
+        "$rA" "$rT" --prime "$rA"; metrics 9003 "$S-md-anchor-rtt$tag" after; pack
+    fi
+    if want op-adaptive; then
+      proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass
+      warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"
+      bench "$S-op-adaptive-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive" \
+        "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-adaptive-rtt$tag"; stop "P$i-$row"; pack
+    fi
+    if want auto; then
+      proxy "P$i-$row" "$pp" "$rN" "$rD" --native
+      warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"; metrics "$((9003 + i))" "$S-auto-rtt$tag" before
+      bench "$S-auto-rtt$tag" "both: draft llama-server behind the relay (rounds) and the target's -md draft on the rpc-server behind the relay (native); chosen per request" \
+        "http://127.0.0.1:$pp" "$rT" --prime "$rN"; stats "http://127.0.0.1:$pp" "$S-auto-rtt$tag"
+      metrics "$((9003 + i))" "$S-auto-rtt$tag" after; stop "P$i-$row"; pack
+    fi
+    if want op-k4; then
+      proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 4
+      warm "http://127.0.0.1:$pp" 1 16
+      bench "$S-op-k4-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad one-pass rounds, k=4 pinned" \
+        "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k4-rtt$tag"
+      if [ "$EXACTNESS" = 1 ] && [ ! -f "$RAW/exactness.json" ]; then
+        log "exactness on the GPU: one-pass rounds k=4 vs the target alone (direct, no relay)"
+        timeout 120 python3 "$PYDIR/exactness.py" --proxy "http://127.0.0.1:$pp" --target http://127.0.0.1:9001 \
+          --max-tokens "${EXACT_TOKENS:-64}" ${EXACT_PROMPTS:+--limit "$EXACT_PROMPTS"} --out "$RAW/exactness.json" > "$RAW/exactness.log" 2>&1 \
+          || log "exactness script failed: $(tail -3 "$RAW/exactness.log" | tr '\n' ' ')"
+        tail -1 "$RAW/exactness.log" >&2 || true
+      fi
+      stop "P$i-$row"; pack
+    fi
+    if want op-k8; then
+      proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 8
+      warm "http://127.0.0.1:$pp" 1 16
+      bench "$S-op-k8-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned" \
+        "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k8-rtt$tag"; stop "P$i-$row"; pack
+    fi
+    if want mp-k4; then
+      proxy "P$i-$row" "$pp" "$rT" "$rD" --verify multi-prompt --no-adaptive --draft-tokens 4
+      warm "http://127.0.0.1:$pp" 1 16
+      bench "$S-mp-k4-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad multi-prompt rounds (k+1 prompts), k=4 pinned" \
+        "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-mp-k4-rtt$tag"; stop "P$i-$row"; pack
+    fi
+    stop "rT$i" "rD$i" "rA$i" "rN$i"
+  done
+  log "done ($kind)"
+  pack
 }
 
-# Only the "auto" scenarios (both paths, chosen per request), fast and slow target, 2 ms RTT.
-stage_auto() {
-  local M=$WORK/models
-  start_server target 9001 "$OUTDIR/target-fast.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768
-  start_server draft 9002 "$OUTDIR/draft.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
-  start_server native 9003 "$OUTDIR/target-native.log" -m "$M/gpu-target.gguf" -ngl 99 -np 6 --kv-unified -c 32768 \
-    -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
-  relay 9101 9001 2; relay 9102 9002 2; relay 9103 9003 2
-  proxy 9205 "http://127.0.0.1:9103" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench "fast-auto-rtt2" http://127.0.0.1:9205 http://127.0.0.1:9101 --max-tokens 96 --warmup 8
-  curl -s http://127.0.0.1:9205/v1/tightwad/stats > "$OUTDIR/fast-auto-rtt2-stats.json" || true
-  cleanup
-  start_server target-slow 9011 "$OUTDIR/target-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16
-  start_server draft 9002 "$OUTDIR/draft2.log" -m "$M/gpu-draft.gguf" -ngl 99 -np 2 -c 8192
-  start_server native-slow 9013 "$OUTDIR/target-native-slow.log" -m "$M/gpu-target.gguf" -ngl 8 -np 6 --kv-unified -c 16384 -t 16 \
-    -md "$M/gpu-draft.gguf" -ngld 99 --spec-type draft-simple
-  relay 9111 9011 2; relay 9102 9002 2; relay 9113 9013 2
-  printf '%s\n' "Explain why the sky is blue." "Write a Python function that reverses a linked list." \
-    "List five capitals of Europe." "Tell a short story about a lighthouse keeper." > "$WORK/slow-prompts.txt"
-  proxy 9214 "http://127.0.0.1:9113" "http://127.0.0.1:9102" --native --draft-tokens 8 ; bench slow-auto-rtt2 http://127.0.0.1:9214 http://127.0.0.1:9111 --max-tokens 64 --prompts "$WORK/slow-prompts.txt" --warmup 8
-  curl -s http://127.0.0.1:9214/v1/tightwad/stats > "$OUTDIR/slow-auto-rtt2-stats.json" || true
-  cleanup
-  log "done"
-}
-
-# The SIMULATION grid (no GPU involved) on this machine's idle cores: ratios only, several points
-# at once (they mostly sleep). Needs bench-suite in .gpu/.
+# The SIMULATION grid (no GPU involved) on this machine's idle cores: ratios only. Needs
+# bench-suite in the bundle (PREPARE_BENCH_SUITE=1 benchmarks/gpu/prepare.sh).
 stage_sim() {
   log "simulation grid, $(nproc) cores"
-  "$CARRY/bench-suite" --only sim-grid,sim-k-sweep --jobs "${SIM_JOBS:-8}" --results "$OUTDIR/sim" \
-    > "$OUTDIR/sim-suite.log" 2>&1 || log "sim grid failed: $(tail -3 "$OUTDIR/sim-suite.log")"
+  "$CARRY/bench-suite" --only sim-grid,sim-k-sweep --jobs "${SIM_JOBS:-8}" --results "$RAW/sim" \
+    > "$RAW/sim-suite.log" 2>&1 || log "sim grid failed: $(tail -3 "$RAW/sim-suite.log")"
+  pack
 }
 
-case "${1:-}" in
+case "$STAGE" in
   build) stage_build ;;
-  bench) stage_bench ;;
+  fast) stage_bench fast ;;
+  slow) stage_bench slow ;;
   sim) stage_sim ;;
-  auto) stage_auto ;;
-  *) echo "usage: $0 build|bench|sim|auto" >&2; exit 2 ;;
+  *) echo "usage: $0 build|fast|slow|sim" >&2; exit 2 ;;
 esac

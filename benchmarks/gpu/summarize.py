@@ -1,114 +1,222 @@
 #!/usr/bin/env python3
-"""Turn a GPU run's raw files (benchmarks/gpu/run.sh bench) into benchmarks/results/gpu/.
+"""Turn the raw files of benchmarks/gpu/run.sh (the distributed case, issue 16 item 6) into tables.
 
-Writes README.md (tables), summary.json, speedup.png (if matplotlib is there) and copies the raw
-per-scenario JSON/text reports and exactness.json beside them.
-Usage: summarize.py RAW_DIR OUT_DIR [--gpu "name"] [--build "..."]
+Usage: summarize.py --out benchmarks/results/gpu/distributed RAW_DIR [RAW_DIR ...]
+Each RAW_DIR is an unpacked <stage>.tar.gz (build, fast, slow). Writes OUT/table.md (markdown),
+OUT/summary.json, and copies every row's raw report (`tightwad bench` JSON and text, the proxy's
+stats, the llama.cpp servers' metrics around the row, where the draft ran) beside them.
+Standard library only.
 """
 import argparse
 import glob
 import json
 import os
+import re
 import shutil
 
-SCENARIOS = [
-    ("fast-passthrough", "fast target, no draft (engine passthrough)"),
-    ("fast-adaptive", "fast target, draft, adaptive controller"),
-    ("fast-forced-k4", "fast target, draft, speculation forced on (k=4, fan-out verify)"),
-    ("fast-native", "fast target, native pairing steered by the proxy (k=8)"),
-    ("slow-forced-k4", "slow target, draft, speculation forced on (k=4)"),
-    ("slow-adaptive", "slow target, draft, adaptive controller"),
-    ("slow-native", "slow target, native pairing steered by the proxy (k=8)"),
-    ("fast-auto", "fast target, draft server AND native pairing: the controller picks the path per request"),
-    ("slow-auto", "slow target, draft server AND native pairing: the controller picks the path per request"),
+# (row, label, where the draft really ran)
+ROWS = [
+    ("alone", "target alone", "no draft"),
+    ("md-anchor", "llama.cpp `-md`, draft in the target's GPU (**anchor**: as if the draft sat in the target's GPU; not distributed)",
+     "target's own GPU, inside the target process: no network between target and draft"),
+    ("rpc-remote", "llama.cpp `-md`, draft on a remote rpc-server",
+     "`ggml-rpc-server` (same card, own process) behind the relay; the target drives it over RPC"),
+    ("mp-k4", "Tightwad multi-prompt rounds, k=4 pinned",
+     "draft `llama-server` (same card, own process) behind the relay"),
+    ("op-k4", "Tightwad one-pass rounds, k=4 pinned", "draft `llama-server` (same card, own process) behind the relay"),
+    ("op-k8", "Tightwad one-pass rounds, k=8 pinned", "draft `llama-server` (same card, own process) behind the relay"),
+    ("op-adaptive", "Tightwad one-pass rounds, adaptive", "draft `llama-server` (same card, own process) behind the relay"),
+    ("auto", "Tightwad auto: draft server AND native remote-rpc target, adaptive, path per request",
+     "both: the draft `llama-server` and the target's `-md` draft on the `ggml-rpc-server`, each behind the relay"),
 ]
+LABEL = {r: l for r, l, _ in ROWS}
+WHERE = {r: w for r, _, w in ROWS}
+ORDER = {r: i for i, (r, _, _) in enumerate(ROWS)}
+NAME = re.compile(r"^(fast|slow)-(.+)-rtt(\d+(?:_\d+)?)$")
+
+
+def read(path, default=None):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def metric(text, name):
+    if not text:
+        return None
+    m = re.search(r"^llamacpp:" + re.escape(name) + r" ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def llama_acceptance(raw, name):
+    """Drafted/accepted by llama.cpp's own speculation during the row (server metrics delta)."""
+    before, after = (read(os.path.join(raw, f"{name}-metrics-{w}.txt")) for w in ("before", "after"))
+    vals = [metric(t, n) for t in (before, after) for n in ("spec_decode_num_draft_tokens_total", "spec_decode_num_accepted_tokens_total")]
+    if None in vals:
+        return None
+    drafted, accepted = vals[2] - vals[0], vals[3] - vals[1]
+    return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / drafted if drafted > 0 else None}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("raw")
-    ap.add_argument("out")
-    ap.add_argument("--gpu", default="")
-    ap.add_argument("--build", default="")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("raw", nargs="+")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    rows = []
-    for f in sorted(glob.glob(os.path.join(a.raw, "*.json"))):
-        name = os.path.basename(f)[:-5]
-        if name == "exactness" or name.endswith("-stats"):
-            continue
-        d = json.load(open(f))
-        t = d["totals"]
-        base, _, rtt = name.rpartition("-rtt")
-        rows.append({
-            "scenario": base, "rtt_ms": float(rtt.replace("_", ".")),
-            "direct_tok_s": t["direct_tok_s"], "proxy_tok_s": t["proxy_tok_s"], "speedup": t["speedup"],
-            "acceptance": t.get("acceptance"), "tokens_per_round": t.get("tokens_per_round"),
-            "identical_prompts": t.get("identical_prompts"), "prompts": t.get("prompts"),
-            "tokens": t["direct_tokens"],
-        })
-        stats = os.path.join(a.raw, f"{name}-stats.json")
-        if os.path.exists(stats):
-            # The path chooser's figures at the end of an "auto" scenario.
-            paths = json.load(open(stats))["pairings"][0].get("paths")
-            rows[-1]["paths"] = paths
-            shutil.copy(stats, os.path.join(a.out, f"{name}-stats.json"))
-        for ext in ("json", "txt"):
-            src = os.path.join(a.raw, f"{name}.{ext}")
-            if os.path.exists(src):
-                shutil.copy(src, os.path.join(a.out, f"{name}.{ext}"))
-    order = {s: i for i, (s, _) in enumerate(SCENARIOS)}
-    rows.sort(key=lambda r: (order.get(r["scenario"], 99), r["rtt_ms"]))
-    exact = json.load(open(os.path.join(a.raw, "exactness.json")))
-    shutil.copy(os.path.join(a.raw, "exactness.json"), os.path.join(a.out, "exactness.json"))
-    json.dump({"gpu": a.gpu, "build": a.build, "rows": rows,
-               "exactness": {k: v for k, v in exact.items() if k != "rows"}},
+    meta = {"commit": None, "card": None, "llama": None, "patched": None, "config": {}, "skipped": []}
+    rows, exactness = [], None
+    for raw in a.raw:
+        meta["commit"] = meta["commit"] or read(os.path.join(raw, "COMMIT"))
+        card = read(os.path.join(raw, "gpu.txt"))
+        meta["card"] = meta["card"] or card
+        ver = read(os.path.join(raw, "llama-version.txt"))
+        if ver:
+            meta["llama"] = " ".join(l for l in ver.splitlines() if l.startswith(("version", "built")))
+        patched = read(os.path.join(raw, "llama-patched.txt"))
+        if patched and (meta["patched"] is None or patched.startswith("patched (")):
+            meta["patched"] = patched
+        cfg = read(os.path.join(raw, "config.txt"))
+        if cfg:
+            kv = dict(x.split("=", 1) for x in cfg.splitlines() if "=" in x)
+            meta["config"][kv.get("stage", os.path.basename(raw))] = kv
+        sk = read(os.path.join(raw, "skipped.txt"))
+        if sk:
+            meta["skipped"] += sk.splitlines()
+        if os.path.exists(os.path.join(raw, "exactness.json")):
+            exactness = json.load(open(os.path.join(raw, "exactness.json")))
+            shutil.copy(os.path.join(raw, "exactness.json"), os.path.join(a.out, "exactness.json"))
+        for f in sorted(glob.glob(os.path.join(raw, "*.json"))):
+            name = os.path.basename(f)[:-5]
+            m = NAME.match(name)
+            if not m or name.endswith("-stats"):
+                continue
+            target, row, rtt = m.group(1), m.group(2), float(m.group(3).replace("_", "."))
+            try:
+                rep = json.load(open(f))
+            except ValueError:
+                continue
+            t = rep["totals"]
+            r = {
+                "target": target, "row": row, "rtt_ms": rtt,
+                "direct_tok_s": t["direct_tok_s"], "row_tok_s": t["proxy_tok_s"], "speedup": t["speedup"],
+                "direct_tokens": t["direct_tokens"], "direct_seconds": t["direct_seconds"],
+                "row_tokens": t["proxy_tokens"], "equal_token_counts": t["equal_token_counts"],
+                "acceptance": t.get("acceptance"), "tokens_per_round": t.get("tokens_per_round"),
+                "identical_prompts": t["identical_prompts"], "prompts": t["prompts"],
+                "max_tokens": rep.get("max_tokens"),
+                "where": WHERE.get(row) or read(os.path.join(raw, f"{name}.where")),
+            }
+            ps = rep.get("proxy_stats")
+            if ps:
+                r["requests"] = {k: ps.get(f"{k}_requests") for k in ("speculative", "target_only", "passthrough")}
+            st_path = os.path.join(raw, f"{name}-stats.json")
+            if os.path.exists(st_path):
+                st = json.load(open(st_path))["pairings"][0]
+                r["verification"] = (st.get("verification") or {}).get("path")
+                if st.get("paths"):
+                    r["paths"] = st["paths"]
+                if st.get("controller") is not None:
+                    r["controller"] = st["controller"]
+                shutil.copy(st_path, os.path.join(a.out, f"{name}-stats.json"))
+            la = llama_acceptance(raw, name)
+            if la:
+                r["llama_speculation"] = la
+                if r["acceptance"] is None and row in ("md-anchor", "rpc-remote"):
+                    r["acceptance"] = la["acceptance"]
+            for ext in ("json", "txt", "where"):
+                src = os.path.join(raw, f"{name}.{ext}")
+                if os.path.exists(src):
+                    shutil.copy(src, os.path.join(a.out, f"{name}.{ext}"))
+            rows.append(r)
+    # The patch's own evidence: one-pass verification only runs where /props advertised draft_tokens.
+    if any(r.get("verification") == "one_pass" for r in rows) and not (meta["patched"] or "").startswith("patched"):
+        meta["patched"] = "patched (one-pass verification ran: the target advertised draft_tokens)"
+    # "Target alone": every row's direct side (through the same relay), pooled.
+    for target in ("fast", "slow"):
+        for rtt in sorted({r["rtt_ms"] for r in rows if r["target"] == target}):
+            rs = [r for r in rows if r["target"] == target and r["rtt_ms"] == rtt and r["row"] != "alone"]
+            tok = sum(r["direct_tokens"] for r in rs)
+            sec = sum(r["direct_seconds"] for r in rs)
+            rows.append({"target": target, "row": "alone", "rtt_ms": rtt, "direct_tok_s": tok / sec if sec else 0,
+                         "row_tok_s": tok / sec if sec else 0, "speedup": 1.0,
+                         "direct_min": min(r["direct_tok_s"] for r in rs), "direct_max": max(r["direct_tok_s"] for r in rs),
+                         "measurements": len(rs), "where": WHERE["alone"]})
+    rows.sort(key=lambda r: (r["target"], r["rtt_ms"], ORDER.get(r["row"], 99)))
+    json.dump({"meta": meta, "rows": rows,
+               "exactness": {k: v for k, v in exactness.items() if k != "rows"} if exactness else None},
               open(os.path.join(a.out, "summary.json"), "w"), indent=2)
-    desc = dict(SCENARIOS)
+
     fmt = lambda v, p=2: "–" if v is None else f"{v:.{p}f}"
-    lines = [
-        "| scenario | RTT added | direct tok/s | through proxy tok/s | speedup | acceptance | tokens/round | identical text |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {desc.get(r['scenario'], r['scenario'])} | {r['rtt_ms']} ms | {fmt(r['direct_tok_s'], 1)} | "
-            f"{fmt(r['proxy_tok_s'], 1)} | **{fmt(r['speedup'])}x** | {fmt(r['acceptance'])} | "
-            f"{fmt(r['tokens_per_round'])} | {r['identical_prompts']}/{r['prompts']} |")
-    ex_lines = ["| prompt | first divergence | target's top-two margin there | proxy took the runner-up |", "|---|---|---|---|"]
-    for row in exact["rows"]:
-        if not row["identical"]:
-            ex_lines.append(f"| `{row['prompt'][:40].replace(chr(10), ' ')}` | token {row['first_divergence']} | {row['margin']:.4f} | {row['proxy_took_runner_up']} |")
-    path_lines = ["| scenario | RTT added | requests on proxy rounds | on native | rounds tok/s | native tok/s | preferred | why |",
-                  "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        p = r.get("paths")
-        if p:
-            path_lines.append(
-                f"| {r['scenario']} | {r['rtt_ms']} ms | {p['rounds_requests']} | {p['native_requests']} | "
-                f"{fmt(p.get('rounds_tok_s'), 1)} | {fmt(p.get('native_tok_s'), 1)} | {p['preferred']} | {p['last_reason']} |")
+    out = [f"# Distributed case, measured on {meta['card'] or 'a GPU'}",
+           "",
+           f"- commit `{meta['commit'] or 'unknown'}`; llama.cpp {meta['llama'] or '?'}, {meta['patched'] or '?'}",
+           ] + [f"- {stage} stage: " + "; ".join(f"{k} `{v}`" for k, v in kv.items() if k != "stage")
+                for stage, kv in meta["config"].items()]
+    if meta["skipped"]:
+        out.append(f"- **not measured (stage time budget):** {', '.join(meta['skipped'])}")
+    out.append("")
+    # Overview: rows x (target, RTT), speedup over the target alone measured in the same run.
+    cols = sorted({(r["target"], r["rtt_ms"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    out.append("| configuration | " + " | ".join(f"{t} target, {rtt:g} ms RTT" for t, rtt in cols) + " |")
+    out.append("|---|" + "---|" * len(cols))
+    for row, label, _ in ROWS:
+        cells = []
+        for t, rtt in cols:
+            r = next((x for x in rows if x["target"] == t and x["rtt_ms"] == rtt and x["row"] == row), None)
+            if r is None:
+                cells.append("not measured")
+            elif row == "alone":
+                cells.append(f"{r['direct_tok_s']:.1f} tok/s")
+            else:
+                cells.append(f"{r['row_tok_s']:.1f} tok/s (**{r['speedup']:.2f}x**)")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Speedup = the row's tok/s ÷ the target alone's, both measured by the same `tightwad bench` run "
+               "(direct and row requests alternating, same prompts, greedy). \"Target alone\" pools the direct side of "
+               "every row at that RTT (range in the detail table).")
+    out.append("")
+    for target in ("fast", "slow"):
+        rs = [r for r in rows if r["target"] == target]
+        if not rs:
+            continue
+        out.append(f"## {target} target: every row")
+        out.append("")
+        out.append("| RTT | configuration | where the draft ran | direct tok/s | row tok/s | speedup | acceptance | tokens/round | identical text | served | verification / path |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rs:
+            if r["row"] == "alone":
+                out.append(f"| {r['rtt_ms']:g} ms | target alone | – | {r['direct_tok_s']:.1f} (rows: {r['direct_min']:.1f}–{r['direct_max']:.1f}) | – | 1.00x | – | – | – | – | – |")
+                continue
+            req = r.get("requests")
+            served = "–" if not req else ", ".join(f"{v} {k.replace('_', '-')}" for k, v in req.items() if v)
+            path = r.get("verification") or "–"
+            if r.get("paths"):
+                p = r["paths"]
+                path += f"; chose {p['preferred']} (rounds {p['rounds_requests']}, native {p['native_requests']} requests incl. warm-up)"
+            out.append(
+                f"| {r['rtt_ms']:g} ms | {LABEL.get(r['row'], r['row'])} | {r['where']} | {r['direct_tok_s']:.1f} | {r['row_tok_s']:.1f} | "
+                f"**{r['speedup']:.2f}x** | {fmt(r['acceptance'])} | {fmt(r['tokens_per_round'])} | {r['identical_prompts']}/{r['prompts']} | {served} | {path} |")
+        out.append("")
+    if exactness:
+        out.append("## Exactness on the GPU (one-pass rounds, k=4 pinned, vs the target alone)")
+        out.append("")
+        out.append(f"{exactness['identical']}/{exactness['prompts']} prompts token-identical; divergences at a top-two margin "
+                   f"below {exactness['tie_margin']}: {exactness['divergences_at_ties']}; others: "
+                   f"{len(exactness['divergences_not_ties'])}; **{'passed' if exactness['passed'] else 'FAILED'}**.")
+        out.append("")
+        out.append("| prompt | first divergence | target's top-two margin there | took the runner-up |")
+        out.append("|---|---|---|---|")
+        for row in exactness["rows"]:
+            if not row["identical"]:
+                out.append(f"| `{row['prompt'][:40].replace(chr(10), ' ')}` | token {row.get('first_divergence')} | "
+                           f"{fmt(row.get('margin'), 4)} | {row.get('proxy_took_runner_up')} |")
+        out.append("")
     with open(os.path.join(a.out, "table.md"), "w") as f:
-        f.write("\n".join(lines) + "\n\n" + "\n".join(ex_lines) + "\n")
-        if len(path_lines) > 2:
-            f.write("\nPath choice in the auto scenarios (warm-up requests included):\n\n" + "\n".join(path_lines) + "\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        labels = [f"{r['scenario']}\n{r['rtt_ms']} ms" for r in rows]
-        fig, ax = plt.subplots(figsize=(11, 4.5))
-        colors = ["#4e79a7" if r["scenario"].startswith("fast") else "#f28e2b" for r in rows]
-        ax.bar(range(len(rows)), [r["speedup"] for r in rows], color=colors)
-        ax.axhline(1.0, color="black", linewidth=1)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("through proxy / direct (tok/s)")
-        ax.set_title(f"Tightwad on {a.gpu or 'GPU'}: speedup over the target alone (blue: fast target, orange: slow target)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(a.out, "speedup.png"), dpi=110)
-    except ImportError:
-        print("matplotlib missing: no plot")
-    print("\n".join(lines))
+        f.write("\n".join(out))
+    print("\n".join(out))
 
 
 if __name__ == "__main__":

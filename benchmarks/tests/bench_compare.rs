@@ -96,6 +96,10 @@ async fn run_writes_the_json_and_markdown_files() {
     std::fs::write(&prompts, "# two prompts\nHello there\nWrite a haiku\n").expect("prompt file");
     let json_path = dir.join("report.json");
     let md_path = dir.join("report.md");
+    // A server primed besides the target (as for a plain llama-server measured as the proxy).
+    let primed = SimServer::start_local(SimConfig::target(1000.0, 0.05))
+        .await
+        .expect("sim server to prime");
     let code = bench::run(BenchArgs {
         proxy: proxy.url().to_string(),
         target: target.url(),
@@ -106,6 +110,7 @@ async fn run_writes_the_json_and_markdown_files() {
         warmup: 0,
         json: Some(json_path.clone()),
         markdown: Some(md_path.clone()),
+        prime: vec![primed.url()],
     })
     .await
     .expect("bench runs");
@@ -116,6 +121,14 @@ async fn run_writes_the_json_and_markdown_files() {
     assert_eq!(report.totals.prompts, 2);
     assert_eq!(report.totals.proxy_tokens, 16);
     assert!(report.environment.nproc >= 1);
+    assert_eq!(
+        primed
+            .counters()
+            .completion_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "--prime sends each prompt once, before it is measured"
+    );
     let md = std::fs::read_to_string(&md_path).expect("markdown written");
     assert!(
         md.contains("| custom |") && md.contains("**total**"),

@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// Write the report as a Markdown table here.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Also put each prompt into this server's prompt cache before measuring it (repeatable):
+    /// the server the proxy forwards to when it is not `--target`, or the server measured as
+    /// `--proxy` when that is a plain llama-server. `--target` is always primed.
+    #[arg(long, value_name = "URL")]
+    pub prime: Vec<String>,
 }
 
 /// One prompt of the set, with the kind of text it asks for (acceptance depends on it).
@@ -137,6 +142,8 @@ pub struct CompareConfig {
     /// (shadow drafting while speculation is off) does not land on the next measurement when
     /// draft and target share one machine, as they do in these benchmarks but not on a LAN.
     pub pause: Duration,
+    /// Servers (base URLs) whose prompt cache gets each prompt too, besides the target's.
+    pub prime_also: Vec<String>,
 }
 
 impl CompareConfig {
@@ -151,6 +158,7 @@ impl CompareConfig {
             warmup: 1,
             request_timeout: Duration::from_secs(600),
             pause: Duration::from_millis(100),
+            prime_also: Vec::new(),
         }
     }
 }
@@ -485,9 +493,15 @@ impl Client {
 
     /// Put the prompt into the target's prompt cache with a one-token request, so that neither
     /// side's first measured request pays prompt processing the other side then skips (whichever
-    /// went first would otherwise be charged for both).
+    /// went first would otherwise be charged for both). Likewise every server in
+    /// [`CompareConfig::prime_also`], whose cache the proxy side would otherwise fill on its clock.
     async fn prime(&self, prompt: &BenchPrompt) -> Result<(), BenchError> {
-        self.chat(Side::Direct, prompt, 1).await.map(drop)
+        self.chat(Side::Direct, prompt, 1).await?;
+        for base in &self.config.prime_also {
+            self.chat_at(Side::Direct, base.trim_end_matches('/'), prompt, 1)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn chat(
@@ -496,7 +510,17 @@ impl Client {
         prompt: &BenchPrompt,
         max_tokens: u32,
     ) -> Result<Measurement, BenchError> {
-        let url = format!("{}/v1/chat/completions", self.base(side));
+        self.chat_at(side, self.base(side), prompt, max_tokens).await
+    }
+
+    async fn chat_at(
+        &self,
+        side: Side,
+        base: &str,
+        prompt: &BenchPrompt,
+        max_tokens: u32,
+    ) -> Result<Measurement, BenchError> {
+        let url = format!("{base}/v1/chat/completions");
         let body = json!({
             "model": self.config.model,
             "messages": [{"role": "user", "content": prompt.prompt}],
@@ -791,6 +815,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens,
         repeats: args.repeats,
         warmup: args.warmup,
+        prime_also: args.prime.clone(),
         ..CompareConfig::new(&args.proxy, &args.target)
     };
     let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
