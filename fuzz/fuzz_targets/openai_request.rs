@@ -1,4 +1,4 @@
-//! OpenAI request bodies, exactly as `api::serve` handles them: `parse`, then `plan` for each
+//! OpenAI request bodies, exactly as `api::completions` handles them: `parse`, then `plan` for each
 //! endpoint. Any input may be refused, but only with a 4xx OpenAI error, never a panic; and a
 //! request the engine accepts carries only values the engine can act on.
 #![no_main]
@@ -14,7 +14,7 @@ fuzz_target!(|body: &[u8]| {
     let _ = request.include_usage();
     for endpoint in [Endpoint::Completions, Endpoint::ChatCompletions] {
         match request.plan(endpoint) {
-            Ok(Plan::Engine(generation)) => {
+            Ok(Plan::Generate(generation)) => {
                 let sampling = generation.sampling;
                 assert!(
                     (0.0..=2.0).contains(&sampling.temperature),
@@ -30,7 +30,7 @@ fuzz_target!(|body: &[u8]| {
                 assert!(sampling.top_k.is_none_or(|k| k >= 0));
                 assert!(generation.stop.len() <= 16);
             }
-            Ok(Plan::Passthrough(reason)) => assert!(!reason.is_empty()),
+            Ok(Plan::Forward(reason)) => assert!(!reason.tag().is_empty()),
             Err(error) => assert!(
                 error.status.is_client_error(),
                 "a request body produced a {} error: {}",

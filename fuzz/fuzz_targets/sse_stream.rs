@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use libfuzzer_sys::fuzz_target;
-use tightwad_serve::backend::types::{Role};
+use tightwad_serve::backend::types::Role;
 use tightwad_serve::backend::sse::decode_sse_chunks;
 
 /// Decode `chunks` and describe each event (the event types have no `PartialEq`; their `Debug`
