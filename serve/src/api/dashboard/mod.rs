@@ -1,16 +1,25 @@
-//! The dashboard: one page embedded in the binary (no CDN, no build step) that polls the JSON
-//! endpoints below, plus those endpoints' state: the recent requests and the hosts' last status.
+//! The dashboard: one page embedded in the binary (no CDN, no build step) with its charts
+//! (uPlot, vendored in `vendor/`), the JSON it polls, and that JSON's state: the recent requests
+//! ([`requests`]), a ring of samples and the decision timeline ([`history`]), the operator's
+//! controls ([`controls`]), and the hosts' last status (the [`HostsSource`] seam).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock};
+pub mod controls;
+pub mod history;
+pub mod requests;
+
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::response::Html;
-use serde::Serialize;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
 use serde_json::{json, Value};
 
-use crate::engine::Generation;
-use crate::metrics::ServedBy;
+use super::error::ApiError;
+use super::AppState;
+pub use history::Dashboard;
+pub use requests::{RecentRequests, RequestRecord};
 
 /// Where the dashboard's host view comes from: the coordinator asks the agents (the serving
 /// library knows nothing of them), a test may hand in a fixed snapshot.
@@ -19,66 +28,67 @@ pub trait HostsSource: Send + Sync + 'static {
     fn snapshot(&self) -> futures::future::BoxFuture<'_, anyhow::Result<Value>>;
 }
 
-pub const PAGE: &str = include_str!("dashboard.html");
-const RECENT: usize = 50;
+pub const PAGE: &str = include_str!("page.html");
+/// The vendored charting library's version (see `vendor/README.md`).
+pub const UPLOT_VERSION: &str = "1.6.32";
+
+/// The page's own files and the vendored library, by the name the page asks for.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "page.js",
+        "text/javascript; charset=utf-8",
+        include_str!("page.js"),
+    ),
+    (
+        "page.css",
+        "text/css; charset=utf-8",
+        include_str!("page.css"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("vendor/uPlot.min.css"),
+    ),
+    (
+        "uPlot.LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("vendor/uPlot.LICENSE"),
+    ),
+];
 
 pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-/// One finished request, as the dashboard lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RequestRecord {
-    pub id: String,
-    pub model: String,
-    pub served_by: ServedBy,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub elapsed_ms: u64,
-    pub tok_s: f64,
-    pub rounds: usize,
-    pub drafted: usize,
-    pub accepted: usize,
+/// `GET /dashboard/assets/{file}`: the page's script and styles, and uPlot with its licence.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => ApiError::not_found(&format!("/dashboard/assets/{file}")).into_response(),
+    }
 }
 
-/// The last requests, newest first.
-#[derive(Debug, Default)]
-pub struct RecentRequests(Mutex<VecDeque<RequestRecord>>);
-
-impl RecentRequests {
-    pub fn record(&self, id: &str, model: &str, g: &Generation) {
-        let secs = g.elapsed.as_secs_f64();
-        let rec = RequestRecord {
-            id: id.to_string(),
-            model: model.to_string(),
-            served_by: g.served_by,
-            prompt_tokens: g.prompt_tokens,
-            completion_tokens: g.completion_tokens,
-            elapsed_ms: g.elapsed.as_millis() as u64,
-            tok_s: if secs > 0.0 {
-                g.completion_tokens as f64 / secs
-            } else {
-                0.0
-            },
-            rounds: g.rounds,
-            drafted: g.drafted,
-            accepted: g.accepted,
-        };
-        let mut q = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        q.push_front(rec);
-        q.truncate(RECENT);
-    }
-
-    pub fn json(&self) -> Value {
-        let q = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        json!({ "requests": q.iter().collect::<Vec<_>>() })
-    }
+/// `GET /v1/tightwad/dashboard`: per pairing the sampled series (tokens/s through the proxy and
+/// of the target alone, k, state), acceptance by draft position, the decision timeline with the
+/// operator's actions, the override and whether the target answers.
+pub async fn data(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize(&headers)?;
+    Ok(Json(state.dashboard.json(&state.pairings)))
 }
 
 /// The hosts' status as last asked of their agents (refreshed in the background when the config
