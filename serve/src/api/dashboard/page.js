@@ -64,13 +64,15 @@ function decisionMarks(getTimeline) {
     const ctx = u.ctx, top = u.bbox.top, h = u.bbox.height;
     const [min, max] = [u.scales.x.min, u.scales.x.max];
     ctx.save(); ctx.lineWidth = 2 * devicePixelRatio; ctx.setLineDash([4 * devicePixelRatio, 3 * devicePixelRatio]);
+    let lastLabel = -Infinity;
     for (const d of getTimeline()) {
       const t = d.at_ms / 1000; if (t < min || t > max) continue;
       const x = Math.round(u.valToPos(t, "x", true));
       ctx.strokeStyle = STATE_COLORS[d.state] || "#667085";
       ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + h); ctx.stroke();
       ctx.fillStyle = ctx.strokeStyle; ctx.font = (10 * devicePixelRatio) + "px system-ui";
-      ctx.fillText(d.state, x + 3 * devicePixelRatio, top + 11 * devicePixelRatio);
+      // Labels only where they do not run into the previous one (the list below has them all).
+      if (x - lastLabel > 56 * devicePixelRatio) { ctx.fillText(d.state, x + 3 * devicePixelRatio, top + 11 * devicePixelRatio); lastLabel = x; }
     }
     ctx.restore();
   }] } };
@@ -136,7 +138,7 @@ function renderPairing(p, dash) {
     "speculative " + (req.speculative || 0) + " · target only " + (req.target_only || 0) + " · passthrough " + (req.passthrough || 0) + " · error " + (req.error || 0));
   figure(dl, "verification", p.verification ? (typeof p.verification === "string" ? p.verification : Object.keys(p.verification)[0]) : "–", JSON.stringify(p.verification ?? null));
   const unusable = (p.drafters || []).filter(d => d.unusable).map(d => d.url + ": " + d.unusable);
-  if (unusable.length) figure(dl, "draft", "unusable", unusable.join("\n"));
+  if (unusable.length) figure(dl, "draft", (p.drafters.find(d => d.unusable) || {}).unusable, unusable.join("\n"));
   if (!dash) return;
   card.timeline = dash.timeline || [];
   const s = dash.series;
