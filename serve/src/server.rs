@@ -76,6 +76,7 @@ impl Proxy {
             body_read_timeout: Duration::from_secs(config.body_read_timeout_s),
             started,
             drains,
+            dashboard: Default::default(),
         });
         let connections = ConnectionLimits {
             per_client: config.max_connections_per_client,

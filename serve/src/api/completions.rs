@@ -78,6 +78,7 @@ async fn handle(
     };
     Ok(match route {
         Route::Forwarded { response, reason } => {
+            state.recent.forwarded(&reply.id, &reply.model, &reason);
             relay::forwarded(response, &reason, endpoint, reply.model, admitted.permit).await
         }
         Route::Generate(prepared) if admitted.request.wants_stream() => {

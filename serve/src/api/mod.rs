@@ -40,6 +40,8 @@ pub struct AppState {
     pub started: u64,
     /// Pairings drained for a model swap (`tightwad swap`).
     pub drains: drain::Drains,
+    /// The dashboard's samples and operator events.
+    pub dashboard: dashboard::Dashboard,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    dashboard::Dashboard::spawn_sampler(&state);
     Router::new()
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/completions", post(completions::completions))
@@ -88,8 +91,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tightwad/pairings/{name}/drain", post(drain_pairing))
         .route("/v1/tightwad/pairings/{name}/resume", post(resume_pairing))
         .route("/v1/tightwad/logs", get(proxy_logs))
+        .route("/v1/tightwad/dashboard", get(dashboard::data))
+        .route(
+            "/v1/tightwad/pairings/{name}/speculation",
+            post(dashboard::controls::set_speculation),
+        )
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/assets/{file}", get(dashboard::asset))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -221,12 +230,23 @@ async fn drain_pairing(
         .map(std::time::Duration::from_secs)
         .unwrap_or(drain::DEFAULT_HOLD);
     match state.drains.drain(&name, timeout, hold).await {
-        Ok(waited) => Ok(Json(json!({
+        Ok(waited) => {
+            state.dashboard.event(
+                &name,
+                "drained",
+                format!(
+                    "drained by an operator after {} ms; held up to {} s",
+                    waited.as_millis(),
+                    hold.as_secs()
+                ),
+            );
+            Ok(Json(json!({
             "pairing": name,
             "drained": true,
             "waited_ms": waited.as_millis() as u64,
             "hold_s": hold.as_secs(),
-        }))),
+            })))
+        }
         Err(drain::DrainError::Unknown(_)) => Err(state.unknown_pairing(&name)),
         Err(e) => Err(ApiError::timeout(e.to_string())),
     }
@@ -245,7 +265,14 @@ async fn resume_pairing(
         p.invalidate().await;
     }
     match state.drains.resume(&name) {
-        Ok(was) => Ok(Json(json!({"pairing": name, "resumed": was}))),
+        Ok(was) => {
+            if was {
+                state
+                    .dashboard
+                    .event(&name, "resumed", "resumed by an operator".into());
+            }
+            Ok(Json(json!({"pairing": name, "resumed": was})))
+        }
         Err(_) => Err(state.unknown_pairing(&name)),
     }
 }

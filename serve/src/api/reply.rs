@@ -162,8 +162,10 @@ impl Reply {
         drop(permit);
         let (text, result) =
             outcome.ok_or_else(|| ApiError::internal("the generation ended without a result"))?;
-        let generation = result?;
-        state.recent.record(&self.id, &self.model, &generation);
+        let generation = result.inspect_err(|e| {
+            state.recent.failed(&self.id, &self.model, &e.to_string());
+        })?;
+        state.record_generation(&self.id, &self.model, &generation);
         Ok(Json(self.full(&text, &generation)).into_response())
     }
 
@@ -215,7 +217,7 @@ impl Reply {
                 let (events, done) = match rx.recv().await {
                     Some(Event::Text(text)) => (vec![data(reply.delta_chunk(&text))], false),
                     Some(Event::Done(Ok(g))) => {
-                        state.recent.record(&reply.id, &reply.model, &g);
+                        state.record_generation(&reply.id, &reply.model, &g);
                         let mut events = vec![data(reply.final_chunk(&g))];
                         if reply.include_usage {
                             events.push(data(reply.usage_chunk(&g)));
@@ -224,6 +226,7 @@ impl Reply {
                         (events, true)
                     }
                     Some(Event::Done(Err(e))) => {
+                        state.recent.failed(&reply.id, &reply.model, &e.to_string());
                         let e = ApiError::from(e);
                         (
                             vec![data(e.body()), SseEvent::default().data("[DONE]")],

@@ -102,6 +102,11 @@ pub struct Controller {
     rounds_chosen: std::cell::Cell<u64>,
     requests_while_off: u64,
     pub last_decision: Option<Decision>,
+    /// An operator's override ([`Controller::set_override`]): `Some(true)` speculate on every
+    /// request, `Some(false)` never (every request goes to the target untouched), `None` decide.
+    forced: Option<bool>,
+    /// Every decision with its time, for the dashboard's timeline (bounded).
+    pub history: super::history::DecisionHistory,
 }
 
 /// A snapshot for the stats JSON.
@@ -116,6 +121,9 @@ pub struct ControllerView {
     pub draft_round_ms: Option<f64>,
     pub verify_round_ms: Option<f64>,
     pub last_decision: Option<Decision>,
+    /// An operator's override: `true` forced on, `false` forced off, absent when automatic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<bool>,
 }
 
 impl Controller {
@@ -138,6 +146,8 @@ impl Controller {
             rounds_chosen: std::cell::Cell::new(0),
             requests_while_off: 0,
             last_decision: None,
+            forced: None,
+            history: Default::default(),
         }
     }
 
@@ -228,12 +238,44 @@ impl Controller {
 
     fn decide(&mut self, state: &'static str, reason: String) {
         tracing::info!(state, %reason, "speculation controller");
-        self.last_decision = Some(Decision { state, reason });
+        let decision = Decision { state, reason };
+        self.history.push(&decision);
+        self.last_decision = Some(decision);
         self.rounds_in_mode = 0;
     }
 
+    /// An operator's override: `Some(true)` speculate on every request whatever it costs,
+    /// `Some(false)` never, `None` hand the decisions back to the controller (which starts afresh
+    /// in "on" and measures). Logged and kept in the history like any decision.
+    pub fn set_override(&mut self, now: Instant, forced: Option<bool>) {
+        self.forced = forced;
+        let (mode, state, reason) = match forced {
+            Some(true) => (Mode::On, "on", "switched on by an operator"),
+            Some(false) => (
+                Mode::Off {
+                    retry_at: now,
+                    backoff_s: 0,
+                },
+                "off",
+                "switched off by an operator",
+            ),
+            None => (
+                Mode::On,
+                "auto",
+                "handed back to the controller by an operator",
+            ),
+        };
+        self.mode = mode;
+        self.decide(state, reason.into());
+    }
+
+    /// The operator's override, if any ([`Controller::set_override`]).
+    pub fn forced(&self) -> Option<bool> {
+        self.forced
+    }
+
     fn switch_off(&mut self, now: Instant, reason: String, backoff: Duration) {
-        if !self.adaptive {
+        if !self.adaptive || self.forced.is_some() {
             return;
         }
         self.mode = Mode::Off {
@@ -255,15 +297,21 @@ impl Controller {
 
     /// Called when a request starts.
     pub fn plan_request(&mut self, now: Instant) -> RequestPlan {
+        let stale = self
+            .target_measured_at
+            .is_none_or(|t| now.duration_since(t) > TARGET_SPEED_REFRESH);
+        if let Some(on) = self.forced {
+            return RequestPlan {
+                speculate: on,
+                measure_target_tokens: if on && stale && self.adaptive { 16 } else { 0 },
+            };
+        }
         if !self.adaptive {
             return RequestPlan {
                 speculate: true,
                 measure_target_tokens: 0,
             };
         }
-        let stale = self
-            .target_measured_at
-            .is_none_or(|t| now.duration_since(t) > TARGET_SPEED_REFRESH);
         match self.mode {
             Mode::On | Mode::Probing { .. } => RequestPlan {
                 speculate: true,
@@ -315,6 +363,9 @@ impl Controller {
     /// fits see more than one k (otherwise a pessimistic first guess of the slope would keep the
     /// controller at k = 1 for ever).
     pub fn choose_k(&self) -> usize {
+        if self.forced == Some(false) {
+            return 0;
+        }
         if !self.adaptive {
             return self.k_cap;
         }
@@ -340,6 +391,9 @@ impl Controller {
     /// `SAMPLE_EVERY` still runs through the engine so the target's speed and the draft's shadow
     /// acceptance stay measured. Never during a probe or after the back-off expired.
     pub fn passthrough_while_off(&mut self, now: Instant) -> bool {
+        if let Some(on) = self.forced {
+            return !on;
+        }
         if !self.adaptive {
             return false;
         }
@@ -523,6 +577,7 @@ impl Controller {
             draft_round_ms: self.draft_cost.predict(k).map(|s| s * 1000.0),
             verify_round_ms: self.verify_cost.predict(k).map(|s| s * 1000.0),
             last_decision: self.last_decision.clone(),
+            forced: self.forced,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod verify;
 
 mod generate;
+mod history;
 mod native;
 mod pairing;
 mod request;
@@ -27,6 +28,7 @@ mod round;
 mod shadow;
 mod target_only;
 
+pub use history::DecisionRecord;
 pub use pairing::{Drafter, Pairing, PairingConfig, VerifyMode, PROMPT_LOOKUP};
 pub use probe::{PairingInfo, Verification, TOKENIZER_PROBES};
 pub use request::{
