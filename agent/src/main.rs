@@ -31,18 +31,36 @@ struct Args {
     /// Print this agent's certificate fingerprint and exit.
     #[arg(long)]
     print_fingerprint: bool,
+    /// Log format on stderr: `text` for people (colour only on a terminal), `json` for
+    /// journald and log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIGHTWAD_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    init_logging(args.log_format);
     let mut config = AgentConfig::load(args.config.as_deref())?;
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;

@@ -182,8 +182,13 @@ fn init_logging(format: LogFormat) {
             )
             .init();
     } else {
+        // Colour only on a terminal: piped into a file or journald, escape codes are noise.
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .init();
     }
 }
@@ -268,8 +273,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = proxy_config(&args, cli.config.as_ref())?;
             let proxy = Proxy::bind(&config).await?;
             tightwad_coordinator::hosts_view::attach(&proxy, &config);
-            proxy.probe().await;
-            // Under systemd (`Type=notify`): ready, the socket listens and serving starts now.
+            // Under systemd (`Type=notify`): ready, the socket listens and serving starts now;
+            // the targets are checked in the background (`/health` says how they are).
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             proxy
                 .serve(shutdown_signal())

@@ -12,6 +12,7 @@
 //! header_read_timeout_s = 10         # a request's headers must arrive within this
 //! body_read_timeout_s = 30           # and its body within this (else 408)
 //! remote_control = false             # true: drain/resume/logs from any address without API keys
+//! cors_origins = ["http://localhost:5173"]  # browser apps allowed to call the API ("*": any)
 //!
 //! [[pairings]]
 //! name = "llama-70b"                 # the model name clients ask for
@@ -128,6 +129,11 @@ pub struct ProxyConfig {
     /// only with a valid API key; `true` opens them to any address when no keys are configured.
     #[serde(default)]
     pub remote_control: bool,
+    /// Browser origins (`https://app.example`) allowed to call the API from a page (CORS);
+    /// `["*"]` allows any. Empty (the default): no CORS headers, so browsers keep other sites'
+    /// pages from calling the proxy.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// The fleet's hosts, read by `tightwad status`/`agent`/`models` (see `fleet::config`).
     #[serde(default)]
     pub hosts: Vec<toml::Value>,
@@ -223,6 +229,7 @@ impl Default for ProxyConfig {
             header_read_timeout_s: default_header_read_timeout(),
             body_read_timeout_s: default_body_read_timeout(),
             remote_control: false,
+            cors_origins: Vec::new(),
             hosts: Vec::new(),
             processes: Vec::new(),
             pools: Vec::new(),
@@ -400,6 +407,7 @@ const ENV_KEYS: &[&str] = &[
     "header_read_timeout_s",
     "body_read_timeout_s",
     "remote_control",
+    "cors_origins",
     "state_dir",
 ];
 /// First-pairing keys (`TIGHTWAD_PAIRING_` + the key in capitals).

@@ -9,6 +9,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
@@ -44,8 +45,24 @@ struct ForwardLabel {
     reason: &'static str,
 }
 
+/// Latency buckets in seconds: 5 ms to about 80 s, doubling (first tokens on a LAN are tens of
+/// milliseconds, long answers on a CPU target a minute).
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Round buckets in seconds: 1 ms to about 16 s, doubling.
+fn round_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
+
 /// All families, registered once.
 pub struct Metrics {
+    first_token: Latencies<RequestLabel>,
+    duration: Latencies<RequestLabel>,
+    round_seconds: Latencies<PairingLabel>,
     registry: Registry,
     requests: Family<RequestLabel, Counter>,
     forwarded: Family<ForwardLabel, Counter>,
@@ -144,8 +161,32 @@ impl Metrics {
             "1 when the pairing currently speculates, 0 when it serves target-only",
             speculation_enabled.clone(),
         );
+        let first_token: Latencies<RequestLabel> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let duration: Latencies<RequestLabel> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let round_seconds: Latencies<PairingLabel> =
+            Family::new_with_constructor(round_histogram as fn() -> Histogram);
+        registry.register(
+            "time_to_first_token_seconds",
+            "From the request's arrival to its first generated text, by how it was served",
+            first_token.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "From the request's arrival to its last byte, by how it was served",
+            duration.clone(),
+        );
+        registry.register(
+            "round_duration_seconds",
+            "One draft→verify round, draft and verification together",
+            round_seconds.clone(),
+        );
         let drafters = DrafterFamilies::register(&mut registry);
         Metrics {
+            first_token,
+            duration,
+            round_seconds,
             drafters,
             registry,
             requests,
@@ -173,6 +214,9 @@ impl Metrics {
             .map(|mut m| m.entry(name.to_string()).or_default().clone())
             .unwrap_or_default();
         PairingMetrics {
+            first_token: self.first_token.clone(),
+            duration: self.duration.clone(),
+            round_seconds: self.round_seconds.get_or_create(&l).clone(),
             name: name.to_string(),
             requests: self.requests.clone(),
             forwarded: self.forwarded.clone(),
@@ -272,6 +316,10 @@ impl DrafterMetrics {
 /// One pairing's counters (cheap clones of shared atomics).
 #[derive(Clone)]
 pub struct PairingMetrics {
+    first_token: Latencies<RequestLabel>,
+    duration: Latencies<RequestLabel>,
+    /// Each draft→verify round's wall time.
+    pub round_seconds: Histogram,
     name: String,
     requests: Family<RequestLabel, Counter>,
     forwarded: Family<ForwardLabel, Counter>,
@@ -366,6 +414,24 @@ impl PairingMetrics {
         self.target_calls.inc();
         self.drafted.inc_by(drafted as u64);
         self.accepted.inc_by(accepted as u64);
+    }
+
+    /// One request's latencies: to its first generated text (`None`: it had none) and to its
+    /// end.
+    pub fn latencies(
+        &self,
+        served_by: ServedBy,
+        first_token: Option<std::time::Duration>,
+        total: std::time::Duration,
+    ) {
+        let l = RequestLabel {
+            pairing: self.name.clone(),
+            served_by,
+        };
+        if let Some(t) = first_token {
+            self.first_token.get_or_create(&l).observe(t.as_secs_f64());
+        }
+        self.duration.get_or_create(&l).observe(total.as_secs_f64());
     }
 
     pub fn record_rate(&self, served_by: ServedBy, tok_s: f64) {

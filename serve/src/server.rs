@@ -77,6 +77,8 @@ impl Proxy {
             started,
             drains,
             dashboard: Default::default(),
+            health: crate::api::health::TargetHealth::new(config.pairings.len()),
+            cors_origins: config.cors_origins.clone(),
         });
         let connections = ConnectionLimits {
             per_client: config.max_connections_per_client,
@@ -105,12 +107,13 @@ impl Proxy {
         &self.state.pairings
     }
 
-    /// Probe every pairing once so the log says at start-up whether speculation is on and why.
+    /// Check every pairing's target once and probe those that answer, so the log says whether
+    /// speculation is on and why, and a target that is down is named with its cause and the fix.
+    /// [`Proxy::serve`] does the same in the background; this is for callers that want it done
+    /// before serving (tests). It takes at most a few seconds per target.
     pub async fn probe(&self) {
-        for p in &self.state.pairings {
-            if let Err(e) = p.info().await {
-                tracing::warn!(pairing = %p.config.name, error = %e, "target not reachable yet; will retry on the first request");
-            }
+        for (i, p) in self.state.pairings.iter().enumerate() {
+            let _ = api::health::check(&self.state, i, p).await;
         }
     }
 
@@ -126,6 +129,9 @@ impl Proxy {
     ) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         info!(%addr, "tightwad proxy listening");
+        // The targets are checked (and probed) in the background: requests are served from now.
+        let monitor = api::health::spawn_monitor(self.state.clone());
+        let _monitor = AbortOnDrop(monitor);
         let router = api::router(self.state);
         let limits = self.connections;
         let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
@@ -188,6 +194,15 @@ impl Proxy {
         let _ = close_tx.send(());
         close_tx.closed().await;
         Ok(())
+    }
+}
+
+/// Stops a background task when dropped (the proxy stopped serving).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -510,7 +510,8 @@ impl Client {
         prompt: &BenchPrompt,
         max_tokens: u32,
     ) -> Result<Measurement, BenchError> {
-        self.chat_at(side, self.base(side), prompt, max_tokens).await
+        self.chat_at(side, self.base(side), prompt, max_tokens)
+            .await
     }
 
     async fn chat_at(

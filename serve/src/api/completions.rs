@@ -65,6 +65,7 @@ async fn handle(
     req: Request,
     id: String,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let admitted = admit(&state, client, req).await?;
     let job = plan(&state, endpoint, &admitted.request, admitted.body)?;
     let route = admitted.pairing.route(job).await?;
@@ -75,6 +76,7 @@ async fn handle(
         endpoint,
         include_usage: admitted.request.include_usage(),
         return_token_ids: admitted.request.return_token_ids.unwrap_or(false),
+        started,
     };
     Ok(match route {
         Route::Forwarded { response, reason } => {
@@ -102,16 +104,41 @@ struct Admitted {
 }
 
 async fn admit(state: &AppState, client: SocketAddr, req: Request) -> Result<Admitted, ApiError> {
+    let (permit, body) = admit_body(state, client, req).await?;
+    let (body, request) = openai::parse(&body)?;
+    let pairing = state.pairing(request.model.as_deref())?.clone();
+    let permit = wait_turn(state, &pairing, permit).await?;
+    Ok(Admitted {
+        permit,
+        body,
+        request,
+        pairing,
+    })
+}
+
+/// The gate every request the proxy serves or forwards passes: its key, then the body within its
+/// time and size limits, then a concurrency place.
+pub(super) async fn admit_body(
+    state: &AppState,
+    client: SocketAddr,
+    req: Request,
+) -> Result<(guard::Permit, Bytes), ApiError> {
     state.gate.authorize(req.headers())?;
     // The body is read (within its time and size limits) BEFORE a concurrency place is taken: a
     // client that sends headers and no body holds no place (at most a connection, and those are
     // capped per address).
     let body = read_body(state, req).await?;
-    let mut permit = state.gate.admit(client.ip())?;
-    let (body, request) = openai::parse(&body)?;
-    let pairing = state.pairing(request.model.as_deref())?.clone();
-    // While the pairing is drained for a model swap, wait for it to resume (then the new model
-    // answers), or give up with 503 after `drain::MAX_WAIT`.
+    let permit = state.gate.admit(client.ip())?;
+    Ok((permit, body))
+}
+
+/// While the pairing is drained for a model swap, wait for it to resume (then the new model
+/// answers), or give up with 503 after `drain::MAX_WAIT`; the permit then holds the turn.
+pub(super) async fn wait_turn(
+    state: &AppState,
+    pairing: &Pairing,
+    mut permit: guard::Permit,
+) -> Result<guard::Permit, ApiError> {
     let admission = state
         .drains
         .admit(&pairing.config.name)
@@ -123,12 +150,7 @@ async fn admit(state: &AppState, client: SocketAddr, req: Request) -> Result<Adm
             ))
         })?;
     permit.hold(admission);
-    Ok(Admitted {
-        permit,
-        body,
-        request,
-        pairing,
-    })
+    Ok(permit)
 }
 
 /// The engine's job for a parsed request: its plan, with the proxy's `max_tokens` cap applied to

@@ -96,7 +96,7 @@ impl ApiError {
     pub fn not_found(path: &str) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
-            message: format!("No route for {path}. Tightwad serves /v1/chat/completions, /v1/completions and /v1/models."),
+            message: format!("No route for {path}. Tightwad serves /v1/chat/completions, /v1/completions and /v1/models, and forwards the target's own routes (/v1/embeddings, /v1/responses, /v1/messages, /tokenize, …)."),
             kind: "invalid_request_error",
             param: None,
             code: Some("unknown_url"),

@@ -85,10 +85,18 @@ impl Gate {
         if self.limits.api_keys.is_empty() {
             return Ok(());
         }
+        // Anthropic's clients (`/v1/messages`, forwarded to the target) send the key as
+        // `x-api-key`.
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
+            .and_then(bearer_token)
+            .or_else(|| {
+                headers
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+            });
         let Some(presented) = presented else {
             return Err(unauthorized(
                 "Missing API key: send it as `Authorization: Bearer <key>`.",

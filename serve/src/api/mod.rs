@@ -6,7 +6,9 @@ mod completions;
 pub mod dashboard;
 pub mod drain;
 pub mod error;
+mod forward;
 pub mod guard;
+pub mod health;
 pub mod openai;
 mod relay;
 mod reply;
@@ -42,6 +44,10 @@ pub struct AppState {
     pub drains: drain::Drains,
     /// The dashboard's samples and operator events.
     pub dashboard: dashboard::Dashboard,
+    /// The last check of each pairing's target (`/health`).
+    pub health: health::TargetHealth,
+    /// Browser origins allowed to call the API (CORS); `*` for any; empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -79,11 +85,18 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     dashboard::Dashboard::spawn_sampler(&state);
-    Router::new()
+    let cors = cors_layer(&state.cors_origins);
+    let router = Router::new()
         .route("/v1/chat/completions", post(completions::chat_completions))
+        .route("/chat/completions", post(completions::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/completions", post(completions::completions))
         .route("/v1/models", get(models))
-        .route("/health", get(health))
+        .route("/models", get(models))
+        .route("/health", get(health::health))
+        .route("/v1/health", get(health::health))
+        .route("/ready", get(health::health))
+        .route("/live", get(health::live))
         .route("/metrics", get(metrics))
         .route("/v1/tightwad/stats", get(stats))
         .route("/v1/tightwad/requests", get(recent_requests))
@@ -99,9 +112,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/assets/{file}", get(dashboard::asset))
-        .fallback(fallback)
+        .fallback(forward::fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// CORS for browser apps: the configured origins (`*`: any), every method the API has, any
+/// request header (`authorization`, `content-type`, the SDKs' `x-stainless-*`), and the
+/// `x-tightwad-served-by` header readable by scripts. No origins configured: no CORS headers, so
+/// browsers keep other sites' pages away from the proxy.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::OPTIONS,
+            ])
+            .allow_headers(Any)
+            .expose_headers([axum::http::HeaderName::from_static(relay::SERVED_BY)])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 fn unix_now() -> u64 {
@@ -111,18 +160,10 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn fallback(uri: Uri) -> ApiError {
-    ApiError::not_found(uri.path())
-}
-
 /// A known route with another method (GET on a POST route): 405 with a JSON body, like every
 /// other error.
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(method.as_str(), uri.path())
-}
-
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
 }
 
 async fn models(

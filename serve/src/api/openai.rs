@@ -110,6 +110,38 @@ pub fn parse(body: &[u8]) -> Result<(Value, OpenAiRequest), ApiError> {
     Ok((value, request))
 }
 
+/// Whether an extra field leaves the generated tokens as the engine would make them: one that
+/// never changes them, one at its default (`response_format: {"type": "text"}` is the default
+/// format), or `chat_template_kwargs`, which the engine passes to the target's template.
+fn is_inert(key: &str, v: &Value) -> bool {
+    INERT_FIELDS.contains(&key)
+        || is_default_value(v)
+        || key == "chat_template_kwargs" && v.is_object()
+        || key == "response_format" && v.as_object().is_some_and(is_text_format)
+}
+
+/// `{"type": "text"}`: OpenAI's default response format, plain text.
+fn is_text_format(format: &Map<String, Value>) -> bool {
+    format.len() == 1 && format.get("type").and_then(Value::as_str) == Some("text")
+}
+
+/// A message content the target's template renders as text: a string, or an array of text
+/// parts (`[{"type": "text", "text": "…"}]`, as the SDKs send). The engine hands the parts to
+/// the target's template unchanged, so they render exactly as on its own chat endpoint.
+fn is_text_content(content: &Value) -> bool {
+    match content {
+        Value::String(_) => true,
+        Value::Array(parts) => parts.iter().all(|p| {
+            p.as_object().is_some_and(|p| {
+                p.get("type").and_then(Value::as_str) == Some("text")
+                    && p.get("text").is_some_and(Value::is_string)
+                    && p.keys().all(|k| k == "type" || k == "text")
+            })
+        }),
+        _ => false,
+    }
+}
+
 fn is_default_value(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -198,14 +230,21 @@ impl OpenAiRequest {
                 }
                 match check_messages(self.messages.as_ref())? {
                     Some(reason) => return Ok(Plan::Forward(reason)),
-                    None => PromptInput::Chat(self.messages.clone().unwrap_or(Value::Null)),
+                    None => PromptInput::Chat {
+                        messages: self.messages.clone().unwrap_or(Value::Null),
+                        template_kwargs: self
+                            .extra
+                            .get("chat_template_kwargs")
+                            .filter(|v| !is_default_value(v))
+                            .cloned(),
+                    },
                 }
             }
         };
         if let Some(field) = self
             .extra
             .iter()
-            .find(|(k, v)| !INERT_FIELDS.contains(&k.as_str()) && !is_default_value(v))
+            .find(|(k, v)| !is_inert(k, v))
             .map(|(k, _)| k)
         {
             return Ok(Plan::Forward(ForwardReason::field(field)));
@@ -310,7 +349,7 @@ fn check_messages(messages: Option<&Value>) -> Result<Option<ForwardReason>, Api
             ));
         }
         match m.get("content") {
-            Some(Value::String(_)) => {}
+            Some(c) if is_text_content(c) => {}
             _ => passthrough = Some(ForwardReason::NonTextContent),
         }
     }
@@ -383,6 +422,42 @@ mod tests {
         )
         .expect("valid");
         assert!(matches!(p, Plan::Generate(_)));
+    }
+
+    /// What the SDKs send by default reaches the engine: text parts, the default response
+    /// format, template kwargs (handed to the target's template).
+    #[test]
+    fn the_requests_sdks_send_are_generated_by_the_engine() {
+        let p = plan(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"text","text":" there"}]}],
+                "response_format":{"type":"text"},"chat_template_kwargs":{"enable_thinking":false}}"#,
+            Endpoint::ChatCompletions,
+        )
+        .expect("valid");
+        let Plan::Generate(g) = p else {
+            panic!("expected the engine, got {p:?}")
+        };
+        let PromptInput::Chat {
+            messages,
+            template_kwargs,
+        } = g.prompt
+        else {
+            panic!("a chat prompt")
+        };
+        assert_eq!(messages[0]["content"][1]["text"], " there");
+        assert_eq!(
+            template_kwargs,
+            Some(serde_json::json!({"enable_thinking": false}))
+        );
+        for body in [
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+        ] {
+            assert!(
+                matches!(plan(body, Endpoint::ChatCompletions), Ok(Plan::Forward(_))),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -123,6 +123,33 @@ pub(super) async fn forwarded(
         .unwrap_or_else(|_| ApiError::not_found(endpoint.path()).into_response())
 }
 
+/// Relay the target's reply on a route the engine does not drive, as it came: status, content
+/// type and body (a stream stays a stream), with `x-tightwad-served-by`. The permit lives as long
+/// as the reply does.
+pub(super) fn raw(
+    resp: reqwest::Response,
+    reason: &ForwardReason,
+    permit: guard::Permit,
+) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+    let served_by = format!("passthrough; reason={}", reason.tag());
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk.map_err(std::io::Error::other)
+    });
+    let mut builder = Response::builder()
+        .status(status)
+        .header(SERVED_BY, served_by);
+    if let Some(ct) = content_type.and_then(|v| header::HeaderValue::from_bytes(v.as_bytes()).ok())
+    {
+        builder = builder.header(header::CONTENT_TYPE, ct);
+    }
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::internal("could not build the reply").into_response())
+}
+
 /// What the proxy makes its own in a relayed reply.
 struct Contract {
     model: String,

@@ -25,6 +25,8 @@ pub(super) struct Reply {
     pub(super) endpoint: Endpoint,
     pub(super) include_usage: bool,
     pub(super) return_token_ids: bool,
+    /// When the request arrived (the latency histograms start here).
+    pub(super) started: std::time::Instant,
 }
 
 impl Reply {
@@ -150,21 +152,28 @@ impl Reply {
         let (tx, mut rx) = mpsc::channel::<Event>(64);
         let collect = async {
             let mut text = String::new();
+            let mut first = None;
             while let Some(event) = rx.recv().await {
                 match event {
-                    Event::Text(t) => text.push_str(&t),
-                    Event::Done(result) => return Some((text, result)),
+                    Event::Text(t) => {
+                        first.get_or_insert_with(|| self.started.elapsed());
+                        text.push_str(&t)
+                    }
+                    Event::Done(result) => return Some((text, first, result)),
                 }
             }
             None
         };
         let ((), outcome) = tokio::join!(pairing.run(prepared, tx), collect);
         drop(permit);
-        let (text, result) =
+        let (text, first, result) =
             outcome.ok_or_else(|| ApiError::internal("the generation ended without a result"))?;
         let generation = result.inspect_err(|e| {
             state.recent.failed(&self.id, &self.model, &e.to_string());
         })?;
+        pairing
+            .metrics
+            .latencies(generation.served_by, first, self.started.elapsed());
         state.record_generation(&self.id, &self.model, &generation);
         Ok(Json(self.full(&text, &generation)).into_response())
     }
@@ -180,6 +189,7 @@ impl Reply {
     ) -> Response {
         let (tx, rx) = mpsc::channel::<Event>(64);
         let span = tracing::Span::current();
+        let pairing_metrics = pairing.metrics.clone();
         let task = tokio::spawn(
             async move {
                 pairing.run(prepared, tx).await;
@@ -187,7 +197,7 @@ impl Reply {
             }
             .instrument(span),
         );
-        let events = self.sse(rx, state, AbortOnDrop(task));
+        let events = self.sse(rx, state, pairing_metrics, AbortOnDrop(task));
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
@@ -197,6 +207,7 @@ impl Reply {
         self,
         rx: mpsc::Receiver<Event>,
         state: Arc<AppState>,
+        metrics: crate::metrics::PairingMetrics,
         guard: AbortOnDrop,
     ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         let first = match self.endpoint {
@@ -204,49 +215,79 @@ impl Reply {
             Endpoint::Completions => None,
         };
         let data = |v: Value| SseEvent::default().data(v.to_string());
-        let initial = (rx, self, state, guard, first, false);
-        futures::stream::unfold(
-            initial,
-            move |(mut rx, reply, state, guard, first, done)| async move {
-                if done {
-                    return None;
+        let initial = Streaming {
+            rx,
+            reply: self,
+            state,
+            metrics,
+            _guard: guard,
+            first,
+            first_text: None,
+            done: false,
+        };
+        futures::stream::unfold(initial, move |mut s| async move {
+            if s.done {
+                return None;
+            }
+            if let Some(chunk) = s.first.take() {
+                return Some((vec![data(chunk)], s));
+            }
+            let reply = &s.reply;
+            let (events, done) = match s.rx.recv().await {
+                Some(Event::Text(text)) => {
+                    s.first_text.get_or_insert_with(|| reply.started.elapsed());
+                    (vec![data(reply.delta_chunk(&text))], false)
                 }
-                if let Some(chunk) = first {
-                    return Some((vec![data(chunk)], (rx, reply, state, guard, None, false)));
+                Some(Event::Done(Ok(g))) => {
+                    s.metrics
+                        .latencies(g.served_by, s.first_text, reply.started.elapsed());
+                    s.state.record_generation(&reply.id, &reply.model, &g);
+                    let mut events = vec![data(reply.final_chunk(&g))];
+                    if reply.include_usage {
+                        events.push(data(reply.usage_chunk(&g)));
+                    }
+                    events.push(SseEvent::default().data("[DONE]"));
+                    (events, true)
                 }
-                let (events, done) = match rx.recv().await {
-                    Some(Event::Text(text)) => (vec![data(reply.delta_chunk(&text))], false),
-                    Some(Event::Done(Ok(g))) => {
-                        state.record_generation(&reply.id, &reply.model, &g);
-                        let mut events = vec![data(reply.final_chunk(&g))];
-                        if reply.include_usage {
-                            events.push(data(reply.usage_chunk(&g)));
-                        }
-                        events.push(SseEvent::default().data("[DONE]"));
-                        (events, true)
-                    }
-                    Some(Event::Done(Err(e))) => {
-                        state.recent.failed(&reply.id, &reply.model, &e.to_string());
-                        let e = ApiError::from(e);
-                        (
-                            vec![data(e.body()), SseEvent::default().data("[DONE]")],
-                            true,
-                        )
-                    }
-                    None => {
-                        // The task ended without a result (it panicked or was aborted): say so, end.
-                        let e = ApiError::internal("the generation ended unexpectedly");
-                        (
-                            vec![data(e.body()), SseEvent::default().data("[DONE]")],
-                            true,
-                        )
-                    }
-                };
-                Some((events, (rx, reply, state, guard, None, done)))
-            },
-        )
+                Some(Event::Done(Err(e))) => {
+                    s.state
+                        .recent
+                        .failed(&reply.id, &reply.model, &e.to_string());
+                    let e = ApiError::from(e);
+                    (
+                        vec![data(e.body()), SseEvent::default().data("[DONE]")],
+                        true,
+                    )
+                }
+                None => {
+                    // The task ended without a result (it panicked or was aborted): say so, end.
+                    let e = ApiError::internal("the generation ended unexpectedly");
+                    (
+                        vec![data(e.body()), SseEvent::default().data("[DONE]")],
+                        true,
+                    )
+                }
+            };
+            s.done = done;
+            Some((events, s))
+        })
         .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
     }
+}
+
+/// The state of one SSE response between events.
+struct Streaming {
+    rx: mpsc::Receiver<Event>,
+    reply: Reply,
+    state: Arc<AppState>,
+    metrics: crate::metrics::PairingMetrics,
+    /// Dropped with the stream: aborts the generation.
+    _guard: AbortOnDrop,
+    /// The role chunk, sent first (chat).
+    first: Option<Value>,
+    /// When the first text came (time to first token).
+    first_text: Option<std::time::Duration>,
+    done: bool,
 }
 
 /// Aborts the generation task when the response stream is dropped (the client went away), so the

@@ -179,10 +179,21 @@ impl LlamaServer {
 
     /// Render chat messages with the server's own chat template (so the template is the target's).
     pub async fn apply_template(&self, messages: &Value) -> Result<String, BackendError> {
-        let v: Value = self
-            .ep
-            .post_json("/apply-template", &json!({ "messages": messages }))
-            .await?;
+        self.apply_template_with(messages, None).await
+    }
+
+    /// [`LlamaServer::apply_template`] with the request's `chat_template_kwargs` (the server
+    /// parses the body as its chat endpoint does, so they render the same prompt).
+    pub async fn apply_template_with(
+        &self,
+        messages: &Value,
+        template_kwargs: Option<&Value>,
+    ) -> Result<String, BackendError> {
+        let mut body = json!({ "messages": messages });
+        if let Some(kwargs) = template_kwargs {
+            body["chat_template_kwargs"] = kwargs.clone();
+        }
+        let v: Value = self.ep.post_json("/apply-template", &body).await?;
         v.get("prompt")
             .and_then(Value::as_str)
             .map(str::to_string)
@@ -367,6 +378,28 @@ impl LlamaServer {
                 } else {
                     req
                 }
+            })
+            .await
+    }
+
+    /// Send any request to the server as the client sent it (see [`super::Backend::forward_raw`]),
+    /// with the same retry and restart wait as the passthrough.
+    pub async fn forward_raw(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, BackendError> {
+        self.ep
+            .send_raw(path_and_query, |c| {
+                let mut req = c
+                    .request(method.clone(), self.ep.url(path_and_query))
+                    .body(body.clone());
+                if let Some(ct) = content_type {
+                    req = req.header(reqwest::header::CONTENT_TYPE, ct);
+                }
+                req
             })
             .await
     }

@@ -59,6 +59,10 @@ pub struct ServerFacts {
     /// Whether a per-request `speculative.n_max` takes effect (the patch; stock builds ignore it,
     /// so native pairing cannot be steered there).
     pub steers_native: bool,
+    /// The chat template reasons aloud (`<think>`, `enable_thinking`, `reasoning_content`):
+    /// llama-server's chat endpoint then splits the answer into `reasoning_content` and `content`
+    /// with a parser generated from the template, which the engine does not reproduce.
+    pub chat_reasoning: bool,
 }
 
 /// A server of either kind.
@@ -158,6 +162,7 @@ impl Backend {
                         .draft_tokens
                         .then(|| props.capabilities.draft_tokens_max.unwrap_or(3) as usize),
                     steers_native: props.capabilities.speculative_n_max,
+                    chat_reasoning: template_reasons(&props.chat_template),
                 })
             }
             Backend::Vllm(s) => {
@@ -180,6 +185,9 @@ impl Backend {
                     // behind `verify`; it has no client-draft field.
                     one_pass_max: None,
                     steers_native: false,
+                    // vLLM splits reasoning only with `--reasoning-parser`, which it does not
+                    // advertise: its chats are rendered and tokenized by vLLM itself.
+                    chat_reasoning: false,
                 })
             }
         }
@@ -207,16 +215,21 @@ impl Backend {
         }
     }
 
-    /// Chat messages rendered with this server's own template, as token ids.
-    pub async fn tokenize_chat(&self, messages: &Value) -> Result<Vec<TokenId>, BackendError> {
+    /// Chat messages rendered with this server's own template (and the request's
+    /// `chat_template_kwargs`), as token ids.
+    pub async fn tokenize_chat(
+        &self,
+        messages: &Value,
+        template_kwargs: Option<&Value>,
+    ) -> Result<Vec<TokenId>, BackendError> {
         match self {
             #[cfg(test)]
             Backend::Simulated(s) => Ok(s.tokenize(&messages.to_string())),
             Backend::Llamacpp(s) => {
-                let rendered = s.apply_template(messages).await?;
+                let rendered = s.apply_template_with(messages, template_kwargs).await?;
                 s.tokenize(&rendered, true).await
             }
-            Backend::Vllm(s) => s.tokenize_chat(messages).await,
+            Backend::Vllm(s) => s.tokenize_chat(messages, template_kwargs).await,
         }
     }
 
@@ -298,6 +311,34 @@ impl Backend {
         }
     }
 
+    /// Relay any request unchanged: method, path and query, content type and body as the client
+    /// sent them (the routes the engine does not drive).
+    pub async fn forward_raw(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => {
+                s.forward_raw(method, path_and_query, content_type, body)
+                    .await
+            }
+            Backend::Vllm(s) => {
+                s.forward_raw(method, path_and_query, content_type, body)
+                    .await
+            }
+            #[cfg(test)]
+            Backend::Simulated(_) => Err(BackendError::Status {
+                server: "simulated",
+                path: path_and_query.to_string(),
+                status: 404,
+                body: "the simulation forwards nothing".into(),
+            }),
+        }
+    }
+
     /// Relay an OpenAI request unchanged (passthrough).
     pub async fn forward(
         &self,
@@ -316,4 +357,19 @@ impl Backend {
             }),
         }
     }
+}
+
+/// Whether a chat template reasons aloud, as far as its source says: the markers llama.cpp's
+/// template analysis keys on (`<think>` tags, an `enable_thinking` switch, `reasoning_content`
+/// in the messages it renders).
+pub fn template_reasons(template: &str) -> bool {
+    [
+        "<think>",
+        "[THINK]",
+        "enable_thinking",
+        "reasoning_content",
+        "<|channel|>",
+    ]
+    .iter()
+    .any(|m| template.contains(m))
 }

@@ -152,6 +152,7 @@ impl SimulatedServer {
             verify_slots: self.slots,
             one_pass_max: self.one_pass_max,
             steers_native: false,
+            chat_reasoning: false,
         }
     }
 

@@ -190,14 +190,16 @@ impl VllmServer {
     }
 
     /// Render chat messages with the server's own chat template and tokenize them, in one call.
-    pub async fn tokenize_chat(&self, messages: &Value) -> Result<Vec<TokenId>, BackendError> {
-        let v: Value = self
-            .ep
-            .post_json(
-                "/tokenize",
-                &json!({ "messages": messages, "add_generation_prompt": true }),
-            )
-            .await?;
+    pub async fn tokenize_chat(
+        &self,
+        messages: &Value,
+        template_kwargs: Option<&Value>,
+    ) -> Result<Vec<TokenId>, BackendError> {
+        let mut body = json!({ "messages": messages, "add_generation_prompt": true });
+        if let Some(kwargs) = template_kwargs {
+            body["chat_template_kwargs"] = kwargs.clone();
+        }
+        let v: Value = self.ep.post_json("/tokenize", &body).await?;
         self.tokens_of("/tokenize", &v)
     }
 
@@ -444,6 +446,29 @@ impl VllmServer {
         }
         self.ep
             .send_once(path, |c| c.post(self.ep.url(path)).json(&body))
+            .await
+    }
+}
+
+impl VllmServer {
+    /// Send any request to vLLM as the client sent it (see [`super::Backend::forward_raw`]).
+    pub async fn forward_raw(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, BackendError> {
+        self.ep
+            .send_once(path_and_query, |c| {
+                let mut req = c
+                    .request(method.clone(), self.ep.url(path_and_query))
+                    .body(body.clone());
+                if let Some(ct) = content_type {
+                    req = req.header(reqwest::header::CONTENT_TYPE, ct);
+                }
+                req
+            })
             .await
     }
 }

@@ -31,7 +31,7 @@ impl Pairing {
             // costs this request one probe, not one for the routing and one for the preparation.
             Plan::Generate(request) => match self.info().await {
                 Err(e) => Err(e.into()),
-                Ok(info) => match self.forward_reason(&info, job.engine_only) {
+                Ok(info) => match self.forward_reason(&info, &request, job.engine_only) {
                     Some(reason) => self.forward(job.path, &job.body, reason).await,
                     None => self
                         .prepare_with(request, info, Instant::now())
@@ -59,13 +59,49 @@ impl Pairing {
         Ok(Route::Forwarded { response, reason })
     }
 
+    /// A request on a route the engine does not drive (embeddings, responses, Anthropic messages,
+    /// tokenize, …): sent to the target as it came (method, path and query, content type, body),
+    /// counted as a forward for [`ForwardReason::Route`]. The reply is the target's, untouched.
+    pub async fn forward_route(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, EngineError> {
+        info!(pairing = %self.config.name, reason = "route", "forwarding to the target unchanged");
+        let result = self
+            .target
+            .forward_raw(method, path_and_query, content_type, body)
+            .await;
+        match result {
+            Ok(response) => {
+                self.metrics.forwarded(ForwardReason::Route.kind());
+                Ok(response)
+            }
+            Err(e) => {
+                let e = EngineError::from(e);
+                self.record_failure(&e).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Why a request the engine could generate should go to the target untouched right now: no
     /// drafter can speak for it, or the controller has speculation off (it still samples some
     /// requests through the engine). `None` when unknown (the target is not reachable), so the
     /// engine reports the error properly.
-    fn forward_reason(&self, info: &PairingInfo, engine_only: bool) -> Option<ForwardReason> {
+    fn forward_reason(
+        &self,
+        info: &PairingInfo,
+        request: &GenerationRequest,
+        engine_only: bool,
+    ) -> Option<ForwardReason> {
         if engine_only {
             return None;
+        }
+        if info.chat_reasoning && matches!(request.prompt, PromptInput::Chat { .. }) {
+            return Some(ForwardReason::Reasoning);
         }
         if info.speculation.is_err() {
             return Some(ForwardReason::NoDrafter);
@@ -107,7 +143,14 @@ impl Pairing {
         match prompt {
             PromptInput::Tokens(t) => Ok(t.clone()),
             PromptInput::Text(s) => self.target.tokenize(s, true).await,
-            PromptInput::Chat(messages) => self.target.tokenize_chat(messages).await,
+            PromptInput::Chat {
+                messages,
+                template_kwargs,
+            } => {
+                self.target
+                    .tokenize_chat(messages, template_kwargs.as_ref())
+                    .await
+            }
         }
     }
 

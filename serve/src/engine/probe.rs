@@ -45,6 +45,9 @@ pub struct PairingInfo {
     /// Native pairing only: whether the target honours a per-request `speculative.n_max`
     /// (measured: with 0 it drafted nothing), or why the proxy cannot steer it.
     pub native_steering: Option<Result<(), String>>,
+    /// The target's chat template thinks aloud (see [`crate::backend::ServerFacts`]): its chat
+    /// endpoint answers in `reasoning_content` and `content`, so chats go to it.
+    pub chat_reasoning: bool,
     pub(super) probed_at: Instant,
 }
 
@@ -73,6 +76,23 @@ impl PairingInfo {
 }
 
 impl Pairing {
+    /// Whether the target answers and has its model loaded now (one `GET /health`, within
+    /// `within`); else why not, in words that name the cause and the fix.
+    pub async fn check_target(&self, within: std::time::Duration) -> Result<(), String> {
+        let url = &self.config.target_url;
+        match tokio::time::timeout(within, self.target.health()).await {
+            Err(_) => Err(format!(
+                "the target at {url} did not answer /health within {} s: is it overloaded, or is the address wrong?",
+                within.as_secs()
+            )),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(format!(
+                "the target at {url} is not ready (it answers 503 while it loads its model); wait for it"
+            )),
+            Ok(Err(e)) => Err(describe_unreachable(url, &e)),
+        }
+    }
+
     /// How the target verifies drafts, as last probed (`None`: not probed yet), for the stats.
     pub fn verification_view(&self) -> Option<Verification> {
         let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
@@ -200,6 +220,7 @@ impl Pairing {
                 drafters,
                 verification: old.verification.clone(),
                 native_steering: old.native_steering.clone(),
+                chat_reasoning: old.chat_reasoning,
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -276,6 +297,7 @@ impl Pairing {
             drafters,
             verification,
             native_steering,
+            chat_reasoning: facts.chat_reasoning,
             probed_at: Instant::now(),
         })
     }
@@ -397,4 +419,28 @@ pub(super) fn slots_for_verification(
         );
     }
     Ok(wanted.min(slots - 1).max(1))
+}
+
+/// A target that cannot be reached, as a person needs to hear it: the cause (connection refused,
+/// no such host, timeout) at the URL, and what to do.
+pub fn describe_unreachable(url: &str, e: &BackendError) -> String {
+    let mut chain = String::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        chain.push_str(&err.to_string().to_ascii_lowercase());
+        chain.push(' ');
+        source = err.source();
+    }
+    let cause = if chain.contains("connection refused") {
+        "connection refused"
+    } else if chain.contains("dns error") || chain.contains("failed to lookup") {
+        "the host name does not resolve"
+    } else if chain.contains("timed out") || chain.contains("within") {
+        "no answer in time"
+    } else {
+        return format!("the target at {url} does not answer: {e}. Check that llama-server runs there and that `target` (or --target) names it.");
+    };
+    format!(
+        "{cause} at {url}: start llama-server there (`tightwad up`, or llama-server --host 0.0.0.0 --port PORT -m MODEL), or point `target` in the config (--target) at a running one"
+    )
 }

@@ -17,8 +17,12 @@ use crate::metrics::ServedBy;
 pub enum PromptInput {
     Text(String),
     Tokens(Vec<TokenId>),
-    /// OpenAI chat messages, rendered with the target's own chat template.
-    Chat(Value),
+    /// OpenAI chat messages, rendered with the target's own chat template (with the request's
+    /// `chat_template_kwargs`, e.g. `enable_thinking`, when it has some).
+    Chat {
+        messages: Value,
+        template_kwargs: Option<Value>,
+    },
 }
 
 /// One generation as the API layer asks for it.
@@ -53,6 +57,12 @@ pub enum ForwardReason {
     NoDrafter,
     /// The controller has speculation off: the target alone is faster right now.
     SpeculationOff,
+    /// The target's chat template thinks aloud: its chat endpoint splits the answer into
+    /// `reasoning_content` and `content` with a parser of its own, which the engine does not
+    /// reproduce.
+    Reasoning,
+    /// A route the engine does not drive (`/v1/embeddings`, `/v1/responses`, `/tokenize`, …).
+    Route,
 }
 
 impl ForwardReason {
@@ -74,6 +84,8 @@ impl ForwardReason {
             ForwardReason::NonTextContent => "non_text_content",
             ForwardReason::NoDrafter => "no_drafter",
             ForwardReason::SpeculationOff => "speculation_off",
+            ForwardReason::Reasoning => "reasoning",
+            ForwardReason::Route => "route",
         }
     }
 
@@ -95,6 +107,11 @@ impl std::fmt::Display for ForwardReason {
             ForwardReason::SpeculationOff => {
                 write!(f, "speculation is off (the target alone is faster now)")
             }
+            ForwardReason::Reasoning => write!(
+                f,
+                "the target's chat template reasons; its own parser splits `reasoning_content`"
+            ),
+            ForwardReason::Route => write!(f, "the engine does not drive this route"),
         }
     }
 }

@@ -171,6 +171,9 @@ impl Pairing {
                     )
                 });
                 self.metrics.round(proposal.len(), n_accepted);
+                self.metrics
+                    .round_seconds
+                    .observe(draft_started.elapsed().as_secs_f64());
                 if let Some(d) = draft_slot {
                     d.metrics.round(proposal.len(), n_accepted);
                 }
