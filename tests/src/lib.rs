@@ -14,11 +14,13 @@
 //! - [`agents`]: `tightwad-agent` processes (the binary) in namespaces, the coordinator's config,
 //!   join tokens; [`cluster`]: a set of enrolled agents with a layout, for the fleet tests.
 //! - [`vllm`]: a real vLLM server; [`vllm_sim`]: a scripted stand-in for fault tests.
+//! - [`browser`]: headless Chromium over the DevTools protocol (the dashboard at phone width).
 //!
 //! A missing variable fails the test with a message saying so: a test that cannot run must not
 //! pass. The loopback tests' everyday names are re-exported here.
 
 pub mod agents;
+pub mod browser;
 pub mod cluster;
 pub mod exactness;
 pub mod footprint;

@@ -1,13 +1,14 @@
 //! A person opens the dashboard in a browser: per pairing the charts (tokens/s through the proxy
 //! and of the target alone, k, acceptance by position, the decisions), the hosts, every request
 //! whatever path served it, and the controls behind the API key. Real proxy, real llama-servers,
-//! real headless Chromium at 1280 px and at its narrowest (500 px, the phone layout); screenshots are kept as the test's artifacts.
+//! real headless Chromium (over the DevTools protocol, [`tightwad_e2e::browser`]) at 1280 px and at
+//! a phone's 390 px; screenshots are kept as the test's artifacts.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tightwad_e2e::browser::Browser;
 use tightwad_e2e::{env, free_port, LlamaServer, RunningProxy, ServerOptions};
 use tightwad_serve::config::ProxyConfig;
 
@@ -27,56 +28,6 @@ fn chromium() -> PathBuf {
 }
 
 const KEY: &str = "sk-dashboard-test";
-
-/// Chromium, headless, on `url` in a `width`×`height` window, after its scripts ran for a few
-/// (virtual) seconds: with `screenshot`, a PNG there; else the DOM.
-fn chromium_run(url: &str, width: u32, height: u32, screenshot: Option<&Path>) -> String {
-    let profile =
-        std::env::temp_dir().join(format!("tightwad-chromium-{}-{width}", std::process::id()));
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--force-device-scale-factor=1",
-        "--virtual-time-budget=9000",
-    ])
-    .arg(format!("--window-size={width},{height}"))
-    .arg(format!("--user-data-dir={}", profile.display()));
-    match screenshot {
-        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
-        None => cmd.arg("--dump-dom"),
-    };
-    let out = cmd.arg(url).output().expect("chromium runs");
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// What the page found checking itself (`#audit`: it writes JSON into `<pre id="audit">`).
-fn audit_of(dom: &str) -> Value {
-    let start = dom
-        .find("id=\"audit\"")
-        .and_then(|i| dom[i..].find('>').map(|j| i + j + 1))
-        .unwrap_or_else(|| panic!("no audit element:\n{dom}"));
-    let end = start + dom[start..].find("</pre>").expect("audit ends");
-    let text = dom[start..end]
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the page's audit ({e}): {text}\n{dom}"))
-}
 
 /// Where the screenshots go: the build's target folder, kept by CI as artifacts.
 fn artifacts_dir() -> PathBuf {
@@ -250,30 +201,47 @@ async fn the_dashboard_charts_lists_every_request_and_its_controls_need_the_key(
 
     let page = url(&format!("/dashboard#key={KEY}&audit"));
     let artifacts = artifacts_dir();
-    // Headless Chromium will not make a window narrower than 500 px (a 390 px window is 500 px
-    // wide inside), so the narrow check runs at 500: the page's phone layout starts at 760 px.
-    for (width, height) in [(1280, 900), (500, 844)] {
-        let (page2, shot) = (
-            page.clone(),
-            artifacts.join(format!("dashboard-{width}.png")),
-        );
-        let dom = tokio::task::spawn_blocking(move || {
-            chromium_run(&page2, width, height, Some(shot.as_path()));
-            chromium_run(&page2, width, height, None)
-        })
-        .await
-        .expect("chromium task");
+    // The viewport is set over CDP: a headless window cannot be narrower than 500 px, a phone's
+    // CSS viewport is 390 (the page's phone layout starts at 760 px).
+    let browser = Browser::launch(&chromium()).expect("chromium with DevTools");
+    for (width, height, mobile) in [(1280, 900, false), (390, 844, true)] {
+        let mut tab = browser.new_page().await.expect("a page");
+        tab.set_viewport(width, height, mobile)
+            .await
+            .expect("viewport");
+        tab.navigate(&page).await.expect("navigate");
+        // The page audits itself after its second refresh (one every 2 s).
+        let audit = tab
+            .wait_for(
+                "document.getElementById('audit')?.dataset.done === '1' \
+                 && document.getElementById('audit').textContent",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("no audit at {width} px: {e}"));
+        let audit: Value = serde_json::from_str(audit.as_str().expect("audit text"))
+            .unwrap_or_else(|e| panic!("the page's audit ({e}): {audit}"));
         let png = artifacts.join(format!("dashboard-{width}.png"));
+        tab.screenshot(&png).await.expect("screenshot");
         let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
         assert!(size > 10_000, "no screenshot at {}", png.display());
         println!("screenshot: {}", png.display());
+        let dom = tab
+            .eval("document.documentElement.outerHTML")
+            .await
+            .expect("the DOM");
+        let dom = dom.as_str().expect("DOM text");
         assert!(dom.contains("updated "), "the page never refreshed:\n{dom}");
         assert!(dom.contains("ghost-box"), "no host:\n{dom}");
         assert!(
             dom.contains("Agent unreachable"),
             "the unreachable agent is not said:\n{dom}"
         );
-        let audit = audit_of(&dom);
+        assert_eq!(
+            audit["viewport"].as_u64(),
+            Some(u64::from(width)),
+            "the CSS viewport is not {width} px: {audit}"
+        );
         assert_eq!(
             audit["overflow"],
             json!([]),
