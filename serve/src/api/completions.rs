@@ -68,7 +68,12 @@ async fn handle(
     let started = std::time::Instant::now();
     let admitted = admit(&state, client, req).await?;
     let job = plan(&state, endpoint, &admitted.request, admitted.body)?;
-    let route = admitted.pairing.route(job).await?;
+    let route = admitted.pairing.route(job).await.inspect_err(|e| {
+        // Listed on the dashboard like a generation that failed later.
+        state
+            .recent
+            .failed(&id, &admitted.pairing.config.name, &e.to_string());
+    })?;
     let reply = Reply {
         id,
         model: admitted.pairing.config.name.clone(),
