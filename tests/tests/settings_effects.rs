@@ -1,0 +1,80 @@
+//! Settings checked by their EFFECT on real llama-servers (issue 20, "Settings that do not do what
+//! they say"): a setting that is sent but does not act fails here.
+
+use serde_json::json;
+use tightwad_e2e::{env, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_serve::config::ProxyConfig;
+
+fn config(target: &str, draft: Option<&str>, k: usize) -> ProxyConfig {
+    ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        pairings: vec![RunningProxy::entry(target, draft, k)],
+        ..ProxyConfig::default()
+    }
+}
+
+/// `max_tokens_limit` holds every spelling of "how many tokens": `n_predict` (llama-server reads
+/// it before `max_tokens`, and it sends the request to the target), and `max_tokens` beside
+/// `max_completion_tokens` on /v1/completions (the engine reads `max_tokens` there). Before, each
+/// of these got 120 tokens past a limit of 16.
+#[tokio::test]
+async fn max_tokens_limit_holds_n_predict_and_every_spelling() {
+    let env = env();
+    let target =
+        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(4)).await;
+    let mut c = config(&target.url, None, 4);
+    c.max_tokens_limit = Some(16);
+    let proxy = RunningProxy::start_with(c).await;
+    let prompt = "Write a long story about a dragon who learns to bake bread.";
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"prompt": prompt, "n_predict": 120, "ignore_eos": true, "temperature": 0}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 8, "n_predict": 120, "temperature": 0}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": prompt, "max_completion_tokens": 8, "max_tokens": 120, "temperature": 0}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": prompt}], "n_predict": -1, "temperature": 0}),
+        ),
+    ] {
+        let (s, v) = proxy.post(path, &body).await;
+        if s == 200 {
+            let n = v["usage"]["completion_tokens"].as_u64().expect("usage");
+            assert!(
+                n <= 16,
+                "{body} generated {n} tokens past the limit of 16: {v}"
+            );
+        } else {
+            assert_eq!(s, 400, "{body}: {v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap_or("").contains("16"),
+                "{v}"
+            );
+        }
+    }
+    // Within the limit, each spelling still acts (the target generates what was asked).
+    let (s, v) = proxy
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "n_predict": 5, "ignore_eos": true, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+    // No spelling at all: the limit is the default.
+    let (s, v) = proxy
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "ignore_eos": true, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64() <= Some(16), "{v}");
+}
