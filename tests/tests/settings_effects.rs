@@ -4,6 +4,7 @@
 use serde_json::json;
 use tightwad_e2e::{env, LlamaServer, RunningProxy, ServerOptions};
 use tightwad_serve::config::ProxyConfig;
+use tightwad_serve::server::Proxy;
 
 fn config(target: &str, draft: Option<&str>, k: usize) -> ProxyConfig {
     ProxyConfig {
@@ -77,4 +78,33 @@ async fn max_tokens_limit_holds_n_predict_and_every_spelling() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["usage"]["completion_tokens"].as_u64() <= Some(16), "{v}");
+}
+
+/// `draft_tokens` above what the controller drafts (8) is refused with a message that says the
+/// range, and under `adaptive = false` the stats report the pinned k (before: 12 was accepted and
+/// ran as 8; `controller.k` showed 4 while rounds drafted 6).
+#[tokio::test]
+async fn draft_tokens_above_eight_is_refused_and_a_pinned_k_is_reported() {
+    let env = env();
+    let target =
+        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(6)).await;
+    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let e = match Proxy::bind(&config(&target.url, Some(&draft.url), 12)).await {
+        Ok(_) => panic!("draft_tokens = 12 was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("draft_tokens") && e.contains("between 1 and 8"),
+        "{e}"
+    );
+    let proxy = RunningProxy::start_with(config(&target.url, Some(&draft.url), 6)).await;
+    let (s, v) = proxy
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let stats = proxy.stats().await;
+    assert_eq!(stats["pairings"][0]["controller"]["k"], 6, "{stats}");
 }
