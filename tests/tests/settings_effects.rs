@@ -108,3 +108,56 @@ async fn draft_tokens_above_eight_is_refused_and_a_pinned_k_is_reported() {
     let stats = proxy.stats().await;
     assert_eq!(stats["pairings"][0]["controller"]["k"], 6, "{stats}");
 }
+
+/// `target_timeout_s` bounds forwarded requests as it bounds the engine's: a target stopped with
+/// `SIGSTOP` (connections accepted, nothing answered) gets a 504 within the timeout on a forward
+/// through the engine (a field only the target drives), on a streamed forward, and on a target
+/// route. Before, a forwarded request waited for ever.
+#[tokio::test]
+async fn target_timeout_bounds_forwarded_requests_to_a_stopped_target() {
+    let env = env();
+    let target =
+        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(4)).await;
+    let mut c = config(&target.url, None, 4);
+    c.pairings[0].target_timeout_s = 2;
+    let proxy = RunningProxy::start_with(c).await;
+    // The facts are probed while the target still answers.
+    let (s, v) = proxy
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "Once", "max_tokens": 2, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    target.signal("STOP");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .expect("client");
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "Once", "max_tokens": 4, "presence_penalty": 0.5}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "presence_penalty": 0.5, "stream": true}),
+        ),
+        ("/tokenize", json!({"content": "hello"})),
+    ] {
+        let started = std::time::Instant::now();
+        let r = client
+            .post(format!("{}{}", proxy.url, path))
+            .json(&body)
+            .send()
+            .await;
+        let waited = started.elapsed();
+        let r = r.unwrap_or_else(|e| panic!("{path}: no answer in {waited:?}: {e}"));
+        assert_eq!(r.status(), 504, "{path}: {:?}", r.text().await);
+        assert!(
+            waited < std::time::Duration::from_secs(6),
+            "{path}: 504 after {waited:?}"
+        );
+    }
+    target.signal("CONT");
+}

@@ -371,7 +371,7 @@ impl LlamaServer {
     ) -> Result<reqwest::Response, BackendError> {
         let streamed = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         self.ep
-            .send_raw(path, |c| {
+            .send_raw_head_within(path, |c| {
                 let req = c.post(self.ep.url(path)).json(body);
                 if streamed {
                     req.header(reqwest::header::CONNECTION, "close")
@@ -392,7 +392,7 @@ impl LlamaServer {
         body: bytes::Bytes,
     ) -> Result<reqwest::Response, BackendError> {
         self.ep
-            .send_raw(path_and_query, |c| {
+            .send_raw_head_within(path_and_query, |c| {
                 let mut req = c
                     .request(method.clone(), self.ep.url(path_and_query))
                     .body(body.clone());
