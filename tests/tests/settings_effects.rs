@@ -2,7 +2,7 @@
 //! they say"): a setting that is sent but does not act fails here.
 
 use serde_json::json;
-use tightwad_e2e::{env, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_e2e::{compare, env, proxy_token_ids, LlamaServer, RunningProxy, ServerOptions};
 use tightwad_serve::config::ProxyConfig;
 use tightwad_serve::server::Proxy;
 
@@ -160,4 +160,33 @@ async fn target_timeout_bounds_forwarded_requests_to_a_stopped_target() {
         );
     }
     target.signal("CONT");
+}
+
+/// A request without `temperature` gets the target's own default (its `--temp`, from `/props`),
+/// as the target alone would give it: with `--temp 0` the answer through the proxy is the
+/// target's greedy answer token for token. Before, the proxy sampled at 0.8.
+#[tokio::test]
+async fn a_request_without_temperature_uses_the_targets_own_default() {
+    let env = env();
+    let mut opts = ServerOptions::target(4);
+    opts.extra = vec!["--temp".into(), "0".into()];
+    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let proxy = RunningProxy::start_with(config(&target.url, Some(&draft.url), 4)).await;
+    for prompt in [
+        "Once upon a time",
+        "The quick brown fox",
+        "In a distant galaxy",
+    ] {
+        let (s, through) = proxy
+            .post(
+                "/v1/completions",
+                &json!({"prompt": prompt, "max_tokens": 24, "return_token_ids": true}),
+            )
+            .await;
+        assert_eq!(s, 200, "{through}");
+        assert_eq!(through["tightwad"]["served_by"], "speculative", "{through}");
+        let reference = target.reference(json!(prompt), 24).await;
+        compare(&proxy_token_ids(&through), &reference, prompt);
+    }
 }

@@ -72,6 +72,15 @@ impl Props {
 pub struct GenerationSettings {
     #[serde(default)]
     pub n_ctx: u32,
+    /// The sampling a request that sets nothing gets (the server's `--temp` and the like).
+    #[serde(default)]
+    pub params: GenerationParams,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationParams {
+    #[serde(default)]
+    pub temperature: Option<f64>,
 }
 
 /// The model a server reports at `/v1/models`.
