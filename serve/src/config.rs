@@ -383,9 +383,10 @@ impl ProxyConfig {
                     p.target_kind.as_str()
                 )));
             }
-            if p.draft_tokens == 0 || p.draft_tokens > 16 {
+            let k_max = crate::engine::controller::K_MAX;
+            if p.draft_tokens == 0 || p.draft_tokens > k_max {
                 return Err(ConfigError::Invalid(format!(
-                    "pairing {i}: draft_tokens must be between 1 and 16, got {}",
+                    "pairing {i}: draft_tokens must be between 1 and {k_max} (the most the controller drafts per round), got {}",
                     p.draft_tokens
                 )));
             }

@@ -214,6 +214,17 @@ impl LlamaServer {
         log_tail(&self.log, 30)
     }
 
+    /// Stop (`SIGSTOP`) or resume (`SIGCONT`) the server: stopped, it accepts connections (the
+    /// kernel does) and answers nothing, a hung target as far as the proxy can tell.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Kill the server now (a crash, as far as the proxy can tell).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -191,7 +191,9 @@ const TARGET_CONTEXT: u64 = 16384;
 
 /// The config text for the given hosts and pairings.
 pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> String {
-    let k = args.draft_tokens.clamp(1, 16);
+    let k = args
+        .draft_tokens
+        .clamp(1, tightwad_serve::engine::controller::K_MAX);
     let target_extra = format!(", \"-np\", \"{}\", \"--kv-unified\", \"--metrics\"", k + 2);
     let mut out = String::new();
     let _ = writeln!(

@@ -9,7 +9,7 @@
 //! - `proxy.host`/`port` → `listen`; `auth_token` → `api_keys`; `max_tokens_limit`;
 //!   `max_body_size` → `max_body_bytes`;
 //! - `proxy.target`/`draft` (llamacpp backends) → one `[[pairings]]`; `max_draft_tokens` →
-//!   `draft_tokens` (at most 16; `auto` → 16 with the adaptive controller, which is on anyway);
+//!   `draft_tokens` (at most 8, the controller's K_MAX; `auto` → 8 with the adaptive controller, which is on anyway);
 //!   `drafters[0]` when there is no `draft`;
 //! - `coordinator` + `workers` + the default model → `[[hosts]]` (agents on port 7420) and an RPC
 //!   `[[pools]]` entry, with the `agent.toml` processes each host needs written as comments;
@@ -17,6 +17,7 @@
 //!   reclaim, peer tokens) has no counterpart, by design; each such key is reported.
 
 use std::collections::BTreeSet;
+use tightwad_serve::engine::controller::K_MAX;
 
 use serde::Serialize;
 use serde_norway::Value as Yaml;
@@ -249,18 +250,21 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         }
         if let Some(v) = get(proxy, "max_draft_tokens") {
             let k = match text(v).as_deref() {
-                Some("auto") => Some(16),
+                Some("auto") => Some(K_MAX as u64),
                 _ => number(v),
             };
             match k {
                 Some(k) => {
-                    if k > 16 {
+                    if k > K_MAX as u64 {
                         w.skip(
                             "proxy.max_draft_tokens",
-                            &format!("{k} is above Tightwad's limit; 16 written (the controller picks the best k up to it)"),
+                            &format!("{k} is above Tightwad's limit; {K_MAX} written (the controller picks the best k up to it)"),
                         );
                     }
-                    pairing.insert("draft_tokens".into(), (k.clamp(1, 16) as i64).into());
+                    pairing.insert(
+                        "draft_tokens".into(),
+                        (k.clamp(1, K_MAX as u64) as i64).into(),
+                    );
                 }
                 None => w.skip("proxy.max_draft_tokens", "neither a number nor \"auto\""),
             }

@@ -180,13 +180,30 @@ fn plan(
         ));
     }
     if let Some(limit) = state.gate.limits().max_tokens {
-        let asked = request.max_completion_tokens.or(request.max_tokens);
-        if let Some(m) = asked.filter(|m| *m > limit as i64) {
-            return Err(ApiError::invalid(
-                format!("`max_tokens` = {m} is above this proxy's limit of {limit}."),
-                Some("max_tokens"),
-            ));
+        // Every spelling a target reads is held to the limit (llama-server takes `n_predict`
+        // before `max_tokens`; the endpoints differ in which of `max_tokens` and
+        // `max_completion_tokens` they honour): none may ask for more, whichever wins.
+        let n_predict = request.extra.get("n_predict").filter(|v| !v.is_null());
+        if let Some(v) = n_predict {
+            if v.as_i64().is_none_or(|n| n < 0 || n > limit as i64) {
+                return Err(ApiError::invalid(
+                    format!("`n_predict` = {v} is above this proxy's limit of {limit} tokens (a negative value means no limit)."),
+                    Some("n_predict"),
+                ));
+            }
         }
+        for (field, value) in [
+            ("max_tokens", request.max_tokens),
+            ("max_completion_tokens", request.max_completion_tokens),
+        ] {
+            if let Some(m) = value.filter(|m| *m > limit as i64) {
+                return Err(ApiError::invalid(
+                    format!("`{field}` = {m} is above this proxy's limit of {limit}."),
+                    Some(field),
+                ));
+            }
+        }
+        let asked = asked.or(n_predict.and_then(|v| v.as_i64()));
         if asked.is_none() {
             body["max_tokens"] = json!(limit);
             if let Plan::Generate(g) = &mut plan {

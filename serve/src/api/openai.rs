@@ -83,7 +83,8 @@ const INERT_FIELDS: &[&str] = &[
     "cache_prompt",
 ];
 
-/// llama.cpp's defaults when a client does not set them (the target alone would use these).
+/// llama.cpp's default temperature: the fallback for a request that sets none when the target
+/// does not say its own (the engine takes the target's from its probed facts).
 const DEFAULT_TEMPERATURE: f64 = 0.8;
 
 /// Parse a JSON body, naming the offending field in the error.
@@ -260,6 +261,7 @@ impl OpenAiRequest {
                 min_p: self.min_p.map(|p| p as f32),
                 seed: self.seed.map(|s| s as u64),
             },
+            default_temperature: self.temperature.is_none(),
             stop,
         }))
     }

@@ -159,16 +159,69 @@ impl Endpoint {
         path: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BackendError> {
-        let result = match build(&self.http).send().await {
+        self.send_raw_with(path, build, None).await
+    }
+
+    /// [`Endpoint::send_raw`] for a reply relayed as it comes (a forwarded request): each attempt
+    /// must bring the response HEAD within the endpoint's timeout, or the request fails with
+    /// [`BackendError::Timeout`]; the body, streamed or not, is not bounded (a long answer keeps
+    /// going).
+    pub async fn send_raw_head_within(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        self.send_raw_with(path, build, Some(self.timeout)).await
+    }
+
+    /// [`Endpoint::send_once`], the response head within the endpoint's timeout.
+    pub async fn send_once_head_within(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        self.attempt(path, build(&self.http), Some(self.timeout))
+            .await?
+            .map_err(|e| self.send_error(path, e))
+    }
+
+    async fn send_raw_with(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        head: Option<Duration>,
+    ) -> Result<reqwest::Response, BackendError> {
+        let result = match self.attempt(path, build(&self.http), head).await? {
             Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => {
                 tracing::debug!(server = self.server(), error = %e, "retrying once on a fresh connection");
-                build(&self.fresh).send().await
+                self.attempt(path, build(&self.fresh), head).await?
             }
             other => other,
         };
-        self.wait_out_a_restart(result, &build)
-            .await
+        self.wait_out_a_restart(path, result, &build, head)
+            .await?
             .map_err(|e| self.send_error(path, e))
+    }
+
+    /// One send; with `head`, the response head must come within it.
+    async fn attempt(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+        head: Option<Duration>,
+    ) -> Result<Result<reqwest::Response, reqwest::Error>, BackendError> {
+        match head {
+            None => Ok(req.send().await),
+            Some(t) => {
+                tokio::time::timeout(t, req.send())
+                    .await
+                    .map_err(|_| BackendError::Timeout {
+                        server: self.server(),
+                        path: path.to_string(),
+                        seconds: t.as_secs(),
+                    })
+            }
+        }
     }
 
     /// One attempt, no retry and no waiting for a restart (health checks, metrics: their callers
@@ -210,11 +263,13 @@ impl Endpoint {
     /// sent again until it answers or `restart_wait` has passed since it began refusing.
     async fn wait_out_a_restart(
         &self,
+        path: &str,
         mut result: Result<reqwest::Response, reqwest::Error>,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, reqwest::Error> {
+        head: Option<Duration>,
+    ) -> Result<Result<reqwest::Response, reqwest::Error>, BackendError> {
         if self.restart_wait.is_zero() {
-            return result;
+            return Ok(result);
         }
         loop {
             let refused = match &result {
@@ -229,19 +284,19 @@ impl Endpoint {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if !refused {
                     *slot = None;
-                    return result;
+                    return Ok(result);
                 }
                 *slot.get_or_insert_with(Instant::now)
             };
             if since.elapsed() >= self.restart_wait {
-                return result;
+                return Ok(result);
             }
             tracing::debug!(
                 server = self.server(),
                 "server refusing or loading: waiting for a restart to finish"
             );
             tokio::time::sleep(RESTART_POLL).await;
-            result = build(&self.fresh).send().await;
+            result = self.attempt(path, build(&self.fresh), head).await?;
         }
     }
 

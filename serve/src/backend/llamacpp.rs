@@ -72,6 +72,15 @@ impl Props {
 pub struct GenerationSettings {
     #[serde(default)]
     pub n_ctx: u32,
+    /// The sampling a request that sets nothing gets (the server's `--temp` and the like).
+    #[serde(default)]
+    pub params: GenerationParams,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationParams {
+    #[serde(default)]
+    pub temperature: Option<f64>,
 }
 
 /// The model a server reports at `/v1/models`.
@@ -371,7 +380,7 @@ impl LlamaServer {
     ) -> Result<reqwest::Response, BackendError> {
         let streamed = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         self.ep
-            .send_raw(path, |c| {
+            .send_raw_head_within(path, |c| {
                 let req = c.post(self.ep.url(path)).json(body);
                 if streamed {
                     req.header(reqwest::header::CONNECTION, "close")
@@ -392,7 +401,7 @@ impl LlamaServer {
         body: bytes::Bytes,
     ) -> Result<reqwest::Response, BackendError> {
         self.ep
-            .send_raw(path_and_query, |c| {
+            .send_raw_head_within(path_and_query, |c| {
                 let mut req = c
                     .request(method.clone(), self.ep.url(path_and_query))
                     .body(body.clone());

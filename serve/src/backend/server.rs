@@ -63,6 +63,9 @@ pub struct ServerFacts {
     /// llama-server's chat endpoint then splits the answer into `reasoning_content` and `content`
     /// with a parser generated from the template, which the engine does not reproduce.
     pub chat_reasoning: bool,
+    /// The temperature the server samples with when a request sets none (llama-server's
+    /// `--temp`, from `/props`); `None` when it does not say.
+    pub default_temperature: Option<f32>,
 }
 
 /// A server of either kind.
@@ -163,6 +166,11 @@ impl Backend {
                         .then(|| props.capabilities.draft_tokens_max.unwrap_or(3) as usize),
                     steers_native: props.capabilities.speculative_n_max,
                     chat_reasoning: template_reasons(&props.chat_template),
+                    default_temperature: props
+                        .default_generation_settings
+                        .params
+                        .temperature
+                        .map(|t| t as f32),
                 })
             }
             Backend::Vllm(s) => {
@@ -188,6 +196,7 @@ impl Backend {
                     // vLLM splits reasoning only with `--reasoning-parser`, which it does not
                     // advertise: its chats are rendered and tokenized by vLLM itself.
                     chat_reasoning: false,
+                    default_temperature: None,
                 })
             }
         }

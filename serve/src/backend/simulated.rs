@@ -153,6 +153,7 @@ impl SimulatedServer {
             one_pass_max: self.one_pass_max,
             steers_native: false,
             chat_reasoning: false,
+            default_temperature: None,
         }
     }
 

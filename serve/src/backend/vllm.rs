@@ -445,7 +445,7 @@ impl VllmServer {
             m.remove("model");
         }
         self.ep
-            .send_once(path, |c| c.post(self.ep.url(path)).json(&body))
+            .send_once_head_within(path, |c| c.post(self.ep.url(path)).json(&body))
             .await
     }
 }
@@ -460,7 +460,7 @@ impl VllmServer {
         body: bytes::Bytes,
     ) -> Result<reqwest::Response, BackendError> {
         self.ep
-            .send_once(path_and_query, |c| {
+            .send_once_head_within(path_and_query, |c| {
                 let mut req = c
                     .request(method.clone(), self.ep.url(path_and_query))
                     .body(body.clone());

@@ -566,7 +566,12 @@ impl Controller {
 
     pub fn view(&self) -> ControllerView {
         let best = self.best_k();
-        let k = best.map(|(k, _)| k).unwrap_or(self.k_cap.min(4));
+        // Pinned (`adaptive = false`), every round drafts `k_cap`: report that, not a best guess.
+        let k = if self.adaptive {
+            best.map(|(k, _)| k).unwrap_or(self.k_cap.min(4))
+        } else {
+            self.k_cap
+        };
         ControllerView {
             mode: self.mode,
             k,

@@ -167,10 +167,15 @@ impl Pairing {
     /// [`Pairing::prepare`] with the pairing's facts already looked up.
     async fn prepare_with(
         &self,
-        request: GenerationRequest,
+        mut request: GenerationRequest,
         info: Arc<PairingInfo>,
         started: Instant,
     ) -> Result<Prepared, EngineError> {
+        if request.default_temperature {
+            if let Some(t) = info.default_temperature {
+                request.sampling.temperature = t;
+            }
+        }
         let prompt = self.tokenize_prompt(&request.prompt).await?;
         let prompt_tokens = prompt.len();
         if prompt_tokens + 1 >= info.n_ctx {

@@ -48,6 +48,9 @@ pub struct PairingInfo {
     /// The target's chat template thinks aloud (see [`crate::backend::ServerFacts`]): its chat
     /// endpoint answers in `reasoning_content` and `content`, so chats go to it.
     pub chat_reasoning: bool,
+    /// The target's own temperature for requests that set none (see
+    /// [`crate::backend::ServerFacts`]).
+    pub default_temperature: Option<f32>,
     pub(super) probed_at: Instant,
 }
 
@@ -221,6 +224,7 @@ impl Pairing {
                 verification: old.verification.clone(),
                 native_steering: old.native_steering.clone(),
                 chat_reasoning: old.chat_reasoning,
+                default_temperature: old.default_temperature,
                 probed_at: Instant::now(),
             };
             *guard = Some(Arc::new(info));
@@ -298,6 +302,7 @@ impl Pairing {
             verification,
             native_steering,
             chat_reasoning: facts.chat_reasoning,
+            default_temperature: facts.default_temperature,
             probed_at: Instant::now(),
         })
     }

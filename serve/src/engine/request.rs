@@ -31,6 +31,9 @@ pub struct GenerationRequest {
     pub prompt: PromptInput,
     pub max_tokens: Option<usize>,
     pub sampling: Sampling,
+    /// The client set no temperature: the engine samples with the target's own default (probed),
+    /// as the target alone would, and `sampling.temperature` is the fallback when it is unknown.
+    pub default_temperature: bool,
     pub stop: Vec<String>,
 }
 

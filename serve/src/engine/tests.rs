@@ -106,6 +106,7 @@ async fn generate(
         prompt: PromptInput::Tokens(prompt.to_vec()),
         max_tokens: Some(max_tokens),
         sampling: Sampling::greedy(),
+        default_temperature: false,
         stop: stop.iter().map(|s| s.to_string()).collect(),
     };
     let prepared = p.prepare(request).await.expect("prepared");
