@@ -270,7 +270,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => {
             init_logging(args.log_format);
-            let config = proxy_config(&args, cli.config.as_ref())?;
+            // `-c FILE`, else `./tightwad.toml` when there is one, like the other commands.
+            let default = PathBuf::from("tightwad.toml");
+            let file = cli
+                .config
+                .clone()
+                .or_else(|| default.is_file().then(|| default.clone()));
+            let config = proxy_config(&args, file.as_ref()).map_err(|e| match file {
+                Some(_) => e,
+                None => e.context(tightwad_coordinator::cluster::config::missing_config(
+                    &default,
+                )),
+            })?;
             let proxy = Proxy::bind(&config).await?;
             tightwad_coordinator::hosts_view::attach(&proxy, &config);
             // Under systemd (`Type=notify`): ready, the socket listens and serving starts now;

@@ -741,3 +741,106 @@ fn the_agent_logs_json_lines_when_asked() {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
 }
+
+/// The binary with a clean environment: no config, target or API key from the caller's shell,
+/// `HOME` in `home` so nothing is written outside the test's directory.
+fn bare(dir: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).env("HOME", home);
+    for var in [
+        "TIGHTWAD_CONFIG",
+        "TIGHTWAD_TARGET",
+        "TIGHTWAD_DRAFT",
+        "TIGHTWAD_LISTEN",
+        "TIGHTWAD_API_KEY",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `tightwad proxy` reads `./tightwad.toml` like every other command (before: "no target
+/// configured"); without a file, the proxy and the fleet commands say which file they looked for,
+/// exit 2, and create no coordinator keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_reads_tightwad_toml_and_commands_without_one_say_where_they_looked() {
+    let dir = scratch("cwdconfig");
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let port = free_port();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(
+        dir.join("tightwad.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n\n[[pairings]]\nname = \"m\"\ntarget = \"{dead}\"\n"
+        ),
+    )
+    .expect("config");
+    let log = dir.join("proxy.log");
+    let mut proxy = Running(
+        bare(&dir, &home)
+            .arg("proxy")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("proxy starts"),
+    );
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/live"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        if let Ok(Some(status)) = proxy.0.try_wait() {
+            panic!(
+                "the proxy exited ({status}) instead of reading ./tightwad.toml: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the proxy did not listen on the file's address: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let models: Value = http
+        .get(format!("http://127.0.0.1:{port}/v1/models"))
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(models["data"][0]["id"], "m", "{models}");
+    drop(proxy);
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    for args in [
+        &["proxy"][..],
+        &["status"],
+        &["doctor"],
+        &["models", "list"],
+    ] {
+        let out = bare(&empty, &home).args(args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("looked for tightwad.toml")
+                && stderr.contains(&empty.join("tightwad.toml").display().to_string()),
+            "{args:?} does not say which file it looked for: {stderr}"
+        );
+        assert!(
+            !home.join(".tightwad").exists(),
+            "{args:?} created coordinator state without a config file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
