@@ -844,3 +844,57 @@ async fn proxy_reads_tightwad_toml_and_commands_without_one_say_where_they_looke
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Errors name each cause once (before: `cannot read nope.toml: No such file or directory (os
+/// error 2): No such file or directory (os error 2)`), show a non-GGUF file's first bytes as text
+/// (before: `magic [108, 105, 115, 116]`), exit 2, and the exit codes are in `--help`.
+#[test]
+fn errors_print_each_cause_once_and_exit_codes_are_documented() {
+    let dir = scratch("errors");
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+
+    let out = bare(&dir, &home)
+        .args(["-c", "nope.toml", "proxy"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read nope.toml"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is printed more than once: {stderr}"
+    );
+
+    std::fs::write(dir.join("list.txt"), "listen = 1\nmore text here\n").expect("file");
+    let out = bare(&dir, &home)
+        .args(["inspect", "list.txt"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not a GGUF file (starts with \"list\")") && !stderr.contains("[108"),
+        "{stderr}"
+    );
+
+    let help = bare(&dir, &home).arg("--help").output().expect("runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit codes:")
+            && help.contains("0  ok")
+            && help.contains("1  a check failed")
+            && help.contains("2  usage or configuration error"),
+        "{help}"
+    );
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README");
+    assert!(
+        readme.contains("**Exit codes**")
+            && readme.contains("| 1 | a check failed")
+            && readme.contains("| 2 | usage or configuration error"),
+        "the README does not document the exit codes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
