@@ -898,3 +898,84 @@ fn errors_print_each_cause_once_and_exit_codes_are_documented() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tightwad doctor` fails (exit 1, `ok: false`) when a configured target does not answer
+/// (before: a warning, "live checks skipped", exit 0), and the hint for an agent that does not
+/// answer names the UDP port and the host each in its place (before: "check that UDP 127.0.0.1
+/// reaches it").
+#[test]
+fn doctor_fails_on_a_target_or_agent_that_does_not_answer() {
+    let dir = scratch("doctordown");
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let state = format!("state_dir = \"{}\"\n", dir.join("coordinator").display());
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let pairing = dir.join("pairing.toml");
+    std::fs::write(
+        &pairing,
+        format!("{state}\n[[pairings]]\nname = \"m\"\ntarget = \"{dead}\"\n"),
+    )
+    .expect("config");
+    let out = bare(&dir, &home)
+        .arg("-c")
+        .arg(&pairing)
+        .args(["doctor", "--json"])
+        .output()
+        .expect("doctor runs");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["ok"], false, "{report:#}");
+    let target = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| {
+            c["category"] == "network" && c["subject"].as_str().is_some_and(|s| s.contains(&dead))
+        })
+        .unwrap_or_else(|| panic!("no network check for the target: {report:#}"));
+    assert_eq!(target["status"], "fail", "{target:#}");
+
+    // An agent that does not answer: a pending join token so the doctor tries to connect.
+    let port = free_port();
+    let hosts = dir.join("hosts.toml");
+    std::fs::write(
+        &hosts,
+        format!("{state}\n[[hosts]]\nname = \"gpu-box\"\naddress = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+    let token = bare(&dir, &home)
+        .arg("-c")
+        .arg(&hosts)
+        .args(["token", "--json"])
+        .output()
+        .expect("token runs");
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let out = bare(&dir, &home)
+        .arg("-c")
+        .arg(&hosts)
+        .args(["doctor", "--json"])
+        .output()
+        .expect("doctor runs");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let host = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["category"] == "host" && c["subject"] == "gpu-box")
+        .unwrap_or_else(|| panic!("no host check: {report:#}"));
+    assert_eq!(host["status"], "fail", "{host:#}");
+    let hint = host["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains(&format!("UDP port {port} on 127.0.0.1")),
+        "the hint does not put the port and the host in their places: {hint}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
