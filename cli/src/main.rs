@@ -14,7 +14,7 @@ use tightwad_serve::server::Proxy;
     name = "tightwad",
     version,
     about = "Speculative decoding across your LAN, behind one OpenAI endpoint",
-    after_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy\n  tightwad status --json\n  tightwad agent logs gpu-box target --tail 50\n  tightwad models copy model.gguf --from gpu-box --to desktop"
+    after_help = "Exit codes:\n  0  ok\n  1  a check failed (doctor found a problem, status or hosts discover found a host down or changed, tune found it will not fit)\n  2  usage or configuration error (bad flags, no or an invalid config file), or the command could not run\n\nExamples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy\n  tightwad status --json\n  tightwad agent logs gpu-box target --tail 50\n  tightwad models copy model.gguf --from gpu-box --to desktop"
 )]
 struct Cli {
     /// Config file: pairings and limits for `proxy`, `[[hosts]]` for the fleet commands.
@@ -270,7 +270,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => {
             init_logging(args.log_format);
-            let config = proxy_config(&args, cli.config.as_ref())?;
+            // `-c FILE`, else `./tightwad.toml` when there is one, like the other commands.
+            let default = PathBuf::from("tightwad.toml");
+            let file = cli
+                .config
+                .clone()
+                .or_else(|| default.is_file().then(|| default.clone()));
+            let config = proxy_config(&args, file.as_ref()).map_err(|e| match file {
+                Some(_) => e,
+                None => e.context(tightwad_coordinator::cluster::config::missing_config(
+                    &default,
+                )),
+            })?;
             let proxy = Proxy::bind(&config).await?;
             tightwad_coordinator::hosts_view::attach(&proxy, &config);
             // Under systemd (`Type=notify`): ready, the socket listens and serving starts now;
@@ -315,13 +326,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes, `: `-separated, each once: a message that already spells out its
+/// cause (thiserror's `"…: {source}"`, or a cause formatted into a context) does not get it again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }

@@ -23,7 +23,7 @@ impl FleetHosts {
 impl HostsSource for FleetHosts {
     fn snapshot(&self) -> BoxFuture<'_, anyhow::Result<Value>> {
         Box::pin(async move {
-            let fleet = Fleet::open(FleetConfig::load(&self.config)?)?;
+            let fleet = Fleet::open(FleetConfig::load_existing(&self.config)?)?;
             let reports = crate::fleet::status::collect(&fleet, None).await?;
             Ok(json!({ "hosts": reports }))
         })

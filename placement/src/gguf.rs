@@ -24,7 +24,7 @@ const KEPT_STRING_BYTES: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("not a GGUF file (magic {0:?})")]
+    #[error("not a GGUF file (starts with \"{}\")", .0.escape_ascii())]
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (2 and 3 are supported)")]
     UnsupportedVersion(u32),

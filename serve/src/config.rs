@@ -43,7 +43,8 @@ use crate::engine::{PairingConfig, VerifyMode};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The cause is the source, printed once by whoever walks the chain (`{e:#}`).
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]

@@ -31,6 +31,21 @@ pub struct FleetConfig {
     pub hosts: Vec<HostEntry>,
 }
 
+/// "no config file …": which file was looked for and how to name or write one.
+pub fn missing_config(path: &Path) -> String {
+    let shown = if path.is_relative() {
+        match std::env::current_dir() {
+            Ok(dir) => format!("{} ({})", path.display(), dir.join(path).display()),
+            Err(_) => path.display().to_string(),
+        }
+    } else {
+        path.display().to_string()
+    };
+    format!(
+        "no config file: looked for {shown}; pass -c FILE (or set TIGHTWAD_CONFIG), or write one with `tightwad init`"
+    )
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -61,6 +76,15 @@ impl FleetConfig {
             Err(_) => d,
         });
         Ok(config)
+    }
+
+    /// Reads `path`, which must exist: the commands that talk to the fleet. A missing file is an
+    /// error naming the file looked for, returned before anything (keys, state dir) is created.
+    pub fn load_existing(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            anyhow::bail!("{}", missing_config(path));
+        }
+        Self::load(path)
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -288,11 +288,16 @@ impl Cluster {
                         } else if error.contains("does not match the pinned") {
                             format!("the agent's key changed; if expected, remove {} from the coordinator's pinned peers and enroll it again", host.entry.name)
                         } else {
+                            let ip = crate::cluster::layout::host_ip(&host.entry.address);
+                            let port = host
+                                .entry
+                                .address
+                                .rsplit_once(':')
+                                .and_then(|(_, p)| p.parse::<u16>().ok())
+                                .unwrap_or(tightwad_protocol::DEFAULT_AGENT_PORT);
                             format!(
-                                "start `tightwad-agent` on {} and check that UDP {} reaches it (address in [[hosts]]: {})",
-                                host.entry.name,
-                                crate::cluster::layout::host_ip(&host.entry.address),
-                                host.entry.address
+                                "start `tightwad-agent` on {} and check that UDP port {port} on {ip} reaches it from here (address in [[hosts]]: {})",
+                                host.entry.name, host.entry.address
                             )
                         };
                         Check::new(

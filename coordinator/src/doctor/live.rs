@@ -69,8 +69,8 @@ async fn network_check(
         Ok(rtt) => rtt,
         Err(e) => {
             return (
-                Check::new(Category::Network, subject, Status::Warn, format!("not answering ({e}): live checks skipped"))
-                    .hint("start it (`tightwad agent start HOST PROCESS` or `tightwad up`) and run doctor again for the tokenizer, network and payoff checks"),
+                Check::new(Category::Network, subject, Status::Fail, format!("not answering ({e}); the tokenizer, network and payoff checks need it"))
+                    .hint("start it (`tightwad agent start HOST PROCESS` or `tightwad up`) and run doctor again; `tightwad doctor --offline` checks the rest before anything runs"),
                 None,
             )
         }

@@ -52,7 +52,7 @@ pub async fn run(args: DoctorArgs, config: &Path) -> anyhow::Result<ExitCode> {
 /// All checks, in a stable order: hosts, builds, processes (models, flags), memory, vocabulary,
 /// then the live checks against running servers.
 pub async fn diagnose(args: &DoctorArgs, config: &Path) -> anyhow::Result<Report> {
-    let fleet = Fleet::open(FleetConfig::load(config)?)?;
+    let fleet = Fleet::open(FleetConfig::load_existing(config)?)?;
     let layout = Layout::load(config)?;
     let mut checks = Vec::new();
     let cluster = agents::gather(&fleet, &layout).await;

@@ -178,7 +178,14 @@ pub enum ModelsAction {
 
 /// Runs one fleet command against the hosts in `config`.
 pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
-    let fleet = Fleet::open(FleetConfig::load(config)?)?;
+    // `token` works before any host is configured; every other command needs the file, and
+    // says which one it looked for before creating the coordinator's keys.
+    let loaded = if matches!(cmd, FleetCommand::Token { .. }) {
+        FleetConfig::load(config)?
+    } else {
+        FleetConfig::load_existing(config)?
+    };
+    let fleet = Fleet::open(loaded)?;
     match cmd {
         FleetCommand::Status { json, host } => {
             let reports = status::collect(&fleet, host.as_deref()).await?;

@@ -242,7 +242,7 @@ async fn target_for(args: &InspectArgs, config: &Path) -> anyhow::Result<Target>
     let mut ram = None;
     let needs_fleet = args.host.is_some() || args.rpc_workers.iter().any(|w| !w.contains('='));
     let fleet = if needs_fleet {
-        Some(Fleet::open(FleetConfig::load(config)?)?)
+        Some(Fleet::open(FleetConfig::load_existing(config)?)?)
     } else {
         None
     };

@@ -144,7 +144,7 @@ pub fn advise(model_bytes: u64, kv_bytes: u64, mem: HostMemory, offload: Offload
 
 async fn host_memory(args: &TuneArgs, config: &Path) -> anyhow::Result<HostMemory> {
     if let Some(name) = &args.host {
-        let fleet = Fleet::open(FleetConfig::load(config)?)?;
+        let fleet = Fleet::open(FleetConfig::load_existing(config)?)?;
         let entry = fleet
             .config
             .hosts
