@@ -43,19 +43,22 @@ async fn serve(
 ) -> Response {
     let id = Reply::new_id(endpoint);
     let span = info_span!("request", %id, endpoint = endpoint.path());
-    async move {
-        match handle(state, endpoint, client, req, id).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Debug-formatted: the message may quote client input (a `model` name), whose
-                // line breaks must not forge log lines.
-                warn!(status = e.status.as_u16(), message = ?e.message, "request refused");
-                e.into_response()
-            }
+    async move { answer(handle(state, endpoint, client, req, id).await) }
+        .instrument(span)
+        .await
+}
+
+/// The response, or the refusal as its OpenAI error (logged).
+pub(super) fn answer(result: Result<Response, ApiError>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Debug-formatted: the message may quote client input (a `model` name), whose line
+            // breaks must not forge log lines.
+            warn!(status = e.status.as_u16(), message = ?e.message, "request refused");
+            e.into_response()
         }
     }
-    .instrument(span)
-    .await
 }
 
 async fn handle(

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use tracing::{info_span, warn, Instrument};
+use tracing::{info_span, Instrument};
 
 use super::error::ApiError;
 use super::{completions, relay, AppState};
@@ -56,17 +56,9 @@ pub(super) async fn fallback(
         return ApiError::not_found(&path).into_response();
     }
     let span = info_span!("request", endpoint = %path);
-    async move {
-        match forward(state, client, req).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(status = e.status.as_u16(), message = ?e.message, "request refused");
-                e.into_response()
-            }
-        }
-    }
-    .instrument(span)
-    .await
+    async move { super::completions::answer(forward(state, client, req).await) }
+        .instrument(span)
+        .await
 }
 
 async fn forward(

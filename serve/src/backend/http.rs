@@ -237,6 +237,25 @@ impl Endpoint {
             .map_err(|e| self.send_error(path, e))
     }
 
+    /// A request as a client sent it (method, path with query, content type, raw body) on client
+    /// `c`, for the routes the proxy forwards unchanged.
+    pub fn raw_request(
+        &self,
+        c: &reqwest::Client,
+        method: &reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: &bytes::Bytes,
+    ) -> reqwest::RequestBuilder {
+        let req = c
+            .request(method.clone(), self.url(path_and_query))
+            .body(body.clone());
+        match content_type {
+            Some(ct) => req.header(reqwest::header::CONTENT_TYPE, ct),
+            None => req,
+        }
+    }
+
     /// `Ok(true)` when `/health` answers with a success (the model is loaded and the server takes
     /// requests); one attempt, no waiting.
     pub async fn healthy(&self) -> Result<bool, BackendError> {

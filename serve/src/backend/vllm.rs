@@ -461,13 +461,8 @@ impl VllmServer {
     ) -> Result<reqwest::Response, BackendError> {
         self.ep
             .send_once_head_within(path_and_query, |c| {
-                let mut req = c
-                    .request(method.clone(), self.ep.url(path_and_query))
-                    .body(body.clone());
-                if let Some(ct) = content_type {
-                    req = req.header(reqwest::header::CONTENT_TYPE, ct);
-                }
-                req
+                self.ep
+                    .raw_request(c, &method, path_and_query, content_type, &body)
             })
             .await
     }
