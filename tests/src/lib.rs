@@ -37,4 +37,4 @@ pub use exactness::{assert_ties_are_rare, compare, prompts, Agreement, Reference
 pub use http::{merge, post_json, proxy_token_ids, stream_token_ids, OpenStream};
 pub use llama_server::{LlamaServer, RpcServer, ServerOptions};
 pub use proxy::{greedy_through_proxy_matches_target, RunningProxy};
-pub use test_env::{env, free_port, TestEnv};
+pub use test_env::{env, free_port, stock_env, TestEnv};

@@ -51,6 +51,21 @@ pub fn env() -> TestEnv {
     }
 }
 
+/// [`env`], but with the STOCK llama-server of the same source (`LLAMA_SERVER_STOCK`; `scripts/setup`
+/// builds both): for the fallbacks a server without Tightwad's patch must take.
+pub fn stock_env() -> TestEnv {
+    let stock = PathBuf::from(require_env("LLAMA_SERVER_STOCK"));
+    assert!(
+        stock.exists(),
+        "LLAMA_SERVER_STOCK={} does not exist",
+        stock.display()
+    );
+    TestEnv {
+        llama_server: stock,
+        ..env()
+    }
+}
+
 impl TestEnv {
     pub fn model(&self, name: &str) -> PathBuf {
         self.models.join(name)

@@ -4,7 +4,7 @@
 use serde_json::json;
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, prompts,
-    proxy_token_ids, LlamaServer, RpcServer, RunningProxy, ServerOptions,
+    proxy_token_ids, stock_env, LlamaServer, RpcServer, RunningProxy, ServerOptions, TestEnv,
 };
 
 #[tokio::test]
@@ -91,22 +91,29 @@ async fn with_both_paths_each_request_takes_one_and_output_stays_the_targets() {
     );
 }
 
-/// The controller protects a natively paired target too: with `disable_above_tok_s` below the
-/// target's own speed, speculation goes off after the first measurement, and "off" really is off
-/// (the patched target drafts nothing when told `speculative.n_max` 0 — the effect, not the field).
-#[tokio::test]
-async fn disable_above_switches_native_speculation_really_off() {
-    let env = env();
-    let rpc = RpcServer::start(&env).await;
+/// A natively paired target (its draft model on a loopback rpc-server) behind an adaptive proxy
+/// whose `disable_above_tok_s` (0.5) is far below the target's own speed: the controller switches
+/// speculation off after its first measurement.
+async fn native_above_its_limit(env: &TestEnv) -> (RpcServer, LlamaServer, RunningProxy) {
+    let rpc = RpcServer::start(env).await;
     let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
     opts.slots = 1;
     opts.ctx = 4096;
-    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let target = LlamaServer::start(env, &env.model("target.gguf"), opts).await;
     let mut entry = RunningProxy::entry(&target.url, None, 4);
     entry.native = true;
     entry.adaptive = true;
     entry.disable_above_tok_s = Some(0.5);
     let proxy = RunningProxy::start_entry(entry).await;
+    (rpc, target, proxy)
+}
+
+/// The controller protects a natively paired target too: with `disable_above_tok_s` below the
+/// target's own speed, speculation goes off after the first measurement, and "off" really is off
+/// (the patched target drafts nothing when told `speculative.n_max` 0 — the effect, not the field).
+#[tokio::test]
+async fn disable_above_switches_native_speculation_really_off() {
+    let (_rpc, _target, proxy) = native_above_its_limit(&env()).await;
     let body = json!({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0});
     let mut last = serde_json::Value::Null;
     for _ in 0..3 {
@@ -138,20 +145,7 @@ async fn disable_above_switches_native_speculation_really_off() {
 /// in fact speculated).
 #[tokio::test]
 async fn a_stock_target_that_ignores_steering_is_never_claimed_as_steered() {
-    let mut env = env();
-    env.llama_server = std::env::var_os("LLAMA_SERVER_STOCK")
-        .map(std::path::PathBuf::from)
-        .expect("LLAMA_SERVER_STOCK: run ./scripts/test");
-    let rpc = RpcServer::start(&env).await;
-    let mut opts = ServerOptions::native_target(4, &env.model("draft.gguf"), rpc.port);
-    opts.slots = 1;
-    opts.ctx = 4096;
-    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
-    let mut entry = RunningProxy::entry(&target.url, None, 4);
-    entry.native = true;
-    entry.adaptive = true;
-    entry.disable_above_tok_s = Some(0.5);
-    let proxy = RunningProxy::start_entry(entry).await;
+    let (_rpc, _target, proxy) = native_above_its_limit(&stock_env()).await;
     let body = json!({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0});
     for _ in 0..3 {
         let (s, v) = proxy.post("/v1/completions", &body).await;

@@ -3,27 +3,14 @@
 //! sampler. The answers must still be the target's own, a round must cost about one decode of k + 1
 //! tokens, and a stock target must fall back to the multi-prompt form and say why. Real servers.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, prompts,
-    proxy_token_ids, stream_token_ids, LlamaServer, OpenStream, RunningProxy, ServerOptions,
-    TestEnv,
+    proxy_token_ids, stock_env, stream_token_ids, LlamaServer, OpenStream, RunningProxy,
+    ServerOptions, TestEnv,
 };
 
 const K: usize = 4;
-
-/// The stock llama-server of the same source (`scripts/setup` builds both).
-fn stock_env() -> TestEnv {
-    let mut e = env();
-    let stock = std::env::var_os("LLAMA_SERVER_STOCK")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("LLAMA_SERVER_STOCK is not set: run ./scripts/test"));
-    e.llama_server = stock;
-    e
-}
 
 async fn target(env: &TestEnv) -> LlamaServer {
     LlamaServer::start(

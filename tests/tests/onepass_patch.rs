@@ -6,12 +6,10 @@
 //! own top two choices are a numerical tie, batched verification may take the runner-up
 //! (`tightwad_e2e::compare`).
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, post_json, prompts, Agreement, LlamaServer, Reference,
-    ServerOptions, TestEnv,
+    assert_ties_are_rare, compare, env, post_json, prompts, stock_env, Agreement, LlamaServer,
+    Reference, ServerOptions, TestEnv,
 };
 
 /// Draft length of the single-step checks.
@@ -22,23 +20,6 @@ const DRAFT_MAX: &str = "8";
 
 fn patched_env() -> TestEnv {
     env()
-}
-
-fn stock_env() -> TestEnv {
-    let mut e = env();
-    let stock = std::env::var_os("LLAMA_SERVER_STOCK")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!("LLAMA_SERVER_STOCK is not set: run ./scripts/test or eval \"$(scripts/setup)\"")
-        });
-    assert!(
-        stock.exists(),
-        "LLAMA_SERVER_STOCK={} does not exist",
-        stock.display()
-    );
-    e.llama_server = stock;
-    e
 }
 
 async fn start_target(slots: u32, ctx: u32, extra: &[&str]) -> LlamaServer {

@@ -180,7 +180,16 @@ impl Endpoint {
         path: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BackendError> {
-        self.attempt(path, build(&self.http), Some(self.timeout))
+        self.send_once_with(path, build, Some(self.timeout)).await
+    }
+
+    async fn send_once_with(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        head: Option<Duration>,
+    ) -> Result<reqwest::Response, BackendError> {
+        self.attempt(path, build(&self.http), head)
             .await?
             .map_err(|e| self.send_error(path, e))
     }
@@ -231,10 +240,7 @@ impl Endpoint {
         path: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BackendError> {
-        build(&self.http)
-            .send()
-            .await
-            .map_err(|e| self.send_error(path, e))
+        self.send_once_with(path, build, None).await
     }
 
     /// A request as a client sent it (method, path with query, content type, raw body) on client
