@@ -137,7 +137,10 @@ async fn answers_that_run_into_a_small_target_context_finish_on_the_target_alone
         .iter()
         .filter_map(Value::as_u64)
         .collect();
-    assert!(document.len() > TARGET_CTX as usize, "the document is too short");
+    assert!(
+        document.len() > TARGET_CTX as usize,
+        "the document is too short"
+    );
 
     let mut seen = 0;
     // room 3 and 5: the very first round cannot fit (context + k draft tokens + 2 > 256), so the
