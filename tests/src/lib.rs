@@ -10,6 +10,7 @@
 //! - [`proxy`]: the proxy in the test's process ([`proxy::RunningProxy`]).
 //! - [`http`]: JSON posts and streamed (SSE) responses.
 //! - [`exactness`]: token-by-token comparison with the target alone, the prompt set.
+//! - [`sampled`]: sampled answers compared as two samples (the target judges every token).
 //! - [`footprint`]: descriptors and tasks the proxy holds before and after a fault.
 //! - [`agents`]: `tightwad-agent` processes (the binary) in namespaces, the coordinator's config,
 //!   join tokens; [`cluster`]: a set of enrolled agents with a layout, for the fleet tests.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod llama_server;
 pub mod netns;
 pub mod proxy;
+pub mod sampled;
 pub mod server_process;
 pub mod test_env;
 pub mod vllm;

@@ -150,15 +150,44 @@ impl VllmServer {
                 .to_string(),
         }
     }
-}
 
-impl Drop for VllmServer {
-    fn drop(&mut self) {
+    /// vLLM alone, sampling `max_tokens` after `prompt_ids` with `sampling` (temperature, top_k,
+    /// top_p, min_p, seed …): the generated token ids.
+    pub async fn sample(
+        &self,
+        prompt_ids: &[u64],
+        max_tokens: usize,
+        sampling: &Value,
+    ) -> Vec<u64> {
+        let mut body = json!({
+            "model": SERVED_MODEL, "prompt": prompt_ids, "max_tokens": max_tokens,
+            "return_token_ids": true,
+        });
+        crate::http::merge(&mut body, sampling.clone());
+        let (status, v) = post_json(&format!("{}/v1/completions", self.url), &body).await;
+        assert_eq!(status, 200, "vLLM sampling failed: {v}");
+        v["choices"][0]["token_ids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no token_ids in {v}"))
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect()
+    }
+
+    /// Kill the server and its engine processes now (a crash or a power cut, as far as a client
+    /// can tell).
+    pub fn kill(&mut self) {
         // vLLM runs its engine in child processes: end the whole group.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.child.id())])
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for VllmServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
