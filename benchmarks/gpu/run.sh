@@ -12,7 +12,8 @@
 # `lan-relay`, this script and its Python helpers, COMMIT. Results: $OUT/<stage>.tar.gz, rewritten
 # after every row (the device returns at most 8 files), and one line per row on stdout.
 #
-# Topology (every server on the one GPU, "hosts" emulated by `lan-relay`, which delays each
+# Topology (draft-side servers on the second GPU where there is one, else every server on the one
+# GPU; "hosts" emulated by `lan-relay`, which delays each
 # direction by RTT/2): the client and the proxy sit on one side; the target, the draft server and
 # the rpc-server each sit behind their own relay. Direct requests to the target go through the
 # same relay as the proxy's.
@@ -48,11 +49,21 @@ LS=${GPU_LLAMA_SERVER:-$WORK/bin/llama-server}
 RPCS=${GPU_RPC_SERVER:-$WORK/bin/ggml-rpc-server}
 M_T=${GPU_TARGET_MODEL:-$WORK/models/gpu-target.gguf}
 M_D=${GPU_DRAFT_MODEL:-$WORK/models/gpu-draft.gguf}
+# Where the draft model runs: on a machine with two GPUs, the draft server and the rpc-servers get
+# the second card (as on another host: nothing shared with the target but the relayed link); with
+# one GPU they share the target's card in their own processes (kernels of both then queue on it).
 if [ -n "$CPU" ]; then
-  DEV_TARGET=none; RPC_DEV=(); SLOW_THREADS=${GPU_SLOW_THREADS:-1}
+  DEV_TARGET=none; DRAFT_DEV=; DRAFT_CARD="this CPU machine, own process"; SLOW_THREADS=${GPU_SLOW_THREADS:-1}
 else
-  DEV_TARGET=CUDA0; RPC_DEV=(-d CUDA0); SLOW_THREADS=${GPU_SLOW_THREADS:-16}
+  DEV_TARGET=CUDA0; SLOW_THREADS=${GPU_SLOW_THREADS:-16}
+  if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -z "${GPU_ONE_CARD:-}" ]; then
+    DRAFT_DEV=CUDA1; DRAFT_CARD="its own GPU (CUDA1; the target has CUDA0)"
+  else
+    DRAFT_DEV=CUDA0; DRAFT_CARD="the target's GPU (CUDA0), own process"
+  fi
 fi
+RPC_DEV=(); [ -n "$DRAFT_DEV" ] && RPC_DEV=(-d "$DRAFT_DEV")
+DRAFT_DEV_ARGS=(); [ -n "$DRAFT_DEV" ] && DRAFT_DEV_ARGS=(--device "$DRAFT_DEV")
 SPEC=(--spec-type draft-simple --spec-draft-n-max 8 -ngld 99)
 
 pack() { # the stage's raw files -> $OUT/<stage>.tar.gz (atomic), so a kill still returns them
@@ -244,7 +255,7 @@ EOF
   # --- servers, all started at once --------------------------------------------------------------
   log "starting servers ($kind target)"
   server T 9001 "${tgt[@]}" --spec-draft-n-max 8
-  server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192
+  server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192 "${DRAFT_DEV_ARGS[@]}"
   case " $ROWS " in *" md-anchor "*) server A 9003 "${tgt[@]}" -md "$M_D" "${SPEC[@]}" ;; esac
   local i=0 rtt
   for rtt in $RTTS; do
@@ -290,7 +301,7 @@ EOF
     warm "$rT" 1 8
     if want rpc-remote; then
       warm "$rN" 1 16; metrics "$((9003 + i))" "$S-rpc-remote-rtt$tag" before
-      bench "$S-rpc-remote-rtt$tag" "llama.cpp -md, draft on a ggml-rpc-server behind the ${RTT} ms relay (same GPU, other process)" \
+      bench "$S-rpc-remote-rtt$tag" "llama.cpp -md, draft on a ggml-rpc-server on $DRAFT_CARD behind the ${RTT} ms relay; the target drives it over RPC" \
         "$rN" "$rT" --prime "$rN"; metrics "$((9003 + i))" "$S-rpc-remote-rtt$tag" after; pack
     fi
     if want md-anchor; then
@@ -301,20 +312,20 @@ EOF
     if want op-adaptive; then
       proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass
       warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"
-      bench "$S-op-adaptive-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive" \
+      bench "$S-op-adaptive-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-adaptive-rtt$tag"; stop "P$i-$row"; pack
     fi
     if want auto; then
       proxy "P$i-$row" "$pp" "$rN" "$rD" --native
       warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"; metrics "$((9003 + i))" "$S-auto-rtt$tag" before
-      bench "$S-auto-rtt$tag" "both: draft llama-server behind the relay (rounds) and the target's -md draft on the rpc-server behind the relay (native); chosen per request" \
+      bench "$S-auto-rtt$tag" "both: draft llama-server (rounds) and the target's -md draft on the rpc-server (native), each on $DRAFT_CARD behind the relay; chosen per request" \
         "http://127.0.0.1:$pp" "$rT" --prime "$rN"; stats "http://127.0.0.1:$pp" "$S-auto-rtt$tag"
       metrics "$((9003 + i))" "$S-auto-rtt$tag" after; stop "P$i-$row"; pack
     fi
     if want op-k4; then
       proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 4
       warm "http://127.0.0.1:$pp" 1 16
-      bench "$S-op-k4-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad one-pass rounds, k=4 pinned" \
+      bench "$S-op-k4-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=4 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k4-rtt$tag"
       if [ "$EXACTNESS" = 1 ] && [ ! -f "$RAW/exactness.json" ]; then
         log "exactness on the GPU: one-pass rounds k=4 vs the target alone (direct, no relay)"
@@ -328,13 +339,13 @@ EOF
     if want op-k8; then
       proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 8
       warm "http://127.0.0.1:$pp" 1 16
-      bench "$S-op-k8-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned" \
+      bench "$S-op-k8-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k8-rtt$tag"; stop "P$i-$row"; pack
     fi
     if want mp-k4; then
       proxy "P$i-$row" "$pp" "$rT" "$rD" --verify multi-prompt --no-adaptive --draft-tokens 4
       warm "http://127.0.0.1:$pp" 1 16
-      bench "$S-mp-k4-rtt$tag" "draft llama-server behind the ${RTT} ms relay; Tightwad multi-prompt rounds (k+1 prompts), k=4 pinned" \
+      bench "$S-mp-k4-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad multi-prompt rounds (k+1 prompts), k=4 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-mp-k4-rtt$tag"; stop "P$i-$row"; pack
     fi
     stop "rT$i" "rD$i" "rA$i" "rN$i"

@@ -107,7 +107,8 @@ def main():
                 "acceptance": t.get("acceptance"), "tokens_per_round": t.get("tokens_per_round"),
                 "identical_prompts": t["identical_prompts"], "prompts": t["prompts"],
                 "max_tokens": rep.get("max_tokens"),
-                "where": WHERE.get(row) or read(os.path.join(raw, f"{name}.where")),
+                # run.sh writes where the draft really ran (which card) beside each row.
+                "where": read(os.path.join(raw, f"{name}.where")) or WHERE.get(row),
             }
             ps = rep.get("proxy_stats")
             if ps:

@@ -10,6 +10,7 @@
 //! own pair of links.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,8 @@ pub struct LanRelay {
     local_addr: SocketAddr,
     backend: String,
     link: SharedLink,
+    /// Bytes relayed so far, both directions, every connection: what crossed the emulated LAN.
+    relayed: Arc<AtomicU64>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -107,11 +110,18 @@ impl LanRelay {
         })?;
         let backend = backend.into();
         let link = Arc::new(RwLock::new(link));
-        let accept_task = tokio::spawn(accept_loop(listener, backend.clone(), link.clone()));
+        let relayed = Arc::new(AtomicU64::new(0));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            backend.clone(),
+            link.clone(),
+            relayed.clone(),
+        ));
         Ok(LanRelay {
             local_addr,
             backend,
             link,
+            relayed,
             accept_task,
         })
     }
@@ -145,6 +155,12 @@ impl LanRelay {
         current(&self.link)
     }
 
+    /// Bytes that have entered the emulated link so far (both directions, every connection): a
+    /// test sees whether a request made the two hosts talk at all.
+    pub fn bytes_relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
     /// Change the link for every byte sent from now on, on open connections too (bytes already
     /// in flight keep their delivery time).
     pub fn set_link(&self, link: LinkConfig) {
@@ -162,7 +178,12 @@ impl Drop for LanRelay {
     }
 }
 
-async fn accept_loop(listener: TcpListener, backend: String, link: SharedLink) {
+async fn accept_loop(
+    listener: TcpListener,
+    backend: String,
+    link: SharedLink,
+    relayed: Arc<AtomicU64>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -170,8 +191,9 @@ async fn accept_loop(listener: TcpListener, backend: String, link: SharedLink) {
                 Ok((client, peer)) => {
                     let backend = backend.clone();
                     let link = link.clone();
+                    let relayed = relayed.clone();
                     connections.spawn(async move {
-                        if let Err(e) = relay_connection(client, &backend, &link).await {
+                        if let Err(e) = relay_connection(client, &backend, &link, &relayed).await {
                             debug!(%peer, %backend, error = %e, "relayed connection ended with an error");
                         }
                     });
@@ -193,6 +215,7 @@ async fn relay_connection(
     client: TcpStream,
     backend: &str,
     link: &SharedLink,
+    relayed: &Arc<AtomicU64>,
 ) -> std::io::Result<(u64, u64)> {
     let server = TcpStream::connect(backend).await?;
     client.set_nodelay(true)?;
@@ -200,8 +223,8 @@ async fn relay_connection(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let (up, down) = tokio::join!(
-        pump(client_read, server_write, link.clone()),
-        pump(server_read, client_write, link.clone())
+        pump(client_read, server_write, link.clone(), relayed.clone()),
+        pump(server_read, client_write, link.clone(), relayed.clone())
     );
     Ok((up?, down?))
 }
@@ -222,6 +245,7 @@ async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     shared: SharedLink,
+    relayed: Arc<AtomicU64>,
 ) -> std::io::Result<u64> {
     let (tx, mut rx) = mpsc::channel::<InFlight>(QUEUE_CHUNKS);
     let reader = async move {
@@ -237,6 +261,7 @@ async fn pump(
                 None
             } else {
                 total += n as u64;
+                relayed.fetch_add(n as u64, Ordering::Relaxed);
                 link_free_at = start + link.serialization(n);
                 Some(Bytes::copy_from_slice(&buf[..n]))
             };

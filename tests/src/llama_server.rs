@@ -96,6 +96,10 @@ impl ServerOptions {
             "RPC0".into(),
             "-ngld".into(),
             "99".into(),
+            // The target's own layers stay on this host: without it llama.cpp offloads them to
+            // every device it has, the rpc-server included, and the "target" runs remotely too.
+            "--device".into(),
+            "none".into(),
         ];
         opts
     }

@@ -182,11 +182,14 @@ async fn a_slow_link_to_the_native_draft_turns_speculation_off_and_a_fast_one_ba
     )
     .await
     .expect("relay");
+    // The benchmark pair (a target several times slower than its draft that agrees with it): with
+    // the target's layers on this host and the draft model's behind the link, native speculation
+    // pays on a fast link (about 2x here), so the controller has something to turn off and on.
     let mut opts =
-        ServerOptions::native_target(4, &env.model("draft.gguf"), relay.local_addr().port());
+        ServerOptions::native_target(4, &env.model("bench-draft.gguf"), relay.local_addr().port());
     opts.slots = 1;
     opts.ctx = 4096;
-    let target = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
+    let target = LlamaServer::start(&env, &env.model("bench-target.gguf"), opts).await;
     let mut entry = RunningProxy::entry(&target.url, None, 4);
     entry.native = true;
     entry.adaptive = true;

@@ -1,14 +1,21 @@
 //! The llama.cpp patches Tightwad carries (`patches/llama.cpp/`, see its README), compiled into the
 //! binary so `tightwad build` can send them to every agent: one-pass verification of a client's
-//! draft (`draft_tokens`) and per-request `speculative.n_max`.
+//! draft (`draft_tokens`), per-request `speculative.n_max`, and a draft model that skips the requests
+//! that say `speculative.n_max: 0`.
 
 use tightwad_protocol::messages::SourcePatch;
 
 /// Every bundled patch, in the order they apply. A unit test checks this list against the folder.
-const BUNDLED: &[(&str, &str)] = &[(
-    "0001-server-client-draft-tokens.patch",
-    include_str!("../../../patches/llama.cpp/0001-server-client-draft-tokens.patch"),
-)];
+const BUNDLED: &[(&str, &str)] = &[
+    (
+        "0001-server-client-draft-tokens.patch",
+        include_str!("../../../patches/llama.cpp/0001-server-client-draft-tokens.patch"),
+    ),
+    (
+        "0002-server-n-max-0-skips-the-draft-model.patch",
+        include_str!("../../../patches/llama.cpp/0002-server-n-max-0-skips-the-draft-model.patch"),
+    ),
+];
 
 /// The bundled patches, as a build request carries them.
 pub fn bundled() -> Vec<SourcePatch> {

@@ -233,6 +233,15 @@ impl LlamaServer {
         Value::Object(body)
     }
 
+    /// A verification request of the proxy's rounds: the target's own draft model (a target
+    /// paired natively, `-md`) must do nothing for it. With the bundled patch, `speculative.n_max`
+    /// 0 also keeps the draft model from following the request's tokens, which costs round trips
+    /// per token when that model sits on a remote rpc-server; servers without a draft model, and
+    /// stock servers (which ignore the field), are unaffected.
+    fn no_native_drafting(body: &mut serde_json::Map<String, Value>) {
+        body.insert("speculative.n_max".into(), json!(0));
+    }
+
     /// Generate up to `n_predict` tokens after `prompt` (the draft's proposal).
     pub async fn complete(
         &self,
@@ -258,6 +267,7 @@ impl LlamaServer {
             Self::completion_body(json!(prompt), draft.len() + 1, sampling, n_probs, false);
         if let Value::Object(m) = &mut body {
             m.insert("draft_tokens".into(), json!(draft));
+            Self::no_native_drafting(m);
         }
         self.ep.post_json("/completion", &body).await
     }
@@ -291,7 +301,10 @@ impl LlamaServer {
         n_probs: usize,
     ) -> Result<Vec<Completion>, BackendError> {
         let post = !sampling.is_greedy();
-        let body = Self::completion_body(json!(prompts), 1, sampling, n_probs, post);
+        let mut body = Self::completion_body(json!(prompts), 1, sampling, n_probs, post);
+        if let Value::Object(m) = &mut body {
+            Self::no_native_drafting(m);
+        }
         let v: Value = self.ep.post_json("/completion", &body).await?;
         let results: Vec<Completion> = match v {
             Value::Array(items) => items
