@@ -204,11 +204,13 @@ async fn a_draft_stopped_mid_stream_stalls_it_at_most_one_draft_timeout_with_pip
     let env = env();
     let target =
         LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(4)).await;
+    // The target's own model as the draft: every block is accepted, so a block is always being
+    // drafted ahead when the draft stops (the case that cost two timeouts).
     let draft_opts = ServerOptions {
         slots: 2,
         ..ServerOptions::default()
     };
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), draft_opts).await;
+    let draft = LlamaServer::start(&env, &env.model("target.gguf"), draft_opts).await;
     let mut c = config(&target.url, Some(&draft.url), 4);
     c.pairings[0].draft_timeout_s = DRAFT_TIMEOUT_S;
     assert!(c.pairings[0].pipeline, "pipelining is the default");
