@@ -26,8 +26,12 @@ const LONG_PROMPT: &str = "The lighthouse keeper climbed the spiral stairs every
 #[tokio::test]
 async fn the_prompt_cache_keeps_each_rounds_prompt_work_to_the_new_tokens() {
     let env = env();
-    let target =
-        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(K as u32)).await;
+    let target = LlamaServer::start(
+        &env,
+        &env.model("target.gguf"),
+        ServerOptions::target(K as u32),
+    )
+    .await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let proxy = RunningProxy::start(&target.url, Some(&draft.url), K).await;
     let prompt_tokens = target
@@ -71,8 +75,12 @@ async fn the_prompt_cache_keeps_each_rounds_prompt_work_to_the_new_tokens() {
 #[tokio::test]
 async fn top_p_and_min_p_narrow_the_targets_choices_through_the_proxy_as_alone() {
     let env = env();
-    let target =
-        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(K as u32)).await;
+    let target = LlamaServer::start(
+        &env,
+        &env.model("target.gguf"),
+        ServerOptions::target(K as u32),
+    )
+    .await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let proxy = RunningProxy::start(&target.url, Some(&draft.url), K).await;
     let prompt = "The history of lighthouses";
@@ -116,7 +124,10 @@ async fn top_p_and_min_p_narrow_the_targets_choices_through_the_proxy_as_alone()
         assert_eq!(s, 200, "{v}");
         differs |= proxy_token_ids(&v) != reference.tokens;
     }
-    assert!(differs, "temperature 1.5 alone gave the greedy answer every time");
+    assert!(
+        differs,
+        "temperature 1.5 alone gave the greedy answer every time"
+    );
 }
 
 /// A proxy whose controller times the target's own speed first (adaptive, fresh): the first 16
@@ -132,8 +143,12 @@ async fn fresh_adaptive_proxy(target: &str, draft: &str) -> RunningProxy {
 #[tokio::test]
 async fn a_seed_on_the_target_only_path_reproduces_the_targets_own_seeded_answer() {
     let env = env();
-    let target =
-        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(K as u32)).await;
+    let target = LlamaServer::start(
+        &env,
+        &env.model("target.gguf"),
+        ServerOptions::target(K as u32),
+    )
+    .await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let prompt = "Tell me a story about a fox";
     let mut answers = Vec::new();
@@ -146,10 +161,7 @@ async fn a_seed_on_the_target_only_path_reproduces_the_targets_own_seeded_answer
             )
             .await;
         assert_eq!(s, 200, "{v}");
-        assert_eq!(
-            v["tightwad"]["rounds"], 0,
-            "not the target-only path: {v}"
-        );
+        assert_eq!(v["tightwad"]["rounds"], 0, "not the target-only path: {v}");
         let through = proxy_token_ids(&v);
         let alone = target
             .complete(prompt, 16, json!({"temperature": 1.0, "seed": seed}))
@@ -198,7 +210,9 @@ async fn recording_relay(upstream: std::net::SocketAddr) -> (String, Received) {
                     if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
-                    seen.lock().expect("relay record").extend_from_slice(&buf[..n]);
+                    seen.lock()
+                        .expect("relay record")
+                        .extend_from_slice(&buf[..n]);
                 }
                 let _ = client_write.shutdown().await;
                 up.abort();
@@ -214,8 +228,12 @@ async fn recording_relay(upstream: std::net::SocketAddr) -> (String, Received) {
 #[tokio::test]
 async fn the_target_only_stream_asks_for_no_probabilities_it_never_reads() {
     let env = env();
-    let target =
-        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(K as u32)).await;
+    let target = LlamaServer::start(
+        &env,
+        &env.model("target.gguf"),
+        ServerOptions::target(K as u32),
+    )
+    .await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let upstream = target
         .url

@@ -243,14 +243,19 @@ async fn a_draft_stopped_mid_stream_stalls_it_at_most_one_draft_timeout_with_pip
     .await;
     draft.signal("CONT");
     read.expect("the stream ends");
-    eprintln!("longest gap after the draft stopped: {longest:?} (draft_timeout_s {DRAFT_TIMEOUT_S})");
+    eprintln!(
+        "longest gap after the draft stopped: {longest:?} (draft_timeout_s {DRAFT_TIMEOUT_S})"
+    );
     assert!(
         longest < std::time::Duration::from_secs(DRAFT_TIMEOUT_S) + MARGIN,
         "a stalled draft held the stream {longest:?} with draft_timeout_s = {DRAFT_TIMEOUT_S}"
     );
     let events = tightwad_e2e::http::sse_payloads(&body);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
-    assert!(!body.contains("\"error\""), "the client saw an error: {body}");
+    assert!(
+        !body.contains("\"error\""),
+        "the client saw an error: {body}"
+    );
     let tokens = tightwad_e2e::http::streamed_token_ids(&events).expect("token_ids");
     compare(&tokens, &reference, prompt);
     let tightwad = tightwad_e2e::http::streamed_tightwad(&events).expect("tightwad object");

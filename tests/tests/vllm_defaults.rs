@@ -80,10 +80,7 @@ async fn a_request_without_temperature_uses_the_vllm_targets_own_default() {
             )
             .await;
         assert_eq!(s, 200, "{through}");
-        assert_eq!(
-            through["tightwad"]["served_by"], "speculative",
-            "{through}"
-        );
+        assert_eq!(through["tightwad"]["served_by"], "speculative", "{through}");
         assert!(
             through["tightwad"]["drafted"].as_u64() > Some(0),
             "nothing was drafted: {through}"
