@@ -55,7 +55,7 @@ impl VllmServer {
         let log = std::env::temp_dir().join(format!("tightwad-test-vllm-{port}.log"));
         let mut cmd = Command::new(&python);
         cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
-            .arg(&model)
+            .arg(model)
             .args([
                 "--served-model-name",
                 SERVED_MODEL,
