@@ -39,13 +39,23 @@ impl VllmServer {
     /// Start vLLM on a free port and wait for `/health` (several minutes on a busy 2-core CI
     /// machine: the Python imports alone take a while).
     pub async fn start() -> VllmServer {
+        Self::start_model(&var("TIGHTWAD_VLLM_MODEL")).await
+    }
+
+    /// The Hugging Face folder every vLLM test serves (`TIGHTWAD_VLLM_MODEL`).
+    pub fn model_folder() -> PathBuf {
+        var("TIGHTWAD_VLLM_MODEL")
+    }
+
+    /// [`VllmServer::start`] with another Hugging Face folder (e.g. one whose generation config
+    /// sets different default sampling).
+    pub async fn start_model(model: &std::path::Path) -> VllmServer {
         let python = var("TIGHTWAD_VLLM_PYTHON");
-        let model = var("TIGHTWAD_VLLM_MODEL");
         let port = free_port();
         let log = std::env::temp_dir().join(format!("tightwad-test-vllm-{port}.log"));
         let mut cmd = Command::new(&python);
         cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
-            .arg(&model)
+            .arg(model)
             .args([
                 "--served-model-name",
                 SERVED_MODEL,

@@ -190,3 +190,82 @@ async fn a_request_without_temperature_uses_the_targets_own_default() {
         compare(&proxy_token_ids(&through), &reference, prompt);
     }
 }
+
+/// `draft_timeout_s` bounds what a stalled draft costs a streamed request with pipelining on (the
+/// default): a draft stopped with `SIGSTOP` mid-stream (connections accepted, nothing answered)
+/// holds the stream back at most one timeout, then the target goes on alone and the answer is the
+/// target's own. Before, the drafted-ahead block timed out and the round asked the stopped draft
+/// again: two timeouts (8 s at 4 s).
+#[tokio::test]
+async fn a_draft_stopped_mid_stream_stalls_it_at_most_one_draft_timeout_with_pipelining() {
+    const DRAFT_TIMEOUT_S: u64 = 4;
+    // Loopback target-only tokens take well under a second; two timeouts would take twice as long.
+    const MARGIN: std::time::Duration = std::time::Duration::from_millis(2500);
+    let env = env();
+    let target =
+        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(4)).await;
+    // The target's own model as the draft: every block is accepted, so a block is always being
+    // drafted ahead when the draft stops (the case that cost two timeouts).
+    let draft_opts = ServerOptions {
+        slots: 2,
+        ..ServerOptions::default()
+    };
+    let draft = LlamaServer::start(&env, &env.model("target.gguf"), draft_opts).await;
+    let mut c = config(&target.url, Some(&draft.url), 4);
+    c.pairings[0].draft_timeout_s = DRAFT_TIMEOUT_S;
+    assert!(c.pairings[0].pipeline, "pipelining is the default");
+    let proxy = RunningProxy::start_with(c).await;
+    let prompt = "The history of lighthouses";
+    let reference = target.reference(json!(prompt), 120).await;
+
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/completions", proxy.url))
+        .json(&json!({"prompt": prompt, "max_tokens": 120, "temperature": 0, "stream": true, "return_token_ids": true}))
+        .send()
+        .await
+        .expect("stream starts");
+    assert_eq!(response.status(), 200);
+    let mut body = String::new();
+    while body.matches("data:").count() < 4 {
+        let chunk = response.chunk().await.expect("chunk").expect("more data");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    draft.signal("STOP");
+    let mut last = std::time::Instant::now();
+    let mut longest = std::time::Duration::ZERO;
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(chunk) = response.chunk().await.expect("the stream continues") {
+            longest = longest.max(last.elapsed());
+            last = std::time::Instant::now();
+            body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    draft.signal("CONT");
+    read.expect("the stream ends");
+    eprintln!(
+        "longest gap after the draft stopped: {longest:?} (draft_timeout_s {DRAFT_TIMEOUT_S})"
+    );
+    assert!(
+        longest < std::time::Duration::from_secs(DRAFT_TIMEOUT_S) + MARGIN,
+        "a stalled draft held the stream {longest:?} with draft_timeout_s = {DRAFT_TIMEOUT_S}"
+    );
+    let events = tightwad_e2e::http::sse_payloads(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert!(
+        !body.contains("\"error\""),
+        "the client saw an error: {body}"
+    );
+    let tokens = tightwad_e2e::http::streamed_token_ids(&events).expect("token_ids");
+    compare(&tokens, &reference, prompt);
+    let tightwad = tightwad_e2e::http::streamed_tightwad(&events).expect("tightwad object");
+    assert!(
+        tightwad["pipelined_rounds"].as_u64() > Some(0),
+        "no round was pipelined before the stop: {tightwad}"
+    );
+    let stats = proxy.stats().await;
+    assert!(
+        stats["pairings"][0]["draft_failures"].as_u64() >= Some(1),
+        "the stalled draft was not noticed: {stats}"
+    );
+}

@@ -260,6 +260,7 @@ impl OpenAiRequest {
                 top_p: self.top_p.map(|p| p as f32),
                 min_p: self.min_p.map(|p| p as f32),
                 seed: self.seed.map(|s| s as u64),
+                server_temperature: false,
             },
             default_temperature: self.temperature.is_none(),
             stop,

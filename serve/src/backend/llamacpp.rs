@@ -356,7 +356,9 @@ impl LlamaServer {
         native_draft_tokens: Option<usize>,
     ) -> Result<impl Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static, BackendError>
     {
-        let mut body = Self::completion_body(json!(prompt), n_predict, sampling, 1, false);
+        // No `n_probs`: the stream's text comes from each event's `content`, so candidates would
+        // be computed (a sort of the vocabulary per token) and sent for nothing.
+        let mut body = Self::completion_body(json!(prompt), n_predict, sampling, 0, false);
         if let Value::Object(m) = &mut body {
             m.insert("stream".into(), json!(true));
             // A target paired natively with its own draft: how many tokens its speculation may

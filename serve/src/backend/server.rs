@@ -196,6 +196,8 @@ impl Backend {
                     // vLLM splits reasoning only with `--reasoning-parser`, which it does not
                     // advertise: its chats are rendered and tokenized by vLLM itself.
                     chat_reasoning: false,
+                    // vLLM does not say its default (its model's generation config, else 1.0):
+                    // the engine leaves the temperature to it (`Sampling::server_temperature`).
                     default_temperature: None,
                 })
             }

@@ -32,6 +32,10 @@ pub struct Sampling {
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
+    /// The request set no temperature and the server's own default applies, one the proxy cannot
+    /// read (vLLM's: its model's generation config, else 1.0): `temperature` is not sent, and
+    /// the request is never taken for greedy (the server samples every position itself).
+    pub server_temperature: bool,
 }
 
 impl Sampling {
@@ -40,14 +44,16 @@ impl Sampling {
     }
 
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
+        !self.server_temperature && self.temperature <= 0.0
     }
 
     /// The settings as request fields, under the names llama-server's `/completion` and vLLM's
     /// `/v1/completions` share (`temperature`, `top_k`, `top_p`, `min_p`, `seed`).
     pub fn write_fields(&self, body: &mut serde_json::Map<String, serde_json::Value>) {
         use serde_json::json;
-        body.insert("temperature".into(), json!(self.temperature.max(0.0)));
+        if !self.server_temperature {
+            body.insert("temperature".into(), json!(self.temperature.max(0.0)));
+        }
         if let Some(v) = self.top_k {
             body.insert("top_k".into(), json!(v));
         }

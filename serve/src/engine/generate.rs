@@ -17,7 +17,7 @@ use super::request::{
     PromptInput, Route, Run,
 };
 use super::round::SpeculationStop;
-use crate::backend::{BackendError, TokenId};
+use crate::backend::{BackendError, BackendKind, TokenId};
 use crate::metrics::ServedBy;
 
 impl Pairing {
@@ -172,8 +172,15 @@ impl Pairing {
         started: Instant,
     ) -> Result<Prepared, EngineError> {
         if request.default_temperature {
-            if let Some(t) = info.default_temperature {
-                request.sampling.temperature = t;
+            match info.default_temperature {
+                Some(t) => request.sampling.temperature = t,
+                // vLLM does not say its default (its model's generation config, else 1.0): the
+                // temperature is left to it, and it samples every position itself.
+                None if self.config.target_kind == BackendKind::Vllm => {
+                    request.sampling.server_temperature = true
+                }
+                // A llama-server that does not report it: llama.cpp's own 0.8.
+                None => {}
             }
         }
         let prompt = self.tokenize_prompt(&request.prompt).await?;

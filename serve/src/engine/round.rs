@@ -73,8 +73,14 @@ impl Pairing {
                         return Err(SpeculationStop::Draft("no draft server".into()))
                     }
                     (_, Drafter::Server, Some(draft)) => {
+                        // A prefetch that failed (a stalled draft times out while the target
+                        // verifies) ends the rounds: asking the draft again would cost the
+                        // request a second `draft_timeout_s`.
                         let ready = match prefetch.take() {
-                            Some(p) if p.base == run.ctx => p.collect().await,
+                            Some(p) if p.base == run.ctx => p
+                                .collect()
+                                .await
+                                .map_err(|e| SpeculationStop::Draft(e.to_string()))?,
                             _ => None,
                         };
                         let mut d = match ready {
@@ -232,10 +238,17 @@ impl Prefetch {
         }
     }
 
-    /// The drafted tokens, if the draft answered.
-    async fn collect(mut self) -> Option<Vec<TokenId>> {
-        let task = self.task.take()?;
-        task.await.ok().and_then(Result::ok)
+    /// The drafted tokens (`None`: nothing usable, the bet was lost), or the draft's error.
+    async fn collect(mut self) -> Result<Option<Vec<TokenId>>, BackendError> {
+        let Some(task) = self.task.take() else {
+            return Ok(None);
+        };
+        match task.await {
+            Ok(Ok(tokens)) => Ok(Some(tokens)),
+            Ok(Err(e)) => Err(e),
+            // Cancelled: nothing drafted, and nothing says the draft failed.
+            Err(_) => Ok(None),
+        }
     }
 
     /// The whole block was accepted and the target added `bonus`: keep the drafted tokens after
@@ -249,6 +262,8 @@ impl Prefetch {
             match inner.0.as_mut() {
                 Some(t) => match t.await {
                     Ok(Ok(tokens)) if tokens.first() == Some(&bonus) => Ok(tokens[1..].to_vec()),
+                    // The draft's error is the next round's to report (it ends the rounds).
+                    Ok(Err(e)) => Err(e),
                     _ => Ok(Vec::new()),
                 },
                 None => Ok(Vec::new()),
