@@ -125,7 +125,9 @@ async fn real_vllm_targets_and_drafts_mixed_with_llama_cpp_are_exact() {
     })
     .await;
 
-    // vLLM only (one server drafting for itself: every proposal must be accepted).
+    // vLLM only: one server drafting for itself. Its proposals are its own greedy choices, so
+    // all are accepted but where a numerical tie lets the batched verification take the other
+    // of two equal choices.
     let only = RunningProxy::start_entry(entry(
         &vllm.url,
         BackendKind::Vllm,
@@ -138,6 +140,14 @@ async fn real_vllm_targets_and_drafts_mixed_with_llama_cpp_are_exact() {
         async move { vllm.reference(&vllm.tokenize(&p).await, MAX_TOKENS).await }
     })
     .await;
+    let stats = only.stats().await;
+    let acceptance = stats["pairings"][0]["acceptance"]
+        .as_f64()
+        .expect("acceptance");
+    assert!(
+        acceptance >= 0.95,
+        "vLLM drafting for itself: only {acceptance} of its proposals accepted: {stats}"
+    );
 
     // Chat: rendered with the vLLM target's own template; the answer equals vLLM's own.
     let messages = json!([{"role": "user", "content": "Name three colours of the rainbow."}]);
