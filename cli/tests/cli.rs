@@ -267,36 +267,64 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
         "{lines:?}"
     );
 
-    // Followed live: a request made after `logs proxy -f -n 0` started shows up in it.
+    // Followed live: a request made after `logs proxy -f -n 0` started shows up in it, and
+    // nothing logged before it started does. Nothing tells when its first poll has marked where
+    // the log stood (a request before that is history, rightly not shown), so the request is
+    // repeated until one shows up.
+    let history_seq = lines
+        .iter()
+        .filter_map(|l| l["seq"].as_u64())
+        .max()
+        .expect("the log so far has lines");
     let mut follow = Running(
         Command::new(BIN)
-            .args(["-c", &config_arg, "logs", "proxy", "-f", "-n", "0"])
+            .args([
+                "-c",
+                &config_arg,
+                "logs",
+                "proxy",
+                "-f",
+                "-n",
+                "0",
+                "--json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("logs -f runs"),
     );
     let followed = collect(follow.0.stdout.take().expect("stdout"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !followed
-            .lock()
-            .map(|t| t.contains("rounds="))
-            .unwrap_or(true),
-        "-n 0 prints no history"
-    );
-    let (status, _) = (
-        reqwest::Client::new()
+    let shown = |what: &str| followed.lock().map(|t| t.contains(what)).unwrap_or(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shown("rounds=") {
+        assert!(Instant::now() < deadline, "no request showed up in logs -f");
+        let status = reqwest::Client::new()
             .post(format!("{proxy_url}/v1/completions"))
             .json(&json!({"model": "sea", "prompt": "The sea", "max_tokens": 8}))
             .send()
             .await
             .expect("proxy answers")
-            .status(),
-        (),
+            .status();
+        assert!(status.is_success());
+        // `-f` polls every second: a request after its first poll shows up within about that.
+        let shown_by = Instant::now() + Duration::from_secs(5);
+        while !shown("rounds=") && Instant::now() < shown_by {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let followed_text = followed.lock().map(|t| t.clone()).unwrap_or_default();
+    // Whole lines only (the last may still be being written).
+    let whole = &followed_text[..followed_text.rfind('\n').map_or(0, |i| i + 1)];
+    let followed_lines: Vec<Value> = whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        followed_lines
+            .iter()
+            .all(|l| l["seq"].as_u64() > Some(history_seq)),
+        "-n 0 printed history (lines up to seq {history_seq}): {followed_lines:?}"
     );
-    assert!(status.is_success());
-    wait_for(&followed, "rounds=", 30);
     assert!(
         follow.0.try_wait().ok().flatten().is_none(),
         "-f keeps running"

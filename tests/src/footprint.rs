@@ -39,4 +39,44 @@ impl Footprint {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// Wait (up to `limit`) until no TCP connection with `port` at either end is held open by a
+    /// process any more (listeners aside): the test's own clients of a proxy listening there are
+    /// gone, on the client's side and on the proxy's. `false` if some remain at the deadline.
+    pub async fn connections_closed(port: u16, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if open_connections(port) == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// TCP connections of this network namespace with `port` at either end that a process still holds
+/// (a socket inode; closed ones waiting out TIME_WAIT have none), listening sockets excluded.
+fn open_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl, local, remote, state, queues, timer, retransmits, uid, timeout, inode.
+            f.len() >= 10
+                && f[3] != "0A"
+                && f[9] != "0"
+                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
+        })
+        .count()
 }

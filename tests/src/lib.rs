@@ -7,10 +7,12 @@
 //! - [`netns`]: network namespaces on a bridge, with links a test can cut ([`netns::Lab`]).
 //! - [`server_process`]: a test server's log file and its wait for `/health`.
 //! - [`llama_server`]: `llama-server` and `ggml-rpc-server`, on loopback or in a namespace.
-//! - [`proxy`]: the proxy in the test's process ([`proxy::RunningProxy`]).
+//! - [`proxy`]: the proxy in the test's process ([`proxy::RunningProxy`]); [`proxy_process`]: the
+//!   `tightwad proxy` binary as a child process.
 //! - [`http`]: JSON posts and streamed (SSE) responses.
 //! - [`exactness`]: token-by-token comparison with the target alone, the prompt set.
 //! - [`sampled`]: sampled answers compared as two samples (the target judges every token).
+//! - [`slow_target`]: a SIMULATED slow target (a relay that makes each forward pass cost more).
 //! - [`footprint`]: descriptors and tasks the proxy holds before and after a fault.
 //! - [`agents`]: `tightwad-agent` processes (the binary) in namespaces, the coordinator's config,
 //!   join tokens; [`cluster`]: a set of enrolled agents with a layout, for the fleet tests.
@@ -30,7 +32,9 @@ pub mod llama_server;
 pub mod netns;
 pub mod proxy;
 pub mod sampled;
+pub mod proxy_process;
 pub mod server_process;
+pub mod slow_target;
 pub mod test_env;
 pub mod vllm;
 pub mod vllm_sim;

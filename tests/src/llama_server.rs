@@ -214,6 +214,24 @@ impl LlamaServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait (up to `limit`) until the server's log contains `needle` (llama.cpp writes its log
+    /// from a thread of its own, a little after the event); the whole log then.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the llama-server log within {limit:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         log_tail(&self.log, 30)
     }
@@ -237,14 +255,7 @@ impl LlamaServer {
 
     /// One counter from its Prometheus `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .expect("metrics reachable")
-            .text()
-            .await
-            .expect("metrics text");
-        tightwad_serve::backend::llamacpp::parse_metric(&text, name)
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+        metric_at(&self.url, name).await
     }
 
     /// The target alone: greedy (or seeded) generation through its native endpoint.
@@ -269,43 +280,7 @@ impl LlamaServer {
     /// The target alone, greedy, from a fresh prompt evaluation (no prompt cache), with the top-two
     /// margin at every position.
     pub async fn reference(&self, prompt: Value, max_tokens: usize) -> Reference {
-        let body = json!({
-            "prompt": prompt, "n_predict": max_tokens, "temperature": 0, "n_probs": 2,
-            "return_tokens": true, "cache_prompt": false,
-        });
-        let (status, v) = post_json(&format!("{}/completion", self.url), &body).await;
-        assert_eq!(status, 200, "reference failed: {v}");
-        let tokens: Vec<u64> = v["tokens"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default();
-        let probs = v["completion_probabilities"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut margins = Vec::new();
-        let mut runner_up = Vec::new();
-        for p in &probs {
-            let top = p["top_logprobs"].as_array().cloned().unwrap_or_default();
-            let lp = |i: usize| {
-                top.get(i)
-                    .and_then(|c| c["logprob"].as_f64())
-                    .unwrap_or(f64::NEG_INFINITY)
-            };
-            margins.push(lp(0) - lp(1));
-            runner_up.push(
-                top.get(1)
-                    .and_then(|c| c["id"].as_u64())
-                    .unwrap_or(u64::MAX),
-            );
-        }
-        Reference {
-            tokens,
-            text: v["content"].as_str().unwrap_or_default().to_string(),
-            margins,
-            runner_up,
-            stop_type: v["stop_type"].as_str().unwrap_or_default().to_string(),
-        }
+        reference_at(&self.url, prompt, max_tokens).await
     }
 
     /// A chat rendered with this server's template, as the prompt string the target would see.
@@ -321,5 +296,60 @@ impl Drop for LlamaServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// One counter from the Prometheus `/metrics` of the llama-server at `url` (started with
+/// `--metrics`), wherever it runs (a namespace, an agent's child).
+pub async fn metric_at(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics text");
+    tightwad_serve::backend::llamacpp::parse_metric(&text, name)
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// What the llama-server at `url` alone generates, greedy, from a fresh prompt evaluation (no
+/// prompt cache), with the top-two margin at every position (see [`crate::compare`]).
+pub async fn reference_at(url: &str, prompt: Value, max_tokens: usize) -> Reference {
+    let body = json!({
+        "prompt": prompt, "n_predict": max_tokens, "temperature": 0, "n_probs": 2,
+        "return_tokens": true, "cache_prompt": false,
+    });
+    let (status, v) = post_json(&format!("{url}/completion"), &body).await;
+    assert_eq!(status, 200, "reference failed: {v}");
+    let tokens: Vec<u64> = v["tokens"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let probs = v["completion_probabilities"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut margins = Vec::new();
+    let mut runner_up = Vec::new();
+    for p in &probs {
+        let top = p["top_logprobs"].as_array().cloned().unwrap_or_default();
+        let lp = |i: usize| {
+            top.get(i)
+                .and_then(|c| c["logprob"].as_f64())
+                .unwrap_or(f64::NEG_INFINITY)
+        };
+        margins.push(lp(0) - lp(1));
+        runner_up.push(
+            top.get(1)
+                .and_then(|c| c["id"].as_u64())
+                .unwrap_or(u64::MAX),
+        );
+    }
+    Reference {
+        tokens,
+        text: v["content"].as_str().unwrap_or_default().to_string(),
+        margins,
+        runner_up,
+        stop_type: v["stop_type"].as_str().unwrap_or_default().to_string(),
     }
 }

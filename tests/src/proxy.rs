@@ -62,6 +62,15 @@ impl RunningProxy {
         }
     }
 
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the proxy's URL ends with its port")
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         post_json(&format!("{}{}", self.url, path), body).await
     }

@@ -169,49 +169,59 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
         String::from_utf8_lossy(&again.stderr)
     );
 
-    // logs NAME -f follows: a restart after it started shows up in it.
+    // logs NAME -f follows: a restart after it started shows up in it. `-n 1` prints the last
+    // line at once, which says the agent has subscribed the follower (it subscribes before it
+    // sends the tail): the restart comes after that, so it cannot fall before the subscription.
     let mut follow = Command::new(tightwad_bin())
         .arg("-c")
         .arg(&config)
-        .args(["logs", "rpc", "-f", "-n", "0"])
+        .args(["logs", "rpc", "-f", "-n", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("logs -f runs");
-    let mut followed = follow.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut out = follow.stdout.take().expect("stdout");
+    let sink = followed.clone();
+    std::thread::spawn(move || {
         use std::io::Read;
-        let mut text = String::new();
         let mut buf = [0u8; 4096];
-        while let Ok(n) = followed.read(&mut buf) {
+        while let Ok(n) = out.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if text.matches("started pid").count() >= 1 {
-                break;
+            if let Ok(mut text) = sink.lock() {
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         }
-        text
     });
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let text_now = || followed.lock().map(|t| t.clone()).unwrap_or_default();
+    let wait_until = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = text_now();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "logs -f: {what} never showed up:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let tail = wait_until("the last line", &|t| t.contains('\n'));
     let restarted = json(&tightwad(
         &config,
         &["agent", "restart", "beta", "rpc", "--json"],
     ));
     assert_eq!(restarted["state"], "ready", "{restarted}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !reader.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restart never showed up in logs -f"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until("the restart", &|t| {
+        t.get(tail.len()..)
+            .is_some_and(|after| after.contains("started pid"))
+    });
     let _ = follow.kill();
     let _ = follow.wait();
-    let text = reader.join().expect("reader");
-    assert!(text.contains("started pid"), "{text}");
 
     // agent stop --json.
     let stopped = json(&tightwad(

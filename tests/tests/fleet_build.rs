@@ -78,6 +78,29 @@ struct Traffic {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Traffic {
+    /// Wait (up to `limit`) until as many requests sent after `since` have been answered (or
+    /// failed) as there are request loops.
+    fn wait_for_answers_after(&self, since: Instant, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let answered = self
+                .log
+                .lock()
+                .map(|log| log.iter().filter(|s| s.start >= since).count())
+                .unwrap_or(0);
+            if answered >= self.tasks.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {answered} requests answered since {since:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// One sequential request loop per model, until stopped (and at most 30 minutes).
 fn start_traffic(
     rt: &tokio::runtime::Runtime,
@@ -437,8 +460,10 @@ fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back
     }
     assert_traffic_spanned(&traffic, &stages, rolled_at, "rollback");
 
-    // Not one request failed through two switches per host and a failed build.
-    std::thread::sleep(Duration::from_millis(500));
+    // Not one request failed through two switches per host and a failed build, nor on the
+    // rolled-back servers: as many answers to requests sent after the rollback as there are
+    // request loops.
+    traffic.wait_for_answers_after(rolled_at, Duration::from_secs(60));
     traffic.stop.store(true, Ordering::SeqCst);
     for task in traffic.tasks {
         let _ = cluster.rt.block_on(task);

@@ -59,6 +59,30 @@ async fn complete(http: &reqwest::Client, url: &str, stream: bool) -> Result<Str
     Ok(text)
 }
 
+/// Wait (up to a minute) until `count` answers have come back for requests started after `since`
+/// (any, with `None`); the load's clients record each as it ends.
+fn wait_for_answers(results: &Mutex<Vec<Outcome>>, since: Option<Instant>, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answered = results
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .filter(|(started, _, _)| since.is_none_or(|t| *started >= t))
+                    .count()
+            })
+            .unwrap_or(0);
+        if answered >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {answered} of {count} answers under load"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
     let process = format!(
@@ -127,7 +151,8 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // The swap starts under load: every client has had an answer.
+    wait_for_answers(&results, None, 4);
     let args = fleet::swap::SwapArgs {
         model: "draft.gguf".into(),
         process: "gpu/target".into(),
@@ -151,7 +176,8 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
             .is_some_and(|m| m.ends_with("target.gguf")),
         "{report:?}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The load goes on after it: answers to requests that started after the swap.
+    wait_for_answers(&results, Some(swapped_at), 4);
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         rt.block_on(c).expect("client task");

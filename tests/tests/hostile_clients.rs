@@ -164,9 +164,9 @@ async fn a_target_that_never_answers_costs_each_request_one_timeout_even_concurr
         ..ProxyConfig::default()
     })
     .await;
-    // The proxy's start-up probe has just failed; its error answers callers for 250 ms
-    // (PROBE_FAILURE_SHARED). Let it age out so the requests below wait on a probe of their own.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The proxy's start-up probe has just failed. Its error answers only the callers that were
+    // waiting on that probe: the requests below arrive after it, so they wait on a probe of their
+    // own, one shared by all four.
     let started = Instant::now();
     let answers = futures::future::join_all((0..4).map(|_| async {
         let (s, v) = completion(&proxy.url).await;

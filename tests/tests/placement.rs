@@ -112,9 +112,12 @@ async fn planned_flags_load_the_moe_model_and_the_prediction_matches_the_buffers
         "{answer}"
     );
 
-    // Buffers are logged before /health turns ok; give the log a moment to be flushed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = server.log_text();
+    // Buffers are logged while the model loads, before /health turns ok; llama.cpp writes its log
+    // from a thread of its own, in order, so once the completion's timing lines are there, so is
+    // every buffer line before them.
+    let log = server
+        .wait_for_log("total time =", Duration::from_secs(10))
+        .await;
     let buffers = parse_log(log.lines());
     let measured = per_device(&buffers);
     let weights_kv = |device: &str| -> u64 {
