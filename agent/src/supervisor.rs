@@ -175,6 +175,12 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::UnknownProcess(name.to_string()))
     }
 
+    /// The kind and configured arguments of `name` (what `[peer]` trusts as they are).
+    pub fn configured(&self, name: &str) -> Result<(ProcessKind, Vec<String>), SupervisorError> {
+        let managed = self.get(name)?;
+        Ok((managed.kind, managed.configured_args.clone()))
+    }
+
     /// What a start of `name` would use: its kind, binary, arguments (`args`, else the running
     /// ones, else the configured ones) and current state. For dry runs; starts nothing.
     pub fn plan(

@@ -39,7 +39,7 @@ impl<'a> AgentSpec<'a> {
 
 /// A running `tightwad-agent` in a namespace; SIGTERM (then SIGKILL after 10 s) on drop.
 pub struct AgentProcess {
-    /// The `ip netns exec` child (it execs the agent): a test may take it to kill it elsewhere.
+    /// The `nsenter` child (it execs the agent): a test may take it to kill it elsewhere.
     pub child: Option<Child>,
     pub log: PathBuf,
     /// `IP:7420`, for the coordinator's `[[hosts]]`.
@@ -117,9 +117,13 @@ impl AgentProcess {
             .open(&self.log)
             .expect("agent log");
         let before = self.log_text().matches("listening").count();
-        let mut command = Command::new("ip");
+        // `nsenter --net`, not `ip netns exec`: the agent joins the namespace's network only.
+        // `ip netns exec` also remounts /sys, which hides /sys/fs/cgroup, and an agent reads its
+        // cgroup's memory limit there (a host made small with `TestCluster::limit_memory`).
+        let mut command = Command::new("nsenter");
         command
-            .args(["netns", "exec", &self.namespace])
+            .arg(format!("--net=/run/netns/{}", self.namespace))
+            .arg("--")
             .arg(Self::binary())
             .arg("--config")
             .arg(&self.config)
