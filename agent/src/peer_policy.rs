@@ -245,9 +245,9 @@ fn pairs(args: &[String]) -> Vec<Arg> {
     out
 }
 
-/// Whether `path` resolves (symlinks and `..` included) to a file inside one of `dirs`.
+/// Whether `path` resolves (symlinks and `..` included) to a file inside one of `dirs`. No `~`
+/// expansion: the server gets the argument as it is, with no shell in between.
 fn inside_model_dirs(path: &Path, dirs: &[PathBuf]) -> bool {
-    let path = crate::config::expand_home(path);
     let Ok(real) = path.canonicalize() else {
         return false;
     };
