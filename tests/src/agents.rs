@@ -39,7 +39,7 @@ impl<'a> AgentSpec<'a> {
 
 /// A running `tightwad-agent` in a namespace; SIGTERM (then SIGKILL after 10 s) on drop.
 pub struct AgentProcess {
-    /// The `nsenter` child (it execs the agent): a test may take it to kill it elsewhere.
+    /// The `ip netns exec` child (it execs the agent): a test may take it to kill it elsewhere.
     pub child: Option<Child>,
     pub log: PathBuf,
     /// `IP:7420`, for the coordinator's `[[hosts]]`.
@@ -117,13 +117,13 @@ impl AgentProcess {
             .open(&self.log)
             .expect("agent log");
         let before = self.log_text().matches("listening").count();
-        // `nsenter --net`, not `ip netns exec`: the agent joins the namespace's network only.
-        // `ip netns exec` also remounts /sys, which hides /sys/fs/cgroup, and an agent reads its
-        // cgroup's memory limit there (a host made small with `TestCluster::limit_memory`).
-        let mut command = Command::new("nsenter");
+        // `ip netns exec` remounts /sys, which hides /sys/fs/cgroup; the agent reads its cgroup's
+        // memory limit there (a host made small with `TestCluster::limit_memory`), so mount the
+        // host's memory cgroup hierarchy again in the agent's private mount namespace first.
+        let mut command = Command::new("ip");
         command
-            .arg(format!("--net=/run/netns/{}", self.namespace))
-            .arg("--")
+            .args(["netns", "exec", &self.namespace, "sh", "-c"])
+            .arg(format!("{} exec \"$0\" \"$@\"", mount_cgroups()))
             .arg(Self::binary())
             .arg("--config")
             .arg(&self.config)
@@ -198,6 +198,18 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Shell commands that mount the host's memory cgroup hierarchy at /sys/fs/cgroup (v2), or at
+/// /sys/fs/cgroup/memory (v1), as on the host; nothing where the host has neither.
+fn mount_cgroups() -> &'static str {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").is_file() {
+        "mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null;"
+    } else if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").is_file() {
+        "mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null && mkdir -p /sys/fs/cgroup/memory && mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory 2>/dev/null;"
+    } else {
+        ""
     }
 }
 
