@@ -532,7 +532,10 @@ async fn reclaim_after_load(managed: &Managed, args: &[String], pid: Option<u32>
         let size = std::fs::metadata(&model)?.len();
         let mut sys = sysinfo::System::new();
         sys.refresh_memory();
-        if !crate::reclaim::wanted(mode, size, sys.total_memory()) {
+        // The RAM this server can have: the host's, or less under a cgroup memory limit.
+        let ram = crate::cgroup::memory_limit()
+            .map_or(sys.total_memory(), |l| l.limit_bytes.min(sys.total_memory()));
+        if !crate::reclaim::wanted(mode, size, ram) {
             return Ok(None);
         }
         crate::reclaim::reclaim(&model, pid).map(Some)
