@@ -533,8 +533,9 @@ async fn reclaim_after_load(managed: &Managed, args: &[String], pid: Option<u32>
         let mut sys = sysinfo::System::new();
         sys.refresh_memory();
         // The RAM this server can have: the host's, or less under a cgroup memory limit.
-        let ram = crate::cgroup::memory_limit()
-            .map_or(sys.total_memory(), |l| l.limit_bytes.min(sys.total_memory()));
+        let ram = crate::cgroup::memory_limit().map_or(sys.total_memory(), |l| {
+            l.limit_bytes.min(sys.total_memory())
+        });
         if !crate::reclaim::wanted(mode, size, ram) {
             return Ok(None);
         }
