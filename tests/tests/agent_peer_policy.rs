@@ -3,7 +3,7 @@
 //! can narrow what a peer may ask. Forbidden flags, model paths outside the model folders (by
 //! `..` or by symlink) and builds when they are off are refused where the request arrives, with
 //! the fix and the file to make it in, through the `tightwad` CLI as a user sees it; allowed
-//! starts still run.
+//! starts still run; and `tightwad doctor` reports what `tightwad up` would be refused.
 //!
 //! Real agents in network namespaces and the real `tightwad` binary (`cargo build --workspace
 //! --bins` first).
@@ -173,4 +173,58 @@ fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
             .status()
     });
     assert!(health.is_success(), "{health}");
+}
+
+#[test]
+fn doctor_reports_what_the_agents_policy_would_refuse_before_tightwad_up_tries() {
+    // alpha lets a peer add only `-c`: `tightwad up` would add `--rpc` for the pool, so doctor
+    // reports it as a flag failure with the policy's fix, and `up` starts nothing.
+    let coordinator = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n\n[peer]\nallow_flags = [\"-c\"]\n",
+        llama_args("{models}/target.gguf", 8080, "")
+    );
+    let worker = "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &["target.gguf"],
+                agent_toml: &coordinator,
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &[],
+                agent_toml: worker,
+                binaries: None,
+            },
+        ],
+        "[[pools]]\nname = \"big\"\ncoordinator = \"alpha/target\"\nworkers = [\"beta/rpc\"]\n",
+    );
+    let agent_config = cluster
+        .host("alpha")
+        .agent
+        .state_dir
+        .with_extension("toml")
+        .display()
+        .to_string();
+    let out = tightwad(&cluster.config, &["doctor", "--offline"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("flags") && l.contains("alpha/target"))
+        .unwrap_or_else(|| panic!("no flags line for alpha/target:\n{text}"));
+    assert!(line.contains('✗'), "{line}");
+    assert!(
+        line.contains("refused by this agent's [peer] policy: target: --rpc is not in allow_flags"),
+        "{line}"
+    );
+    assert!(
+        text.contains(&format!(
+            "add \"--rpc\" to allow_flags under [peer] in {agent_config}"
+        )),
+        "{text}"
+    );
+    refused(&cluster.config, &["up"], &["doctor found"]);
 }
