@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// Announce this agent on the LAN over mDNS (`discovery = true`, or a `[discovery]` table
     /// with `interfaces`); off by default. See `discovery`.
     pub discovery: crate::discovery::DiscoveryConfig,
+    /// `[peer]`: which flags and model paths the coordinator may pass, and whether it may run
+    /// `tightwad build` here. See `peer_policy`.
+    pub peer: crate::peer_policy::PeerPolicy,
     /// The build `tightwad build` made current: its binaries replace `[binaries]` for
     /// llama-server and rpc-server. Shared by every clone of the config; not read from the file.
     #[serde(skip)]
@@ -177,6 +180,7 @@ impl Default for AgentConfig {
             page_cache_reclaim: Default::default(),
             build: BuildConfig::default(),
             discovery: Default::default(),
+            peer: Default::default(),
             active_build: ActiveBuild::default(),
         }
     }

@@ -71,10 +71,19 @@ impl BinaryCache {
     }
 }
 
+/// The host's CPU and memory. RAM is capped by the agent's cgroup memory limit (systemd's
+/// `MemoryMax=`, a container's limit): the servers this agent starts inherit it, so that is
+/// all the memory they can have.
 pub fn host_info() -> HostInfo {
     let mut system = sysinfo::System::new();
     system.refresh_memory();
     system.refresh_cpu_all();
+    let mut ram_total_bytes = system.total_memory();
+    let mut ram_available_bytes = system.available_memory();
+    if let Some(limit) = crate::cgroup::memory_limit() {
+        ram_total_bytes = ram_total_bytes.min(limit.limit_bytes);
+        ram_available_bytes = ram_available_bytes.min(limit.available_bytes());
+    }
     HostInfo {
         hostname: sysinfo::System::host_name().unwrap_or_default(),
         os: sysinfo::System::long_os_version().unwrap_or_default(),
@@ -84,8 +93,8 @@ pub fn host_info() -> HostInfo {
             .map(|c| c.brand().trim().to_string())
             .unwrap_or_default(),
         cpu_cores: system.cpus().len() as u32,
-        ram_total_bytes: system.total_memory(),
-        ram_available_bytes: system.available_memory(),
+        ram_total_bytes,
+        ram_available_bytes,
     }
 }
 

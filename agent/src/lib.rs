@@ -3,6 +3,7 @@
 //! QUIC peer protocol (`tightwad-protocol`).
 
 pub mod build;
+pub mod cgroup;
 pub mod config;
 pub mod discovery;
 pub mod dryrun;
@@ -13,6 +14,7 @@ pub mod inventory;
 pub mod logbuf;
 pub mod memory;
 pub mod models;
+pub mod peer_policy;
 pub mod pull;
 pub mod readiness;
 pub mod reclaim;

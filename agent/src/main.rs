@@ -62,6 +62,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let mut config = AgentConfig::load(args.config.as_deref())?;
+    // A peer refused by `[peer]` is told which file to change.
+    config.peer.config_file = args.config.clone();
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
     }

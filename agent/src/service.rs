@@ -347,12 +347,16 @@ impl Agent {
             Request::Inventory => Ok(Some(Reply::Inventory(Box::new(
                 crate::inventory::gather(&self.config, &self.models, &self.binaries).await,
             )))),
-            Request::StartProcess { name, args } => self
-                .supervisor
-                .start(&name, args)
-                .await
-                .map(|s| Some(Reply::Process(s)))
-                .map_err(supervisor_error),
+            Request::StartProcess { name, args } => {
+                if let Some(args) = &args {
+                    self.check_peer_args(&name, args)?;
+                }
+                self.supervisor
+                    .start(&name, args)
+                    .await
+                    .map(|s| Some(Reply::Process(s)))
+                    .map_err(supervisor_error)
+            }
             Request::StopProcess { name } => self
                 .supervisor
                 .stop(&name)
@@ -467,16 +471,27 @@ impl Agent {
                     })
                     .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string()))
             }
-            Request::CheckProcess { name, args } => crate::dryrun::check_process(
-                &self.supervisor,
-                &self.models,
-                &self.binaries,
-                &name,
-                args,
-            )
-            .await
-            .map(|check| Some(Reply::ProcessCheck(Box::new(check))))
-            .map_err(supervisor_error),
+            Request::CheckProcess { name, args } => {
+                // A start with these arguments would be refused: doctor reports it as a flag
+                // failure, with the policy's fix.
+                let refused = match &args {
+                    Some(args) => self.check_peer_args(&name, args).err(),
+                    None => None,
+                };
+                let mut check = crate::dryrun::check_process(
+                    &self.supervisor,
+                    &self.models,
+                    &self.binaries,
+                    &name,
+                    args,
+                )
+                .await
+                .map_err(supervisor_error)?;
+                if let Some(Reply::Error(refused)) = refused {
+                    check.flag_error = Some(refused.message);
+                }
+                Ok(Some(Reply::ProcessCheck(Box::new(check))))
+            }
             Request::PullModel {
                 file_name,
                 sources,
@@ -534,8 +549,12 @@ impl Agent {
                 .await
                 .map(|()| None)
                 .map_err(|e| Reply::error(ErrorKind::Transfer, e.to_string())),
-            Request::Build(request) => self.build(request, stream).await,
+            Request::Build(request) => {
+                self.config.peer.check_build().map_err(forbidden)?;
+                self.build(request, stream).await
+            }
             Request::RollbackBuild => {
+                self.config.peer.check_build().map_err(forbidden)?;
                 let _busy = self
                     .building
                     .try_lock()
@@ -564,6 +583,18 @@ impl Agent {
 }
 
 impl Agent {
+    /// `[peer]`'s check of the arguments a coordinator asks `name` to start with.
+    fn check_peer_args(&self, name: &str, args: &[String]) -> Result<(), Reply> {
+        let (kind, configured) = self.supervisor.configured(name).map_err(supervisor_error)?;
+        self.config
+            .peer
+            .check_args(name, kind, args, &configured, &self.config.model_dirs)
+            .map_err(|refusal| {
+                tracing::warn!(process = %name, %refusal, "refused a peer's arguments");
+                forbidden(refusal)
+            })
+    }
+
     fn build_context(&self) -> crate::build::BuildContext<'_> {
         crate::build::BuildContext {
             config: &self.config,
@@ -652,6 +683,10 @@ async fn forward_progress<T>(
 
 fn build_error(e: crate::build::BuildError) -> Reply {
     Reply::error(ErrorKind::Build, e.to_string())
+}
+
+fn forbidden(refusal: crate::peer_policy::Refusal) -> Reply {
+    Reply::error(ErrorKind::Forbidden, refusal.to_string())
 }
 
 fn internal(e: impl std::fmt::Display) -> Reply {

@@ -175,6 +175,12 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::UnknownProcess(name.to_string()))
     }
 
+    /// The kind and configured arguments of `name` (what `[peer]` trusts as they are).
+    pub fn configured(&self, name: &str) -> Result<(ProcessKind, Vec<String>), SupervisorError> {
+        let managed = self.get(name)?;
+        Ok((managed.kind, managed.configured_args.clone()))
+    }
+
     /// What a start of `name` would use: its kind, binary, arguments (`args`, else the running
     /// ones, else the configured ones) and current state. For dry runs; starts nothing.
     pub fn plan(
@@ -526,7 +532,11 @@ async fn reclaim_after_load(managed: &Managed, args: &[String], pid: Option<u32>
         let size = std::fs::metadata(&model)?.len();
         let mut sys = sysinfo::System::new();
         sys.refresh_memory();
-        if !crate::reclaim::wanted(mode, size, sys.total_memory()) {
+        // The RAM this server can have: the host's, or less under a cgroup memory limit.
+        let ram = crate::cgroup::memory_limit().map_or(sys.total_memory(), |l| {
+            l.limit_bytes.min(sys.total_memory())
+        });
+        if !crate::reclaim::wanted(mode, size, ram) {
             return Ok(None);
         }
         crate::reclaim::reclaim(&model, pid).map(Some)

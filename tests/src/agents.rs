@@ -117,9 +117,13 @@ impl AgentProcess {
             .open(&self.log)
             .expect("agent log");
         let before = self.log_text().matches("listening").count();
+        // `ip netns exec` remounts /sys, which hides /sys/fs/cgroup; the agent reads its cgroup's
+        // memory limit there (a host made small with `TestCluster::limit_memory`), so mount the
+        // host's memory cgroup hierarchy again in the agent's private mount namespace first.
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", &self.namespace])
+            .args(["netns", "exec", &self.namespace, "sh", "-c"])
+            .arg(format!("{} exec \"$0\" \"$@\"", mount_cgroups()))
             .arg(Self::binary())
             .arg("--config")
             .arg(&self.config)
@@ -194,6 +198,18 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Shell commands that mount the host's memory cgroup hierarchy at /sys/fs/cgroup (v2), or at
+/// /sys/fs/cgroup/memory (v1), as on the host; nothing where the host has neither.
+fn mount_cgroups() -> &'static str {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").is_file() {
+        "mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null;"
+    } else if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").is_file() {
+        "mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null && mkdir -p /sys/fs/cgroup/memory && mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory 2>/dev/null;"
+    } else {
+        ""
     }
 }
 

@@ -1,13 +1,14 @@
 //! A cluster of enrolled agents, one per network namespace, with the coordinator config that
 //! names them: what the doctor, pool and native pairing tests start from.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tightwad_coordinator::fleet;
 
 use crate::agents::{
     coordinator_config, fleet_for, issue_token, stock_models, AgentProcess, AgentSpec,
 };
+use crate::cgroup::MemoryCgroup;
 use crate::netns::{Lab, Namespace};
 use crate::test_env::runtime;
 
@@ -24,7 +25,7 @@ pub struct HostPlan<'a> {
     pub models: &'a [&'a str],
     /// `[[process]]` tables and other agent TOML; `{models}` is replaced by the model folder.
     pub agent_toml: &'a str,
-    /// `[binaries]` replacement (wrapper scripts), if any.
+    /// `[binaries]` replacement (llama-server, rpc-server), e.g. another real llama.cpp build.
     pub binaries: Option<(PathBuf, PathBuf)>,
 }
 
@@ -123,6 +124,21 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no host {name}"))
     }
 
+    /// Puts `host`'s agent (and every server it starts from now on) in a new cgroup limited to
+    /// `limit_bytes`: a host that small, for real. The limit holds while the guard lives.
+    pub fn limit_memory(&self, host: &str, limit_bytes: u64) -> MemoryCgroup {
+        let pid = self
+            .host(host)
+            .agent
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .unwrap_or_else(|| panic!("{host}'s agent is not running"));
+        let cgroup = MemoryCgroup::create(&format!("tightwad-test-{host}"), limit_bytes);
+        cgroup.add(pid);
+        cgroup
+    }
+
     /// Starts a configured process through its agent and waits until it is ready.
     pub fn start_process(&self, host: &str, process: &str) {
         let fleet = self.fleet();
@@ -141,23 +157,4 @@ pub fn llama_args(model: &str, port: u16, extra: &str) -> String {
     format!(
         r#"["-m", "{model}", "--host", "0.0.0.0", "--port", "{port}", "-c", "1024", "-t", "1", "--cache-ram", "0"{extra}]"#
     )
-}
-
-/// A wrapper around a real binary that claims another build (`--version`) or RPC protocol
-/// (banner), like a host left on an older llama.cpp.
-pub fn wrapper(dir: &Path, name: &str, real: &str, version_line: &str, banner: &str) -> PathBuf {
-    let path = dir.join(name);
-    let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo '{version_line}'; echo 'built with cc'; exit 0; fi\n{}exec '{real}' \"$@\"\n",
-        if banner.is_empty() {
-            String::new()
-        } else {
-            format!("echo '{banner}'\n")
-        }
-    );
-    std::fs::write(&path, script).expect("write wrapper");
-    let mut perms = std::fs::metadata(&path).expect("meta").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&path, perms).expect("chmod");
-    path
 }

@@ -24,6 +24,7 @@
 
 pub mod agents;
 pub mod browser;
+pub mod cgroup;
 pub mod cluster;
 pub mod exactness;
 pub mod footprint;

@@ -1,7 +1,8 @@
 //! `tightwad doctor` against real agents in network namespaces, each check made to fail for real:
-//! two llama.cpp builds in one RPC pool, a model file in another folder or on another host, a
-//! flag the build does not accept, a model larger than the memory an agent reports, a draft with
-//! another vocabulary, an unreachable host. A healthy cluster passes.
+//! two real llama.cpp builds (another build number) in one RPC pool, a model file in another
+//! folder or on another host, a flag the build does not accept, a model larger than the memory
+//! limit of the cgroup an agent runs in, a MoE model pooled onto a real rpc-server with too
+//! little memory, a draft with another vocabulary, an unreachable host. A healthy cluster passes.
 //!
 //! Lives in the harness crate, not beside the coordinator: it drives coordinator code against real
 //! `tightwad-agent` processes (the agent binary) in network namespaces, which is what this crate
@@ -170,21 +171,11 @@ fn a_healthy_cluster_passes_every_check() {
 
 #[test]
 fn different_builds_in_an_rpc_pool_fail() {
-    let setup_dir = tempfile::tempdir().expect("tmp");
-    let old_llama = wrapper(
-        setup_dir.path(),
-        "llama-server",
-        &require_env("LLAMA_SERVER"),
-        "version: 8079 (0badc0d)",
-        "",
-    );
-    let old_rpc = wrapper(
-        setup_dir.path(),
-        "ggml-rpc-server",
-        &require_env("RPC_SERVER"),
-        "",
-        "Starting RPC server v6.0.0",
-    );
+    // Two REAL builds of the pinned source: beta's llama-server was built with another build
+    // number (scripts/setup: LLAMA_BUILD_NUMBER=8079, the field report's oldest host), alpha's
+    // is the usual one. Each agent asks its own binary `--version`.
+    let other = std::path::PathBuf::from(require_env("LLAMA_SERVER_OTHER_BUILD"));
+    let rpc = std::path::PathBuf::from(require_env("RPC_SERVER"));
     let coordinator = format!(
         "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
         llama_args("{models}/target.gguf", 8080, "")
@@ -202,7 +193,7 @@ fn different_builds_in_an_rpc_pool_fail() {
                 name: "beta",
                 models: &[],
                 agent_toml: worker,
-                binaries: Some((old_llama, old_rpc)),
+                binaries: Some((other, rpc)),
             },
         ],
         r#"
@@ -214,8 +205,16 @@ workers = ["beta/rpc"]
     );
     let report = run_doctor(&cluster, true);
     let build = find(&report, Category::Build, "pool big", Status::Fail);
-    assert!(build.message.contains("8079"), "{build:?}");
-    assert!(build.message.contains("RPC protocol v6.0.0"), "{build:?}");
+    // Same source, same RPC protocol: only the build number differs, and that is enough.
+    assert!(build.message.contains("b8079-0c1e570"), "{build:?}");
+    let alpha_build = build.details[0]["llama_build"].as_str().expect("alpha");
+    let beta_build = build.details[1]["llama_build"].as_str().expect("beta");
+    assert!(beta_build.ends_with("b8079-0c1e570"), "{build:?}");
+    assert_ne!(alpha_build, beta_build, "{build:?}");
+    assert_eq!(
+        build.details[0]["rpc_protocol"], build.details[1]["rpc_protocol"],
+        "{build:?}"
+    );
     assert!(
         build
             .hint
@@ -355,10 +354,11 @@ fn a_flag_the_build_does_not_accept_fails_with_its_help() {
 }
 
 #[test]
-fn a_model_larger_than_the_reported_memory_fails() {
-    // target.gguf is ~80 MB; this agent reports 48 MB of RAM (testing_reported_memory).
+fn a_model_larger_than_the_agents_memory_limit_fails() {
+    // target.gguf is ~80 MB; alpha's agent runs in a cgroup limited to 64 MiB (as systemd's
+    // MemoryMax= would hold it), so its servers can never load it. Nothing in its config says so.
     let alpha = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n\n[testing_reported_memory]\nram_total_bytes = 50331648\nram_available_bytes = 50331648\n",
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
         llama_args("{models}/target.gguf", 8080, "")
     );
     let cluster = TestCluster::start(
@@ -370,10 +370,16 @@ fn a_model_larger_than_the_reported_memory_fails() {
         }],
         "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
     );
+    let _small = cluster.limit_memory("alpha", 64 << 20);
     let report = run_doctor(&cluster, true);
     let memory = find(&report, Category::Memory, "alpha", Status::Fail);
     assert!(memory.message.contains("does not fit"), "{memory:?}");
-    assert!(memory.message.contains("of 48 MiB RAM"), "{memory:?}");
+    assert!(memory.message.contains("of 64 MiB RAM"), "{memory:?}");
+    assert_eq!(
+        memory.details["ram_total_bytes"].as_u64(),
+        Some(64 << 20),
+        "the agent reports its cgroup's limit as its RAM: {memory:?}"
+    );
     assert!(
         memory
             .hint
@@ -387,6 +393,83 @@ fn a_model_larger_than_the_reported_memory_fails() {
         doctor_exit_code(&cluster, true),
         std::process::ExitCode::FAILURE
     );
+}
+
+#[test]
+fn a_moe_model_on_a_small_rpc_worker_is_flagged_before_anything_starts() {
+    // The field report's first failure: a MoE model pooled over llama.cpp RPC with a worker
+    // whose rpc-server has far less memory than its share of the experts. Here the worker's
+    // agent and its REAL rpc-server run in a cgroup limited to 32 MiB (the memory that
+    // rpc-server has), and the coordinator's MoE model is ~53 MB, all of it offloaded to RPC.
+    let moe = require_env("TIGHTWAD_MOE_MODEL");
+    let coordinator = format!(
+        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args(&moe, 8080, r#", "-ngl", "99""#)
+    );
+    let worker = "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
+    let cluster = TestCluster::start(
+        &[
+            HostPlan {
+                name: "alpha",
+                models: &[],
+                agent_toml: &coordinator,
+                binaries: None,
+            },
+            HostPlan {
+                name: "beta",
+                models: &[],
+                agent_toml: worker,
+                binaries: None,
+            },
+        ],
+        r#"
+[[pools]]
+name = "moe"
+coordinator = "alpha/target"
+workers = ["beta/rpc"]
+"#,
+    );
+    let _small = cluster.limit_memory("beta", 32 << 20);
+    cluster.start_process("beta", "rpc");
+    let report = run_doctor(&cluster, true);
+    let note = report
+        .checks
+        .iter()
+        .find(|c| {
+            c.category == Category::Memory
+                && c.subject == "beta"
+                && c.status == Status::Warn
+                && c.message.contains("MoE model")
+        })
+        .unwrap_or_else(|| panic!("no MoE-on-RPC warning for beta:\n{}", report.render()));
+    let beta_ip = &cluster.host("beta").ns.ip;
+    assert!(
+        note.message.contains(&format!("on RPC0[{beta_ip}:50052]")),
+        "{note:?}"
+    );
+    assert!(note.message.contains("but it has 32 MiB"), "{note:?}");
+    let fail = find(&report, Category::Memory, "beta", Status::Fail);
+    assert!(fail.message.contains("RPC buffers do not fit"), "{fail:?}");
+    assert!(
+        fail.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("cannot spill into system RAM")),
+        "{fail:?}"
+    );
+    assert!(!report.ok);
+    // `tightwad up` runs the same checks and starts no coordinator on top of that worker.
+    let refused = cluster
+        .rt
+        .block_on(fleet::run(
+            fleet::FleetCommand::Up {
+                name: None,
+                skip_doctor: false,
+                json: false,
+            },
+            &cluster.config,
+        ))
+        .expect_err("up refuses the pool");
+    assert!(refused.to_string().contains("doctor found"), "{refused:#}");
 }
 
 #[test]
