@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod logs;
+pub mod naming;
 pub mod patches;
 pub mod status;
 pub mod swap;
@@ -33,7 +34,7 @@ pub enum FleetCommand {
     },
     /// Control the processes an agent supervises.
     #[command(
-        after_long_help = "Examples:\n  tightwad agent start gpu-box target\n  tightwad agent restart gpu-box target --json\n  tightwad agent logs gpu-box target --tail 50 -f"
+        after_long_help = "Examples:\n  tightwad agent start gpu-box/target\n  tightwad agent restart gpu-box/target --json\n  tightwad agent logs gpu-box/target --tail 50 -f"
     )]
     Agent {
         /// Print the result as JSON (one object per process, or per log line).
@@ -79,16 +80,16 @@ pub enum FleetCommand {
     #[command(after_long_help = "Examples:\n  tightwad token\n  tightwad token --ttl 600 --json")]
     Token {
         /// Seconds the token stays valid.
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         ttl: u64,
         /// Print {"token", "ttl_s", "command"} as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// A managed process's output, or the proxy's own log (`tightwad logs proxy`); HOST may be
-    /// left out when only one host has a process of that name.
+    /// A managed process's output (HOST/NAME, or NAME when only one host has a process of that
+    /// name), or the proxy's own log (`tightwad logs proxy`).
     #[command(
-        after_long_help = "Examples:\n  tightwad logs target -f\n  tightwad logs gpu-box target --tail 20\n  tightwad logs proxy -f\n  tightwad logs proxy --url http://10.0.0.1:8088 --json"
+        after_long_help = "Examples:\n  tightwad logs target -f\n  tightwad logs gpu-box/target --tail 20\n  tightwad logs proxy -f\n  tightwad logs proxy --proxy http://10.0.0.1:8088 --json"
     )]
     Logs(logs::LogsArgs),
     /// Build one llama.cpp (same source, same ref) on every host, smoke-test it, switch the
@@ -98,30 +99,53 @@ pub enum FleetCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AgentAction {
-    /// Start a configured process and wait until it is ready.
+    /// Start a configured process and wait until it is ready (a step line per stage on a pipe,
+    /// a spinner on a terminal, nothing with --json).
     #[command(
-        after_long_help = "Example:\n  tightwad agent start gpu-box target -- -m /models/big.gguf --port 8080"
+        after_long_help = "Example:\n  tightwad agent start gpu-box/target -- -m /models/big.gguf --port 8080"
     )]
     Start {
-        host: String,
-        name: String,
+        /// The process: HOST/NAME, or NAME when only one host has a process of that name.
+        #[arg(value_name = "HOST/NAME")]
+        process: String,
+        /// The NAME of the old two-word spelling `HOST NAME` (deprecated; write HOST/NAME).
+        #[arg(hide = true)]
+        old_name: Option<String>,
         /// Arguments replacing the configured ones for this start (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
     /// Stop a process (SIGTERM, then SIGKILL after the agent's grace period).
-    #[command(after_long_help = "Example:\n  tightwad agent stop gpu-box target")]
-    Stop { host: String, name: String },
+    #[command(after_long_help = "Example:\n  tightwad agent stop gpu-box/target")]
+    Stop {
+        /// The process: HOST/NAME, or NAME when only one host has a process of that name.
+        #[arg(value_name = "HOST/NAME")]
+        process: String,
+        /// The NAME of the old two-word spelling `HOST NAME` (deprecated; write HOST/NAME).
+        #[arg(hide = true)]
+        old_name: Option<String>,
+    },
     /// Stop then start a process with its current arguments.
-    #[command(after_long_help = "Example:\n  tightwad agent restart gpu-box target")]
-    Restart { host: String, name: String },
-    /// A process's output (see also `tightwad logs`, which finds the host itself).
-    #[command(after_long_help = "Example:\n  tightwad agent logs gpu-box target --tail 50 -f")]
+    #[command(after_long_help = "Example:\n  tightwad agent restart gpu-box/target")]
+    Restart {
+        /// The process: HOST/NAME, or NAME when only one host has a process of that name.
+        #[arg(value_name = "HOST/NAME")]
+        process: String,
+        /// The NAME of the old two-word spelling `HOST NAME` (deprecated; write HOST/NAME).
+        #[arg(hide = true)]
+        old_name: Option<String>,
+    },
+    /// A process's output (the same as `tightwad logs HOST/NAME`).
+    #[command(after_long_help = "Example:\n  tightwad agent logs gpu-box/target --tail 50 -f")]
     Logs {
-        host: String,
-        name: String,
+        /// The process: HOST/NAME, or NAME when only one host has a process of that name.
+        #[arg(value_name = "HOST/NAME")]
+        process: String,
+        /// The NAME of the old two-word spelling `HOST NAME` (deprecated; write HOST/NAME).
+        #[arg(hide = true)]
+        old_name: Option<String>,
         /// Lines of history.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, short = 'n', default_value_t = 100)]
         tail: u32,
         /// Keep printing new lines.
         #[arg(long, short)]
@@ -134,8 +158,10 @@ pub enum ModelsAction {
     /// Model files on every host (or one), with their GGUF metadata.
     #[command(after_long_help = "Example:\n  tightwad models list --host gpu-box --json")]
     List {
+        /// Only this host.
         #[arg(long)]
         host: Option<String>,
+        /// Print JSON (one object per host) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +170,7 @@ pub enum ModelsAction {
     Find {
         /// File name, e.g. `gpt-oss-20b-Q8_0.gguf`.
         file: String,
+        /// Print JSON (one object per host) instead of lines.
         #[arg(long)]
         json: bool,
     },
@@ -158,11 +185,12 @@ pub enum ModelsAction {
     Copy {
         /// File name, as `tightwad models list` shows it.
         file: String,
-        /// Host(s) that have the file (default: every other host that has it).
-        #[arg(long, value_delimiter = ',')]
+        /// Host(s) that have the file, comma-separated or repeated (default: every other host
+        /// that has it).
+        #[arg(long, value_delimiter = ',', value_name = "HOST")]
         from: Vec<String>,
         /// Host to copy to.
-        #[arg(long)]
+        #[arg(long, value_name = "HOST")]
         to: String,
         /// Limit the transfer rate (bytes per second; per source for a multi-source pull).
         #[arg(long)]
@@ -234,7 +262,13 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            let started = up::run(&fleet, &layout, name.as_deref()).await?;
+            let started = up::run_with_steps(
+                &fleet,
+                &layout,
+                name.as_deref(),
+                crate::progress::Progress::mode(json),
+            )
+            .await?;
             up::print(&started, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -293,9 +327,9 @@ async fn agent(fleet: &Fleet, action: AgentAction, json: bool) -> anyhow::Result
             return;
         }
         println!(
-            "{} {:?} pid={} port={} restarts={}{}",
+            "{} {} pid={} port={} restarts={}{}",
             status.name,
-            status.state,
+            up::state_name(&status.state),
             status
                 .pid
                 .map(|p| p.to_string())
@@ -311,42 +345,82 @@ async fn agent(fleet: &Fleet, action: AgentAction, json: bool) -> anyhow::Result
                 .unwrap_or_default()
         );
     };
-    match action {
-        AgentAction::Start { host, name, args } => {
-            let client = fleet.connect(fleet.config.host(&host)?).await?;
-            let args = if args.is_empty() { None } else { Some(args) };
-            print(
-                client
-                    .start_process(&name, args)
-                    .await
-                    .with_context(|| format!("starting {name} on {host}"))?,
-            );
+    let named = |process: &str, old_name: Option<&str>| -> anyhow::Result<naming::ProcessName> {
+        let (name, warning) = naming::ProcessName::parse(process, old_name)?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
         }
-        AgentAction::Stop { host, name } => {
+        Ok(name)
+    };
+    match action {
+        AgentAction::Start {
+            process,
+            old_name,
+            args,
+        } => {
+            let process = named(&process, old_name.as_deref())?;
+            let mut steps = crate::progress::Steps::new(
+                crate::progress::Progress::mode(json),
+                "agent start",
+                2,
+            );
+            steps.step(format!("connecting to the agent of {process}"));
+            let host = process.host(fleet).await?;
+            let name = process.name;
+            let client = fleet.connect(fleet.config.host(&host)?).await?;
+            steps.step(format!(
+                "starting {host}/{name} and waiting until it is ready"
+            ));
+            let args = if args.is_empty() { None } else { Some(args) };
+            let status = client
+                .start_process(&name, args)
+                .await
+                .with_context(|| format!("starting {host}/{name}"))?;
+            steps.finish(format!("{host}/{name} {}", up::state_name(&status.state)));
+            print(status);
+        }
+        AgentAction::Stop { process, old_name } => {
+            let process = named(&process, old_name.as_deref())?;
+            let host = process.host(fleet).await?;
+            let name = process.name;
             let client = fleet.connect(fleet.config.host(&host)?).await?;
             print(
                 client
                     .stop_process(&name)
                     .await
-                    .with_context(|| format!("stopping {name} on {host}"))?,
+                    .with_context(|| format!("stopping {host}/{name}"))?,
             );
         }
-        AgentAction::Restart { host, name } => {
-            let client = fleet.connect(fleet.config.host(&host)?).await?;
-            print(
-                client
-                    .restart_process(&name)
-                    .await
-                    .with_context(|| format!("restarting {name} on {host}"))?,
+        AgentAction::Restart { process, old_name } => {
+            let process = named(&process, old_name.as_deref())?;
+            let mut steps = crate::progress::Steps::new(
+                crate::progress::Progress::mode(json),
+                "agent restart",
+                2,
             );
+            steps.step(format!("connecting to the agent of {process}"));
+            let host = process.host(fleet).await?;
+            let name = process.name;
+            let client = fleet.connect(fleet.config.host(&host)?).await?;
+            steps.step(format!(
+                "restarting {host}/{name} and waiting until it is ready"
+            ));
+            let status = client
+                .restart_process(&name)
+                .await
+                .with_context(|| format!("restarting {host}/{name}"))?;
+            steps.finish(format!("{host}/{name} {}", up::state_name(&status.state)));
+            print(status);
         }
         AgentAction::Logs {
-            host,
-            name,
+            process,
+            old_name,
             tail,
             follow,
         } => {
-            print_agent_logs(fleet, &host, &name, tail, follow, json).await?;
+            let process = named(&process, old_name.as_deref())?;
+            let host = process.host(fleet).await?;
+            print_agent_logs(fleet, &host, &process.name, tail, follow, json).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
