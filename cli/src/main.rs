@@ -350,8 +350,8 @@ fn error_chain(e: &anyhow::Error) -> String {
 async fn main() -> ExitCode {
     // Old spellings still parse (hidden aliases) and each says, once, what to write instead.
     let (argv, mut warnings) = spellings::rewrite(std::env::args_os().collect());
-    let matches = spellings::with_aliases(<Cli as clap::CommandFactory>::command())
-        .get_matches_from(&argv);
+    let matches =
+        spellings::with_aliases(<Cli as clap::CommandFactory>::command()).get_matches_from(&argv);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     warnings.extend(spellings::warnings(&matches, &argv));
     for warning in warnings {

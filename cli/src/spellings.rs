@@ -144,7 +144,10 @@ pub fn rewrite(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
         }
         let value = if text == "--json" {
             match rest.peek() {
-                Some(next) if next.to_string_lossy() == "-" || !next.to_string_lossy().starts_with('-') => {
+                Some(next)
+                    if next.to_string_lossy() == "-"
+                        || !next.to_string_lossy().starts_with('-') =>
+                {
                     rest.next().cloned()
                 }
                 _ => None,
@@ -203,8 +206,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("{:?} has no argument {}", r.command, r.id));
             assert_eq!(arg.get_long(), Some(r.new), "{:?} {}", r.command, r.id);
             assert!(
-                arg.get_all_aliases()
-                    .is_some_and(|a| a.contains(&r.old)),
+                arg.get_all_aliases().is_some_and(|a| a.contains(&r.old)),
                 "{} is not an alias of --{}",
                 r.old,
                 r.new
@@ -221,7 +223,12 @@ mod tests {
     #[test]
     fn old_spellings_parse_and_warn_new_ones_do_not() {
         let command = with_aliases(<crate::Cli as clap::CommandFactory>::command());
-        let old = argv(&["init", "--target-url", "http://a:1", "--draft-url=http://b:2"]);
+        let old = argv(&[
+            "init",
+            "--target-url",
+            "http://a:1",
+            "--draft-url=http://b:2",
+        ]);
         let matches = command.clone().try_get_matches_from(&old).expect("parses");
         let warned = warnings(&matches, &old);
         assert_eq!(warned.len(), 2, "{warned:?}");
@@ -248,6 +255,10 @@ mod tests {
         assert_eq!(args, argv(&["bench", "--json", "--proxy", "http://p"]));
         assert!(warned.is_empty());
         let (args, _) = rewrite(argv(&["chat", "--json", "x"]));
-        assert_eq!(args, argv(&["chat", "--json", "x"]), "only bench is rewritten");
+        assert_eq!(
+            args,
+            argv(&["chat", "--json", "x"]),
+            "only bench is rewritten"
+        );
     }
 }

@@ -575,7 +575,10 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
     );
     // The predecessor listened on the LAN without a token: the converted config carries a key.
     assert_eq!(config.api_keys.len(), 1, "a network listen without a key");
-    assert_eq!(report["api_key"].as_str(), Some(config.api_keys[0].as_str()));
+    assert_eq!(
+        report["api_key"].as_str(),
+        Some(config.api_keys[0].as_str())
+    );
     let skipped = not_carried(&report);
     assert!(
         !skipped.iter().any(|k| k.starts_with("proxy.drafters")),

@@ -99,7 +99,8 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     let steps = String::from_utf8_lossy(&started.stderr);
     assert!(
         steps.contains("agent start: [1/2] connecting to the agent of beta/rpc\n")
-            && steps.contains("agent start: [2/2] starting beta/rpc and waiting until it is ready\n")
+            && steps
+                .contains("agent start: [2/2] starting beta/rpc and waiting until it is ready\n")
             && steps.contains("agent start: beta/rpc ready in "),
         "{steps}"
     );
@@ -107,7 +108,11 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     assert!(String::from_utf8_lossy(&started.stdout).starts_with("rpc ready pid="));
     // Again with --json (it runs: a no-op): one object with the process's state, no progress.
     let again = tightwad(&config, &["agent", "start", "beta/rpc", "--json"]);
-    assert!(String::from_utf8_lossy(&again.stderr).trim().is_empty(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let started = json(&again);
     assert_eq!(started["name"], "rpc");
     assert_eq!(started["state"], "ready", "{started}");
@@ -248,7 +253,11 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     tightwad(&config, &["down", "small"]);
     // With --json: the JSON list on stdout, nothing on stderr.
     let up = tightwad(&config, &["up", "small", "--skip-doctor", "--json"]);
-    assert!(String::from_utf8_lossy(&up.stderr).trim().is_empty(), "{}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        String::from_utf8_lossy(&up.stderr).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     assert_eq!(json(&up)[0]["state"], "ready");
     tightwad(&config, &["down", "small", "--json"]);
     // The fleet library agrees with what the CLI printed.

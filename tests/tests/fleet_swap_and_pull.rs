@@ -273,7 +273,9 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
     assert!(!steps.contains('\r'), "no spinner on a pipe: {steps:?}");
     let line = String::from_utf8_lossy(&back.stdout);
     assert!(
-        line.starts_with("gpu/target: ") && line.contains("draft.gguf → ") && line.contains("target.gguf in"),
+        line.starts_with("gpu/target: ")
+            && line.contains("draft.gguf → ")
+            && line.contains("target.gguf in"),
         "{line}"
     );
     // With --json: the report alone, no progress.

@@ -17,7 +17,11 @@ fn init(config: &std::path::Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("init runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -26,27 +30,42 @@ fn init_listens_where_the_proxy_does_and_a_lan_config_carries_a_key_or_says_it_h
     let dir = scratch("defaults");
     let config = dir.join("tightwad.toml");
 
-    init(&config, &["--target-model", "/models/big.gguf", "--draft-tokens", "6"]);
+    init(
+        &config,
+        &["--target-model", "/models/big.gguf", "--draft-tokens", "6"],
+    );
     let written = ProxyConfig::load(&config).expect("the proxy loads it");
     assert_eq!(written.listen, ProxyConfig::default().listen);
     assert!(written.listen.ip().is_loopback());
     assert!(written.api_keys.is_empty());
     let text = std::fs::read_to_string(&config).expect("config");
-    assert!(text.contains("\"-np\", \"7\""), "k = 6 needs 7 slots:\n{text}");
+    assert!(
+        text.contains("\"-np\", \"7\""),
+        "k = 6 needs 7 slots:\n{text}"
+    );
 
     let keyed = init(&config, &["--listen", "0.0.0.0:8088", "--json"]);
     let report: Value = serde_json::from_slice(&keyed.stdout).expect("JSON");
     let written = ProxyConfig::load(&config).expect("the proxy loads it");
     assert_eq!(written.listen.to_string(), "0.0.0.0:8088");
     assert_eq!(written.api_keys.len(), 1);
-    assert_eq!(report["api_key"].as_str(), Some(written.api_keys[0].as_str()));
+    assert_eq!(
+        report["api_key"].as_str(),
+        Some(written.api_keys[0].as_str())
+    );
 
     let open = init(&config, &["--listen", "0.0.0.0:8088", "--no-api-key"]);
     let stderr = String::from_utf8_lossy(&open.stderr);
-    assert!(stderr.contains("WARNING") && stderr.contains("NO API key"), "{stderr}");
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("NO API key"),
+        "{stderr}"
+    );
     let written = ProxyConfig::load(&config).expect("the proxy loads it");
     assert!(written.api_keys.is_empty());
     let text = std::fs::read_to_string(&config).expect("config");
-    assert!(text.contains("# WARNING: this proxy listens on 0.0.0.0:8088"), "{text}");
+    assert!(
+        text.contains("# WARNING: this proxy listens on 0.0.0.0:8088"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -54,8 +54,8 @@ fn parse(page: &str) -> (Vec<String>, Vec<Entry>) {
                 }
             }
             "Arguments:" | "Options:" => {
-                let starts_entry =
-                    indent < 10 && (body.starts_with('-') || body.starts_with('<') || body.starts_with('['));
+                let starts_entry = indent < 10
+                    && (body.starts_with('-') || body.starts_with('<') || body.starts_with('['));
                 if starts_entry {
                     // Same-line layout: `--flag <V>  help`; next-line layout: help below.
                     let (spec, inline) = match body.find("  ") {
@@ -89,7 +89,11 @@ fn old_flags_from_the_table() -> BTreeSet<String> {
             continue;
         };
         for code in cell.split('`').skip(1).step_by(2) {
-            if let Some(flag) = code.split_whitespace().next().filter(|f| f.starts_with("--")) {
+            if let Some(flag) = code
+                .split_whitespace()
+                .next()
+                .filter(|f| f.starts_with("--"))
+            {
                 old.insert(flag.to_string());
             }
         }
@@ -147,7 +151,10 @@ fn every_argument_has_help_and_no_command_spells_a_concept_the_old_way() {
         }
     }
     assert!(visited > 30, "walked only {visited} help pages");
-    assert!(no_help.is_empty(), "arguments without help text: {no_help:#?}");
+    assert!(
+        no_help.is_empty(),
+        "arguments without help text: {no_help:#?}"
+    );
     assert!(
         old_spelled.is_empty(),
         "old spellings (docs/cli-spellings.md) still shown: {old_spelled:#?}"
@@ -177,9 +184,16 @@ fn old_spellings_still_work_and_say_what_to_write_instead() {
         ])
         .output()
         .expect("init runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
     assert_eq!(warnings.len(), 2, "{stderr}");
     assert!(
         warnings[0].contains("--target-url") && warnings[0].contains("use `--target`"),
@@ -196,7 +210,14 @@ fn old_spellings_still_work_and_say_what_to_write_instead() {
     let again = Command::new(BIN)
         .arg("-c")
         .arg(&config)
-        .args(["init", "--force", "--target", "http://10.0.0.2:8080", "--draft", "http://10.0.0.3:8081"])
+        .args([
+            "init",
+            "--force",
+            "--target",
+            "http://10.0.0.2:8080",
+            "--draft",
+            "http://10.0.0.3:8081",
+        ])
         .output()
         .expect("init runs");
     assert!(again.status.success());
@@ -212,7 +233,12 @@ fn old_spellings_still_work_and_say_what_to_write_instead() {
     let logs = Command::new(BIN)
         .arg("-c")
         .arg(&config)
-        .args(["logs", "proxy", "--url", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "logs",
+            "proxy",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .env("HOME", &dir)
         .output()
         .expect("logs runs");

@@ -17,7 +17,10 @@ pub struct ProcessName {
 impl ProcessName {
     /// `first` is `HOST/NAME` or `NAME`; `second` is the NAME of the old `HOST NAME` spelling.
     /// Returns the name and, for the old spelling, the warning to print.
-    pub fn parse(first: &str, second: Option<&str>) -> anyhow::Result<(ProcessName, Option<String>)> {
+    pub fn parse(
+        first: &str,
+        second: Option<&str>,
+    ) -> anyhow::Result<(ProcessName, Option<String>)> {
         if let Some(name) = second {
             let name = ProcessName {
                 host: Some(first.to_string()),
@@ -39,7 +42,9 @@ impl ProcessName {
                     None,
                 ))
             }
-            Some(_) => bail!("{first:?} is not a process name: write HOST/NAME (e.g. gpu-box/target) or NAME"),
+            Some(_) => bail!(
+                "{first:?} is not a process name: write HOST/NAME (e.g. gpu-box/target) or NAME"
+            ),
             None => Ok((
                 ProcessName {
                     host: None,
@@ -82,9 +87,7 @@ mod tests {
         assert_eq!(alone.host, None);
         let (old, warning) = ProcessName::parse("gpu-box", Some("target")).expect("parses");
         assert_eq!(old, p);
-        assert!(
-            warning.is_some_and(|w| w.contains("deprecated") && w.contains("gpu-box/target"))
-        );
+        assert!(warning.is_some_and(|w| w.contains("deprecated") && w.contains("gpu-box/target")));
         for bad in ["/target", "gpu-box/", "a/b/c"] {
             let e = ProcessName::parse(bad, None).expect_err(bad);
             assert!(e.to_string().contains("HOST/NAME"), "{e}");

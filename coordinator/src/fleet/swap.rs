@@ -168,11 +168,8 @@ fn proxy_admin(args: &SwapArgs, config: &Path) -> anyhow::Result<ProxyAdmin> {
 /// a pipe, nothing with `--json`).
 pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Result<SwapReport> {
     let total = if args.pairing.is_some() { 4 } else { 2 };
-    let mut steps = crate::progress::Steps::new(
-        crate::progress::Progress::mode(args.json),
-        "swap",
-        total,
-    );
+    let mut steps =
+        crate::progress::Steps::new(crate::progress::Progress::mode(args.json), "swap", total);
     let (host_name, process) = args
         .process
         .split_once('/')

@@ -92,7 +92,10 @@ mod tests {
         let Access::Generated(key) = decide(&lan, false, false) else {
             panic!("a network listen without a key gets one");
         };
-        assert!(key.starts_with("sk-tightwad-") && key.len() == 12 + 32, "{key}");
+        assert!(
+            key.starts_with("sk-tightwad-") && key.len() == 12 + 32,
+            "{key}"
+        );
         assert_ne!(key, generate_key(), "keys are random");
         assert_eq!(decide(&lan, true, false), Access::Keyed);
         let open = decide(&lan, false, true);

@@ -16,8 +16,8 @@ use anyhow::Context;
 use tightwad_protocol::messages::ModelFile;
 
 use crate::cluster::layout::host_ip;
-use access::{default_listen, Access};
 use crate::cluster::{Fleet, FleetConfig, HostEntry};
+use access::{default_listen, Access};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct InitArgs {
@@ -72,7 +72,12 @@ pub struct InitArgs {
     #[arg(long, conflicts_with = "from")]
     pub discover: bool,
     /// Seconds `--discover` listens for answers.
-    #[arg(long, default_value_t = 3.0, requires = "discover", value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 3.0,
+        requires = "discover",
+        value_name = "SECONDS"
+    )]
     pub discover_timeout: f64,
 }
 
@@ -692,7 +697,10 @@ mod tests {
         let config: tightwad_serve::config::ProxyConfig =
             toml::from_str(&open).unwrap_or_else(|e| panic!("{e}\n{open}"));
         assert!(config.api_keys.is_empty());
-        assert!(open.contains("WARNING") && open.contains("NO API key"), "{open}");
+        assert!(
+            open.contains("WARNING") && open.contains("NO API key"),
+            "{open}"
+        );
     }
 
     /// Whatever init writes, the proxy itself must accept (its config refuses unknown keys).
