@@ -549,10 +549,18 @@ async fn native_payoff(name: &str, target: &LlamaServer, k: usize) -> Result<Che
     ))
 }
 
-/// The slots check: the target needs [`crate::init::target_slots`]`(k)` slots (`-np`), the same
-/// rule `init` writes and the proxy's `--help` states; one slot cannot verify at all.
+/// The `-np` a target needs for `k` draft tokens per round: the proxy verifies the k drafted
+/// tokens and the position after them as k + 1 prompts in one decode, one slot each (the rule of
+/// `tightwad_serve::engine::probe::slots_for_verification`, which doctor, `init`'s agent snippets
+/// and the proxy's `--help` all state).
+pub fn target_slots(k: usize) -> usize {
+    k + 1
+}
+
+/// The slots check: the target needs [`target_slots`]`(k)` slots (`-np`), the same rule `init`
+/// writes and the proxy's `--help` states; one slot cannot verify at all.
 pub fn slots_check(subject: &str, total_slots: u32, k: usize) -> Check {
-    let needed = crate::init::target_slots(k);
+    let needed = target_slots(k);
     if (total_slots as usize) >= needed {
         return Check::new(
             Category::Slots,
@@ -581,9 +589,10 @@ mod tests {
     use super::*;
 
     /// One slot rule everywhere: k = 4 needs `-np 5`, which is what doctor asks for, what `init`
-    /// writes into the target's agent snippet, and what the proxy's `--help` states (k + 1).
+    /// writes into the target's agent snippet (tested there), and what the proxy's `--help`
+    /// states (k + 1).
     #[test]
-    fn the_slot_rule_is_k_plus_one_in_doctor_and_init() {
+    fn the_slot_rule_is_k_plus_one() {
         let short = slots_check("pairing p", 4, 4);
         assert_eq!(short.status, Status::Warn);
         assert_eq!(
@@ -592,17 +601,6 @@ mod tests {
         );
         assert_eq!(slots_check("pairing p", 5, 4).status, Status::Pass);
         assert_eq!(slots_check("pairing p", 1, 4).status, Status::Fail);
-        let written = crate::init::render(
-            &crate::init::InitArgs {
-                target_model: Some("/m/big.gguf".into()),
-                draft_tokens: 4,
-                ..Default::default()
-            },
-            &[],
-            &[],
-        );
-        assert!(written.contains("\"-np\", \"5\""), "{written}");
-        assert!(written.contains("-np >= draft_tokens + 1"), "{written}");
     }
 
     /// The field report: target alone 19.7 tok/s; rounds of ~32 draft tokens, all accepted,

@@ -17,6 +17,7 @@ use tightwad_protocol::messages::ModelFile;
 
 use crate::cluster::layout::host_ip;
 use crate::cluster::{Fleet, FleetConfig, HostEntry};
+use crate::doctor::live::target_slots;
 use access::{default_listen, Access};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -91,14 +92,6 @@ impl Default for InitArgs {
         }
         <Bare as clap::Parser>::parse_from(["init"]).args
     }
-}
-
-/// The `-np` a target needs for `k` draft tokens per round: the proxy verifies the k drafted
-/// tokens and the position after them as k + 1 prompts in one decode, one slot each (the rule of
-/// `tightwad_serve::engine::probe::slots_for_verification`, which `init`, `doctor` and the
-/// proxy's `--help` all state).
-pub fn target_slots(k: usize) -> usize {
-    k + 1
 }
 
 /// A proposed pairing: the target and the draft model, and the hosts they are on.
@@ -222,7 +215,7 @@ fn agent_snippet(out: &mut String, process: &str, model: &str, port: u16, extra:
 }
 
 /// Context the target is planned for: the proxy verifies k + 1 copies of a context in one batch
-/// ([`target_slots`]; `--kv-unified` shares one cache between the slots).
+/// (`doctor::live::target_slots`; `--kv-unified` shares one cache between the slots).
 const TARGET_CONTEXT: u64 = 16384;
 
 /// The config text for the given hosts and pairings, with a fresh key when `--listen` reaches
@@ -662,6 +655,23 @@ mod tests {
         );
         let layout = crate::cluster::layout::Layout::parse(&text).expect("layout");
         assert_eq!(layout.processes.len(), 2);
+    }
+
+    /// The agent snippet asks for doctor's slot rule: k = 4 needs `-np 5`.
+    #[test]
+    fn the_target_snippet_has_the_slots_doctor_asks_for() {
+        let written = render(
+            &InitArgs {
+                target_model: Some("/m/big.gguf".into()),
+                draft_tokens: 4,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        );
+        assert_eq!(target_slots(4), 5);
+        assert!(written.contains("\"-np\", \"5\""), "{written}");
+        assert!(written.contains("-np >= draft_tokens + 1"), "{written}");
     }
 
     /// `init` listens where the proxy does by default; a listen that reaches the network
