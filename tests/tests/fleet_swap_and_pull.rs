@@ -244,14 +244,14 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
 
     // An RPC pool's coordinator has no pairing to drain: the same swap, without --pairing, by the
     // `tightwad` binary on a pipe: a plain line per step on stderr, the report on stdout.
-    let swap = |extra: &[&str]| {
+    let swap = |process: &str, extra: &[&str]| {
         let out = std::process::Command::new(tightwad_e2e::test_env::workspace_binary(
             "tightwad",
             "TIGHTWAD_BIN",
         ))
         .arg("-c")
         .arg(&cluster.config)
-        .args(["swap", "target.gguf", "--process", "gpu/target"])
+        .args(["swap", "target.gguf", "--process", process])
         .args(extra)
         .output()
         .expect("tightwad swap runs");
@@ -262,7 +262,7 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
         );
         out
     };
-    let back = swap(&[]);
+    let back = swap("gpu/target", &[]);
     let steps = String::from_utf8_lossy(&back.stderr);
     assert!(
         steps.contains("swap: [1/2] finding target.gguf on gpu\n")
@@ -278,8 +278,8 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
             && line.contains("target.gguf in"),
         "{line}"
     );
-    // With --json: the report alone, no progress.
-    let again = swap(&["--json"]);
+    // With --json: the report alone, no progress; the process named alone, its host found.
+    let again = swap("target", &["--json"]);
     assert!(
         String::from_utf8_lossy(&again.stderr).trim().is_empty(),
         "{}",
@@ -293,6 +293,7 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
         "{report}"
     );
     assert!(report["drain_ms"].is_null(), "{report}");
+    assert_eq!(report["host"], "gpu", "{report}");
     let _ = stop_proxy.send(());
 }
 

@@ -30,7 +30,8 @@ use crate::cluster::Fleet;
 pub struct SwapArgs {
     /// The new model: a file name found in the host's model folders, or a path on that host.
     pub model: String,
-    /// The supervised process to restart with it, as HOST/NAME (`[[hosts]]` name, process name).
+    /// The supervised process to restart with it, as HOST/NAME (`[[hosts]]` name, process name),
+    /// or NAME when only one host has a process of that name.
     #[arg(long, value_name = "HOST/NAME")]
     pub process: String,
     /// The proxy pairing served by that process: drained before the restart, resumed after.
@@ -170,11 +171,10 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
     let total = if args.pairing.is_some() { 4 } else { 2 };
     let mut steps =
         crate::progress::Steps::new(crate::progress::Progress::mode(args.json), "swap", total);
-    let (host_name, process) = args
-        .process
-        .split_once('/')
-        .filter(|(h, p)| !h.is_empty() && !p.is_empty())
+    let (named, _) = super::naming::ProcessName::parse(&args.process, None)
         .context("--process takes HOST/NAME, e.g. gpu-box/target")?;
+    let host_name = named.host(fleet).await?;
+    let (host_name, process) = (host_name.as_str(), named.name.as_str());
     let host = fleet.config.host(host_name)?;
     steps.step(format!("finding {} on {host_name}", args.model));
     let client = fleet.connect(host).await?;
