@@ -29,7 +29,8 @@ pub fn reaches_the_network(listen: &SocketAddr) -> bool {
     !listen.ip().is_loopback()
 }
 
-/// A fresh API key: `sk-tightwad-` and 32 random hex digits (128 bits from the OS's generator).
+/// A fresh API key: `sk-tightwad-` and 32 hex digits, 128 bits from `rand`'s thread-local CSPRNG
+/// (seeded by the OS).
 pub fn generate_key() -> String {
     format!("sk-tightwad-{}", hex::encode(rand::random::<[u8; 16]>()))
 }
