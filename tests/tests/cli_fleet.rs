@@ -239,11 +239,14 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     let stopped = json(&tightwad(&config, &["agent", "stop", "beta/rpc", "--json"]));
     assert_eq!(stopped["state"], "stopped", "{stopped}");
 
-    // up on a pipe: the pool's worker, then its coordinator, a line each; then the summary.
-    let up = tightwad(&config, &["up", "small", "--skip-doctor"]);
+    // up on a pipe: doctor's check, the pool's worker, then its coordinator, a line each; then
+    // the summary.
+    let up = tightwad(&config, &["up", "small"]);
     let steps = String::from_utf8_lossy(&up.stderr);
     assert!(
-        steps.contains("up: [1/2] pool small: starting worker beta/rpc\n")
+        steps.contains("up: checking what would start (doctor, offline)\n")
+            && steps.contains("up: checked in ")
+            && steps.contains("up: [1/2] pool small: starting worker beta/rpc\n")
             && steps.contains("up: [2/2] pool small: starting alpha/server with --rpc ")
             && steps.contains("up: 1 started in "),
         "{steps}"

@@ -189,7 +189,12 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
         } => {
             let layout = crate::cluster::layout::Layout::load(config)?;
             if !skip_doctor {
-                let failures = up::preflight(config, &layout, name.as_deref()).await?;
+                let mut checking =
+                    crate::progress::Steps::new(crate::progress::Progress::mode(json), "up", 0);
+                checking.step("checking what would start (doctor, offline)");
+                let failures = up::preflight(config, &layout, name.as_deref()).await;
+                checking.finish("checked");
+                let failures = failures?;
                 if !failures.is_empty() {
                     for check in &failures {
                         eprintln!(
