@@ -319,7 +319,7 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
     let _ = writeln!(s, "- Adaptive cells are measured after one warm-up request: the controller's estimates are young, as in the first minute of a real proxy.\n");
     let _ = writeln!(s, "## Reproduce\n");
     let _ = writeln!(s, "```sh\neval \"$(scripts/setup)\"\ncargo run --release -p tightwad-benchmarks --bin bench-suite            # ~10 minutes on 2 cores\ncargo run --release -p tightwad-benchmarks --bin bench-suite -- --quick # ~2.5 minutes\ncargo run --release -p tightwad-benchmarks --bin bench-suite -- --only sim-grid\n```\n");
-    let _ = writeln!(s, "Against your own servers: `tightwad bench --proxy http://proxy:8088 --target http://target:8080 --json out.json --markdown out.md` (same comparison, built-in prompt set). A LAN in a box: `lan-relay --listen 127.0.0.1:9081 --to 127.0.0.1:8081 --rtt-ms 2`, and `sim-llama-server --tok-s 10` / `sim-llama-server --tok-s 500 --draft-acceptance 0.8` for a SIMULATED target and draft.");
+    let _ = writeln!(s, "Against your own servers: `tightwad bench --proxy http://proxy:8088 --target http://target:8080 --json --out out.json --markdown out.md` (same comparison, built-in prompt set). A LAN in a box: `lan-relay --listen 127.0.0.1:9081 --to 127.0.0.1:8081 --rtt-ms 2`, and `sim-llama-server --tok-s 10` / `sim-llama-server --tok-s 500 --draft-acceptance 0.8` for a SIMULATED target and draft.");
     std::fs::write(dir.join("README.md"), s)
         .with_context(|| format!("cannot write {}/README.md", dir.display()))
 }

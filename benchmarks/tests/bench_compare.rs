@@ -108,7 +108,8 @@ async fn run_writes_the_json_and_markdown_files() {
         max_tokens: 8,
         repeats: 1,
         warmup: 0,
-        json: Some(json_path.clone()),
+        json: true,
+        out: Some(json_path.clone()),
         markdown: Some(md_path.clone()),
         prime: vec![primed.url()],
     })

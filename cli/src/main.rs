@@ -1,10 +1,12 @@
 //! `tightwad`: the coordinator's command line.
 
+mod spellings;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 use tightwad_serve::config::{PairingEntry, ProxyConfig};
 use tightwad_serve::engine::VerifyMode;
 use tightwad_serve::server::Proxy;
@@ -14,7 +16,7 @@ use tightwad_serve::server::Proxy;
     name = "tightwad",
     version,
     about = "Speculative decoding across your LAN, behind one OpenAI endpoint",
-    after_help = "Exit codes:\n  0  ok\n  1  a check failed (doctor found a problem, status or hosts discover found a host down or changed, tune found it will not fit)\n  2  usage or configuration error (bad flags, no or an invalid config file), or the command could not run\n\nExamples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy\n  tightwad status --json\n  tightwad agent logs gpu-box target --tail 50\n  tightwad models copy model.gguf --from gpu-box --to desktop"
+    after_help = "Exit codes:\n  0  ok\n  1  a check failed (doctor found a problem, status or hosts discover found a host down or changed, tune found it will not fit)\n  2  usage or configuration error (bad flags, no or an invalid config file), or the command could not run\n\nExamples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy\n  tightwad status --json\n  tightwad agent logs gpu-box/target --tail 50\n  tightwad models copy model.gguf --from gpu-box --to desktop"
 )]
 struct Cli {
     /// Config file: pairings and limits for `proxy`, `[[hosts]]` for the fleet commands.
@@ -40,18 +42,18 @@ enum Command {
     /// Write a commented config from flags, from the agents' inventories, or from a Python
     /// Tightwad `cluster.yaml` (`--from`).
     #[command(
-        after_long_help = "Examples:\n  tightwad init --target-url http://gpu-box:8080 --draft-url http://desktop:8081\n  tightwad init --from-agents --host gpu-box=10.0.0.2 --host desktop=10.0.0.3\n  tightwad -c tightwad.toml init --from configs/cluster.yaml --json"
+        after_long_help = "Examples:\n  tightwad init --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad init --from-agents --host gpu-box=10.0.0.2 --host desktop=10.0.0.3\n  tightwad -c tightwad.toml init --from configs/cluster.yaml --json"
     )]
     Init(tightwad_coordinator::init::InitArgs),
     /// Measure the target directly and through the proxy, alternating, on a fixed prompt set.
     #[command(
-        after_long_help = "Examples:\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080 --json - > bench.json"
+        after_long_help = "Examples:\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080\n  tightwad bench --proxy http://127.0.0.1:8088 --target http://gpu-box:8080 --json > bench.json"
     )]
     Bench(tightwad_coordinator::bench::BenchArgs),
     /// Chat with the model in the terminal; after each reply: rounds, drafted, accepted,
     /// tokens per round, tokens/s. `--direct` talks to the target alone, to compare.
     #[command(
-        after_long_help = "Examples:\n  tightwad chat\n  tightwad -c tightwad.toml chat --direct\n  tightwad chat --url http://10.0.0.1:8088 --model llama-70b --system \"Answer briefly.\""
+        after_long_help = "Examples:\n  tightwad chat\n  tightwad -c tightwad.toml chat --direct\n  tightwad chat --proxy http://10.0.0.1:8088 --model llama-70b --system \"Answer briefly.\""
     )]
     Chat(tightwad_coordinator::chat::ChatArgs),
     #[command(flatten)]
@@ -90,6 +92,7 @@ enum Command {
         after_long_help = "Examples:\n  tightwad completions bash > /etc/bash_completion.d/tightwad\n  tightwad completions zsh > ~/.zfunc/_tightwad"
     )]
     Completions {
+        /// The shell to print the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -345,7 +348,15 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Old spellings still parse (hidden aliases) and each says, once, what to write instead.
+    let (argv, mut warnings) = spellings::rewrite(std::env::args_os().collect());
+    let matches =
+        spellings::with_aliases(<Cli as clap::CommandFactory>::command()).get_matches_from(&argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    warnings.extend(spellings::warnings(&matches, &argv));
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

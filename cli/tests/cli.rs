@@ -15,6 +15,12 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tightwad");
 
+// More of this binary's tests, in cli/tests/cli/ (not test targets of their own).
+#[path = "cli/defaults.rs"]
+mod defaults;
+#[path = "cli/spellings.rs"]
+mod spellings;
+
 fn var(name: &str) -> PathBuf {
     match std::env::var_os(name) {
         Some(v) if !v.is_empty() => PathBuf::from(v),
@@ -331,10 +337,11 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
     );
 
     // bench: per-prompt progress lines on stderr (a pipe, so no bar), the table on stdout, the
-    // report in the --json file; with `--json -` the report is stdout and stderr stays quiet.
+    // JSON report in the --out file; with `--json` alone the report is stdout and stderr stays
+    // quiet. The old `--json FILE` still writes the file, and says to write `--json --out FILE`.
     let prompts = dir.join("prompts.txt");
     std::fs::write(&prompts, "The sea is\nOnce upon a time\n").expect("prompts");
-    let bench = |json_to: &str| {
+    let bench = |output: &[&str]| {
         let out = Command::new(BIN)
             .args([
                 "bench",
@@ -345,15 +352,9 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
                 "--model",
                 "sea",
             ])
-            .args([
-                "--max-tokens",
-                "8",
-                "--warmup",
-                "0",
-                "--json",
-                json_to,
-                "--prompts",
-            ])
+            .args(["--max-tokens", "8", "--warmup", "0"])
+            .args(output)
+            .arg("--prompts")
             .arg(&prompts)
             .output()
             .expect("bench runs");
@@ -365,23 +366,40 @@ async fn chat_in_a_terminal_shows_the_targets_reply_and_the_speculation_figures(
         out
     };
     let report_file = dir.join("bench.json");
-    let table = bench(&report_file.to_string_lossy());
+    let report_path = report_file.to_string_lossy().to_string();
+    let table = bench(&["--json", "--out", &report_path]);
     let progress = String::from_utf8_lossy(&table.stderr);
     assert!(
         progress.contains(": 1/2") && progress.contains(": 2/2"),
         "{progress}"
     );
+    assert!(!progress.contains("warning"), "{progress}");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("speedup"));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report"))
             .expect("JSON");
     assert_eq!(report["prompts"].as_array().map(Vec::len), Some(2));
-    let piped = bench("-");
-    let report: Value = serde_json::from_slice(&piped.stdout).expect("bench --json - prints JSON");
+    let piped = bench(&["--json"]);
+    let report: Value = serde_json::from_slice(&piped.stdout).expect("bench --json prints JSON");
     assert_eq!(report["prompts"].as_array().map(Vec::len), Some(2));
+    let quiet = String::from_utf8_lossy(&piped.stderr);
     assert!(
-        !String::from_utf8_lossy(&piped.stderr).contains("2/2"),
-        "no progress with --json"
+        !quiet.contains("1/2") && !quiet.contains("2/2") && !quiet.contains("warning: `"),
+        "no progress with --json: {quiet}"
     );
+    std::fs::remove_file(&report_file).expect("remove the report");
+    let old = bench(&["--json", &report_path]);
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: `tightwad bench --json {report_path}` is deprecated; use `--json --out {report_path}`"
+        )),
+        "{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("report"))
+            .expect("JSON");
+    assert_eq!(report["prompts"].as_array().map(Vec::len), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -578,10 +596,24 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
         Some("http://10.0.0.4:8081"),
         "an Ollama draft is replaced by the first llama.cpp drafter"
     );
+    assert_eq!(
+        p.drafts,
+        ["http://10.0.0.5:8081"],
+        "the other drafters are carried over: the pairing measures them and drafts with the best"
+    );
+    // The predecessor listened on the LAN without a token: the converted config carries a key.
+    assert_eq!(config.api_keys.len(), 1, "a network listen without a key");
+    assert_eq!(
+        report["api_key"].as_str(),
+        Some(config.api_keys[0].as_str())
+    );
     let skipped = not_carried(&report);
+    assert!(
+        !skipped.iter().any(|k| k.starts_with("proxy.drafters")),
+        "drafters are carried, not dropped: {skipped:?}"
+    );
     for key in [
         "proxy.draft.backend",
-        "proxy.drafters[1]",
         "proxy.consensus_mode",
         "proxy.chat_template",
         "proxy.allow_private_upstream",

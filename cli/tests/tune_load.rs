@@ -1,6 +1,7 @@
 //! `tightwad tune MODEL --load`: the real binary pre-reads the model, starts a real llama-server
 //! with `-lm none` (no mmap), waits for /health, drops the file from the page cache (measured
-//! with `mincore` here, after its report), and stops the server on Ctrl-C (SIGINT).
+//! with `mincore` here, after its report), and stops the server on Ctrl-C (SIGINT). On a pipe its
+//! progress is plain lines on stderr: the pre-read by tenths, then each step.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -48,9 +49,21 @@ fn load_prereads_starts_waits_and_reclaims() {
         .env("LLAMA_SERVER", &server)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start tightwad");
+    // stderr carries tightwad's progress and llama-server's own log: keep all of it.
+    let stderr = child.stderr.take().expect("stderr");
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collected = progress.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut all) = collected.lock() {
+                all.push_str(&line);
+                all.push('\n');
+            }
+        }
+    });
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -77,6 +90,25 @@ fn load_prereads_starts_waits_and_reclaims() {
         "{seen:?}"
     );
     assert!(reclaimed.contains("cached before"), "{reclaimed}");
+    let wanted = [
+        "tune --load: reading ",
+        "100% (",
+        "tune --load: [1/2] starting ",
+        "tune --load: [2/2] dropping the model file from the page cache",
+        "tune --load: loaded in ",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = progress.lock().map(|t| t.clone()).unwrap_or_default();
+        if wanted.iter().all(|w| text.contains(w)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "progress lines missing on stderr:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (after, total) = pagecache::resident_bytes(&model).expect("mincore");
     assert!(
         after < total / 4,

@@ -29,10 +29,10 @@ pub struct ChatArgs {
     #[arg(long)]
     pub direct: bool,
     /// The proxy's URL (default: from the config's `listen`, else http://127.0.0.1:8088).
-    #[arg(long)]
-    pub url: Option<String>,
+    #[arg(long = "proxy", value_name = "URL")]
+    pub proxy_url: Option<String>,
     /// The target's URL for --direct (default: the config's first pairing's `target`).
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub target: Option<String>,
     /// The model (pairing) name to ask for (default: the config's first pairing, or "tightwad").
     #[arg(long)]
@@ -166,7 +166,7 @@ fn endpoint(args: &ChatArgs, config: &Path) -> anyhow::Result<Endpoint> {
             key: None,
         });
     }
-    let url = match (&args.url, &file.listen) {
+    let url = match (&args.proxy_url, &file.listen) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),
         (None, Some(listen)) => crate::fleet::logs::url_from_listen(listen),
         (None, None) => "http://127.0.0.1:8088".to_string(),

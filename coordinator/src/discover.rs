@@ -43,7 +43,7 @@ pub struct DiscoverArgs {
     #[arg(long)]
     pub json: bool,
     /// Seconds to listen for answers.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
     pub timeout: f64,
     /// Ask only on this network interface (repeatable; default: every interface but loopback).
     #[arg(long = "interface", value_name = "NAME")]

@@ -1,5 +1,6 @@
-//! Progress on stderr for long CLI work (model copies, benchmarks, builds), in one place so every
-//! command shows it the same way.
+//! Progress on stderr for long CLI work (model copies, benchmarks, builds, `up`, `swap`,
+//! `agent start`, `tune --load`), in one place so every command shows it the same way:
+//! [`Progress`] counts bytes or items, [`Steps`] names the stages of work made of a few slow steps.
 //!
 //! Three modes, chosen once per command by [`Progress::mode`]:
 //! - a live `indicatif` bar when stderr is a terminal (a person is watching);
@@ -146,9 +147,105 @@ impl Progress {
     }
 }
 
+/// Progress of work made of a few slow steps (start a worker, then its coordinator; drain,
+/// restart, resume): a spinner showing the current step on a terminal, one line per step on a pipe
+/// (`up: [1/3] starting beta/rpc`), nothing with `--json`.
+pub struct Steps {
+    mode: Mode,
+    label: String,
+    spinner: Option<ProgressBar>,
+    done: u64,
+    total: u64,
+    started: std::time::Instant,
+}
+
+impl Steps {
+    /// Starts a display of `total` steps (0: not known; lines then carry no count).
+    pub fn new(mode: Mode, label: impl Into<String>, total: u64) -> Self {
+        let label = label.into();
+        let spinner = (mode == Mode::Bar).then(|| {
+            let spinner = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+                spinner.set_style(style);
+            }
+            spinner.set_message(label.clone());
+            spinner.enable_steady_tick(Duration::from_millis(120));
+            spinner
+        });
+        Steps {
+            mode,
+            label,
+            spinner,
+            done: 0,
+            total,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// No display (library callers, tests).
+    pub fn quiet() -> Self {
+        Steps::new(Mode::Quiet, "", 0)
+    }
+
+    /// Step `what` begins.
+    pub fn step(&mut self, what: impl std::fmt::Display) {
+        self.done += 1;
+        let line = self.line(&what.to_string());
+        self.show(line);
+    }
+
+    /// The text for the current step: `label: [n/total] what`, or `label: what`.
+    fn line(&self, what: &str) -> String {
+        if self.total > 0 && self.done <= self.total {
+            format!("{}: [{}/{}] {what}", self.label, self.done, self.total)
+        } else {
+            format!("{}: {what}", self.label)
+        }
+    }
+
+    fn show(&self, line: String) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Bar => {
+                if let Some(spinner) = &self.spinner {
+                    spinner.set_message(line);
+                }
+            }
+            Mode::Lines => eprintln!("{line}"),
+        }
+    }
+
+    /// The work is done: a last line (`up: done in 3.2 s`) on a pipe; the spinner goes away on a
+    /// terminal (the command's report follows on stdout).
+    pub fn finish(self, what: impl std::fmt::Display) {
+        if let Some(spinner) = &self.spinner {
+            spinner.finish_and_clear();
+        }
+        if self.mode == Mode::Lines {
+            eprintln!(
+                "{}: {what} in {:.1} s",
+                self.label,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_count_when_the_total_is_known() {
+        let mut s = Steps::new(Mode::Quiet, "up", 2);
+        s.done = 1;
+        assert_eq!(s.line("starting beta/rpc"), "up: [1/2] starting beta/rpc");
+        s.done = 3;
+        assert_eq!(s.line("one more"), "up: one more");
+        let unknown = Steps::new(Mode::Quiet, "swap", 0);
+        assert_eq!(unknown.line("draining"), "swap: draining");
+        assert!(Steps::quiet().spinner.is_none());
+    }
 
     #[test]
     fn plain_lines_appear_once_per_tenth_of_the_bytes() {

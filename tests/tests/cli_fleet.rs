@@ -1,6 +1,6 @@
 //! The `tightwad` binary against real agents in network namespaces, the way scripts use it:
-//! `status --json`, `agent start/stop --json`, `logs NAME` finding the host itself, and
-//! `models copy` with plain progress lines on a pipe and nothing but JSON with `--json`.
+//! `status --json`, `agent start/stop`, `logs NAME` finding the host itself, and `models copy`,
+//! `agent start` and `up` with plain progress lines on a pipe and nothing but JSON with `--json`.
 //!
 //! The binary is `TIGHTWAD_BIN`, or the `tightwad` cargo built next to this test binary
 //! (`scripts/test` builds every binary first: `cargo build --workspace --bins`).
@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use tightwad_coordinator::fleet;
 use tightwad_e2e::agents::{sha256_file, AgentProcess, AgentSpec};
+use tightwad_e2e::cluster::llama_args;
 use tightwad_e2e::netns::Lab;
 use tightwad_e2e::test_env::{require_env, workspace_binary};
 
@@ -54,7 +55,7 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{}\"\n[[hosts]]\nname = \"alpha\"\naddress = \"{}:7420\"\n[[hosts]]\nname = \"beta\"\naddress = \"{}:7420\"\n",
+            "state_dir = \"{}\"\n[[hosts]]\nname = \"alpha\"\naddress = \"{}:7420\"\n[[hosts]]\nname = \"beta\"\naddress = \"{}:7420\"\n[[pools]]\nname = \"small\"\ncoordinator = \"alpha/server\"\nworkers = [\"beta/rpc\"]\n",
             lab.path("coordinator").display(),
             ns_a.ip,
             ns_b.ip
@@ -69,12 +70,15 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
         "[binaries]\nrpc_server = \"{}\"\n[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n",
         require_env("RPC_SERVER")
     );
-    let _alpha = AgentProcess::start_bare(AgentSpec::new(
-        &ns_a,
-        lab.path("agent-a"),
-        &models_a,
-        Some(token()),
-    ));
+    // alpha: a llama-server on the small model, the coordinator of the RPC pool `small`.
+    let server = format!(
+        "[[process]]\nname = \"server\"\nkind = \"llama-server\"\nargs = {}\n",
+        llama_args(&models_a.join(file).display().to_string(), 8080, "")
+    );
+    let _alpha = AgentProcess::start(AgentSpec {
+        extra_toml: server,
+        ..AgentSpec::new(&ns_a, lab.path("agent-a"), &models_a, Some(token()))
+    });
     let _beta = AgentProcess::start_bare(AgentSpec {
         extra_toml: worker,
         ..AgentSpec::new(&ns_b, lab.path("agent-b"), &models_b, Some(token()))
@@ -90,11 +94,26 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
         .collect();
     assert_eq!(reachable, [true, true], "{status}");
 
-    // agent start --json: one object with the process's state.
-    let started = json(&tightwad(
-        &config,
-        &["agent", "start", "beta", "rpc", "--json"],
-    ));
+    // agent start HOST/NAME on a pipe: a plain line per step on stderr, the state on stdout.
+    let started = tightwad(&config, &["agent", "start", "beta/rpc"]);
+    let steps = String::from_utf8_lossy(&started.stderr);
+    assert!(
+        steps.contains("agent start: [1/2] connecting to the agent of beta/rpc\n")
+            && steps
+                .contains("agent start: [2/2] starting beta/rpc and waiting until it is ready\n")
+            && steps.contains("agent start: beta/rpc ready in "),
+        "{steps}"
+    );
+    assert!(!steps.contains('\r'), "no spinner on a pipe: {steps:?}");
+    assert!(String::from_utf8_lossy(&started.stdout).starts_with("rpc ready pid="));
+    // Again with --json (it runs: a no-op): one object with the process's state, no progress.
+    let again = tightwad(&config, &["agent", "start", "beta/rpc", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let started = json(&again);
     assert_eq!(started["name"], "rpc");
     assert_eq!(started["state"], "ready", "{started}");
 
@@ -211,10 +230,13 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
         }
     };
     let tail = wait_until("the last line", &|t| t.contains('\n'));
-    let restarted = json(&tightwad(
-        &config,
-        &["agent", "restart", "beta", "rpc", "--json"],
-    ));
+    // The old two-word `HOST NAME` still works, and says to write HOST/NAME.
+    let restarted = tightwad(&config, &["agent", "restart", "beta", "rpc", "--json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&restarted.stderr).trim(),
+        "warning: `beta rpc` (HOST NAME, two words) is deprecated; write beta/rpc"
+    );
+    let restarted = json(&restarted);
     assert_eq!(restarted["state"], "ready", "{restarted}");
     wait_until("the restart", &|t| {
         t.get(tail.len()..)
@@ -224,11 +246,33 @@ fn fleet_commands_report_json_find_hosts_and_show_copy_progress() {
     let _ = follow.wait();
 
     // agent stop --json.
-    let stopped = json(&tightwad(
-        &config,
-        &["agent", "stop", "beta", "rpc", "--json"],
-    ));
+    let stopped = json(&tightwad(&config, &["agent", "stop", "beta/rpc", "--json"]));
     assert_eq!(stopped["state"], "stopped", "{stopped}");
+
+    // up on a pipe: doctor's check, the pool's worker, then its coordinator, a line each; then
+    // the summary.
+    let up = tightwad(&config, &["up", "small"]);
+    let steps = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        steps.contains("up: checking what would start (doctor, offline)\n")
+            && steps.contains("up: checked in ")
+            && steps.contains("up: [1/2] pool small: starting worker beta/rpc\n")
+            && steps.contains("up: [2/2] pool small: starting alpha/server with --rpc ")
+            && steps.contains("up: 1 started in "),
+        "{steps}"
+    );
+    assert!(!steps.contains('\r'), "no spinner on a pipe: {steps:?}");
+    assert!(String::from_utf8_lossy(&up.stdout).starts_with("pool small: alpha/server ready"));
+    tightwad(&config, &["down", "small"]);
+    // With --json: the JSON list on stdout, nothing on stderr.
+    let up = tightwad(&config, &["up", "small", "--skip-doctor", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&up.stderr).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(json(&up)[0]["state"], "ready");
+    tightwad(&config, &["down", "small", "--json"]);
     // The fleet library agrees with what the CLI printed.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let _runtime = rt.enter();

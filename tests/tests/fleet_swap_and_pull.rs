@@ -268,17 +268,58 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
         new_text
     );
 
-    // An RPC pool's coordinator has no pairing to drain: the same swap, without --pairing.
-    let back = fleet::swap::SwapArgs {
-        model: "target.gguf".into(),
-        pairing: None,
-        proxy: None,
-        ..args_clone(&args_template(&proxy_url))
+    // An RPC pool's coordinator has no pairing to drain: the same swap, without --pairing, by the
+    // `tightwad` binary on a pipe: a plain line per step on stderr, the report on stdout.
+    let swap = |process: &str, extra: &[&str]| {
+        let out = std::process::Command::new(tightwad_e2e::test_env::workspace_binary(
+            "tightwad",
+            "TIGHTWAD_BIN",
+        ))
+        .arg("-c")
+        .arg(&cluster.config)
+        .args(["swap", "target.gguf", "--process", process])
+        .args(extra)
+        .output()
+        .expect("tightwad swap runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     };
-    let report = rt
-        .block_on(fleet::swap::run(&fleet, &back, &cluster.config))
-        .expect("swap without a pairing");
-    assert!(report.new_model.ends_with("target.gguf") && report.drain_ms.is_none());
+    let back = swap("gpu/target", &[]);
+    let steps = String::from_utf8_lossy(&back.stderr);
+    assert!(
+        steps.contains("swap: [1/2] finding target.gguf on gpu\n")
+            && steps.contains("swap: [2/2] restarting gpu/target with ")
+            && steps.contains("swap: gpu/target runs "),
+        "{steps}"
+    );
+    assert!(!steps.contains('\r'), "no spinner on a pipe: {steps:?}");
+    let line = String::from_utf8_lossy(&back.stdout);
+    assert!(
+        line.starts_with("gpu/target: ")
+            && line.contains("draft.gguf → ")
+            && line.contains("target.gguf in"),
+        "{line}"
+    );
+    // With --json: the report alone, no progress; the process named alone, its host found.
+    let again = swap("target", &["--json"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let report: Value = serde_json::from_slice(&again.stdout).expect("swap --json prints JSON");
+    assert!(
+        report["new_model"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("target.gguf")),
+        "{report}"
+    );
+    assert!(report["drain_ms"].is_null(), "{report}");
+    assert_eq!(report["host"], "gpu", "{report}");
     let _ = stop_proxy.send(());
 }
 

@@ -27,10 +27,10 @@ use thiserror::Error;
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// The tightwad proxy to measure, e.g. http://127.0.0.1:8088.
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub proxy: String,
     /// The target llama-server the proxy speaks for, reached directly, e.g. http://10.0.0.2:8080.
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub target: String,
     /// The model name sent in requests (the proxy's pairing name).
     #[arg(long, default_value = "tightwad")]
@@ -48,11 +48,16 @@ pub struct BenchArgs {
     /// Unmeasured requests per side before measuring (caches, connection pools, the controller).
     #[arg(long, default_value_t = 1)]
     pub warmup: u32,
-    /// Write the full report as JSON here (`-`: print it on stdout instead of the table).
+    /// The full report as JSON instead of the table (on stdout, or in --out's file); no
+    /// progress lines while the JSON goes to stdout.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub json: bool,
+    /// Write the report to this file (JSON with --json, else the table); the table still goes to
+    /// stdout, the progress to stderr.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Write the report as a Markdown table here.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
     /// Also put each prompt into this server's prompt cache before measuring it (repeatable):
     /// the server the proxy forwards to when it is not `--target`, or the server measured as
@@ -819,7 +824,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         prime_also: args.prime.clone(),
         ..CompareConfig::new(&args.proxy, &args.target)
     };
-    let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    // JSON on stdout is for a script: nothing else on either stream.
+    let to_stdout = args.json && args.out.is_none();
     let mut progress = crate::progress::Progress::new(
         crate::progress::Progress::mode(to_stdout),
         crate::progress::Unit::Items,
@@ -842,10 +848,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render_table(&report));
     }
-    if let Some(path) = args.json.as_ref().filter(|_| !to_stdout) {
-        let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(path) = &args.out {
+        let text = if args.json {
+            serde_json::to_string_pretty(&report).context("serializing the report")? + "\n"
+        } else {
+            render_table(&report)
+        };
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.markdown {
         std::fs::write(path, render_markdown(&report))

@@ -183,32 +183,7 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
     // Slots: k draft tokens are verified as k+1 prompts in one decode.
     let k = pairing.draft_tokens.max(1);
     match target.props().await {
-        Ok(props) if (props.total_slots as usize) < k + 1 => checks.push(
-            Check::new(
-                Category::Slots,
-                subject.clone(),
-                if props.total_slots < 2 {
-                    Status::Fail
-                } else {
-                    Status::Warn
-                },
-                format!(
-                    "the target has {} slot(s); draft_tokens = {k} needs {}",
-                    props.total_slots,
-                    k + 1
-                ),
-            )
-            .hint(format!(
-                "start the target llama-server with -np {} --kv-unified (or lower draft_tokens)",
-                k + 2
-            )),
-        ),
-        Ok(props) => checks.push(Check::new(
-            Category::Slots,
-            subject.clone(),
-            Status::Pass,
-            format!("the target has {} slots for k = {k}", props.total_slots),
-        )),
+        Ok(props) => checks.push(slots_check(&subject, props.total_slots, k)),
         Err(e) => checks.push(Check::new(
             Category::Slots,
             subject.clone(),
@@ -574,9 +549,59 @@ async fn native_payoff(name: &str, target: &LlamaServer, k: usize) -> Result<Che
     ))
 }
 
+/// The `-np` a target needs for `k` draft tokens per round: the proxy verifies the k drafted
+/// tokens and the position after them as k + 1 prompts in one decode, one slot each (the rule of
+/// `tightwad_serve::engine::probe::slots_for_verification`, which doctor, `init`'s agent snippets
+/// and the proxy's `--help` all state).
+pub fn target_slots(k: usize) -> usize {
+    k + 1
+}
+
+/// The slots check: the target needs [`target_slots`]`(k)` slots (`-np`), the same rule `init`
+/// writes and the proxy's `--help` states; one slot cannot verify at all.
+pub fn slots_check(subject: &str, total_slots: u32, k: usize) -> Check {
+    let needed = target_slots(k);
+    if (total_slots as usize) >= needed {
+        return Check::new(
+            Category::Slots,
+            subject.to_string(),
+            Status::Pass,
+            format!("the target has {total_slots} slots for k = {k} (needs {needed})"),
+        );
+    }
+    Check::new(
+        Category::Slots,
+        subject.to_string(),
+        if total_slots < 2 {
+            Status::Fail
+        } else {
+            Status::Warn
+        },
+        format!("the target has {total_slots} slot(s); draft_tokens = {k} needs {needed}"),
+    )
+    .hint(format!(
+        "start the target llama-server with -np {needed} --kv-unified (or lower draft_tokens)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One slot rule everywhere: k = 4 needs `-np 5`, which is what doctor asks for, what `init`
+    /// writes into the target's agent snippet (tested there), and what the proxy's `--help`
+    /// states (k + 1).
+    #[test]
+    fn the_slot_rule_is_k_plus_one() {
+        let short = slots_check("pairing p", 4, 4);
+        assert_eq!(short.status, Status::Warn);
+        assert_eq!(
+            short.hint.as_deref(),
+            Some("start the target llama-server with -np 5 --kv-unified (or lower draft_tokens)")
+        );
+        assert_eq!(slots_check("pairing p", 5, 4).status, Status::Pass);
+        assert_eq!(slots_check("pairing p", 1, 4).status, Status::Fail);
+    }
 
     /// The field report: target alone 19.7 tok/s; rounds of ~32 draft tokens, all accepted,
     /// taking 4–6 s each over the network. Fed to the controller's cost model, that predicts a

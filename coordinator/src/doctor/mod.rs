@@ -26,7 +26,7 @@ pub use report::{Category, Check, Report, Status};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DoctorArgs {
-    /// Print the report as JSON (schema: proxy/src/doctor/README.md).
+    /// Print the report as JSON (schema: coordinator/src/doctor/README.md).
     #[arg(long)]
     pub json: bool,
     /// Skip the checks that talk to running llama-servers (tokenizer probe, network, payoff).

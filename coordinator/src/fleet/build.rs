@@ -20,7 +20,7 @@ use tightwad_protocol::upload;
 #[command(after_help = "Examples:\n  \
     tightwad build --source llama.cpp-b8111.tar.gz          # hosts without internet: the tarball travels over the peer protocol\n  \
     tightwad build --ref b8111                              # each host fetches the tag from GitHub\n  \
-    tightwad build --ref b8111 --hosts gpu-box,desktop --json\n  \
+    tightwad build --ref b8111 --host gpu-box,desktop --json\n  \
     tightwad build --rollback                               # back to each host's previous build\n\
 Per-host GPU backend: detected from the host (NVIDIA → cuda, AMD → hip, macOS → metal, Vulkan → vulkan, else cpu);\n\
 override it with `build_backend = \"cpu\"` in that host's [[hosts]] table.")]
@@ -35,8 +35,8 @@ pub struct BuildArgs {
     /// vendor/llama.cpp) sent to every host, or a git URL (then --ref is required).
     #[arg(long, value_name = "PATH_OR_URL")]
     pub source: Option<String>,
-    /// Only these hosts (comma-separated names from [[hosts]]); default: all.
-    #[arg(long, value_delimiter = ',')]
+    /// Only these hosts (names from [[hosts]], comma-separated or repeated); default: all.
+    #[arg(long = "host", value_delimiter = ',', value_name = "HOST")]
     pub hosts: Vec<String>,
     /// Parallel compile jobs on each host (default: the host's setting or CPU count).
     #[arg(long)]
@@ -129,7 +129,7 @@ pub fn advice(error: &str) -> String {
     if e.contains("smoke test failed") {
         "the new build did not pass its smoke test and was not switched to; the host keeps serving its current build. Check the source (or [build] smoke_model in the host's agent.toml), then run tightwad build again".into()
     } else if e.contains("cmake configure failed") {
-        "the host lacks a build tool or GPU toolkit (see the hint above); install it, or set build_backend = \"cpu\" in its [[hosts]] table, then run tightwad build again for this host (--hosts NAME)".into()
+        "the host lacks a build tool or GPU toolkit (see the hint above); install it, or set build_backend = \"cpu\" in its [[hosts]] table, then run tightwad build again for this host (--host NAME)".into()
     } else if e.contains("compile failed") {
         "the compiler failed; see the output above (the host keeps serving its current build). Try another --ref, or check the host's compiler and disk space".into()
     } else if e.contains("already running") {
@@ -472,7 +472,7 @@ pub fn render(results: &[HostResult]) -> String {
             builds.into_iter().collect::<Vec<_>>().join(", ")
         )),
         _ => out.push_str(&format!(
-            "{failed} of {} host(s) failed (their current builds keep serving); fix them and run the same command with --hosts {}\n",
+            "{failed} of {} host(s) failed (their current builds keep serving); fix them and run the same command with --host {}\n",
             results.len(),
             results.iter().filter(|r| !r.ok).map(|r| r.host.as_str()).collect::<Vec<_>>().join(",")
         )),

@@ -1,10 +1,10 @@
-//! `tightwad logs [HOST] NAME [-f]`: one command for every log of the cluster.
+//! `tightwad logs [HOST/]NAME [-f]`: one command for every log of the cluster.
 //!
-//! - A managed process (`target`, `rpc`, ...): its agent's log buffer over the peer protocol; with
-//!   no HOST, every configured host is asked which of them runs a process of that name (exactly
-//!   one must, or the command says which to pick).
+//! - A managed process (`gpu-box/target`, `rpc`, ...): its agent's log buffer over the peer
+//!   protocol; with no HOST, every configured host is asked which of them runs a process of that
+//!   name (exactly one must, or the command says which to pick).
 //! - `proxy`: the proxy's own log, from its in-memory ring (`tightwad_serve::logring`) on the authenticated
-//!   `GET /v1/tightwad/logs`; `-f` polls it once a second. The proxy's address comes from `--url`
+//!   `GET /v1/tightwad/logs`; `-f` polls it once a second. The proxy's address comes from `--proxy`
 //!   or the config's `listen`, the key from `--api-key`/`TIGHTWAD_API_KEY` or the config's first
 //!   `api_keys` entry.
 
@@ -19,12 +19,13 @@ use crate::cluster::Fleet;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogsArgs {
-    /// The host, when NAME follows; else the process name (its host is found), or `proxy`.
-    #[arg(value_name = "HOST|NAME")]
-    pub first: String,
-    /// The process name, after its HOST.
-    #[arg(value_name = "NAME")]
-    pub name: Option<String>,
+    /// The process: HOST/NAME, or NAME when only one host has a process of that name; or
+    /// `proxy` for the proxy's own log.
+    #[arg(value_name = "[HOST/]NAME")]
+    pub process: String,
+    /// The NAME of the old two-word spelling `HOST NAME` (deprecated; write HOST/NAME).
+    #[arg(hide = true)]
+    pub old_name: Option<String>,
     /// Lines of history.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub tail: u32,
@@ -35,8 +36,8 @@ pub struct LogsArgs {
     #[arg(long)]
     pub json: bool,
     /// The proxy's URL for `tightwad logs proxy` (default: from the config's `listen`).
-    #[arg(long)]
-    pub url: Option<String>,
+    #[arg(long = "proxy", value_name = "URL")]
+    pub proxy_url: Option<String>,
     /// The proxy's API key, when it has any.
     #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -67,19 +68,25 @@ pub fn url_from_listen(listen: &str) -> String {
 }
 
 pub async fn run(fleet: &Fleet, config: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let (host, name) = match &args.name {
-        Some(name) => (Some(args.first.clone()), name.clone()),
-        None => (None, args.first.clone()),
-    };
-    if host.is_none() && name == "proxy" {
+    let (process, warning) =
+        super::naming::ProcessName::parse(&args.process, args.old_name.as_deref())?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    if process.host.is_none() && process.name == "proxy" {
         proxy_log(config, &args).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let host = match host {
-        Some(h) => h,
-        None => find_host(fleet, &name).await?,
-    };
-    super::print_agent_logs(fleet, &host, &name, args.tail, args.follow, args.json).await?;
+    let host = process.host(fleet).await?;
+    super::print_agent_logs(
+        fleet,
+        &host,
+        &process.name,
+        args.tail,
+        args.follow,
+        args.json,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -87,7 +94,7 @@ pub async fn run(fleet: &Fleet, config: &Path, args: LogsArgs) -> anyhow::Result
 pub async fn find_host(fleet: &Fleet, name: &str) -> anyhow::Result<String> {
     anyhow::ensure!(
         !fleet.config.hosts.is_empty(),
-        "no [[hosts]] in the config to look for {name:?} on; name the host: tightwad logs HOST {name}"
+        "no [[hosts]] in the config to look for {name:?} on; name the host: tightwad logs HOST/{name}"
     );
     let asks = fleet.config.hosts.iter().map(|host| async move {
         let result = async {
@@ -118,7 +125,7 @@ pub async fn find_host(fleet: &Fleet, name: &str) -> anyhow::Result<String> {
             anyhow::bail!("{message}")
         }
         several => anyhow::bail!(
-            "{} hosts have a process named {name:?} ({}); name one: tightwad logs HOST {name}",
+            "{} hosts have a process named {name:?} ({}); name one: tightwad logs HOST/{name}",
             several.len(),
             several
                 .iter()
@@ -143,7 +150,7 @@ struct ProxyLine {
 
 async fn proxy_log(config: &Path, args: &LogsArgs) -> anyhow::Result<()> {
     let keys = proxy_keys(config)?;
-    let base = match (&args.url, &keys.listen) {
+    let base = match (&args.proxy_url, &keys.listen) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),
         (None, Some(listen)) => url_from_listen(listen),
         (None, None) => "http://127.0.0.1:8088".to_string(),
@@ -164,7 +171,7 @@ async fn proxy_log(config: &Path, args: &LogsArgs) -> anyhow::Result<()> {
         let response = request
             .send()
             .await
-            .with_context(|| format!("cannot reach the proxy at {base} (pass --url)"))?;
+            .with_context(|| format!("cannot reach the proxy at {base} (pass --proxy URL)"))?;
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             anyhow::bail!(

@@ -2,8 +2,10 @@
 //! `tightwad models ...`, `tightwad token`. They talk to the `tightwad-agent` on every host over
 //! the QUIC peer protocol (`tightwad-protocol`).
 
+pub mod agent;
 pub mod build;
 pub mod logs;
+pub mod naming;
 pub mod patches;
 pub mod status;
 pub mod swap;
@@ -13,9 +15,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use std::path::Path;
 use std::process::ExitCode;
-use tightwad_protocol::messages::{LogStream, PeerAddress, Reply};
+use tightwad_protocol::messages::{PeerAddress, Reply};
 
 pub use crate::cluster::{Fleet, FleetConfig, HostEntry};
+pub use agent::{print_agent_logs, AgentAction};
 
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {
@@ -33,7 +36,7 @@ pub enum FleetCommand {
     },
     /// Control the processes an agent supervises.
     #[command(
-        after_long_help = "Examples:\n  tightwad agent start gpu-box target\n  tightwad agent restart gpu-box target --json\n  tightwad agent logs gpu-box target --tail 50 -f"
+        after_long_help = "Examples:\n  tightwad agent start gpu-box/target\n  tightwad agent restart gpu-box/target --json\n  tightwad agent logs gpu-box/target --tail 50 -f"
     )]
     Agent {
         /// Print the result as JSON (one object per process, or per log line).
@@ -79,16 +82,16 @@ pub enum FleetCommand {
     #[command(after_long_help = "Examples:\n  tightwad token\n  tightwad token --ttl 600 --json")]
     Token {
         /// Seconds the token stays valid.
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         ttl: u64,
         /// Print {"token", "ttl_s", "command"} as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// A managed process's output, or the proxy's own log (`tightwad logs proxy`); HOST may be
-    /// left out when only one host has a process of that name.
+    /// A managed process's output (HOST/NAME, or NAME when only one host has a process of that
+    /// name), or the proxy's own log (`tightwad logs proxy`).
     #[command(
-        after_long_help = "Examples:\n  tightwad logs target -f\n  tightwad logs gpu-box target --tail 20\n  tightwad logs proxy -f\n  tightwad logs proxy --url http://10.0.0.1:8088 --json"
+        after_long_help = "Examples:\n  tightwad logs target -f\n  tightwad logs gpu-box/target --tail 20\n  tightwad logs proxy -f\n  tightwad logs proxy --proxy http://10.0.0.1:8088 --json"
     )]
     Logs(logs::LogsArgs),
     /// Build one llama.cpp (same source, same ref) on every host, smoke-test it, switch the
@@ -97,45 +100,14 @@ pub enum FleetCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AgentAction {
-    /// Start a configured process and wait until it is ready.
-    #[command(
-        after_long_help = "Example:\n  tightwad agent start gpu-box target -- -m /models/big.gguf --port 8080"
-    )]
-    Start {
-        host: String,
-        name: String,
-        /// Arguments replacing the configured ones for this start (after `--`).
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
-    /// Stop a process (SIGTERM, then SIGKILL after the agent's grace period).
-    #[command(after_long_help = "Example:\n  tightwad agent stop gpu-box target")]
-    Stop { host: String, name: String },
-    /// Stop then start a process with its current arguments.
-    #[command(after_long_help = "Example:\n  tightwad agent restart gpu-box target")]
-    Restart { host: String, name: String },
-    /// A process's output (see also `tightwad logs`, which finds the host itself).
-    #[command(after_long_help = "Example:\n  tightwad agent logs gpu-box target --tail 50 -f")]
-    Logs {
-        host: String,
-        name: String,
-        /// Lines of history.
-        #[arg(long, default_value_t = 100)]
-        tail: u32,
-        /// Keep printing new lines.
-        #[arg(long, short)]
-        follow: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
 pub enum ModelsAction {
     /// Model files on every host (or one), with their GGUF metadata.
     #[command(after_long_help = "Example:\n  tightwad models list --host gpu-box --json")]
     List {
+        /// Only this host.
         #[arg(long)]
         host: Option<String>,
+        /// Print JSON (one object per host) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +116,7 @@ pub enum ModelsAction {
     Find {
         /// File name, e.g. `gpt-oss-20b-Q8_0.gguf`.
         file: String,
+        /// Print JSON (one object per host) instead of lines.
         #[arg(long)]
         json: bool,
     },
@@ -158,11 +131,12 @@ pub enum ModelsAction {
     Copy {
         /// File name, as `tightwad models list` shows it.
         file: String,
-        /// Host(s) that have the file (default: every other host that has it).
-        #[arg(long, value_delimiter = ',')]
+        /// Host(s) that have the file, comma-separated or repeated (default: every other host
+        /// that has it).
+        #[arg(long, value_delimiter = ',', value_name = "HOST")]
         from: Vec<String>,
         /// Host to copy to.
-        #[arg(long)]
+        #[arg(long, value_name = "HOST")]
         to: String,
         /// Limit the transfer rate (bytes per second; per source for a multi-source pull).
         #[arg(long)]
@@ -206,7 +180,7 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        FleetCommand::Agent { action, json } => agent(&fleet, action, json).await,
+        FleetCommand::Agent { action, json } => agent::run(&fleet, action, json).await,
         FleetCommand::Logs(args) => logs::run(&fleet, config, args).await,
         FleetCommand::Up {
             name,
@@ -215,7 +189,12 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
         } => {
             let layout = crate::cluster::layout::Layout::load(config)?;
             if !skip_doctor {
-                let failures = up::preflight(config, &layout, name.as_deref()).await?;
+                let mut checking =
+                    crate::progress::Steps::new(crate::progress::Progress::mode(json), "up", 0);
+                checking.step("checking what would start (doctor, offline)");
+                let failures = up::preflight(config, &layout, name.as_deref()).await;
+                checking.finish("checked");
+                let failures = failures?;
                 if !failures.is_empty() {
                     for check in &failures {
                         eprintln!(
@@ -234,7 +213,13 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            let started = up::run(&fleet, &layout, name.as_deref()).await?;
+            let started = up::run_with_steps(
+                &fleet,
+                &layout,
+                name.as_deref(),
+                crate::progress::Progress::mode(json),
+            )
+            .await?;
             up::print(&started, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -280,114 +265,6 @@ pub async fn run(cmd: FleetCommand, config: &Path) -> anyhow::Result<ExitCode> {
         }
         FleetCommand::Build(args) => build::run(&fleet, args).await,
     }
-}
-
-async fn agent(fleet: &Fleet, action: AgentAction, json: bool) -> anyhow::Result<ExitCode> {
-    let print = |status: tightwad_protocol::messages::ProcessStatus| {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string(&status)
-                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-            );
-            return;
-        }
-        println!(
-            "{} {:?} pid={} port={} restarts={}{}",
-            status.name,
-            status.state,
-            status
-                .pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            status
-                .port
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            status.restarts,
-            status
-                .last_error
-                .map(|e| format!(" last_error={e}"))
-                .unwrap_or_default()
-        );
-    };
-    match action {
-        AgentAction::Start { host, name, args } => {
-            let client = fleet.connect(fleet.config.host(&host)?).await?;
-            let args = if args.is_empty() { None } else { Some(args) };
-            print(
-                client
-                    .start_process(&name, args)
-                    .await
-                    .with_context(|| format!("starting {name} on {host}"))?,
-            );
-        }
-        AgentAction::Stop { host, name } => {
-            let client = fleet.connect(fleet.config.host(&host)?).await?;
-            print(
-                client
-                    .stop_process(&name)
-                    .await
-                    .with_context(|| format!("stopping {name} on {host}"))?,
-            );
-        }
-        AgentAction::Restart { host, name } => {
-            let client = fleet.connect(fleet.config.host(&host)?).await?;
-            print(
-                client
-                    .restart_process(&name)
-                    .await
-                    .with_context(|| format!("restarting {name} on {host}"))?,
-            );
-        }
-        AgentAction::Logs {
-            host,
-            name,
-            tail,
-            follow,
-        } => {
-            print_agent_logs(fleet, &host, &name, tail, follow, json).await?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Prints a process's log lines from `host`'s agent (following while `follow`): plain lines, the
-/// agent's own notes prefixed `[agent]`, or one JSON object `{host, process, stream, line}` each.
-pub async fn print_agent_logs(
-    fleet: &Fleet,
-    host: &str,
-    name: &str,
-    tail: u32,
-    follow: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let client = fleet.connect(fleet.config.host(host)?).await?;
-    let mut stream = client.logs(name, tail, follow).await?;
-    while let Some(reply) = stream
-        .next_reply()
-        .await
-        .with_context(|| format!("logs of {name} on {host}"))?
-    {
-        if let Reply::LogLines(lines) = reply {
-            for line in lines {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "host": host, "process": name, "stream": line.stream, "line": line.line,
-                        })
-                    );
-                    continue;
-                }
-                match line.stream {
-                    LogStream::Supervisor => println!("[agent] {}", line.line),
-                    _ => println!("{}", line.line),
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn models(fleet: &Fleet, action: ModelsAction) -> anyhow::Result<ExitCode> {

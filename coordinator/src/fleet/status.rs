@@ -220,7 +220,7 @@ pub fn render(reports: &[HostReport]) -> String {
                     "  {:<16} {:<13} {:<11} {:>7} {:>6} {:>8} {:>8}",
                     p.name,
                     p.kind.to_string(),
-                    format!("{:?}", p.state).to_lowercase(),
+                    super::up::state_name(&p.state),
                     p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
                     p.port.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
                     p.uptime_secs
@@ -354,7 +354,7 @@ pub fn render_layout(reports: &[HostReport], layout: &crate::cluster::layout::La
             .find(|h| h.name == r.host)
             .and_then(|h| h.status.as_ref())
             .and_then(|s| s.processes.iter().find(|p| p.name == r.process))
-            .map(|p| format!("{:?}", p.state).to_lowercase())
+            .map(|p| super::up::state_name(&p.state))
             .unwrap_or_else(|| "unknown".into())
     };
     let mut out = String::new();

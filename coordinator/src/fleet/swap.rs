@@ -30,22 +30,23 @@ use crate::cluster::Fleet;
 pub struct SwapArgs {
     /// The new model: a file name found in the host's model folders, or a path on that host.
     pub model: String,
-    /// The supervised process to restart with it, as HOST/NAME (`[[hosts]]` name, process name).
-    #[arg(long)]
+    /// The supervised process to restart with it, as HOST/NAME (`[[hosts]]` name, process name),
+    /// or NAME when only one host has a process of that name.
+    #[arg(long, value_name = "HOST/NAME")]
     pub process: String,
     /// The proxy pairing served by that process: drained before the restart, resumed after.
     #[arg(long)]
     pub pairing: Option<String>,
     /// The proxy's URL (default: http:// + the config's `listen`).
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
     /// API key for the proxy (default: TIGHTWAD_API_KEY, else the config's first `api_keys`).
     #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Longest wait for in-flight requests to finish, in seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub drain_timeout: u64,
-    /// Print the report as JSON.
+    /// Print the report as JSON (no progress lines).
     #[arg(long)]
     pub json: bool,
 }
@@ -164,14 +165,18 @@ fn proxy_admin(args: &SwapArgs, config: &Path) -> anyhow::Result<ProxyAdmin> {
     })
 }
 
-/// Run a swap; see the module docs.
+/// Run a swap; see the module docs. Each step shows on stderr (a spinner on a terminal, a line on
+/// a pipe, nothing with `--json`).
 pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Result<SwapReport> {
-    let (host_name, process) = args
-        .process
-        .split_once('/')
-        .filter(|(h, p)| !h.is_empty() && !p.is_empty())
+    let total = if args.pairing.is_some() { 4 } else { 2 };
+    let mut steps =
+        crate::progress::Steps::new(crate::progress::Progress::mode(args.json), "swap", total);
+    let (named, _) = super::naming::ProcessName::parse(&args.process, None)
         .context("--process takes HOST/NAME, e.g. gpu-box/target")?;
+    let host_name = named.host(fleet).await?;
+    let (host_name, process) = (host_name.as_str(), named.name.as_str());
     let host = fleet.config.host(host_name)?;
+    steps.step(format!("finding {} on {host_name}", args.model));
     let client = fleet.connect(host).await?;
     let model_path = if args.model.contains('/') {
         args.model.clone()
@@ -203,7 +208,7 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
         })?;
     let old_args = current.args.clone();
     if old_args.is_empty() {
-        bail!("{process} on {host_name} is not running: start it (tightwad agent start {host_name} {process} -- -m {model_path} ...) instead of swapping");
+        bail!("{process} on {host_name} is not running: start it (tightwad agent start {host_name}/{process} -- -m {model_path} ...) instead of swapping");
     }
     let (new_args, old_model) = replace_model(&old_args, &model_path)?;
 
@@ -214,6 +219,10 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
     let started = Instant::now();
     let mut drain_ms = None;
     if let (Some(admin), Some(pairing)) = (&admin, &args.pairing) {
+        steps.step(format!(
+            "draining pairing {pairing} at {} (in-flight requests finish)",
+            admin.url
+        ));
         let v = admin
             .post(
                 &format!("/v1/tightwad/pairings/{pairing}/drain"),
@@ -224,6 +233,9 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
         drain_ms = v["waited_ms"].as_u64();
         tracing::info!(pairing, ?drain_ms, "drained");
     }
+    steps.step(format!(
+        "restarting {host_name}/{process} with {model_path} and waiting until it is ready"
+    ));
     let restarted = restart_with(&client, process, &new_args).await;
     let outcome = match restarted {
         Ok(s) => Ok(s),
@@ -241,6 +253,7 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
         }
     };
     if let (Some(admin), Some(pairing)) = (&admin, &args.pairing) {
+        steps.step(format!("resuming pairing {pairing}"));
         admin
             .post(
                 &format!("/v1/tightwad/pairings/{pairing}/resume"),
@@ -252,6 +265,7 @@ pub async fn run(fleet: &Fleet, args: &SwapArgs, config: &Path) -> anyhow::Resul
             })?;
     }
     let status = outcome?;
+    steps.finish(format!("{host_name}/{process} runs {model_path}"));
     Ok(SwapReport {
         host: host_name.to_string(),
         process: process.to_string(),

@@ -9,6 +9,7 @@ use crate::cluster::launch::{
 use crate::cluster::layout::{Layout, NativePairingEntry, PoolEntry, ProcessRef};
 use crate::cluster::Fleet;
 use crate::doctor::{Check, DoctorArgs, Status};
+use crate::progress::Steps;
 use anyhow::Context;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -76,8 +77,19 @@ pub async fn start_pool_planned(
     pool: &PoolEntry,
     planned: Option<&[String]>,
 ) -> anyhow::Result<ProcessStatus> {
+    start_pool_steps(fleet, pool, planned, &mut Steps::quiet()).await
+}
+
+/// [`start_pool_planned`], each start a step of `steps`.
+async fn start_pool_steps(
+    fleet: &Fleet,
+    pool: &PoolEntry,
+    planned: Option<&[String]>,
+    steps: &mut Steps,
+) -> anyhow::Result<ProcessStatus> {
     let mut addresses = Vec::new();
     for worker in &pool.workers {
+        steps.step(format!("pool {}: starting worker {worker}", pool.name));
         let status = start(fleet, worker, None).await?;
         anyhow::ensure!(
             status.kind == ProcessKind::RpcServer,
@@ -93,8 +105,22 @@ pub async fn start_pool_planned(
         None => base.args.clone(),
     };
     let args = pool_coordinator_args(&base_args, &addresses);
+    steps.step(format!(
+        "pool {}: starting {} with --rpc {} and waiting until it is ready",
+        pool.name,
+        pool.coordinator,
+        addresses.join(",")
+    ));
     start(fleet, &pool.coordinator, Some(args)).await
 }
+
+/// How many steps `up` shows for a pool (its workers, then its coordinator).
+fn pool_steps(pool: &PoolEntry) -> u64 {
+    pool.workers.len() as u64 + 1
+}
+
+/// How many steps `up` shows for a native pairing (worker, device lookup, target).
+const NATIVE_STEPS: u64 = 3;
 
 /// Starts the draft host's rpc-server, asks the target host's llama-server which device name it
 /// has, then starts the target with the draft model on that device.
@@ -102,10 +128,27 @@ pub async fn start_native(
     fleet: &Fleet,
     native: &NativePairingEntry,
 ) -> anyhow::Result<ProcessStatus> {
+    start_native_steps(fleet, native, &mut Steps::quiet()).await
+}
+
+/// [`start_native`], each stage a step of `steps`.
+async fn start_native_steps(
+    fleet: &Fleet,
+    native: &NativePairingEntry,
+    steps: &mut Steps,
+) -> anyhow::Result<ProcessStatus> {
+    steps.step(format!(
+        "native pairing {}: starting the draft's rpc-server {}",
+        native.name, native.draft_worker
+    ));
     let worker = start(fleet, &native.draft_worker, None).await?;
     let worker_host = fleet.config.host(&native.draft_worker.host)?;
     let address = rpc_address(&worker_host.address, Some(&worker));
     let target_host = fleet.config.host(&native.target.host)?;
+    steps.step(format!(
+        "native pairing {}: asking {} which device the rpc-server {address} is",
+        native.name, native.target.host
+    ));
     let client = fleet.connect(target_host).await?;
     let devices = client
         .list_devices(vec![address.clone()])
@@ -133,6 +176,10 @@ pub async fn start_native(
         })?;
     let base = process_status(fleet, &native.target).await?;
     let args = native_target_args(&base.args, native, &address, &device.name);
+    steps.step(format!(
+        "native pairing {}: starting {} with the draft on {} and waiting until it is ready",
+        native.name, native.target, device.name
+    ));
     start(fleet, &native.target, Some(args)).await
 }
 
@@ -226,7 +273,7 @@ pub fn render(outcomes: &[Outcome], json: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn state_name(state: &tightwad_protocol::messages::ProcessState) -> String {
+pub(crate) fn state_name(state: &tightwad_protocol::messages::ProcessState) -> String {
     serde_json::to_value(state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -239,10 +286,36 @@ pub async fn run(
     layout: &Layout,
     only: Option<&str>,
 ) -> anyhow::Result<Vec<Outcome>> {
+    run_with_steps(fleet, layout, only, crate::progress::Mode::Quiet).await
+}
+
+/// [`run`], showing each start as a step in `mode` (a spinner, lines on a pipe, or nothing).
+pub async fn run_with_steps(
+    fleet: &Fleet,
+    layout: &Layout,
+    only: Option<&str>,
+    mode: crate::progress::Mode,
+) -> anyhow::Result<Vec<Outcome>> {
     let mut started = Vec::new();
     let wanted = |name: &str| only.is_none_or(|n| n == name);
+    let placing = layout.pools.iter().any(|p| p.place && wanted(&p.name));
+    let total = layout
+        .pools
+        .iter()
+        .filter(|p| wanted(&p.name))
+        .map(pool_steps)
+        .sum::<u64>()
+        + layout
+            .native_pairings
+            .iter()
+            .filter(|p| wanted(&p.name))
+            .count() as u64
+            * NATIVE_STEPS
+        + u64::from(placing);
+    let mut steps = Steps::new(mode, "up", total);
     // Pools that ask for placement are planned from what the agents report before anything starts.
-    let cluster = if layout.pools.iter().any(|p| p.place && wanted(&p.name)) {
+    let cluster = if placing {
+        steps.step("reading the agents' inventories for the placement plan");
         Some(crate::doctor::agents::gather(fleet, layout).await)
     } else {
         None
@@ -252,7 +325,7 @@ pub async fn run(
             (Some(cluster), true) => Some(planned_flags(cluster, pool)?),
             _ => None,
         };
-        let status = start_pool_planned(fleet, pool, planned.as_deref()).await?;
+        let status = start_pool_steps(fleet, pool, planned.as_deref(), &mut steps).await?;
         started.push(Outcome {
             kind: "pool",
             name: pool.name.clone(),
@@ -266,7 +339,7 @@ pub async fn run(
         .iter()
         .filter(|p| only.is_none_or(|n| n == p.name))
     {
-        let status = start_native(fleet, native).await?;
+        let status = start_native_steps(fleet, native, &mut steps).await?;
         started.push(Outcome {
             kind: "native_pairing",
             name: native.name.clone(),
@@ -280,6 +353,7 @@ pub async fn run(
         "nothing to start: no [[pools]] or [[native_pairings]]{} in the config",
         only.map(|n| format!(" named {n:?}")).unwrap_or_default()
     );
+    steps.finish(format!("{} started", started.len()));
     Ok(started)
 }
 

@@ -1,9 +1,10 @@
-//! `tightwad init`: writes a commented coordinator config, either from flags (`--target-url`,
-//! `--draft-url`, model paths) or from what the agents report (`--from-agents`: draft/target
+//! `tightwad init`: writes a commented coordinator config, either from flags (`--target`,
+//! `--draft`, model paths) or from what the agents report (`--from-agents`: draft/target
 //! pairs proposed by vocabulary fingerprint and size). Never overwrites a file without `--force`,
 //! and writes atomically (a temporary file renamed or linked into place), so a crash never leaves
 //! half a config.
 
+pub mod access;
 pub mod python;
 
 use std::fmt::Write as _;
@@ -16,31 +17,42 @@ use tightwad_protocol::messages::ModelFile;
 
 use crate::cluster::layout::host_ip;
 use crate::cluster::{Fleet, FleetConfig, HostEntry};
+use crate::doctor::live::target_slots;
+use access::{default_listen, Access};
 
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct InitArgs {
     /// Target llama-server URL (the big model).
-    #[arg(long)]
+    #[arg(long = "target", value_name = "URL")]
     pub target_url: Option<String>,
     /// Draft llama-server URL (a small model with the same vocabulary).
-    #[arg(long)]
+    #[arg(long = "draft", value_name = "URL")]
     pub draft_url: Option<String>,
     /// Path of the target model on its host (for the agent config written as a comment).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub target_model: Option<String>,
     /// Path of the draft model on its host.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub draft_model: Option<String>,
-    /// A host running tightwad-agent, `NAME=ADDRESS` (repeatable); with `--from-agents` their
-    /// inventories propose the pairings.
-    #[arg(long = "host", value_name = "NAME=ADDRESS")]
+    /// A host running tightwad-agent, `NAME=ADDRESS` (repeated or comma-separated); with
+    /// `--from-agents` their inventories propose the pairings.
+    #[arg(long = "host", value_name = "NAME=ADDRESS", value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// Ask the agents for their model files and propose target/draft pairs.
     #[arg(long)]
     pub from_agents: bool,
-    /// Draft tokens per round.
+    /// Draft tokens per round (k); the target then needs `-np` of at least k + 1 (one slot per
+    /// verified position), which the agent snippets are written with.
     #[arg(long, default_value_t = 4)]
     pub draft_tokens: usize,
+    /// Where the proxy listens (the proxy's own default). An address beyond loopback gets a
+    /// generated API key, unless --no-api-key.
+    #[arg(long, default_value_t = default_listen(), value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Write no API key even when --listen reaches beyond this machine (the config then says
+    /// loudly that anyone on the network may use the proxy).
+    #[arg(long)]
+    pub no_api_key: bool,
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
@@ -61,8 +73,25 @@ pub struct InitArgs {
     #[arg(long, conflicts_with = "from")]
     pub discover: bool,
     /// Seconds `--discover` listens for answers.
-    #[arg(long, default_value_t = 3.0, requires = "discover")]
+    #[arg(
+        long,
+        default_value_t = 3.0,
+        requires = "discover",
+        value_name = "SECONDS"
+    )]
     pub discover_timeout: f64,
+}
+
+impl Default for InitArgs {
+    /// What `tightwad init` means with no flags (the defaults `--help` shows).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Bare {
+            #[command(flatten)]
+            args: InitArgs,
+        }
+        <Bare as clap::Parser>::parse_from(["init"]).args
+    }
 }
 
 /// A proposed pairing: the target and the draft model, and the hosts they are on.
@@ -186,15 +215,30 @@ fn agent_snippet(out: &mut String, process: &str, model: &str, port: u16, extra:
 }
 
 /// Context the target is planned for: the proxy verifies k + 1 copies of a context in one batch
-/// (`--kv-unified` shares one cache between the slots).
+/// (`doctor::live::target_slots`; `--kv-unified` shares one cache between the slots).
 const TARGET_CONTEXT: u64 = 16384;
 
-/// The config text for the given hosts and pairings.
+/// The config text for the given hosts and pairings, with a fresh key when `--listen` reaches
+/// the network (see [`access`]).
 pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> String {
+    let access = access::decide(&args.listen, false, args.no_api_key);
+    render_with(args, hosts, proposals, &access)
+}
+
+/// [`render`] with the API-key decision made by the caller (who tells the user about it).
+pub fn render_with(
+    args: &InitArgs,
+    hosts: &[HostEntry],
+    proposals: &[Proposal],
+    access: &Access,
+) -> String {
     let k = args
         .draft_tokens
         .clamp(1, tightwad_serve::engine::controller::K_MAX);
-    let target_extra = format!(", \"-np\", \"{}\", \"--kv-unified\", \"--metrics\"", k + 2);
+    let target_extra = format!(
+        ", \"-np\", \"{}\", \"--kv-unified\", \"--metrics\"",
+        target_slots(k)
+    );
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -206,12 +250,10 @@ pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> S
     );
     let _ = writeln!(
         out,
-        "listen = \"0.0.0.0:8088\"          # where OpenAI clients connect"
+        "listen = \"{}\"          # where OpenAI clients connect",
+        args.listen
     );
-    let _ = writeln!(
-        out,
-        "# api_keys = [\"sk-local-1\"]     # optional: clients send Authorization: Bearer <key>\n"
-    );
+    let _ = writeln!(out, "{}", access.lines(&args.listen));
     if let Some(dir) = &args.state_dir {
         let _ = writeln!(
             out,
@@ -250,7 +292,7 @@ pub fn render(args: &InitArgs, hosts: &[HostEntry], proposals: &[Proposal]) -> S
             out,
             "[[pairings]]\nname = \"tightwad\"                 # the model name clients ask for"
         );
-        let _ = writeln!(out, "target = {}   # llama-server with -np >= draft_tokens + 2, --kv-unified, --cache-ram 0", quote(&target));
+        let _ = writeln!(out, "target = {}   # llama-server with -np >= draft_tokens + 1, --kv-unified, --cache-ram 0", quote(&target));
         match &args.draft_url {
             Some(d) => {
                 let _ = writeln!(
@@ -413,18 +455,25 @@ pub fn write_atomically(path: &Path, text: &str, force: bool) -> anyhow::Result<
 fn run_from(args: &InitArgs, from: &Path, config: &Path) -> anyhow::Result<ExitCode> {
     let yaml =
         std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
-    let conversion =
-        python::convert(&yaml).with_context(|| format!("converting {}", from.display()))?;
+    let conversion = python::convert_with(&yaml, args.no_api_key)
+        .with_context(|| format!("converting {}", from.display()))?;
     // What we write must load: the proxy's own loader refuses unknown keys.
     let parsed: tightwad_serve::config::ProxyConfig = toml::from_str(&conversion.toml)
         .context("the converted config does not parse (a bug: please report it)")?;
     write_atomically(config, &conversion.toml, args.force)?;
+    if conversion.access == Access::Open || !args.json {
+        if let Some(notice) = conversion.access.notice(&parsed.listen) {
+            eprintln!("{notice}");
+        }
+    }
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "path": config,
                 "from": from,
+                "listen": parsed.listen,
+                "api_key": match &conversion.access { Access::Generated(key) => Some(key), _ => None },
                 "pairings": parsed.pairings.len(),
                 "hosts": parsed.hosts.iter().filter_map(|h| h.get("name").and_then(|n| n.as_str())).collect::<Vec<_>>(),
                 "pools": parsed.pools.iter().filter_map(|p| p.get("name").and_then(|n| n.as_str())).collect::<Vec<_>>(),
@@ -520,13 +569,21 @@ pub async fn run(args: InitArgs, config: &Path) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let text = render(&args, &hosts, &proposals);
+    let access = access::decide(&args.listen, false, args.no_api_key);
+    let text = render_with(&args, &hosts, &proposals, &access);
     write_atomically(config, &text, args.force)?;
+    if access == Access::Open || !args.json {
+        if let Some(notice) = access.notice(&args.listen) {
+            eprintln!("{notice}");
+        }
+    }
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "path": config,
+                "listen": args.listen,
+                "api_key": match &access { Access::Generated(key) => Some(key), _ => None },
                 "pairings": proposals.len().max(1),
                 "hosts": hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
                 "proposals": proposals.iter().map(|p| serde_json::json!({
@@ -600,6 +657,62 @@ mod tests {
         assert_eq!(layout.processes.len(), 2);
     }
 
+    /// The agent snippet asks for doctor's slot rule: k = 4 needs `-np 5`.
+    #[test]
+    fn the_target_snippet_has_the_slots_doctor_asks_for() {
+        let written = render(
+            &InitArgs {
+                target_model: Some("/m/big.gguf".into()),
+                draft_tokens: 4,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        );
+        assert_eq!(target_slots(4), 5);
+        assert!(written.contains("\"-np\", \"5\""), "{written}");
+        assert!(written.contains("-np >= draft_tokens + 1"), "{written}");
+    }
+
+    /// `init` listens where the proxy does by default; a listen that reaches the network
+    /// carries a key the proxy loads, or a loud note that it has none.
+    #[test]
+    fn init_listens_on_the_proxy_default_and_a_network_listen_carries_a_key() {
+        let local = render(&InitArgs::default(), &[], &[]);
+        let config: tightwad_serve::config::ProxyConfig =
+            toml::from_str(&local).unwrap_or_else(|e| panic!("{e}\n{local}"));
+        assert_eq!(
+            config.listen,
+            tightwad_serve::config::ProxyConfig::default().listen
+        );
+        assert!(config.api_keys.is_empty());
+        let lan = InitArgs {
+            listen: "0.0.0.0:8088".parse().expect("addr"),
+            ..Default::default()
+        };
+        let keyed = render(&lan, &[], &[]);
+        let config: tightwad_serve::config::ProxyConfig =
+            toml::from_str(&keyed).unwrap_or_else(|e| panic!("{e}\n{keyed}"));
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8088");
+        assert_eq!(config.api_keys.len(), 1, "{keyed}");
+        assert!(config.api_keys[0].starts_with("sk-tightwad-"));
+        let open = render(
+            &InitArgs {
+                no_api_key: true,
+                ..lan
+            },
+            &[],
+            &[],
+        );
+        let config: tightwad_serve::config::ProxyConfig =
+            toml::from_str(&open).unwrap_or_else(|e| panic!("{e}\n{open}"));
+        assert!(config.api_keys.is_empty());
+        assert!(
+            open.contains("WARNING") && open.contains("NO API key"),
+            "{open}"
+        );
+    }
+
     /// Whatever init writes, the proxy itself must accept (its config refuses unknown keys).
     #[test]
     fn written_configs_are_valid_proxy_configs() {
@@ -623,7 +736,7 @@ mod tests {
             Some("http://10.0.0.3:8081")
         );
         assert!(
-            from_flags.contains("\"-np\", \"6\", \"--kv-unified\""),
+            from_flags.contains("\"-np\", \"5\", \"--kv-unified\""),
             "{from_flags}"
         );
         let models = vec![

@@ -10,7 +10,9 @@
 //!   `max_body_size` → `max_body_bytes`;
 //! - `proxy.target`/`draft` (llamacpp backends) → one `[[pairings]]`; `max_draft_tokens` →
 //!   `draft_tokens` (at most 8, the controller's K_MAX; `auto` → 8 with the adaptive controller, which is on anyway);
-//!   `drafters[0]` when there is no `draft`;
+//!   `drafters[0]` when there is no `draft`, every further drafter → `drafts` (the proxy measures
+//!   them and drafts with the best; several drafters are not voting, the output stays the
+//!   target's);
 //! - `coordinator` + `workers` + the default model → `[[hosts]]` (agents on port 7420) and an RPC
 //!   `[[pools]]` entry, with the `agent.toml` processes each host needs written as comments;
 //! - the rest (consensus voting, chat templates, the quality gate, Ollama backends, SSH, RAM
@@ -37,6 +39,9 @@ pub struct Conversion {
     pub not_carried: Vec<NotCarried>,
     /// `agent.toml` processes the hosts need (also in `toml`, as comments).
     pub agent_snippets: Vec<String>,
+    /// What the config does about API keys (the predecessor listened on 0.0.0.0 by default).
+    #[serde(skip)]
+    pub access: super::access::Access,
 }
 
 /// The agent's default peer-protocol port.
@@ -165,8 +170,14 @@ fn upstream(w: &mut Walker, key: &str, v: &Yaml) -> Option<(String, Option<Strin
     }
 }
 
-/// Converts the text of a Python Tightwad `cluster.yaml`.
+/// Converts the text of a Python Tightwad `cluster.yaml`; a `listen` beyond loopback without an
+/// `auth_token` gets a generated API key (see [`super::access`]).
 pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
+    convert_with(yaml, false)
+}
+
+/// [`convert`]; with `no_api_key`, a network `listen` without a key stays open, loudly.
+pub fn convert_with(yaml: &str, no_api_key: bool) -> anyhow::Result<Conversion> {
     let root: Yaml = serde_norway::from_str(yaml)
         .map_err(|e| anyhow::anyhow!("not a valid YAML config: {e}"))?;
     let Some(root) = root.as_mapping() else {
@@ -219,14 +230,22 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         }
         let target = get(proxy, "target").and_then(|v| upstream(&mut w, "proxy.target", v));
         let mut draft = get(proxy, "draft").and_then(|v| upstream(&mut w, "proxy.draft", v));
+        // More drafters become `drafts`: the pairing measures each and drafts with whichever
+        // delivers the most; there is no vote, the output is always the target's own.
+        let mut more_drafts: Vec<String> = Vec::new();
         if let Some(Yaml::Sequence(drafters)) = get(proxy, "drafters") {
             for (i, d) in drafters.iter().enumerate() {
                 let key = format!("proxy.drafters[{i}]");
-                let parsed = upstream(&mut w, &key, d);
-                if draft.is_none() && parsed.is_some() {
-                    draft = parsed;
-                } else if parsed.is_some() {
-                    w.skip(&key, "one draft per pairing: Tightwad does not vote among drafters (consensus output is not the target's)");
+                match upstream(&mut w, &key, d) {
+                    Some(parsed) if draft.is_none() => draft = Some(parsed),
+                    Some((url, _)) => {
+                        let known = draft.as_ref().is_some_and(|(d, _)| *d == url)
+                            || more_drafts.contains(&url);
+                        if !known {
+                            more_drafts.push(url);
+                        }
+                    }
+                    None => {}
                 }
             }
         }
@@ -247,6 +266,16 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         }
         if let Some((url, _)) = draft {
             pairing.insert("draft".into(), url.into());
+        }
+        if !more_drafts.is_empty() {
+            pairing.insert(
+                "drafts".into(),
+                more_drafts
+                    .into_iter()
+                    .map(toml::Value::from)
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
         }
         if let Some(v) = get(proxy, "max_draft_tokens") {
             let k = match text(v).as_deref() {
@@ -543,6 +572,14 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         out.insert("pools".into(), pools.into());
     }
     out.insert("pairings".into(), vec![toml::Value::Table(pairing)].into());
+    let listen: Option<std::net::SocketAddr> = out
+        .get("listen")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok());
+    let access = match &listen {
+        Some(addr) => super::access::decide(addr, out.contains_key("api_keys"), no_api_key),
+        None => super::access::Access::Local,
+    };
     let body = toml::to_string(&out)?;
     let mut text = String::from("# Tightwad coordinator config, converted by `tightwad init --from` from a Python Tightwad config.\n# Check it with `tightwad doctor`; serve with `tightwad proxy --config <this file>`.\n");
     if !w.not_carried.is_empty() {
@@ -552,6 +589,11 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         }
     }
     text.push('\n');
+    if let (Some(addr), super::access::Access::Generated(_) | super::access::Access::Open) =
+        (&listen, &access)
+    {
+        text.push_str(&access.lines(addr));
+    }
     text.push_str(&body);
     for s in &snippets {
         text.push('\n');
@@ -561,6 +603,7 @@ pub fn convert(yaml: &str) -> anyhow::Result<Conversion> {
         toml: text,
         not_carried: w.not_carried,
         agent_snippets: snippets,
+        access,
     })
 }
 

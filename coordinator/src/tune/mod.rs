@@ -29,6 +29,7 @@ pub struct TuneArgs {
     /// How much of the model lives on GPUs: `none` (CPU inference), `partial`, `full`.
     #[arg(long, value_enum, default_value_t = Offload::None)]
     pub gpu_offload: Offload,
+    /// Print the advice as JSON (with --load: no progress lines).
     #[arg(long)]
     pub json: bool,
     /// Load the model here: read the file once sequentially, start llama-server with the
@@ -43,7 +44,7 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Seconds `--load` waits for /health.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
     /// llama-server arguments for `--load` (after `--`; `-m` and `--port` are added).
     #[arg(last = true)]
@@ -173,17 +174,35 @@ async fn load(args: &TuneArgs) -> anyhow::Result<ExitCode> {
     use tightwad_placement::pagecache;
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
     let started = std::time::Instant::now();
-    let read = pagecache::prefetch(&args.model)
-        .with_context(|| format!("reading {}", args.model.display()))?;
+    let mode = crate::progress::Progress::mode(args.json);
+    let mut reading = crate::progress::Progress::new(
+        mode,
+        crate::progress::Unit::Bytes,
+        format!("tune --load: reading {}", args.model.display()),
+        0,
+    );
+    let read = pagecache::prefetch_with_progress(&args.model, |done, size| {
+        reading.set_total(size);
+        reading.set(done);
+    });
+    reading.finish();
+    let read = read.with_context(|| format!("reading {}", args.model.display()))?;
     println!(
         "pre-read {} in {:.1}s",
         mib(read),
         started.elapsed().as_secs_f64()
     );
+    let mut steps = crate::progress::Steps::new(mode, "tune --load", 2);
     let binary = args
         .llama_server
         .clone()
         .unwrap_or_else(|| PathBuf::from("llama-server"));
+    steps.step(format!(
+        "starting {} on port {} and waiting for /health (at most {} s)",
+        binary.display(),
+        args.port,
+        args.timeout
+    ));
     let mut child = tokio::process::Command::new(&binary)
         .arg("-m")
         .arg(&args.model)
@@ -212,6 +231,7 @@ async fn load(args: &TuneArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    steps.step("dropping the model file from the page cache");
     println!("ready after {:.1}s", started.elapsed().as_secs_f64());
     let rss = || {
         pid.and_then(|p| pagecache::process_rss(p).ok())
@@ -232,6 +252,7 @@ async fn load(args: &TuneArgs) -> anyhow::Result<ExitCode> {
         mib(rss_after.0),
         mib(rss_after.1)
     );
+    steps.finish("loaded");
     if after > total / 2 {
         println!("  the server maps the file, so its pages stay cached: add `-lm none` (older builds `--no-mmap`) for reclaim to free them");
     }
