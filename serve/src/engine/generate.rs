@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::output::{FinishReason, Output};
-use super::pairing::{Drafter, Pairing};
+use super::pairing::{lock_controller, Drafter, Pairing};
 use super::path_choice;
 use super::probe::PairingInfo;
 use super::request::{
@@ -26,13 +26,16 @@ impl Pairing {
     /// speculation off), else prepare it for [`Pairing::run`]. Every failure is counted here.
     pub async fn route(&self, job: Job) -> Result<Route, EngineError> {
         let result = match job.plan {
-            Plan::Forward(reason) => self.forward(job.path, &job.body, reason).await,
+            Plan::Forward(reason) => self.forward(job.path, &job.body, reason, false).await,
             // The pairing's facts are looked up once per request: a target that does not answer
             // costs this request one probe, not one for the routing and one for the preparation.
             Plan::Generate(request) => match self.info().await {
                 Err(e) => Err(e.into()),
                 Ok(info) => match self.forward_reason(&info, &request, job.engine_only) {
-                    Some(reason) => self.forward(job.path, &job.body, reason).await,
+                    Some(reason) => {
+                        let steer = self.config.native && reason == ForwardReason::SpeculationOff;
+                        self.forward(job.path, &job.body, reason, steer).await
+                    }
                     None => self
                         .prepare_with(request, info, Instant::now())
                         .await
@@ -46,15 +49,27 @@ impl Pairing {
         result
     }
 
-    /// Send the client's body to the target's own route and hand back its reply.
+    /// Send the client's body to the target's own route and hand back its reply. `no_native`:
+    /// the target is natively paired and speculation is off, so the body also says
+    /// `speculative.n_max: 0` (the target's own speculation would otherwise draft by its defaults;
+    /// its OpenAI routes read the same field as `/completion`).
     async fn forward(
         &self,
         path: &str,
         body: &serde_json::Value,
         reason: ForwardReason,
+        no_native: bool,
     ) -> Result<Route, EngineError> {
-        info!(pairing = %self.config.name, reason = %reason.tag(), "forwarding to the target unchanged");
-        let response = self.target.forward(path, body).await?;
+        info!(pairing = %self.config.name, reason = %reason.tag(), no_native, "forwarding to the target unchanged");
+        let response = if no_native {
+            let mut body = body.clone();
+            if let Some(m) = body.as_object_mut() {
+                m.insert("speculative.n_max".into(), serde_json::json!(0));
+            }
+            self.target.forward(path, &body).await?
+        } else {
+            self.target.forward(path, body).await?
+        };
         self.metrics.forwarded(reason.kind());
         Ok(Route::Forwarded { response, reason })
     }
@@ -106,13 +121,27 @@ impl Pairing {
         if info.speculation.is_err() {
             return Some(ForwardReason::NoDrafter);
         }
-        // A natively paired target speculates on its own whenever a request does not say
-        // otherwise: "off" must reach it as `speculative.n_max = 0` through the engine, and with
-        // two paths the native one may be the better even while rounds are off.
-        if self.config.native {
-            return None;
-        }
         let now = Instant::now();
+        // A natively paired target speculates on its own whenever a request does not say
+        // otherwise: it may be passed the request only while it obeys `speculative.n_max` (the
+        // forwarded body then says 0) and every path's controller has speculation off — with two
+        // paths the native one may be the better even while rounds are off.
+        if self.config.native {
+            if !matches!(info.native_steering, Some(Ok(()))) {
+                return None;
+            }
+            let native = self
+                .native_alternative
+                .as_ref()
+                .map_or(&self.controller, |n| &n.controller);
+            let mut all = lock_controller(native).passthrough_while_off(now);
+            if info.drafter == Drafter::Server {
+                for i in info.usable_drafters(&[]) {
+                    all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
+                }
+            }
+            return all.then_some(ForwardReason::SpeculationOff);
+        }
         let off = if info.drafter == Drafter::Server && self.drafts.len() > 1 {
             // Untouched only while every usable drafter's controller has speculation off; every
             // controller is asked (each counts its requests while off).
