@@ -7,7 +7,8 @@
 //! - [`netns`]: network namespaces on a bridge, with links a test can cut ([`netns::Lab`]).
 //! - [`server_process`]: a test server's log file and its wait for `/health`.
 //! - [`llama_server`]: `llama-server` and `ggml-rpc-server`, on loopback or in a namespace.
-//! - [`proxy`]: the proxy in the test's process ([`proxy::RunningProxy`]).
+//! - [`proxy`]: the proxy in the test's process ([`proxy::RunningProxy`]);
+//!   [`proxy_process`]: the `tightwad proxy` binary in a folder and environment of its own.
 //! - [`http`]: JSON posts and streamed (SSE) responses.
 //! - [`exactness`]: token-by-token comparison with the target alone, the prompt set.
 //! - [`footprint`]: descriptors and tasks the proxy holds before and after a fault.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod llama_server;
 pub mod netns;
 pub mod proxy;
+pub mod proxy_process;
 pub mod server_process;
 pub mod test_env;
 pub mod vllm;

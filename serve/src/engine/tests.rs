@@ -51,6 +51,7 @@ fn ending_at(base: NextToken, len: usize) -> NextToken {
 
 fn config(k: usize) -> PairingConfig {
     PairingConfig {
+        aliases: Vec::new(),
         name: "sim".into(),
         target_url: "simulated://target".into(),
         draft_url: Some("simulated://draft".into()),
