@@ -1,29 +1,39 @@
 //! `agent.toml`: everything has a default, so `tightwad-agent` runs without a config file.
+//! `tightwad-agent --print-schema` prints its JSON Schema (shipped as
+//! `dist/schema/agent.schema.json`); old key spellings are still read, with a warning naming the
+//! file, the line and the new key ([`old_spellings`]).
 
 use anyhow::Context;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tightwad_protocol::messages::ProcessKind;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(title = "agent.toml", extend("$id" = "https://tightwad.dev/schema/agent.schema.json"))]
 pub struct AgentConfig {
     /// Name reported to the coordinator (default: the host name).
     pub name: String,
     /// UDP address the QUIC endpoint listens on.
+    #[schemars(with = "String")]
     pub listen: SocketAddr,
     /// Identity, trust list, logs (default `~/.tightwad/agent`).
     pub state_dir: PathBuf,
-    /// Folders holding model files; only files inside them are listed, sent or received.
+    /// Folders holding model files; only files inside them are listed, sent or received
+    /// (default `~/models` and `~/.tightwad/models`).
     pub model_dirs: Vec<PathBuf>,
     /// Where received models go (default: the first model folder).
     pub receive_dir: Option<PathBuf>,
     pub binaries: Binaries,
     /// Seconds a process may take to answer its health check.
-    pub ready_timeout_secs: u64,
+    #[serde(alias = "ready_timeout_secs")]
+    pub ready_timeout_s: u64,
     /// Seconds between SIGTERM and SIGKILL.
-    pub stop_grace_secs: u64,
+    #[serde(alias = "stop_grace_secs")]
+    pub stop_grace_s: u64,
+    /// The processes this agent may run (`[[process]]` tables).
     #[serde(rename = "process")]
     pub processes: Vec<ProcessConfig>,
     /// FOR TESTS ONLY: report these memory sizes instead of measuring the host, so a test can
@@ -39,6 +49,7 @@ pub struct AgentConfig {
     pub build: BuildConfig,
     /// Announce this agent on the LAN over mDNS (`discovery = true`, or a `[discovery]` table
     /// with `interfaces`); off by default. See `discovery`.
+    #[schemars(with = "crate::discovery::DiscoverySetting")]
     pub discovery: crate::discovery::DiscoveryConfig,
     /// `[peer]`: which flags and model paths the coordinator may pass, and whether it may run
     /// `tightwad build` here. See `peer_policy`.
@@ -50,19 +61,20 @@ pub struct AgentConfig {
 }
 
 /// `[build]` in agent.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuildConfig {
     /// Folders put in front of PATH for the build (where cmake, ninja, ccache, git live).
     pub extra_path: Vec<PathBuf>,
     /// Parallel compile jobs (default: the CPU count).
     pub jobs: Option<u32>,
-    /// ccache's folder; ccache is used when it is on PATH.
+    /// ccache's folder; ccache is used when it is on PATH (default `~/.cache/tightwad/ccache`).
     pub ccache_dir: PathBuf,
     /// Model for the smoke test (default: the smallest GGUF in the model folders).
     pub smoke_model: Option<PathBuf>,
     /// Seconds the whole compile may take.
-    pub timeout_secs: u64,
+    #[serde(alias = "timeout_secs")]
+    pub timeout_s: u64,
     /// Extra cmake `-D` flags for every build on this host (e.g. `CMAKE_CUDA_ARCHITECTURES=86`).
     pub cmake_flags: Vec<String>,
 }
@@ -74,7 +86,7 @@ impl Default for BuildConfig {
             jobs: None,
             ccache_dir: home_dir().join(".cache").join("tightwad").join("ccache"),
             smoke_model: None,
-            timeout_secs: 3 * 3600,
+            timeout_s: 3 * 3600,
             cmake_flags: Vec::new(),
         }
     }
@@ -113,14 +125,14 @@ impl ActiveBuild {
 }
 
 /// The peer protocol version an agent claims instead of its own (tests of `tightwad doctor`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestingProtocol {
     pub version: u32,
 }
 
 /// Memory the agent reports instead of the host's own (tests of `tightwad doctor`'s memory check).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TestingReportedMemory {
     pub ram_total_bytes: Option<u64>,
@@ -130,7 +142,7 @@ pub struct TestingReportedMemory {
 }
 
 /// Which executables to run; only these are ever started (a peer cannot name a binary).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Binaries {
     pub llama_server: Option<PathBuf>,
@@ -138,20 +150,27 @@ pub struct Binaries {
     pub vllm: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[process]]`: a server this agent may start, stop and watch.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessConfig {
+    /// The name the coordinator uses for it (`tightwad agent start HOST NAME`).
     pub name: String,
+    /// `llama-server`, `rpc-server` or `vllm`.
     pub kind: ProcessKind,
+    /// Its command-line arguments.
     #[serde(default)]
     pub args: Vec<String>,
     /// Port of the health check; taken from `--port`/`-p` in the arguments when absent.
     pub port: Option<u16>,
     /// Host of the health check (default 127.0.0.1).
     pub health_host: Option<String>,
+    /// Start it when the agent starts.
     #[serde(default)]
     pub autostart: bool,
-    pub ready_timeout_secs: Option<u64>,
+    /// Seconds it may take to answer its health check (default: the agent's `ready_timeout_s`).
+    #[serde(alias = "ready_timeout_secs")]
+    pub ready_timeout_s: Option<u64>,
     /// Restart after a crash (default true).
     pub restart: Option<bool>,
 }
@@ -172,8 +191,8 @@ impl Default for AgentConfig {
             model_dirs: vec![home.join("models"), home.join(".tightwad").join("models")],
             receive_dir: None,
             binaries: Binaries::default(),
-            ready_timeout_secs: 120,
-            stop_grace_secs: 10,
+            ready_timeout_s: 120,
+            stop_grace_s: 10,
             processes: Vec::new(),
             testing_reported_memory: None,
             testing_protocol: None,
@@ -198,12 +217,60 @@ pub fn expand_home(path: &Path) -> PathBuf {
     }
 }
 
+/// Keys renamed to the one spelling of a timeout (`*_timeout_s`, `*_s`): (old, new).
+const OLD_KEYS: &[(&str, &str)] = &[
+    ("ready_timeout_secs", "ready_timeout_s"),
+    ("stop_grace_secs", "stop_grace_s"),
+    ("timeout_secs", "timeout_s"),
+];
+
+/// One warning per old key spelling in `text`: `FILE:LINE: … write NEW instead`.
+pub fn old_spellings(path: &Path, text: &str) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(n, line)| {
+            let key = line.split_once('=')?.0.trim().trim_matches('"');
+            let (old, new) = OLD_KEYS.iter().find(|(old, _)| *old == key)?;
+            Some(format!(
+                "{}:{}: `{old}` is deprecated; use `{new}`",
+                path.display(),
+                n + 1
+            ))
+        })
+        .collect()
+}
+
+/// The JSON Schema of agent.toml, pretty, with a final newline (the shipped file's bytes). The
+/// defaults that depend on the machine (host name, home folder) are left out, so every machine
+/// prints the same schema; the descriptions say what they are.
+pub fn schema_json() -> String {
+    let mut schema = serde_json::to_value(schemars::schema_for!(AgentConfig)).unwrap_or_default();
+    for key in ["name", "state_dir", "model_dirs", "build"] {
+        if let Some(p) = schema["properties"][key].as_object_mut() {
+            p.remove("default");
+        }
+    }
+    if let Some(p) = schema["$defs"]["BuildConfig"]["properties"]["ccache_dir"].as_object_mut() {
+        p.remove("default");
+    }
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 impl AgentConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(Self::load_with_warnings(path)?.0)
+    }
+
+    /// The config and the warnings about its old spellings (logged by the binary).
+    pub fn load_with_warnings(path: Option<&Path>) -> anyhow::Result<(Self, Vec<String>)> {
+        let mut warnings = Vec::new();
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading agent config {}", path.display()))?;
+                warnings = old_spellings(path, &text);
                 toml::from_str::<AgentConfig>(&text)
                     .with_context(|| format!("parsing agent config {}", path.display()))?
             }
@@ -228,7 +295,7 @@ impl AgentConfig {
                 process.name
             );
         }
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// The executable for a process kind: the current `tightwad build` build's, else
@@ -303,6 +370,32 @@ mod tests {
         assert_eq!(config.processes[0].kind, ProcessKind::LlamaServer);
         assert_eq!(port_from_args(&config.processes[0].args), Some(8080));
         assert!(toml::from_str::<AgentConfig>("bogus = 1").is_err());
+    }
+
+    /// `*_secs` keys are still read, and each is warned about with its file, line and the new key
+    /// (one spelling of a timeout: `*_s`, like the proxy's `target_timeout_s`).
+    #[test]
+    fn old_timeout_spellings_are_read_and_warned_about() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "ready_timeout_secs = 7\nstop_grace_secs = 2\n[build]\ntimeout_secs = 60\n[[process]]\nname = \"t\"\nkind = \"llama-server\"\nready_timeout_secs = 9\n",
+        )
+        .expect("write");
+        let (config, warnings) = AgentConfig::load_with_warnings(Some(&path)).expect("loads");
+        assert_eq!((config.ready_timeout_s, config.stop_grace_s), (7, 2));
+        assert_eq!(config.build.timeout_s, 60);
+        assert_eq!(config.processes[0].ready_timeout_s, Some(9));
+        let all = warnings.join("\n");
+        for needle in [
+            "agent.toml:1: `ready_timeout_secs` is deprecated; use `ready_timeout_s`",
+            "agent.toml:2: `stop_grace_secs` is deprecated; use `stop_grace_s`",
+            "agent.toml:4: `timeout_secs` is deprecated; use `timeout_s`",
+            "agent.toml:8: `ready_timeout_secs`",
+        ] {
+            assert!(all.contains(needle), "{needle:?} in {all}");
+        }
     }
 
     #[test]

@@ -27,11 +27,25 @@ pub struct DiscoveryConfig {
     pub interfaces: Vec<String>,
 }
 
-#[derive(Deserialize)]
+/// The two spellings of `discovery` in agent.toml, for its JSON Schema only (the reading is the
+/// hand-written `Deserialize` below, which also names both in its errors).
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum DiscoverySetting {
+    /// `discovery = true`: announce on every interface but loopback.
+    Switch(bool),
+    /// `[discovery]` with `enabled` and `interfaces`.
+    Table(DiscoveryTable),
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DiscoveryTable {
+pub(crate) struct DiscoveryTable {
+    /// Announce (default true once the table is there).
     #[serde(default = "yes")]
     enabled: bool,
+    /// Announce only on these interfaces (default: every interface but loopback).
     #[serde(default)]
     interfaces: Vec<String>,
 }

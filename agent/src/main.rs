@@ -31,6 +31,9 @@ struct Args {
     /// Print this agent's certificate fingerprint and exit.
     #[arg(long)]
     print_fingerprint: bool,
+    /// Print the JSON Schema of agent.toml (shipped as dist/schema/agent.schema.json) and exit.
+    #[arg(long)]
+    print_schema: bool,
     /// Log format on stderr: `text` for people (colour only on a terminal), `json` for
     /// journald and log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIGHTWAD_LOG_FORMAT")]
@@ -60,8 +63,15 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_schema {
+        print!("{}", tightwad_agent::config::schema_json());
+        return Ok(());
+    }
     init_logging(args.log_format);
-    let mut config = AgentConfig::load(args.config.as_deref())?;
+    let (mut config, warnings) = AgentConfig::load_with_warnings(args.config.as_deref())?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     // A peer refused by `[peer]` is told which file to change.
     config.peer.config_file = args.config.clone();
     if let Some(dir) = args.state_dir {
@@ -81,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(tightwad_agent::service::run(
         config,
+        args.config.clone(),
         args.join,
         args.print_fingerprint,
     ))

@@ -70,7 +70,7 @@ const MODEL_PATH_FLAGS: &[&str] = &[
 ];
 
 /// `[peer]` in agent.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerPolicy {
     /// When not empty, the only flags a peer may add to a process's configured arguments (the
@@ -87,6 +87,7 @@ pub struct PeerPolicy {
     pub allow_build: bool,
     /// The file this policy was read from, for the fix in a refusal; not read from the file.
     #[serde(skip)]
+    #[schemars(skip)]
     pub config_file: Option<PathBuf>,
 }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tightwad_placement::pagecache;
 
 /// `page_cache_reclaim` in agent.toml.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReclaimMode {
     /// Reclaim when the model file is at least a quarter of the host's RAM.

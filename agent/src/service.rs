@@ -65,9 +65,11 @@ fn capabilities() -> Vec<Capability> {
     ]
 }
 
-/// Runs the agent until SIGINT/SIGTERM; stops its processes on the way out.
+/// Runs the agent until SIGINT/SIGTERM; stops its processes on the way out. SIGHUP re-reads
+/// `config_file` (when there is one) and applies its `[[process]]` entries.
 pub async fn run(
     config: AgentConfig,
+    config_file: Option<std::path::PathBuf>,
     join: Option<String>,
     print_fingerprint: bool,
 ) -> anyhow::Result<()> {
@@ -136,6 +138,7 @@ pub async fn run(
         });
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             incoming = server.accept() => {
@@ -146,6 +149,11 @@ pub async fn run(
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = hangup.recv() => {
+                let agent = agent.clone();
+                let file = config_file.clone();
+                tokio::spawn(async move { agent.reload(file.as_deref()).await });
+            }
         }
     }
     tracing::info!("shutting down: stopping supervised processes");
@@ -153,6 +161,39 @@ pub async fn run(
     agent.supervisor.stop_all().await;
     server.close();
     Ok(())
+}
+
+impl Agent {
+    /// SIGHUP: read the config file again and apply its `[[process]]` entries (a bad file is
+    /// logged and changes nothing). Other settings (listen, folders, …) apply at a restart.
+    async fn reload(&self, file: Option<&std::path::Path>) {
+        let Some(file) = file else {
+            tracing::warn!("SIGHUP: this agent runs without a config file; nothing to reload");
+            return;
+        };
+        tracing::info!(file = %file.display(), "SIGHUP: reloading the configuration");
+        let (config, warnings) = match AgentConfig::load_with_warnings(Some(file)) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration is kept: {e:#}");
+                return;
+            }
+        };
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        let report = self.supervisor.reload(&config).await;
+        for (name, reason) in &report.failed_starts {
+            tracing::error!(process = %name, "start after reload failed: {reason}");
+        }
+        tracing::info!(
+            unchanged = ?report.unchanged,
+            changed = ?report.changed,
+            added = ?report.added,
+            removed = ?report.removed,
+            "configuration reloaded ([[process]] entries; other settings apply at a restart)"
+        );
+    }
 }
 
 /// Pins the coordinator a join token names and keeps the token for its first connection.

@@ -10,6 +10,10 @@ use crate::config::{port_from_args, AgentConfig, ProcessConfig};
 use crate::flags::{self, HelpCache};
 use crate::logbuf::LogBuffer;
 use crate::readiness;
+mod reload;
+
+pub use reload::SupervisorReload;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -141,8 +145,10 @@ impl Managed {
 }
 
 pub struct Supervisor {
-    processes: BTreeMap<String, Arc<Managed>>,
+    /// The configured processes; a reload ([`Supervisor::reload`]) replaces the table.
+    processes: std::sync::RwLock<BTreeMap<String, Arc<Managed>>>,
     help: HelpCache,
+    log_dir: PathBuf,
 }
 
 impl Supervisor {
@@ -154,11 +160,21 @@ impl Supervisor {
             .map(|p| (p.name.clone(), Arc::new(managed_from(config, p, &log_dir))))
             .collect();
         Supervisor {
-            processes,
+            processes: std::sync::RwLock::new(processes),
             help: HelpCache::default(),
+            log_dir,
         }
     }
 
+    /// The process table now (the `Arc`s stay valid across a reload).
+    pub(crate) fn table(&self) -> BTreeMap<String, Arc<Managed>> {
+        match self.processes.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The processes that start with the agent.
     pub fn names_to_autostart(config: &AgentConfig) -> Vec<String> {
         config
             .processes
@@ -169,7 +185,7 @@ impl Supervisor {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Managed>, SupervisorError> {
-        self.processes
+        self.table()
             .get(name)
             .cloned()
             .ok_or_else(|| SupervisorError::UnknownProcess(name.to_string()))
@@ -213,13 +229,13 @@ impl Supervisor {
 
     /// Where a process answers HTTP (its health-check host and port).
     pub fn endpoint(&self, name: &str) -> Option<(String, u16)> {
-        let managed = self.processes.get(name)?;
+        let managed = self.table().get(name)?.clone();
         let port = managed.port(&managed.snapshot().args)?;
         Some((managed.health_host.clone(), port))
     }
 
     pub fn statuses(&self) -> Vec<ProcessStatus> {
-        self.processes.values().map(|m| m.status()).collect()
+        self.table().values().map(|m| m.status()).collect()
     }
 
     /// Starts a process (no-op when it already runs) and waits until it is ready or has failed.
@@ -299,16 +315,7 @@ impl Supervisor {
     #[tracing::instrument(skip(self), fields(process = %name))]
     pub async fn stop(&self, name: &str) -> Result<ProcessStatus, SupervisorError> {
         let managed = self.get(name)?;
-        managed.desired.send_replace(false);
-        let task = managed.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        managed.update(|run| {
-            if run.state != ProcessState::Failed {
-                run.state = ProcessState::Stopped;
-            }
-        });
+        stop_managed(&managed).await;
         Ok(managed.status())
     }
 
@@ -321,13 +328,27 @@ impl Supervisor {
     }
 
     pub async fn stop_all(&self) {
-        for name in self.processes.keys() {
+        for name in self.table().keys() {
             let _ = self.stop(name).await;
         }
     }
 }
 
-fn managed_from(config: &AgentConfig, p: &ProcessConfig, log_dir: &Path) -> Managed {
+/// Stop one process (SIGTERM, then SIGKILL after its grace period) and wait for its run loop.
+pub(crate) async fn stop_managed(managed: &Managed) {
+    managed.desired.send_replace(false);
+    let task = managed.task.lock().ok().and_then(|mut t| t.take());
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+    managed.update(|run| {
+        if run.state != ProcessState::Failed {
+            run.state = ProcessState::Stopped;
+        }
+    });
+}
+
+pub(crate) fn managed_from(config: &AgentConfig, p: &ProcessConfig, log_dir: &Path) -> Managed {
     let (desired, _) = watch::channel(false);
     Managed {
         name: p.name.clone(),
@@ -337,11 +358,9 @@ fn managed_from(config: &AgentConfig, p: &ProcessConfig, log_dir: &Path) -> Mana
         configured_args: p.args.clone(),
         port_override: p.port,
         health_host: p.health_host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-        ready_timeout: Duration::from_secs(
-            p.ready_timeout_secs.unwrap_or(config.ready_timeout_secs),
-        ),
+        ready_timeout: Duration::from_secs(p.ready_timeout_s.unwrap_or(config.ready_timeout_s)),
         restart_on_crash: p.restart.unwrap_or(true),
-        grace: Duration::from_secs(config.stop_grace_secs),
+        grace: Duration::from_secs(config.stop_grace_s),
         reclaim: config.page_cache_reclaim,
         logs: Arc::new(LogBuffer::new(
             &log_dir.join(format!("{}.log", sanitize(&p.name))),

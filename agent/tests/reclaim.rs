@@ -71,7 +71,7 @@ async fn reclaim_drops_the_model_from_the_page_cache_after_a_no_mmap_load() {
             port: None,
             health_host: None,
             autostart: false,
-            ready_timeout_secs: Some(120),
+            ready_timeout_s: Some(120),
             restart: Some(false),
         }],
         page_cache_reclaim: ReclaimMode::On,

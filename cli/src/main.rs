@@ -1,15 +1,12 @@
 //! `tightwad`: the coordinator's command line.
 
+mod proxy;
 mod spellings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{FromArgMatches, Parser, Subcommand};
-use tightwad_serve::config::{PairingEntry, ProxyConfig};
-use tightwad_serve::engine::VerifyMode;
-use tightwad_serve::server::Proxy;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,7 +29,19 @@ enum Command {
     #[command(
         after_long_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy --log-format json"
     )]
-    Proxy(ProxyArgs),
+    Proxy(proxy::ProxyArgs),
+    /// Make a running proxy re-read its configuration (what SIGHUP does): pairings whose
+    /// settings changed take them for new requests; requests in flight finish on the old ones.
+    #[command(
+        after_long_help = "Examples:\n  tightwad reload\n  tightwad reload --proxy http://10.0.0.1:8088 --json"
+    )]
+    Reload(proxy::ReloadArgs),
+    /// The config file itself: `tightwad config schema` prints its JSON Schema for editors.
+    #[command(after_long_help = "Examples:\n  tightwad config schema > tightwad.schema.json")]
+    Config {
+        #[command(subcommand)]
+        action: proxy::ConfigCommand,
+    },
     /// Check every host, build, model, flag, memory fit, vocabulary, network and the predicted
     /// payoff before anything starts; non-zero exit when something is wrong.
     #[command(
@@ -98,204 +107,16 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Debug)]
-struct ProxyArgs {
-    /// Target llama-server URL (the big model whose output clients get).
-    #[arg(long, env = "TIGHTWAD_TARGET")]
-    target: Option<String>,
-    /// Draft llama-server URL (a small model with the same vocabulary), or `prompt-lookup` to
-    /// draft from the context itself. Without it: target-only.
-    #[arg(long, env = "TIGHTWAD_DRAFT")]
-    draft: Option<String>,
-    /// Address to listen on.
-    #[arg(long, env = "TIGHTWAD_LISTEN")]
-    listen: Option<std::net::SocketAddr>,
-    /// Model name clients use (default "tightwad").
-    #[arg(long)]
-    model_name: Option<String>,
-    /// Draft tokens per round (k); the target needs -np k+1.
-    #[arg(long)]
-    draft_tokens: Option<usize>,
-    /// Never speculate while the target alone is faster than this (tokens/s).
-    #[arg(long)]
-    disable_above_tok_s: Option<f64>,
-    /// While the draft server is down, draft from the context itself (prompt lookup).
-    #[arg(long)]
-    prompt_lookup_fallback: bool,
-    /// The target runs llama.cpp's own speculation (`-md` with the draft on a remote rpc-server);
-    /// the proxy steers how many tokens it drafts per request. With --draft as well, each request
-    /// takes whichever path (proxy rounds or native) has been delivering more tokens/s.
-    #[arg(long)]
-    native: bool,
-    /// Speculate every round with --draft-tokens, even where the controller would switch it off.
-    #[arg(long)]
-    no_adaptive: bool,
-    /// How the target verifies drafts: `auto` (one pass when the target's llama-server has the
-    /// bundled patch, else one prompt per position), `one-pass`, or `multi-prompt`.
-    #[arg(long, value_enum)]
-    verify: Option<VerifyArg>,
-    /// An API key clients must send as `Authorization: Bearer KEY` (adds to the file's keys).
-    #[arg(long, env = "TIGHTWAD_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// Log format on stderr: `text` for people, `json` for journald/log shippers.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIGHTWAD_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum VerifyArg {
-    Auto,
-    OnePass,
-    MultiPrompt,
-}
-
-impl From<VerifyArg> for VerifyMode {
-    fn from(v: VerifyArg) -> Self {
-        match v {
-            VerifyArg::Auto => VerifyMode::Auto,
-            VerifyArg::OnePass => VerifyMode::OnePass,
-            VerifyArg::MultiPrompt => VerifyMode::MultiPrompt,
-        }
-    }
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// stderr in the chosen format, plus the in-memory ring `tightwad logs proxy` reads
-/// (`tightwad_serve::logring`), always plain text.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ring = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_writer(tightwad_serve::logring::make);
-    let registry = tracing_subscriber::registry().with(filter).with(ring);
-    if format == LogFormat::Json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init();
-    } else {
-        // Colour only on a terminal: piped into a file or journald, escape codes are noise.
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_writer(std::io::stderr),
-            )
-            .init();
-    }
-}
-
-fn proxy_config(args: &ProxyArgs, file: Option<&PathBuf>) -> anyhow::Result<ProxyConfig> {
-    let mut config = match file {
-        Some(path) => ProxyConfig::load(path)?,
-        None => ProxyConfig::default(),
-    };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(key) = &args.api_key {
-        config.api_keys.push(key.clone());
-    }
-    if let Some(target) = &args.target {
-        let entry = PairingEntry::new(target.clone(), args.draft.clone());
-        if config.pairings.is_empty() {
-            config.pairings.push(entry);
-        } else {
-            config.pairings[0].target = entry.target;
-            config.pairings[0].draft = entry.draft;
-        }
-    } else if args.draft.is_some() && config.pairings.is_empty() {
-        anyhow::bail!("--draft needs a --target to draft for");
-    }
-    if let Some(first) = config.pairings.first_mut() {
-        if let Some(name) = &args.model_name {
-            first.name = Some(name.clone());
-        }
-        if let Some(k) = args.draft_tokens {
-            first.draft_tokens = k;
-        }
-        if args.prompt_lookup_fallback {
-            first.prompt_lookup_fallback = true;
-        }
-        if args.native {
-            first.native = true;
-        }
-        if args.no_adaptive {
-            first.adaptive = false;
-        }
-        if let Some(v) = args.verify {
-            first.verify = v.into();
-        }
-        if let Some(limit) = args.disable_above_tok_s {
-            first.disable_above_tok_s = Some(limit);
-        }
-    }
-    config.validate()?;
-    Ok(config)
-}
-
 /// The config file the fleet commands read and `init` writes: `-c FILE` or `./tightwad.toml`.
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| PathBuf::from("tightwad.toml"))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Proxy(args) => {
-            init_logging(args.log_format);
-            // `-c FILE`, else `./tightwad.toml` when there is one, like the other commands.
-            let default = PathBuf::from("tightwad.toml");
-            let file = cli
-                .config
-                .clone()
-                .or_else(|| default.is_file().then(|| default.clone()));
-            let config = proxy_config(&args, file.as_ref()).map_err(|e| match file {
-                Some(_) => e,
-                None => e.context(tightwad_coordinator::cluster::config::missing_config(
-                    &default,
-                )),
-            })?;
-            let proxy = Proxy::bind(&config).await?;
-            tightwad_coordinator::hosts_view::attach(&proxy, &config);
-            // Under systemd (`Type=notify`): ready, the socket listens and serving starts now;
-            // the targets are checked in the background (`/health` says how they are).
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            proxy
-                .serve(shutdown_signal())
-                .await
-                .context("proxy stopped")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Proxy(args) => proxy::run(args, cli.config).await,
+        Command::Reload(args) => proxy::reload(args, cli.config).await,
+        Command::Config { action } => proxy::config(action),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tightwad", &mut std::io::stdout());

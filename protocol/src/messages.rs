@@ -333,7 +333,8 @@ pub struct AgentStatus {
     pub inventory: Inventory,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a supervised process is (`kind` in agent.toml's `[[process]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProcessKind {
     LlamaServer,

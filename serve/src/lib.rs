@@ -9,7 +9,8 @@
 //!   acceptance rule ([`engine::verify`]) and output assembly ([`engine::output`]);
 //! - [`backend`]: the clients for the inference servers (llama.cpp's `llama-server`, vLLM);
 //! - [`metrics`]: counters behind `/metrics` and `/v1/tightwad/stats`;
-//! - [`config`] and [`server`]: how a proxy is described and started;
+//! - [`config`] and [`server`]: how a proxy is described (file, environment, flags) and started;
+//! - [`reload`]: new pairing settings without a restart (SIGHUP, `tightwad reload`);
 //! - [`logring`]: the proxy's own recent log, for `tightwad logs proxy`.
 
 pub mod api;
@@ -18,4 +19,5 @@ pub mod config;
 pub mod engine;
 pub mod logring;
 pub mod metrics;
+pub mod reload;
 pub mod server;

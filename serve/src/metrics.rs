@@ -18,8 +18,9 @@ struct PairingLabel {
     pairing: String,
 }
 
-/// How a request was served.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, Serialize)]
+/// How a request was served: `served_by="target_only"` in `/metrics`, `"target_only"` in the
+/// stats JSON and the `tightwad` field of replies — one snake_case spelling everywhere.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServedBy {
     /// Draft→verify rounds (possibly finishing target-only after a draft failure).
@@ -30,6 +31,27 @@ pub enum ServedBy {
     Passthrough,
     /// The request failed.
     Error,
+}
+
+impl ServedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedBy::Speculative => "speculative",
+            ServedBy::TargetOnly => "target_only",
+            ServedBy::Passthrough => "passthrough",
+            ServedBy::Error => "error",
+        }
+    }
+}
+
+/// The label value is the JSON spelling (the derive would write the variant name, `TargetOnly`).
+impl EncodeLabelValue for ServedBy {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -493,6 +515,7 @@ mod tests {
         let m = Metrics::new();
         let p = m.pairing("smol");
         p.request(ServedBy::Speculative);
+        p.request(ServedBy::TargetOnly);
         p.round(4, 3);
         p.round(4, 1);
         let s = p.snapshot();
@@ -511,8 +534,17 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("tightwad_requests_total{pairing=\"smol\",served_by=\"Speculative\"} 1"),
+            text.contains("tightwad_requests_total{pairing=\"smol\",served_by=\"speculative\"} 1"),
             "{text}"
+        );
+        // One spelling of a label value: the JSON's snake_case, never the Rust variant name.
+        assert!(
+            text.contains("tightwad_requests_total{pairing=\"smol\",served_by=\"target_only\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::to_value(ServedBy::TargetOnly).expect("json"),
+            ServedBy::TargetOnly.as_str()
         );
     }
 }

@@ -20,6 +20,9 @@ use crate::api::{self, AppState};
 use crate::config::ProxyConfig;
 use crate::engine::Pairing;
 use crate::metrics::Metrics;
+use crate::reload::{PairingSet, ReloadError, ReloadReport, Reloading};
+
+pub use crate::reload::Reloader;
 
 /// A proxy bound to its address, ready to serve.
 pub struct Proxy {
@@ -69,7 +72,8 @@ impl Proxy {
         let state = Arc::new(AppState {
             recent: Default::default(),
             hosts,
-            pairings,
+            pairings: PairingSet::new(pairings),
+            reloader: Default::default(),
             gate,
             metrics,
             max_body_bytes: config.max_body_bytes,
@@ -103,8 +107,20 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    pub fn pairings(&self) -> &[Arc<Pairing>] {
-        &self.state.pairings
+    /// The pairings served now.
+    pub fn pairings(&self) -> Arc<Vec<Arc<Pairing>>> {
+        self.state.pairings.current()
+    }
+
+    /// Let this proxy reload: `reader` reads the configuration again (as it was read for
+    /// `running`) on [`ProxyHandle::reload`] and `POST /v1/tightwad/reload`.
+    pub fn enable_reload(&self, reader: Reloader, running: ProxyConfig) {
+        let _ = self.state.reloader.set(Reloading::new(reader, running));
+    }
+
+    /// A handle that reloads this proxy while it serves (the binary's SIGHUP handler holds one).
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle(self.state.clone())
     }
 
     /// Check every pairing's target once and probe those that answer, so the log says whether
@@ -112,7 +128,7 @@ impl Proxy {
     /// [`Proxy::serve`] does the same in the background; this is for callers that want it done
     /// before serving (tests). It takes at most a few seconds per target.
     pub async fn probe(&self) {
-        for (i, p) in self.state.pairings.iter().enumerate() {
+        for (i, p) in self.state.pairings.current().iter().enumerate() {
             let _ = api::health::check(&self.state, i, p).await;
         }
     }
@@ -194,6 +210,18 @@ impl Proxy {
         let _ = close_tx.send(());
         close_tx.closed().await;
         Ok(())
+    }
+}
+
+/// Reloads a serving proxy's configuration.
+#[derive(Clone)]
+pub struct ProxyHandle(Arc<AppState>);
+
+impl ProxyHandle {
+    /// Read the configuration again and apply the pairings' new settings: requests in flight
+    /// finish on the settings they started with. The outcome is logged too.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        api::reload_now(&self.0)
     }
 }
 

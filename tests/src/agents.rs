@@ -71,7 +71,7 @@ impl AgentProcess {
     /// wrappers that claim another build).
     pub fn start_with_binaries(spec: AgentSpec<'_>, llama: &str, rpc: &str) -> AgentProcess {
         let settings = format!(
-            "ready_timeout_secs = 30\nstop_grace_secs = 3\n[binaries]\nllama_server = \"{llama}\"\nrpc_server = \"{rpc}\"\n"
+            "ready_timeout_s = 30\nstop_grace_s = 3\n[binaries]\nllama_server = \"{llama}\"\nrpc_server = \"{rpc}\"\n"
         );
         Self::start_config(spec, &settings)
     }

@@ -8,7 +8,7 @@
 //! - [`server_process`]: a test server's log file and its wait for `/health`.
 //! - [`llama_server`]: `llama-server` and `ggml-rpc-server`, on loopback or in a namespace.
 //! - [`proxy`]: the proxy in the test's process ([`proxy::RunningProxy`]); [`proxy_process`]: the
-//!   `tightwad proxy` binary as a child process.
+//!   `tightwad proxy` binary as a child process, in a folder and environment of its own.
 //! - [`http`]: JSON posts and streamed (SSE) responses.
 //! - [`exactness`]: token-by-token comparison with the target alone, the prompt set.
 //! - [`sampled`]: sampled answers compared as two samples (the target judges every token).

@@ -27,7 +27,7 @@ kind = "llama-server"
 args = ["-m", "{target}", "--host", "127.0.0.1", "--port", "8081", "-c", "256", "-t", "1"]
 # The health check looks at a port nothing listens on: the server never becomes ready.
 port = 9
-ready_timeout_secs = 3
+ready_timeout_s = 3
 
 [[process]]
 name = "rpc"

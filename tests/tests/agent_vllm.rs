@@ -30,7 +30,7 @@ fn vllm_serve_is_checked_started_reported_and_stopped() {
 name = "vllm"
 kind = "vllm"
 args = ["{model}", "--host", "127.0.0.1", "--port", "8000", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--gpu-memory-utilization", "0.2"]
-ready_timeout_secs = 900
+ready_timeout_s = 900
 "#
     );
     let _runtime = rt.enter();

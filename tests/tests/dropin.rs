@@ -228,8 +228,8 @@ async fn the_requests_sdks_send_are_speculated_and_timed() {
 
     let m = metrics(&proxy.url).await;
     for name in [
-        "tightwad_time_to_first_token_seconds_count{pairing=\"m\",served_by=\"Speculative\"}",
-        "tightwad_request_duration_seconds_count{pairing=\"m\",served_by=\"Speculative\"}",
+        "tightwad_time_to_first_token_seconds_count{pairing=\"m\",served_by=\"speculative\"}",
+        "tightwad_request_duration_seconds_count{pairing=\"m\",served_by=\"speculative\"}",
         "tightwad_round_duration_seconds_count{pairing=\"m\"}",
     ] {
         assert!(metric(&m, name).is_some_and(|n| n >= 1.0), "{name}: {m}");

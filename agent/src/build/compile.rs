@@ -181,7 +181,7 @@ async fn run_streaming(
         Ok(Err(e)) => return Err(format!("{program}: {e}")),
         Err(_) => {
             return Err(format!(
-                "{program} did not finish within {}s ([build] timeout_secs)",
+                "{program} did not finish within {}s ([build] timeout_s)",
                 timeout.as_secs()
             ))
         }

@@ -271,7 +271,7 @@ pub async fn build(
                 jobs,
                 path: path_env.clone(),
                 ccache_dir: &ctx.config.build.ccache_dir,
-                timeout: Duration::from_secs(ctx.config.build.timeout_secs),
+                timeout: Duration::from_secs(ctx.config.build.timeout_s),
             };
             report(
                 progress,

@@ -121,6 +121,8 @@ pub fn systemd(spec: &Spec) -> anyhow::Result<String> {
     match spec.role {
         Role::Proxy => u.push_str(&format!(
             "ExecStart={bin} --config {config} proxy --log-format json\n\
+             # `systemctl reload tightwad`: re-read the pairings; in-flight requests finish as they began.\n\
+             ExecReload=/bin/kill -HUP $MAINPID\n\
              # SIGTERM: stop accepting, let in-flight streams finish, then exit.\n\
              KillSignal=SIGTERM\nTimeoutStopSec=120\n"
         )),
@@ -133,7 +135,9 @@ pub fn systemd(spec: &Spec) -> anyhow::Result<String> {
                 ));
             }
             u.push_str(
-                "# SIGTERM to the agent, which stops its llama-server/rpc-server children itself; whatever\n\
+                "# `systemctl reload`: re-read agent.toml; only servers whose entry changed restart.\n\
+                 ExecReload=/bin/kill -HUP $MAINPID\n\
+                 # SIGTERM to the agent, which stops its llama-server/rpc-server children itself; whatever\n\
                  # is left after TimeoutStopSec gets SIGKILL.\n\
                  KillSignal=SIGTERM\nKillMode=mixed\nTimeoutStopSec=60\n",
             );

@@ -114,7 +114,7 @@ struct Admitted {
 async fn admit(state: &AppState, client: SocketAddr, req: Request) -> Result<Admitted, ApiError> {
     let (permit, body) = admit_body(state, client, req).await?;
     let (body, request) = openai::parse(&body)?;
-    let pairing = state.pairing(request.model.as_deref())?.clone();
+    let pairing = state.pairing(request.model.as_deref())?;
     let permit = wait_turn(state, &pairing, permit).await?;
     Ok(Admitted {
         permit,

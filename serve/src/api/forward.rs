@@ -80,7 +80,7 @@ async fn forward(
         .map(str::to_string);
     let (permit, body) = completions::admit_body(&state, client, req).await?;
     let model = model_of(content_type.as_deref(), &body);
-    let pairing = state.pairing(model.as_deref())?.clone();
+    let pairing = state.pairing(model.as_deref())?;
     let permit = completions::wait_turn(&state, &pairing, permit).await?;
     let response = pairing
         .forward_route(method, &path_and_query, content_type.as_deref(), body)

@@ -54,6 +54,18 @@ impl TargetHealth {
             .flatten()
     }
 
+    /// Drop what is known of pairing `i` (a reload changed it): the next look checks it anew.
+    pub(crate) fn forget(&self, i: usize) {
+        if let Some(slot) = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(i)
+        {
+            *slot = None;
+        }
+    }
+
     /// Record a check; the previous result, to log only changes.
     fn set(&self, i: usize, result: Result<(), String>) -> Option<Result<(), String>> {
         let mut checks = self
@@ -100,7 +112,7 @@ pub fn spawn_monitor(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let mut all_ok = true;
-            for (i, p) in state.pairings.iter().enumerate() {
+            for (i, p) in state.pairings.current().iter().enumerate() {
                 all_ok &= check(&state, i, p).await.is_ok();
             }
             let every = if all_ok {
@@ -121,9 +133,10 @@ pub(super) async fn health(
     headers: axum::http::HeaderMap,
 ) -> Response {
     let detailed = state.gate.authorize(&headers).is_ok();
-    let mut pairings = Vec::with_capacity(state.pairings.len());
+    let serving = state.pairings.current();
+    let mut pairings = Vec::with_capacity(serving.len());
     let mut any_ok = false;
-    for (i, p) in state.pairings.iter().enumerate() {
+    for (i, p) in serving.iter().enumerate() {
         let result = match state.health.get(i) {
             Some(c) if c.at.elapsed() < EVERY_WHEN_OK * 2 => c.result,
             _ => check(&state, i, p).await,

@@ -31,7 +31,10 @@ use error::ApiError;
 
 /// Everything the handlers share.
 pub struct AppState {
-    pub pairings: Vec<Arc<Pairing>>,
+    /// The pairings served now; a reload swaps them (see [`crate::reload`]).
+    pub pairings: crate::reload::PairingSet,
+    /// Re-reads the configuration for `POST /v1/tightwad/reload` (none: reload unavailable).
+    pub reloader: std::sync::OnceLock<crate::reload::Reloading>,
     pub recent: dashboard::RecentRequests,
     pub hosts: Arc<dashboard::HostsView>,
     pub gate: Arc<guard::Gate>,
@@ -54,32 +57,45 @@ impl AppState {
     fn unknown_pairing(&self, name: &str) -> ApiError {
         let names: Vec<String> = self
             .pairings
+            .current()
             .iter()
             .map(|p| p.config.name.clone())
             .collect();
         ApiError::model_not_found(name, &names).with_code("pairing_not_found")
     }
 
-    fn pairing(&self, model: Option<&str>) -> Result<&Arc<Pairing>, ApiError> {
+    /// The pairing a request is served by, by its name or one of its aliases; the request keeps
+    /// it to its end (a reload meanwhile does not change its settings).
+    fn pairing(&self, model: Option<&str>) -> Result<Arc<Pairing>, ApiError> {
+        let pairings = self.pairings.current();
         match model {
             // A client that names no model gets the first pairing (curl users, simple scripts).
-            None | Some("") => self
-                .pairings
+            None | Some("") => pairings
                 .first()
+                .cloned()
                 .ok_or_else(|| ApiError::model_not_found("", &[])),
-            Some(name) => self
-                .pairings
+            Some(name) => pairings
                 .iter()
-                .find(|p| p.config.name == name)
+                .find(|p| p.config.answers_to(name))
+                .cloned()
                 .ok_or_else(|| {
-                    let names: Vec<String> = self
-                        .pairings
+                    let names: Vec<String> = pairings
                         .iter()
-                        .map(|p| p.config.name.clone())
+                        .flat_map(|p| std::iter::once(&p.config.name).chain(&p.config.aliases))
+                        .cloned()
                         .collect();
                     ApiError::model_not_found(name, &names)
                 }),
         }
+    }
+
+    /// The pairing named `name` (its name, not an alias: the control routes name pairings).
+    fn pairing_named(&self, name: &str) -> Option<Arc<Pairing>> {
+        self.pairings
+            .current()
+            .iter()
+            .find(|p| p.config.name == name)
+            .cloned()
     }
 }
 
@@ -104,6 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tightwad/pairings/{name}/drain", post(drain_pairing))
         .route("/v1/tightwad/pairings/{name}/resume", post(resume_pairing))
         .route("/v1/tightwad/logs", get(proxy_logs))
+        .route("/v1/tightwad/reload", post(reload))
         .route("/v1/tightwad/dashboard", get(dashboard::data))
         .route(
             "/v1/tightwad/pairings/{name}/speculation",
@@ -171,12 +188,15 @@ async fn models(
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.gate.authorize(&headers)?;
+    // Each pairing under its name, then under each alias (clients pick from this list).
     let data: Vec<Value> = state
         .pairings
+        .current()
         .iter()
-        .map(|p| {
+        .flat_map(|p| std::iter::once(&p.config.name).chain(&p.config.aliases))
+        .map(|id| {
             json!({
-                "id": p.config.name,
+                "id": id,
                 "object": "model",
                 "created": state.started,
                 "owned_by": "tightwad",
@@ -204,6 +224,7 @@ async fn stats(
     state.gate.authorize(&headers)?;
     let pairings: Vec<Value> = state
         .pairings
+        .current()
         .iter()
         .map(|p| {
             let mut v = serde_json::to_value(p.metrics.snapshot()).unwrap_or(Value::Null);
@@ -213,6 +234,7 @@ async fn stats(
                 m.insert("target_kind".into(), json!(p.config.target_kind.as_str()));
                 m.insert("draft_kind".into(), json!(p.config.draft_kind.as_str()));
                 m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
+                m.insert("aliases".into(), json!(p.config.aliases));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("verification".into(), json!(p.verification_view()));
                 if let Some(steering) = p.native_steering_view() {
@@ -293,6 +315,48 @@ async fn drain_pairing(
     }
 }
 
+/// A reload of `state`, logged (shared by the binary's SIGHUP through
+/// `server::ProxyHandle::reload` and `POST /v1/tightwad/reload`).
+pub(crate) fn reload_now(
+    state: &AppState,
+) -> Result<crate::reload::ReloadReport, crate::reload::ReloadError> {
+    let Some(reloading) = state.reloader.get() else {
+        return Err(crate::reload::ReloadError::Invalid(
+            "this proxy was started without a configuration to re-read".into(),
+        ));
+    };
+    let result = reloading.reload(&state.pairings, &state.metrics);
+    match &result {
+        Ok(report) => {
+            for (i, p) in state.pairings.current().iter().enumerate() {
+                if report.changed.contains(&p.config.name) {
+                    state.health.forget(i);
+                }
+            }
+            for w in &report.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(changed = ?report.changed, unchanged = ?report.unchanged, "configuration reloaded");
+        }
+        Err(e) => tracing::warn!("reload refused: {e}"),
+    }
+    result
+}
+
+/// `POST /v1/tightwad/reload` (`tightwad reload`): re-read the configuration like SIGHUP does;
+/// 200 with the pairings changed and kept, 400 with the reason when nothing was changed.
+async fn reload(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.gate.authorize_control(&headers, client.ip())?;
+    match reload_now(&state) {
+        Ok(report) => Ok(Json(json!(report))),
+        Err(e) => Err(ApiError::invalid(e.to_string(), None).with_code("reload_refused")),
+    }
+}
+
 /// `POST /v1/tightwad/pairings/{name}/resume`: requests flow again; the pairing re-probes its
 /// servers (the target may now hold another model).
 async fn resume_pairing(
@@ -302,7 +366,7 @@ async fn resume_pairing(
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.gate.authorize_control(&headers, client.ip())?;
-    if let Some(p) = state.pairings.iter().find(|p| p.config.name == name) {
+    if let Some(p) = state.pairing_named(&name) {
         p.invalidate().await;
     }
     match state.drains.resume(&name) {

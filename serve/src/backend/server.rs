@@ -18,21 +18,27 @@ use super::types::{Completion, Role, Sampling, StreamEvent, TokenId};
 use super::vllm::VllmServer;
 use super::BackendError;
 
-/// Which server software runs at a URL (`kind` in a pairing's config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which server software runs at a URL (`target_kind`/`draft_kind` in a pairing's config).
+///
+/// Spelled like the agent's process kinds (`llama-server`, `vllm`); the old `llamacpp` is still
+/// read, with a warning at load (see `config::spellings`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 pub enum BackendKind {
     /// llama.cpp's `llama-server`.
     #[default]
+    #[serde(rename = "llama-server", alias = "llamacpp")]
     Llamacpp,
     /// `vllm serve` (its OpenAI-compatible server).
+    #[serde(rename = "vllm")]
     Vllm,
 }
 
 impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            BackendKind::Llamacpp => "llamacpp",
+            BackendKind::Llamacpp => "llama-server",
             BackendKind::Vllm => "vllm",
         }
     }

@@ -36,10 +36,13 @@ pub(super) const DRAFT_RETRY_AFTER: Duration = Duration::from_secs(10);
 pub(super) const REPROBE_AFTER: Duration = Duration::from_secs(60);
 
 /// What one pairing is configured with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PairingConfig {
     /// The model name clients use (`model` in requests, listed in `/v1/models`).
     pub name: String,
+    /// Other names clients may ask for this pairing by (config `aliases`, as llama-swap users
+    /// expect): a request for an alias is served exactly like one for `name`.
+    pub aliases: Vec<String>,
     pub target_url: String,
     /// A draft `llama-server` URL, or [`PROMPT_LOOKUP`] to draft from the context itself.
     pub draft_url: Option<String>,
@@ -74,8 +77,25 @@ pub struct PairingConfig {
     pub verify: VerifyMode,
 }
 
+impl PairingConfig {
+    /// Whether a request for `model` is for this pairing: its name or one of its aliases.
+    pub fn answers_to(&self, model: &str) -> bool {
+        self.name == model || self.aliases.iter().any(|a| a == model)
+    }
+}
+
 /// How a llama.cpp target verifies a draft.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifyMode {
     /// One sequence when the target advertises client drafts, else one prompt per position.

@@ -51,6 +51,7 @@ fn ending_at(base: NextToken, len: usize) -> NextToken {
 
 fn config(k: usize) -> PairingConfig {
     PairingConfig {
+        aliases: Vec::new(),
         name: "sim".into(),
         target_url: "simulated://target".into(),
         draft_url: Some("simulated://draft".into()),
@@ -265,4 +266,30 @@ async fn pipelined_drafting_is_exact_and_wins_on_full_acceptance() {
         g.prefetched > 0,
         "an always-right draft must win its bets: {g:?}"
     );
+}
+
+/// `moe = true` in a pairing's config (what `tightwad init` writes for a target with experts)
+/// holds an adaptive controller's k at 4 with `draft_tokens = 8` while verification has not been
+/// measured cheap: no round drafts more than 4. (At `draft_tokens` <= 4 it cannot act; the proxy
+/// warns at startup, see `config::check`.)
+#[tokio::test]
+async fn moe_holds_k_at_four_below_a_draft_tokens_of_eight() {
+    let moe = PairingConfig {
+        adaptive: true,
+        moe: true,
+        ..config(8)
+    };
+    let target = Arc::new(SimulatedServer::new(model(2), EOS));
+    let p = pairing(moe, &target, Some(SimulatedServer::new(model(2), EOS)));
+    p.set_override(Some(true));
+    let prompt = prompts().remove(0);
+    let (_, g) = generate(&p, &prompt, 60, &[]).await;
+    let (_, want) = target_alone(model(2), &prompt, 60, &[]).await;
+    assert_eq!(g.token_ids, want.token_ids);
+    assert_eq!(g.served_by, ServedBy::Speculative, "{g:?}");
+    assert!(
+        g.rounds > 0 && g.drafted <= 4 * g.rounds,
+        "a round drafted more than 4: {g:?}"
+    );
+    assert!(p.controller_view().k <= 4, "{:?}", p.controller_view());
 }

@@ -54,9 +54,7 @@ pub async fn set_speculation(
         }
     };
     let pairing = state
-        .pairings
-        .iter()
-        .find(|p| p.config.name == name)
+        .pairing_named(&name)
         .ok_or_else(|| state.unknown_pairing(&name))?;
     pairing.set_override(forced);
     info!(pairing = %name, mode = %body.mode, %client, "speculation set by an operator");

@@ -65,7 +65,7 @@ impl Dashboard {
             loop {
                 tick.tick().await;
                 let Some(state) = weak.upgrade() else { return };
-                for p in &state.pairings {
+                for p in state.pairings.current().iter() {
                     state.dashboard.sample(p);
                 }
             }

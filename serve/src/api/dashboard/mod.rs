@@ -88,7 +88,7 @@ pub async fn data(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.gate.authorize(&headers)?;
-    Ok(Json(state.dashboard.json(&state.pairings)))
+    Ok(Json(state.dashboard.json(&state.pairings.current())))
 }
 
 /// The hosts' status as last asked of their agents (refreshed in the background when the config

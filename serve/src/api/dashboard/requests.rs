@@ -149,7 +149,8 @@ impl AppState {
     /// Record a finished generation for the dashboard, its path named with the pairing's
     /// verification (one-pass, multi-prompt) or native pairing.
     pub(in crate::api) fn record_generation(&self, id: &str, model: &str, g: &Generation) {
-        let pairing = self.pairings.iter().find(|p| p.config.name == model);
+        let pairings = self.pairings.current();
+        let pairing = pairings.iter().find(|p| p.config.answers_to(model));
         let native = pairing.is_some_and(|p| p.config.native && p.drafter_views().is_empty());
         let verification = pairing.and_then(|p| p.verification_view());
         let path = path_words(g.served_by, verification.as_ref(), native);

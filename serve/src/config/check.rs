@@ -1,0 +1,133 @@
+//! Whether a configuration can run ([`ProxyConfig::validate`]) and what in it cannot do what
+//! it says ([`ProxyConfig::advice`]): settings that cannot act and an open listener are warned
+//! about at startup rather than silently accepted.
+
+use std::collections::HashMap;
+
+use super::{ConfigError, ProxyConfig};
+use crate::backend::BackendKind;
+use crate::engine::controller::{K_MAX, MOE_K_MAX};
+
+impl ProxyConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client as u64,
+            ),
+            ("header_read_timeout_s", self.header_read_timeout_s),
+            ("body_read_timeout_s", self.body_read_timeout_s),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if self.pairings.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no target configured: pass --target URL or add a [[pairings]] table".into(),
+            ));
+        }
+        for (i, p) in self.pairings.iter().enumerate() {
+            let draft_url = p
+                .draft
+                .as_ref()
+                .filter(|d| d.as_str() != crate::engine::PROMPT_LOOKUP);
+            let listed = p.drafts.iter().map(|u| ("drafts", Some(u)));
+            for (what, url) in [("target", Some(&p.target)), ("draft", draft_url)]
+                .into_iter()
+                .chain(listed)
+            {
+                if let Some(url) = url {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(ConfigError::Invalid(format!(
+                            "pairing {i}: {what} URL {url:?} must start with http:// or https://"
+                        )));
+                    }
+                }
+            }
+            if p.drafts.iter().any(|d| d == crate::engine::PROMPT_LOOKUP) {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: drafts lists draft servers; use draft = \"prompt-lookup\" (or prompt_lookup_fallback = true) for prompt lookup"
+                )));
+            }
+            if p.native && !p.drafts.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: a native pairing drafts inside the target; remove drafts"
+                )));
+            }
+            if p.native && p.target_kind != BackendKind::Llamacpp {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: native = true needs a llama.cpp target (llama.cpp's own speculation); with target_kind = \"{}\" give a draft URL instead",
+                    p.target_kind.as_str()
+                )));
+            }
+            let k_max = K_MAX;
+            if p.draft_tokens == 0 || p.draft_tokens > k_max {
+                return Err(ConfigError::Invalid(format!(
+                    "pairing {i}: draft_tokens must be between 1 and {k_max} (the most the controller drafts per round), got {}",
+                    p.draft_tokens
+                )));
+            }
+        }
+        self.check_model_names()
+    }
+
+    /// Every model name (pairing names and aliases) answers for one pairing only.
+    fn check_model_names(&self) -> Result<(), ConfigError> {
+        let mut owner: HashMap<String, usize> = HashMap::new();
+        for (i, p) in self.pairings.iter().enumerate() {
+            let name = p.to_pairing_config(i).name;
+            for model in std::iter::once(&name).chain(&p.aliases) {
+                if model.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "pairing {i}: a model name or alias is empty"
+                    )));
+                }
+                if let Some(first) = owner.insert(model.clone(), i) {
+                    if first != i || model != &name {
+                        return Err(ConfigError::Invalid(format!(
+                            "model name {model:?} is used by pairing {first} and pairing {i}: each name and alias must pick one pairing"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sentences for the log: settings that cannot act as written, and a listener open to the
+    /// network with no API key. Empty when nothing needs saying.
+    pub fn advice(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.listen.ip().is_loopback() && self.api_keys.is_empty() {
+            out.push(format!(
+                "NO API KEYS while listening on {} (not loopback): anyone who can reach this address can use every model. Set api_keys = [\"...\"] in the config (or TIGHTWAD_API_KEY), or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        for (i, p) in self.pairings.iter().enumerate() {
+            let name = p.to_pairing_config(i).name;
+            if !p.adaptive {
+                if let Some(limit) = p.disable_above_tok_s {
+                    out.push(format!(
+                        "pairing {name:?}: disable_above_tok_s = {limit} has no effect with adaptive = false (speculation is pinned on every round); remove one of them"
+                    ));
+                }
+            }
+            if p.moe {
+                if !p.adaptive {
+                    out.push(format!(
+                        "pairing {name:?}: moe = true has no effect with adaptive = false (every round drafts draft_tokens = {}); remove one of them",
+                        p.draft_tokens
+                    ));
+                } else if p.draft_tokens <= MOE_K_MAX {
+                    out.push(format!(
+                        "pairing {name:?}: moe = true has no effect at draft_tokens = {} (it holds k at {MOE_K_MAX} or less until verifying {K_MAX} tokens is measured cheap); set draft_tokens = {K_MAX} to let the controller go higher once it is, or remove moe",
+                        p.draft_tokens
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
