@@ -101,10 +101,6 @@ fn old_flags_from_the_table() -> BTreeSet<String> {
     old
 }
 
-/// `tightwad proxy`'s flags are renamed in its own module by its owner, from the same table;
-/// until that lands its `--model-name` is the one old spelling allowed to show.
-const PROXY_PENDING: &[(&str, &str)] = &[("proxy", "--model-name")];
-
 #[test]
 fn every_argument_has_help_and_no_command_spells_a_concept_the_old_way() {
     let old = old_flags_from_the_table();
@@ -127,8 +123,7 @@ fn every_argument_has_help_and_no_command_spells_a_concept_the_old_way() {
                 no_help.push(format!("tightwad {name}: {}", entry.spec));
             }
             for flag in entry.spec.split([',', ' ']).filter(|w| w.starts_with("--")) {
-                let pending = PROXY_PENDING.contains(&(name.as_str(), flag));
-                if old.contains(flag) && !pending {
+                if old.contains(flag) {
                     old_spelled.push(format!("tightwad {name}: {flag}"));
                 }
             }
