@@ -427,7 +427,7 @@ fn gpt_oss_120b_on_a_12_gb_rpc_worker_is_refused_with_numbers_and_replanned() {
 }
 
 /// A header is a claim: 4 billion blocks made `from_gguf` allocate two tables of 4 billion
-/// entries (64 GB: the process died), found by `fuzz/fuzz_targets/gguf_header.rs`. The count is
+/// entries (64 GB: the process died), seen while writing `fuzz/fuzz_targets/gguf_header.rs`. The count is
 /// capped at llama.cpp's own limit.
 #[test]
 fn a_header_claiming_billions_of_blocks_allocates_tables_of_at_most_max_layers() {
