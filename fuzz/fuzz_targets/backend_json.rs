@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tightwad_serve::backend::types::{Completion, StreamEvent};
 use tightwad_serve::backend::llamacpp::{parse_metric, Props};
+use tightwad_serve::backend::types::{Completion, StreamEvent};
 
 fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<Completion>(data);

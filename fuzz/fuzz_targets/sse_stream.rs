@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use libfuzzer_sys::fuzz_target;
-use tightwad_serve::backend::types::Role;
 use tightwad_serve::backend::sse::decode_sse_chunks;
+use tightwad_serve::backend::types::Role;
 
 /// Decode `chunks` and describe each event (the event types have no `PartialEq`; their `Debug`
 /// text shows every field, which is what a client would get).

@@ -102,7 +102,9 @@ impl GgufModel {
     }
     /// Bytes the tensor table says the data section holds.
     pub fn tensor_table_bytes(&self) -> u64 {
-        self.tensors.iter().map(|t| t.bytes).sum()
+        self.tensors
+            .iter()
+            .fold(0, |sum, t| sum.saturating_add(t.bytes))
     }
     /// Bytes missing at the end of the file (0 for a complete file).
     pub fn missing_bytes(&self) -> u64 {

@@ -90,7 +90,7 @@ pub struct ModelBytes {
 impl ModelBytes {
     pub fn from_gguf(model: &GgufModel) -> Self {
         let s = &model.summary;
-        let n_layer = s.block_count.unwrap_or_else(|| {
+        let n_layer = layer_count(s.block_count.unwrap_or_else(|| {
             model
                 .tensors
                 .iter()
@@ -98,7 +98,7 @@ impl ModelBytes {
                 .max()
                 .map(|l| l as u64 + 1)
                 .unwrap_or(0)
-        }) as u32;
+        }));
         let mut layer = vec![0u64; n_layer as usize];
         let mut experts = vec![0u64; n_layer as usize];
         let (mut input, mut output) = (0u64, 0u64);
@@ -107,31 +107,33 @@ impl ModelBytes {
         for t in &model.tensors {
             match role_of(&t.name) {
                 TensorRole::Input => {
-                    input += t.bytes;
+                    input = input.saturating_add(t.bytes);
                     if t.name == "token_embd.weight" {
                         token_embd = t.bytes;
                     }
                 }
                 TensorRole::Output => {
-                    output += t.bytes;
+                    output = output.saturating_add(t.bytes);
                     has_output_weight |= t.name == "output.weight";
                 }
                 role @ (TensorRole::Layer | TensorRole::Expert) => {
                     let Some(i) = t.layer().filter(|i| *i < n_layer) else {
-                        input += t.bytes;
+                        input = input.saturating_add(t.bytes);
                         continue;
                     };
                     if role == TensorRole::Expert {
-                        experts[i as usize] += t.bytes;
+                        let e = &mut experts[i as usize];
+                        *e = e.saturating_add(t.bytes);
                     } else {
-                        layer[i as usize] += t.bytes;
+                        let l = &mut layer[i as usize];
+                        *l = l.saturating_add(t.bytes);
                     }
                 }
             }
         }
         let output_tied = !has_output_weight && token_embd > 0;
         if output_tied {
-            output += token_embd;
+            output = output.saturating_add(token_embd);
         }
         let kv_per_token_layer = match s.block_count {
             Some(b) if b > 0 => s.kv_cache_bytes(1).unwrap_or(0) / b,
@@ -159,7 +161,7 @@ impl ModelBytes {
     /// layers of `vocab x embd` at the file's average bytes per parameter. Doctor uses it on
     /// remote files; `inspect` reads the tensor table and needs no approximation.
     pub fn from_summary(s: &tightwad_protocol::messages::GgufSummary, file_bytes: u64) -> Self {
-        let n_layer = s.block_count.unwrap_or(1).max(1) as u32;
+        let n_layer = layer_count(s.block_count.unwrap_or(1)).max(1);
         let total = if s.tensor_bytes > 0 {
             s.tensor_bytes
         } else {
@@ -167,11 +169,13 @@ impl ModelBytes {
         };
         let per_param = total as f64 / s.parameter_count.max(1) as f64;
         let io = match (s.vocab_size, s.embedding_length) {
-            (Some(v), Some(e)) => ((v * e) as f64 * per_param) as u64,
+            (Some(v), Some(e)) => (v as f64 * e as f64 * per_param) as u64,
             _ => 0,
         };
         let experts = s.expert_tensor_bytes.min(total);
-        let rest = total.saturating_sub(experts).saturating_sub(2 * io);
+        let rest = total
+            .saturating_sub(experts)
+            .saturating_sub(io.saturating_mul(2));
         let n = n_layer as u64;
         ModelBytes {
             n_layer,
@@ -191,13 +195,16 @@ impl ModelBytes {
     }
 
     pub fn total_weights(&self) -> u64 {
-        self.input
-            + if self.output_tied { 0 } else { self.output }
-            + self.layer.iter().sum::<u64>()
-            + self.experts.iter().sum::<u64>()
+        let output = if self.output_tied { 0 } else { self.output };
+        saturating_sum(
+            [self.input, output]
+                .into_iter()
+                .chain(self.layer.iter().copied())
+                .chain(self.experts.iter().copied()),
+        )
     }
     pub fn expert_weights(&self) -> u64 {
-        self.experts.iter().sum()
+        saturating_sum(self.experts.iter().copied())
     }
     pub fn is_moe(&self) -> bool {
         self.expert_weights() > 0
@@ -292,13 +299,18 @@ pub struct DeviceUse {
 
 impl DeviceUse {
     pub fn model_bytes(&self) -> u64 {
-        self.weights_bytes + self.expert_bytes
+        self.weights_bytes.saturating_add(self.expert_bytes)
     }
     pub fn total_bytes(&self) -> u64 {
-        self.weights_bytes + self.expert_bytes + self.kv_bytes + self.compute_bytes
+        saturating_sum([
+            self.weights_bytes,
+            self.expert_bytes,
+            self.kv_bytes,
+            self.compute_bytes,
+        ])
     }
     pub fn fits(&self, headroom: u64) -> bool {
-        self.total_bytes() + headroom <= self.capacity_bytes
+        self.total_bytes().saturating_add(headroom) <= self.capacity_bytes
     }
 }
 
@@ -331,18 +343,34 @@ fn gib(bytes: u64) -> String {
     }
 }
 
+/// The most blocks a model llama.cpp loads may have (`LLAMA_MAX_LAYERS`). A header that claims
+/// more describes no model llama.cpp can run; capping the count there bounds the per-block tables
+/// a hostile header could otherwise make us allocate (4 billion blocks: 64 GB).
+pub const MAX_LAYERS: u32 = 512;
+
+/// A claimed block count, capped at [`MAX_LAYERS`].
+fn layer_count(claimed: u64) -> u32 {
+    claimed.min(MAX_LAYERS as u64) as u32
+}
+
+/// Byte counts add up without wrapping: a header's sizes are claims, and an absurd one must read
+/// as "does not fit", never wrap around to a small number (or panic in a debug build).
+fn saturating_sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
+}
+
 fn context_of(model: &ModelBytes, options: &PlanOptions) -> u64 {
     let c = options
         .context
         .filter(|c| *c > 0)
         .unwrap_or(model.context_length);
     // llama.cpp pads the KV cache to 256 cells.
-    c.div_ceil(256) * 256
+    c.div_ceil(256).saturating_mul(256)
 }
 
 fn kv_layer_bytes(model: &ModelBytes, options: &PlanOptions, context: u64) -> u64 {
     // kv_per_token_layer is K+V at 2 bytes each: scale each half by its cache type.
-    let f16 = (model.kv_per_token_layer * context) as f64;
+    let f16 = model.kv_per_token_layer as f64 * context as f64;
     (f16 * (options.cache_k_bytes + options.cache_v_bytes) / 4.0) as u64
 }
 
@@ -351,7 +379,11 @@ fn kv_layer_bytes(model: &ModelBytes, options: &PlanOptions, context: u64) -> u6
 /// CPU and RPC devices (the placement test states the margin); GPU backends with flash attention
 /// off need more, which the per-device headroom covers.
 fn compute_bytes(model: &ModelBytes, options: &PlanOptions, _holds_output: bool) -> u64 {
-    options.ubatch * 4 * model.n_embd * 8
+    options
+        .ubatch
+        .saturating_mul(4)
+        .saturating_mul(model.n_embd)
+        .saturating_mul(8)
 }
 
 /// The device index of each of the n_layer + 1 slots (blocks, then output), `None` for CPU —
@@ -449,22 +481,24 @@ pub fn evaluate(
             Some((first, _)) => (first, il),
             None => (il, il),
         });
-        u.weights_bytes += model.layer[il as usize];
-        u.kv_bytes += kv;
+        u.weights_bytes = u.weights_bytes.saturating_add(model.layer[il as usize]);
+        u.kv_bytes = u.kv_bytes.saturating_add(kv);
         let experts = model.experts[il as usize];
-        if config.cpu_expert_layers.contains(&il) {
-            uses[cpu].expert_bytes += experts;
+        let holder = if config.cpu_expert_layers.contains(&il) {
+            &mut uses[cpu]
         } else {
-            uses[d].expert_bytes += experts;
-        }
+            &mut uses[d]
+        };
+        holder.expert_bytes = holder.expert_bytes.saturating_add(experts);
     }
     let out = slots[model.n_layer as usize].unwrap_or(cpu);
     uses[out].holds_output = true;
-    uses[out].weights_bytes += if model.output_tied && out == cpu {
+    let output = if model.output_tied && out == cpu {
         0
     } else {
         model.output
     };
+    uses[out].weights_bytes = uses[out].weights_bytes.saturating_add(output);
     for (i, u) in uses.iter_mut().enumerate() {
         if u.layers.is_some() || u.holds_output || i == cpu {
             u.compute_bytes = compute_bytes(model, options, u.holds_output);
@@ -556,22 +590,22 @@ pub fn plan(model: &ModelBytes, target: &Target, options: &PlanOptions) -> Plan 
                 .saturating_sub(compute_bytes(model, options, i == n - 1))
         })
         .collect();
-    let total_usable: u64 = usable.iter().sum();
+    let total_usable = saturating_sum(usable.iter().copied());
     let slot_need = |il: u32| -> u64 {
         if il == n_layer {
             model.output
         } else {
-            model.layer[il as usize] + kv
+            model.layer[il as usize].saturating_add(kv)
         }
     };
     // 1. How many slots (counted from the output backwards) can be offloaded at all.
     let mut gpu_layers = 0u32;
     let mut need = 0u64;
     for il in (0..=n_layer).rev() {
-        if need + slot_need(il) > total_usable {
+        if need.saturating_add(slot_need(il)) > total_usable {
             break;
         }
-        need += slot_need(il);
+        need = need.saturating_add(slot_need(il));
         gpu_layers += 1;
     }
     if gpu_layers == 0 {
@@ -600,7 +634,7 @@ pub fn plan(model: &ModelBytes, target: &Target, options: &PlanOptions) -> Plan 
     for (d, count) in counts.iter().enumerate() {
         let range: Vec<u32> = (at..at + count).filter(|il| *il < n_layer).collect();
         at += count;
-        let base: u64 = (at - count..at).map(&slot_need).sum();
+        let base = saturating_sum((at - count..at).map(&slot_need));
         let mut room = usable[d].saturating_sub(base);
         let rpc = target.devices[d].kind == DeviceKind::Rpc;
         for il in range.iter().rev() {
@@ -730,7 +764,8 @@ fn repair(counts: &mut [u32], usable: &[u64], first: u32, slot_need: &dyn Fn(u32
                 Some(s)
             })
             .collect();
-        let need = |d: usize| -> u64 { (starts[d]..starts[d] + counts[d]).map(slot_need).sum() };
+        let need =
+            |d: usize| -> u64 { saturating_sum((starts[d]..starts[d] + counts[d]).map(slot_need)) };
         let Some(over) = (0..n).find(|d| need(*d) > usable[*d]) else {
             return;
         };

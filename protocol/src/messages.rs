@@ -514,7 +514,12 @@ impl GgufSummary {
         let head_width = self.embedding_length? / heads;
         let k = self.key_length.unwrap_or(head_width);
         let v = self.value_length.unwrap_or(head_width);
-        Some(layers * context * kv_heads * (k + v) * 2)
+        // The numbers come from a file's header (or a peer): `None` where they overflow.
+        layers
+            .checked_mul(context)?
+            .checked_mul(kv_heads)?
+            .checked_mul(k.checked_add(v)?)?
+            .checked_mul(2)
     }
 }
 
@@ -788,6 +793,26 @@ mod tests {
             node_name: "n".into(),
             capabilities: vec![],
         }
+    }
+
+    /// The shape numbers come from a GGUF header (or a peer's summary of one): a product that
+    /// overflows is "unknown", not a panic (debug) or a small wrapped number (release).
+    #[test]
+    fn kv_cache_bytes_of_absurd_shapes_is_unknown() {
+        let summary = GgufSummary {
+            block_count: Some(u64::MAX / 2),
+            head_count: Some(1),
+            embedding_length: Some(u64::MAX),
+            ..GgufSummary::default()
+        };
+        assert_eq!(summary.kv_cache_bytes(4096), None);
+        let small = GgufSummary {
+            block_count: Some(2),
+            head_count: Some(4),
+            embedding_length: Some(256),
+            ..GgufSummary::default()
+        };
+        assert_eq!(small.kv_cache_bytes(10), Some(2 * 10 * 4 * 128 * 2));
     }
 
     #[test]

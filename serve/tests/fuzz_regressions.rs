@@ -1,5 +1,6 @@
 //! Inputs the fuzz targets in `fuzz/` found or probe for, kept as plain tests so they run in every
-//! `cargo test` (the fuzzers themselves need nightly).
+//! `cargo test` (the fuzzers themselves need cargo-fuzz and a nightly, or a bootstrapped stable,
+//! compiler: `scripts/fuzz`).
 
 use std::time::Duration;
 

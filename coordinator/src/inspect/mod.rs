@@ -107,7 +107,7 @@ pub struct Inspection {
 pub fn inspection(path: &Path, model: &GgufModel) -> Inspection {
     let bytes = ModelBytes::from_gguf(model);
     let mut types: BTreeMap<u32, TypeRow> = BTreeMap::new();
-    let mut shared = 0;
+    let mut shared = 0u64;
     for t in &model.tensors {
         let row = types.entry(t.ggml_type).or_insert_with(|| TypeRow {
             ggml_type: ggml::type_name(t.ggml_type),
@@ -115,13 +115,14 @@ pub fn inspection(path: &Path, model: &GgufModel) -> Inspection {
             bytes: 0,
             expert_bytes: 0,
         });
+        // A header's sizes are claims: absurd ones saturate instead of wrapping.
         row.tensors += 1;
-        row.bytes += t.bytes;
+        row.bytes = row.bytes.saturating_add(t.bytes);
         if role_of(&t.name) == TensorRole::Expert {
-            row.expert_bytes += t.bytes;
+            row.expert_bytes = row.expert_bytes.saturating_add(t.bytes);
         }
         if t.name.contains("_shexp") {
-            shared += t.bytes;
+            shared = shared.saturating_add(t.bytes);
         }
     }
     let mut types: Vec<TypeRow> = types.into_values().collect();
@@ -146,7 +147,9 @@ pub fn inspection(path: &Path, model: &GgufModel) -> Inspection {
         weight_bytes: model.tensor_table_bytes(),
         expert_bytes: bytes.expert_weights(),
         shared_expert_bytes: shared,
-        kv_bytes_per_token: bytes.kv_per_token_layer * bytes.n_layer as u64,
+        kv_bytes_per_token: bytes
+            .kv_per_token_layer
+            .saturating_mul(bytes.n_layer as u64),
         types,
         missing_bytes: model.missing_bytes(),
         split_count: s.split_count,

@@ -425,3 +425,58 @@ fn gpt_oss_120b_on_a_12_gb_rpc_worker_is_refused_with_numbers_and_replanned() {
     let back = config_from_args(&m, &p.flags, 3);
     assert_eq!(back, p.config);
 }
+
+/// A header is a claim: 4 billion blocks made `from_gguf` allocate two tables of 4 billion
+/// entries (64 GB: the process died), seen while writing `fuzz/fuzz_targets/gguf_header.rs`. The count is
+/// capped at llama.cpp's own limit.
+#[test]
+fn a_header_claiming_billions_of_blocks_allocates_tables_of_at_most_max_layers() {
+    let bytes = SynthGguf::new("llama")
+        .arch_u32("block_count", u32::MAX)
+        .tensor("blk.4000000000.attn_q.weight", &[32, 32], F32)
+        .header();
+    let model = read_model_header(&bytes[..], bytes.len() as u64).expect("a header");
+    let m = ModelBytes::from_gguf(&model);
+    assert_eq!(m.n_layer, MAX_LAYERS);
+    assert_eq!(m.layer.len(), MAX_LAYERS as usize);
+    let p = plan(&m, &target(vec![gpu("GPU0", 24 << 30)]), &options());
+    assert_eq!(p.devices.len(), 2);
+    let summary = ModelBytes::from_summary(&model.summary, bytes.len() as u64);
+    assert_eq!(summary.layer.len(), MAX_LAYERS as usize);
+}
+
+/// Sizes, context and widths near `u64::MAX` add and multiply without wrapping (a debug build
+/// panicked on the overflow, a release build wrapped to small numbers that "fit"): they saturate
+/// and the plan says the model does not fit.
+#[test]
+fn absurd_sizes_in_a_header_saturate_and_do_not_fit() {
+    let mut g = SynthGguf::new("llama")
+        .arch_u32("block_count", 2)
+        .meta("llama.context_length", Meta::U64(u64::MAX))
+        .meta("llama.embedding_length", Meta::U64(u64::MAX))
+        .arch_u32("attention.head_count", 1);
+    for _ in 0..5 {
+        // 2^20 x 2^40 F32 elements: 2^62 bytes each, five of them.
+        g = g.tensor("token_embd.weight", &[1 << 20, 1 << 40], F32);
+    }
+    let bytes = g
+        .tensor("blk.0.attn_q.weight", &[1 << 20, 1 << 40], F32)
+        .tensor("blk.1.attn_q.weight", &[1 << 20, 1 << 40], F32)
+        .header();
+    let model = read_model_header(&bytes[..], bytes.len() as u64).expect("a header");
+    assert_eq!(model.tensor_table_bytes(), u64::MAX);
+    let m = ModelBytes::from_gguf(&model);
+    assert_eq!(m.input, u64::MAX);
+    assert_eq!(m.total_weights(), u64::MAX);
+    let p = plan(
+        &m,
+        &target(vec![gpu("GPU0", 24 << 30)]),
+        &PlanOptions::default(),
+    );
+    assert!(!p.fits);
+    assert_eq!(
+        p.context,
+        u64::MAX,
+        "the context rounds up to 256 cells, saturated"
+    );
+}

@@ -70,7 +70,12 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let admitted = admit(&state, client, req).await?;
-    let job = plan(&state, endpoint, &admitted.request, admitted.body)?;
+    let job = plan(
+        state.gate.limits(),
+        endpoint,
+        &admitted.request,
+        admitted.body,
+    )?;
     let route = admitted.pairing.route(job).await.inspect_err(|e| {
         // Listed on the dashboard like a generation that failed later.
         state
@@ -162,9 +167,10 @@ pub(super) async fn wait_turn(
 }
 
 /// The engine's job for a parsed request: its plan, with the proxy's `max_tokens` cap applied to
-/// whoever generates (the engine, or the target on a forward).
-fn plan(
-    state: &AppState,
+/// whoever generates (the engine, or the target on a forward). Public for the fuzz targets
+/// (`api::forwarding`).
+pub fn plan(
+    limits: &guard::Limits,
     endpoint: Endpoint,
     request: &OpenAiRequest,
     mut body: serde_json::Value,
@@ -174,19 +180,26 @@ fn plan(
         Endpoint::ChatCompletions => request.max_completion_tokens.or(request.max_tokens),
         Endpoint::Completions => request.max_tokens,
     };
-    if asked == Some(0) {
-        // OpenAI refuses it; llama-server would still generate a token on a forward while the
-        // engine generates none: one answer for both paths.
-        return Err(ApiError::invalid(
-            "`max_tokens` must be at least 1, got 0.",
-            Some("max_tokens"),
-        ));
+    let n_predict = request.extra.get("n_predict").filter(|v| !v.is_null());
+    // OpenAI refuses a count of 0; llama-server would still generate a token on a forward while
+    // the engine generates none: one answer for both paths. `n_predict: 0` too: the engine
+    // treats it as unset (a default value), so it would generate with no count at all — past
+    // `max_tokens_limit` (what fuzz/fuzz_targets/forwarded_request.rs checks).
+    for (field, value) in [
+        ("max_tokens", asked),
+        ("n_predict", n_predict.and_then(|v| v.as_i64())),
+    ] {
+        if value == Some(0) {
+            return Err(ApiError::invalid(
+                format!("`{field}` must be at least 1, got 0."),
+                Some(field),
+            ));
+        }
     }
-    if let Some(limit) = state.gate.limits().max_tokens {
+    if let Some(limit) = limits.max_tokens {
         // Every spelling a target reads is held to the limit (llama-server takes `n_predict`
         // before `max_tokens`; the endpoints differ in which of `max_tokens` and
         // `max_completion_tokens` they honour): none may ask for more, whichever wins.
-        let n_predict = request.extra.get("n_predict").filter(|v| !v.is_null());
         if let Some(v) = n_predict {
             if v.as_i64().is_none_or(|n| n < 0 || n > limit as i64) {
                 return Err(ApiError::invalid(
@@ -213,7 +226,7 @@ fn plan(
                 g.max_tokens = Some(limit);
             }
         }
-    } else if let (Some(default), None) = (state.gate.limits().default_max_tokens, asked) {
+    } else if let (Some(default), None) = (limits.default_max_tokens, asked) {
         // No answer runs to the end of the context unless the configuration says so.
         body["max_tokens"] = json!(default);
         if let Plan::Generate(g) = &mut plan {
@@ -266,4 +279,53 @@ fn is_length_limit(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_tokens: Option<usize>) -> guard::Limits {
+        guard::Limits {
+            api_keys: vec![],
+            max_concurrent: 4,
+            max_concurrent_per_client: 4,
+            max_tokens,
+            default_max_tokens: None,
+            remote_control: false,
+        }
+    }
+
+    fn job(limits: &guard::Limits, body: &str) -> Result<Job, ApiError> {
+        let (value, request) = openai::parse(body.as_bytes()).expect("a valid body");
+        plan(limits, Endpoint::Completions, &request, value)
+    }
+
+    /// `n_predict: 0` passed the limit check and counted as "asked", so nothing capped the
+    /// generation: the engine (which ignores a zero `n_predict`) generated to the end of the
+    /// context, past `max_tokens_limit`. Now refused like `max_tokens: 0`.
+    #[test]
+    fn n_predict_zero_is_refused_rather_than_generating_past_the_limit() {
+        let refused = job(&limits(Some(8)), r#"{"prompt":"x","n_predict":0}"#)
+            .expect_err("n_predict 0 is refused");
+        assert_eq!(refused.status, 400);
+        assert_eq!(refused.param.as_deref(), Some("n_predict"));
+        assert!(job(&limits(None), r#"{"prompt":"x","n_predict":0}"#).is_err());
+    }
+
+    #[test]
+    fn a_generation_under_a_limit_is_capped_at_it() {
+        let limits = limits(Some(8));
+        let Plan::Generate(g) = job(&limits, r#"{"prompt":"x"}"#).expect("planned").plan else {
+            panic!("a plain prompt is generated by the engine");
+        };
+        assert_eq!(g.max_tokens, Some(8));
+        let forwarded = job(&limits, r#"{"prompt":"x","n_predict":4}"#).expect("planned");
+        assert!(matches!(forwarded.plan, Plan::Forward(_)));
+        assert_eq!(
+            forwarded.body["n_predict"], 4,
+            "the client's own count, within the limit"
+        );
+        assert!(job(&limits, r#"{"prompt":"x","n_predict":9}"#).is_err());
+    }
 }

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -79,7 +80,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let (permit, body) = completions::admit_body(&state, client, req).await?;
-    let model = model_of(content_type.as_deref(), &body);
+    let model = model_of(content_type.as_deref(), &body).await;
     let pairing = state.pairing(model.as_deref())?;
     let permit = completions::wait_turn(&state, &pairing, permit).await?;
     let response = pairing
@@ -90,44 +91,70 @@ async fn forward(
 
 /// The model a request names: `model` of a JSON body, or the `model` field of a multipart form
 /// (`/v1/audio/transcriptions`); `None` (the first pairing) otherwise.
-fn model_of(content_type: Option<&str>, body: &[u8]) -> Option<String> {
-    let ct = content_type.unwrap_or("").to_ascii_lowercase();
-    if ct.starts_with("multipart/form-data") {
-        return multipart_field(body, "model");
+pub async fn model_of(content_type: Option<&str>, body: &Bytes) -> Option<String> {
+    let ct = content_type.unwrap_or("");
+    if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+        return form_field(ct, body.clone(), "model").await;
     }
     let v: Value = serde_json::from_slice(body).ok()?;
     v.get("model").and_then(Value::as_str).map(str::to_string)
 }
 
-/// A small text field of a multipart form, without a multipart parser: the part whose headers say
-/// `name="NAME"`, up to the next boundary line.
-fn multipart_field(body: &[u8], name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\"");
-    let at = body
-        .windows(marker.len())
-        .position(|w| w == marker.as_bytes())?;
-    let rest = &body[at + marker.len()..];
-    let start = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let value = &rest[start..];
-    let end = value.windows(2).position(|w| w == b"\r\n")?;
-    let text = std::str::from_utf8(&value[..end]).ok()?;
-    (text.len() <= 256).then(|| text.trim().to_string())
+/// A small text field of a multipart form, read with a real multipart parser (multer, axum's):
+/// the part named NAME that is not a file. Searching the bytes for `name="model"` instead took a
+/// file uploaded as `filename="model"` (or a file's own bytes) for the field, and routed the
+/// request by the file's contents (found by fuzz/fuzz_targets/forwarded_request.rs).
+async fn form_field(content_type: &str, body: Bytes, name: &str) -> Option<String> {
+    /// Model names are short; a longer value names no pairing.
+    const MAX_VALUE: usize = 256;
+    let boundary = multer::parse_boundary(content_type).ok()?;
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some(name) && field.file_name().is_none() {
+            let value = field.bytes().await.ok()?;
+            let text = std::str::from_utf8(&value).ok()?;
+            return (text.len() <= MAX_VALUE).then(|| text.trim().to_string());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn model(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+        futures::executor::block_on(model_of(content_type, &Bytes::copy_from_slice(body)))
+    }
+
     #[test]
     fn the_model_comes_from_json_or_a_form() {
         assert_eq!(
-            model_of(Some("application/json"), br#"{"model":"m","input":"x"}"#).as_deref(),
+            model(Some("application/json"), br#"{"model":"m","input":"x"}"#).as_deref(),
             Some("m")
         );
-        assert_eq!(model_of(None, b"not json"), None);
+        assert_eq!(model(None, b"not json"), None);
         let form = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--b--\r\n";
         assert_eq!(
-            model_of(Some("multipart/form-data; boundary=b"), form).as_deref(),
+            model(Some("multipart/form-data; boundary=b"), form).as_deref(),
+            Some("whisper")
+        );
+    }
+
+    /// A file uploaded under the name `model` (`filename="model"` contains `name="model"`), or
+    /// a file whose bytes contain such a header, routed the request by the file's first line:
+    /// the form's `model` field, after it, was never read (a 404 for a valid request).
+    #[test]
+    fn a_form_routes_by_its_model_field_not_by_a_file_named_model() {
+        let form = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"model\"\r\nContent-Type: audio/wav\r\n\r\nRIFF-bytes\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--b--\r\n";
+        assert_eq!(
+            model(Some("multipart/form-data; boundary=b"), form).as_deref(),
+            Some("whisper")
+        );
+        let smuggled = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nname=\"model\"\r\n\r\nother\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--b--\r\n";
+        assert_eq!(
+            model(Some("multipart/form-data; boundary=b"), smuggled).as_deref(),
             Some("whisper")
         );
     }

@@ -13,6 +13,16 @@ pub mod openai;
 mod relay;
 mod reply;
 
+/// The pure steps the proxy applies to the bodies of forwarded routes, public for the fuzz targets
+/// (`fuzz/fuzz_targets/forwarded_*.rs`) that drive them with arbitrary input: the model a body
+/// names (which pairing serves it), the token limits a completion gets before the engine or the
+/// target sees it, and the rewriting of the target's replies (whole, streamed, errors).
+pub mod forwarding {
+    pub use super::completions::plan;
+    pub use super::forward::model_of;
+    pub use super::relay::{Contract, SseEvents};
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

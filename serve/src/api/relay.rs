@@ -37,17 +37,7 @@ pub(super) async fn forwarded(
         .unwrap_or("application/json")
         .to_string();
     let served_by = format!("passthrough; reason={}", reason.tag());
-    let contract = Contract {
-        model,
-        endpoint,
-        tightwad: json!({
-            "served_by": "passthrough",
-            "reason": reason.tag(),
-            "rounds": 0,
-            "drafted": 0,
-            "accepted": 0,
-        }),
-    };
+    let contract = Contract::new(model, endpoint, reason);
     if !status.is_success() {
         let body = resp.bytes().await.unwrap_or_default();
         drop(permit);
@@ -151,15 +141,31 @@ pub(super) fn raw(
 }
 
 /// What the proxy makes its own in a relayed reply.
-struct Contract {
+pub struct Contract {
     model: String,
     endpoint: Endpoint,
     tightwad: Value,
 }
 
 impl Contract {
+    /// The contract of a reply to a request on `endpoint` for the pairing `model`, forwarded for
+    /// `reason`.
+    pub fn new(model: String, endpoint: Endpoint, reason: &ForwardReason) -> Self {
+        Contract {
+            model,
+            endpoint,
+            tightwad: json!({
+                "served_by": "passthrough",
+                "reason": reason.tag(),
+                "rounds": 0,
+                "drafted": 0,
+                "accepted": 0,
+            }),
+        }
+    }
+
     /// A whole (non-streamed) reply: the pairing's model name and the `tightwad` object.
-    fn whole(&self, v: &mut Value) {
+    pub fn whole(&self, v: &mut Value) {
         if v.get("error").is_some() {
             return;
         }
@@ -188,7 +194,7 @@ impl Contract {
     /// The target's error reply (`status`, `body`) as an OpenAI error: the target's message, our
     /// type and code (a prompt longer than the context is `context_length_exceeded`, as on the
     /// engine's path).
-    fn error(&self, status: u16, body: &[u8]) -> ApiError {
+    pub fn error(&self, status: u16, body: &[u8]) -> ApiError {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let err = v.get("error").unwrap_or(&v);
         let message = err
@@ -252,13 +258,13 @@ impl Contract {
 
 /// SSE bytes cut into whole events (a blank line ends one), each rewritten by [`Contract::chunk`].
 #[derive(Default)]
-struct SseEvents {
+pub struct SseEvents {
     pending: Vec<u8>,
 }
 
 impl SseEvents {
     /// The rewritten complete events among what has arrived so far.
-    fn push(&mut self, bytes: &[u8], contract: &Contract) -> Vec<u8> {
+    pub fn push(&mut self, bytes: &[u8], contract: &Contract) -> Vec<u8> {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some((end, sep)) = event_end(&self.pending) {
@@ -270,7 +276,7 @@ impl SseEvents {
     }
 
     /// Whatever was left without an ending blank line, as it came.
-    fn finish(&mut self) -> Vec<u8> {
+    pub fn finish(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.pending)
     }
 }
