@@ -98,7 +98,8 @@ async fn the_proxys_own_client_understands_every_endpoint() {
     assert_eq!(streamed, want);
     for (i, e) in events[..6].iter().enumerate() {
         assert_eq!(e.tokens_predicted, i + 1);
-        assert_eq!(e.completion_probabilities[0].id, want[i]);
+        // The target-only stream asks for no probabilities (nothing reads them): none come.
+        assert!(e.completion_probabilities.is_empty(), "{e:?}");
         assert!(!e.stop);
     }
     assert!(events[6].stop);

@@ -358,10 +358,17 @@ pub fn render_with(
             .as_ref()
             .and_then(|g| g.expert_count)
             .is_some_and(|n| n > 1);
-        if moe {
+        // `moe` holds k at 4: written only where draft_tokens lets k go higher (the proxy warns
+        // about a `moe` that can change nothing).
+        if moe && k > 4 {
             let _ = writeln!(
                 out,
                 "moe = true                         # the target's GGUF has experts: k <= 4 until calibration says otherwise"
+            );
+        } else if moe {
+            let _ = writeln!(
+                out,
+                "# The target's GGUF has experts; with draft_tokens > 4 add `moe = true` (k held at 4 until calibrated)."
             );
         }
         let _ = writeln!(out, "draft_tokens = {k}\n");
@@ -773,7 +780,8 @@ mod tests {
         );
         assert!(!config.pairings[0].moe, "a dense target is not marked MoE");
 
-        // A target whose GGUF has experts gets `moe = true` (k held at 4 until calibrated).
+        // A target whose GGUF has experts gets `moe = true` (k held at 4 until calibrated) where
+        // draft_tokens lets k above 4.
         let mut big = model("big-moe.gguf", 70_000, "f1");
         if let Some(g) = big.gguf.as_mut() {
             g.expert_count = Some(128);
@@ -795,6 +803,21 @@ mod tests {
         config.validate().expect("valid");
         assert!(config.pairings[0].moe, "{moe_config}");
         assert!(config.pairings[0].to_pairing_config(0).moe);
+
+        // At draft_tokens 4 `moe` could change nothing (k is at most 4 anyway): not written, the
+        // comment says when it would matter.
+        let small_k = render(
+            &InitArgs {
+                draft_tokens: 4,
+                ..Default::default()
+            },
+            &hosts,
+            &propose(&models),
+        );
+        let config: tightwad_serve::config::ProxyConfig =
+            toml::from_str(&small_k).unwrap_or_else(|e| panic!("{e}\n{small_k}"));
+        assert!(!config.pairings[0].moe, "{small_k}");
+        assert!(small_k.contains("add `moe = true`"), "{small_k}");
     }
 
     /// `init --from-agents` writes the target's llama-server flags from the placement planner: a

@@ -52,6 +52,7 @@ impl Pairing {
                 s.tokens_after_first,
                 s.seconds,
             );
+            self.publish_controller_state();
         }
         let k = if plan.speculate {
             lock_controller(controller).choose_k()
@@ -67,6 +68,9 @@ impl Pairing {
                 s.tokens_after_first,
                 s.seconds,
             );
+            // The measurement may have switched speculation off: the stats say so now, not at
+            // the next request through the engine (the next ones may be passed through).
+            self.publish_controller_state();
             return Ok(ServedBy::TargetOnly);
         }
         run.drafted += s.drafted;
