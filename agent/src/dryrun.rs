@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tightwad_protocol::messages::{Device, ModelArg, ProcessCheck, ProcessKind};
 
-/// Flags whose value is a model file llama-server loads.
-const MODEL_FLAGS: &[&str] = &[
+/// Flags whose value is a model file llama-server loads (the peer policy confines them too).
+pub(crate) const MODEL_FLAGS: &[&str] = &[
     "-m",
     "--model",
     "-md",

@@ -50,16 +50,9 @@ pub const DEFAULT_DENIED_FLAGS: &[&str] = &[
     "--download-dir",
 ];
 
-/// Flags whose value is a file llama-server or vLLM loads as (part of) a model: confined to the
-/// model folders.
-const MODEL_PATH_FLAGS: &[&str] = &[
-    "-m",
-    "--model",
-    "-md",
-    "--model-draft",
-    "--spec-draft-model",
-    "-mm",
-    "--mmproj",
+/// Flags whose value is a file llama-server or vLLM loads as (part of) a model, beyond the model
+/// files themselves (`dryrun::MODEL_FLAGS`): confined to the model folders too.
+const OTHER_MODEL_PATH_FLAGS: &[&str] = &[
     "--lora",
     "--lora-scaled",
     "--control-vector",
@@ -160,7 +153,10 @@ impl PeerPolicy {
                 }
             }
             let is_model_path = match flag {
-                Some(flag) => MODEL_PATH_FLAGS.contains(&flag.as_str()),
+                Some(flag) => {
+                    crate::dryrun::MODEL_FLAGS.contains(&flag.as_str())
+                        || OTHER_MODEL_PATH_FLAGS.contains(&flag.as_str())
+                }
                 // vLLM's `serve MODEL`: a path when it names one (not a Hugging Face id).
                 None => {
                     kind == ProcessKind::Vllm

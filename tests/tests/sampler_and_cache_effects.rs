@@ -19,12 +19,8 @@ const LONG_PROMPT: &str = "The lighthouse keeper climbed the spiral stairs every
     the fishing boats coming home, the gulls circling the harbour, the cliffs turning orange in \
     the last light. He wrote down the wind, the swell and every ship that passed. One evening,";
 
-/// The engine asks the target to keep each slot's prompt cached (`cache_prompt`): a speculative
-/// answer costs the target its prompt once plus a few new tokens per round (the previous round's
-/// bonus and the draft), not the whole context again every round. Read from the target's own
-/// counters of processed and cached prompt tokens.
-#[tokio::test]
-async fn the_prompt_cache_keeps_each_rounds_prompt_work_to_the_new_tokens() {
+/// The test models' target (able to verify K-token drafts) and draft, each its own llama-server.
+async fn target_and_draft() -> (LlamaServer, LlamaServer) {
     let env = env();
     let target = LlamaServer::start(
         &env,
@@ -33,6 +29,16 @@ async fn the_prompt_cache_keeps_each_rounds_prompt_work_to_the_new_tokens() {
     )
     .await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    (target, draft)
+}
+
+/// The engine asks the target to keep each slot's prompt cached (`cache_prompt`): a speculative
+/// answer costs the target its prompt once plus a few new tokens per round (the previous round's
+/// bonus and the draft), not the whole context again every round. Read from the target's own
+/// counters of processed and cached prompt tokens.
+#[tokio::test]
+async fn the_prompt_cache_keeps_each_rounds_prompt_work_to_the_new_tokens() {
+    let (target, draft) = target_and_draft().await;
     let proxy = RunningProxy::start(&target.url, Some(&draft.url), K).await;
     let prompt_tokens = target
         .complete(LONG_PROMPT, 1, json!({"cache_prompt": false}))
@@ -74,14 +80,7 @@ async fn the_prompt_cache_keeps_each_rounds_prompt_work_to_the_new_tokens() {
 /// target alone. A proxy that dropped either setting would sample at 1.5 and wander off.
 #[tokio::test]
 async fn top_p_and_min_p_narrow_the_targets_choices_through_the_proxy_as_alone() {
-    let env = env();
-    let target = LlamaServer::start(
-        &env,
-        &env.model("target.gguf"),
-        ServerOptions::target(K as u32),
-    )
-    .await;
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let (target, draft) = target_and_draft().await;
     let proxy = RunningProxy::start(&target.url, Some(&draft.url), K).await;
     let prompt = "The history of lighthouses";
     let reference = target.reference(json!(prompt), 32).await;
@@ -142,14 +141,7 @@ async fn fresh_adaptive_proxy(target: &str, draft: &str) -> RunningProxy {
 /// target alone gives for that seed; another seed gives another answer.
 #[tokio::test]
 async fn a_seed_on_the_target_only_path_reproduces_the_targets_own_seeded_answer() {
-    let env = env();
-    let target = LlamaServer::start(
-        &env,
-        &env.model("target.gguf"),
-        ServerOptions::target(K as u32),
-    )
-    .await;
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let (target, draft) = target_and_draft().await;
     let prompt = "Tell me a story about a fox";
     let mut answers = Vec::new();
     for seed in [7, 7, 8] {
@@ -227,14 +219,7 @@ async fn recording_relay(upstream: std::net::SocketAddr) -> (String, Received) {
 /// every streamed token came with `n_probs: 1` candidates.
 #[tokio::test]
 async fn the_target_only_stream_asks_for_no_probabilities_it_never_reads() {
-    let env = env();
-    let target = LlamaServer::start(
-        &env,
-        &env.model("target.gguf"),
-        ServerOptions::target(K as u32),
-    )
-    .await;
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let (target, draft) = target_and_draft().await;
     let upstream = target
         .url
         .trim_start_matches("http://")
