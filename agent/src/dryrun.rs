@@ -11,27 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tightwad_protocol::messages::{Device, ModelArg, ProcessCheck, ProcessKind};
 
-/// Flags whose value is a model file llama-server loads (the peer policy confines them too).
-pub(crate) const MODEL_FLAGS: &[&str] = &[
-    "-m",
-    "--model",
-    "-md",
-    "--model-draft",
-    "--spec-draft-model",
-    "-mm",
-    "--mmproj",
-];
-
 /// `(flag, path)` for every model file named in `args` (`-m X` and `--model=X` forms).
 pub fn model_args(args: &[String]) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         if let Some((flag, value)) = arg.split_once('=') {
-            if MODEL_FLAGS.contains(&flag) {
+            if crate::flags::MODEL_FLAGS.contains(&flag) {
                 found.push((flag.to_string(), value.to_string()));
             }
-        } else if MODEL_FLAGS.contains(&arg.as_str()) {
+        } else if crate::flags::MODEL_FLAGS.contains(&arg.as_str()) {
             if let Some(value) = iter.next() {
                 found.push((arg.clone(), value.clone()));
             }

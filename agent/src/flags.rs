@@ -10,6 +10,18 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use tightwad_protocol::messages::ProcessKind;
 
+/// Flags whose value is a model file llama-server loads (dry runs check them, the peer
+/// policy confines them to the model folders).
+pub const MODEL_FLAGS: &[&str] = &[
+    "-m",
+    "--model",
+    "-md",
+    "--model-draft",
+    "--spec-draft-model",
+    "-mm",
+    "--mmproj",
+];
+
 /// Indentation from which a help line is a description, not an option line.
 const DESCRIPTION_INDENT: usize = 16;
 

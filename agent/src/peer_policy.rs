@@ -51,7 +51,7 @@ pub const DEFAULT_DENIED_FLAGS: &[&str] = &[
 ];
 
 /// Flags whose value is a file llama-server or vLLM loads as (part of) a model, beyond the model
-/// files themselves (`dryrun::MODEL_FLAGS`): confined to the model folders too.
+/// files themselves (`flags::MODEL_FLAGS`): confined to the model folders too.
 const OTHER_MODEL_PATH_FLAGS: &[&str] = &[
     "--lora",
     "--lora-scaled",
@@ -154,7 +154,7 @@ impl PeerPolicy {
             }
             let is_model_path = match flag {
                 Some(flag) => {
-                    crate::dryrun::MODEL_FLAGS.contains(&flag.as_str())
+                    crate::flags::MODEL_FLAGS.contains(&flag.as_str())
                         || OTHER_MODEL_PATH_FLAGS.contains(&flag.as_str())
                 }
                 // vLLM's `serve MODEL`: a path when it names one (not a Hugging Face id).
