@@ -26,15 +26,18 @@ impl Pairing {
     /// speculation off), else prepare it for [`Pairing::run`]. Every failure is counted here.
     pub async fn route(&self, job: Job) -> Result<Route, EngineError> {
         let result = match job.plan {
-            Plan::Forward(reason) => self.forward(job.path, &job.body, reason, false).await,
+            Plan::Forward(reason) => self.forward(job.path, &job.body, reason, None).await,
             // The pairing's facts are looked up once per request: a target that does not answer
             // costs this request one probe, not one for the routing and one for the preparation.
             Plan::Generate(request) => match self.info().await {
                 Err(e) => Err(e.into()),
                 Ok(info) => match self.forward_reason(&info, &request, job.engine_only) {
                     Some(reason) => {
-                        let steer = self.config.native && reason == ForwardReason::SpeculationOff;
-                        self.forward(job.path, &job.body, reason, steer).await
+                        let native_n_max = (reason == ForwardReason::SpeculationOff)
+                            .then(|| self.plain_target(&info))
+                            .flatten();
+                        self.forward(job.path, &job.body, reason, native_n_max)
+                            .await
                     }
                     None => self
                         .prepare_with(request, info, Instant::now())
@@ -49,22 +52,22 @@ impl Pairing {
         result
     }
 
-    /// Send the client's body to the target's own route and hand back its reply. `no_native`:
-    /// the target is natively paired and speculation is off, so the body also says
-    /// `speculative.n_max: 0` (the target's own speculation would otherwise draft by its defaults;
-    /// its OpenAI routes read the same field as `/completion`).
+    /// Send the client's body to the target's own route and hand back its reply. `native_n_max`:
+    /// what a natively paired target is told of its own speculation ([`Pairing::plain_target`]),
+    /// added to the body as `speculative.n_max` (else it would draft by its defaults; its OpenAI
+    /// routes read the same field as `/completion`).
     async fn forward(
         &self,
         path: &str,
         body: &serde_json::Value,
         reason: ForwardReason,
-        no_native: bool,
+        native_n_max: Option<usize>,
     ) -> Result<Route, EngineError> {
-        info!(pairing = %self.config.name, reason = %reason.tag(), no_native, "forwarding to the target unchanged");
-        let response = if no_native {
+        info!(pairing = %self.config.name, reason = %reason.tag(), ?native_n_max, "forwarding to the target unchanged");
+        let response = if let Some(n_max) = native_n_max {
             let mut body = body.clone();
             if let Some(m) = body.as_object_mut() {
-                m.insert("speculative.n_max".into(), serde_json::json!(0));
+                m.insert("speculative.n_max".into(), serde_json::json!(n_max));
             }
             self.target.forward(path, &body).await?
         } else {
@@ -127,33 +130,31 @@ impl Pairing {
         // forwarded body then says 0) and every path's controller has speculation off — with two
         // paths the native one may be the better even while rounds are off.
         if self.config.native {
-            if !matches!(info.native_steering, Some(Ok(()))) {
-                return None;
-            }
+            self.plain_target(info)?;
             let native = self
                 .native_alternative
                 .as_ref()
                 .map_or(&self.controller, |n| &n.controller);
-            let mut all = lock_controller(native).passthrough_while_off(now);
-            if info.drafter == Drafter::Server {
-                for i in info.usable_drafters(&[]) {
-                    all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
-                }
-            }
-            return all.then_some(ForwardReason::SpeculationOff);
+            let native_off = lock_controller(native).passthrough_while_off(now);
+            let rounds_off = info.drafter != Drafter::Server || self.every_drafter_off(info, now);
+            return (native_off & rounds_off).then_some(ForwardReason::SpeculationOff);
         }
         let off = if info.drafter == Drafter::Server && self.drafts.len() > 1 {
-            // Untouched only while every usable drafter's controller has speculation off; every
-            // controller is asked (each counts its requests while off).
-            let mut all = true;
-            for i in info.usable_drafters(&[]) {
-                all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
-            }
-            all
+            self.every_drafter_off(info, now)
         } else {
             self.with_controller(|c| c.passthrough_while_off(now))
         };
         off.then_some(ForwardReason::SpeculationOff)
+    }
+
+    /// Whether every usable drafter's controller has speculation off. Every controller is asked
+    /// (each counts its requests while off), so this never stops at the first "on".
+    fn every_drafter_off(&self, info: &PairingInfo, now: Instant) -> bool {
+        let mut all = true;
+        for i in info.usable_drafters(&[]) {
+            all &= self.drafts[i].with_controller(|c| c.passthrough_while_off(now));
+        }
+        all
     }
 
     /// What a target-only stretch tells the target about its own speculation: on a natively paired
