@@ -103,6 +103,39 @@ impl ServerOptions {
         ];
         opts
     }
+
+    /// A natively paired target whose OWN layers sit on the rpc-server at `target_rpc_port` and
+    /// whose draft model sits on the one at `draft_rpc_port`: with a relay that adds latency in
+    /// front of the first, every forward pass of the target pays that round trip, a SIMULATION of
+    /// a target several times slower than its draft (the case native speculation exists for).
+    pub fn native_target_on_rpc(
+        k: u32,
+        draft_model: &Path,
+        target_rpc_port: u16,
+        draft_rpc_port: u16,
+    ) -> Self {
+        let mut opts = ServerOptions::target(k);
+        opts.extra = [
+            "-md",
+            &draft_model.display().to_string(),
+            "--spec-type",
+            "draft-simple",
+            "--rpc",
+            &format!("127.0.0.1:{target_rpc_port},127.0.0.1:{draft_rpc_port}"),
+            // RPC0 and RPC1 are the two rpc-servers in `--rpc` order.
+            "--device",
+            "RPC0",
+            "-ngl",
+            "99",
+            "--spec-draft-device",
+            "RPC1",
+            "-ngld",
+            "99",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        opts
+    }
 }
 
 /// A running `ggml-rpc-server` (a remote device for llama.cpp), killed when dropped.
