@@ -73,6 +73,10 @@ pack() { # the stage's raw files -> $OUT/<stage>.tar.gz (atomic), so a kill stil
 # ------------------------------------------------------------------------------------------------
 stage_build() {
   local src=$WORK/src/llama.cpp gen_pid=
+  # A build shipped back by an earlier machine (stage ship-build), carried in the bundle.
+  if [ ! -x "$WORK/bin/llama-server" ] && compgen -G "$CARRY/cuda-build.tar.gz.*" > /dev/null; then
+    cat "$CARRY"/cuda-build.tar.gz.* | tar -xzf - -C "$WORK" && log "unpacked the carried CUDA build (no compile)"
+  fi
   if [ ! -x "$WORK/bin/llama-server" ] || [ ! -x "$WORK/bin/ggml-rpc-server" ]; then
     rm -rf "$WORK/src" "$WORK/build" && mkdir -p "$WORK/src"
     tar -xzf "$CARRY/llama.cpp-src.tar.gz" -C "$WORK/src"
@@ -113,6 +117,7 @@ stage_build() {
   if [ -n "$gen_pid" ]; then wait "$gen_pid" || { log "model generation failed"; tail -20 "$RAW/models.log" >&2; return 1; }; fi
   if [ ! -f "$WORK/models/gpu-target.gguf" ]; then
     log "generating models"
+    [ -d "$WORK/src/llama.cpp/gguf-py" ] || { mkdir -p "$WORK/src" && tar -xzf "$CARRY/llama.cpp-src.tar.gz" -C "$WORK/src"; }
     PYTHONPATH="$WORK/src/llama.cpp/gguf-py" python3 "$PYDIR/gen_gpu_models.py" --vocab "$CARRY/ggml-vocab-llama-spm.gguf" \
       --out "$WORK/models.tmp" > "$RAW/models.log" 2>&1
     rm -rf "$WORK/models" && mv "$WORK/models.tmp" "$WORK/models"
@@ -354,6 +359,31 @@ EOF
   pack
 }
 
+# Where a one-pass round's time goes on the fast target: the target and the draft server alone,
+# no proxy, no relay (verify_cost.py: decode step, verify k=1..8 with n_probs 0/1, draft n=1..8,
+# with and without the draft server busy on the same card).
+stage_cost() {
+  if [ ! -x "$LS" ] || [ ! -f "$M_T" ]; then stage_build; fi
+  [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
+  server T 9001 -m "$M_T" -ngl 99 -np 6 --kv-unified -c 16384 --spec-draft-n-max 8
+  server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192 "${DRAFT_DEV_ARGS[@]}"
+  wait_http http://127.0.0.1:9001 T "$RAW/server-T.log"
+  wait_http http://127.0.0.1:9002 D "$RAW/server-D.log"
+  log "verify cost: target and draft server alone (draft on $DRAFT_CARD)"
+  echo "$DRAFT_CARD" > "$RAW/cost.where"
+  timeout 240 python3 "$PYDIR/verify_cost.py" --target http://127.0.0.1:9001 --draft http://127.0.0.1:9002 \
+    --reps "${COST_REPS:-40}" --out "$RAW/cost.json" 2>&1 | tee "$RAW/cost.txt" >&2 || log "verify_cost failed"
+  pack
+}
+
+# The CUDA build as a tarball in $OUT (pieces of 15 MB: the device returns at most 8 files of
+# 16 MB), so a later fresh machine can skip the ~6-minute build: carry it back and unpack it.
+stage_ship_build() {
+  tar -C "$WORK" -czf - bin build/bin | split -b 15m - "$OUTDIR/cuda-build.tar.gz."
+  ls -la "$OUTDIR" >&2
+}
+
 # The SIMULATION grid (no GPU involved) on this machine's idle cores: ratios only. Needs
 # bench-suite in the bundle (PREPARE_BENCH_SUITE=1 benchmarks/gpu/prepare.sh).
 stage_sim() {
@@ -368,5 +398,7 @@ case "$STAGE" in
   fast) stage_bench fast ;;
   slow) stage_bench slow ;;
   sim) stage_sim ;;
-  *) echo "usage: $0 build|fast|slow|sim" >&2; exit 2 ;;
+  cost) stage_cost ;;
+  ship-build) stage_ship_build ;;
+  *) echo "usage: $0 build|fast|slow|sim|cost|ship-build" >&2; exit 2 ;;
 esac
