@@ -213,7 +213,8 @@ async fn a_draft_stopped_mid_stream_stalls_it_at_most_one_draft_timeout_with_pip
     let draft = LlamaServer::start(&env, &env.model("target.gguf"), draft_opts).await;
     let mut c = config(&target.url, Some(&draft.url), 4);
     c.pairings[0].draft_timeout_s = DRAFT_TIMEOUT_S;
-    assert!(c.pairings[0].pipeline, "pipelining is the default");
+    // Drafting ahead on every request (`auto` would also measure requests without it).
+    c.pairings[0].pipeline = tightwad_serve::engine::Pipelining::On;
     let proxy = RunningProxy::start_with(c).await;
     let prompt = "The history of lighthouses";
     let reference = target.reference(json!(prompt), 120).await;

@@ -26,7 +26,7 @@
 //! draft_tokens = 4                  # the largest k the controller may use
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
 //! adaptive = true                    # false: speculate every round with draft_tokens
-//! pipeline = true                    # draft the next block while the target verifies
+//! pipeline = "auto"                  # draft the next block while the target verifies: auto/on/off
 //! native = false                     # true: the target runs llama.cpp's own speculation (with
 //!                                    # `draft` too: the faster of the two paths, measured)
 //! moe = false                        # true: a mixture-of-experts target: with draft_tokens > 4,
@@ -224,9 +224,11 @@ pub struct PairingEntry {
     /// Draft from the context itself (prompt lookup) while the draft server is down.
     #[serde(default)]
     pub prompt_lookup_fallback: bool,
-    /// Draft the next block while the target verifies the current one.
-    #[serde(default = "default_pipeline")]
-    pub pipeline: bool,
+    /// Draft the next block while the target verifies the current one: `"auto"` (default: where
+    /// it measures faster — it does not when draft and target share a GPU or a few cores),
+    /// `"on"` or `"off"` (`true`/`false` still read).
+    #[serde(default)]
+    pub pipeline: crate::engine::Pipelining,
     /// The target speculates by itself (llama.cpp `-md` with the draft on a remote rpc-server);
     /// the proxy steers `speculative.n_max` per request. With a `draft` URL as well, the pairing
     /// has two paths and each request takes the one that has been delivering more tokens/s.
@@ -255,10 +257,6 @@ pub struct PairingEntry {
 }
 
 fn default_adaptive() -> bool {
-    true
-}
-
-fn default_pipeline() -> bool {
     true
 }
 
@@ -302,7 +300,7 @@ impl PairingEntry {
             disable_above_tok_s: None,
             prompt_lookup_fallback: false,
             adaptive: true,
-            pipeline: true,
+            pipeline: crate::engine::Pipelining::Auto,
             native: false,
             moe: false,
             target_kind: BackendKind::default(),

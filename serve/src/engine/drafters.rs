@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::controller;
+use super::pipelining::{PipelineChooser, Pipelining, PipeliningView};
 use crate::backend::Backend;
 use crate::metrics::DrafterMetrics;
 
@@ -36,6 +37,8 @@ pub struct DraftSlot {
     pub server: Backend,
     pub controller: Arc<Mutex<controller::Controller>>,
     pub metrics: DrafterMetrics,
+    /// Whether this drafter drafts ahead while the target verifies (`pipeline = "auto"`).
+    pub pipelining: Mutex<PipelineChooser>,
     /// The pairing's request number when this drafter was last chosen (0: never).
     last_chosen: AtomicU64,
 }
@@ -52,6 +55,7 @@ impl DraftSlot {
             server,
             controller: Arc::new(Mutex::new(controller)),
             metrics,
+            pipelining: Mutex::new(PipelineChooser::default()),
             last_chosen: AtomicU64::new(0),
         }
     }
@@ -60,6 +64,15 @@ impl DraftSlot {
     pub fn with_controller<T>(&self, f: impl FnOnce(&mut controller::Controller) -> T) -> T {
         let mut guard = self
             .controller
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// Run `f` on this drafter's pipelining measurements (a poisoned lock still holds numbers).
+    pub fn with_pipelining<T>(&self, f: impl FnOnce(&mut PipelineChooser) -> T) -> T {
+        let mut guard = self
+            .pipelining
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
@@ -140,10 +153,12 @@ pub struct DrafterView {
     /// `tok_s` is measured).
     pub round_goodput_tok_s: Option<f64>,
     pub controller: controller::ControllerView,
+    /// Whether it drafts ahead while the target verifies, and the rates that decided it.
+    pub pipelining: PipeliningView,
 }
 
 impl DraftSlot {
-    pub fn view(&self, unusable: Option<String>) -> DrafterView {
+    pub fn view(&self, unusable: Option<String>, setting: Pipelining) -> DrafterView {
         let m = &self.metrics;
         let (drafted, accepted) = (m.drafted.get(), m.accepted.get());
         let (controller, goodput) = self.with_controller(|c| (c.view(), c.round_goodput()));
@@ -159,6 +174,7 @@ impl DraftSlot {
             tok_s: controller.speculative_goodput_tok_s,
             round_goodput_tok_s: goodput,
             controller,
+            pipelining: self.with_pipelining(|p| p.view(setting)),
         }
     }
 }
@@ -216,6 +232,6 @@ mod tests {
         assert_eq!(choose(&slots, &[1], 3), Some(1));
         assert_eq!(choose(&slots, &[], 3), None);
         chosen(&slots[0], 4);
-        assert_eq!(slots[0].view(None).wins, 2);
+        assert_eq!(slots[0].view(None, Pipelining::Auto).wins, 2);
     }
 }

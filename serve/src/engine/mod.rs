@@ -16,6 +16,7 @@ pub mod drafters;
 pub mod lookup;
 pub mod output;
 pub mod path_choice;
+pub mod pipelining;
 pub mod probe;
 pub mod verify;
 
@@ -30,6 +31,7 @@ mod target_only;
 
 pub use history::DecisionRecord;
 pub use pairing::{Drafter, Pairing, PairingConfig, VerifyMode, PROMPT_LOOKUP};
+pub use pipelining::Pipelining;
 pub use probe::{PairingInfo, Verification, TOKENIZER_PROBES};
 pub use request::{
     EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,

@@ -61,8 +61,9 @@ pub struct PairingConfig {
     pub disable_above_tok_s: Option<f64>,
     /// `false`: speculate every round with `draft_tokens`, whatever it costs (tests, experiments).
     pub adaptive: bool,
-    /// Draft the next block while the target verifies this one (needs `-np 2` on the draft).
-    pub pipeline: bool,
+    /// Draft the next block while the target verifies this one (needs `-np 2` on the draft):
+    /// always, never, or where it measures faster ([`super::pipelining`]).
+    pub pipeline: super::pipelining::Pipelining,
     /// The target runs llama.cpp's own speculation with its draft model on a remote rpc-server
     /// (native pairing): the proxy only decides per request how many tokens it may draft.
     pub native: bool,
@@ -274,7 +275,7 @@ impl Pairing {
                     Some(Ok(_)) => None,
                     None => Some("not probed yet".to_string()),
                 };
-                d.view(unusable)
+                d.view(unusable, self.config.pipeline)
             })
             .collect()
     }

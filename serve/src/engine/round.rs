@@ -10,6 +10,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::lookup;
 use super::pairing::{Drafter, Pairing};
+use super::pipelining::Pipelining;
 use super::probe::{PairingInfo, Verification};
 use super::request::{EngineError, Event, Run};
 use super::target_only::send_text;
@@ -49,7 +50,14 @@ impl Pairing {
         };
         // Pipelining: while the target verifies a block, the draft already drafts the next one,
         // betting that the whole block is accepted. `prefetch` holds that bet: the context it was
-        // drafted for and the task drafting it (aborted when the bet is lost).
+        // drafted for and the task drafting it (aborted when the bet is lost). Whether this
+        // request bets at all is the setting's, or the drafter's measurements' (`pipelining`).
+        let pipelined = match (self.config.pipeline, draft_slot, drafter) {
+            (_, None, _) | (_, _, Drafter::PromptLookup | Drafter::Native) => false,
+            (Pipelining::On, Some(_), _) => true,
+            (Pipelining::Off, Some(_), _) => false,
+            (Pipelining::Auto, Some(d), _) => d.with_pipelining(|p| p.choose()),
+        };
         let mut prefetch: Option<Prefetch> = None;
         while run.out.finish.is_none() {
             let wanted = self.with_ctl(slot, |c| c.choose_k());
@@ -105,9 +113,7 @@ impl Pairing {
                 // Bet on full acceptance: draft k + 1 more tokens after this block (the first is
                 // the draft's guess for the target's bonus token) while the target verifies.
                 let bet = match (draft_server, drafter) {
-                    (Some(draft), Drafter::Server)
-                        if self.config.pipeline && k > 0 && proposal.len() == k =>
-                    {
+                    (Some(draft), Drafter::Server) if pipelined && k > 0 && proposal.len() == k => {
                         let base: Vec<TokenId> = [run.ctx.as_slice(), &proposal].concat();
                         let draft = draft.clone();
                         let ahead = base.clone();
@@ -182,6 +188,10 @@ impl Pairing {
                     .observe(draft_started.elapsed().as_secs_f64());
                 if let Some(d) = draft_slot {
                     d.metrics.round(proposal.len(), n_accepted);
+                    if self.config.pipeline == Pipelining::Auto {
+                        let seconds = draft_started.elapsed().as_secs_f64();
+                        d.with_pipelining(|p| p.record(pipelined, n_accepted + 1, seconds));
+                    }
                 }
                 run.rounds += 1;
                 run.drafted += proposal.len();

@@ -62,7 +62,7 @@ fn config(k: usize) -> PairingConfig {
         draft_timeout: Duration::from_secs(5),
         disable_above_tok_s: None,
         adaptive: false,
-        pipeline: false,
+        pipeline: crate::engine::Pipelining::Off,
         native: false,
         moe: false,
         target_kind: BackendKind::Llamacpp,
@@ -256,7 +256,7 @@ async fn pipelined_drafting_is_exact_and_wins_on_full_acceptance() {
     let target = Arc::new(SimulatedServer::new(model(6), EOS));
     let draft = SimulatedServer::new(model(6), EOS);
     let mut c = config(4);
-    c.pipeline = true;
+    c.pipeline = crate::engine::Pipelining::On;
     let p = pairing(c, &target, Some(draft));
     let (text, g) = generate(&p, &prompt, 30, &[]).await;
     let (want_text, want) = target_alone(model(6), &prompt, 30, &[]).await;

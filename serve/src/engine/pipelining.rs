@@ -1,0 +1,257 @@
+//! Whether a drafter drafts the next block while the target verifies this one (pipelining).
+//!
+//! Pipelining bets on full acceptance: the draft works on the block after this one while the
+//! target verifies, so a won bet hides the draft's time. That pays when draft and target run on
+//! different devices. When they share one — a single GPU holding both servers (measured on an
+//! H100: the draft's token went from 0.8 to 1.9 ms and the target's 5-token verification slowed
+//! too), or the cores of one small host — the prefetch competes with the very verification it
+//! overlaps, and every lost bet (about half the rounds at k = 4) is work thrown away on the shared
+//! device. Nothing in a URL says which case a pairing is, so `pipeline = "auto"` (the default)
+//! measures: each drafter serves requests both ways until each way has [`MIN_ROUNDS`] rounds, then
+//! every request takes the way whose recent rounds delivered more tokens per second (switching
+//! only for a [`HYSTERESIS`] margin), and every [`REVISIT_EVERY`]-th request takes the other way so
+//! a change (the draft moved to its own host, a busy host freed) is noticed.
+
+use serde::{Deserialize, Serialize};
+
+/// Rounds of each way before the measured rates decide.
+pub const MIN_ROUNDS: u64 = 12;
+/// Every this many requests the way not chosen serves one (keeps its rate fresh).
+pub const REVISIT_EVERY: u64 = 10;
+/// The other way must deliver this much more to be switched to (no flapping on noise).
+pub const HYSTERESIS: f64 = 1.05;
+/// Each new round weighs the older ones of its way down by this factor (about the last 10
+/// rounds count: one revisiting request mostly replaces what its way measured before), so the
+/// rates follow a pairing whose hosts change.
+const DECAY: f64 = 0.9;
+
+/// The `pipeline` setting of a pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pipelining {
+    /// Measure both ways and take the faster (see the module documentation).
+    #[default]
+    Auto,
+    /// Always draft ahead (draft and target on different devices, `-np 2` on the draft).
+    On,
+    /// Never draft ahead.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for Pipelining {
+    /// `"auto" | "on" | "off"`, and the booleans of the earlier `pipeline = true|false`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spelling {
+            Switch(bool),
+            Word(String),
+        }
+        match Spelling::deserialize(d)? {
+            Spelling::Switch(true) => Ok(Pipelining::On),
+            Spelling::Switch(false) => Ok(Pipelining::Off),
+            Spelling::Word(w) => match w.as_str() {
+                "auto" => Ok(Pipelining::Auto),
+                "on" | "true" => Ok(Pipelining::On),
+                "off" | "false" => Ok(Pipelining::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown pipeline setting `{other}`: expected \"auto\", \"on\" or \"off\""
+                ))),
+            },
+        }
+    }
+}
+
+impl schemars::JsonSchema for Pipelining {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Pipelining".into()
+    }
+
+    /// The words, and the booleans that files written for earlier versions hold.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Draft the next block while the target verifies: \"auto\" (where it measures faster), \"on\" or \"off\".",
+            "oneOf": [
+                { "type": "string", "enum": ["auto", "on", "off"] },
+                { "type": "boolean", "description": "The earlier spelling: true = \"on\", false = \"off\"." }
+            ]
+        })
+    }
+}
+
+/// Recent rounds of one way: decayed sums of emitted tokens and seconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Way {
+    tokens: f64,
+    seconds: f64,
+    rounds: u64,
+}
+
+impl Way {
+    fn record(&mut self, tokens: usize, seconds: f64) {
+        self.tokens = self.tokens * DECAY + tokens as f64;
+        self.seconds = self.seconds * DECAY + seconds.max(0.0);
+        self.rounds += 1;
+    }
+
+    fn tok_s(&self) -> Option<f64> {
+        (self.rounds > 0 && self.seconds > 0.0).then(|| self.tokens / self.seconds)
+    }
+}
+
+/// One drafter's measurements of both ways, and its current choice.
+#[derive(Debug, Default)]
+pub struct PipelineChooser {
+    pipelined: Way,
+    sequential: Way,
+    requests: u64,
+    /// The way recent requests took outside revisits (`None` until both ways are measured).
+    preferred: Option<bool>,
+}
+
+/// A drafter's pipelining state for the stats JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipeliningView {
+    pub setting: Pipelining,
+    /// The way requests take now (`None`: still measuring both).
+    pub pipelined: Option<bool>,
+    pub pipelined_tok_s: Option<f64>,
+    pub sequential_tok_s: Option<f64>,
+    pub pipelined_rounds: u64,
+    pub sequential_rounds: u64,
+}
+
+impl PipelineChooser {
+    /// Whether the next request drafts ahead.
+    pub fn choose(&mut self) -> bool {
+        self.requests += 1;
+        let (p, s) = (self.pipelined, self.sequential);
+        if p.rounds < MIN_ROUNDS || s.rounds < MIN_ROUNDS {
+            // Still measuring: the way with fewer rounds (pipelined first, the old default).
+            return p.rounds <= s.rounds;
+        }
+        let (Some(rp), Some(rs)) = (p.tok_s(), s.tok_s()) else {
+            return true;
+        };
+        let preferred = match self.preferred {
+            Some(true) if rs > rp * HYSTERESIS => false,
+            Some(false) if rp > rs * HYSTERESIS => true,
+            Some(way) => way,
+            None => rp >= rs,
+        };
+        self.preferred = Some(preferred);
+        if self.requests % REVISIT_EVERY == 0 {
+            !preferred
+        } else {
+            preferred
+        }
+    }
+
+    /// One round of a request that took the given way: tokens it emitted, seconds it took
+    /// (drafting, waiting for a prefetch, verifying).
+    pub fn record(&mut self, pipelined: bool, tokens: usize, seconds: f64) {
+        if pipelined {
+            self.pipelined.record(tokens, seconds);
+        } else {
+            self.sequential.record(tokens, seconds);
+        }
+    }
+
+    pub fn view(&self, setting: Pipelining) -> PipeliningView {
+        PipeliningView {
+            setting,
+            pipelined: match setting {
+                Pipelining::On => Some(true),
+                Pipelining::Off => Some(false),
+                Pipelining::Auto => self.preferred,
+            },
+            pipelined_tok_s: self.pipelined.tok_s(),
+            sequential_tok_s: self.sequential.tok_s(),
+            pipelined_rounds: self.pipelined.rounds,
+            sequential_rounds: self.sequential.rounds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serve `requests` requests of 8 rounds each; a round emits 4 tokens in the seconds the way
+    /// costs on this "host".
+    fn serve(
+        c: &mut PipelineChooser,
+        requests: usize,
+        pipelined_s: f64,
+        sequential_s: f64,
+    ) -> Vec<bool> {
+        (0..requests)
+            .map(|_| {
+                let way = c.choose();
+                for _ in 0..8 {
+                    c.record(way, 4, if way { pipelined_s } else { sequential_s });
+                }
+                way
+            })
+            .collect()
+    }
+
+    #[test]
+    fn measures_both_ways_then_takes_the_faster_and_revisits_the_other() {
+        // A shared device: pipelined rounds cost more.
+        let mut c = PipelineChooser::default();
+        let ways = serve(&mut c, 40, 0.014, 0.010);
+        let measured = (MIN_ROUNDS as usize).div_ceil(8) * 2;
+        assert!(ways[..measured].contains(&true) && ways[..measured].contains(&false));
+        let after: Vec<bool> = ways[measured..].to_vec();
+        let pipelined = after.iter().filter(|&&w| w).count();
+        assert!(pipelined >= 1, "the other way is revisited: {ways:?}");
+        assert!(
+            pipelined <= after.len() / REVISIT_EVERY as usize + 1,
+            "{ways:?}"
+        );
+        assert_eq!(c.view(Pipelining::Auto).pipelined, Some(false));
+
+        // The draft moves to its own device: pipelining now pays, and the revisits notice.
+        let ways = serve(&mut c, 60, 0.007, 0.010);
+        let sequential = ways[20..].iter().filter(|&&w| !w).count();
+        assert!(
+            sequential <= 40 / REVISIT_EVERY as usize + 1,
+            "only the revisits stay sequential: {ways:?}"
+        );
+        assert_eq!(c.view(Pipelining::Auto).pipelined, Some(true));
+    }
+
+    #[test]
+    fn a_difference_inside_the_margin_does_not_flip_the_choice() {
+        let mut c = PipelineChooser::default();
+        serve(&mut c, 20, 0.0100, 0.0102);
+        let before = c.view(Pipelining::Auto).pipelined;
+        let ways = serve(&mut c, 30, 0.0102, 0.0100);
+        let flips = ways.windows(2).filter(|w| w[0] != w[1]).count();
+        // Only the revisits leave the preferred way (out and back: two flips each).
+        assert!(flips <= 2 * (30 / REVISIT_EVERY as usize + 1), "{ways:?}");
+        assert_eq!(c.view(Pipelining::Auto).pipelined, before);
+    }
+
+    #[test]
+    fn the_setting_accepts_words_and_the_old_booleans() {
+        #[derive(Deserialize)]
+        struct S {
+            pipeline: Pipelining,
+        }
+        let parse = |v: &str| toml::from_str::<S>(&format!("pipeline = {v}")).map(|s| s.pipeline);
+        assert_eq!(parse("true").ok(), Some(Pipelining::On));
+        assert_eq!(parse("false").ok(), Some(Pipelining::Off));
+        assert_eq!(parse("\"auto\"").ok(), Some(Pipelining::Auto));
+        assert_eq!(parse("\"off\"").ok(), Some(Pipelining::Off));
+        let err = parse("\"sometimes\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("expected \"auto\", \"on\" or \"off\""),
+            "{err}"
+        );
+    }
+}
