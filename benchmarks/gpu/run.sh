@@ -6,6 +6,8 @@
 #                            # llama-server + ggml-rpc-server; the GPU-sized models (in parallel)
 #   bash .gpu/run.sh fast    # fast target (all 28 layers on the GPU), relay RTT 0.3 and 2 ms
 #   bash .gpu/run.sh slow    # slow target (8 of 28 layers on the GPU, -t 16), RTT 2 and 0.3 ms
+#   bash .gpu/run.sh cost    # the target and the draft server alone: where a round's time goes
+#   GPU_QUANT=Q8_0 bash .gpu/run.sh fast   # the same on Q8_0 copies of the models
 #
 # .gpu/ is the bundle benchmarks/gpu/prepare.sh makes on the CPU machine (carry [".gpu"]): the
 # pinned llama.cpp source, patches/*.patch, a vocabulary, release builds of `tightwad` and
@@ -38,6 +40,13 @@ else CARRY=$(cd "$HERE/../.." && pwd)/.gpu; fi              # run from benchmark
 PYDIR=$HERE
 WORK=${TIGHTWAD_GPU_WORK:-/root/tightwad-gpu}
 STAGE=${1:-}
+# GPU_QUANT=Q8_0 (or another llama-quantize type): the fast/slow/cost stages run on quantized copies
+# of the generated models, results in <stage>-<type>.tar.gz. The F16 models make llama.cpp's CUDA
+# back end verify several tokens with a general matrix product (its matrix-vector kernel takes
+# one F16 token on an Ampere-or-later card; quantized types get it for up to 8), so verification
+# is far from flat in k there, unlike the quantized models homelab users run.
+QUANT=${GPU_QUANT:-}
+[ -n "$QUANT" ] && [ "$STAGE" != build ] && [ "$STAGE" != ship-build ] && STAGE=$STAGE-$QUANT
 OUTDIR=${OUT:-$WORK/out}
 RAW=$WORK/raw/$STAGE
 rm -rf "$RAW"; mkdir -p "$WORK" "$OUTDIR" "$RAW"
@@ -100,9 +109,9 @@ stage_build() {
       -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_RPC=ON \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
       > "$RAW/build.log" 2>&1 || { tail -30 "$RAW/build.log" >&2; return 1; }
-    cmake --build "$WORK/build" -j "$(nproc)" --target llama-server ggml-rpc-server >> "$RAW/build.log" 2>&1 \
+    cmake --build "$WORK/build" -j "$(nproc)" --target llama-server ggml-rpc-server llama-quantize >> "$RAW/build.log" 2>&1 \
       || { tail -30 "$RAW/build.log" >&2; return 1; }
-    mkdir -p "$WORK/bin" && cp "$WORK/build/bin/llama-server" "$WORK/build/bin/ggml-rpc-server" "$WORK/bin/"
+    mkdir -p "$WORK/bin" && cp "$WORK/build/bin/llama-server" "$WORK/build/bin/ggml-rpc-server" "$WORK/build/bin/llama-quantize" "$WORK/bin/"
     log "build done"
   fi
   # At this llama.cpp commit the server's code sits in libllama-server-impl.so beside the binary.
@@ -215,12 +224,27 @@ stats() { curl -sf -m 5 "$1/v1/tightwad/stats" > "$RAW/$2-stats.json" || log "no
 # A llama-server's counters (its own speculation: drafted/accepted) around a row, read directly.
 metrics() { curl -sf -m 5 "http://127.0.0.1:$1/metrics" > "$RAW/$2-metrics-$3.txt" 2>/dev/null || true; }
 
+use_quant() { # point M_T/M_D at GPU_QUANT copies of the generated models (made once)
+  [ -n "$QUANT" ] || return 0
+  local m q
+  for m in target draft; do
+    q=$WORK/models/gpu-$m-$QUANT.gguf
+    if [ ! -f "$q" ]; then
+      "$WORK/bin/llama-quantize" "$WORK/models/gpu-$m.gguf" "$q.tmp" "$QUANT" > "$RAW/quantize-$m.log" 2>&1 \
+        && mv "$q.tmp" "$q" || { log "quantizing $m to $QUANT failed"; tail -5 "$RAW/quantize-$m.log" >&2; return 1; }
+    fi
+  done
+  M_T=$WORK/models/gpu-target-$QUANT.gguf; M_D=$WORK/models/gpu-draft-$QUANT.gguf
+  log "models: $QUANT copies ($(basename "$M_T"), $(basename "$M_D"))"
+}
+
 # ------------------------------------------------------------------------------------------------
 stage_bench() { # fast|slow
   local kind=$1 tflags
   if [ ! -x "$LS" ] || [ ! -f "$M_T" ]; then
     log "no llama-server/models here (a fresh machine?): building first"; stage_build
   fi
+  use_quant
   [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
   if [ "$kind" = fast ]; then
@@ -247,6 +271,7 @@ stage_bench() { # fast|slow
     "List the planets of the solar system in order from the sun." | head -n "$N_PROMPTS" > "$PROMPTS"
   cat > "$RAW/config.txt" <<EOF
 stage=$kind
+models=$(basename "$M_T") $(basename "$M_D")
 target_flags=${tflags[*]}
 rtts_ms=$RTTS
 prompts=$N_PROMPTS
@@ -364,6 +389,7 @@ EOF
 # with and without the draft server busy on the same card).
 stage_cost() {
   if [ ! -x "$LS" ] || [ ! -f "$M_T" ]; then stage_build; fi
+  use_quant
   [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
   server T 9001 -m "$M_T" -ngl 99 -np 6 --kv-unified -c 16384 --spec-draft-n-max 8
@@ -395,10 +421,10 @@ stage_sim() {
 
 case "$STAGE" in
   build) stage_build ;;
-  fast) stage_bench fast ;;
-  slow) stage_bench slow ;;
+  fast|fast-*) stage_bench fast ;;
+  slow|slow-*) stage_bench slow ;;
   sim) stage_sim ;;
-  cost) stage_cost ;;
+  cost|cost-*) stage_cost ;;
   ship-build) stage_ship_build ;;
   *) echo "usage: $0 build|fast|slow|sim|cost|ship-build" >&2; exit 2 ;;
 esac

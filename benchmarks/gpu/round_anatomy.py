@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Where a round's time goes, read from a GPU run's own llama-server logs (run.sh keeps them in
+each stage's tarball): the target's one-pass verifications against its plain decoding, and the
+draft server's tokens. Prints a Markdown table.
+
+    python3 benchmarks/gpu/round_anatomy.py RAW_DIR     # the unpacked <stage>.tar.gz
+
+llama-server logs per request `prompt eval time = X ms / N tokens` (the decode that evaluated
+the uncached prompt tail, and for a client draft the draft with it) and `eval time = Y ms / M
+tokens` (for a verification: sampling and accepting the M returned tokens; for generation: the
+decode steps after the first); a verification also logs `draft acceptance`.
+"""
+import re
+import statistics
+import sys
+from pathlib import Path
+
+LINE = re.compile(r"task (\d+) \|\s+(prompt eval|eval|total) time =\s+([\d.]+) ms /\s+(\d+) tokens")
+ACCEPT = re.compile(r"task (\d+) \| draft acceptance")
+
+
+def tasks(log):
+    """task id -> {"prompt": (ms, n), "eval": (ms, n), "verify": bool}"""
+    out = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = LINE.search(line)
+        if m:
+            t = out.setdefault(int(m.group(1)), {"verify": False})
+            t[m.group(2).split()[0]] = (float(m.group(3)), int(m.group(4)))
+        m = ACCEPT.search(line)
+        if m:
+            out.setdefault(int(m.group(1)), {"verify": False})["verify"] = True
+    return out
+
+
+def q(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * (len(values) - 1)))] if values else float("nan")
+
+
+def row(name, values, note=""):
+    if not values:
+        return f"| {name} | 0 | – | – | – | {note} |"
+    return (f"| {name} | {len(values)} | {q(values, 0.25):.2f} | {statistics.median(values):.2f} | "
+            f"{q(values, 0.75):.2f} | {note} |")
+
+
+def main():
+    raw = Path(sys.argv[1])
+    t = tasks(raw / "server-T.log")
+    d = tasks(raw / "server-D.log")
+    verify = [x for x in t.values() if x["verify"] and "prompt" in x]
+    k4 = [x for x in verify if x["prompt"][1] == 1 and x.get("eval", (0, 0))[1] >= 1]
+    gen = [x for x in t.values() if not x["verify"] and x.get("eval", (0, 0))[1] >= 32]
+    batch = [x for x in t.values() if not x["verify"] and 24 <= x.get("prompt", (0, 0))[1] <= 64]
+    drafts = [x for x in d.values() if x.get("eval", (0, 0))[1] >= 2]
+    print(f"Read from `{raw}` (server-T.log: the target; server-D.log: the draft server).\n")
+    print("| what (ms) | requests | p25 | median | p75 | note |")
+    print("|---|---|---|---|---|---|")
+    print(row("target alone: one decode step (generation, per token)",
+              [x["eval"][0] / x["eval"][1] for x in gen], "`eval time` / tokens of direct requests"))
+    print(row("target: a prompt batch of 24–64 tokens (whole decode)",
+              [x["prompt"][0] for x in batch], "priming requests"))
+    print(row("target: one-pass verification, decode of tail + draft",
+              [x["prompt"][0] for x in k4], "`prompt eval time` of requests with `draft_tokens` (1 tail token + k)"))
+    print(row("target: one-pass verification, sampling + accepting",
+              [x["eval"][0] for x in k4], "`eval time`: the returned tokens, with `n_probs`"))
+    print(row("draft server: one draft token",
+              [x["eval"][0] / x["eval"][1] for x in drafts],
+              "`eval time` / tokens; the upper quartile is tokens drafted while the target verified on the same card"))
+    print()
+
+
+if __name__ == "__main__":
+    main()
