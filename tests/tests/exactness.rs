@@ -11,6 +11,7 @@ use tightwad_e2e::{
     assert_ties_are_rare, compare, env, prompts, proxy_token_ids, Agreement, LlamaServer,
     RunningProxy, ServerOptions,
 };
+use tightwad_serve::engine::Pipelining;
 
 const K: u32 = 4;
 const MAX_TOKENS: usize = 32;
@@ -22,6 +23,10 @@ struct Setup {
 }
 
 async fn setup(draft_model: Option<&str>) -> Setup {
+    setup_with(draft_model, Pipelining::Auto).await
+}
+
+async fn setup_with(draft_model: Option<&str>, pipeline: Pipelining) -> Setup {
     let env = env();
     let target =
         LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(K)).await;
@@ -29,12 +34,13 @@ async fn setup(draft_model: Option<&str>) -> Setup {
         Some(m) => Some(LlamaServer::start(&env, &env.model(m), ServerOptions::default()).await),
         None => None,
     };
-    let proxy = RunningProxy::start(
+    let mut entry = RunningProxy::entry(
         &target.url,
         draft.as_ref().map(|d| d.url.as_str()),
         K as usize,
-    )
-    .await;
+    );
+    entry.pipeline = pipeline;
+    let proxy = RunningProxy::start_entry(entry).await;
     Setup {
         target,
         _draft: draft,
@@ -256,7 +262,8 @@ async fn one_target_decode_per_speculation_round() {
 
 #[tokio::test]
 async fn an_identical_draft_is_always_accepted() {
-    let s = setup(Some("draft-identical.gguf")).await;
+    // Drafting ahead on every request: the test counts the rounds whose draft was ready.
+    let s = setup_with(Some("draft-identical.gguf"), Pipelining::On).await;
     let mut outcomes = Vec::new();
     for prompt in prompts().iter().take(8) {
         let (_, through) = s
