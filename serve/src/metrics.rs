@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+mod lease;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairingLabel {
     pairing: String,
@@ -34,6 +36,14 @@ pub enum ServedBy {
 }
 
 impl ServedBy {
+    /// Every value, for whoever must name each series of a pairing.
+    pub const ALL: [ServedBy; 4] = [
+        ServedBy::Speculative,
+        ServedBy::TargetOnly,
+        ServedBy::Passthrough,
+        ServedBy::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ServedBy::Speculative => "speculative",
@@ -82,10 +92,24 @@ type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// All families, registered once.
 pub struct Metrics {
+    registry: Registry,
+    shared: Arc<Shared>,
+}
+
+/// What [`Metrics`] and every pairing's handle share: the families, the smoothed speeds by
+/// pairing, and who still records under each pairing name (see [`lease`]).
+struct Shared {
+    families: Families,
+    rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
+    held: Mutex<std::collections::HashMap<String, lease::Held>>,
+}
+
+/// The families, cheap to clone (each is an `Arc` inside).
+#[derive(Clone)]
+struct Families {
     first_token: Latencies<RequestLabel>,
     duration: Latencies<RequestLabel>,
     round_seconds: Latencies<PairingLabel>,
-    registry: Registry,
     requests: Family<RequestLabel, Counter>,
     forwarded: Family<ForwardLabel, Counter>,
     rounds: Family<PairingLabel, Counter>,
@@ -97,7 +121,6 @@ pub struct Metrics {
     prefetched: Family<PairingLabel, Counter>,
     speculation_enabled: Family<PairingLabel, Gauge>,
     drafters: DrafterFamilies,
-    rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
 }
 
 /// Smoothed speeds a person wants to see; not counters, so kept beside them.
@@ -205,12 +228,10 @@ impl Metrics {
             round_seconds.clone(),
         );
         let drafters = DrafterFamilies::register(&mut registry);
-        Metrics {
+        let families = Families {
             first_token,
             duration,
             round_seconds,
-            drafters,
-            registry,
             requests,
             forwarded,
             rounds,
@@ -221,37 +242,51 @@ impl Metrics {
             draft_failures,
             prefetched,
             speculation_enabled,
-            rates: Mutex::new(Default::default()),
+            drafters,
+        };
+        Metrics {
+            registry,
+            shared: Arc::new(Shared {
+                families,
+                rates: Mutex::new(Default::default()),
+                held: Mutex::new(Default::default()),
+            }),
         }
     }
 
-    /// The handle a pairing records into.
+    /// The handle a pairing records into. Its series stay in `/metrics` for as long as a handle
+    /// of that name (or a clone) lives: a pairing a reload removed keeps them until its last
+    /// request in flight has finished, then they go (see [`lease`]).
     pub fn pairing(&self, name: &str) -> PairingMetrics {
         let l = PairingLabel {
             pairing: name.to_string(),
         };
+        let lease = lease::Lease::take(&self.shared, name);
+        let f = &self.shared.families;
         let rates = self
+            .shared
             .rates
             .lock()
             .map(|mut m| m.entry(name.to_string()).or_default().clone())
             .unwrap_or_default();
         PairingMetrics {
-            first_token: self.first_token.clone(),
-            duration: self.duration.clone(),
-            round_seconds: self.round_seconds.get_or_create(&l).clone(),
+            first_token: f.first_token.clone(),
+            duration: f.duration.clone(),
+            round_seconds: f.round_seconds.get_or_create(&l).clone(),
             name: name.to_string(),
-            requests: self.requests.clone(),
-            forwarded: self.forwarded.clone(),
-            rounds: self.rounds.get_or_create(&l).clone(),
-            drafted: self.drafted.get_or_create(&l).clone(),
-            accepted: self.accepted.get_or_create(&l).clone(),
-            target_calls: self.target_calls.get_or_create(&l).clone(),
-            generated: self.generated.get_or_create(&l).clone(),
-            draft_failures: self.draft_failures.get_or_create(&l).clone(),
-            prefetched: self.prefetched.get_or_create(&l).clone(),
-            speculation_enabled: self.speculation_enabled.get_or_create(&l).clone(),
-            drafters: self.drafters.clone(),
+            requests: f.requests.clone(),
+            forwarded: f.forwarded.clone(),
+            rounds: f.rounds.get_or_create(&l).clone(),
+            drafted: f.drafted.get_or_create(&l).clone(),
+            accepted: f.accepted.get_or_create(&l).clone(),
+            target_calls: f.target_calls.get_or_create(&l).clone(),
+            generated: f.generated.get_or_create(&l).clone(),
+            draft_failures: f.draft_failures.get_or_create(&l).clone(),
+            prefetched: f.prefetched.get_or_create(&l).clone(),
+            speculation_enabled: f.speculation_enabled.get_or_create(&l).clone(),
+            drafters: f.drafters.clone(),
             rates,
+            lease,
         }
     }
 
@@ -325,6 +360,8 @@ pub struct DrafterMetrics {
     pub drafted: Counter,
     pub accepted: Counter,
     pub failures: Counter,
+    /// Keeps the pairing's series (this drafter's among them) in `/metrics` while it lives.
+    _lease: Arc<lease::Lease>,
 }
 
 impl DrafterMetrics {
@@ -355,6 +392,8 @@ pub struct PairingMetrics {
     pub speculation_enabled: Gauge,
     drafters: DrafterFamilies,
     rates: Arc<Mutex<Rates>>,
+    /// Keeps this pairing's series in `/metrics` while the handle lives.
+    lease: Arc<lease::Lease>,
 }
 
 /// The JSON view of one pairing, for `/v1/tightwad/stats`.
@@ -391,6 +430,7 @@ impl PairingMetrics {
             pairing: self.name.clone(),
             drafter: drafter.to_string(),
         };
+        self.lease.note_drafter(drafter);
         let f = &self.drafters;
         DrafterMetrics {
             wins: f.wins.get_or_create(&l).clone(),
@@ -398,6 +438,7 @@ impl PairingMetrics {
             drafted: f.drafted.get_or_create(&l).clone(),
             accepted: f.accepted.get_or_create(&l).clone(),
             failures: f.failures.get_or_create(&l).clone(),
+            _lease: self.lease.clone(),
         }
     }
 
@@ -414,6 +455,7 @@ impl PairingMetrics {
     /// kind, a bounded label set).
     pub fn forwarded(&self, reason: &'static str) {
         self.request(ServedBy::Passthrough);
+        self.lease.note_reason(reason);
         self.forwarded
             .get_or_create(&ForwardLabel {
                 pairing: self.name.clone(),
