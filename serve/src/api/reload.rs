@@ -60,7 +60,9 @@ fn follow(state: &Arc<AppState>, report: &ReloadReport) {
     }
     let fresh = serving
         .iter()
-        .filter(|p| report.added.contains(&p.config.name) || report.changed.contains(&p.config.name))
+        .filter(|p| {
+            report.added.contains(&p.config.name) || report.changed.contains(&p.config.name)
+        })
         .cloned()
         .collect();
     super::health::check_soon(state, fresh);

@@ -146,7 +146,11 @@ mod tests {
         old.request(ServedBy::Speculative);
         old.forwarded("field");
         drafter.round(4, 2);
-        old.latencies(ServedBy::Speculative, None, std::time::Duration::from_millis(5));
+        old.latencies(
+            ServedBy::Speculative,
+            None,
+            std::time::Duration::from_millis(5),
+        );
         assert!(!lines_of(&m, "gone").is_empty());
 
         // A request in flight still holds a clone: nothing goes yet.
