@@ -13,7 +13,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+mod drafters;
 mod lease;
+
+pub use drafters::DrafterMetrics;
+use drafters::{DrafterFamilies, DrafterLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairingLabel {
@@ -298,80 +302,6 @@ impl Metrics {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DrafterLabel {
-    pairing: String,
-    drafter: String,
-}
-
-/// Per-drafter counters of pairings with several draft servers (`engine::drafters`).
-#[derive(Clone)]
-struct DrafterFamilies {
-    wins: Family<DrafterLabel, Counter>,
-    rounds: Family<DrafterLabel, Counter>,
-    drafted: Family<DrafterLabel, Counter>,
-    accepted: Family<DrafterLabel, Counter>,
-    failures: Family<DrafterLabel, Counter>,
-}
-
-impl DrafterFamilies {
-    fn register(registry: &mut Registry) -> Self {
-        let f = DrafterFamilies {
-            wins: Family::default(),
-            rounds: Family::default(),
-            drafted: Family::default(),
-            accepted: Family::default(),
-            failures: Family::default(),
-        };
-        registry.register(
-            "drafter_wins",
-            "Requests for which this drafter was chosen (or took over from a failed one)",
-            f.wins.clone(),
-        );
-        registry.register(
-            "drafter_rounds",
-            "Draft→verify rounds drafted by this drafter",
-            f.rounds.clone(),
-        );
-        registry.register(
-            "drafter_drafted_tokens",
-            "Tokens proposed by this drafter",
-            f.drafted.clone(),
-        );
-        registry.register(
-            "drafter_accepted_tokens",
-            "Tokens of this drafter the target accepted",
-            f.accepted.clone(),
-        );
-        registry.register(
-            "drafter_failures",
-            "Errors of this drafter (the answer went on with another drafter or the target)",
-            f.failures.clone(),
-        );
-        f
-    }
-}
-
-/// One drafter's counters (cheap clones of shared atomics).
-#[derive(Clone)]
-pub struct DrafterMetrics {
-    pub wins: Counter,
-    pub rounds: Counter,
-    pub drafted: Counter,
-    pub accepted: Counter,
-    pub failures: Counter,
-    /// Keeps the pairing's series (this drafter's among them) in `/metrics` while it lives.
-    _lease: Arc<lease::Lease>,
-}
-
-impl DrafterMetrics {
-    pub fn round(&self, drafted: usize, accepted: usize) {
-        self.rounds.inc();
-        self.drafted.inc_by(drafted as u64);
-        self.accepted.inc_by(accepted as u64);
-    }
-}
-
 /// One pairing's counters (cheap clones of shared atomics).
 #[derive(Clone)]
 pub struct PairingMetrics {
@@ -424,24 +354,6 @@ pub struct RequestCounts {
 }
 
 impl PairingMetrics {
-    /// The handle one drafter of this pairing records into (`drafter` is its URL).
-    pub fn drafter(&self, drafter: &str) -> DrafterMetrics {
-        let l = DrafterLabel {
-            pairing: self.name.clone(),
-            drafter: drafter.to_string(),
-        };
-        self.lease.note_drafter(drafter);
-        let f = &self.drafters;
-        DrafterMetrics {
-            wins: f.wins.get_or_create(&l).clone(),
-            rounds: f.rounds.get_or_create(&l).clone(),
-            drafted: f.drafted.get_or_create(&l).clone(),
-            accepted: f.accepted.get_or_create(&l).clone(),
-            failures: f.failures.get_or_create(&l).clone(),
-            _lease: self.lease.clone(),
-        }
-    }
-
     pub fn request(&self, served_by: ServedBy) {
         self.requests
             .get_or_create(&RequestLabel {
