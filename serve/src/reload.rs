@@ -5,8 +5,8 @@
 //! started with. A reload builds a new pairing only where its settings changed (an unchanged one
 //! keeps its measurements, controller and operator overrides) and swaps the set at once.
 //!
-//! A reload adds the pairings whose names are new (the health monitor probes them at once, as at
-//! startup) and drops those whose names are gone: a request already admitted to a dropped pairing
+//! A reload adds the pairings whose names are new (checked and probed at once in the background,
+//! as at startup: `api::reload`) and drops those whose names are gone: a request already admitted to a dropped pairing
 //! holds its `Arc` and finishes on it exactly as it would have; a new request for its name finds
 //! none and gets 404 `model_not_found`, like any unknown model. Its series leave `/metrics` when
 //! its last such request ends ([`crate::metrics`]). The order of the file is the order served, so
@@ -94,7 +94,8 @@ impl Reloading {
         }
     }
 
-    /// Read the configuration again and swap in the pairings whose settings changed.
+    /// Read the configuration again and serve its pairings ([`apply`]); the lock makes
+    /// concurrent reloads apply one after the other.
     pub(crate) fn reload(
         &self,
         set: &PairingSet,
