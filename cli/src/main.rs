@@ -30,8 +30,9 @@ enum Command {
         after_long_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy --log-format json"
     )]
     Proxy(proxy::ProxyArgs),
-    /// Make a running proxy re-read its configuration (what SIGHUP does): pairings whose
-    /// settings changed take them for new requests; requests in flight finish on the old ones.
+    /// Make a running proxy re-read its configuration (what SIGHUP does): new pairings are
+    /// served, removed ones refuse new requests, changed ones take their settings for new
+    /// requests; requests in flight finish on the pairing they started on.
     #[command(
         after_long_help = "Examples:\n  tightwad reload\n  tightwad reload --proxy http://10.0.0.1:8088 --json"
     )]

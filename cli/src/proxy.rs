@@ -153,7 +153,8 @@ fn resolve(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded>
     Ok(loaded)
 }
 
-/// `tightwad proxy`: serve until SIGTERM/Ctrl-C; SIGHUP reloads the pairings.
+/// `tightwad proxy`: serve until SIGTERM/Ctrl-C; SIGHUP reloads the pairings (adds, removes,
+/// changes them).
 pub async fn run(args: ProxyArgs, config_flag: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     // `-c FILE`, else `./tightwad.toml` when there is one, like the other commands.
@@ -296,7 +297,9 @@ pub async fn reload(args: ReloadArgs, config_flag: Option<PathBuf>) -> anyhow::R
             .unwrap_or_default()
     };
     println!(
-        "reloaded: changed [{}], unchanged [{}]",
+        "reloaded: added [{}], removed [{}], changed [{}], unchanged [{}]",
+        list("added"),
+        list("removed"),
         list("changed"),
         list("unchanged")
     );

@@ -13,6 +13,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+mod drafters;
+mod lease;
+
+pub use drafters::DrafterMetrics;
+use drafters::{DrafterFamilies, DrafterLabel};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairingLabel {
     pairing: String,
@@ -34,6 +40,14 @@ pub enum ServedBy {
 }
 
 impl ServedBy {
+    /// Every value, for whoever must name each series of a pairing.
+    pub const ALL: [ServedBy; 4] = [
+        ServedBy::Speculative,
+        ServedBy::TargetOnly,
+        ServedBy::Passthrough,
+        ServedBy::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ServedBy::Speculative => "speculative",
@@ -82,10 +96,24 @@ type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// All families, registered once.
 pub struct Metrics {
+    registry: Registry,
+    shared: Arc<Shared>,
+}
+
+/// What [`Metrics`] and every pairing's handle share: the families, the smoothed speeds by
+/// pairing, and who still records under each pairing name (see [`lease`]).
+struct Shared {
+    families: Families,
+    rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
+    held: Mutex<std::collections::HashMap<String, lease::Held>>,
+}
+
+/// The families, cheap to clone (each is an `Arc` inside).
+#[derive(Clone)]
+struct Families {
     first_token: Latencies<RequestLabel>,
     duration: Latencies<RequestLabel>,
     round_seconds: Latencies<PairingLabel>,
-    registry: Registry,
     requests: Family<RequestLabel, Counter>,
     forwarded: Family<ForwardLabel, Counter>,
     rounds: Family<PairingLabel, Counter>,
@@ -97,7 +125,6 @@ pub struct Metrics {
     prefetched: Family<PairingLabel, Counter>,
     speculation_enabled: Family<PairingLabel, Gauge>,
     drafters: DrafterFamilies,
-    rates: Mutex<std::collections::HashMap<String, Arc<Mutex<Rates>>>>,
 }
 
 /// Smoothed speeds a person wants to see; not counters, so kept beside them.
@@ -205,12 +232,10 @@ impl Metrics {
             round_seconds.clone(),
         );
         let drafters = DrafterFamilies::register(&mut registry);
-        Metrics {
+        let families = Families {
             first_token,
             duration,
             round_seconds,
-            drafters,
-            registry,
             requests,
             forwarded,
             rounds,
@@ -221,37 +246,51 @@ impl Metrics {
             draft_failures,
             prefetched,
             speculation_enabled,
-            rates: Mutex::new(Default::default()),
+            drafters,
+        };
+        Metrics {
+            registry,
+            shared: Arc::new(Shared {
+                families,
+                rates: Mutex::new(Default::default()),
+                held: Mutex::new(Default::default()),
+            }),
         }
     }
 
-    /// The handle a pairing records into.
+    /// The handle a pairing records into. Its series stay in `/metrics` for as long as a handle
+    /// of that name (or a clone) lives: a pairing a reload removed keeps them until its last
+    /// request in flight has finished, then they go (see [`lease`]).
     pub fn pairing(&self, name: &str) -> PairingMetrics {
         let l = PairingLabel {
             pairing: name.to_string(),
         };
+        let lease = lease::Lease::take(&self.shared, name);
+        let f = &self.shared.families;
         let rates = self
+            .shared
             .rates
             .lock()
             .map(|mut m| m.entry(name.to_string()).or_default().clone())
             .unwrap_or_default();
         PairingMetrics {
-            first_token: self.first_token.clone(),
-            duration: self.duration.clone(),
-            round_seconds: self.round_seconds.get_or_create(&l).clone(),
+            first_token: f.first_token.clone(),
+            duration: f.duration.clone(),
+            round_seconds: f.round_seconds.get_or_create(&l).clone(),
             name: name.to_string(),
-            requests: self.requests.clone(),
-            forwarded: self.forwarded.clone(),
-            rounds: self.rounds.get_or_create(&l).clone(),
-            drafted: self.drafted.get_or_create(&l).clone(),
-            accepted: self.accepted.get_or_create(&l).clone(),
-            target_calls: self.target_calls.get_or_create(&l).clone(),
-            generated: self.generated.get_or_create(&l).clone(),
-            draft_failures: self.draft_failures.get_or_create(&l).clone(),
-            prefetched: self.prefetched.get_or_create(&l).clone(),
-            speculation_enabled: self.speculation_enabled.get_or_create(&l).clone(),
-            drafters: self.drafters.clone(),
+            requests: f.requests.clone(),
+            forwarded: f.forwarded.clone(),
+            rounds: f.rounds.get_or_create(&l).clone(),
+            drafted: f.drafted.get_or_create(&l).clone(),
+            accepted: f.accepted.get_or_create(&l).clone(),
+            target_calls: f.target_calls.get_or_create(&l).clone(),
+            generated: f.generated.get_or_create(&l).clone(),
+            draft_failures: f.draft_failures.get_or_create(&l).clone(),
+            prefetched: f.prefetched.get_or_create(&l).clone(),
+            speculation_enabled: f.speculation_enabled.get_or_create(&l).clone(),
+            drafters: f.drafters.clone(),
             rates,
+            lease,
         }
     }
 
@@ -260,78 +299,6 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DrafterLabel {
-    pairing: String,
-    drafter: String,
-}
-
-/// Per-drafter counters of pairings with several draft servers (`engine::drafters`).
-#[derive(Clone)]
-struct DrafterFamilies {
-    wins: Family<DrafterLabel, Counter>,
-    rounds: Family<DrafterLabel, Counter>,
-    drafted: Family<DrafterLabel, Counter>,
-    accepted: Family<DrafterLabel, Counter>,
-    failures: Family<DrafterLabel, Counter>,
-}
-
-impl DrafterFamilies {
-    fn register(registry: &mut Registry) -> Self {
-        let f = DrafterFamilies {
-            wins: Family::default(),
-            rounds: Family::default(),
-            drafted: Family::default(),
-            accepted: Family::default(),
-            failures: Family::default(),
-        };
-        registry.register(
-            "drafter_wins",
-            "Requests for which this drafter was chosen (or took over from a failed one)",
-            f.wins.clone(),
-        );
-        registry.register(
-            "drafter_rounds",
-            "Draft→verify rounds drafted by this drafter",
-            f.rounds.clone(),
-        );
-        registry.register(
-            "drafter_drafted_tokens",
-            "Tokens proposed by this drafter",
-            f.drafted.clone(),
-        );
-        registry.register(
-            "drafter_accepted_tokens",
-            "Tokens of this drafter the target accepted",
-            f.accepted.clone(),
-        );
-        registry.register(
-            "drafter_failures",
-            "Errors of this drafter (the answer went on with another drafter or the target)",
-            f.failures.clone(),
-        );
-        f
-    }
-}
-
-/// One drafter's counters (cheap clones of shared atomics).
-#[derive(Clone)]
-pub struct DrafterMetrics {
-    pub wins: Counter,
-    pub rounds: Counter,
-    pub drafted: Counter,
-    pub accepted: Counter,
-    pub failures: Counter,
-}
-
-impl DrafterMetrics {
-    pub fn round(&self, drafted: usize, accepted: usize) {
-        self.rounds.inc();
-        self.drafted.inc_by(drafted as u64);
-        self.accepted.inc_by(accepted as u64);
     }
 }
 
@@ -355,6 +322,8 @@ pub struct PairingMetrics {
     pub speculation_enabled: Gauge,
     drafters: DrafterFamilies,
     rates: Arc<Mutex<Rates>>,
+    /// Keeps this pairing's series in `/metrics` while the handle lives.
+    lease: Arc<lease::Lease>,
 }
 
 /// The JSON view of one pairing, for `/v1/tightwad/stats`.
@@ -385,22 +354,6 @@ pub struct RequestCounts {
 }
 
 impl PairingMetrics {
-    /// The handle one drafter of this pairing records into (`drafter` is its URL).
-    pub fn drafter(&self, drafter: &str) -> DrafterMetrics {
-        let l = DrafterLabel {
-            pairing: self.name.clone(),
-            drafter: drafter.to_string(),
-        };
-        let f = &self.drafters;
-        DrafterMetrics {
-            wins: f.wins.get_or_create(&l).clone(),
-            rounds: f.rounds.get_or_create(&l).clone(),
-            drafted: f.drafted.get_or_create(&l).clone(),
-            accepted: f.accepted.get_or_create(&l).clone(),
-            failures: f.failures.get_or_create(&l).clone(),
-        }
-    }
-
     pub fn request(&self, served_by: ServedBy) {
         self.requests
             .get_or_create(&RequestLabel {
@@ -414,6 +367,7 @@ impl PairingMetrics {
     /// kind, a bounded label set).
     pub fn forwarded(&self, reason: &'static str) {
         self.request(ServedBy::Passthrough);
+        self.lease.note_reason(reason);
         self.forwarded
             .get_or_create(&ForwardLabel {
                 pairing: self.name.clone(),

@@ -5,9 +5,14 @@
 //! started with. A reload builds a new pairing only where its settings changed (an unchanged one
 //! keeps its measurements, controller and operator overrides) and swaps the set at once.
 //!
-//! A reload changes the pairings' settings (URLs, draft tokens, aliases, timeouts, …); adding or
-//! removing a pairing, and the listener's and limits' settings, need a restart, and a reload that
-//! asks for them is refused with a message that says so (nothing is changed then).
+//! A reload adds the pairings whose names are new (checked and probed at once in the background,
+//! as at startup: `api::reload`) and drops those whose names are gone: a request already admitted to a dropped pairing
+//! holds its `Arc` and finishes on it exactly as it would have; a new request for its name finds
+//! none and gets 404 `model_not_found`, like any unknown model. Its series leave `/metrics` when
+//! its last such request ends ([`crate::metrics`]). The order of the file is the order served, so
+//! requests that name no model follow the new first pairing. A configuration that does not load,
+//! or has no pairing, changes nothing. The listener's and limits' settings need a restart (the
+//! reload says which changed).
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -53,13 +58,18 @@ impl PairingSet {
 pub enum ReloadError {
     #[error("the new configuration is invalid, the running one is kept: {0}")]
     Invalid(String),
-    #[error("{0} needs a restart; a reload changes the settings of the pairings there are (nothing was changed)")]
-    NeedsRestart(String),
+    #[error("the new configuration has no pairing and a proxy serves at least one; the running pairings ({0}) are kept")]
+    NoPairings(String),
 }
 
 /// What a reload did, per pairing name, and what the new configuration says to the operator.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadReport {
+    /// New names: served from now on (probed in the background, like at startup).
+    pub added: Vec<String>,
+    /// Names gone: new requests for them get 404; their requests in flight finish.
+    pub removed: Vec<String>,
+    /// Same name, other settings: new requests get the new ones.
     pub changed: Vec<String>,
     pub unchanged: Vec<String>,
     pub warnings: Vec<String>,
@@ -84,7 +94,8 @@ impl Reloading {
         }
     }
 
-    /// Read the configuration again and swap in the pairings whose settings changed.
+    /// Read the configuration again and serve its pairings ([`apply`]); the lock makes
+    /// concurrent reloads apply one after the other.
     pub(crate) fn reload(
         &self,
         set: &PairingSet,
@@ -135,33 +146,28 @@ fn restart_only_changes(running: &ProxyConfig, new: &ProxyConfig) -> Vec<String>
     keys
 }
 
-/// Build the pairings of `config` and swap them in, keeping every pairing whose settings are the
-/// same. `config` must be validated.
+/// Build the pairings of `config` and swap them in, in the file's order (the first serves
+/// requests that name no model): a pairing whose name and settings are the same is kept as it is
+/// (its measurements, controller and operator overrides with it), one with new settings or a new
+/// name is built afresh, and one whose name is gone is dropped from the set (its requests in
+/// flight keep their `Arc` to the end). Either every pairing is built and the set swapped, or
+/// nothing changes. `config` must be validated.
 pub(crate) fn apply(
     set: &PairingSet,
     metrics: &Metrics,
     config: &ProxyConfig,
 ) -> Result<ReloadReport, ReloadError> {
     let old = set.current();
-    let wanted: Vec<_> = config
-        .pairings
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| entry.to_pairing_config(i))
-        .collect();
-    let old_names: Vec<&str> = old.iter().map(|p| p.config.name.as_str()).collect();
-    let new_names: Vec<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
-    if old_names != new_names {
-        return Err(ReloadError::NeedsRestart(format!(
-            "changing the pairings' names or their order (running: {}; file: {})",
-            old_names.join(", "),
-            new_names.join(", ")
-        )));
+    if config.pairings.is_empty() {
+        let names: Vec<&str> = old.iter().map(|p| p.config.name.as_str()).collect();
+        return Err(ReloadError::NoPairings(names.join(", ")));
     }
     let mut report = ReloadReport::default();
-    let mut next = Vec::with_capacity(wanted.len());
-    for (running, pc) in old.iter().zip(wanted) {
-        if running.config == pc {
+    let mut next = Vec::with_capacity(config.pairings.len());
+    for (i, entry) in config.pairings.iter().enumerate() {
+        let pc = entry.to_pairing_config(i);
+        let running = old.iter().find(|p| p.config.name == pc.name);
+        if let Some(running) = running.filter(|p| p.config == pc) {
             report.unchanged.push(pc.name.clone());
             next.push(running.clone());
             continue;
@@ -169,9 +175,17 @@ pub(crate) fn apply(
         let name = pc.name.clone();
         let pairing = Pairing::new(pc, metrics.pairing(&name))
             .map_err(|e| ReloadError::Invalid(format!("pairing {name:?}: {e}")))?;
-        report.changed.push(name);
+        match running {
+            Some(_) => report.changed.push(name),
+            None => report.added.push(name),
+        }
         next.push(Arc::new(pairing));
     }
+    report.removed = old
+        .iter()
+        .map(|p| p.config.name.clone())
+        .filter(|name| !next.iter().any(|p| &p.config.name == name))
+        .collect();
     set.replace(next);
     Ok(report)
 }

@@ -81,7 +81,7 @@ impl Proxy {
             started,
             drains,
             dashboard: Default::default(),
-            health: crate::api::health::TargetHealth::new(config.pairings.len()),
+            health: Default::default(),
             cors_origins: config.cors_origins.clone(),
         });
         let connections = ConnectionLimits {
@@ -128,8 +128,8 @@ impl Proxy {
     /// [`Proxy::serve`] does the same in the background; this is for callers that want it done
     /// before serving (tests). It takes at most a few seconds per target.
     pub async fn probe(&self) {
-        for (i, p) in self.state.pairings.current().iter().enumerate() {
-            let _ = api::health::check(&self.state, i, p).await;
+        for p in self.state.pairings.current().iter() {
+            let _ = api::health::check(&self.state, p).await;
         }
     }
 
@@ -218,8 +218,8 @@ impl Proxy {
 pub struct ProxyHandle(Arc<AppState>);
 
 impl ProxyHandle {
-    /// Read the configuration again and apply the pairings' new settings: requests in flight
-    /// finish on the settings they started with. The outcome is logged too.
+    /// Read the configuration again and serve its pairings (added, removed, changed): requests
+    /// in flight finish on the pairings they started with. The outcome is logged too.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         api::reload_now(&self.0)
     }

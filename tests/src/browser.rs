@@ -24,6 +24,22 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The Chromium on PATH (`chromium`, `chromium-browser` or `google-chrome`).
+pub fn chromium() -> std::path::PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join(name))
+                    .find(|p| p.exists())
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!("no chromium on PATH: ./scripts/test installs Debian's `chromium`")
+        })
+}
+
 /// A headless Chromium with its DevTools endpoint; killed (and its profile removed) on drop.
 pub struct Browser {
     child: Child,

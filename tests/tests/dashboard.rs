@@ -8,24 +8,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tightwad_e2e::browser::Browser;
+use tightwad_e2e::browser::{chromium, Browser};
 use tightwad_e2e::{env, free_port, LlamaServer, RunningProxy, ServerOptions};
 use tightwad_serve::config::ProxyConfig;
-
-fn chromium() -> PathBuf {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|p| p.join(name))
-                    .find(|p| p.exists())
-            })
-        })
-        .unwrap_or_else(|| {
-            panic!("no chromium on PATH: ./scripts/test installs Debian's `chromium`")
-        })
-}
 
 const KEY: &str = "sk-dashboard-test";
 

@@ -29,10 +29,10 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(600);
 /// The largest `hold_s` (and `timeout_s`) a drain accepts: an hour (a bigger value is 400).
 pub const MAX_HOLD: Duration = Duration::from_secs(3600);
 
-/// The drain state of every pairing, by pairing name.
+/// The drain state of every pairing, by pairing name (a reload adds and removes names).
 #[derive(Default)]
 pub struct Drains {
-    by_name: HashMap<String, Arc<Drain>>,
+    by_name: std::sync::RwLock<HashMap<String, Arc<Drain>>>,
 }
 
 struct Drain {
@@ -53,26 +53,53 @@ pub enum DrainError {
 
 impl Drains {
     pub fn new<'a>(names: impl Iterator<Item = &'a str>) -> Self {
-        Drains {
-            by_name: names
-                .map(|n| {
-                    (
-                        n.to_string(),
-                        Arc::new(Drain {
-                            lock: Arc::new(RwLock::new(())),
-                            held: std::sync::Mutex::new(None),
-                            generation: Default::default(),
-                        }),
-                    )
+        let drains = Drains::default();
+        drains.sync(names);
+        drains
+    }
+
+    /// Follow a reload: a drain state for each new name, and none for a name that is gone. A
+    /// drain held on a pairing that is gone ends, so requests that waited on it go on (they were
+    /// admitted to it before the reload and finish on it, like every request in flight).
+    pub fn sync<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let names: Vec<&str> = names.collect();
+        let mut by_name = self
+            .by_name
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        by_name.retain(|name, d| {
+            let keep = names.contains(&name.as_str());
+            if !keep {
+                d.held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+            }
+            keep
+        });
+        for name in names {
+            by_name.entry(name.to_string()).or_insert_with(|| {
+                Arc::new(Drain {
+                    lock: Arc::new(RwLock::new(())),
+                    held: std::sync::Mutex::new(None),
+                    generation: Default::default(),
                 })
-                .collect(),
+            });
         }
+    }
+
+    fn get(&self, pairing: &str) -> Option<Arc<Drain>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(pairing)
+            .cloned()
     }
 
     /// A request's admission to `pairing`: immediate unless the pairing is drained, then as soon
     /// as it resumes; `None` when it stayed drained past [`MAX_WAIT`].
     pub async fn admit(&self, pairing: &str) -> Option<Option<OwnedRwLockReadGuard<()>>> {
-        let Some(d) = self.by_name.get(pairing) else {
+        let Some(d) = self.get(pairing) else {
             return Some(None);
         };
         if let Ok(g) = d.lock.clone().try_read_owned() {
@@ -94,10 +121,8 @@ impl Drains {
         hold: Duration,
     ) -> Result<Duration, DrainError> {
         let d = self
-            .by_name
             .get(pairing)
-            .ok_or_else(|| DrainError::Unknown(pairing.to_string()))?
-            .clone();
+            .ok_or_else(|| DrainError::Unknown(pairing.to_string()))?;
         if d.held.lock().map(|h| h.is_some()).unwrap_or(false) {
             return Ok(Duration::ZERO);
         }
@@ -138,7 +163,6 @@ impl Drains {
     /// Let requests to `pairing` through again. `Ok(false)`: it was not drained.
     pub fn resume(&self, pairing: &str) -> Result<bool, DrainError> {
         let d = self
-            .by_name
             .get(pairing)
             .ok_or_else(|| DrainError::Unknown(pairing.to_string()))?;
         let was = d
@@ -196,5 +220,30 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, DrainError::Timeout { .. }), "{e}");
         assert!(drains.admit("p").await.expect("admitted").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_reload_adds_and_drops_drain_states_and_ends_a_drain_on_a_dropped_pairing() {
+        let drains = Arc::new(Drains::new(["p"].into_iter()));
+        drains
+            .drain("p", Duration::from_secs(5), DEFAULT_HOLD)
+            .await
+            .expect("drained");
+        let d2 = drains.clone();
+        let waiting = tokio::spawn(async move { d2.admit("p").await.map(|g| g.is_some()) });
+        drains.sync(["q"].into_iter());
+        // Whether it waited already or comes after the reload, the request is not left waiting
+        // for a resume nobody can send any more.
+        let admitted = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting request went on")
+            .expect("task");
+        assert!(admitted.is_some());
+        assert!(matches!(drains.resume("p"), Err(DrainError::Unknown(_))));
+        drains
+            .drain("q", Duration::from_secs(5), DEFAULT_HOLD)
+            .await
+            .expect("the added pairing can be drained");
+        assert!(drains.resume("q").expect("known"));
     }
 }

@@ -7,6 +7,7 @@
 //! moment, and a target that is down is reported once, with its cause and the fix, then again only
 //! when that changes.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,67 +27,63 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 const EVERY_WHEN_OK: Duration = Duration::from_secs(10);
 const EVERY_WHEN_DOWN: Duration = Duration::from_secs(2);
 
-/// The last check of each pairing's target (in the order of `AppState::pairings`).
+/// The last check of each pairing's target, by pairing name. A check counts only for the target
+/// it was made of: a reload that points a pairing at another target starts it afresh.
 #[derive(Default)]
 pub struct TargetHealth {
-    checks: Mutex<Vec<Option<Check>>>,
+    checks: Mutex<HashMap<String, Check>>,
 }
 
 #[derive(Clone)]
 struct Check {
+    target: String,
     result: Result<(), String>,
     at: Instant,
 }
 
 impl TargetHealth {
-    pub fn new(pairings: usize) -> Self {
-        TargetHealth {
-            checks: Mutex::new(vec![None; pairings]),
-        }
-    }
-
-    fn get(&self, i: usize) -> Option<Check> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Check>> {
         self.checks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(i)
+    }
+
+    fn get(&self, pairing: &Pairing) -> Option<Check> {
+        self.lock()
+            .get(&pairing.config.name)
+            .filter(|c| c.target == pairing.config.target_url)
             .cloned()
-            .flatten()
     }
 
-    /// Drop what is known of pairing `i` (a reload changed it): the next look checks it anew.
-    pub(crate) fn forget(&self, i: usize) {
-        if let Some(slot) = self
-            .checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(i)
-        {
-            *slot = None;
-        }
+    /// Keep only the checks of `names` (a reload removed the others).
+    pub(crate) fn retain<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let names: Vec<&str> = names.collect();
+        self.lock().retain(|name, _| names.contains(&name.as_str()));
     }
 
-    /// Record a check; the previous result, to log only changes.
-    fn set(&self, i: usize, result: Result<(), String>) -> Option<Result<(), String>> {
-        let mut checks = self
-            .checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slot = checks.get_mut(i)?;
-        slot.replace(Check {
-            result,
-            at: Instant::now(),
-        })
-        .map(|c| c.result)
+    /// Record a check; the previous result of the same target, to log only changes.
+    fn set(&self, pairing: &Pairing, result: Result<(), String>) -> Option<Result<(), String>> {
+        let target = pairing.config.target_url.clone();
+        self.lock()
+            .insert(
+                pairing.config.name.clone(),
+                Check {
+                    target: target.clone(),
+                    result,
+                    at: Instant::now(),
+                },
+            )
+            .filter(|c| c.target == target)
+            .map(|c| c.result)
     }
 }
 
-/// Check pairing `i`'s target now, record it, and log what changed (a target found down names the
+/// Check `pairing`'s target now, record it, and log what changed (a target found down names the
 /// cause and the fix; one back says so). A target that answers is probed too (once, cached by the
 /// engine), so the log says early whether speculation is on and why.
-pub async fn check(state: &AppState, i: usize, pairing: &Pairing) -> Result<(), String> {
+pub async fn check(state: &AppState, pairing: &Pairing) -> Result<(), String> {
     let result = pairing.check_target(CHECK_TIMEOUT).await;
-    let before = state.health.set(i, result.clone());
+    let before = state.health.set(pairing, result.clone());
     let name = &pairing.config.name;
     match (&result, before) {
         (Err(reason), None) => {
@@ -107,13 +104,30 @@ pub async fn check(state: &AppState, i: usize, pairing: &Pairing) -> Result<(), 
     result
 }
 
+/// Check (and so probe) `pairings` now, in the background: what a reload added or changed is
+/// looked at at once, as at startup, rather than at the monitor's next round.
+pub fn check_soon(state: &Arc<AppState>, pairings: Vec<Arc<Pairing>>) {
+    if pairings.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let state = state.clone();
+    runtime.spawn(async move {
+        for p in &pairings {
+            let _ = check(&state, p).await;
+        }
+    });
+}
+
 /// Check every target in the background for as long as the proxy runs.
 pub fn spawn_monitor(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let mut all_ok = true;
-            for (i, p) in state.pairings.current().iter().enumerate() {
-                all_ok &= check(&state, i, p).await.is_ok();
+            for p in state.pairings.current().iter() {
+                all_ok &= check(&state, p).await.is_ok();
             }
             let every = if all_ok {
                 EVERY_WHEN_OK
@@ -136,10 +150,10 @@ pub(super) async fn health(
     let serving = state.pairings.current();
     let mut pairings = Vec::with_capacity(serving.len());
     let mut any_ok = false;
-    for (i, p) in serving.iter().enumerate() {
-        let result = match state.health.get(i) {
+    for p in serving.iter() {
+        let result = match state.health.get(p) {
             Some(c) if c.at.elapsed() < EVERY_WHEN_OK * 2 => c.result,
-            _ => check(&state, i, p).await,
+            _ => check(&state, p).await,
         };
         any_ok |= result.is_ok();
         let mut entry = json!({

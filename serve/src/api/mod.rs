@@ -11,6 +11,7 @@ pub mod guard;
 pub mod health;
 pub mod openai;
 mod relay;
+mod reload;
 mod reply;
 
 /// The pure steps the proxy applies to the bodies of forwarded routes, public for the fuzz targets
@@ -38,6 +39,7 @@ use serde_json::{json, Value};
 use crate::engine::Pairing;
 use crate::metrics::Metrics;
 use error::ApiError;
+pub(crate) use reload::reload_now;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -130,7 +132,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tightwad/pairings/{name}/drain", post(drain_pairing))
         .route("/v1/tightwad/pairings/{name}/resume", post(resume_pairing))
         .route("/v1/tightwad/logs", get(proxy_logs))
-        .route("/v1/tightwad/reload", post(reload))
+        .route("/v1/tightwad/reload", post(reload::reload))
         .route("/v1/tightwad/dashboard", get(dashboard::data))
         .route(
             "/v1/tightwad/pairings/{name}/speculation",
@@ -322,48 +324,6 @@ async fn drain_pairing(
         }
         Err(drain::DrainError::Unknown(_)) => Err(state.unknown_pairing(&name)),
         Err(e) => Err(ApiError::timeout(e.to_string())),
-    }
-}
-
-/// A reload of `state`, logged (shared by the binary's SIGHUP through
-/// `server::ProxyHandle::reload` and `POST /v1/tightwad/reload`).
-pub(crate) fn reload_now(
-    state: &AppState,
-) -> Result<crate::reload::ReloadReport, crate::reload::ReloadError> {
-    let Some(reloading) = state.reloader.get() else {
-        return Err(crate::reload::ReloadError::Invalid(
-            "this proxy was started without a configuration to re-read".into(),
-        ));
-    };
-    let result = reloading.reload(&state.pairings, &state.metrics);
-    match &result {
-        Ok(report) => {
-            for (i, p) in state.pairings.current().iter().enumerate() {
-                if report.changed.contains(&p.config.name) {
-                    state.health.forget(i);
-                }
-            }
-            for w in &report.warnings {
-                tracing::warn!("{w}");
-            }
-            tracing::info!(changed = ?report.changed, unchanged = ?report.unchanged, "configuration reloaded");
-        }
-        Err(e) => tracing::warn!("reload refused: {e}"),
-    }
-    result
-}
-
-/// `POST /v1/tightwad/reload` (`tightwad reload`): re-read the configuration like SIGHUP does;
-/// 200 with the pairings changed and kept, 400 with the reason when nothing was changed.
-async fn reload(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    state.gate.authorize_control(&headers, client.ip())?;
-    match reload_now(&state) {
-        Ok(report) => Ok(Json(json!(report))),
-        Err(e) => Err(ApiError::invalid(e.to_string(), None).with_code("reload_refused")),
     }
 }
 

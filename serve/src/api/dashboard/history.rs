@@ -106,7 +106,13 @@ impl Dashboard {
         });
     }
 
-    /// Note an operator's action on `pairing` (drain, resume) for the timeline.
+    /// Drop the samples of a pairing a reload removed (a pairing added later under its name
+    /// starts a fresh chart).
+    pub fn forget(&self, pairing: &str) {
+        lock(&self.samples).remove(pairing);
+    }
+
+    /// Note an operator's action on `pairing` (drain, resume, a reload) for the timeline.
     pub fn event(&self, pairing: &str, state: &'static str, reason: String) {
         let mut events = lock(&self.events);
         if events.len() == EVENTS_KEPT {

@@ -7,7 +7,7 @@ const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls)
 const fmt = (v, d) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : (typeof v === "number" ? v.toFixed(d ?? 1) : String(v));
 const clock = ms => new Date(ms).toLocaleTimeString([], { hour12: false });
 const gib = bytes => (bytes / 1073741824).toFixed(1) + " GiB";
-const STATE_COLORS = { on: "#067647", off: "#b54708", probing: "#175cd3", auto: "#175cd3", drained: "#7a5af8", resumed: "#7a5af8" };
+const STATE_COLORS = { on: "#067647", off: "#b54708", probing: "#175cd3", auto: "#175cd3", drained: "#7a5af8", resumed: "#7a5af8", added: "#7a5af8", reloaded: "#7a5af8" };
 
 // The key: `#key=…` in the address (moved into this browser's storage), or typed in.
 // (Storage may be refused, e.g. in a frame: then the key lives as long as the page.)
@@ -215,6 +215,10 @@ $("#filter").onchange = () => { renderRequests(lastRequests); for (const [name, 
 function syncFilter(names) {
   const sel = $("#filter"); const have = new Set([...sel.options].map(o => o.value));
   for (const n of names) if (!have.has(n)) { const o = el("option", null, n); o.value = n; sel.appendChild(o); }
+  // A pairing a reload removed leaves the page: its card, its charts and its filter entry.
+  const keep = new Set(names);
+  for (const o of [...sel.options]) if (o.value && !keep.has(o.value)) { if (sel.value === o.value) sel.value = ""; o.remove(); }
+  for (const [name, card] of cards) if (!keep.has(name)) { for (const plot of Object.values(card.plots)) plot.destroy(); card.node.remove(); cards.delete(name); }
 }
 
 // The proxy's log tail, while the section is open.
