@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use crate::backend::reasoning::ReasoningFormat;
 use crate::backend::types::{Sampling, TokenId};
 pub use crate::engine::Plan;
 use crate::engine::{ForwardReason, GenerationRequest, PromptInput};
@@ -229,23 +230,37 @@ impl OpenAiRequest {
                         Some("prompt"),
                     ));
                 }
-                match check_messages(self.messages.as_ref())? {
-                    Some(reason) => return Ok(Plan::Forward(reason)),
-                    None => PromptInput::Chat {
-                        messages: self.messages.clone().unwrap_or(Value::Null),
-                        template_kwargs: self
-                            .extra
-                            .get("chat_template_kwargs")
-                            .filter(|v| !is_default_value(v))
-                            .cloned(),
+                if let Some(reason) = check_messages(self.messages.as_ref())? {
+                    return Ok(Plan::Forward(reason));
+                }
+                // A format llama.cpp does not know is the target's to refuse.
+                let reasoning_format = match self.extra.get("reasoning_format") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => match v.as_str().and_then(ReasoningFormat::from_name) {
+                        Some(format) => Some(format),
+                        None => {
+                            return Ok(Plan::Forward(ForwardReason::field("reasoning_format")))
+                        }
                     },
+                };
+                PromptInput::Chat {
+                    messages: self.messages.clone().unwrap_or(Value::Null),
+                    template_kwargs: self
+                        .extra
+                        .get("chat_template_kwargs")
+                        .filter(|v| !is_default_value(v))
+                        .cloned(),
+                    reasoning_format,
                 }
             }
         };
         if let Some(field) = self
             .extra
             .iter()
-            .find(|(k, v)| !is_inert(k, v))
+            .find(|(k, v)| {
+                !is_inert(k, v)
+                    && !(endpoint == Endpoint::ChatCompletions && k.as_str() == "reasoning_format")
+            })
             .map(|(k, _)| k)
         {
             return Ok(Plan::Forward(ForwardReason::field(field)));
@@ -443,6 +458,7 @@ mod tests {
         let PromptInput::Chat {
             messages,
             template_kwargs,
+            ..
         } = g.prompt
         else {
             panic!("a chat prompt")

@@ -23,6 +23,7 @@ mod generate;
 mod history;
 mod native;
 mod pairing;
+mod reasoning;
 mod request;
 mod round;
 mod shadow;
@@ -33,7 +34,7 @@ pub use pairing::{Drafter, Pairing, PairingConfig, VerifyMode, PROMPT_LOOKUP};
 pub use probe::{PairingInfo, Verification, TOKENIZER_PROBES};
 pub use request::{
     EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
-    PromptInput, Route,
+    PromptInput, ReasoningSplit, Route,
 };
 
 #[cfg(test)]
