@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::backend::reasoning::ReasoningFormat;
+use super::reasoning;
 use crate::backend::types::{Sampling, TokenId};
 pub use crate::engine::Plan;
 use crate::engine::{ForwardReason, GenerationRequest, PromptInput};
@@ -233,16 +233,11 @@ impl OpenAiRequest {
                 if let Some(reason) = check_messages(self.messages.as_ref())? {
                     return Ok(Plan::Forward(reason));
                 }
-                // A format llama.cpp does not know is the target's to refuse.
-                let reasoning_format = match self.extra.get("reasoning_format") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => match v.as_str().and_then(ReasoningFormat::from_name) {
-                        Some(format) => Some(format),
-                        None => {
-                            return Ok(Plan::Forward(ForwardReason::field("reasoning_format")))
-                        }
-                    },
-                };
+                let reasoning_format =
+                    match reasoning::requested_format(self.extra.get("reasoning_format")) {
+                        Ok(format) => format,
+                        Err(reason) => return Ok(Plan::Forward(reason)),
+                    };
                 PromptInput::Chat {
                     messages: self.messages.clone().unwrap_or(Value::Null),
                     template_kwargs: self
@@ -258,8 +253,10 @@ impl OpenAiRequest {
             .extra
             .iter()
             .find(|(k, v)| {
-                !is_inert(k, v)
-                    && !(endpoint == Endpoint::ChatCompletions && k.as_str() == "reasoning_format")
+                // A chat's `reasoning_format` was read above.
+                let read =
+                    endpoint == Endpoint::ChatCompletions && k.as_str() == "reasoning_format";
+                !(read || is_inert(k, v))
             })
             .map(|(k, _)| k)
         {
@@ -474,6 +471,31 @@ mod tests {
         ] {
             assert!(
                 matches!(plan(body, Endpoint::ChatCompletions), Ok(Plan::Forward(_))),
+                "{body}"
+            );
+        }
+    }
+
+    /// A chat's known `reasoning_format` is the engine's (it splits the answer as the target
+    /// would); an unknown one, or one on a completion, is the target's.
+    #[test]
+    fn a_known_reasoning_format_is_the_engines() {
+        let chat = |f: &str| {
+            format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"reasoning_format":"{f}"}}"#)
+        };
+        assert!(matches!(
+            plan(&chat("none"), Endpoint::ChatCompletions),
+            Ok(Plan::Generate(_))
+        ));
+        for (body, endpoint) in [
+            (chat("bogus"), Endpoint::ChatCompletions),
+            (
+                r#"{"prompt":"x","reasoning_format":"none"}"#.into(),
+                Endpoint::Completions,
+            ),
+        ] {
+            assert!(
+                matches!(plan(&body, endpoint), Ok(Plan::Forward(ForwardReason::Field(f))) if f == "reasoning_format"),
                 "{body}"
             );
         }

@@ -6,7 +6,23 @@
 
 use serde_json::{json, Value};
 
-use crate::engine::ReasoningSplit;
+use crate::backend::reasoning::ReasoningFormat;
+use crate::engine::{ForwardReason, ReasoningSplit};
+
+/// A chat's `reasoning_format`: `None` when it names none (the target's default); a format
+/// llama.cpp does not know is the target's to refuse (forwarded).
+pub(super) fn requested_format(
+    value: Option<&Value>,
+) -> Result<Option<ReasoningFormat>, ForwardReason> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(ReasoningFormat::from_name)
+            .map(Some)
+            .ok_or_else(|| ForwardReason::field("reasoning_format")),
+    }
+}
 
 /// One streamed answer's split so far.
 pub(super) struct StreamSplit {
@@ -79,7 +95,9 @@ mod tests {
     /// Tags cut across SSE chunks: the deltas of each field add up to the whole answer's split.
     #[test]
     fn deltas_across_cut_tags_add_up_to_the_whole_split() {
-        let pieces = ["<th", "ink>", "\nWe a", "dd.\n</", "think", ">\n", "\nTen", "."];
+        let pieces = [
+            "<th", "ink>", "\nWe a", "dd.\n</", "think", ">\n", "\nTen", ".",
+        ];
         for (pending, extract) in [("", true), ("", false), ("<think>\n", true)] {
             let s = split(pending, extract);
             let mut stream = StreamSplit::new(s.clone());
@@ -96,6 +114,26 @@ mod tests {
         assert_eq!(stream.push("ink>\nab"), ("ab".into(), String::new()));
         assert_eq!(stream.push("c</th"), ("c".into(), String::new()));
         assert_eq!(stream.push("ink>\n\nok"), (String::new(), "ok".into()));
+    }
+
+    #[test]
+    fn the_formats_llama_cpp_knows_are_the_engines() {
+        let format = |v: Value| requested_format(Some(&v));
+        assert_eq!(format(json!("none")), Ok(Some(ReasoningFormat::None)));
+        assert_eq!(
+            format(json!("deepseek-legacy")),
+            Ok(Some(ReasoningFormat::Extract))
+        );
+        assert_eq!(format(Value::Null), Ok(None));
+        assert_eq!(requested_format(None), Ok(None));
+        assert_eq!(
+            format(json!("bogus")),
+            Err(ForwardReason::field("reasoning_format"))
+        );
+        assert_eq!(
+            format(json!(1)),
+            Err(ForwardReason::field("reasoning_format"))
+        );
     }
 
     /// Forced open, nothing generated, no extraction: the content is the open tag, and only

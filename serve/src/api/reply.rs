@@ -105,7 +105,9 @@ impl Reply {
 
     /// A chat delta of one field (`content`, `reasoning_content`).
     fn field_chunk(&self, field: &str, text: &str) -> Value {
-        self.chunk(json!({"index": 0, "delta": {field: text}, "logprobs": null, "finish_reason": null}))
+        self.chunk(
+            json!({"index": 0, "delta": {field: text}, "logprobs": null, "finish_reason": null}),
+        )
     }
 
     /// The chunks for newly confirmed text: plain deltas, or the reasoning and content parts

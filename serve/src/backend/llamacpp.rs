@@ -220,7 +220,10 @@ impl LlamaServer {
         v.get("prompt")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| self.ep.malformed("/apply-template", "no `prompt` in the reply"))
+            .ok_or_else(|| {
+                self.ep
+                    .malformed("/apply-template", "no `prompt` in the reply")
+            })
     }
 
     /// One answer of the server's own chat endpoint (the reasoning probe's check).

@@ -79,11 +79,7 @@ fn trim_c_space(s: &str) -> &str {
 
 /// Byte length of the longest common prefix, on a character boundary.
 fn common_prefix(a: &str, b: &str) -> usize {
-    let mut n = a
-        .bytes()
-        .zip(b.bytes())
-        .take_while(|(x, y)| x == y)
-        .count();
+    let mut n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
     while !a.is_char_boundary(n) {
         n -= 1;
     }
@@ -187,21 +183,44 @@ pub fn dedicated_parser(src: &str) -> Option<&'static str> {
             "Ministral",
         ),
         (has("<|channel|>"), "GPT-OSS"),
-        (has("<atem:function_calls>") && has("<|eom|>"), "Muse Glimmer"),
+        (
+            has("<atem:function_calls>") && has("<|eom|>"),
+            "Muse Glimmer",
+        ),
         (has(">>>all") && has(">>>${recipient}"), "Functionary v3.2"),
-        (has("<|tool_calls_section_begin|>") && has("<|tool_call_begin|>"), "Kimi K2"),
-        (has("<|open|>") && has("<|close|>") && has("<|end_of_msg|>"), "Kimi K3"),
-        (has("<role>ASSISTANT</role>") && has("<arg_key>"), "Ling 3.0"),
-        (has("<|START_TEXT|>") && has("<|START_ACTION|>"), "Cohere2 MoE"),
-        (has("<|tool_list_start|>") && has("<|tool_list_end|>"), "LFM2"),
+        (
+            has("<|tool_calls_section_begin|>") && has("<|tool_call_begin|>"),
+            "Kimi K2",
+        ),
+        (
+            has("<|open|>") && has("<|close|>") && has("<|end_of_msg|>"),
+            "Kimi K3",
+        ),
+        (
+            has("<role>ASSISTANT</role>") && has("<arg_key>"),
+            "Ling 3.0",
+        ),
+        (
+            has("<|START_TEXT|>") && has("<|START_ACTION|>"),
+            "Cohere2 MoE",
+        ),
+        (
+            has("<|tool_list_start|>") && has("<|tool_list_end|>"),
+            "LFM2",
+        ),
         (has("List of tools: ["), "LFM2.5"),
         (has("<|role_sep|>") && has("<|message_sep|>"), "GigaChat 3"),
         (has("]<]minimax[>["), "MiniMax-M3"),
         (has("dsml_token") && has("DSML"), "DeepSeek V3.2"),
         (has("'<|tool_call>call:'"), "Gemma 4"),
-        (has("Tool usage guidelines:") && has("<function name=\""), "MiniCPM5"),
-        (has("<tool_call>") && has("<function=") && has("<parameter="), "Qwen3-Coder"),
-        (has("You have access to the following functions in JSONSchema format"), "StepFun"),
+        (
+            has("Tool usage guidelines:") && has("<function name=\""),
+            "MiniCPM5",
+        ),
+        (
+            has("<tool_call>") && has("<function=") && has("<parameter="),
+            "Qwen3-Coder",
+        ),
         // Content inside markers of its own (<response>…</response>, <|CHATBOT_TOKEN|>…).
         (has("<response></response>"), "Granite"),
         (has("<|CHATBOT_TOKEN|>"), "Command R"),
@@ -231,7 +250,8 @@ pub async fn probe(server: &LlamaServer) -> Result<ReasoningSyntax, String> {
     let bare = render(json!({"messages": [user], "add_generation_prompt": false})).await?;
     let with_prompt = render(json!({"messages": [user]})).await?;
     let cont = render(json!({"messages": continued})).await?;
-    let unknown = || "the template's thinking tags could not be found by continuing a thought".to_string();
+    let unknown =
+        || "the template's thinking tags could not be found by continuing a thought".to_string();
     let written = cont.strip_prefix(bare.as_str()).ok_or_else(unknown)?;
     let r = written.find(PROBE_REASONING).ok_or_else(unknown)?;
     let before = &written[..r];
@@ -317,7 +337,10 @@ mod tests {
 
     #[test]
     fn no_block_is_all_content_without_leading_whitespace() {
-        assert_eq!(split("", "\n\nHello <think>x</think>"), pair("", "Hello <think>x</think>"));
+        assert_eq!(
+            split("", "\n\nHello <think>x</think>"),
+            pair("", "Hello <think>x</think>")
+        );
         assert_eq!(split("", "<thinking>"), pair("", "<thinking>"));
         assert_eq!(split("", "  "), pair("", ""));
     }
@@ -335,7 +358,10 @@ mod tests {
     /// No closing tag before `max_tokens`: everything is reasoning, the content stays empty.
     #[test]
     fn an_unclosed_block_is_all_reasoning() {
-        assert_eq!(split("<think>\n", "The user asks "), pair("The user asks ", ""));
+        assert_eq!(
+            split("<think>\n", "The user asks "),
+            pair("The user asks ", "")
+        );
         assert_eq!(split("", "<think>\n \n"), pair("", ""));
         assert_eq!(split("<think>\n", ""), pair("", ""));
     }
@@ -359,7 +385,10 @@ mod tests {
         let mut last = pair("", "");
         for (i, _) in text.char_indices().chain([(text.len(), ' ')]) {
             let now = split("", &text[..i]);
-            assert!(now.0.starts_with(&last.0) && now.1.starts_with(&last.1), "{i}: {last:?} → {now:?}");
+            assert!(
+                now.0.starts_with(&last.0) && now.1.starts_with(&last.1),
+                "{i}: {last:?} → {now:?}"
+            );
             assert!(fr.starts_with(&now.0) && fc.starts_with(&now.1));
             last = now;
         }
@@ -383,9 +412,18 @@ mod tests {
             dedicated_parser("<tool_call> <function= <parameter="),
             Some("Qwen3-Coder")
         );
-        assert_eq!(dedicated_parser("<think>{{ m.content }}</think><tool_call>"), None);
-        assert_eq!(ReasoningFormat::from_name("deepseek-legacy"), Some(ReasoningFormat::Extract));
-        assert_eq!(ReasoningFormat::from_name("none"), Some(ReasoningFormat::None));
+        assert_eq!(
+            dedicated_parser("<think>{{ m.content }}</think><tool_call>"),
+            None
+        );
+        assert_eq!(
+            ReasoningFormat::from_name("deepseek-legacy"),
+            Some(ReasoningFormat::Extract)
+        );
+        assert_eq!(
+            ReasoningFormat::from_name("none"),
+            Some(ReasoningFormat::None)
+        );
         assert_eq!(ReasoningFormat::from_name("bogus"), None);
     }
 }
