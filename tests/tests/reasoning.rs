@@ -246,7 +246,8 @@ async fn thinking_chats_are_speculated_and_split_as_the_target_splits_them() {
 
 /// What the engine cannot split goes to the target, with the reason in the response and in
 /// `/metrics`: a reasoning format llama.cpp does not know, a conversation that ends with the
-/// assistant's own message (the target continues it), a template with a parser of its own.
+/// assistant's own message (the target continues it), a template with a parser of its own. And
+/// the target's own default (`--reasoning-format none`), learned by the probe, is honoured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_engine_cannot_split_goes_to_the_target_with_the_reason() {
     let env = env();
@@ -261,6 +262,18 @@ async fn what_the_engine_cannot_split_goes_to_the_target_with_the_reason() {
     )
     .expect("template");
     let target = start_target(&env, &env.model("target.gguf"), &think).await;
+    // Forced open, and the target's default format keeps the thoughts in the content.
+    let forced = dir.path().join("forced.jinja");
+    std::fs::write(&forced, FORCED).expect("template");
+    let mut opts = ServerOptions::target(4);
+    opts.extra = vec![
+        "--jinja".into(),
+        "--chat-template-file".into(),
+        forced.display().to_string(),
+        "--reasoning-format".into(),
+        "none".into(),
+    ];
+    let inline = LlamaServer::start(&env, &env.model("target.gguf"), opts).await;
     let other = start_target(&env, &env.model("target.gguf"), &channels).await;
     let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let proxy = RunningProxy::start_with(ProxyConfig {
@@ -268,6 +281,7 @@ async fn what_the_engine_cannot_split_goes_to_the_target_with_the_reason() {
         pairings: vec![
             pairing("m", &target.url, Some(&draft.url)),
             pairing("coder", &other.url, Some(&draft.url)),
+            pairing("inline", &inline.url, Some(&draft.url)),
         ],
         ..ProxyConfig::default()
     })
@@ -313,6 +327,22 @@ async fn what_the_engine_cannot_split_goes_to_the_target_with_the_reason() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["tightwad"]["served_by"], "speculative", "{v}");
+    // A target whose `--reasoning-format` is `none`: the engine's answer keeps the forced-open
+    // block in the content, as the target's own does.
+    let mut outcomes = Vec::new();
+    let mut streams = 0;
+    for q in ["hi", "What is 5+5?", "Tell me a story."] {
+        let body = json!({"model": "inline", "messages": [{"role": "user", "content": q}], "max_tokens": 12, "temperature": 0});
+        if let Some((reasoning, content)) =
+            check(&proxy, &inline, &body, &mut outcomes, &mut streams).await
+        {
+            assert!(
+                reasoning.is_empty() && content.starts_with("<think>\n"),
+                "{content:?}"
+            );
+        }
+    }
+    assert!(outcomes.contains(&Agreement::Identical), "{outcomes:?}");
     let m = reqwest::get(format!("{}/metrics", proxy.url))
         .await
         .expect("metrics")
