@@ -234,8 +234,8 @@ const PROBE_REASONING: &str = "TIGHTWAD_PROBE_REASONING";
 const PROBE_CONTENT: &str = "TIGHTWAD_PROBE_CONTENT";
 
 /// Learn how the target splits a thinking answer, or why the engine cannot reproduce it (then
-/// its chats go to it unchanged). Three `/apply-template` calls and one chat request of one
-/// token.
+/// its chats go to it unchanged). `/props` (the template's source), three `/apply-template`
+/// calls and one chat request of one token, once per probe of the pairing.
 pub async fn probe(server: &LlamaServer) -> Result<ReasoningSyntax, String> {
     let err = |e: super::BackendError| format!("probing the chat template failed: {e}");
     let template = server.props().await.map_err(err)?.chat_template;
