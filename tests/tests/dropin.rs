@@ -1,7 +1,7 @@
 //! The proxy as a drop-in endpoint (issue 17): every route the target serves works through it,
-//! browsers may call it, the requests SDKs send are speculated on, a reasoning template goes to the
-//! target with the reason said, health tells the truth from the first moment, and the latencies
-//! are in `/metrics`.
+//! browsers may call it, the requests SDKs send are speculated on, a reasoning template the
+//! engine cannot split goes to the target with the reason said, health tells the truth from the
+//! first moment, and the latencies are in `/metrics`.
 
 use std::time::{Duration, Instant};
 
@@ -236,8 +236,10 @@ async fn the_requests_sdks_send_are_speculated_and_timed() {
     }
 }
 
-/// A target whose chat template reasons aloud answers chats itself (its parser splits
-/// `reasoning_content`), and the response and `/metrics` say why.
+/// A target whose chat template reasons aloud in a way the engine does not recognise (here: an
+/// empty think block only when thinking is off, no `reasoning_content` rendered) answers chats
+/// itself, and the response and `/metrics` say why (`reasoning.rs` has the templates the engine
+/// splits itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reasoning_template_sends_chats_to_the_target_and_says_why() {
     let env = env();

@@ -10,6 +10,7 @@ mod forward;
 pub mod guard;
 pub mod health;
 pub mod openai;
+mod reasoning;
 mod relay;
 mod reload;
 mod reply;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::reasoning;
 use crate::backend::types::{Sampling, TokenId};
 pub use crate::engine::Plan;
 use crate::engine::{ForwardReason, GenerationRequest, PromptInput};
@@ -229,23 +230,34 @@ impl OpenAiRequest {
                         Some("prompt"),
                     ));
                 }
-                match check_messages(self.messages.as_ref())? {
-                    Some(reason) => return Ok(Plan::Forward(reason)),
-                    None => PromptInput::Chat {
-                        messages: self.messages.clone().unwrap_or(Value::Null),
-                        template_kwargs: self
-                            .extra
-                            .get("chat_template_kwargs")
-                            .filter(|v| !is_default_value(v))
-                            .cloned(),
-                    },
+                if let Some(reason) = check_messages(self.messages.as_ref())? {
+                    return Ok(Plan::Forward(reason));
+                }
+                let reasoning_format =
+                    match reasoning::requested_format(self.extra.get("reasoning_format")) {
+                        Ok(format) => format,
+                        Err(reason) => return Ok(Plan::Forward(reason)),
+                    };
+                PromptInput::Chat {
+                    messages: self.messages.clone().unwrap_or(Value::Null),
+                    template_kwargs: self
+                        .extra
+                        .get("chat_template_kwargs")
+                        .filter(|v| !is_default_value(v))
+                        .cloned(),
+                    reasoning_format,
                 }
             }
         };
         if let Some(field) = self
             .extra
             .iter()
-            .find(|(k, v)| !is_inert(k, v))
+            .find(|(k, v)| {
+                // A chat's `reasoning_format` was read above.
+                let read =
+                    endpoint == Endpoint::ChatCompletions && k.as_str() == "reasoning_format";
+                !(read || is_inert(k, v))
+            })
             .map(|(k, _)| k)
         {
             return Ok(Plan::Forward(ForwardReason::field(field)));
@@ -443,6 +455,7 @@ mod tests {
         let PromptInput::Chat {
             messages,
             template_kwargs,
+            ..
         } = g.prompt
         else {
             panic!("a chat prompt")
@@ -458,6 +471,31 @@ mod tests {
         ] {
             assert!(
                 matches!(plan(body, Endpoint::ChatCompletions), Ok(Plan::Forward(_))),
+                "{body}"
+            );
+        }
+    }
+
+    /// A chat's known `reasoning_format` is the engine's (it splits the answer as the target
+    /// would); an unknown one, or one on a completion, is the target's.
+    #[test]
+    fn a_known_reasoning_format_is_the_engines() {
+        let chat = |f: &str| {
+            format!(r#"{{"messages":[{{"role":"user","content":"x"}}],"reasoning_format":"{f}"}}"#)
+        };
+        assert!(matches!(
+            plan(&chat("none"), Endpoint::ChatCompletions),
+            Ok(Plan::Generate(_))
+        ));
+        for (body, endpoint) in [
+            (chat("bogus"), Endpoint::ChatCompletions),
+            (
+                r#"{"prompt":"x","reasoning_format":"none"}"#.into(),
+                Endpoint::Completions,
+            ),
+        ] {
+            assert!(
+                matches!(plan(&body, endpoint), Ok(Plan::Forward(ForwardReason::Field(f))) if f == "reasoning_format"),
                 "{body}"
             );
         }

@@ -14,8 +14,9 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::openai::Endpoint;
+use super::reasoning::{self, StreamSplit};
 use super::{guard, unix_now, AppState};
-use crate::engine::{Event, Generation, Pairing, Prepared};
+use crate::engine::{Event, Generation, Pairing, Prepared, ReasoningSplit};
 
 /// The identity of one response, shared by its chunks.
 pub(super) struct Reply {
@@ -49,14 +50,14 @@ impl Reply {
         })
     }
 
-    fn full(&self, text: &str, g: &Generation) -> Value {
+    fn full(&self, text: &str, g: &Generation, split: Option<&ReasoningSplit>) -> Value {
         let mut choice = match self.endpoint {
             Endpoint::Completions => json!({
                 "index": 0, "text": text, "logprobs": null, "finish_reason": g.finish.as_str(),
             }),
             Endpoint::ChatCompletions => json!({
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": reasoning::message(split, text),
                 "logprobs": null,
                 "finish_reason": g.finish.as_str(),
             }),
@@ -100,6 +101,27 @@ impl Reply {
                 json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
             }
         })
+    }
+
+    /// A chat delta of one field (`content`, `reasoning_content`).
+    fn field_chunk(&self, field: &str, text: &str) -> Value {
+        self.chunk(
+            json!({"index": 0, "delta": {field: text}, "logprobs": null, "finish_reason": null}),
+        )
+    }
+
+    /// The chunks for newly confirmed text: plain deltas, or the reasoning and content parts
+    /// of it as the target would split them (reasoning first; nothing while a tag is cut off).
+    fn text_chunks(&self, split: Option<&mut StreamSplit>, text: &str) -> Vec<Value> {
+        let Some(split) = split else {
+            return vec![self.delta_chunk(text)];
+        };
+        let (reasoning, content) = split.push(text);
+        [("reasoning_content", reasoning), ("content", content)]
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(field, t)| self.field_chunk(field, &t))
+            .collect()
     }
 
     fn role_chunk(&self) -> Value {
@@ -149,6 +171,7 @@ impl Reply {
         prepared: Prepared,
         permit: guard::Permit,
     ) -> Result<Response, ApiError> {
+        let split = prepared.reasoning().cloned();
         let (tx, mut rx) = mpsc::channel::<Event>(64);
         let collect = async {
             let mut text = String::new();
@@ -175,7 +198,7 @@ impl Reply {
             .metrics
             .latencies(generation.served_by, first, self.started.elapsed());
         state.record_generation(&self.id, &self.model, &generation);
-        Ok(Json(self.full(&text, &generation)).into_response())
+        Ok(Json(self.full(&text, &generation, split.as_ref())).into_response())
     }
 
     /// Generate in a task of its own and answer with its events as SSE; the client going away
@@ -187,6 +210,7 @@ impl Reply {
         prepared: Prepared,
         permit: guard::Permit,
     ) -> Response {
+        let split = prepared.reasoning().cloned().map(StreamSplit::new);
         let (tx, rx) = mpsc::channel::<Event>(64);
         let span = tracing::Span::current();
         let pairing_metrics = pairing.metrics.clone();
@@ -197,7 +221,7 @@ impl Reply {
             }
             .instrument(span),
         );
-        let events = self.sse(rx, state, pairing_metrics, AbortOnDrop(task));
+        let events = self.sse(rx, split, state, pairing_metrics, AbortOnDrop(task));
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
@@ -206,6 +230,7 @@ impl Reply {
     fn sse(
         self,
         rx: mpsc::Receiver<Event>,
+        split: Option<StreamSplit>,
         state: Arc<AppState>,
         metrics: crate::metrics::PairingMetrics,
         guard: AbortOnDrop,
@@ -217,6 +242,7 @@ impl Reply {
         let data = |v: Value| SseEvent::default().data(v.to_string());
         let initial = Streaming {
             rx,
+            split,
             reply: self,
             state,
             metrics,
@@ -236,13 +262,21 @@ impl Reply {
             let (events, done) = match s.rx.recv().await {
                 Some(Event::Text(text)) => {
                     s.first_text.get_or_insert_with(|| reply.started.elapsed());
-                    (vec![data(reply.delta_chunk(&text))], false)
+                    let chunks = reply.text_chunks(s.split.as_mut(), &text);
+                    (chunks.into_iter().map(data).collect(), false)
                 }
                 Some(Event::Done(Ok(g))) => {
                     s.metrics
                         .latencies(g.served_by, s.first_text, reply.started.elapsed());
                     s.state.record_generation(&reply.id, &reply.model, &g);
-                    let mut events = vec![data(reply.final_chunk(&g))];
+                    let mut events: Vec<SseEvent> = match s.split.as_mut() {
+                        Some(split) => reply.text_chunks(Some(split), ""),
+                        None => vec![],
+                    }
+                    .into_iter()
+                    .map(data)
+                    .collect();
+                    events.push(data(reply.final_chunk(&g)));
                     if reply.include_usage {
                         events.push(data(reply.usage_chunk(&g)));
                     }
@@ -278,6 +312,8 @@ impl Reply {
 /// The state of one SSE response between events.
 struct Streaming {
     rx: mpsc::Receiver<Event>,
+    /// A thinking answer's split so far (a chat to a target whose template thinks aloud).
+    split: Option<StreamSplit>,
     reply: Reply,
     state: Arc<AppState>,
     metrics: crate::metrics::PairingMetrics,

@@ -213,6 +213,24 @@ impl LlamaServer {
             })
     }
 
+    /// `/apply-template` of a whole chat body (`messages`, `chat_template_kwargs`,
+    /// `add_generation_prompt`, …), read by the server as its chat endpoint reads it.
+    pub async fn render_chat(&self, body: &Value) -> Result<String, BackendError> {
+        let v: Value = self.ep.post_json("/apply-template", body).await?;
+        v.get("prompt")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                self.ep
+                    .malformed("/apply-template", "no `prompt` in the reply")
+            })
+    }
+
+    /// One answer of the server's own chat endpoint (the reasoning probe's check).
+    pub async fn chat(&self, body: &Value) -> Result<Value, BackendError> {
+        self.ep.post_json("/v1/chat/completions", body).await
+    }
+
     fn completion_body(
         prompt: Value,
         n_predict: usize,

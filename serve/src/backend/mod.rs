@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod llamacpp;
+pub mod reasoning;
 pub mod server;
 #[cfg(test)]
 pub mod simulated;

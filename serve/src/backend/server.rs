@@ -67,7 +67,8 @@ pub struct ServerFacts {
     pub steers_native: bool,
     /// The chat template reasons aloud (`<think>`, `enable_thinking`, `reasoning_content`):
     /// llama-server's chat endpoint then splits the answer into `reasoning_content` and `content`
-    /// with a parser generated from the template, which the engine does not reproduce.
+    /// with a parser generated from the template, which the pairing's probe then learns
+    /// ([`super::reasoning::probe`]) to reproduce it or to leave such chats to the target.
     pub chat_reasoning: bool,
     /// The temperature the server samples with when a request sets none (llama-server's
     /// `--temp`, from `/props`); `None` when it does not say.

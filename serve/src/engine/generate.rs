@@ -118,8 +118,8 @@ impl Pairing {
         if engine_only {
             return None;
         }
-        if info.chat_reasoning && matches!(request.prompt, PromptInput::Chat { .. }) {
-            return Some(ForwardReason::Reasoning);
+        if let Some(reason) = Self::reasoning_forward(info, &request.prompt) {
+            return Some(reason);
         }
         if info.speculation.is_err() {
             return Some(ForwardReason::NoDrafter);
@@ -176,6 +176,7 @@ impl Pairing {
             PromptInput::Chat {
                 messages,
                 template_kwargs,
+                ..
             } => {
                 self.target
                     .tokenize_chat(messages, template_kwargs.as_ref())
@@ -213,7 +214,7 @@ impl Pairing {
                 None => {}
             }
         }
-        let prompt = self.tokenize_prompt(&request.prompt).await?;
+        let (prompt, reasoning) = self.tokenize_for_split(&request.prompt, &info).await?;
         let prompt_tokens = prompt.len();
         if prompt_tokens + 1 >= info.n_ctx {
             return Err(EngineError::ContextExceeded {
@@ -226,6 +227,7 @@ impl Pairing {
             info,
             prompt,
             started,
+            reasoning,
         })
     }
 
@@ -263,6 +265,7 @@ impl Pairing {
             info,
             prompt,
             started,
+            ..
         } = prepared;
         let prompt_tokens = prompt.len();
         // The target alone stops when prompt + generated reaches its context.

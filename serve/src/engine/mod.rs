@@ -24,6 +24,7 @@ mod generate;
 mod history;
 mod native;
 mod pairing;
+mod reasoning;
 mod request;
 mod round;
 mod shadow;
@@ -35,7 +36,7 @@ pub use pipelining::Pipelining;
 pub use probe::{PairingInfo, Verification, TOKENIZER_PROBES};
 pub use request::{
     EngineError, Event, ForwardReason, Generation, GenerationRequest, Job, Plan, Prepared,
-    PromptInput, Route,
+    PromptInput, ReasoningSplit, Route,
 };
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::pairing::{
     Drafter, Pairing, VerifyMode, DRAFT_RETRY_AFTER, PROMPT_LOOKUP, REPROBE_AFTER,
 };
+use crate::backend::reasoning::{self, ReasoningSyntax};
 use crate::backend::{Backend, BackendError, BackendKind, ServerFacts, TokenId};
 
 /// Strings both servers must tokenize identically before the draft may speak for the target. They
@@ -45,9 +46,10 @@ pub struct PairingInfo {
     /// Native pairing only: whether the target honours a per-request `speculative.n_max`
     /// (measured: with 0 it drafted nothing), or why the proxy cannot steer it.
     pub native_steering: Option<Result<(), String>>,
-    /// The target's chat template thinks aloud (see [`crate::backend::ServerFacts`]): its chat
-    /// endpoint answers in `reasoning_content` and `content`, so chats go to it.
-    pub chat_reasoning: bool,
+    /// The target's chat template thinks aloud (see [`crate::backend::ServerFacts`]): how its
+    /// chat endpoint splits an answer into `reasoning_content` and `content`, or why the engine
+    /// cannot reproduce it (its chats then go to it). `None`: the template does not think.
+    pub chat_reasoning: Option<Result<Arc<ReasoningSyntax>, String>>,
     /// The target's own temperature for requests that set none (see
     /// [`crate::backend::ServerFacts`]).
     pub default_temperature: Option<f32>,
@@ -223,7 +225,7 @@ impl Pairing {
                 drafters,
                 verification: old.verification.clone(),
                 native_steering: old.native_steering.clone(),
-                chat_reasoning: old.chat_reasoning,
+                chat_reasoning: old.chat_reasoning.clone(),
                 default_temperature: old.default_temperature,
                 probed_at: Instant::now(),
             };
@@ -245,6 +247,20 @@ impl Pairing {
         };
         if let Some(Err(reason)) = &native_steering {
             warn!(pairing = %self.config.name, %reason, "native pairing cannot be steered: the target speculates on every request");
+        }
+        let chat_reasoning = match (facts.chat_reasoning, self.target.as_llamacpp()) {
+            (false, _) => None,
+            (true, Some(target)) => Some(reasoning::probe(target).await.map(Arc::new)),
+            (true, None) => Some(Err("only llama-server's split is reproduced".to_string())),
+        };
+        match &chat_reasoning {
+            Some(Ok(syntax)) => {
+                info!(pairing = %self.config.name, ?syntax, "the chat template thinks aloud; the engine splits its answers as the target does")
+            }
+            Some(Err(reason)) => {
+                warn!(pairing = %self.config.name, %reason, "the chat template thinks aloud; its chats go to the target")
+            }
+            None => {}
         }
         let mut drafters = Vec::with_capacity(self.drafts.len());
         for d in &self.drafts {
@@ -301,7 +317,7 @@ impl Pairing {
             drafters,
             verification,
             native_steering,
-            chat_reasoning: facts.chat_reasoning,
+            chat_reasoning,
             default_temperature: facts.default_temperature,
             probed_at: Instant::now(),
         })

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::output::{FinishReason, Output};
 use super::probe::PairingInfo;
+use crate::backend::reasoning::{ReasoningFormat, ReasoningSyntax};
 use crate::backend::{BackendError, Sampling, TokenId};
 use crate::metrics::ServedBy;
 
@@ -22,6 +23,9 @@ pub enum PromptInput {
     Chat {
         messages: Value,
         template_kwargs: Option<Value>,
+        /// The request's `reasoning_format` (`None`: the target's default), for a target whose
+        /// template thinks aloud.
+        reasoning_format: Option<ReasoningFormat>,
     },
 }
 
@@ -60,9 +64,10 @@ pub enum ForwardReason {
     NoDrafter,
     /// The controller has speculation off: the target alone is faster right now.
     SpeculationOff,
-    /// The target's chat template thinks aloud: its chat endpoint splits the answer into
-    /// `reasoning_content` and `content` with a parser of its own, which the engine does not
-    /// reproduce.
+    /// The target's chat template thinks aloud and the engine cannot split its answer into
+    /// `reasoning_content` and `content` exactly as the target would: a template with a parser
+    /// of its own, tags the probe could not confirm, a conversation that ends with the
+    /// assistant's own (continued) message.
     Reasoning,
     /// A route the engine does not drive (`/v1/embeddings`, `/v1/responses`, `/tokenize`, …).
     Route,
@@ -112,7 +117,7 @@ impl std::fmt::Display for ForwardReason {
             }
             ForwardReason::Reasoning => write!(
                 f,
-                "the target's chat template reasons; its own parser splits `reasoning_content`"
+                "the target's chat template reasons in a way only its own parser splits"
             ),
             ForwardReason::Route => write!(f, "the engine does not drive this route"),
         }
@@ -183,6 +188,32 @@ pub struct Prepared {
     pub(super) info: Arc<PairingInfo>,
     pub(super) prompt: Vec<TokenId>,
     pub(super) started: Instant,
+    pub(super) reasoning: Option<ReasoningSplit>,
+}
+
+impl Prepared {
+    /// How the answer's text is split into `reasoning_content` and `content` (a chat to a
+    /// target whose template thinks aloud), `None` for plain text.
+    pub fn reasoning(&self) -> Option<&ReasoningSplit> {
+        self.reasoning.as_ref()
+    }
+}
+
+/// One chat answer's split as the target makes it: its template's tags, what its generation
+/// prompt leaves open (`<think>\n` when the template forces the block open), and whether the
+/// thinking is taken out of the content.
+#[derive(Debug, Clone)]
+pub struct ReasoningSplit {
+    pub syntax: Arc<ReasoningSyntax>,
+    pub pending: String,
+    pub extract: bool,
+}
+
+impl ReasoningSplit {
+    /// `(reasoning_content, content)` of the text generated so far (or all of it).
+    pub fn split(&self, text: &str) -> (String, String) {
+        self.syntax.split(&self.pending, text, self.extract)
+    }
 }
 
 /// Progress of one generation, shared by the speculative and the target-only phases.
