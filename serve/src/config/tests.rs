@@ -2,13 +2,19 @@ use super::*;
 
 use figment::Jail;
 
-/// A test in figment's jail: a scratch folder as the working directory and an environment
-/// emptied of the caller's variables (restored afterwards; jails run one at a time).
+/// A test in figment's jail (jails run one at a time): a scratch folder as the working directory,
+/// and none of the caller's `TIGHTWAD_*` variables (they come back afterwards; the rest of the
+/// environment stays, other tests of this process may be reading it).
 // figment's own signature: the jail's closure returns `figment::Result`.
 #[allow(clippy::result_large_err)]
 fn jailed(test: impl FnOnce(&mut Jail)) {
     Jail::expect_with(|jail| {
-        jail.clear_env();
+        for (name, _) in std::env::vars() {
+            if name.starts_with("TIGHTWAD_") {
+                jail.set_env(&name, "");
+                std::env::remove_var(&name);
+            }
+        }
         test(jail);
         Ok(())
     });
