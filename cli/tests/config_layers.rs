@@ -162,8 +162,9 @@ async fn each_layer_overrides_the_one_below_for_the_same_key() {
 }
 
 /// A mistake is named where it was made: the file's line even while a variable overrides
-/// another key (before, an override lost the line), the variable when the variable is wrong,
-/// and a pairing setting with nothing to set says how to give a target. Exit code 2 each time.
+/// another key (before, an override lost the line), the variable when the variable is wrong, the
+/// flag or the line for a value that cannot run (before, neither), and a pairing setting with
+/// nothing to set says how to give a target. Exit code 2 each time.
 #[test]
 fn a_mistake_is_named_where_it_was_made() {
     let dir = tempfile::tempdir().expect("dir");
@@ -202,6 +203,26 @@ fn a_mistake_is_named_where_it_was_made() {
     assert!(
         stderr.contains("TIGHTWAD_PAIRING_DRAFT_TOKENS: pairings[0].draft_tokens")
             && !stderr.contains("line"),
+        "{stderr}"
+    );
+
+    // A value of the right type that cannot run: named where it was set as well.
+    let out = run(dir.path(), &["proxy", "--draft-tokens", "12"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--draft-tokens: pairing 0: draft_tokens must be between 1 and 8"),
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.path().join("tightwad.toml"),
+        "[[pairings]]\ntarget = \"http://127.0.0.1:9\"\ndraft_tokens = 12\n",
+    )
+    .expect("config");
+    let out = run(dir.path(), &["proxy"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tightwad.toml, line 3: pairing 0: draft_tokens must be between 1 and 8"),
         "{stderr}"
     );
 

@@ -188,6 +188,12 @@ pub(super) struct Layers<'a> {
 impl Layers<'_> {
     /// Read and merge the layers; not validated (see [`ProxyConfig::resolve`]).
     pub(super) fn read(&self) -> Result<Loaded, ConfigError> {
+        Ok(self.read_keeping_origins()?.0)
+    }
+
+    /// [`Layers::read`], with the merged figment and the file's text: where each value came
+    /// from, for the errors of the checks that follow.
+    fn read_keeping_origins(&self) -> Result<(Loaded, Figment, Option<String>), ConfigError> {
         let mut warnings = Vec::new();
         let text = match self.file {
             Some(path) => {
@@ -212,7 +218,7 @@ impl Layers<'_> {
         config.source = self.file.map(Path::to_path_buf);
         let mut seen = std::collections::HashSet::new();
         config.api_keys.retain(|k| seen.insert(k.clone()));
-        Ok(Loaded { config, warnings })
+        Ok((Loaded { config, warnings }, figment, text))
     }
 
     /// The layers merged, the single-pairing layer still in its own profile.
@@ -354,14 +360,21 @@ impl ProxyConfig {
     }
 
     /// All three layers, checked: what `tightwad proxy` (and its reload) serves.
+    /// A value that cannot run is named where it was set, like a value of the wrong type.
     pub fn resolve(file: Option<&Path>, flags: &FlagOverrides) -> Result<Loaded, ConfigError> {
-        let mut loaded = Layers {
+        let (mut loaded, figment, text) = Layers {
             file,
             env: true,
             flags: Some(flags),
         }
-        .read()?;
-        loaded.config.validate()?;
+        .read_keeping_origins()?;
+        let file = file
+            .zip(text.as_deref())
+            .map(|(path, text)| FileText { path, text });
+        loaded
+            .config
+            .validate()
+            .map_err(|e| origin::locate(e, &figment, file))?;
         loaded.warnings.extend(loaded.config.advice());
         Ok(loaded)
     }

@@ -69,6 +69,10 @@ pub enum ConfigError {
     /// from: `FILE, line N`, the `TIGHTWAD_*` variable or the flag.
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
+    /// A value read without error that cannot run, at its key path (`pairings.0.draft_tokens`);
+    /// the loader turns it into a [`ConfigError::Parse`] naming where the value was set.
+    #[error("{message}")]
+    Key { key: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use figment::providers::Env;
-use figment::value::Tag;
+use figment::value::{Tag, Value};
 use figment::{Figment, Metadata, Provider, Source};
 use toml::de::{DeTable, DeValue};
 
@@ -159,6 +159,44 @@ pub(super) fn describe(error: figment::Error, file: Option<FileText>) -> ConfigE
             },
         },
     }
+}
+
+/// A value that cannot run ([`ConfigError::Key`], from the checks), named where it was set: the
+/// file and line, the variable or the flag, found from the tag figment kept on the value.
+pub(super) fn locate(error: ConfigError, figment: &Figment, file: Option<FileText>) -> ConfigError {
+    let ConfigError::Key { key, message } = error else {
+        return error;
+    };
+    let path: Vec<String> = key.split('.').map(str::to_string).collect();
+    let value = path.split_first().and_then(|(top, rest)| {
+        let mut value = figment.find_value(top).ok()?;
+        for part in rest {
+            value = match value {
+                Value::Dict(_, mut d) => d.remove(part)?,
+                Value::Array(_, mut a) => {
+                    let i = part.parse::<usize>().ok()?;
+                    (i < a.len()).then(|| a.swap_remove(i))?
+                }
+                _ => return None,
+            };
+        }
+        Some(value)
+    });
+    let Some(value) = value else {
+        return ConfigError::Key { key, message };
+    };
+    let layer = layer_of(figment.get_metadata(value.tag()));
+    let origin = match (&layer, file) {
+        (Layer::File, Some(file)) => match line_of(file.text, &path) {
+            Some(line) => format!("{}, line {line}", file.path.display()),
+            None => file.path.display().to_string(),
+        },
+        _ => match setting_name(&layer, &path) {
+            Some(name) => name,
+            None => return ConfigError::Key { key, message },
+        },
+    };
+    ConfigError::Parse { origin, message }
 }
 
 /// The line (from 1) of the key at `path` in the TOML `text`: of the key itself where the path

@@ -256,6 +256,68 @@ fn file_errors_name_the_key_the_file_and_the_line() {
     });
 }
 
+/// A value of the right type that cannot run (a k above 8, a URL without a scheme) is named
+/// where it was set too: before, the check's message said neither file nor line.
+#[test]
+fn a_value_that_cannot_run_is_named_where_it_was_set() {
+    jailed(|jail| {
+        let path = write(
+            jail,
+            "max_connections_per_client = 0\n[[pairings]]\ntarget = \"http://a:1\"\n\ndraft_tokens = 12\n",
+        );
+        let none = FlagOverrides::default();
+        let e = ProxyConfig::resolve(Some(&path), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.toml, line 1: max_connections_per_client must be at least 1"),
+            "{e}"
+        );
+        let path = write(
+            jail,
+            "[[pairings]]\ntarget = \"http://a:1\"\n\ndraft_tokens = 12\n",
+        );
+        let e = ProxyConfig::resolve(Some(&path), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.toml, line 4: pairing 0: draft_tokens must be between 1 and 8"),
+            "{e}"
+        );
+        jail.set_env("TIGHTWAD_PAIRING_DRAFT_TOKENS", "9");
+        let e = ProxyConfig::resolve(Some(&path), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TIGHTWAD_PAIRING_DRAFT_TOKENS: pairing 0: draft_tokens"),
+            "{e}"
+        );
+        let flags = FlagOverrides {
+            draft_tokens: Some(0),
+            draft: Some("b:2".into()),
+            ..Default::default()
+        };
+        let e = ProxyConfig::resolve(Some(&path), &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--draft: pairing 0: draft URL \"b:2\""),
+            "{e}"
+        );
+        let flags = FlagOverrides {
+            draft_tokens: Some(0),
+            ..Default::default()
+        };
+        let e = ProxyConfig::resolve(Some(&path), &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--draft-tokens: pairing 0: draft_tokens"),
+            "{e}"
+        );
+    });
+}
+
 #[test]
 fn old_spellings_are_read_and_warned_about_with_file_and_line() {
     jailed(|jail| {
