@@ -2,7 +2,7 @@
 //! environment variables (every top-level key the JSON Schema lists: `TIGHTWAD_AGENT_LISTEN`,
 //! `TIGHTWAD_AGENT_MODEL_DIRS='["/data/models"]'`, …), then the flags (`--state-dir`,
 //! `--listen`). The same layers as the proxy's `tightwad.toml`, merged the same way: by figment
-//! (its `Toml` and `Env` providers, the flags `Serialized`), not by hand.
+//! (a file provider, its `Env` provider, the flags `Serialized`), not by hand.
 //!
 //! figment keeps no positions inside the file, so the file is first read alone by toml itself,
 //! whose errors carry the line; whatever fails after that came from a variable or a flag, and
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized};
 use figment::{Figment, Provider};
 
 use super::{old_spellings, AgentConfig};
@@ -20,6 +20,20 @@ use super::{old_spellings, AgentConfig};
 /// Prefix of the variables that set agent.toml's keys. `TIGHTWAD_AGENT_CONFIG` (the file's path)
 /// names no key and is not read as one.
 pub const ENV_PREFIX: &str = "TIGHTWAD_AGENT_";
+
+/// figment's TOML format through the workspace's `toml` (TOML 1.1), the parser that checked the
+/// file just before; figment's own `Toml` is an older toml (TOML 1.0). The proxy's loader has
+/// the same few lines (`tightwad_serve::config::layers`; the agent does not depend on it).
+struct Toml11;
+
+impl Format for Toml11 {
+    type Error = toml::de::Error;
+    const NAME: &'static str = "TOML";
+
+    fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Self::Error> {
+        toml::from_str(text)
+    }
+}
 
 /// The command line's settings, the last layer; `None`: not given, the layers below decide.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -55,7 +69,7 @@ pub(super) fn read(
         warnings = old_spellings(path, &text);
         toml::from_str::<AgentConfig>(&text)
             .with_context(|| format!("parsing agent config {}", path.display()))?;
-        figment = figment.merge(Toml::file_exact(path));
+        figment = figment.merge(Toml11::file_exact(path));
     }
     let keys = keys();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();

@@ -2,8 +2,8 @@
 //! (`tightwad.toml`), then `TIGHTWAD_*` environment variables, then command-line flags.
 //!
 //! The layering is figment's (a well-kept crate for exactly this, rather than our own merge):
-//! its TOML provider reads the file, its `Env` provider the variables, and the flags are a
-//! provider of their own ([`FlagOverrides`]). Every value keeps the layer it came from, so an
+//! its file provider reads the file (with the workspace's TOML parser, [`Toml11`]), its `Env`
+//! provider the variables, and the flags are a provider of their own ([`FlagOverrides`]). Every value keeps the layer it came from, so an
 //! error names the file and line ([`super::origin`] finds the line), the variable or the flag.
 //!
 //! Every key can be set in each layer: `TIGHTWAD_<KEY>` sets a top-level key, and
@@ -24,11 +24,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized};
 use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::origin::{self, FileText};
+use super::origin::{self, FileText, ENV_PAIRING_PREFIX, ENV_PREFIX, FLAGS};
 use super::{ConfigError, PairingEntry, ProxyConfig};
 use crate::engine::VerifyMode;
 
@@ -41,35 +41,23 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Prefix of the variables that set top-level keys.
-pub(super) const ENV_PREFIX: &str = "TIGHTWAD_";
-/// Prefix of the variables that set a key of the single pairing.
-pub(super) const ENV_PAIRING_PREFIX: &str = "TIGHTWAD_PAIRING_";
-/// The name of the flags' layer (figment metadata), to tell its values apart in errors.
-pub(super) const FLAGS: &str = "command-line flags";
+/// figment's TOML format through the workspace's `toml` (TOML 1.1): the parser every other
+/// command reads this same file with (the fleet commands, `init`). figment's own `Toml` provider
+/// is an older toml (TOML 1.0) that would refuse files they accept, and a second TOML parser.
+struct Toml11;
+
+impl Format for Toml11 {
+    type Error = toml::de::Error;
+    const NAME: &'static str = "TOML";
+
+    fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Self::Error> {
+        toml::from_str(text)
+    }
+}
+
 /// The figment profile the single-pairing layer is gathered in until [`one_pairing`] moves it
 /// into the pairing; the default profile (the one extracted) never sees it.
 const ONE_PAIRING: &str = "tightwad-one-pairing";
-
-/// Keys and the flags that set them (the pairing's keys and the top-level ones).
-const FLAG_KEYS: &[(&str, &str)] = &[
-    ("listen", "--listen"),
-    ("api_keys", "--api-key"),
-    ("target", "--target"),
-    ("draft", "--draft"),
-    ("name", "--model"),
-    ("draft_tokens", "--draft-tokens"),
-    ("disable_above_tok_s", "--disable-above-tok-s"),
-    ("prompt_lookup_fallback", "--prompt-lookup-fallback"),
-    ("native", "--native"),
-    ("adaptive", "--no-adaptive"),
-    ("verify", "--verify"),
-];
-
-/// The flag that sets `key`, if one does.
-pub(super) fn flag_for(key: &str) -> Option<&'static str> {
-    FLAG_KEYS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f)
-}
 
 /// The properties of a JSON Schema: the keys a file may hold.
 fn keys_of(schema: schemars::Schema) -> Vec<String> {
@@ -225,7 +213,7 @@ impl Layers<'_> {
     fn figment(&self) -> Figment {
         let mut figment = Figment::new();
         if let Some(path) = self.file {
-            figment = figment.merge(Toml::file_exact(path));
+            figment = figment.merge(Toml11::file_exact(path));
         }
         if self.env {
             let (top, pairing) = (top_keys(), pairing_keys());

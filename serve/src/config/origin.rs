@@ -16,8 +16,33 @@ use figment::value::{Tag, Value};
 use figment::{Figment, Metadata, Provider, Source};
 use toml::de::{DeTable, DeValue};
 
-use super::layers::{flag_for, ENV_PAIRING_PREFIX, ENV_PREFIX, FLAGS};
 use super::ConfigError;
+
+/// Prefix of the variables that set top-level keys.
+pub(super) const ENV_PREFIX: &str = "TIGHTWAD_";
+/// Prefix of the variables that set a key of the single pairing.
+pub(super) const ENV_PAIRING_PREFIX: &str = "TIGHTWAD_PAIRING_";
+/// The name of the flags' layer (figment metadata), to tell its values apart in errors.
+pub(super) const FLAGS: &str = "command-line flags";
+/// Keys and the flags that set them (the pairing's keys and the top-level ones).
+const FLAG_KEYS: &[(&str, &str)] = &[
+    ("listen", "--listen"),
+    ("api_keys", "--api-key"),
+    ("target", "--target"),
+    ("draft", "--draft"),
+    ("name", "--model"),
+    ("draft_tokens", "--draft-tokens"),
+    ("disable_above_tok_s", "--disable-above-tok-s"),
+    ("prompt_lookup_fallback", "--prompt-lookup-fallback"),
+    ("native", "--native"),
+    ("adaptive", "--no-adaptive"),
+    ("verify", "--verify"),
+];
+
+/// The flag that sets `key`, if one does.
+fn flag_for(key: &str) -> Option<&'static str> {
+    FLAG_KEYS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f)
+}
 
 /// The file the first layer was read from, with its text (for the lines).
 #[derive(Clone, Copy)]

@@ -341,6 +341,19 @@ fn old_spellings_are_read_and_warned_about_with_file_and_line() {
     });
 }
 
+/// The file is read with the workspace's TOML parser (TOML 1.1, as the fleet commands read the
+/// same file): an inline table over several lines with a trailing comma loads.
+#[test]
+fn the_file_is_read_with_the_same_toml_as_every_other_command() {
+    jailed(|jail| {
+        let text = "pairings = [{\n  name = \"m\",\n  target = \"http://a:1\",\n}]\n";
+        let path = write(jail, text);
+        toml::from_str::<toml::Table>(text).expect("TOML 1.1");
+        let c = ProxyConfig::load(&path).expect("loads");
+        assert_eq!(c.pairings[0].name.as_deref(), Some("m"));
+    });
+}
+
 /// Every key of the file can be set by a variable: the variables' keys are the schema's.
 #[test]
 fn every_key_of_the_file_has_a_variable() {
