@@ -80,7 +80,7 @@ fn layer_of(metadata: Option<&Metadata>) -> Layer {
 }
 
 /// `pairings[0].draft_tokens` for `["pairings", "0", "draft_tokens"]`.
-pub(super) fn key_text(path: &[String]) -> String {
+fn key_text(path: &[String]) -> String {
     let mut out = String::new();
     for part in path {
         if part.parse::<usize>().is_ok() {
@@ -135,11 +135,22 @@ pub(super) fn place(figment: &Figment, tag: Tag, key: &str, file: Option<FileTex
     }
 }
 
+/// Where the value at `path` from `layer` was set, in words: `FILE, line N`, the variable or
+/// the flag.
+fn where_set(layer: &Layer, path: &[String], file: Option<FileText>) -> Option<String> {
+    match (layer, file) {
+        (Layer::File, Some(file)) => Some(match line_of(file.text, path) {
+            Some(line) => format!("{}, line {line}", file.path.display()),
+            None => file.path.display().to_string(),
+        }),
+        _ => setting_name(layer, path),
+    }
+}
+
 /// A failed read or extraction, as the operator should read it: `FILE, line N: KEY: what`,
-/// `TIGHTWAD_VAR (key): what` or `--flag (key): what`.
+/// `TIGHTWAD_VAR: KEY: what` or `--flag: KEY: what`.
 pub(super) fn describe(error: figment::Error, file: Option<FileText>) -> ConfigError {
     let layer = layer_of(error.metadata.as_ref());
-    let path = error.path.clone();
     let message = match &error.kind {
         // The old spellings are hidden aliases: not offered as what to write.
         figment::error::Kind::UnknownField(name, expected) => format!(
@@ -153,35 +164,13 @@ pub(super) fn describe(error: figment::Error, file: Option<FileText>) -> ConfigE
         ),
         kind => kind.to_string(),
     };
-    let key = key_text(&path);
-    match (layer, file) {
-        (Layer::File, Some(file)) => {
-            let at = match line_of(file.text, &path) {
-                Some(line) => format!("{}, line {line}", file.path.display()),
-                None => file.path.display().to_string(),
-            };
-            ConfigError::Parse {
-                origin: at,
-                message: if key.is_empty() {
-                    message
-                } else {
-                    format!("{key}: {message}")
-                },
-            }
-        }
-        (layer, _) => match setting_name(&layer, &path) {
-            Some(name) => ConfigError::Parse {
-                origin: name,
-                message: format!("{key}: {message}"),
-            },
-            None => ConfigError::Parse {
-                origin: "the configuration".into(),
-                message: if key.is_empty() {
-                    message
-                } else {
-                    format!("{key}: {message}")
-                },
-            },
+    let key = key_text(&error.path);
+    ConfigError::Parse {
+        origin: where_set(&layer, &error.path, file).unwrap_or_else(|| "the configuration".into()),
+        message: if key.is_empty() {
+            message
+        } else {
+            format!("{key}: {message}")
         },
     }
 }
@@ -211,15 +200,8 @@ pub(super) fn locate(error: ConfigError, figment: &Figment, file: Option<FileTex
         return ConfigError::Key { key, message };
     };
     let layer = layer_of(figment.get_metadata(value.tag()));
-    let origin = match (&layer, file) {
-        (Layer::File, Some(file)) => match line_of(file.text, &path) {
-            Some(line) => format!("{}, line {line}", file.path.display()),
-            None => file.path.display().to_string(),
-        },
-        _ => match setting_name(&layer, &path) {
-            Some(name) => name,
-            None => return ConfigError::Key { key, message },
-        },
+    let Some(origin) = where_set(&layer, &path, file) else {
+        return ConfigError::Key { key, message };
     };
     ConfigError::Parse { origin, message }
 }
