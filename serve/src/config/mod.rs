@@ -53,6 +53,8 @@ pub mod schema;
 mod spellings;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_every_key;
 
 pub use layers::{FlagOverrides, Loaded};
 

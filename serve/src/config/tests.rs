@@ -7,7 +7,7 @@ use figment::Jail;
 /// environment stays, other tests of this process may be reading it).
 // figment's own signature: the jail's closure returns `figment::Result`.
 #[allow(clippy::result_large_err)]
-fn jailed(test: impl FnOnce(&mut Jail)) {
+pub(super) fn jailed(test: impl FnOnce(&mut Jail)) {
     Jail::expect_with(|jail| {
         for (name, _) in std::env::vars() {
             if name.starts_with("TIGHTWAD_") {
@@ -352,26 +352,6 @@ fn the_file_is_read_with_the_same_toml_as_every_other_command() {
         let c = ProxyConfig::load(&path).expect("loads");
         assert_eq!(c.pairings[0].name.as_deref(), Some("m"));
     });
-}
-
-/// Every key of the file can be set by a variable: the variables' keys are the schema's.
-#[test]
-fn every_key_of_the_file_has_a_variable() {
-    let top = super::layers::top_keys();
-    for key in [
-        "listen",
-        "max_body_bytes",
-        "cors_origins",
-        "state_dir",
-        "pairings",
-    ] {
-        assert!(top.contains(&key.to_string()), "{key}: {top:?}");
-    }
-    let pairing = super::layers::pairing_keys();
-    for key in ["target", "draft_tokens", "aliases", "verify", "draft_kind"] {
-        assert!(pairing.contains(&key.to_string()), "{key}: {pairing:?}");
-    }
-    assert!(!top.contains(&"source".to_string()));
 }
 
 #[test]
