@@ -1,14 +1,17 @@
-//! `agent.toml`: everything has a default, so `tightwad-agent` runs without a config file.
+//! `agent.toml`: everything has a default, so `tightwad-agent` runs without a config file; each
+//! key can also be set by a `TIGHTWAD_AGENT_<KEY>` variable or (some) by a flag ([`layers`]).
 //! `tightwad-agent --print-schema` prints its JSON Schema (shipped as
 //! `dist/schema/agent.schema.json`); old key spellings are still read, with a warning naming the
 //! file, the line and the new key ([`old_spellings`]).
 
-use anyhow::Context;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tightwad_protocol::messages::ProcessKind;
+
+pub mod layers;
+pub use layers::AgentFlags;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -259,23 +262,23 @@ pub fn schema_json() -> String {
 }
 
 impl AgentConfig {
+    /// The file (if any) and the `TIGHTWAD_AGENT_*` variables, as the agent reads them.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         Ok(Self::load_with_warnings(path)?.0)
     }
 
-    /// The config and the warnings about its old spellings (logged by the binary).
+    /// The file (if any) and the variables, with the warnings about the file's old spellings
+    /// (logged by the binary); what a SIGHUP re-reads.
     pub fn load_with_warnings(path: Option<&Path>) -> anyhow::Result<(Self, Vec<String>)> {
-        let mut warnings = Vec::new();
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading agent config {}", path.display()))?;
-                warnings = old_spellings(path, &text);
-                toml::from_str::<AgentConfig>(&text)
-                    .with_context(|| format!("parsing agent config {}", path.display()))?
-            }
-            None => AgentConfig::default(),
-        };
+        Self::load_layered(path, &AgentFlags::default())
+    }
+
+    /// All the layers ([`layers`]): the file, the variables, then `flags`.
+    pub fn load_layered(
+        path: Option<&Path>,
+        flags: &AgentFlags,
+    ) -> anyhow::Result<(Self, Vec<String>)> {
+        let (mut config, warnings) = layers::read(path, flags)?;
         config.state_dir = expand_home(&config.state_dir);
         config.model_dirs = config.model_dirs.iter().map(|d| expand_home(d)).collect();
         config.receive_dir = config.receive_dir.as_deref().map(expand_home);
@@ -376,6 +379,10 @@ mod tests {
     /// (one spelling of a timeout: `*_s`, like the proxy's `target_timeout_s`).
     #[test]
     fn old_timeout_spellings_are_read_and_warned_about() {
+        layers::jailed(|_| old_timeout_spellings());
+    }
+
+    fn old_timeout_spellings() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("agent.toml");
         std::fs::write(

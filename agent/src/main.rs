@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
-use tightwad_agent::config::AgentConfig;
+use tightwad_agent::config::{AgentConfig, AgentFlags};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -12,13 +12,16 @@ use tightwad_agent::config::AgentConfig;
     about = "Tightwad agent: remote control of this host's llama.cpp / vLLM servers and model files"
 )]
 struct Args {
-    /// Agent config (TOML); defaults apply without one.
+    /// Agent config (TOML); defaults apply without one. Any key can also be set by a
+    /// TIGHTWAD_AGENT_<KEY> variable (over the file; flags over both).
     #[arg(long, env = "TIGHTWAD_AGENT_CONFIG")]
     config: Option<PathBuf>,
-    /// Overrides `state_dir` (identity, trust list, logs).
+    /// Overrides `state_dir` (identity, trust list, logs), over the file and
+    /// TIGHTWAD_AGENT_STATE_DIR.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Overrides `listen` (UDP address of the QUIC endpoint).
+    /// Overrides `listen` (UDP address of the QUIC endpoint), over the file and
+    /// TIGHTWAD_AGENT_LISTEN.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// Join token printed by `tightwad token`: pins the coordinator and lets it enroll this agent.
@@ -68,18 +71,17 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(args.log_format);
-    let (mut config, warnings) = AgentConfig::load_with_warnings(args.config.as_deref())?;
+    // The file, then `TIGHTWAD_AGENT_*`, then these flags (`config::layers`).
+    let flags = AgentFlags {
+        state_dir: args.state_dir.clone(),
+        listen: args.listen,
+    };
+    let (mut config, warnings) = AgentConfig::load_layered(args.config.as_deref(), &flags)?;
     for warning in warnings {
         tracing::warn!("{warning}");
     }
     // A peer refused by `[peer]` is told which file to change.
     config.peer.config_file = args.config.clone();
-    if let Some(dir) = args.state_dir {
-        config.state_dir = dir;
-    }
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
     if args.join_only {
         let token = args.join.as_deref().unwrap_or_default();
         return tightwad_agent::service::join_only(&config.state_dir, token);

@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI API, speculating with the draft for the target.
     #[command(
-        after_long_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy --log-format json"
+        after_long_help = "Examples:\n  tightwad proxy --target http://gpu-box:8080 --draft http://desktop:8081\n  tightwad -c tightwad.toml proxy --log-format json\n  TIGHTWAD_PAIRING_DRAFT_TOKENS=6 tightwad proxy   # file, then TIGHTWAD_<KEY> / TIGHTWAD_PAIRING_<KEY>, then flags"
     )]
     Proxy(proxy::ProxyArgs),
     /// Make a running proxy re-read its configuration (what SIGHUP does): new pairings are

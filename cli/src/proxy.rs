@@ -149,7 +149,7 @@ fn old_flag_warnings() -> Vec<String> {
 
 /// The three layers (file, `TIGHTWAD_*`, flags), checked.
 fn resolve(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded> {
-    let loaded = ProxyConfig::resolve(file, std::env::vars(), flags)?;
+    let loaded = ProxyConfig::resolve(file, flags)?;
     Ok(loaded)
 }
 

@@ -1,6 +1,6 @@
 //! The TOML configs, parsed and validated the way each program loads them from disk:
-//! - the proxy's `tightwad.toml` (`ProxyConfig::load_with_env`: the file, then `TIGHTWAD_*`
-//!   variables over it; `validate`; then every pairing built as `tightwad serve` builds it);
+//! - the proxy's `tightwad.toml` (`ProxyConfig::load_with_env`: the file, then the `TIGHTWAD_*`
+//!   variables over it, merged by figment; `validate`; then every pairing built as `tightwad serve` builds it);
 //! - the same file as the coordinator reads it (`FleetConfig::load`: hosts, duplicate names;
 //!   `Layout::load`: processes, pools, native pairings) and what it derives from it;
 //! - the agent's `agent.toml` (`AgentConfig::load`: processes, their ports).
@@ -34,16 +34,27 @@ fuzz_target!(|data: &[u8]| {
         Some(at) => (&data[..at], &data[at + 1..]),
         None => (data, &[][..]),
     };
+    // The loader reads the process's environment (figment's `Env`): the input's `TIGHTWAD_*`
+    // variables are set for this input and removed after it (libFuzzer runs one input at a
+    // time). Names and values the OS cannot hold are skipped.
     let vars: Vec<(String, String)> = String::from_utf8_lossy(env)
         .lines()
         .filter_map(|line| line.split_once('='))
+        .filter(|(k, v)| k.starts_with("TIGHTWAD_") && !k.contains(['=', '\0']) && !v.contains('\0'))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    for (k, v) in &vars {
+        std::env::set_var(k, v);
+    }
     let path = config_file();
     std::fs::write(path, text).expect("the fuzz config file is writable");
 
     // The proxy (`tightwad serve -c FILE`).
-    if let Ok(config) = ProxyConfig::load_with_env(path, vars.into_iter()) {
+    let proxy = ProxyConfig::load_with_env(path);
+    for (k, _) in &vars {
+        std::env::remove_var(k);
+    }
+    if let Ok(config) = proxy {
         if config.validate().is_ok() {
             assert!(!config.pairings.is_empty(), "a valid config has a pairing");
             let metrics = Metrics::new();

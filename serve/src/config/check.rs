@@ -8,6 +8,12 @@ use super::{ConfigError, ProxyConfig};
 use crate::backend::BackendKind;
 use crate::engine::controller::{K_MAX, MOE_K_MAX};
 
+/// A value that cannot run, at its key path: the loader says where it was set (the file and
+/// line, the variable, the flag).
+fn at(key: String, message: String) -> ConfigError {
+    ConfigError::Key { key, message }
+}
+
 impl ProxyConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, value) in [
@@ -19,7 +25,7 @@ impl ProxyConfig {
             ("body_read_timeout_s", self.body_read_timeout_s),
         ] {
             if value == 0 {
-                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+                return Err(at(key.to_string(), format!("{key} must be at least 1")));
             }
         }
         if self.pairings.is_empty() {
@@ -39,31 +45,37 @@ impl ProxyConfig {
             {
                 if let Some(url) = url {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(ConfigError::Invalid(format!(
+                        return Err(at(
+                            format!("pairings.{i}.{what}"),
+                            format!(
                             "pairing {i}: {what} URL {url:?} must start with http:// or https://"
-                        )));
+                        ),
+                        ));
                     }
                 }
             }
             if p.drafts.iter().any(|d| d == crate::engine::PROMPT_LOOKUP) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(at(format!("pairings.{i}.drafts"), format!(
                     "pairing {i}: drafts lists draft servers; use draft = \"prompt-lookup\" (or prompt_lookup_fallback = true) for prompt lookup"
                 )));
             }
             if p.native && !p.drafts.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "pairing {i}: a native pairing drafts inside the target; remove drafts"
-                )));
+                return Err(at(
+                    format!("pairings.{i}.native"),
+                    format!(
+                        "pairing {i}: a native pairing drafts inside the target; remove drafts"
+                    ),
+                ));
             }
             if p.native && p.target_kind != BackendKind::Llamacpp {
-                return Err(ConfigError::Invalid(format!(
+                return Err(at(format!("pairings.{i}.native"), format!(
                     "pairing {i}: native = true needs a llama.cpp target (llama.cpp's own speculation); with target_kind = \"{}\" give a draft URL instead",
                     p.target_kind.as_str()
                 )));
             }
             let k_max = K_MAX;
             if p.draft_tokens == 0 || p.draft_tokens > k_max {
-                return Err(ConfigError::Invalid(format!(
+                return Err(at(format!("pairings.{i}.draft_tokens"), format!(
                     "pairing {i}: draft_tokens must be between 1 and {k_max} (the most the controller drafts per round), got {}",
                     p.draft_tokens
                 )));

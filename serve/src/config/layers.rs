@@ -1,20 +1,34 @@
 //! The three layers of a proxy's configuration, each over the one before: the file
 //! (`tightwad.toml`), then `TIGHTWAD_*` environment variables, then command-line flags.
 //!
+//! The layering is figment's (a well-kept crate for exactly this, rather than our own merge):
+//! its file provider reads the file (with the workspace's TOML parser, [`Toml11`]), its `Env`
+//! provider the variables, and the flags are a provider of their own ([`FlagOverrides`]). Every value keeps the layer it came from, so an
+//! error names the file and line ([`super::origin`] finds the line), the variable or the flag.
+//!
 //! Every key can be set in each layer: `TIGHTWAD_<KEY>` sets a top-level key, and
 //! `TIGHTWAD_PAIRING_<KEY>` a key of the single pairing (with no file, the environment alone can
-//! describe it); `TIGHTWAD_PAIRINGS` replaces the whole list (a TOML array of inline tables).
-//! Each layer is checked on its own, so an error names where the bad value came from: the file
-//! and line, or the variable.
+//! describe it); `TIGHTWAD_PAIRINGS` replaces the whole list (a list of inline tables). The keys
+//! are the ones the JSON Schema lists, so a new key is settable everywhere at once. Values are
+//! read as figment reads environment variables: `8`, `true`, `["a", "b"]`, `{target = "…"}`, else
+//! the plain string.
 //!
-//! Flags and the per-pairing variables act on one pairing: the file's only one (or a new one when
-//! it has none). With several pairings a per-pairing flag is refused with a message that says so,
-//! instead of silently changing the first one: per-pairing settings of a multi-pairing proxy live
-//! in the file.
+//! Flags and the per-pairing variables act on one pairing: the single pairing of the layers
+//! below (or a new one when there is none), changing only the fields they name. With several
+//! pairings they are refused with a message that says so, instead of silently changing the first
+//! one: per-pairing settings of a multi-pairing proxy live in the file. figment merges lists
+//! whole, so this one step is ours ([`one_pairing`]): while the layers are merged, the
+//! single-pairing layer waits in a profile of its own, then its values move into the pairing,
+//! keeping their figment tags and so their origin.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use figment::providers::{Env, Format, Serialized};
+use figment::value::{Dict, Map, Tag, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::origin::{self, FileText, ENV_PAIRING_PREFIX, ENV_PREFIX, FLAGS};
 use super::{ConfigError, PairingEntry, ProxyConfig};
 use crate::engine::VerifyMode;
 
@@ -27,192 +41,42 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Top-level keys an environment variable may set (`TIGHTWAD_` + the key in capitals).
-const ENV_KEYS: &[&str] = &[
-    "listen",
-    "max_body_bytes",
-    "api_keys",
-    "max_concurrent_requests",
-    "max_concurrent_per_client",
-    "max_tokens_limit",
-    "default_max_tokens",
-    "max_connections_per_client",
-    "header_read_timeout_s",
-    "body_read_timeout_s",
-    "remote_control",
-    "cors_origins",
-    "state_dir",
-    "pairings",
-];
+/// figment's TOML format through the workspace's `toml` (TOML 1.1): the parser every other
+/// command reads this same file with (the fleet commands, `init`). figment's own `Toml` provider
+/// is an older toml (TOML 1.0) that would refuse files they accept, and a second TOML parser.
+struct Toml11;
 
-/// Keys of the single pairing (`TIGHTWAD_PAIRING_` + the key in capitals).
-const ENV_PAIRING_KEYS: &[&str] = &[
-    "name",
-    "aliases",
-    "target",
-    "draft",
-    "drafts",
-    "draft_tokens",
-    "target_timeout_s",
-    "draft_timeout_s",
-    "disable_above_tok_s",
-    "prompt_lookup_fallback",
-    "adaptive",
-    "pipeline",
-    "native",
-    "moe",
-    "target_kind",
-    "draft_kind",
-    "verify",
-];
+impl Format for Toml11 {
+    type Error = toml::de::Error;
+    const NAME: &'static str = "TOML";
 
-impl ProxyConfig {
-    /// The file alone (no environment, no flags), as the fleet commands read it.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Ok(Self::load_layered(Some(path), std::iter::empty())?.config)
-    }
-
-    /// `path` with the environment `vars` over it (see the module doc). Not validated: flags may
-    /// still complete it; call [`ProxyConfig::validate`] last.
-    pub fn load_with_env(
-        path: &Path,
-        vars: impl Iterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self::load_layered(Some(path), vars)?.config)
-    }
-
-    /// The file (if any), then the environment; with the warnings about the file's spellings.
-    pub fn load_layered(
-        path: Option<&Path>,
-        vars: impl Iterator<Item = (String, String)>,
-    ) -> Result<Loaded, ConfigError> {
-        let mut warnings = Vec::new();
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                warnings.extend(super::spellings::old_spellings(path, &text));
-                // Parsed from its own text, so an error carries the line.
-                let mut config: ProxyConfig =
-                    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                config.source = Some(path.to_path_buf());
-                config
-            }
-            None => ProxyConfig::default(),
-        };
-        let (overrides, unknown) = env_overrides(vars);
-        warnings.extend(unknown.into_iter().map(|v| {
-            format!(
-                "{v} is not a pairing key and is ignored; the keys are {}",
-                ENV_PAIRING_KEYS.join(", ")
-            )
-        }));
-        if !overrides.is_empty() {
-            config = overlay_env(config, &overrides)?;
-        }
-        Ok(Loaded { config, warnings })
+    fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Self::Error> {
+        toml::from_str(text)
     }
 }
 
-/// One `TIGHTWAD_*` variable that names a config key.
-struct EnvOverride {
-    variable: String,
-    /// `TIGHTWAD_PAIRING_*`: a key of the single pairing, not a top-level one.
-    in_pairing: bool,
-    key: String,
-    value: toml::Value,
+/// The figment profile the single-pairing layer is gathered in until [`one_pairing`] moves it
+/// into the pairing; the default profile (the one extracted) never sees it.
+const ONE_PAIRING: &str = "tightwad-one-pairing";
+
+/// The properties of a JSON Schema: the keys a file may hold.
+fn keys_of(schema: schemars::Schema) -> Vec<String> {
+    schema
+        .as_object()
+        .and_then(|o| o.get("properties"))
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
-/// The variables that name config keys, and the `TIGHTWAD_PAIRING_*` ones that name none (a
-/// typo would otherwise be silently ignored).
-fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> (Vec<EnvOverride>, Vec<String>) {
-    let mut unknown = Vec::new();
-    let mut found: Vec<EnvOverride> = vars
-        .filter_map(|(variable, raw)| {
-            let key = variable.strip_prefix("TIGHTWAD_")?.to_ascii_lowercase();
-            let (in_pairing, key) = match key.strip_prefix("pairing_") {
-                Some(k) if ENV_PAIRING_KEYS.contains(&k) => (true, k.to_string()),
-                Some(_) => {
-                    unknown.push(variable);
-                    return None;
-                }
-                None if ENV_KEYS.contains(&key.as_str()) => (false, key),
-                None => return None,
-            };
-            Some(EnvOverride {
-                variable,
-                in_pairing,
-                key,
-                value: env_value(&raw),
-            })
-        })
-        .collect();
-    found.sort_by(|a, b| a.variable.cmp(&b.variable));
-    unknown.sort();
-    (found, unknown)
+/// Top-level keys (`TIGHTWAD_` + the key in capitals).
+pub(super) fn top_keys() -> Vec<String> {
+    keys_of(schemars::schema_for!(ProxyConfig))
 }
 
-/// A TOML literal (`8`, `true`, `["a"]`, `[{target = "http://a:1"}]`), else the plain string.
-fn env_value(raw: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-/// The environment over an already-checked file: the typed file goes back to TOML values, each
-/// variable replaces its key, and the result is read again. An error names the variables (the
-/// file's own keys were read without error).
-fn overlay_env(config: ProxyConfig, overrides: &[EnvOverride]) -> Result<ProxyConfig, ConfigError> {
-    let source = config.source.clone();
-    let mut table =
-        toml::Table::try_from(&config).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    for o in overrides.iter().filter(|o| !o.in_pairing) {
-        table.insert(o.key.clone(), o.value.clone());
-    }
-    let pairing_vars: Vec<&EnvOverride> = overrides.iter().filter(|o| o.in_pairing).collect();
-    if !pairing_vars.is_empty() {
-        let list = table
-            .entry("pairings")
-            .or_insert_with(|| toml::Value::Array(Vec::new()));
-        let toml::Value::Array(list) = list else {
-            return Err(ConfigError::Invalid("pairings must be a list".into()));
-        };
-        if list.len() > 1 {
-            return Err(ConfigError::Invalid(format!(
-                "{} set{} one pairing's key, but the config has {} pairings: set it in that pairing's [[pairings]] table instead",
-                join_names(pairing_vars.iter().map(|o| o.variable.as_str())),
-                if pairing_vars.len() == 1 { "s" } else { "" },
-                list.len()
-            )));
-        }
-        if list.is_empty() {
-            list.push(toml::Value::Table(toml::Table::new()));
-        }
-        if let Some(toml::Value::Table(only)) = list.first_mut() {
-            for o in &pairing_vars {
-                only.insert(o.key.clone(), o.value.clone());
-            }
-        }
-    }
-    let mut config: ProxyConfig =
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: join_names(overrides.iter().map(|o| o.variable.as_str())),
-                message: e.to_string(),
-            })?;
-    config.source = source;
-    Ok(config)
-}
-
-fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.collect::<Vec<_>>().join(", ")
+/// Keys of a pairing (`TIGHTWAD_PAIRING_` + the key in capitals).
+pub(super) fn pairing_keys() -> Vec<String> {
+    keys_of(schemars::schema_for!(PairingEntry))
 }
 
 /// The command line's settings (`tightwad proxy --target … --draft …`), the last layer.
@@ -233,117 +97,272 @@ pub struct FlagOverrides {
     pub verify: Option<VerifyMode>,
 }
 
-impl FlagOverrides {
-    /// The flags given that set one pairing's fields, as the user typed them.
-    fn pairing_flags(&self) -> Vec<&'static str> {
-        [
-            (self.target.is_some(), "--target"),
-            (self.draft.is_some(), "--draft"),
-            (self.model.is_some(), "--model"),
-            (self.draft_tokens.is_some(), "--draft-tokens"),
-            (self.disable_above_tok_s.is_some(), "--disable-above-tok-s"),
-            (self.prompt_lookup_fallback, "--prompt-lookup-fallback"),
-            (self.native, "--native"),
-            (self.no_adaptive, "--no-adaptive"),
-            (self.verify.is_some(), "--verify"),
-        ]
-        .into_iter()
-        .filter_map(|(given, flag)| given.then_some(flag))
-        .collect()
+/// The flags as a figment layer: `--listen` over the top-level key; the pairing flags in the
+/// single-pairing profile, each only where given. `--api-key` adds to the list (see
+/// [`Layers::figment`]), so it is not here.
+impl Provider for FlagOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(FLAGS)
     }
 
-    /// Put the flags over `config`. Pairing flags change only the fields they name on the
-    /// single pairing (`--target` keeps the file's draft; `--draft` sets the file's pairing's
-    /// draft); with no pairing, `--target` makes one; with several, they are refused.
-    pub fn apply(&self, config: &mut ProxyConfig) -> Result<(), ConfigError> {
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut top = Dict::new();
         if let Some(listen) = self.listen {
-            config.listen = listen;
+            top.insert("listen".into(), Value::from(listen.to_string()));
         }
-        if let Some(key) = &self.api_key {
-            if !config.api_keys.contains(key) {
-                config.api_keys.push(key.clone());
-            }
-        }
-        let flags = self.pairing_flags();
-        if flags.is_empty() {
-            return Ok(());
-        }
-        let entry = match config.pairings.len() {
-            0 => match &self.target {
-                Some(target) => {
-                    config.pairings.push(PairingEntry::new(target.clone(), None));
-                    &mut config.pairings[0]
-                }
-                None => {
-                    return Err(ConfigError::Invalid(format!(
-                        "{} needs a target: pass --target URL (or add a [[pairings]] table to the config file)",
-                        flags.join(", ")
-                    )))
-                }
-            },
-            1 => &mut config.pairings[0],
-            n => {
-                let names: Vec<String> = config
-                    .pairings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| p.to_pairing_config(i).name)
-                    .collect();
-                let file = config
-                    .source
-                    .as_deref()
-                    .map(Path::display)
-                    .map(|d| d.to_string())
-                    .unwrap_or_else(|| "the config".into());
-                return Err(ConfigError::Invalid(format!(
-                    "{} set{} one pairing, but {file} has {n} ({}): change that pairing's [[pairings]] table in {file} instead, or use a config with one pairing",
-                    flags.join(", "),
-                    if flags.len() == 1 { "s" } else { "" },
-                    names.join(", ")
-                )));
-            }
+        let mut pairing = Dict::new();
+        let mut set = |key: &str, value: Value| {
+            pairing.insert(key.to_string(), value);
         };
         if let Some(target) = &self.target {
-            entry.target = target.clone();
+            set("target", Value::from(target.clone()));
         }
         if let Some(draft) = &self.draft {
-            entry.draft = Some(draft.clone());
+            set("draft", Value::from(draft.clone()));
         }
         if let Some(name) = &self.model {
-            entry.name = Some(name.clone());
+            set("name", Value::from(name.clone()));
         }
         if let Some(k) = self.draft_tokens {
-            entry.draft_tokens = k;
+            set("draft_tokens", Value::serialize(k)?);
         }
         if let Some(limit) = self.disable_above_tok_s {
-            entry.disable_above_tok_s = Some(limit);
+            set("disable_above_tok_s", Value::serialize(limit)?);
         }
         if self.prompt_lookup_fallback {
-            entry.prompt_lookup_fallback = true;
+            set("prompt_lookup_fallback", Value::from(true));
         }
         if self.native {
-            entry.native = true;
+            set("native", Value::from(true));
         }
         if self.no_adaptive {
-            entry.adaptive = false;
+            set("adaptive", Value::from(false));
         }
-        if let Some(v) = self.verify {
-            entry.verify = v;
+        if let Some(verify) = self.verify {
+            set("verify", Value::serialize(verify)?);
         }
-        Ok(())
+        let mut out = Map::new();
+        out.insert(Profile::Default, top);
+        out.insert(Profile::new(ONE_PAIRING), pairing);
+        Ok(out)
     }
 }
 
+/// The single pairing, completed by [`one_pairing`], as the last layer.
+struct OnePairing(Value);
+
+impl Provider for OnePairing {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("the single pairing's variables and flags")
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut top = Dict::new();
+        top.insert("pairings".into(), self.0.clone());
+        let mut out = Map::new();
+        out.insert(Profile::Default, top);
+        Ok(out)
+    }
+}
+
+/// Which layers to read.
+pub(super) struct Layers<'a> {
+    pub file: Option<&'a Path>,
+    /// The process's `TIGHTWAD_*` variables.
+    pub env: bool,
+    pub flags: Option<&'a FlagOverrides>,
+}
+
+impl Layers<'_> {
+    /// Read and merge the layers; not validated (see [`ProxyConfig::resolve`]).
+    pub(super) fn read(&self) -> Result<Loaded, ConfigError> {
+        Ok(self.read_keeping_origins()?.0)
+    }
+
+    /// [`Layers::read`], with the merged figment and the file's text: where each value came
+    /// from, for the errors of the checks that follow.
+    fn read_keeping_origins(&self) -> Result<(Loaded, Figment, Option<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let text = match self.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                warnings.extend(super::spellings::old_spellings(path, &text));
+                Some(text)
+            }
+            None => None,
+        };
+        let file = self
+            .file
+            .zip(text.as_deref())
+            .map(|(path, text)| FileText { path, text });
+        if self.env {
+            warnings.extend(unknown_pairing_variables());
+        }
+        let figment = one_pairing(self.figment(), file)?;
+        let mut config: ProxyConfig = figment.extract().map_err(|e| origin::describe(e, file))?;
+        config.source = self.file.map(Path::to_path_buf);
+        let mut seen = std::collections::HashSet::new();
+        config.api_keys.retain(|k| seen.insert(k.clone()));
+        Ok((Loaded { config, warnings }, figment, text))
+    }
+
+    /// The layers merged, the single-pairing layer still in its own profile.
+    fn figment(&self) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(path) = self.file {
+            figment = figment.merge(Toml11::file_exact(path));
+        }
+        if self.env {
+            let (top, pairing) = (top_keys(), pairing_keys());
+            let top: Vec<&str> = top.iter().map(String::as_str).collect();
+            let pairing: Vec<&str> = pairing.iter().map(String::as_str).collect();
+            figment = figment.merge(Env::prefixed(ENV_PREFIX).only(&top)).merge(
+                Env::prefixed(ENV_PAIRING_PREFIX)
+                    .only(&pairing)
+                    .profile(ONE_PAIRING),
+            );
+        }
+        if let Some(flags) = self.flags {
+            figment = figment.merge(flags);
+            if let Some(key) = &flags.api_key {
+                figment = figment.admerge(Serialized::default("api_keys", [key]));
+            }
+        }
+        figment
+    }
+}
+
+/// `TIGHTWAD_PAIRING_*` variables that name no pairing key: a typo would otherwise be ignored
+/// without a word.
+fn unknown_pairing_variables() -> Vec<String> {
+    let keys = pairing_keys();
+    let mut unknown: Vec<String> = Env::prefixed(ENV_PAIRING_PREFIX)
+        .iter()
+        .filter(|(key, _)| !keys.iter().any(|k| k.as_str() == key.as_str()))
+        .map(|(key, _)| format!("{ENV_PAIRING_PREFIX}{}", key.as_str().to_ascii_uppercase()))
+        .collect();
+    unknown.sort();
+    unknown
+        .into_iter()
+        .map(|v| {
+            format!(
+                "{v} is not a pairing key and is ignored; the keys are {}",
+                keys.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// Move the single-pairing layer (its profile) into the one pairing of the layers below: over
+/// its fields, or as a new pairing when there is none; refused with several.
+fn one_pairing(figment: Figment, file: Option<FileText>) -> Result<Figment, ConfigError> {
+    // A layer that could not be read: the extraction reports it, with its origin.
+    let Ok(data) = figment.data() else {
+        return Ok(figment);
+    };
+    let Some(overlay) = data
+        .get(&Profile::new(ONE_PAIRING))
+        .filter(|d| !d.is_empty())
+    else {
+        return Ok(figment);
+    };
+    let settings: Vec<String> = overlay
+        .iter()
+        .map(|(key, value)| origin::pairing_setting(&figment, value.tag(), key))
+        .collect();
+    let (tag, mut list) = match figment.find_value("pairings") {
+        Ok(Value::Array(tag, list)) => (tag, list),
+        // Not a list: the extraction says so, with its line.
+        Ok(_) => return Ok(figment),
+        Err(_) => (Tag::Default, Vec::new()),
+    };
+    match list.as_mut_slice() {
+        [] => {
+            if !overlay.contains_key("target") {
+                return Err(ConfigError::Invalid(format!(
+                    "{} need{} a target: pass --target URL or set {ENV_PAIRING_PREFIX}TARGET (or add a [[pairings]] table to the config file)",
+                    settings.join(", "),
+                    if settings.len() == 1 { "s" } else { "" }
+                )));
+            }
+            list.push(Value::Dict(Tag::Default, overlay.clone()));
+        }
+        [Value::Dict(_, only)] => only.extend(overlay.clone()),
+        // Not a table: the extraction says so, with its line.
+        [_] => return Ok(figment),
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let name = p.as_dict().and_then(|d| d.get("name")?.as_str());
+                    match (name, i) {
+                        (Some(name), _) => name.to_string(),
+                        (None, 0) => "tightwad".to_string(),
+                        (None, i) => format!("tightwad-{i}"),
+                    }
+                })
+                .collect();
+            let place = origin::place(&figment, tag, "pairings", file);
+            return Err(ConfigError::Invalid(format!(
+                "{} set{} one pairing's field, but {place} has {} pairings ({}): change that pairing's [[pairings]] table in {place} instead, or use a config with one pairing",
+                settings.join(", "),
+                if settings.len() == 1 { "s" } else { "" },
+                several.len(),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(figment.merge(OnePairing(Value::Array(tag, list))))
+}
+
 impl ProxyConfig {
+    /// The file alone (no environment, no flags), as the fleet commands read it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let layers = Layers {
+            file: Some(path),
+            env: false,
+            flags: None,
+        };
+        Ok(layers.read()?.config)
+    }
+
+    /// `path` with the process's `TIGHTWAD_*` variables over it (see the module doc). Not
+    /// validated: flags may still complete it; call [`ProxyConfig::validate`] last.
+    pub fn load_with_env(path: &Path) -> Result<Self, ConfigError> {
+        Ok(Self::load_layered(Some(path))?.config)
+    }
+
+    /// The file (if any), then the environment; with the warnings about the file's spellings
+    /// and the pairing variables that name no key.
+    pub fn load_layered(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Layers {
+            file: path,
+            env: true,
+            flags: None,
+        }
+        .read()
+    }
+
     /// All three layers, checked: what `tightwad proxy` (and its reload) serves.
-    pub fn resolve(
-        file: Option<&Path>,
-        vars: impl Iterator<Item = (String, String)>,
-        flags: &FlagOverrides,
-    ) -> Result<Loaded, ConfigError> {
-        let mut loaded = Self::load_layered(file, vars)?;
-        flags.apply(&mut loaded.config)?;
-        loaded.config.validate()?;
+    /// A value that cannot run is named where it was set, like a value of the wrong type.
+    pub fn resolve(file: Option<&Path>, flags: &FlagOverrides) -> Result<Loaded, ConfigError> {
+        let (mut loaded, figment, text) = Layers {
+            file,
+            env: true,
+            flags: Some(flags),
+        }
+        .read_keeping_origins()?;
+        let file = file
+            .zip(text.as_deref())
+            .map(|(path, text)| FileText { path, text });
+        loaded
+            .config
+            .validate()
+            .map_err(|e| origin::locate(e, &figment, file))?;
         loaded.warnings.extend(loaded.config.advice());
         Ok(loaded)
     }

@@ -1,5 +1,6 @@
 //! How a proxy is described: a TOML file, then `TIGHTWAD_*` environment variables, then
-//! command-line flags, each layer over the one before ([`layers`]). `tightwad config schema`
+//! command-line flags, each layer over the one before ([`layers`], merged by figment; an error
+//! names the file and line, the variable or the flag the bad value came from). `tightwad config schema`
 //! prints the file's JSON Schema ([`schema`]), shipped as `dist/schema/tightwad.schema.json`.
 //!
 //! ```toml
@@ -47,10 +48,13 @@ use crate::engine::{PairingConfig, VerifyMode};
 
 mod check;
 pub mod layers;
+mod origin;
 pub mod schema;
 mod spellings;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_every_key;
 
 pub use layers::{FlagOverrides, Loaded};
 
@@ -63,8 +67,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    /// A value that does not fit its key (or a file that is not TOML), with where it came
+    /// from: `FILE, line N`, the `TIGHTWAD_*` variable or the flag.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A value read without error that cannot run, at its key path (`pairings.0.draft_tokens`);
+    /// the loader turns it into a [`ConfigError::Parse`] naming where the value was set.
+    #[error("{message}")]
+    Key { key: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -13,6 +13,11 @@ const OLD_KEYS: &[(&str, &str)] = &[
     ("body_read_timeout_secs", "body_read_timeout_s"),
 ];
 
+/// Whether `key` is an old spelling (read, never suggested).
+pub(super) fn is_old_key(key: &str) -> bool {
+    OLD_KEYS.iter().any(|(old, _)| *old == key)
+}
+
 /// Values renamed, for these keys: (keys, old, new).
 const OLD_VALUES: &[(&[&str], &str, &str)] =
     &[(&["target_kind", "draft_kind"], "llamacpp", "llama-server")];
