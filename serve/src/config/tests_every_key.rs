@@ -20,7 +20,7 @@ fn unusual_pairing() -> PairingEntry {
         draft_timeout_s: 12,
         disable_above_tok_s: Some(40.5),
         prompt_lookup_fallback: true,
-        pipeline: false,
+        pipeline: crate::engine::Pipelining::Off,
         native: true,
         moe: true,
         adaptive: false,
