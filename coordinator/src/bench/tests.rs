@@ -41,8 +41,7 @@ fn speedup_is_the_ratio_of_time_per_token() {
 #[test]
 fn different_text_or_counts_are_reported() {
     let p = BenchPrompt::new("list", "x");
-    let r =
-        PromptResult::from_measurements(&p, &[m(1.0, 10, "a", None)], &[m(1.0, 20, "b", None)]);
+    let r = PromptResult::from_measurements(&p, &[m(1.0, 10, "a", None)], &[m(1.0, 20, "b", None)]);
     assert!(!r.identical);
     assert!((r.speedup - 2.0).abs() < 1e-12);
     let t = Totals::of(&[r]);
