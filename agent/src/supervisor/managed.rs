@@ -103,6 +103,13 @@ impl Managed {
         }
     }
 
+    /// The memory llama-server reported allocating per device and kind (its `buffer size` lines,
+    /// printed at `-lv 4`) in the last 4000 lines of its log: the measured side of a plan.
+    pub fn measured_buffers(&self) -> Vec<tightwad_placement::measure::Buffer> {
+        let lines: Vec<String> = self.logs.tail(4000).into_iter().map(|l| l.line).collect();
+        tightwad_placement::measure::parse_log(lines.iter().map(String::as_str))
+    }
+
     pub(super) fn log(&self, line: impl Into<String>) {
         let line = line.into();
         tracing::info!(process = %self.name, "{line}");

@@ -149,13 +149,7 @@ pub(super) async fn run_loop(managed: Arc<Managed>, binary: PathBuf, args: Vec<S
 /// Logs the memory llama-server reported allocating per device (its `buffer size` lines; this
 /// llama.cpp prints them at `-lv 4`), the measured side of a placement plan.
 fn log_measured_buffers(managed: &Managed) {
-    let lines: Vec<String> = managed
-        .logs
-        .tail(4000)
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
-    let buffers = tightwad_placement::measure::parse_log(lines.iter().map(String::as_str));
+    let buffers = managed.measured_buffers();
     if buffers.is_empty() {
         return;
     }
