@@ -90,13 +90,7 @@ pub async fn process_memory(
     } else {
         Vec::new()
     };
-    let lines: Vec<String> = managed
-        .logs
-        .tail(4000)
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
-    let buffers = measure::parse_log(lines.iter().map(String::as_str));
+    let buffers = managed.measured_buffers();
     if buffers.is_empty() && status.kind == ProcessKind::LlamaServer {
         notes.push(
             "no buffer sizes in the server's log (this llama.cpp prints them at -lv 4)".into(),

@@ -29,12 +29,66 @@ pub enum Unit {
     Items,
 }
 
+/// What [`Progress`] and [`Steps`] share: the mode, the text before the bar, and in `Bar` mode the
+/// live `indicatif` bar or spinner.
+struct Display {
+    mode: Mode,
+    label: String,
+    live: Option<ProgressBar>,
+}
+
+impl Display {
+    /// In `Bar` mode, `live()` (a bar or a spinner) drawn with `style`, showing `label`, redrawn
+    /// every `tick`; nothing is drawn in the other modes.
+    fn new(
+        mode: Mode,
+        label: String,
+        live: impl FnOnce() -> ProgressBar,
+        style: Result<ProgressStyle, indicatif::style::TemplateError>,
+        tick: Duration,
+    ) -> Display {
+        let live = (mode == Mode::Bar).then(|| {
+            let bar = live();
+            if let Ok(style) = style {
+                bar.set_style(style);
+            }
+            bar.set_message(label.clone());
+            bar.enable_steady_tick(tick);
+            bar
+        });
+        Display { mode, label, live }
+    }
+
+    /// Shows progress: `update` on the live display, `line` on a pipe (none: nothing new to
+    /// print), nothing when quiet.
+    fn show(&self, update: impl FnOnce(&ProgressBar), line: Option<String>) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Bar => {
+                if let Some(live) = &self.live {
+                    update(live);
+                }
+            }
+            Mode::Lines => {
+                if let Some(line) = line {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
+    /// Removes the live display (the command's report follows on stdout).
+    fn clear(&self) {
+        if let Some(live) = &self.live {
+            live.finish_and_clear();
+        }
+    }
+}
+
 /// One progress display for one piece of work.
 pub struct Progress {
-    mode: Mode,
+    display: Display,
     unit: Unit,
-    label: String,
-    bar: Option<ProgressBar>,
     total: u64,
     /// The last tenth printed in `Lines` mode (so a line appears only when it changes).
     last_tenth: Option<u64>,
@@ -62,21 +116,16 @@ impl Progress {
 
     /// Starts a display of `total` units (0: not known yet, see [`Progress::set_total`]).
     pub fn new(mode: Mode, unit: Unit, label: impl Into<String>, total: u64) -> Self {
-        let label = label.into();
-        let bar = (mode == Mode::Bar).then(|| {
-            let bar = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(template(unit)) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(label.clone());
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
-        Progress {
+        let display = Display::new(
             mode,
+            label.into(),
+            || ProgressBar::new(total),
+            ProgressStyle::with_template(template(unit)).map(|s| s.progress_chars("=> ")),
+            Duration::from_millis(250),
+        );
+        Progress {
+            display,
             unit,
-            label,
-            bar,
             total,
             last_tenth: None,
         }
@@ -84,34 +133,26 @@ impl Progress {
 
     pub fn set_total(&mut self, total: u64) {
         self.total = total;
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &self.display.live {
             bar.set_length(total);
         }
     }
 
     /// Replaces the text before the bar (e.g. the prompt being measured).
     pub fn set_message(&mut self, message: impl Into<String>) {
-        self.label = message.into();
-        if let Some(bar) = &self.bar {
-            bar.set_message(self.label.clone());
+        self.display.label = message.into();
+        if let Some(bar) = &self.display.live {
+            bar.set_message(self.display.label.clone());
         }
     }
 
     /// Moves to `position` units done.
     pub fn set(&mut self, position: u64) {
-        match self.mode {
-            Mode::Quiet => {}
-            Mode::Bar => {
-                if let Some(bar) = &self.bar {
-                    bar.set_position(position);
-                }
-            }
-            Mode::Lines => {
-                if let Some(line) = self.line_for(position) {
-                    eprintln!("{line}");
-                }
-            }
-        }
+        let line = match self.display.mode {
+            Mode::Lines => self.line_for(position),
+            _ => None,
+        };
+        self.display.show(|bar| bar.set_position(position), line);
     }
 
     /// The plain line for `position`, when it starts a new tenth of the work (or the count of
@@ -127,23 +168,21 @@ impl Progress {
         }
         self.last_tenth = Some(tenth);
         Some(match self.unit {
-            Unit::Items => format!("{}: {position}/{}", self.label, self.total),
+            Unit::Items => format!("{}: {position}/{}", self.display.label, self.total),
             Unit::Bytes if self.total > 0 => format!(
                 "{}: {}% ({}/{} MiB)",
-                self.label,
+                self.display.label,
                 tenth * 10,
                 position >> 20,
                 self.total >> 20
             ),
-            Unit::Bytes => format!("{}: {} MiB", self.label, position >> 20),
+            Unit::Bytes => format!("{}: {} MiB", self.display.label, position >> 20),
         })
     }
 
     /// Removes the bar (the final report follows on stdout).
     pub fn finish(self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        self.display.clear();
     }
 }
 
@@ -151,9 +190,7 @@ impl Progress {
 /// restart, resume): a spinner showing the current step on a terminal, one line per step on a pipe
 /// (`up: [1/3] starting beta/rpc`), nothing with `--json`.
 pub struct Steps {
-    mode: Mode,
-    label: String,
-    spinner: Option<ProgressBar>,
+    display: Display,
     done: u64,
     total: u64,
     started: std::time::Instant,
@@ -162,20 +199,15 @@ pub struct Steps {
 impl Steps {
     /// Starts a display of `total` steps (0: not known; lines then carry no count).
     pub fn new(mode: Mode, label: impl Into<String>, total: u64) -> Self {
-        let label = label.into();
-        let spinner = (mode == Mode::Bar).then(|| {
-            let spinner = ProgressBar::new_spinner();
-            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
-                spinner.set_style(style);
-            }
-            spinner.set_message(label.clone());
-            spinner.enable_steady_tick(Duration::from_millis(120));
-            spinner
-        });
-        Steps {
+        let display = Display::new(
             mode,
-            label,
-            spinner,
+            label.into(),
+            ProgressBar::new_spinner,
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}"),
+            Duration::from_millis(120),
+        );
+        Steps {
+            display,
             done: 0,
             total,
             started: std::time::Instant::now(),
@@ -191,40 +223,32 @@ impl Steps {
     pub fn step(&mut self, what: impl std::fmt::Display) {
         self.done += 1;
         let line = self.line(&what.to_string());
-        self.show(line);
+        self.display.show(
+            |spinner| spinner.set_message(line.clone()),
+            Some(line.clone()),
+        );
     }
 
     /// The text for the current step: `label: [n/total] what`, or `label: what`.
     fn line(&self, what: &str) -> String {
         if self.total > 0 && self.done <= self.total {
-            format!("{}: [{}/{}] {what}", self.label, self.done, self.total)
+            format!(
+                "{}: [{}/{}] {what}",
+                self.display.label, self.done, self.total
+            )
         } else {
-            format!("{}: {what}", self.label)
-        }
-    }
-
-    fn show(&self, line: String) {
-        match self.mode {
-            Mode::Quiet => {}
-            Mode::Bar => {
-                if let Some(spinner) = &self.spinner {
-                    spinner.set_message(line);
-                }
-            }
-            Mode::Lines => eprintln!("{line}"),
+            format!("{}: {what}", self.display.label)
         }
     }
 
     /// The work is done: a last line (`up: done in 3.2 s`) on a pipe; the spinner goes away on a
     /// terminal (the command's report follows on stdout).
     pub fn finish(self, what: impl std::fmt::Display) {
-        if let Some(spinner) = &self.spinner {
-            spinner.finish_and_clear();
-        }
-        if self.mode == Mode::Lines {
+        self.display.clear();
+        if self.display.mode == Mode::Lines {
             eprintln!(
                 "{}: {what} in {:.1} s",
-                self.label,
+                self.display.label,
                 self.started.elapsed().as_secs_f64()
             );
         }
@@ -244,7 +268,7 @@ mod tests {
         assert_eq!(s.line("one more"), "up: one more");
         let unknown = Steps::new(Mode::Quiet, "swap", 0);
         assert_eq!(unknown.line("draining"), "swap: draining");
-        assert!(Steps::quiet().spinner.is_none());
+        assert!(Steps::quiet().display.live.is_none());
     }
 
     #[test]
@@ -272,6 +296,6 @@ mod tests {
         assert_eq!(p.line_for(1), None);
         assert_eq!(Progress::mode(true), Mode::Quiet);
         let quiet = Progress::new(Mode::Quiet, Unit::Items, "x", 3);
-        assert!(quiet.bar.is_none());
+        assert!(quiet.display.live.is_none());
     }
 }

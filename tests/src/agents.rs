@@ -178,6 +178,11 @@ impl AgentProcess {
         }
     }
 
+    /// The agent's config file: the one its refusals tell a user to edit.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -15,7 +15,8 @@
 //! - [`slow_target`]: a SIMULATED slow target (a relay that makes each forward pass cost more).
 //! - [`footprint`]: descriptors and tasks the proxy holds before and after a fault.
 //! - [`agents`]: `tightwad-agent` processes (the binary) in namespaces, the coordinator's config,
-//!   join tokens; [`cluster`]: a set of enrolled agents with a layout, for the fleet tests.
+//!   join tokens; [`cluster`]: a set of enrolled agents with a layout, for the fleet tests, said
+//!   host by host with [`cluster::ClusterPlan`].
 //! - [`vllm`]: a real vLLM server; [`vllm_sim`]: a scripted stand-in for fault tests.
 //! - [`browser`]: headless Chromium over the DevTools protocol (the dashboard at phone width).
 //!

@@ -8,24 +8,12 @@
 //! Real agents in network namespaces and the real `tightwad` binary (`cargo build --workspace
 //! --bins` first).
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use tightwad_e2e::cluster::*;
 use tightwad_e2e::test_env::*;
 
-fn tightwad(config: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_binary("tightwad", "TIGHTWAD_BIN"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("tightwad runs")
-}
-
 /// `tightwad ARGS` must fail, and say `needles` on stderr.
-fn refused(config: &Path, args: &[&str], needles: &[&str]) {
-    let out = tightwad(config, args);
+fn refused(cluster: &TestCluster, args: &[&str], needles: &[&str]) {
+    let out = cluster.tightwad(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -62,27 +50,14 @@ fn start_args(model: &str, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
-    let target = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n\n[peer]\nallow_build = false\n",
-        llama_args("{models}/target.gguf", 8080, "")
-    );
-    let cluster = TestCluster::start(
-        &[HostPlan {
-            name: "alpha",
-            models: &["target.gguf"],
-            agent_toml: &target,
-            binaries: None,
-        }],
-        "",
-    );
+    let cluster = ClusterPlan::new()
+        .host("alpha")
+        .models(&["target.gguf"])
+        .llama_server("target", "{models}/target.gguf", 8080, "")
+        .agent_toml("\n[peer]\nallow_build = false\n")
+        .start();
     let host = cluster.host("alpha");
-    let agent_config = host
-        .agent
-        .state_dir
-        .with_extension("toml")
-        .display()
-        .to_string();
-    let config = &cluster.config;
+    let agent_config = host.agent.config().display().to_string();
     let inside = host.models.join("target.gguf");
     let inside = inside.display().to_string();
 
@@ -92,7 +67,7 @@ fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
     let log_args = start_args(&inside, &["--log-file", &written.display().to_string()]);
     args.extend(log_args.iter().map(String::as_str));
     refused(
-        config,
+        &cluster,
         &args,
         &[
             "refused by this agent's [peer] policy: target: a peer may not pass --log-file",
@@ -116,7 +91,7 @@ fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
         let model_args = start_args(model, &[]);
         args.extend(model_args.iter().map(String::as_str));
         refused(
-            config,
+            &cluster,
             &args,
             &[
                 &format!("-m {model} is not a file inside the model folders"),
@@ -127,7 +102,7 @@ fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
 
     // `tightwad build` is off on this agent: refused before anything is uploaded or compiled.
     refused(
-        config,
+        &cluster,
         &[
             "build",
             "--source",
@@ -160,7 +135,7 @@ fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
     let mut args = vec!["agent", "start", "alpha", "target", "--"];
     let ok_args = start_args(&inside, &["-c", "512"]);
     args.extend(ok_args.iter().map(String::as_str));
-    let out = tightwad(config, &args);
+    let out = cluster.tightwad(&args);
     assert!(
         out.status.success(),
         "an allowed start failed:\n{}",
@@ -179,36 +154,14 @@ fn a_peer_is_held_to_the_agents_flags_model_folders_and_build_setting() {
 fn doctor_reports_what_the_agents_policy_would_refuse_before_tightwad_up_tries() {
     // alpha lets a peer add only `-c`: `tightwad up` would add `--rpc` for the pool, so doctor
     // reports it as a flag failure with the policy's fix, and `up` starts nothing.
-    let coordinator = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n\n[peer]\nallow_flags = [\"-c\"]\n",
-        llama_args("{models}/target.gguf", 8080, "")
-    );
-    let worker = "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf"],
-                agent_toml: &coordinator,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: worker,
-                binaries: None,
-            },
-        ],
-        "[[pools]]\nname = \"big\"\ncoordinator = \"alpha/target\"\nworkers = [\"beta/rpc\"]\n",
-    );
-    let agent_config = cluster
+    let cluster = ClusterPlan::target_and_rpc_worker("{models}/target.gguf", "")
         .host("alpha")
-        .agent
-        .state_dir
-        .with_extension("toml")
-        .display()
-        .to_string();
-    let out = tightwad(&cluster.config, &["doctor", "--offline"]);
+        .models(&["target.gguf"])
+        .agent_toml("\n[peer]\nallow_flags = [\"-c\"]\n")
+        .pool("big", "alpha/target", &["beta/rpc"])
+        .start();
+    let agent_config = cluster.host("alpha").agent.config().display().to_string();
+    let out = cluster.tightwad(&["doctor", "--offline"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     let line = text
@@ -226,5 +179,5 @@ fn doctor_reports_what_the_agents_policy_would_refuse_before_tightwad_up_tries()
         )),
         "{text}"
     );
-    refused(&cluster.config, &["up"], &["doctor found"]);
+    refused(&cluster, &["up"], &["doctor found"]);
 }

@@ -259,26 +259,19 @@ fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back
         .and_then(Path::parent)
         .expect("cache folder")
         .join("ccache");
-    let agent_toml = format!(
-        "[build]\nextra_path = [\"{tools}\"]\njobs = 2\nccache_dir = \"{}\"\n[[process]]\nname = \"srv\"\nkind = \"llama-server\"\nargs = {}\n",
+    let build = format!(
+        "[build]\nextra_path = [\"{tools}\"]\njobs = 2\nccache_dir = \"{}\"\n",
         ccache.display(),
-        llama_args("{models}/target.gguf", 8080, ", \"-np\", \"2\"")
     );
-    let plans = [
-        HostPlan {
-            name: "alpha",
-            models: &["target.gguf"],
-            agent_toml: &agent_toml,
-            binaries: None,
-        },
-        HostPlan {
-            name: "beta",
-            models: &["target.gguf"],
-            agent_toml: &agent_toml,
-            binaries: None,
-        },
-    ];
-    let cluster = TestCluster::start(&plans, "");
+    let mut plan = ClusterPlan::new();
+    for host in ["alpha", "beta"] {
+        plan = plan
+            .host(host)
+            .models(&["target.gguf"])
+            .agent_toml(&build)
+            .llama_server("srv", "{models}/target.gguf", 8080, ", \"-np\", \"2\"");
+    }
+    let cluster = plan.start();
     cluster.start_process("alpha", "srv");
     cluster.start_process("beta", "srv");
     let fleet = cluster.fleet();

@@ -16,20 +16,6 @@ use tightwad_coordinator::{doctor, fleet, init};
 
 use doctor::{Category, Check, DoctorArgs, Report, Status};
 
-/// `tightwad doctor` on the cluster's config, its report printed for the test log.
-pub fn run_doctor(cluster: &TestCluster, offline: bool) -> Report {
-    let args = DoctorArgs {
-        json: false,
-        offline,
-    };
-    let report = cluster
-        .rt
-        .block_on(doctor::diagnose(&args, &cluster.config))
-        .expect("doctor runs");
-    eprintln!("{}", report.render());
-    report
-}
-
 /// The exit code `tightwad doctor` gives (the whole command, JSON output included).
 pub fn doctor_exit_code(cluster: &TestCluster, offline: bool) -> std::process::ExitCode {
     let args = DoctorArgs {
@@ -61,63 +47,51 @@ pub fn find<'a>(
         })
 }
 
-fn target_draft_toml(draft_model: &str) -> (String, String) {
-    let target = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args(
+/// alpha runs the target (`target.gguf`, port 8080), beta a draft of `draft_model` (port 8081),
+/// and the layout pairs them as `pair`.
+fn target_and_draft(draft_model: &str) -> ClusterPlan {
+    ClusterPlan::new()
+        .host("alpha")
+        .models(&["target.gguf"])
+        .llama_server(
+            "target",
             "{models}/target.gguf",
             8080,
-            r#", "-np", "6", "--kv-unified", "--spec-draft-n-max", "8""#
+            r#", "-np", "6", "--kv-unified", "--spec-draft-n-max", "8""#,
         )
-    );
-    let draft = format!(
-        "[[process]]\nname = \"draft\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args(&format!("{{models}}/{draft_model}"), 8081, "")
-    );
-    (target, draft)
-}
-
-const PAIRING_LAYOUT: &str = r#"
+        .host("beta")
+        .models(&[draft_model])
+        .llama_server("draft", &format!("{{models}}/{draft_model}"), 8081, "")
+        .layout(
+            r#"
 [[pairings]]
 name = "pair"
 target = "http://{ip:alpha}:8080"
 draft = "http://{ip:beta}:8081"
 draft_tokens = 4
+"#,
+        )
+        .role("alpha", "target", "target")
+        .role("beta", "draft", "draft")
+}
 
-[[processes]]
-host = "alpha"
-process = "target"
-role = "target"
-
-[[processes]]
-host = "beta"
-process = "draft"
-role = "draft"
-"#;
+/// alpha alone, running `target` (`target.gguf` on port 8080, `extra` flags) as the layout's
+/// target.
+fn lone_target(extra: &str) -> TestCluster {
+    ClusterPlan::new()
+        .host("alpha")
+        .models(&["target.gguf"])
+        .llama_server("target", "{models}/target.gguf", 8080, extra)
+        .role("alpha", "target", "target")
+        .start()
+}
 
 #[test]
 fn a_healthy_cluster_passes_every_check() {
-    let (target, draft) = target_draft_toml("draft.gguf");
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf"],
-                agent_toml: &target,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &["draft.gguf"],
-                agent_toml: &draft,
-                binaries: None,
-            },
-        ],
-        PAIRING_LAYOUT,
-    );
+    let cluster = target_and_draft("draft.gguf").start();
     cluster.start_process("alpha", "target");
     cluster.start_process("beta", "draft");
-    let report = run_doctor(&cluster, false);
+    let report = cluster.doctor(false);
     for check in &report.checks {
         // The payoff is a prediction, not a fault: on these 2-core CPU machines multi-prompt
         // verification rightly predicts a loss (README: "Performance"), which is a warning.
@@ -176,34 +150,14 @@ fn different_builds_in_an_rpc_pool_fail() {
     // is the usual one. Each agent asks its own binary `--version`.
     let other = std::path::PathBuf::from(require_env("LLAMA_SERVER_OTHER_BUILD"));
     let rpc = std::path::PathBuf::from(require_env("RPC_SERVER"));
-    let coordinator = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("{models}/target.gguf", 8080, "")
-    );
-    let worker = "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf"],
-                agent_toml: &coordinator,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: worker,
-                binaries: Some((other, rpc)),
-            },
-        ],
-        r#"
-[[pools]]
-name = "big"
-coordinator = "alpha/target"
-workers = ["beta/rpc"]
-"#,
-    );
-    let report = run_doctor(&cluster, true);
+    let cluster = ClusterPlan::target_and_rpc_worker("{models}/target.gguf", "")
+        .host("alpha")
+        .models(&["target.gguf"])
+        .host("beta")
+        .binaries(other, rpc)
+        .pool("big", "alpha/target", &["beta/rpc"])
+        .start();
+    let report = cluster.doctor(true);
     let build = find(&report, Category::Build, "pool big", Status::Fail);
     // Same source, same RPC protocol: only the build number differs, and that is enough.
     assert!(build.message.contains("b8079-0c1e570"), "{build:?}");
@@ -259,39 +213,17 @@ workers = ["beta/rpc"]
 fn a_model_in_another_folder_or_on_another_host_is_found() {
     // alpha's target points at a folder the file is not in (the field report's ~/models vs
     // ~/.tightwad/models); its draft names a file only beta has.
-    let alpha = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n[[process]]\nname = \"draft\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("/srv/elsewhere/target.gguf", 8080, ""),
-        llama_args("{models}/draft-identical.gguf", 8081, "")
-    );
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf"],
-                agent_toml: &alpha,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &["draft-identical.gguf"],
-                agent_toml: "",
-                binaries: None,
-            },
-        ],
-        r#"
-[[processes]]
-host = "alpha"
-process = "target"
-role = "target"
-
-[[processes]]
-host = "alpha"
-process = "draft"
-role = "draft"
-"#,
-    );
-    let report = run_doctor(&cluster, true);
+    let cluster = ClusterPlan::new()
+        .host("alpha")
+        .models(&["target.gguf"])
+        .llama_server("target", "/srv/elsewhere/target.gguf", 8080, "")
+        .llama_server("draft", "{models}/draft-identical.gguf", 8081, "")
+        .host("beta")
+        .models(&["draft-identical.gguf"])
+        .role("alpha", "target", "target")
+        .role("alpha", "draft", "draft")
+        .start();
+    let report = cluster.doctor(true);
     let here = find(&report, Category::Model, "alpha/target", Status::Fail);
     assert!(
         here.message
@@ -321,20 +253,8 @@ role = "draft"
 
 #[test]
 fn a_flag_the_build_does_not_accept_fails_with_its_help() {
-    let alpha = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("{models}/target.gguf", 8080, r#", "--np", "1""#)
-    );
-    let cluster = TestCluster::start(
-        &[HostPlan {
-            name: "alpha",
-            models: &["target.gguf"],
-            agent_toml: &alpha,
-            binaries: None,
-        }],
-        "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
-    );
-    let report = run_doctor(&cluster, true);
+    let cluster = lone_target(r#", "--np", "1""#);
+    let report = cluster.doctor(true);
     let flags = find(&report, Category::Flags, "alpha/target", Status::Fail);
     assert!(flags.message.contains("\"--np\""), "{flags:?}");
     assert!(flags.message.contains("did you mean \"-np\""), "{flags:?}");
@@ -357,21 +277,9 @@ fn a_flag_the_build_does_not_accept_fails_with_its_help() {
 fn a_model_larger_than_the_agents_memory_limit_fails() {
     // target.gguf is ~80 MB; alpha's agent runs in a cgroup limited to 64 MiB (as systemd's
     // MemoryMax= would hold it), so its servers can never load it. Nothing in its config says so.
-    let alpha = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("{models}/target.gguf", 8080, "")
-    );
-    let cluster = TestCluster::start(
-        &[HostPlan {
-            name: "alpha",
-            models: &["target.gguf"],
-            agent_toml: &alpha,
-            binaries: None,
-        }],
-        "[[processes]]\nhost = \"alpha\"\nprocess = \"target\"\nrole = \"target\"\n",
-    );
+    let cluster = lone_target("");
     let _small = cluster.limit_memory("alpha", 64 << 20);
-    let report = run_doctor(&cluster, true);
+    let report = cluster.doctor(true);
     let memory = find(&report, Category::Memory, "alpha", Status::Fail);
     assert!(memory.message.contains("does not fit"), "{memory:?}");
     assert!(memory.message.contains("of 64 MiB RAM"), "{memory:?}");
@@ -402,36 +310,12 @@ fn a_moe_model_on_a_small_rpc_worker_is_flagged_before_anything_starts() {
     // agent and its REAL rpc-server run in a cgroup limited to 32 MiB (the memory that
     // rpc-server has), and the coordinator's MoE model is ~53 MB, all of it offloaded to RPC.
     let moe = require_env("TIGHTWAD_MOE_MODEL");
-    let coordinator = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args(&moe, 8080, r#", "-ngl", "99""#)
-    );
-    let worker = "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &[],
-                agent_toml: &coordinator,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: worker,
-                binaries: None,
-            },
-        ],
-        r#"
-[[pools]]
-name = "moe"
-coordinator = "alpha/target"
-workers = ["beta/rpc"]
-"#,
-    );
+    let cluster = ClusterPlan::target_and_rpc_worker(&moe, r#", "-ngl", "99""#)
+        .pool("moe", "alpha/target", &["beta/rpc"])
+        .start();
     let _small = cluster.limit_memory("beta", 32 << 20);
     cluster.start_process("beta", "rpc");
-    let report = run_doctor(&cluster, true);
+    let report = cluster.doctor(true);
     let note = report
         .checks
         .iter()
@@ -474,27 +358,10 @@ workers = ["beta/rpc"]
 
 #[test]
 fn a_draft_with_another_vocabulary_fails_in_metadata_and_live() {
-    let (target, draft) = target_draft_toml("draft-othervocab.gguf");
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf"],
-                agent_toml: &target,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &["draft-othervocab.gguf"],
-                agent_toml: &draft,
-                binaries: None,
-            },
-        ],
-        PAIRING_LAYOUT,
-    );
+    let cluster = target_and_draft("draft-othervocab.gguf").start();
     cluster.start_process("alpha", "target");
     cluster.start_process("beta", "draft");
-    let report = run_doctor(&cluster, false);
+    let report = cluster.doctor(false);
     let checks: Vec<&Check> = report
         .checks
         .iter()
@@ -526,15 +393,7 @@ fn a_draft_with_another_vocabulary_fails_in_metadata_and_live() {
 
 #[test]
 fn an_unreachable_host_fails_with_how_to_fix_it() {
-    let cluster = TestCluster::start(
-        &[HostPlan {
-            name: "alpha",
-            models: &[],
-            agent_toml: "",
-            binaries: None,
-        }],
-        "",
-    );
+    let cluster = ClusterPlan::new().host("alpha").start();
     // A second host whose agent is not running: the address answers nothing.
     let ghost = format!(
         "{}.99:7420",
@@ -549,7 +408,7 @@ fn an_unreachable_host_fails_with_how_to_fix_it() {
     std::fs::write(&cluster.config, text).expect("config");
     // Enrollment is possible (a token is pending), so only the network can fail.
     issue_token(&cluster.fleet());
-    let report = run_doctor(&cluster, true);
+    let report = cluster.doctor(true);
     let host = find(&report, Category::Host, "ghost", Status::Fail);
     assert!(host.message.contains("unreachable"), "{host:?}");
     assert!(
@@ -567,23 +426,12 @@ fn an_unreachable_host_fails_with_how_to_fix_it() {
 
 #[test]
 fn init_proposes_a_pairing_from_the_agents_inventories_and_doctor_accepts_it() {
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["bench-target.gguf"],
-                agent_toml: "",
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &["bench-draft.gguf", "draft-othervocab.gguf"],
-                agent_toml: "",
-                binaries: None,
-            },
-        ],
-        "",
-    );
+    let cluster = ClusterPlan::new()
+        .host("alpha")
+        .models(&["bench-target.gguf"])
+        .host("beta")
+        .models(&["bench-draft.gguf", "draft-othervocab.gguf"])
+        .start();
     let fleet = cluster.fleet();
     let out = cluster.lab.dir.path().join("init.toml");
     let args = init::InitArgs {
@@ -641,34 +489,18 @@ fn init_proposes_a_pairing_from_the_agents_inventories_and_doctor_accepts_it() {
 
 #[test]
 fn a_pairing_url_that_misses_its_process_fails() {
-    let alpha = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-p\", \"50052\"]\n",
-        llama_args("{models}/target.gguf", 8080, "")
-    );
-    let cluster = TestCluster::start(
-        &[HostPlan {
-            name: "alpha",
-            models: &["target.gguf"],
-            agent_toml: &alpha,
-            binaries: None,
-        }],
-        r#"
-[[pairings]]
-name = "pair"
-target = "http://{ip:alpha}:9090"
-
-[[processes]]
-host = "alpha"
-process = "target"
-role = "target"
-
-[[pools]]
-name = "upside-down"
-coordinator = "alpha/rpc"
-workers = ["alpha/target"]
-"#,
-    );
-    let report = run_doctor(&cluster, true);
+    let cluster = ClusterPlan::new()
+        .host("alpha")
+        .models(&["target.gguf"])
+        .llama_server("target", "{models}/target.gguf", 8080, "")
+        .agent_toml(
+            "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-p\", \"50052\"]\n",
+        )
+        .layout("\n[[pairings]]\nname = \"pair\"\ntarget = \"http://{ip:alpha}:9090\"\n")
+        .role("alpha", "target", "target")
+        .pool("upside-down", "alpha/rpc", &["alpha/target"])
+        .start();
+    let report = cluster.doctor(true);
     let url = find(&report, Category::Layout, "pairing pair", Status::Fail);
     assert!(
         url.message.contains("alpha/target listens on port 8080"),
@@ -686,24 +518,12 @@ workers = ["alpha/target"]
 #[test]
 fn an_agent_of_another_protocol_version_fails_with_how_to_fix_it() {
     // beta plays an agent of a later Tightwad release.
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &[],
-                agent_toml: "",
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: "[testing_protocol]\nversion = 99\n",
-                binaries: None,
-            },
-        ],
-        "",
-    );
-    let report = run_doctor(&cluster, true);
+    let cluster = ClusterPlan::new()
+        .host("alpha")
+        .host("beta")
+        .agent_toml("[testing_protocol]\nversion = 99\n")
+        .start();
+    let report = cluster.doctor(true);
     let host = find(&report, Category::Host, "beta", Status::Fail);
     assert!(
         host.message.contains("incompatible peer protocol"),

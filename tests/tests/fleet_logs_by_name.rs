@@ -9,30 +9,15 @@ use tightwad_e2e::cluster::*;
 
 use tightwad_coordinator::fleet;
 
-fn rpc(name: &str, port: u16) -> String {
-    format!("[[process]]\nname = \"{name}\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"{port}\"]\n")
-}
-
 #[test]
 fn logs_find_the_one_host_with_the_process_and_refuse_to_guess() {
-    let alpha_toml = format!("{}{}", rpc("rpc", 50052), rpc("solo", 50053));
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &[],
-                agent_toml: &alpha_toml,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: &rpc("rpc", 50052),
-                binaries: None,
-            },
-        ],
-        "",
-    );
+    let cluster = ClusterPlan::new()
+        .host("alpha")
+        .rpc_server("rpc", 50052)
+        .rpc_server("solo", 50053)
+        .host("beta")
+        .rpc_server("rpc", 50052)
+        .start();
     cluster.start_process("alpha", "solo");
     let fleet = cluster.fleet();
     let found = cluster

@@ -11,34 +11,11 @@ use tightwad_e2e::cluster::*;
 
 use tightwad_coordinator::{doctor, fleet};
 
-use doctor::{DoctorArgs, Status};
+use doctor::Status;
 use std::time::Duration;
 use tightwad_protocol::messages::ProcessState;
 use tightwad_serve::backend::llamacpp::LlamaServer;
 use tightwad_serve::backend::types::{Role, Sampling};
-
-const RPC_WORKER: &str =
-    "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
-
-fn target_process(extra: &str) -> String {
-    format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("{models}/target.gguf", 8080, extra)
-    )
-}
-
-fn doctor_offline(cluster: &TestCluster) -> doctor::Report {
-    let args = DoctorArgs {
-        json: false,
-        offline: true,
-    };
-    let report = cluster
-        .rt
-        .block_on(doctor::diagnose(&args, &cluster.config))
-        .expect("doctor");
-    eprintln!("{}", report.render());
-    report
-}
 
 const PROMPT: &str = "Once upon a time, in a lighthouse by the sea,";
 
@@ -63,36 +40,7 @@ fn greedy(cluster: &TestCluster, url: &str, n: usize) -> (Vec<u32>, u64) {
 
 #[test]
 fn native_pairing_runs_the_draft_on_the_remote_rpc_server_and_matches_the_target_alone() {
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf", "draft.gguf"],
-                agent_toml: &target_process(""),
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: RPC_WORKER,
-                binaries: None,
-            },
-        ],
-        r#"
-[[native_pairings]]
-name = "native"
-target = "alpha/target"
-draft_worker = "beta/rpc"
-draft_model = "{models:alpha}/draft.gguf"
-draft_tokens = 4
-
-[[pairings]]
-name = "native"
-target = "http://{ip:alpha}:8080"
-native = true
-draft_tokens = 4
-"#,
-    );
+    let cluster = ClusterPlan::native_pairing("", "").start();
     let url = format!("http://{}:8080", cluster.host("alpha").ns.ip);
 
     // The target alone first.
@@ -109,7 +57,7 @@ draft_tokens = 4
 
     // Doctor checks the set-up before it starts: same build both sides, same vocabulary,
     // the added flags valid for this build.
-    let report = doctor_offline(&cluster);
+    let report = cluster.doctor(true);
     assert!(report.ok, "{}", report.render());
     assert!(
         report
@@ -141,17 +89,7 @@ draft_tokens = 4
     assert_eq!(paired, alone, "native pairing changed the greedy output");
 
     // With it running, doctor measures what native speculation pays on this machine.
-    let report = cluster
-        .rt
-        .block_on(doctor::diagnose(
-            &DoctorArgs {
-                json: false,
-                offline: false,
-            },
-            &cluster.config,
-        ))
-        .expect("doctor");
-    eprintln!("{}", report.render());
+    let report = cluster.doctor(false);
     let payoff = report
         .checks
         .iter()
@@ -170,30 +108,20 @@ draft_tokens = 4
 
 #[test]
 fn an_rpc_pool_starts_across_hosts_and_answers() {
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf"],
-                agent_toml: &target_process(""),
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: RPC_WORKER,
-                binaries: None,
-            },
-        ],
-        r#"
+    let cluster = ClusterPlan::target_and_rpc_worker("{models}/target.gguf", "")
+        .host("alpha")
+        .models(&["target.gguf"])
+        .layout(
+            r#"
 [[pools]]
 name = "big"
 coordinator = "alpha/target"
 workers = ["beta/rpc"]
 place = true
 "#,
-    );
-    let report = doctor_offline(&cluster);
+        )
+        .start();
+    let report = cluster.doctor(true);
     assert!(report.ok, "{}", report.render());
     let fleet = cluster.fleet();
     let layout =

@@ -85,19 +85,11 @@ fn wait_for_answers(results: &Mutex<Vec<Outcome>>, since: Option<Instant>, count
 
 #[test]
 fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
-    let process = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("{models}/target.gguf", 8080, r#", "-np", "4""#)
-    );
-    let cluster = TestCluster::start(
-        &[HostPlan {
-            name: "gpu",
-            models: &["target.gguf", "draft.gguf"],
-            agent_toml: &process,
-            binaries: None,
-        }],
-        "",
-    );
+    let cluster = ClusterPlan::new()
+        .host("gpu")
+        .models(&["target.gguf", "draft.gguf"])
+        .llama_server("target", "{models}/target.gguf", 8080, r#", "-np", "4""#)
+        .start();
     cluster.start_process("gpu", "target");
     let target_url = format!("http://{}:8080", cluster.host("gpu").ns.ip);
     let rt = &cluster.rt;
@@ -366,26 +358,15 @@ fn pieces_done(models: &std::path::Path) -> usize {
 
 #[test]
 fn a_pull_from_three_sources_survives_a_killed_source_and_a_restarted_receiver() {
-    let plan = |name| HostPlan {
-        name,
-        models: &[FILE],
-        agent_toml: "",
-        binaries: None,
-    };
-    let mut cluster = TestCluster::start(
-        &[
-            plan("src-a"),
-            plan("src-b"),
-            plan("src-c"),
-            HostPlan {
-                name: "dest",
-                models: &[],
-                agent_toml: "",
-                binaries: None,
-            },
-        ],
-        "",
-    );
+    let mut cluster = ClusterPlan::new()
+        .host("src-a")
+        .models(&[FILE])
+        .host("src-b")
+        .models(&[FILE])
+        .host("src-c")
+        .models(&[FILE])
+        .host("dest")
+        .start();
     let expected = sha256_file(&cluster.host("src-a").models.join(FILE));
     let dest_models = cluster.host("dest").models.clone();
 

@@ -4,10 +4,10 @@
 //! Every answer complete (ZERO failed requests) and token for token the target's own, the memory
 //! of the process flat; p50/p99 latency, time to first text and RSS are reported. The same load
 //! generator as the 5-minute benchmark (`benchmarks/load/run.sh`), compiled in from
-//! `benchmarks/src/bin/load_gen.rs`. No timing assertions: these machines are shared 2-core CPUs.
+//! `benchmarks/src/bin/load_gen/`. No timing assertions: these machines are shared 2-core CPUs.
 
 #[allow(dead_code)] // The generator's command-line entry point and renderer are unused here.
-#[path = "../../benchmarks/src/bin/load_gen.rs"]
+#[path = "../../benchmarks/src/bin/load_gen/main.rs"]
 mod load_gen;
 
 use std::sync::Arc;

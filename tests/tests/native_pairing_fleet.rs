@@ -6,7 +6,7 @@
 //! (its `speculative.n_max` 0) while an operator has the proxy switch speculation off.
 
 use serde_json::{json, Value};
-use tightwad_e2e::cluster::{llama_args, HostPlan, TestCluster};
+use tightwad_e2e::cluster::{ClusterPlan, TestCluster};
 use tightwad_e2e::llama_server::{metric_at, reference_at};
 use tightwad_e2e::proxy_process::ProxyProcess;
 use tightwad_e2e::{assert_ties_are_rare, compare, prompts, proxy_token_ids, Reference};
@@ -14,9 +14,6 @@ use tightwad_e2e::{assert_ties_are_rare, compare, prompts, proxy_token_ids, Refe
 const MAX_TOKENS: usize = 32;
 /// The target's own counter of tokens its draft proposed (llama-server `--metrics`).
 const DRAFTED_COUNTER: &str = "llamacpp:spec_decode_num_draft_tokens_total";
-
-const RPC_WORKER: &str =
-    "[[process]]\nname = \"rpc\"\nkind = \"rpc-server\"\nargs = [\"-H\", \"0.0.0.0\", \"-p\", \"50052\"]\n";
 
 /// Twelve short prompts of every kind and the long one (several hundred tokens).
 fn checked_prompts() -> Vec<String> {
@@ -28,43 +25,10 @@ fn checked_prompts() -> Vec<String> {
 
 #[test]
 fn native_pairing_started_by_tightwad_up_behind_the_proxy_is_the_target_alone() {
-    let target_process = format!(
-        "[[process]]\nname = \"target\"\nkind = \"llama-server\"\nargs = {}\n",
-        llama_args("{models}/target.gguf", 8080, r#", "--metrics""#)
-    );
-    let cluster = TestCluster::start(
-        &[
-            HostPlan {
-                name: "alpha",
-                models: &["target.gguf", "draft.gguf"],
-                agent_toml: &target_process,
-                binaries: None,
-            },
-            HostPlan {
-                name: "beta",
-                models: &[],
-                agent_toml: RPC_WORKER,
-                binaries: None,
-            },
-        ],
-        // Speculation pinned on (`adaptive = false`): on these CPUs the controller may rightly
-        // switch native speculation off, and this test is about what it does while on.
-        r#"
-[[native_pairings]]
-name = "native"
-target = "alpha/target"
-draft_worker = "beta/rpc"
-draft_model = "{models:alpha}/draft.gguf"
-draft_tokens = 4
-
-[[pairings]]
-name = "native"
-target = "http://{ip:alpha}:8080"
-native = true
-draft_tokens = 4
-adaptive = false
-"#,
-    );
+    // The target reports its own drafting (`--metrics`). Speculation pinned on (`adaptive =
+    // false`): on these CPUs the controller may rightly switch native speculation off, and this
+    // test is about what it does while on.
+    let cluster = ClusterPlan::native_pairing(r#", "--metrics""#, "adaptive = false\n").start();
     let target_url = format!("http://{}:8080", cluster.host("alpha").ns.ip);
     let beta_rpc = format!("{}:50052", cluster.host("beta").ns.ip);
     let checked = checked_prompts();
@@ -178,15 +142,7 @@ adaptive = false
 
 /// `tightwad -c CONFIG ARGS…` (the binary), which must succeed: its stdout, and that as JSON.
 fn tightwad(cluster: &TestCluster, args: &[&str]) -> (String, Value) {
-    let out = std::process::Command::new(tightwad_e2e::test_env::workspace_binary(
-        "tightwad",
-        "TIGHTWAD_BIN",
-    ))
-    .arg("-c")
-    .arg(&cluster.config)
-    .args(args)
-    .output()
-    .expect("tightwad runs");
+    let out = cluster.tightwad(args);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

@@ -5,7 +5,9 @@ use crate::cluster::config::HostEntry;
 use crate::cluster::session::Fleet;
 use serde::Serialize;
 use std::fmt::Write;
+use tightwad_protocol::client::Client;
 use tightwad_protocol::messages::{AgentStatus, ModelFile};
+use tightwad_protocol::ProtocolError;
 
 #[derive(Debug, Serialize)]
 pub struct HostReport {
@@ -84,39 +86,40 @@ pub async fn collect(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<Ho
 }
 
 pub async fn collect_models(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<Vec<HostModels>> {
-    let hosts = selected(fleet, only)?;
-    Ok(
-        futures::future::join_all(hosts.into_iter().map(|host| async move {
-            let result = async {
-                let client = fleet.connect(host).await?;
-                anyhow::Ok(client.list_models().await?)
-            }
-            .await;
-            match result {
-                Ok(models) => HostModels {
-                    name: host.name.clone(),
-                    error: None,
-                    models,
-                },
-                Err(e) => HostModels {
-                    name: host.name.clone(),
-                    error: Some(format!("{e:#}")),
-                    models: Vec::new(),
-                },
-            }
-        }))
-        .await,
+    models_on(
+        fleet,
+        only,
+        |client| async move { client.list_models().await },
     )
+    .await
 }
 
 /// Every host's copies of `file` (any of its model folders).
 pub async fn find_model(fleet: &Fleet, file: &str) -> anyhow::Result<Vec<HostModels>> {
-    let hosts = selected(fleet, None)?;
+    models_on(fleet, None, |client| async move {
+        client.find_model(file).await
+    })
+    .await
+}
+
+/// Asks every selected host for model files (`ask`, on a connection to it) at once, in config
+/// order; a host that cannot answer carries its error and no files.
+async fn models_on<F, Fut>(
+    fleet: &Fleet,
+    only: Option<&str>,
+    ask: F,
+) -> anyhow::Result<Vec<HostModels>>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<ModelFile>, ProtocolError>>,
+{
+    let hosts = selected(fleet, only)?;
+    let ask = &ask;
     Ok(
         futures::future::join_all(hosts.into_iter().map(|host| async move {
             let result = async {
                 let client = fleet.connect(host).await?;
-                anyhow::Ok(client.find_model(file).await?)
+                anyhow::Ok(ask(client).await?)
             }
             .await;
             match result {

@@ -2,10 +2,12 @@
 //! command tree the binary prints, gives every argument help text, shows no old spelling of the
 //! table, names processes as HOST/NAME; the old spellings still work and warn.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use super::{scratch, BIN};
+use common::*;
 
 /// `tightwad PATH… --help`.
 fn help(path: &[String]) -> String {
@@ -166,7 +168,8 @@ fn every_argument_has_help_and_no_command_spells_a_concept_the_old_way() {
 
 #[test]
 fn old_spellings_still_work_and_say_what_to_write_instead() {
-    let dir = scratch("spellings");
+    let sandbox = Sandbox::new("spellings");
+    let dir = &sandbox.dir;
     let config = dir.join("tightwad.toml");
     let out = Command::new(BIN)
         .arg("-c")
@@ -224,7 +227,7 @@ fn old_spellings_still_work_and_say_what_to_write_instead() {
 
     // `logs proxy --url`: parsed as --proxy (the warning, then the unreachable proxy's error
     // naming the URL that was given).
-    let port = super::free_port();
+    let port = free_port();
     let logs = Command::new(BIN)
         .arg("-c")
         .arg(&config)
@@ -234,7 +237,7 @@ fn old_spellings_still_work_and_say_what_to_write_instead() {
             "--url",
             &format!("http://127.0.0.1:{port}"),
         ])
-        .env("HOME", &dir)
+        .env("HOME", dir)
         .output()
         .expect("logs runs");
     let stderr = String::from_utf8_lossy(&logs.stderr);
@@ -244,5 +247,5 @@ fn old_spellings_still_work_and_say_what_to_write_instead() {
         "{stderr}"
     );
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
+    sandbox.remove();
 }
