@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::types::Role;
 use super::BackendError;
@@ -62,6 +63,9 @@ pub struct Endpoint {
     /// Since when the server has been refusing: past `restart_wait` it is down, not
     /// restarting, and requests fail at once until it answers again.
     refusing_since: Arc<Mutex<Option<Instant>>>,
+    /// How many JSON requests may be in flight at once ([`Endpoint::limit_requests`]); `None`
+    /// until the server's slots are known.
+    json_limit: Arc<Mutex<Option<(usize, Arc<Semaphore>)>>>,
 }
 
 impl Endpoint {
@@ -85,7 +89,53 @@ impl Endpoint {
             timeout,
             restart_wait,
             refusing_since: Default::default(),
+            json_limit: Default::default(),
         })
+    }
+
+    /// Keep at most `n` JSON requests (verifications, drafts, tokenizations) in flight to this
+    /// server; the rest wait here, in order, within the request timeout. Why: llama-server's HTTP
+    /// library serves each connection on one thread of a fixed pool (at least slots + 2 threads)
+    /// and keeps a kept-alive connection's thread until that connection closes. A proxy with more
+    /// requests in flight than that opens connections the server queues behind connections that
+    /// never go idle under load, and a request on one of them waits out its whole timeout (seen:
+    /// `/tokenize` timing out at 30 s in the 64-stream load test). Set from the server's slots by
+    /// the probe; a changed figure (the server restarted with another `-np`) replaces the limit.
+    pub fn limit_requests(&self, n: usize) {
+        let n = n.max(1);
+        let mut limit = self
+            .json_limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if limit.as_ref().map(|(size, _)| *size) != Some(n) {
+            *limit = Some((n, Arc::new(Semaphore::new(n))));
+        }
+    }
+
+    /// A turn among the JSON requests to this server (none needed before its slots are known).
+    async fn json_turn(
+        &self,
+        path: &str,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, BackendError> {
+        let limit = self
+            .json_limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, s)| Arc::clone(s));
+        let Some(limit) = limit else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(self.timeout, limit.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            // Closed: never (the semaphore is only replaced, not closed); go without a turn.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(BackendError::Timeout {
+                server: self.server(),
+                path: path.to_string(),
+                seconds: self.timeout.as_secs(),
+            }),
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -347,6 +397,7 @@ impl Endpoint {
         &self,
         path: &str,
     ) -> Result<T, BackendError> {
+        let _turn = self.json_turn(path).await?;
         let resp = self
             .send(path, |c| c.get(self.url(path)).timeout(self.timeout))
             .await?;
@@ -358,6 +409,7 @@ impl Endpoint {
         path: &str,
         body: &(impl Serialize + ?Sized),
     ) -> Result<T, BackendError> {
+        let _turn = self.json_turn(path).await?;
         let resp = self
             .send(path, |c| {
                 c.post(self.url(path)).timeout(self.timeout).json(body)
@@ -377,4 +429,50 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// With a limit of 2, six concurrent JSON requests reach the server at most two at a time,
+    /// and all of them are answered.
+    #[tokio::test]
+    async fn json_requests_wait_their_turn_at_the_servers_limit() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (now, peak) = (Arc::clone(&in_flight), Arc::clone(&most));
+        let app = axum::Router::new().route(
+            "/x",
+            axum::routing::post(move || {
+                let (now, peak) = (Arc::clone(&now), Arc::clone(&peak));
+                async move {
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({"ok": true}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let ep = Endpoint::new(Role::Target, &url, Duration::from_secs(10), Duration::ZERO)
+            .expect("endpoint");
+        ep.limit_requests(2);
+        let answers = futures::future::join_all((0..6).map(|_| {
+            let ep = ep.clone();
+            async move {
+                ep.post_json::<serde_json::Value>("/x", &serde_json::json!({}))
+                    .await
+            }
+        }))
+        .await;
+        assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
 }

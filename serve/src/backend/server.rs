@@ -148,6 +148,9 @@ impl Backend {
             Backend::Simulated(s) => Ok(s.facts()),
             Backend::Llamacpp(s) => {
                 let props = s.props().await?;
+                // No more JSON requests in flight than the server has HTTP threads for (its
+                // slots + 2 at least), see `Endpoint::limit_requests`.
+                s.endpoint().limit_requests(props.total_slots as usize + 2);
                 let model = s.model_info().await?;
                 let mut end_of_generation = HashSet::new();
                 if !props.eos_token().is_empty() {
