@@ -46,6 +46,9 @@ fn unreachable(server: &'static str, url: &str, source: reqwest::Error) -> Backe
     }
 }
 
+/// A server's limit on JSON requests in flight: its size, and the turns.
+type JsonLimit = (usize, Arc<Semaphore>);
+
 /// One server's base URL, pooled client and timeouts.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -65,7 +68,7 @@ pub struct Endpoint {
     refusing_since: Arc<Mutex<Option<Instant>>>,
     /// How many JSON requests may be in flight at once ([`Endpoint::limit_requests`]); `None`
     /// until the server's slots are known.
-    json_limit: Arc<Mutex<Option<(usize, Arc<Semaphore>)>>>,
+    json_limit: Arc<Mutex<Option<JsonLimit>>>,
 }
 
 impl Endpoint {
