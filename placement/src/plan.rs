@@ -20,7 +20,9 @@
 mod args;
 mod bytes;
 
-pub use args::{config_from_args, options_from_args, rpc_endpoints};
+pub use args::{
+    cache_element_bytes, config_from_args, flag_value, options_from_args, rpc_endpoints,
+};
 pub use bytes::{role_of, ModelBytes, TensorRole};
 
 use std::collections::BTreeSet;

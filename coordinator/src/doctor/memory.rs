@@ -58,29 +58,12 @@ fn model_bytes(model: &ModelArg, args: &[String]) -> Option<(u64, u64)> {
     Some((weights, (f16 * (k + v) / 4.0) as u64))
 }
 
-/// Bytes per cache element of the type named by one of `flags` (llama.cpp's default f16: 2).
+/// Bytes per cache element of the type named by one of `flags` (llama.cpp's default f16: 2):
+/// the placement planner's reading of the same flags.
 fn cache_type_bytes(args: &[String], flags: &[&str]) -> f64 {
-    let mut iter = args.iter();
-    let mut kind = None;
-    while let Some(arg) = iter.next() {
-        if flags.contains(&arg.as_str()) {
-            kind = iter.next().cloned();
-        } else if let Some((flag, value)) = arg.split_once('=') {
-            if flags.contains(&flag) {
-                kind = Some(value.to_string());
-            }
-        }
-    }
-    // ggml block sizes: q8_0 34 bytes / 32, q5_* 22–24 / 32, q4_* 18–20 / 32, iq4_nl 18 / 32.
-    match kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        Some("f32") => 4.0,
-        Some("q8_0") => 34.0 / 32.0,
-        Some("q5_0") => 22.0 / 32.0,
-        Some("q5_1") => 24.0 / 32.0,
-        Some("q4_0") | Some("iq4_nl") => 18.0 / 32.0,
-        Some("q4_1") => 20.0 / 32.0,
-        _ => 2.0,
-    }
+    tightwad_placement::plan::cache_element_bytes(
+        tightwad_placement::plan::flag_value(args, flags).as_deref(),
+    )
 }
 
 /// Memory a host offers: (device memory, system RAM total, RAM available). Device memory is the

@@ -3,24 +3,27 @@
 
 use super::*;
 
-/// Plan options from llama-server arguments: `-c`, `-ctk`/`-ctv`, `-ub` (headroom 0: a
-/// prediction of what the server allocates, not a plan to fit).
-pub fn options_from_args(args: &[String]) -> PlanOptions {
-    let value = |names: &[&str]| -> Option<String> {
-        let mut found = None;
-        let mut iter = args.iter();
-        while let Some(a) = iter.next() {
-            if names.contains(&a.as_str()) {
-                found = iter.next().cloned();
-            } else if let Some((f, v)) = a.split_once('=') {
-                if names.contains(&f) {
-                    found = Some(v.to_string());
-                }
+/// The value of the last of `names` in `args` (`-c 4096` or `--ctx-size=4096`), as llama.cpp
+/// reads its flags: a later one wins.
+pub fn flag_value(args: &[String], names: &[&str]) -> Option<String> {
+    let mut found = None;
+    let mut iter = args.iter();
+    while let Some(a) = iter.next() {
+        if names.contains(&a.as_str()) {
+            found = iter.next().cloned();
+        } else if let Some((f, v)) = a.split_once('=') {
+            if names.contains(&f) {
+                found = Some(v.to_string());
             }
         }
-        found
-    };
-    let cache = |names: &[&str]| match value(names).map(|v| v.to_ascii_lowercase()).as_deref() {
+    }
+    found
+}
+
+/// Bytes per KV-cache element of a `-ctk`/`-ctv` type (ggml block sizes: q8_0 34 bytes / 32,
+/// q5_* 22–24 / 32, q4_* 18–20 / 32, iq4_nl 18 / 32); llama.cpp's default f16 (2) otherwise.
+pub fn cache_element_bytes(kind: Option<&str>) -> f64 {
+    match kind.map(str::to_ascii_lowercase).as_deref() {
         Some("f32") => 4.0,
         Some("q8_0") => 34.0 / 32.0,
         Some("q5_0") => 22.0 / 32.0,
@@ -28,7 +31,14 @@ pub fn options_from_args(args: &[String]) -> PlanOptions {
         Some("q4_0") | Some("iq4_nl") => 18.0 / 32.0,
         Some("q4_1") => 20.0 / 32.0,
         _ => 2.0,
-    };
+    }
+}
+
+/// Plan options from llama-server arguments: `-c`, `-ctk`/`-ctv`, `-ub` (headroom 0: a
+/// prediction of what the server allocates, not a plan to fit).
+pub fn options_from_args(args: &[String]) -> PlanOptions {
+    let value = |names: &[&str]| flag_value(args, names);
+    let cache = |names: &[&str]| cache_element_bytes(value(names).as_deref());
     PlanOptions {
         context: value(&["-c", "--ctx-size"]).and_then(|v| v.parse().ok()),
         cache_k_bytes: cache(&["-ctk", "--cache-type-k"]),
@@ -65,20 +75,7 @@ pub fn rpc_endpoints(args: &[String]) -> Vec<String> {
 /// `--cpu-moe`, `--n-cpu-moe`, and `-ot PATTERN=CPU` overrides whose pattern selects expert
 /// tensors of whole layers.
 pub fn config_from_args(model: &ModelBytes, args: &[String], n_devices: usize) -> Config {
-    let value = |names: &[&str]| -> Option<String> {
-        let mut found = None;
-        let mut iter = args.iter();
-        while let Some(a) = iter.next() {
-            if names.contains(&a.as_str()) {
-                found = iter.next().cloned();
-            } else if let Some((f, v)) = a.split_once('=') {
-                if names.contains(&f) {
-                    found = Some(v.to_string());
-                }
-            }
-        }
-        found
-    };
+    let value = |names: &[&str]| flag_value(args, names);
     let all = model.n_layer + 1;
     let gpu_layers = match value(&["-ngl", "--gpu-layers", "--n-gpu-layers"]).as_deref() {
         Some("all") | Some("auto") | None => all,
