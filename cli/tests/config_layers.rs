@@ -12,14 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tightwad");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+mod common;
+use common::{free_port, BIN};
 
 /// `tightwad ARGS` in `dir` with `env` and no other `TIGHTWAD_*` variable of the caller's.
 fn tightwad(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
