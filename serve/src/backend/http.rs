@@ -133,11 +133,7 @@ impl Endpoint {
             Ok(Ok(permit)) => Ok(Some(permit)),
             // Closed: never (the semaphore is only replaced, not closed); go without a turn.
             Ok(Err(_)) => Ok(None),
-            Err(_) => Err(BackendError::Timeout {
-                server: self.server(),
-                path: path.to_string(),
-                seconds: self.timeout.as_secs(),
-            }),
+            Err(_) => Err(self.timed_out(path, self.timeout)),
         }
     }
 
@@ -170,14 +166,19 @@ impl Endpoint {
         }
     }
 
+    /// A request to `path` that waited `limit` in vain.
+    fn timed_out(&self, path: &str, limit: Duration) -> BackendError {
+        BackendError::Timeout {
+            server: self.server(),
+            path: path.to_string(),
+            seconds: limit.as_secs(),
+        }
+    }
+
     /// How a request that got no HTTP answer failed: a timeout, or the server was not reachable.
     pub fn send_error(&self, path: &str, e: reqwest::Error) -> BackendError {
         if e.is_timeout() {
-            BackendError::Timeout {
-                server: self.server(),
-                path: path.to_string(),
-                seconds: self.timeout.as_secs(),
-            }
+            self.timed_out(path, self.timeout)
         } else {
             unreachable(self.server(), &self.url(path), e)
         }
@@ -274,15 +275,9 @@ impl Endpoint {
     ) -> Result<Result<reqwest::Response, reqwest::Error>, BackendError> {
         match head {
             None => Ok(req.send().await),
-            Some(t) => {
-                tokio::time::timeout(t, req.send())
-                    .await
-                    .map_err(|_| BackendError::Timeout {
-                        server: self.server(),
-                        path: path.to_string(),
-                        seconds: t.as_secs(),
-                    })
-            }
+            Some(t) => tokio::time::timeout(t, req.send())
+                .await
+                .map_err(|_| self.timed_out(path, t)),
         }
     }
 

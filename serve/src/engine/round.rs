@@ -182,15 +182,13 @@ impl Pairing {
                         verify_secs,
                     )
                 });
+                let round_secs = draft_started.elapsed().as_secs_f64();
                 self.metrics.round(proposal.len(), n_accepted);
-                self.metrics
-                    .round_seconds
-                    .observe(draft_started.elapsed().as_secs_f64());
+                self.metrics.round_seconds.observe(round_secs);
                 if let Some(d) = draft_slot {
                     d.metrics.round(proposal.len(), n_accepted);
                     if self.config.pipeline == Pipelining::Auto {
-                        let seconds = draft_started.elapsed().as_secs_f64();
-                        d.with_pipelining(|p| p.record(pipelined, n_accepted + 1, seconds));
+                        d.with_pipelining(|p| p.record(pipelined, n_accepted + 1, round_secs));
                     }
                 }
                 run.rounds += 1;
