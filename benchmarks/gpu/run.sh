@@ -26,7 +26,8 @@
 # Rows per RTT (each `tightwad bench`: direct requests to T interleaved with the row's server):
 #   md-anchor, rpc-remote (llama.cpp alone), mp-k4 (Tightwad multi-prompt rounds), op-k4, op-k8
 #   (one-pass rounds, k pinned), op-adaptive, auto (draft server AND the remote-rpc native target,
-#   adaptive, path chosen per request). "Target alone" = the direct side of every row.
+#   adaptive, path chosen per request); op-k4-near, op-adaptive-near (the proxy on the target's
+#   host: target on loopback, draft and client each through a relay; not in the default ROWS). "Target alone" = the direct side of every row.
 #
 # Test on a CPU machine first (tiny models, same code):
 #   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
@@ -366,6 +367,22 @@ EOF
       fi
       stop "P$i-$row"; pack
     fi
+    # The proxy on the TARGET's host (the deployment README recommends for fast targets): the
+    # proxy reaches the target on loopback and only the draft across the relay; the client reaches
+    # the proxy through its own relay with the same RTT, as direct requests reach the target.
+    if want op-k4-near || want op-adaptive-near; then relay "rP$i" "$((b + 60))" "$pp" "$RTT"; fi
+    if want op-k4-near; then
+      proxy "P$i-$row" "$pp" http://127.0.0.1:9001 "$rD" --verify one-pass --no-adaptive --draft-tokens 4
+      warm "http://127.0.0.1:$((b + 60))" 1 16
+      bench "$S-op-k4-near-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; the proxy on the target's host (target on loopback, the client through a ${RTT} ms relay); Tightwad one-pass rounds, k=4 pinned" \
+        "http://127.0.0.1:$((b + 60))" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k4-near-rtt$tag"; stop "P$i-$row"; pack
+    fi
+    if want op-adaptive-near; then
+      proxy "P$i-$row" "$pp" http://127.0.0.1:9001 "$rD" --verify one-pass
+      warm "http://127.0.0.1:$((b + 60))" "$WARM_ADAPTIVE" "$WARM_TOKENS"
+      bench "$S-op-adaptive-near-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; the proxy on the target's host (target on loopback, the client through a ${RTT} ms relay); Tightwad one-pass rounds, adaptive" \
+        "http://127.0.0.1:$((b + 60))" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-adaptive-near-rtt$tag"; stop "P$i-$row"; pack
+    fi
     if want op-k8; then
       proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 8
       warm "http://127.0.0.1:$pp" 1 16
@@ -378,7 +395,7 @@ EOF
       bench "$S-mp-k4-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad multi-prompt rounds (k+1 prompts), k=4 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-mp-k4-rtt$tag"; stop "P$i-$row"; pack
     fi
-    stop "rT$i" "rD$i" "rA$i" "rN$i"
+    stop "rT$i" "rD$i" "rA$i" "rN$i" "rP$i"
   done
   log "done ($kind)"
   pack

@@ -26,6 +26,10 @@ ROWS = [
     ("op-k4", "Tightwad one-pass rounds, k=4 pinned", "draft `llama-server` (same card, own process) behind the relay"),
     ("op-k8", "Tightwad one-pass rounds, k=8 pinned", "draft `llama-server` (same card, own process) behind the relay"),
     ("op-adaptive", "Tightwad one-pass rounds, adaptive", "draft `llama-server` (same card, own process) behind the relay"),
+    ("op-k4-near", "Tightwad one-pass rounds, k=4 pinned, proxy on the target's host",
+     "draft `llama-server` (same card, own process) behind the relay; the proxy beside the target"),
+    ("op-adaptive-near", "Tightwad one-pass rounds, adaptive, proxy on the target's host",
+     "draft `llama-server` (same card, own process) behind the relay; the proxy beside the target"),
     ("auto", "Tightwad auto: draft server AND native remote-rpc target, adaptive, path per request",
      "both: the draft `llama-server` and the target's `-md` draft on the `ggml-rpc-server`, each behind the relay"),
 ]
