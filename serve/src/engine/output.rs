@@ -8,6 +8,10 @@
 
 use crate::backend::types::TokenId;
 
+/// Tokens waiting for a character to finish before their text is released anyway (a model can
+/// emit bytes that never make a character).
+const MAX_UNFINISHED: usize = 32;
+
 /// Why a generation ended, in OpenAI's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -60,6 +64,16 @@ impl Utf8Decoder {
                 }
             }
         }
+    }
+
+    /// Bytes held back as the start of an unfinished character.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Forget the held-back bytes (their text arrives another way, see [`Output::resolve`]).
+    fn discard_pending(&mut self) {
+        self.pending.clear();
     }
 
     /// End of stream: whatever is left is not a complete character.
@@ -154,6 +168,12 @@ pub struct Output {
     ids_complete: bool,
     /// Tokens counted but whose text is not known yet (see [`Output::push`]).
     unresolved: Vec<TokenId>,
+    /// The tokens since the text last ended on a character boundary (the unresolved ones among
+    /// them, last), and how many bytes of their text the client has been shown. Unresolved tokens
+    /// are detokenized together with them: alone, a token that finishes a character begins with
+    /// continuation bytes the server can only show as U+FFFD.
+    since_boundary: Vec<TokenId>,
+    shown: usize,
     pub finish: Option<FinishReason>,
 }
 
@@ -167,6 +187,8 @@ impl Output {
             count: 0,
             ids_complete: true,
             unresolved: Vec::new(),
+            since_boundary: Vec::new(),
+            shown: 0,
             finish: if max_tokens == 0 {
                 Some(FinishReason::Length)
             } else {
@@ -210,13 +232,22 @@ impl Output {
             Some(b) if self.unresolved.is_empty() => b,
             _ => {
                 self.unresolved.push(id);
+                self.since_boundary.push(id);
                 if self.count >= self.max_tokens {
                     self.finish = Some(FinishReason::Length);
                 }
                 return String::new();
             }
         };
-        self.take_bytes(bytes)
+        let decoded = self.decoder.push(bytes);
+        if self.decoder.pending_len() == 0 {
+            self.since_boundary.clear();
+            self.shown = 0;
+        } else {
+            self.since_boundary.push(id);
+            self.shown += decoded.len();
+        }
+        self.take_text(decoded)
     }
 
     /// Add text the target streamed by itself (target-only generation): `n_tokens` tokens whose ids
@@ -230,13 +261,16 @@ impl Output {
         self.ids_complete &= ids.len() == n_tokens;
         self.tokens.extend_from_slice(ids);
         self.count += n_tokens;
-        self.take_bytes(text.as_bytes())
+        // Streamed text is whole characters; which tokens it came from is not tracked.
+        self.since_boundary.clear();
+        self.shown = 0;
+        let decoded = self.decoder.push(text.as_bytes());
+        self.take_text(decoded)
     }
 
-    /// Decode `bytes` (already counted as tokens), hold back what could still become a stop
+    /// Take decoded text (of tokens already counted), hold back what could still become a stop
     /// string, and end at a stop string or at `max_tokens`; the text to show now.
-    fn take_bytes(&mut self, bytes: &[u8]) -> String {
-        let text = self.decoder.push(bytes);
+    fn take_text(&mut self, text: String) -> String {
         let check = self.stops.push(&text);
         if check.stopped {
             self.finish = Some(FinishReason::Stop);
@@ -250,17 +284,51 @@ impl Output {
         emit
     }
 
-    /// Tokens waiting for their text (detokenize them together and pass the text to `resolve`).
+    /// Tokens waiting for their text.
     pub fn unresolved(&self) -> &[TokenId] {
         &self.unresolved
     }
 
-    /// The text of the [`Output::unresolved`] tokens, as the target detokenized them together.
+    /// The tokens to detokenize together to learn the [`Output::unresolved`] tokens' text: every
+    /// token since the text last ended on a character boundary.
+    pub fn to_detokenize(&self) -> &[TokenId] {
+        if self.unresolved.is_empty() {
+            &[]
+        } else {
+            &self.since_boundary
+        }
+    }
+
+    /// The text of the [`Output::to_detokenize`] tokens, as the target detokenized them together.
+    /// Text that ends inside a character (U+FFFD last) keeps its last character back and the
+    /// tokens unresolved, unless `whole` (the generation ends, or too many tokens wait).
     /// (If a stop string ends inside such a block, the whole block counts as generated.)
-    pub fn resolve(&mut self, text: &str) -> String {
-        self.unresolved.clear();
-        let text = self.decoder.push(text.as_bytes());
-        let check = self.stops.push(&text);
+    pub fn resolve(&mut self, text: &str, whole: bool) -> String {
+        // The server's text begins with what the client was already shown of these tokens.
+        let fresh = match text.get(self.shown..) {
+            Some(rest) => rest,
+            None => text,
+        };
+        let whole = whole || self.finish.is_some() || self.since_boundary.len() >= MAX_UNFINISHED;
+        let fresh = if whole {
+            self.unresolved.clear();
+            self.since_boundary.clear();
+            self.shown = 0;
+            fresh
+        } else {
+            let done = fresh.trim_end_matches('\u{FFFD}');
+            if done.len() == fresh.len() {
+                self.unresolved.clear();
+                self.since_boundary.clear();
+                self.shown = 0;
+            } else {
+                self.shown += done.len();
+            }
+            done
+        };
+        // The held-back bytes belong to these tokens: their text is in `fresh` now.
+        self.decoder.discard_pending();
+        let check = self.stops.push(fresh);
         if check.stopped {
             self.finish = Some(FinishReason::Stop);
             return check.emit;
@@ -400,10 +468,75 @@ mod tests {
         assert_eq!(o.push(2, None, false), "");
         assert_eq!(o.push(3, Some(b"x"), false), "");
         assert_eq!(o.unresolved(), &[2, 3]);
-        assert_eq!(o.resolve("€b"), "€");
+        assert_eq!(o.to_detokenize(), [2, 3]);
+        assert_eq!(o.resolve("€b", false), "€");
         assert_eq!(o.push(4, Some(b"!"), false), "");
         assert_eq!(o.finish, Some(FinishReason::Stop));
         assert_eq!(o.count(), 4);
+    }
+
+    #[test]
+    fn a_token_without_bytes_that_finishes_a_character_is_detokenized_with_its_start() {
+        // "意" is E6 84 8F: token 1 is "，" plus its first byte, token 2 (text unknown) the other
+        // two bytes plus "味". Detokenized alone, token 2 would begin with continuation bytes.
+        let mut o = Output::new(vec![], 10);
+        let mut first = "，".as_bytes().to_vec();
+        first.push(0xE6);
+        assert_eq!(o.push(1, Some(&first), false), "，");
+        assert_eq!(o.push(2, None, false), "");
+        assert_eq!(o.to_detokenize(), [1, 2]);
+        // The server's text of tokens 1 and 2 together.
+        assert_eq!(o.resolve("，意味", false), "意味");
+        assert_eq!(o.push(3, Some("。".as_bytes()), false), "。");
+        assert!(o.to_detokenize().is_empty());
+    }
+
+    #[test]
+    fn a_character_spread_over_three_known_tokens_keeps_all_three_for_the_fourth() {
+        // "😀" is F0 9F 98 80, one byte per token; the fourth token's text is unknown.
+        let mut o = Output::new(vec![], 10);
+        assert_eq!(o.push(1, Some(b"a\xF0"), false), "a");
+        assert_eq!(o.push(2, Some(b"\x9F"), false), "");
+        assert_eq!(o.push(3, Some(b"\x98"), false), "");
+        assert_eq!(o.push(4, None, false), "");
+        assert_eq!(o.to_detokenize(), [1, 2, 3, 4]);
+        assert_eq!(o.resolve("a😀!", false), "😀!");
+    }
+
+    #[test]
+    fn tokens_that_end_a_character_leave_nothing_to_detokenize_again() {
+        let mut o = Output::new(vec![], 10);
+        assert_eq!(o.push(1, Some(b"\xE2\x82"), false), "");
+        assert_eq!(o.push(2, Some(b"\xAC ok"), false), "€ ok");
+        assert_eq!(o.push(3, None, false), "");
+        assert_eq!(o.to_detokenize(), [3]);
+        assert_eq!(o.resolve("!", false), "!");
+    }
+
+    #[test]
+    fn text_that_ends_inside_a_character_keeps_it_back_until_a_later_token_finishes_it() {
+        // Tokens 1-3 (text unknown) are "ab" and the first two bytes of "意" (E6 84 8F); token 4
+        // (unknown too) brings the last byte and "味".
+        let mut o = Output::new(vec![], 10);
+        assert_eq!(o.push(1, None, false), "");
+        assert_eq!(o.push(2, None, false), "");
+        assert_eq!(o.push(3, None, false), "");
+        assert_eq!(o.resolve("ab\u{FFFD}", false), "ab");
+        assert_eq!(o.unresolved(), &[1, 2, 3]);
+        assert_eq!(o.push(4, Some("x".as_bytes()), false), "");
+        assert_eq!(o.to_detokenize(), [1, 2, 3, 4]);
+        assert_eq!(o.resolve("ab意味", false), "意味");
+        assert!(o.unresolved().is_empty());
+        assert_eq!(o.push(5, Some(b"!"), false), "!");
+    }
+
+    #[test]
+    fn an_unfinished_character_is_released_as_the_server_shows_it_when_the_answer_ends() {
+        let mut o = Output::new(vec![], 2);
+        assert_eq!(o.push(1, Some(b"a"), false), "a");
+        assert_eq!(o.push(2, None, false), "");
+        assert_eq!(o.finish, Some(FinishReason::Length));
+        assert_eq!(o.resolve("\u{FFFD}", false), "\u{FFFD}");
     }
 
     #[test]

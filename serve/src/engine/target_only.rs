@@ -105,12 +105,8 @@ impl Pairing {
         if out.unresolved().is_empty() {
             return Ok(String::new());
         }
-        let text = self.target.detokenize(out.unresolved()).await?;
-        let incomplete = text.ends_with('\u{FFFD}');
-        if incomplete && !force && out.finish.is_none() && out.unresolved().len() < 8 {
-            return Ok(String::new());
-        }
-        Ok(out.resolve(&text))
+        let text = self.target.detokenize(out.to_detokenize()).await?;
+        Ok(out.resolve(&text, force))
     }
 }
 
