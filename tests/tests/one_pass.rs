@@ -191,3 +191,82 @@ async fn doctor_says_whether_one_pass_verification_is_available_and_how_to_get_i
         "the fix is named: {s:?}"
     );
 }
+
+/// One-pass rounds leave out the target's token details (`n_probs`) once the proxy has learnt the
+/// text of every draft token, and take the target's own next token's text from the reply's
+/// `content`. Text in accented Latin, Cyrillic, CJK and emoji (characters spread over several
+/// byte-level tokens, rounds ending inside a character) must still come out as the target's own,
+/// streamed or whole, from the first request to the last.
+#[tokio::test]
+async fn multilingual_answers_through_one_pass_rounds_are_the_targets_own_text() {
+    let env = env();
+    let (target_model, draft_model) = env.smollm2();
+    let target = LlamaServer::start(&env, &target_model, ServerOptions::target(K as u32)).await;
+    let draft = LlamaServer::start(&env, &draft_model, ServerOptions::default()).await;
+    let proxy = RunningProxy::start(&target.url, Some(&draft.url), K).await;
+    let prompts = [
+        "Voici une liste de pâtisseries françaises célèbres : crème brûlée, éclair,",
+        "Straße, Größe, Übung, Ärger: deutsche Wörter mit Umlauten sind",
+        "Москва — столица России. Санкт-Петербург —",
+        "日本の首都は東京です。大阪は",
+        "中文：你好，世界！我们今天",
+        "Emoji story: 🐱 found a 🔑 in the 🌳, then",
+        "Ελληνικά: Η Αθήνα είναι η πρωτεύουσα",
+        "Mixed: naïve café résumé — “quotes” and ‘more’ …",
+    ];
+    let mut outcomes = Vec::new();
+    let mut non_ascii = 0;
+    for (n, prompt) in prompts.iter().enumerate() {
+        let reference = target.reference(json!(prompt), 40).await;
+        let stream = n % 2 == 1;
+        let body = json!({"prompt": prompt, "max_tokens": 40, "temperature": 0,
+                          "return_token_ids": true, "stream": stream});
+        let (ids, text) = if stream {
+            // Read whole, then split: a chunk boundary may fall inside a character.
+            let sse = reqwest::Client::new()
+                .post(format!("{}/v1/completions", proxy.url))
+                .json(&body)
+                .send()
+                .await
+                .expect("stream starts")
+                .text()
+                .await
+                .expect("stream body");
+            let text: String = sse
+                .split("\n\n")
+                .filter_map(|e| e.trim_start().strip_prefix("data: "))
+                .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+                .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+                .collect();
+            (stream_token_ids(&sse), text)
+        } else {
+            let (status, v) = proxy.post("/v1/completions", &body).await;
+            assert_eq!(status, 200, "{v}");
+            let text = v["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (proxy_token_ids(&v), text)
+        };
+        let outcome = compare(&ids, &reference, prompt);
+        if outcome == tightwad_e2e::Agreement::Identical {
+            assert_eq!(text, reference.text, "{prompt} (stream: {stream})");
+            // Only an answer cut off inside a character ends with U+FFFD, as the target's does.
+            let whole = text.trim_end_matches('\u{FFFD}');
+            assert!(!whole.contains('\u{FFFD}'), "{prompt}: {text:?}");
+        }
+        non_ascii += usize::from(!reference.text.is_ascii());
+        outcomes.push(outcome);
+    }
+    assert_ties_are_rare(&outcomes);
+    assert!(
+        non_ascii >= 4,
+        "the answers must exercise multi-byte text: {non_ascii}"
+    );
+    let stats = proxy.stats().await;
+    assert_eq!(verification(&stats)["path"], "one_pass", "{stats}");
+    assert!(
+        stats["pairings"][0]["rounds"].as_u64().unwrap_or(0) > 20,
+        "{stats}"
+    );
+}

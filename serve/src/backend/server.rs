@@ -310,7 +310,7 @@ impl Backend {
                 body: "vLLM takes no client drafts; it verifies through `verify`".into(),
             }),
             #[cfg(test)]
-            Backend::Simulated(s) => s.verify_one_pass(ctx, proposal),
+            Backend::Simulated(s) => s.verify_one_pass(ctx, proposal, n_probs),
         }
     }
 

@@ -32,6 +32,10 @@ pub struct SimulatedServer {
     fail_from_call: Option<usize>,
     /// Decodes the server has run: one per `verify` (one pass) and per streamed token.
     decodes: AtomicUsize,
+    /// One-pass verifications that asked for token details (`n_probs` above 0).
+    details_asked: AtomicUsize,
+    /// Calls of `detokenize`.
+    detokenized: AtomicUsize,
 }
 
 impl std::fmt::Debug for SimulatedServer {
@@ -58,6 +62,8 @@ impl SimulatedServer {
             one_pass_max: None,
             calls: AtomicUsize::new(0),
             fail_from_call: None,
+            details_asked: AtomicUsize::new(0),
+            detokenized: AtomicUsize::new(0),
             decodes: AtomicUsize::new(0),
         }
     }
@@ -76,6 +82,16 @@ impl SimulatedServer {
 
     pub fn decodes(&self) -> usize {
         self.decodes.load(Ordering::Relaxed)
+    }
+
+    /// One-pass verifications so far that asked for token details.
+    pub fn details_asked(&self) -> usize {
+        self.details_asked.load(Ordering::Relaxed)
+    }
+
+    /// `detokenize` calls so far.
+    pub fn detokenized(&self) -> usize {
+        self.detokenized.load(Ordering::Relaxed)
     }
 
     /// The simulated model's own greedy continuation of `ctx`: `n` tokens, or fewer if it ends.
@@ -135,6 +151,10 @@ impl SimulatedServer {
         };
         Completion {
             completion_probabilities: tokens.iter().map(|t| self.sampled(*t)).collect(),
+            content: tokens
+                .iter()
+                .map(|t| String::from_utf8_lossy(&self.bytes(*t)).into_owned())
+                .collect(),
             tokens,
             stop_type: stop_type.into(),
             timings: Some(Timings::default()),
@@ -166,6 +186,7 @@ impl SimulatedServer {
     }
 
     pub fn detokenize(&self, tokens: &[TokenId]) -> String {
+        self.detokenized.fetch_add(1, Ordering::Relaxed);
         tokens
             .iter()
             .map(|t| String::from_utf8_lossy(&self.bytes(*t)).into_owned())
@@ -195,10 +216,13 @@ impl SimulatedServer {
 
     /// One-pass verification as the patched llama-server does it: the accepted prefix of the
     /// draft and the model's next token after it, in one decode.
+    /// Like the patched llama-server: token details only when `n_probs` asks for them (the text
+    /// is always in `content`).
     pub fn verify_one_pass(
         &self,
         ctx: &[TokenId],
         proposal: &[TokenId],
+        n_probs: usize,
     ) -> Result<Completion, BackendError> {
         self.call("/completion")?;
         self.decodes.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +241,13 @@ impl SimulatedServer {
                 break;
             }
         }
-        Ok(self.completion(out))
+        let mut completion = self.completion(out);
+        if n_probs == 0 {
+            completion.completion_probabilities.clear();
+        } else {
+            self.details_asked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(completion)
     }
 
     pub fn stream(&self, prompt: &[TokenId], n: usize) -> Result<EventStream, BackendError> {

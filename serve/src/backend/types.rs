@@ -115,6 +115,9 @@ pub struct Timings {
 pub struct Completion {
     #[serde(default)]
     pub tokens: Vec<TokenId>,
+    /// The text of `tokens` as the server wrote it (invalid UTF-8 replaced by U+FFFD).
+    #[serde(default)]
+    pub content: String,
     #[serde(default)]
     pub stop_type: String,
     #[serde(default)]

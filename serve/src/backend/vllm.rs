@@ -95,6 +95,7 @@ fn completion_for(id: TokenId, text: &str, eos: bool) -> Completion {
     let bytes = trusted_bytes(text);
     Completion {
         tokens: vec![id],
+        content: text.into(),
         stop_type: if eos { "eos".into() } else { String::new() },
         // No details when the bytes are unknown: the engine then resolves the text itself.
         completion_probabilities: if bytes.is_empty() {
@@ -264,6 +265,7 @@ impl VllmServer {
         }
         Ok(Completion {
             tokens,
+            content: String::new(),
             stop_type: if ended_by_eos(&choice) {
                 "eos".into()
             } else {

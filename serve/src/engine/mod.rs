@@ -16,6 +16,7 @@ pub mod drafters;
 pub mod lookup;
 pub mod output;
 pub mod path_choice;
+pub mod pieces;
 pub mod pipelining;
 pub mod probe;
 pub mod verify;

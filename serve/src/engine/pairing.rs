@@ -129,6 +129,9 @@ pub struct Pairing {
     pub(super) choices: AtomicU64,
     /// The draft server chosen last (`usize::MAX`: none yet): whose controller the stats show.
     pub(super) last_slot: AtomicUsize,
+    /// The target's token pieces learnt from its answers (one-pass rounds then leave out
+    /// `n_probs`, see [`pieces`](super::pieces)).
+    pub(super) pieces: super::pieces::TokenPieces,
 }
 
 /// The second speculation path of a pairing that has a draft server and a native-pairing target.
@@ -207,6 +210,7 @@ impl Pairing {
             metrics,
             choices: AtomicU64::new(0),
             last_slot: AtomicUsize::new(usize::MAX),
+            pieces: super::pieces::TokenPieces::new(),
         }
     }
 

@@ -10,6 +10,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::lookup;
 use super::pairing::{Drafter, Pairing};
+use super::pieces::TokenPieces;
 use super::pipelining::Pipelining;
 use super::probe::{PairingInfo, Verification};
 use super::request::{EngineError, Event, Run};
@@ -136,12 +137,16 @@ impl Pairing {
                             seed: sampling.seed.map(|s| round_seed(s, run.ctx.len())),
                             ..*sampling
                         };
+                        // Token details (`n_probs`) cost the server a softmax over the whole
+                        // vocabulary per token; they are asked for only while the draft holds a
+                        // token whose text is not known yet (see `pieces`).
+                        let n_probs = usize::from(!self.pieces.knows_all(&proposal));
                         let result = self
                             .target
-                            .verify_one_pass(&run.ctx, &proposal, &seeded, 1)
+                            .verify_one_pass(&run.ctx, &proposal, &seeded, n_probs)
                             .await
                             .map_err(|e| capacity_or_fatal(e, proposal.len(), run.ctx.len()))?;
-                        let choices = one_pass_choices(&result, info)
+                        let choices = one_pass_choices(&result, info, &self.pieces)
                             .map_err(|e| SpeculationStop::Fatal(e.into()))?;
                         let n = choices
                             .iter()
@@ -314,8 +319,13 @@ fn capacity_or_fatal(e: BackendError, drafted: usize, context: usize) -> Specula
 }
 
 /// A one-pass verification's tokens as the round's choices: each is the target's own, with its
-/// bytes where the server reported them (else resolved later with `/detokenize`).
-fn one_pass_choices(result: &Completion, info: &PairingInfo) -> Result<Vec<Choice>, BackendError> {
+/// bytes where the server reported them or the learnt pieces and `content` give them (else
+/// resolved later with `/detokenize`).
+fn one_pass_choices(
+    result: &Completion,
+    info: &PairingInfo,
+    pieces: &TokenPieces,
+) -> Result<Vec<Choice>, BackendError> {
     if result.tokens.is_empty() {
         return Err(BackendError::Malformed {
             server: "target",
@@ -324,17 +334,33 @@ fn one_pass_choices(result: &Completion, info: &PairingInfo) -> Result<Vec<Choic
         });
     }
     let last = result.tokens.len() - 1;
+    // llama-server reports token details per piece of finished text: a character spread over
+    // several tokens gets ONE entry (its whole bytes) for all of them. So the details are a
+    // token's own only where they pair up one to one with the tokens.
+    let probs = &result.completion_probabilities;
+    let aligned = probs.len() == result.tokens.len()
+        && probs.iter().zip(&result.tokens).all(|(p, &id)| p.id == id);
+    let reported = |i: usize, _id: TokenId| {
+        aligned
+            .then(|| probs.get(i).map(|p| p.bytes.as_slice()))
+            .flatten()
+    };
+    for (i, &id) in result.tokens.iter().enumerate() {
+        if let Some(bytes) = reported(i, id) {
+            pieces.learn(id, bytes);
+        }
+    }
+    let learnt = pieces.pieces_of(&result.tokens, &result.content);
     Ok(result
         .tokens
         .iter()
+        .zip(learnt)
         .enumerate()
-        .map(|(i, &id)| Choice {
+        .map(|(i, (&id, piece))| Choice {
             id,
-            bytes: result
-                .completion_probabilities
-                .get(i)
-                .filter(|p| p.id == id)
-                .map(|p| p.bytes.clone()),
+            bytes: reported(i, id)
+                .map(<[u8]>::to_vec)
+                .or_else(|| piece.map(|p| p.to_vec())),
             end_of_generation: info.end_of_generation.contains(&id)
                 || (i == last && result.stop_type == "eos"),
         })

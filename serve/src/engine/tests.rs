@@ -172,6 +172,29 @@ async fn rounds_emit_exactly_the_targets_greedy_tokens() {
 }
 
 #[tokio::test]
+async fn one_pass_rounds_ask_for_token_details_only_until_the_pieces_are_learnt() {
+    let target = Arc::new(SimulatedServer::new(model(1), EOS).with_one_pass(8));
+    let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
+    let p = pairing(config(4), &target, Some(draft));
+    for prompt in prompts() {
+        let (text, g) = generate(&p, &prompt, 60, &[]).await;
+        let (want_text, want) = target_alone(model(1), &prompt, 60, &[]).await;
+        assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
+        assert_eq!(text, want_text, "prompt {prompt:?}");
+    }
+    let rounds = p.metrics.rounds.get() as usize;
+    // Details are asked while a draft holds a token never seen; the target's own next token is
+    // learnt from the text (`content`) of the rounds that did not ask.
+    assert!(
+        target.details_asked() * 2 < rounds,
+        "{} of {rounds} rounds asked for token details",
+        target.details_asked()
+    );
+    // Every token's text was known or derived: none needed a `/detokenize`.
+    assert_eq!(target.detokenized(), 0);
+}
+
+#[tokio::test]
 async fn an_end_of_generation_token_inside_a_draft_ends_the_answer_there() {
     let prompt: Vec<TokenId> = vec![1, 2, 3];
     // The target ends after 6 tokens; the draft agrees, so the EOS sits inside an accepted block.
