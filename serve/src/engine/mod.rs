@@ -19,6 +19,7 @@ pub mod path_choice;
 pub mod pieces;
 pub mod pipelining;
 pub mod probe;
+pub mod two_way;
 pub mod verify;
 
 mod generate;

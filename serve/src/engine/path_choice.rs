@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::controller::Ewma;
+use super::two_way::{TwoWay, Way};
 
 /// A way to speculate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,7 +27,15 @@ pub enum SpeculationPath {
 }
 
 impl SpeculationPath {
-    fn index(self) -> usize {
+    fn of(way: Way) -> Self {
+        if way == 0 {
+            SpeculationPath::Rounds
+        } else {
+            SpeculationPath::Native
+        }
+    }
+
+    fn index(self) -> Way {
         match self {
             SpeculationPath::Rounds => 0,
             SpeculationPath::Native => 1,
@@ -43,11 +51,9 @@ impl SpeculationPath {
 }
 
 /// Requests each path serves before the chooser trusts its figure.
-const WARM_UP_REQUESTS: u32 = 3;
-/// Once both are known, one request in this many goes to the path that is not the best.
-const EXPLORE_EVERY: u64 = 10;
-/// The other path must beat the current one by this much to take over (no flapping on noise).
-const SWITCH_MARGIN: f64 = 1.05;
+const WARM_UP_REQUESTS: u64 = 3;
+/// Each request weighs a path's older ones down by this factor (about the last three count).
+const DECAY: f64 = 0.7;
 
 /// What the stats JSON shows about the choice.
 #[derive(Debug, Clone, Serialize)]
@@ -55,29 +61,24 @@ pub struct PathsView {
     pub preferred: SpeculationPath,
     pub rounds_tok_s: Option<f64>,
     pub native_tok_s: Option<f64>,
-    pub rounds_requests: u32,
-    pub native_requests: u32,
+    pub rounds_requests: u64,
+    pub native_requests: u64,
     pub last_reason: String,
 }
 
-/// Per-pairing choice between [`SpeculationPath::Rounds`] and [`SpeculationPath::Native`].
+/// Per-pairing choice between [`SpeculationPath::Rounds`] and [`SpeculationPath::Native`]
+/// (the rule of `two_way`: measure both, take the faster, explore the other).
 #[derive(Debug)]
 pub struct PathChooser {
-    delivered_tok_s: [Ewma; 2],
-    served: [u32; 2],
-    requests: u64,
-    preferred: SpeculationPath,
+    ways: TwoWay,
     last_reason: String,
 }
 
 impl Default for PathChooser {
     fn default() -> Self {
         PathChooser {
-            delivered_tok_s: [Ewma::default(); 2],
-            served: [0; 2],
-            requests: 0,
             // Native first: on the GPUs this is for, it is the likelier winner.
-            preferred: SpeculationPath::Native,
+            ways: TwoWay::new(WARM_UP_REQUESTS, DECAY, SpeculationPath::Native.index()),
             last_reason: "no measurements yet".into(),
         }
     }
@@ -86,19 +87,7 @@ impl Default for PathChooser {
 impl PathChooser {
     /// The path for the next request.
     pub fn choose(&mut self) -> SpeculationPath {
-        self.requests += 1;
-        // Warm-up: alternate until both paths have served a few requests.
-        for path in [SpeculationPath::Native, SpeculationPath::Rounds] {
-            if self.served[path.index()] < WARM_UP_REQUESTS
-                && self.served[path.other().index()] >= self.served[path.index()]
-            {
-                return path;
-            }
-        }
-        if self.requests % EXPLORE_EVERY == 0 {
-            return self.preferred.other();
-        }
-        self.preferred
+        SpeculationPath::of(self.ways.choose())
     }
 
     /// A request served by `path` delivered `tokens` in `seconds` (its whole generation, the
@@ -107,45 +96,42 @@ impl PathChooser {
         if tokens < 4 || seconds.is_nan() || seconds <= 0.0 {
             return;
         }
-        self.served[path.index()] += 1;
-        self.delivered_tok_s[path.index()].update(tokens as f64 / seconds, 0.3);
-        let (Some(rounds), Some(native)) = (
-            self.delivered_tok_s[SpeculationPath::Rounds.index()].get(),
-            self.delivered_tok_s[SpeculationPath::Native.index()].get(),
-        ) else {
-            return;
-        };
-        if self.served.iter().any(|&n| n < WARM_UP_REQUESTS) {
-            return;
-        }
-        let (current, challenger) = match self.preferred {
-            SpeculationPath::Rounds => (rounds, native),
-            SpeculationPath::Native => (native, rounds),
-        };
-        if challenger > SWITCH_MARGIN * current {
-            self.preferred = self.preferred.other();
-            self.last_reason = format!(
-                "{:?} delivered {challenger:.1} tok/s against {current:.1} tok/s",
-                self.preferred
-            )
-            .to_lowercase();
-            tracing::info!(preferred = ?self.preferred, reason = %self.last_reason, "speculation path");
-        } else if self.last_reason == "no measurements yet" {
-            self.last_reason = format!(
-                "{:?} delivers {current:.1} tok/s, the other path {challenger:.1} tok/s",
-                self.preferred
-            )
-            .to_lowercase();
+        let had = self.ways.preferred();
+        match self.ways.record(path.index(), tokens, seconds) {
+            Some(switch) => {
+                let preferred = SpeculationPath::of(switch.to);
+                self.last_reason = format!(
+                    "{preferred:?} delivered {:.1} tok/s against {:.1} tok/s",
+                    switch.to_tok_s, switch.from_tok_s
+                )
+                .to_lowercase();
+                tracing::info!(?preferred, reason = %self.last_reason, "speculation path");
+            }
+            None if had.is_none() => {
+                if let Some(p) = self.ways.preferred() {
+                    let preferred = SpeculationPath::of(p);
+                    self.last_reason = format!(
+                        "{preferred:?} delivers {:.1} tok/s, the other path {:.1} tok/s",
+                        self.ways.tok_s(p).unwrap_or(0.0),
+                        self.ways.tok_s(preferred.other().index()).unwrap_or(0.0)
+                    )
+                    .to_lowercase();
+                }
+            }
+            None => {}
         }
     }
 
     pub fn view(&self) -> PathsView {
         PathsView {
-            preferred: self.preferred,
-            rounds_tok_s: self.delivered_tok_s[SpeculationPath::Rounds.index()].get(),
-            native_tok_s: self.delivered_tok_s[SpeculationPath::Native.index()].get(),
-            rounds_requests: self.served[SpeculationPath::Rounds.index()],
-            native_requests: self.served[SpeculationPath::Native.index()],
+            preferred: self
+                .ways
+                .preferred()
+                .map_or(SpeculationPath::Native, SpeculationPath::of),
+            rounds_tok_s: self.ways.tok_s(SpeculationPath::Rounds.index()),
+            native_tok_s: self.ways.tok_s(SpeculationPath::Native.index()),
+            rounds_requests: self.ways.records(SpeculationPath::Rounds.index()),
+            native_requests: self.ways.records(SpeculationPath::Native.index()),
             last_reason: self.last_reason.clone(),
         }
     }
@@ -202,7 +188,11 @@ mod tests {
         replay(&mut c, 10, 60.0, 30.0);
         let later = replay(&mut c, 100, 60.0, 30.0);
         assert!(share(&later, SpeculationPath::Rounds) >= 0.85, "{later:?}");
-        assert!(c.view().last_reason.contains("rounds delivered"));
+        assert!(
+            c.view().last_reason.contains("rounds deliver"),
+            "{}",
+            c.view().last_reason
+        );
     }
 
     #[test]

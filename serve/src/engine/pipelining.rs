@@ -9,17 +9,17 @@
 //! device. Nothing in a URL says which case a pairing is, so `pipeline = "auto"` (the default)
 //! measures: each drafter serves requests both ways until each way has [`MIN_ROUNDS`] rounds, then
 //! every request takes the way whose recent rounds delivered more tokens per second (switching
-//! only for a [`HYSTERESIS`] margin), and every [`REVISIT_EVERY`]-th request takes the other way so
-//! a change (the draft moved to its own host, a busy host freed) is noticed.
+//! only for a margin), and every [`REVISIT_EVERY`]-th request takes the other way so a change (the
+//! draft moved to its own host, a busy host freed) is noticed — the rule of `two_way`.
 
 use serde::{Deserialize, Serialize};
+
+use super::two_way::{TwoWay, Way};
 
 /// Rounds of each way before the measured rates decide.
 pub const MIN_ROUNDS: u64 = 12;
 /// Every this many requests the way not chosen serves one (keeps its rate fresh).
-pub const REVISIT_EVERY: u64 = 10;
-/// The other way must deliver this much more to be switched to (no flapping on noise).
-pub const HYSTERESIS: f64 = 1.05;
+pub const REVISIT_EVERY: u64 = super::two_way::EXPLORE_EVERY;
 /// Each new round weighs the older ones of its way down by this factor (about the last 10
 /// rounds count: one revisiting request mostly replaces what its way measured before), so the
 /// rates follow a pairing whose hosts change.
@@ -79,35 +79,19 @@ impl schemars::JsonSchema for Pipelining {
     }
 }
 
-/// Recent rounds of one way: decayed sums of emitted tokens and seconds.
-#[derive(Debug, Default, Clone, Copy)]
-struct Way {
-    tokens: f64,
-    seconds: f64,
-    rounds: u64,
-}
+/// One drafter's measurements of both ways (way 0: pipelined, way 1: sequential).
+#[derive(Debug)]
+pub struct PipelineChooser(TwoWay);
 
-impl Way {
-    fn record(&mut self, tokens: usize, seconds: f64) {
-        self.tokens = self.tokens * DECAY + tokens as f64;
-        self.seconds = self.seconds * DECAY + seconds.max(0.0);
-        self.rounds += 1;
-    }
-
-    fn tok_s(&self) -> Option<f64> {
-        (self.rounds > 0 && self.seconds > 0.0).then(|| self.tokens / self.seconds)
+impl Default for PipelineChooser {
+    fn default() -> Self {
+        // Pipelined first: the old default, and the winner wherever the draft has its own device.
+        PipelineChooser(TwoWay::new(MIN_ROUNDS, DECAY, PIPELINED))
     }
 }
 
-/// One drafter's measurements of both ways, and its current choice.
-#[derive(Debug, Default)]
-pub struct PipelineChooser {
-    pipelined: Way,
-    sequential: Way,
-    requests: u64,
-    /// The way recent requests took outside revisits (`None` until both ways are measured).
-    preferred: Option<bool>,
-}
+const PIPELINED: Way = 0;
+const SEQUENTIAL: Way = 1;
 
 /// A drafter's pipelining state for the stats JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -124,36 +108,20 @@ pub struct PipeliningView {
 impl PipelineChooser {
     /// Whether the next request drafts ahead.
     pub fn choose(&mut self) -> bool {
-        self.requests += 1;
-        let (p, s) = (self.pipelined, self.sequential);
-        if p.rounds < MIN_ROUNDS || s.rounds < MIN_ROUNDS {
-            // Still measuring: the way with fewer rounds (pipelined first, the old default).
-            return p.rounds <= s.rounds;
-        }
-        let (Some(rp), Some(rs)) = (p.tok_s(), s.tok_s()) else {
-            return true;
-        };
-        let preferred = match self.preferred {
-            Some(true) if rs > rp * HYSTERESIS => false,
-            Some(false) if rp > rs * HYSTERESIS => true,
-            Some(way) => way,
-            None => rp >= rs,
-        };
-        self.preferred = Some(preferred);
-        if self.requests % REVISIT_EVERY == 0 {
-            !preferred
-        } else {
-            preferred
-        }
+        self.0.choose() == PIPELINED
     }
 
     /// One round of a request that took the given way: tokens it emitted, seconds it took
     /// (drafting, waiting for a prefetch, verifying).
     pub fn record(&mut self, pipelined: bool, tokens: usize, seconds: f64) {
-        if pipelined {
-            self.pipelined.record(tokens, seconds);
-        } else {
-            self.sequential.record(tokens, seconds);
+        let way = if pipelined { PIPELINED } else { SEQUENTIAL };
+        if let Some(switch) = self.0.record(way, tokens, seconds) {
+            tracing::info!(
+                pipelined = switch.to == PIPELINED,
+                tok_s = switch.to_tok_s,
+                other_tok_s = switch.from_tok_s,
+                "pipelining"
+            );
         }
     }
 
@@ -163,12 +131,12 @@ impl PipelineChooser {
             pipelined: match setting {
                 Pipelining::On => Some(true),
                 Pipelining::Off => Some(false),
-                Pipelining::Auto => self.preferred,
+                Pipelining::Auto => self.0.preferred().map(|w| w == PIPELINED),
             },
-            pipelined_tok_s: self.pipelined.tok_s(),
-            sequential_tok_s: self.sequential.tok_s(),
-            pipelined_rounds: self.pipelined.rounds,
-            sequential_rounds: self.sequential.rounds,
+            pipelined_tok_s: self.0.tok_s(PIPELINED),
+            sequential_tok_s: self.0.tok_s(SEQUENTIAL),
+            pipelined_rounds: self.0.records(PIPELINED),
+            sequential_rounds: self.0.records(SEQUENTIAL),
         }
     }
 }
