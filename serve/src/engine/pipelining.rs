@@ -85,8 +85,12 @@ pub struct PipelineChooser(TwoWay);
 
 impl Default for PipelineChooser {
     fn default() -> Self {
-        // Pipelined first: the old default, and the winner wherever the draft has its own device.
-        PipelineChooser(TwoWay::new(MIN_ROUNDS, DECAY, PIPELINED))
+        // Sequential first: a pairing's first rounds also teach its controller what speculation
+        // delivers, and on a shared device the pipelined way delivers far less (H100, k=8: 260
+        // against 342 tok/s, `benchmarks/results/gpu/distributed/fast-after-pieces.md`), which
+        // made the controller switch speculation off before the chooser had found the better
+        // way. Where the draft has its own device, pipelining takes over after its rounds.
+        PipelineChooser(TwoWay::new(MIN_ROUNDS, DECAY, SEQUENTIAL))
     }
 }
 
@@ -188,6 +192,14 @@ mod tests {
             "only the revisits stay sequential: {ways:?}"
         );
         assert_eq!(c.view(Pipelining::Auto).pipelined, Some(true));
+    }
+
+    #[test]
+    fn a_new_drafter_starts_sequential() {
+        // Its first rounds also feed the controller: they must not be the way that can lose big.
+        let mut c = PipelineChooser::default();
+        assert!(!c.choose());
+        assert_eq!(c.view(Pipelining::Auto).pipelined, None);
     }
 
     #[test]
