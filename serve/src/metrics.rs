@@ -123,6 +123,7 @@ struct Families {
     generated: Family<PairingLabel, Counter>,
     draft_failures: Family<PairingLabel, Counter>,
     prefetched: Family<PairingLabel, Counter>,
+    detail_rounds: Family<PairingLabel, Counter>,
     speculation_enabled: Family<PairingLabel, Gauge>,
     drafters: DrafterFamilies,
 }
@@ -164,6 +165,7 @@ impl Metrics {
         let draft_failures = Family::<PairingLabel, Counter>::default();
         let speculation_enabled = Family::<PairingLabel, Gauge>::default();
         let prefetched = Family::<PairingLabel, Counter>::default();
+        let detail_rounds = Family::<PairingLabel, Counter>::default();
         registry.register(
             "requests",
             "Completion requests by how they were served",
@@ -206,6 +208,11 @@ impl Metrics {
             prefetched.clone(),
         );
         registry.register(
+            "one_pass_detail_rounds",
+            "One-pass verifications that asked the target for token details (n_probs): a draft token's text was not learnt yet",
+            detail_rounds.clone(),
+        );
+        registry.register(
             "speculation_enabled",
             "1 when the pairing currently speculates, 0 when it serves target-only",
             speculation_enabled.clone(),
@@ -245,6 +252,7 @@ impl Metrics {
             generated,
             draft_failures,
             prefetched,
+            detail_rounds,
             speculation_enabled,
             drafters,
         };
@@ -287,6 +295,7 @@ impl Metrics {
             generated: f.generated.get_or_create(&l).clone(),
             draft_failures: f.draft_failures.get_or_create(&l).clone(),
             prefetched: f.prefetched.get_or_create(&l).clone(),
+            detail_rounds: f.detail_rounds.get_or_create(&l).clone(),
             speculation_enabled: f.speculation_enabled.get_or_create(&l).clone(),
             drafters: f.drafters.clone(),
             rates,
@@ -319,6 +328,8 @@ pub struct PairingMetrics {
     pub generated: Counter,
     pub draft_failures: Counter,
     pub prefetched: Counter,
+    /// One-pass verifications that asked for token details (see `engine::pieces`).
+    pub detail_rounds: Counter,
     pub speculation_enabled: Gauge,
     drafters: DrafterFamilies,
     rates: Arc<Mutex<Rates>>,
@@ -341,6 +352,7 @@ pub struct PairingStats {
     pub generated_tokens: u64,
     pub draft_failures: u64,
     pub pipelined_rounds: u64,
+    pub one_pass_detail_rounds: u64,
     #[serde(flatten)]
     pub rates: Rates,
 }
@@ -455,6 +467,7 @@ impl PairingMetrics {
             generated_tokens: self.generated.get(),
             draft_failures: self.draft_failures.get(),
             pipelined_rounds: self.prefetched.get(),
+            one_pass_detail_rounds: self.detail_rounds.get(),
             rates: self.rates.lock().map(|r| r.clone()).unwrap_or_default(),
         }
     }

@@ -265,8 +265,11 @@ async fn multilingual_answers_through_one_pass_rounds_are_the_targets_own_text()
     );
     let stats = proxy.stats().await;
     assert_eq!(verification(&stats)["path"], "one_pass", "{stats}");
-    assert!(
-        stats["pairings"][0]["rounds"].as_u64().unwrap_or(0) > 20,
-        "{stats}"
-    );
+    let rounds = stats["pairings"][0]["rounds"].as_u64().unwrap_or(0);
+    assert!(rounds > 20, "{stats}");
+    // Some rounds went without token details (their pieces learnt), and the text stayed exact.
+    let detailed = stats["pairings"][0]["one_pass_detail_rounds"]
+        .as_u64()
+        .expect("one_pass_detail_rounds");
+    assert!(detailed < rounds, "every round asked for details: {stats}");
 }

@@ -141,6 +141,9 @@ impl Pairing {
                         // vocabulary per token; they are asked for only while the draft holds a
                         // token whose text is not known yet (see `pieces`).
                         let n_probs = usize::from(!self.pieces.knows_all(&proposal));
+                        if n_probs > 0 {
+                            self.metrics.detail_rounds.inc();
+                        }
                         let result = self
                             .target
                             .verify_one_pass(&run.ctx, &proposal, &seeded, n_probs)

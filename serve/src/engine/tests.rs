@@ -192,6 +192,11 @@ async fn one_pass_rounds_ask_for_token_details_only_until_the_pieces_are_learnt(
     );
     // Every token's text was known or derived: none needed a `/detokenize`.
     assert_eq!(target.detokenized(), 0);
+    // The stats count the rounds that asked.
+    assert_eq!(
+        p.metrics.snapshot().one_pass_detail_rounds as usize,
+        target.details_asked()
+    );
 }
 
 #[tokio::test]

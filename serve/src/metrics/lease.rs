@@ -86,6 +86,7 @@ fn remove_series(shared: &Shared, name: &str, held: &Held) {
         &f.generated,
         &f.draft_failures,
         &f.prefetched,
+        &f.detail_rounds,
     ] {
         counters.remove(&p);
     }
