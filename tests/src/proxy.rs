@@ -7,7 +7,30 @@ use tightwad_serve::server::Proxy;
 
 use crate::exactness::{compare, Agreement};
 use crate::http::{post_json, proxy_token_ids, sse_payloads};
-use crate::llama_server::LlamaServer;
+use crate::llama_server::{LlamaServer, ServerOptions};
+use crate::test_env::TestEnv;
+
+/// The real SmolLM2 pair behind a proxy: the target (`ServerOptions::target(k)`), the draft, and
+/// the proxy speculating k tokens a round (fields in drop order: the proxy stops first).
+pub struct Smollm2Pairing {
+    pub proxy: RunningProxy,
+    pub draft: LlamaServer,
+    pub target: LlamaServer,
+}
+
+impl Smollm2Pairing {
+    pub async fn start(env: &TestEnv, k: usize) -> Smollm2Pairing {
+        let (target_model, draft_model) = env.smollm2();
+        let target = LlamaServer::start(env, &target_model, ServerOptions::target(k as u32)).await;
+        let draft = LlamaServer::start(env, &draft_model, ServerOptions::default()).await;
+        let proxy = RunningProxy::start(&target.url, Some(&draft.url), k).await;
+        Smollm2Pairing {
+            proxy,
+            draft,
+            target,
+        }
+    }
+}
 
 /// A proxy running in this process on a real loopback port, stopped when dropped.
 pub struct RunningProxy {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, prompts,
     proxy_token_ids, stock_env, stream_token_ids, LlamaServer, OpenStream, RunningProxy,
-    ServerOptions, TestEnv,
+    ServerOptions, Smollm2Pairing, TestEnv,
 };
 
 const K: usize = 4;
@@ -200,10 +200,11 @@ async fn doctor_says_whether_one_pass_verification_is_available_and_how_to_get_i
 #[tokio::test]
 async fn multilingual_answers_through_one_pass_rounds_are_the_targets_own_text() {
     let env = env();
-    let (target_model, draft_model) = env.smollm2();
-    let target = LlamaServer::start(&env, &target_model, ServerOptions::target(K as u32)).await;
-    let draft = LlamaServer::start(&env, &draft_model, ServerOptions::default()).await;
-    let proxy = RunningProxy::start(&target.url, Some(&draft.url), K).await;
+    let Smollm2Pairing {
+        proxy,
+        target,
+        draft: _draft,
+    } = Smollm2Pairing::start(&env, K).await;
     let prompts = [
         "Voici une liste de pâtisseries françaises célèbres : crème brûlée, éclair,",
         "Straße, Größe, Übung, Ärger: deutsche Wörter mit Umlauten sind",

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tightwad_e2e::sampled::{llama_server_picks, picks, same_distribution, Pick};
 use tightwad_e2e::{
     assert_ties_are_rare, compare, env, post_json, proxy_token_ids, Agreement, LlamaServer,
-    RunningProxy, ServerOptions,
+    RunningProxy, ServerOptions, Smollm2Pairing,
 };
 use tightwad_serve::engine::VerifyMode;
 
@@ -256,10 +256,11 @@ async fn long_sampled_answers_with_top_p_and_min_p_follow_the_targets_distributi
 #[tokio::test]
 async fn a_real_model_chat_ends_where_the_target_ends_it() {
     let env = env();
-    let (target_model, draft_model) = env.smollm2();
-    let target = LlamaServer::start(&env, &target_model, ServerOptions::target(4)).await;
-    let draft = LlamaServer::start(&env, &draft_model, ServerOptions::default()).await;
-    let proxy = RunningProxy::start(&target.url, Some(&draft.url), 4).await;
+    let Smollm2Pairing {
+        proxy,
+        target,
+        draft: _draft,
+    } = Smollm2Pairing::start(&env, 4).await;
     let questions = [
         "What is the capital of France? Answer in one word.",
         "Say hello.",

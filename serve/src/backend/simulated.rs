@@ -215,9 +215,8 @@ impl SimulatedServer {
     }
 
     /// One-pass verification as the patched llama-server does it: the accepted prefix of the
-    /// draft and the model's next token after it, in one decode.
-    /// Like the patched llama-server: token details only when `n_probs` asks for them (the text
-    /// is always in `content`).
+    /// draft and the model's next token after it, in one decode; token details only when
+    /// `n_probs` asks for them (the text is always in `content`).
     pub fn verify_one_pass(
         &self,
         ctx: &[TokenId],

@@ -241,8 +241,7 @@ impl Output {
         };
         let decoded = self.decoder.push(bytes);
         if self.decoder.pending_len() == 0 {
-            self.since_boundary.clear();
-            self.shown = 0;
+            self.at_boundary();
         } else {
             self.since_boundary.push(id);
             self.shown += decoded.len();
@@ -262,8 +261,7 @@ impl Output {
         self.tokens.extend_from_slice(ids);
         self.count += n_tokens;
         // Streamed text is whole characters; which tokens it came from is not tracked.
-        self.since_boundary.clear();
-        self.shown = 0;
+        self.at_boundary();
         let decoded = self.decoder.push(text.as_bytes());
         self.take_text(decoded)
     }
@@ -282,6 +280,12 @@ impl Output {
             emit.push_str(&self.flush());
         }
         emit
+    }
+
+    /// The text so far ends on a character boundary: no token's text is partly shown.
+    fn at_boundary(&mut self) {
+        self.since_boundary.clear();
+        self.shown = 0;
     }
 
     /// Tokens waiting for their text.
@@ -310,25 +314,20 @@ impl Output {
             None => text,
         };
         let whole = whole || self.finish.is_some() || self.since_boundary.len() >= MAX_UNFINISHED;
-        let fresh = if whole {
-            self.unresolved.clear();
-            self.since_boundary.clear();
-            self.shown = 0;
+        let done = if whole {
             fresh
         } else {
-            let done = fresh.trim_end_matches('\u{FFFD}');
-            if done.len() == fresh.len() {
-                self.unresolved.clear();
-                self.since_boundary.clear();
-                self.shown = 0;
-            } else {
-                self.shown += done.len();
-            }
-            done
+            fresh.trim_end_matches('\u{FFFD}')
         };
-        // The held-back bytes belong to these tokens: their text is in `fresh` now.
+        if done.len() == fresh.len() {
+            self.unresolved.clear();
+            self.at_boundary();
+        } else {
+            self.shown += done.len();
+        }
+        // The held-back bytes belong to these tokens: their text is in `done` now.
         self.decoder.discard_pending();
-        let check = self.stops.push(fresh);
+        let check = self.stops.push(done);
         if check.stopped {
             self.finish = Some(FinishReason::Stop);
             return check.emit;

@@ -71,16 +71,7 @@ impl TokenPieces {
         }
         let text = content.as_bytes();
         let split = unknown.first().copied().unwrap_or(tokens.len());
-        let head: Vec<u8> = pieces[..split]
-            .iter()
-            .flatten()
-            .flat_map(|p| p.iter().copied())
-            .collect();
-        let tail: Vec<u8> = pieces[split..]
-            .iter()
-            .flatten()
-            .flat_map(|p| p.iter().copied())
-            .collect();
+        let (head, tail) = (joined(&pieces[..split]), joined(&pieces[split..]));
         let consistent = text.len() >= head.len() + tail.len()
             && text.starts_with(&head)
             && text.ends_with(&tail);
@@ -100,6 +91,15 @@ impl TokenPieces {
         }
         pieces
     }
+}
+
+/// The known pieces among `pieces`, one after the other.
+fn joined(pieces: &[Option<Arc<[u8]>>]) -> Vec<u8> {
+    pieces
+        .iter()
+        .flatten()
+        .flat_map(|p| p.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]

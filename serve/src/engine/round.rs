@@ -341,17 +341,11 @@ fn one_pass_choices(
     // several tokens gets ONE entry (its whole bytes) for all of them. So the details are a
     // token's own only where they pair up one to one with the tokens.
     let probs = &result.completion_probabilities;
-    let aligned = probs.len() == result.tokens.len()
-        && probs.iter().zip(&result.tokens).all(|(p, &id)| p.id == id);
-    let reported = |i: usize, _id: TokenId| {
-        aligned
-            .then(|| probs.get(i).map(|p| p.bytes.as_slice()))
-            .flatten()
-    };
-    for (i, &id) in result.tokens.iter().enumerate() {
-        if let Some(bytes) = reported(i, id) {
-            pieces.learn(id, bytes);
-        }
+    let reported = (probs.len() == result.tokens.len()
+        && probs.iter().zip(&result.tokens).all(|(p, &id)| p.id == id))
+    .then_some(probs.as_slice());
+    for p in reported.unwrap_or_default() {
+        pieces.learn(p.id, &p.bytes);
     }
     let learnt = pieces.pieces_of(&result.tokens, &result.content);
     Ok(result
@@ -361,8 +355,8 @@ fn one_pass_choices(
         .enumerate()
         .map(|(i, (&id, piece))| Choice {
             id,
-            bytes: reported(i, id)
-                .map(<[u8]>::to_vec)
+            bytes: reported
+                .map(|r| r[i].bytes.clone())
                 .or_else(|| piece.map(|p| p.to_vec())),
             end_of_generation: info.end_of_generation.contains(&id)
                 || (i == last && result.stop_type == "eos"),
