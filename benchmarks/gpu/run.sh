@@ -370,7 +370,7 @@ EOF
     # The proxy on the TARGET's host (the deployment README recommends for fast targets): the
     # proxy reaches the target on loopback and only the draft across the relay; the client reaches
     # the proxy through its own relay with the same RTT, as direct requests reach the target.
-    if want op-k4-near || want op-adaptive-near; then relay "rP$i" "$((b + 60))" "$pp" "$RTT"; fi
+    case " $ROWS " in *" op-k4-near "*|*" op-adaptive-near "*) relay "rP$i" "$((b + 60))" "$pp" "$RTT" ;; esac
     if want op-k4-near; then
       proxy "P$i-$row" "$pp" http://127.0.0.1:9001 "$rD" --verify one-pass --no-adaptive --draft-tokens 4
       warm "http://127.0.0.1:$((b + 60))" 1 16
