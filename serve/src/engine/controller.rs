@@ -92,7 +92,7 @@ pub struct Controller {
     target_measured_at: Option<Instant>,
     draft_cost: LinearCost,
     verify_cost: LinearCost,
-    accept: [Ewma; K_MAX],
+    accept: [Rate; K_MAX],
     /// Tokens/s actually delivered by speculative requests (whole speculative phase).
     goodput_tok_s: Ewma,
     rounds_in_mode: u32,
@@ -138,7 +138,7 @@ impl Controller {
             target_measured_at: None,
             draft_cost: LinearCost::default(),
             verify_cost: LinearCost::default(),
-            accept: [Ewma::default(); K_MAX],
+            accept: [Rate::with_prior(ACCEPT_PRIOR); K_MAX],
             goodput_tok_s: Ewma::default(),
             rounds_in_mode: 0,
             probe_tokens: 0,
@@ -188,10 +188,7 @@ impl Controller {
     }
 
     fn alpha(&self, j: usize) -> f64 {
-        self.accept[j]
-            .get()
-            .unwrap_or(ACCEPT_PRIOR)
-            .clamp(0.0, 0.999)
+        self.accept[j].get().clamp(0.0, 0.999)
     }
 
     /// Expected tokens from a round with `k` draft tokens (the target's own token included).
@@ -428,9 +425,9 @@ impl Controller {
     fn record_acceptance(&mut self, drafted: usize, accepted: usize) {
         for j in 0..drafted.min(K_MAX) {
             if j < accepted {
-                self.accept[j].update(1.0, 0.1);
+                self.accept[j].update(1.0);
             } else {
-                self.accept[j].update(0.0, 0.1);
+                self.accept[j].update(0.0);
                 break;
             }
         }
@@ -591,4 +588,4 @@ mod estimate;
 #[cfg(test)]
 mod tests;
 
-pub use estimate::{Ewma, LinearCost};
+pub use estimate::{Ewma, LinearCost, Rate};

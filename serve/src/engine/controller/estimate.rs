@@ -25,6 +25,50 @@ impl Ewma {
     }
 }
 
+/// A probability estimated from 0/1 outcomes (a draft position's acceptance): it starts at a
+/// prior worth `PRIOR_SAMPLES` outcomes, averages its first outcomes evenly, then forgets old ones
+/// like an EWMA of weight `FORGET`.
+///
+/// Why not an [`Ewma`] seeded by its first sample: one early rejection then pinned a position
+/// near 0, so the controller never chose a k long enough to correct it. Measured on the CPU
+/// suite's slow target: the third position read 0.09 after 7 rounds at k = 2 (pinned k = 4 saw
+/// 0.77 there), the controller predicted 0.94x and switched off where k = 4 gave 1.33x.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    value: f64,
+    samples: f64,
+}
+
+impl Rate {
+    const PRIOR_SAMPLES: f64 = 2.0;
+    const FORGET: f64 = 0.1;
+
+    pub const fn with_prior(prior: f64) -> Self {
+        Rate {
+            value: prior,
+            samples: 0.0,
+        }
+    }
+
+    pub fn update(&mut self, outcome: f64) {
+        if !outcome.is_finite() {
+            return;
+        }
+        self.samples += 1.0;
+        let weight = (1.0 / (self.samples + Self::PRIOR_SAMPLES)).max(Self::FORGET);
+        self.value = (1.0 - weight) * self.value + weight * outcome;
+    }
+
+    pub fn get(&self) -> f64 {
+        self.value
+    }
+
+    /// Outcomes seen (the prior not counted).
+    pub fn samples(&self) -> u64 {
+        self.samples as u64
+    }
+}
+
 /// `y ≈ a + b·k`, least squares with exponential forgetting, so costs track a changing machine.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct LinearCost {
@@ -67,5 +111,39 @@ impl LinearCost {
         };
         let intercept = (mean_y - slope * mean_k).max(0.0);
         Some(intercept + slope * k as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_early_rejection_does_not_pin_a_rate_near_zero() {
+        let mut r = Rate::with_prior(0.6);
+        r.update(0.0);
+        assert!((r.get() - 0.4).abs() < 1e-9, "{}", r.get());
+        for _ in 0..3 {
+            r.update(1.0);
+        }
+        assert!(
+            r.get() > 0.6,
+            "three acceptances after one rejection: {}",
+            r.get()
+        );
+    }
+
+    #[test]
+    fn a_rate_follows_a_change_once_warm() {
+        let mut r = Rate::with_prior(0.6);
+        for _ in 0..50 {
+            r.update(1.0);
+        }
+        assert!(r.get() > 0.99);
+        for _ in 0..20 {
+            r.update(0.0);
+        }
+        assert!(r.get() < 0.15, "forgets at weight 0.1: {}", r.get());
+        assert_eq!(r.samples(), 70);
     }
 }

@@ -198,9 +198,9 @@ fn a_moe_target_keeps_k_at_four_until_verification_measures_flat() {
     for c in [&mut dense, &mut moe] {
         c.record_target_only(now, 64, 64.0 / 10.0);
         for k in [2, 3, 4] {
-            for _ in 0..4 {
-                // Verify cost grows with k: 100 ms + 20 ms per token.
-                c.record_round(now, k, k, 0.002 * k as f64, 0.1 + 0.02 * k as f64);
+            for _ in 0..12 {
+                // Verify cost grows with k: 100 ms + 6 ms per token (8 tokens: 1.4x one).
+                c.record_round(now, k, k, 0.002 * k as f64, 0.1 + 0.006 * k as f64);
             }
         }
     }
@@ -236,4 +236,33 @@ fn linear_cost_fits_intercept_and_slope() {
     }
     let p = f.predict(6).expect("fitted");
     assert!((p - 0.11).abs() < 1e-6, "{p}");
+}
+
+#[test]
+fn one_early_rejection_does_not_switch_off_a_pairing_that_pays() {
+    // The CPU suite's slow target as measured (2 ms RTT): 48 tok/s alone, a round's draft
+    // 4 ms + 2.5 ms per token, its verification 25 ms + 4.5 ms per token; pinned k = 4 accepted
+    // 0.97, 0.72, 0.77, 0.95 by position and ran at 1.33x. Its adaptive run met a rejection at
+    // the third position in its first round and switched off, predicting 0.94x.
+    let mut c = Controller::new(4, None);
+    let pattern = [4, 3, 4, 1, 4, 2, 4, 4, 3, 4];
+    let now = replay(
+        &mut c,
+        Instant::now(),
+        40,
+        48.0,
+        0.0025,
+        |k| 0.025 + 0.0045 * k as f64,
+        |i, k| {
+            if i == 0 {
+                k.min(2)
+            } else {
+                pattern[i as usize % pattern.len()].min(k)
+            }
+        },
+    );
+    assert_eq!(c.mode(), Mode::On, "{:?}", c.last_decision);
+    let (k, s) = c.best_k().expect("estimates");
+    assert!(k >= 3 && s > 1.1, "best k {k}, predicted {s:.2}x");
+    assert!(c.plan_request(now).speculate);
 }
