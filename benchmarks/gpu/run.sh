@@ -359,8 +359,9 @@ EOF
       bench "$S-op-k4-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=4 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k4-rtt$tag"
       if [ "$EXACTNESS" = 1 ] && [ ! -f "$RAW/exactness.json" ]; then
-        log "exactness on the GPU: one-pass rounds k=4 vs the target alone (direct, no relay)"
-        timeout 120 python3 "$PYDIR/exactness.py" --proxy "http://127.0.0.1:$pp" --target http://127.0.0.1:9001 \
+        log "exactness on the GPU: one-pass rounds k=4 (and llama.cpp's own -md) vs the target alone (direct, no relay)"
+        local anchor=(); case " $ROWS " in *" md-anchor "*) anchor=(--anchor http://127.0.0.1:9003) ;; esac
+        timeout 180 python3 "$PYDIR/exactness.py" --proxy "http://127.0.0.1:$pp" --target http://127.0.0.1:9001 "${anchor[@]}" \
           --max-tokens "${EXACT_TOKENS:-64}" ${EXACT_PROMPTS:+--limit "$EXACT_PROMPTS"} --out "$RAW/exactness.json" > "$RAW/exactness.log" 2>&1 \
           || log "exactness script failed: $(tail -3 "$RAW/exactness.log" | tr '\n' ' ')"
         tail -1 "$RAW/exactness.log" >&2 || true
