@@ -442,15 +442,30 @@ impl Controller {
         draft_seconds: f64,
         verify_seconds: f64,
     ) {
-        self.record_acceptance(drafted, accepted);
         if drafted > 0 {
             self.draft_cost.observe(drafted, draft_seconds);
         }
         self.verify_cost.observe(drafted, verify_seconds);
+        self.after_round(now, drafted, accepted, Some(draft_seconds + verify_seconds));
+    }
+
+    /// A request's first round: its acceptance counts, its times do not. Both servers read the
+    /// request's whole prompt in it, a per-request cost the target alone pays too; fitted as a
+    /// round's cost it inflated `D(k)` and `V(k)` for the next ~20 rounds (on the CPU suite's slow
+    /// target, 20–28 ms to draft 2 tokens where steady rounds drafted 4 in 14 ms) and the
+    /// controller switched off a pairing that paid.
+    pub fn record_opening_round(&mut self, now: Instant, drafted: usize, accepted: usize) {
+        self.after_round(now, drafted, accepted, None);
+    }
+
+    fn after_round(&mut self, now: Instant, drafted: usize, accepted: usize, seconds: Option<f64>) {
+        self.record_acceptance(drafted, accepted);
         self.rounds_in_mode += 1;
         if let Mode::Probing { rounds_left } = self.mode {
+            // A probe measures rounds whose times are representative only.
+            let Some(seconds) = seconds else { return };
             self.probe_tokens += accepted + 1;
-            self.probe_seconds += draft_seconds + verify_seconds;
+            self.probe_seconds += seconds;
             if rounds_left <= 1 {
                 self.finish_probe(now);
             } else {

@@ -60,6 +60,8 @@ impl Pairing {
             (Pipelining::Auto, Some(d), _) => d.with_pipelining(|p| p.choose()),
         };
         let mut prefetch: Option<Prefetch> = None;
+        // This drafter's first round here reads the whole context (see `record_opening_round`).
+        let opening_round = run.rounds;
         while run.out.finish.is_none() {
             let wanted = self.with_ctl(slot, |c| c.choose_k());
             if wanted == 0 {
@@ -181,14 +183,19 @@ impl Pairing {
                     verify_ms = verify_secs * 1e3,
                     "verified"
                 );
+                let opening = run.rounds == opening_round;
                 self.with_ctl(slot, |c| {
-                    c.record_round(
-                        Instant::now(),
-                        proposal.len(),
-                        n_accepted,
-                        draft_secs,
-                        verify_secs,
-                    )
+                    if opening {
+                        c.record_opening_round(Instant::now(), proposal.len(), n_accepted)
+                    } else {
+                        c.record_round(
+                            Instant::now(),
+                            proposal.len(),
+                            n_accepted,
+                            draft_secs,
+                            verify_secs,
+                        )
+                    }
                 });
                 let round_secs = draft_started.elapsed().as_secs_f64();
                 self.metrics.round(proposal.len(), n_accepted);

@@ -266,3 +266,18 @@ fn one_early_rejection_does_not_switch_off_a_pairing_that_pays() {
     assert!(k >= 3 && s > 1.1, "best k {k}, predicted {s:.2}x");
     assert!(c.plan_request(now).speculate);
 }
+
+#[test]
+fn a_requests_opening_round_counts_for_acceptance_not_for_cost() {
+    // The opening round reads the prompt: 400 ms where steady rounds take 30 ms.
+    let mut c = Controller::new(4, None);
+    let now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 40.0);
+    c.record_opening_round(now, 4, 1);
+    for _ in 0..6 {
+        c.record_round(now, 4, 4, 0.01, 0.02);
+    }
+    let verify = c.verify_cost.predict(4).expect("fitted");
+    assert!((verify - 0.02).abs() < 1e-9, "{verify}");
+    assert!(c.alpha(1) < 0.99, "the opening round's rejection still counts");
+}
