@@ -37,6 +37,11 @@ const MIN_ROUNDS_BEFORE_OFF: u32 = 8;
 const OFF_BELOW: f64 = 0.95;
 const PREDICTED_OFF_BELOW: f64 = 1.0;
 const ON_ABOVE: f64 = 1.05;
+/// When a back-off ends, a probe is skipped (and the back-off doubled) only where the model
+/// predicts a clear loss. Near 1 the model's fits are within their own noise (±20% between runs
+/// on a shared machine), and only a probe's measurement can settle it: skipping there kept a
+/// pairing that paid 1.3x off for a whole benchmark on the CPU suite's slow target.
+const PROBE_UNLESS_BELOW: f64 = 0.8;
 const FIRST_BACKOFF: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Every this many rounds, try a neighbouring k (exploration).
@@ -326,7 +331,7 @@ impl Controller {
                 }
                 // Worth a probe only if the model does not rule it out.
                 if let Some((k, s)) = self.best_k() {
-                    if s < OFF_BELOW {
+                    if s < PROBE_UNLESS_BELOW {
                         let backoff = Duration::from_secs(backoff_s * 2).min(MAX_BACKOFF);
                         self.switch_off(
                             now,
@@ -475,7 +480,10 @@ impl Controller {
             }
             return;
         }
-        if self.mode == Mode::On && self.rounds_in_mode >= MIN_ROUNDS_BEFORE_OFF {
+        if self.mode == Mode::On
+            && self.rounds_in_mode >= MIN_ROUNDS_BEFORE_OFF
+            && !self.measured_to_pay()
+        {
             if let Some((k, s)) = self.best_k() {
                 if s < PREDICTED_OFF_BELOW {
                     self.switch_off(
@@ -485,6 +493,18 @@ impl Controller {
                     );
                 }
             }
+        }
+    }
+
+    /// Whole speculative requests measured clearly faster than the target alone. The model's
+    /// prediction then does not switch speculation off: its cost fits extrapolate from a few
+    /// rounds on a noisy machine (on the CPU suite's slow target it predicted 0.99x while
+    /// speculative requests delivered 47 tok/s against 38), and what requests deliver is the
+    /// thing the user gets. A measured loss still switches off (`record_speculative_request`).
+    fn measured_to_pay(&self) -> bool {
+        match (self.goodput_tok_s.get(), self.target_tok_s.get()) {
+            (Some(g), Some(r_t)) => g >= ON_ABOVE * r_t,
+            _ => false,
         }
     }
 

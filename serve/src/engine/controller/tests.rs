@@ -279,5 +279,57 @@ fn a_requests_opening_round_counts_for_acceptance_not_for_cost() {
     }
     let verify = c.verify_cost.predict(4).expect("fitted");
     assert!((verify - 0.02).abs() < 1e-9, "{verify}");
-    assert!(c.alpha(1) < 0.99, "the opening round's rejection still counts");
+    assert!(
+        c.alpha(1) < 0.99,
+        "the opening round's rejection still counts"
+    );
+}
+
+#[test]
+fn a_pessimistic_prediction_does_not_switch_off_what_requests_measure_as_paying() {
+    // Rounds timed slow (the model predicts a loss) but whole requests measured 1.25x.
+    let mut c = Controller::new(4, None);
+    let now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 40.0);
+    c.record_speculative_request(now, 64, 64.0 / 50.0);
+    for _ in 0..12 {
+        c.record_round(now, 2, 1, 0.03, 0.05);
+    }
+    let (_, s) = c.best_k().expect("estimates");
+    assert!(s < 1.0, "the model predicts a loss: {s:.2}");
+    assert_eq!(c.mode(), Mode::On, "{:?}", c.last_decision);
+
+    // Measured a loss too: off.
+    for _ in 0..4 {
+        c.record_speculative_request(now, 64, 64.0 / 30.0);
+    }
+    for _ in 0..8 {
+        c.record_round(now, 2, 1, 0.03, 0.05);
+    }
+    assert!(matches!(c.mode(), Mode::Off { .. }));
+}
+
+#[test]
+fn a_back_off_ends_in_a_probe_unless_the_model_predicts_a_clear_loss() {
+    let now = Instant::now();
+    // A target at 40 tok/s and k = 2 rounds (about 2.9 tokens each) of `round_s` seconds.
+    let off_with = |round_s: f64| {
+        let mut c = Controller::new(2, None);
+        c.record_target_only(now, 32, 32.0 / 40.0);
+        for _ in 0..(MIN_ROUNDS_BEFORE_OFF + 2) {
+            c.record_round(now, 2, 2, round_s / 3.0, round_s * 2.0 / 3.0);
+        }
+        assert!(matches!(c.mode(), Mode::Off { .. }), "{:?}", c.view());
+        c
+    };
+    // Near 1 (0.9x predicted): the model cannot tell; the back-off ends in a probe.
+    let mut near = off_with(2.97 / 40.0 / 0.9);
+    let (_, s) = near.best_k().expect("estimates");
+    assert!((0.8..1.0).contains(&s), "{s}");
+    assert!(near.plan_request(now + Duration::from_secs(16)).speculate);
+    assert!(matches!(near.mode(), Mode::Probing { .. }));
+    // A clear loss (0.5x): no probe, a longer back-off.
+    let mut clear = off_with(2.97 / 40.0 / 0.5);
+    assert!(!clear.plan_request(now + Duration::from_secs(16)).speculate);
+    assert!(matches!(clear.mode(), Mode::Off { backoff_s: 30, .. }));
 }
