@@ -287,7 +287,10 @@ impl Backend {
             }
             Backend::Vllm(s) => s.verify(ctx, proposal, sampling).await,
             #[cfg(test)]
-            Backend::Simulated(s) => s.verify(ctx, proposal),
+            Backend::Simulated(s) => {
+                s.spend_verify_time(proposal.len()).await;
+                s.verify(ctx, proposal)
+            }
         }
     }
 
@@ -310,7 +313,10 @@ impl Backend {
                 body: "vLLM takes no client drafts; it verifies through `verify`".into(),
             }),
             #[cfg(test)]
-            Backend::Simulated(s) => s.verify_one_pass(ctx, proposal, n_probs),
+            Backend::Simulated(s) => {
+                s.spend_verify_time(proposal.len()).await;
+                s.verify_one_pass(ctx, proposal, n_probs)
+            }
         }
     }
 

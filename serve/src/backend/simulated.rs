@@ -36,6 +36,8 @@ pub struct SimulatedServer {
     details_asked: AtomicUsize,
     /// Calls of `detokenize`.
     detokenized: AtomicUsize,
+    /// SIMULATED verification time per draft token verified (none: verifying is instant).
+    verify_time_per_token: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for SimulatedServer {
@@ -65,6 +67,22 @@ impl SimulatedServer {
             details_asked: AtomicUsize::new(0),
             detokenized: AtomicUsize::new(0),
             decodes: AtomicUsize::new(0),
+            verify_time_per_token: None,
+        }
+    }
+
+    /// A SIMULATED verification cost: each draft token verified takes `per_token` (slept), so
+    /// the controller's cost fit sees a verification that grows with k. Without it the fit sees
+    /// microseconds of noise, and may read verification as flat.
+    pub fn with_verify_time(mut self, per_token: std::time::Duration) -> Self {
+        self.verify_time_per_token = Some(per_token);
+        self
+    }
+
+    /// Sleep the simulated verification time of `drafted` tokens (see `with_verify_time`).
+    pub async fn spend_verify_time(&self, drafted: usize) {
+        if let Some(per_token) = self.verify_time_per_token {
+            tokio::time::sleep(per_token * drafted as u32).await;
         }
     }
 

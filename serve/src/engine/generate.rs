@@ -278,6 +278,7 @@ impl Pairing {
             drafted: 0,
             accepted: 0,
             prefetched: 0,
+            steady_from: None,
         };
         let mut served_by = ServedBy::TargetOnly;
         let mut shadow_slot = self.primary_slot();
@@ -329,8 +330,6 @@ impl Pairing {
                         .timed();
                     self.record_target_only_all(n, secs);
                 }
-                let spec_started = Instant::now();
-                let count_before = run.out.count();
                 let mut failed: Vec<usize> = Vec::new();
                 let mut drafter = info.drafter;
                 while run.out.finish.is_none() && run.ids_known() {
@@ -369,11 +368,13 @@ impl Pairing {
                         Err(SpeculationStop::Fatal(e)) => return Err(e),
                     }
                 }
-                let made = run.out.count() - count_before;
-                let secs = spec_started.elapsed().as_secs_f64();
-                self.with_ctl(slot, |c| {
-                    c.record_speculative_request(Instant::now(), made, secs)
-                });
+                if let Some((since, count)) = run.steady_from {
+                    let made = run.out.count() - count;
+                    let secs = since.elapsed().as_secs_f64();
+                    self.with_ctl(slot, |c| {
+                        c.record_speculative_request(Instant::now(), made, secs)
+                    });
+                }
                 self.publish_controller_state();
             }
             if served_by == ServedBy::TargetOnly {

@@ -225,6 +225,10 @@ pub(super) struct Run {
     pub(super) accepted: usize,
     /// Rounds whose draft was ready when the previous verification ended (pipelining won).
     pub(super) prefetched: usize,
+    /// When the first speculation round ended, and the tokens out by then. The controller's
+    /// speculative throughput is measured from here, as the target's own speed leaves out the
+    /// first token: the opening round reads the prompt on both servers.
+    pub(super) steady_from: Option<(std::time::Instant, usize)>,
 }
 
 impl Run {

@@ -235,6 +235,10 @@ impl Pairing {
                         .map_err(|e| SpeculationStop::Fatal(e.into()))?,
                 );
                 send_text(tx, text).await.map_err(SpeculationStop::Fatal)?;
+                if opening {
+                    run.steady_from
+                        .get_or_insert((Instant::now(), run.out.count()));
+                }
                 Ok(())
             };
             round.instrument(span).await?;

@@ -307,7 +307,10 @@ async fn moe_holds_k_at_four_below_a_draft_tokens_of_eight() {
         moe: true,
         ..config(8)
     };
-    let target = Arc::new(SimulatedServer::new(model(2), EOS));
+    // Verification grows with k (2 ms a token), as on a MoE target whose extra tokens route to
+    // other experts: the cap stays.
+    let target =
+        Arc::new(SimulatedServer::new(model(2), EOS).with_verify_time(Duration::from_millis(2)));
     let p = pairing(moe, &target, Some(SimulatedServer::new(model(2), EOS)));
     p.set_override(Some(true));
     let prompt = prompts().remove(0);
