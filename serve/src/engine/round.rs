@@ -60,7 +60,7 @@ impl Pairing {
             (Pipelining::Auto, Some(d), _) => d.with_pipelining(|p| p.choose()),
         };
         let mut prefetch: Option<Prefetch> = None;
-        // This drafter's first round here reads the whole context (see `record_opening_round`).
+        // This drafter's first round here reads the whole context (see `record_untimed_round`).
         let opening_round = run.rounds;
         while run.out.finish.is_none() {
             let wanted = self.with_ctl(slot, |c| c.choose_k());
@@ -184,9 +184,10 @@ impl Pairing {
                     "verified"
                 );
                 let opening = run.rounds == opening_round;
+                let untimed = opening || (pipelined && self.config.pipeline == Pipelining::Auto);
                 self.with_ctl(slot, |c| {
-                    if opening {
-                        c.record_opening_round(Instant::now(), proposal.len(), n_accepted)
+                    if untimed {
+                        c.record_untimed_round(Instant::now(), proposal.len(), n_accepted)
                     } else {
                         c.record_round(
                             Instant::now(),

@@ -273,7 +273,7 @@ fn a_requests_opening_round_counts_for_acceptance_not_for_cost() {
     let mut c = Controller::new(4, None);
     let now = Instant::now();
     c.record_target_only(now, 32, 32.0 / 40.0);
-    c.record_opening_round(now, 4, 1);
+    c.record_untimed_round(now, 4, 1);
     for _ in 0..6 {
         c.record_round(now, 4, 4, 0.01, 0.02);
     }
@@ -332,4 +332,30 @@ fn a_back_off_ends_in_a_probe_unless_the_model_predicts_a_clear_loss() {
     let mut clear = off_with(2.97 / 40.0 / 0.5);
     assert!(!clear.plan_request(now + Duration::from_secs(16)).speculate);
     assert!(matches!(clear.mode(), Mode::Off { backoff_s: 30, .. }));
+}
+
+#[test]
+fn positions_past_the_k_tried_take_the_acceptance_seen_not_a_fixed_prior() {
+    // The H100 benchmark's fast target (F16, 0.3 ms): 317 tok/s alone, a round's draft
+    // 1.5 ms + 0.76 ms a token, its one-pass verification 6.9 ms + 0.12 ms a token, about 0.87
+    // acceptance at every position. Rounds at k = 4 only so far: k = 8 is the one that pays
+    // (pinned, it gave 1.10x), and a fixed 0.6 for positions 5–8 hid it.
+    let mut c = Controller::new(8, None);
+    let now = Instant::now();
+    c.record_target_only(now, 64, 64.0 / 317.0);
+    // Where each round's draft would first go wrong (8: not within 8), about 0.87 a position.
+    let agreed = [8, 2, 8, 5, 8, 3, 6, 8, 1, 8, 4, 7, 8, 8, 3, 8, 6, 2, 8, 5];
+    for (i, a) in agreed.into_iter().enumerate() {
+        let k = 4 + i % 2; // k = 4 and 5: the fits see two lengths
+        c.record_round(
+            now,
+            k,
+            a.min(k),
+            0.0015 + 0.00076 * k as f64,
+            0.0069 + 0.00012 * k as f64,
+        );
+    }
+    let (k, s) = c.best_k().expect("estimates");
+    assert!(k >= 7 && s > 1.05, "best k {k}, predicted {s:.2}x");
+    assert_eq!(c.mode(), Mode::On);
 }
