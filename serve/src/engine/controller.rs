@@ -37,11 +37,12 @@ const MIN_ROUNDS_BEFORE_OFF: u32 = 8;
 const OFF_BELOW: f64 = 0.95;
 const PREDICTED_OFF_BELOW: f64 = 1.0;
 const ON_ABOVE: f64 = 1.05;
-/// When a back-off ends, a probe is skipped (and the back-off doubled) only where the model
-/// predicts a clear loss. Near 1 the model's fits are within their own noise (±20% between runs
-/// on a shared machine), and only a probe's measurement can settle it: skipping there kept a
-/// pairing that paid 1.3x off for a whole benchmark on the CPU suite's slow target.
-const PROBE_UNLESS_BELOW: f64 = 0.8;
+/// A prediction under this is a clear loss, which the model alone may act on: switch off before
+/// any whole request was measured, or skip a probe when a back-off ends (doubling it). Between
+/// this and 1 the fits are within their own noise (±20% between runs on a shared machine) and
+/// only measured requests decide: acting on the model there switched off, within the first
+/// request, a pairing that paid 1.3–1.5x on the CPU suite's slow target, and kept it off.
+const CLEAR_LOSS_BELOW: f64 = 0.8;
 const FIRST_BACKOFF: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Every this many rounds, try a neighbouring k (exploration).
@@ -351,7 +352,7 @@ impl Controller {
                 }
                 // Worth a probe only if the model does not rule it out.
                 if let Some((k, s)) = self.best_k() {
-                    if s < PROBE_UNLESS_BELOW {
+                    if s < CLEAR_LOSS_BELOW {
                         let backoff = Duration::from_secs(backoff_s * 2).min(MAX_BACKOFF);
                         self.switch_off(
                             now,
@@ -505,8 +506,9 @@ impl Controller {
             && self.rounds_in_mode >= MIN_ROUNDS_BEFORE_OFF
             && !self.measured_to_pay()
         {
+            let requests_measured = self.goodput_tok_s.get().is_some();
             if let Some((k, s)) = self.best_k() {
-                if s < PREDICTED_OFF_BELOW {
+                if s < CLEAR_LOSS_BELOW || (s < PREDICTED_OFF_BELOW && requests_measured) {
                     self.switch_off(
                         now,
                         format!("predicted speedup {s:.2}x at the best k = {k} is below 1"),

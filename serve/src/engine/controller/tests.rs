@@ -316,6 +316,9 @@ fn a_back_off_ends_in_a_probe_unless_the_model_predicts_a_clear_loss() {
     let off_with = |round_s: f64| {
         let mut c = Controller::new(2, None);
         c.record_target_only(now, 32, 32.0 / 40.0);
+        // A whole request measured under the target's speed (a prediction near 1 alone does
+        // not switch off).
+        c.record_speculative_request(now, 64, 64.0 / 38.5);
         for _ in 0..(MIN_ROUNDS_BEFORE_OFF + 2) {
             c.record_round(now, 2, 2, round_s / 3.0, round_s * 2.0 / 3.0);
         }
@@ -358,4 +361,27 @@ fn positions_past_the_k_tried_take_the_acceptance_seen_not_a_fixed_prior() {
     let (k, s) = c.best_k().expect("estimates");
     assert!(k >= 7 && s > 1.05, "best k {k}, predicted {s:.2}x");
     assert_eq!(c.mode(), Mode::On);
+}
+
+#[test]
+fn before_any_measured_request_only_a_clear_loss_switches_off() {
+    let now = Instant::now();
+    let rounds_at = |round_s: f64| {
+        let mut c = Controller::new(2, None);
+        c.record_target_only(now, 32, 32.0 / 40.0);
+        for _ in 0..(MIN_ROUNDS_BEFORE_OFF + 4) {
+            c.record_round(now, 2, 2, round_s / 3.0, round_s * 2.0 / 3.0);
+        }
+        c
+    };
+    // Predicted 0.9x: within the model's noise; the request goes on and is measured.
+    let near = rounds_at(2.8 / 40.0 / 0.9);
+    assert_eq!(near.mode(), Mode::On, "{:?}", near.view());
+    // Predicted 0.5x (the field report's kind of pairing): off at once.
+    let clear = rounds_at(2.8 / 40.0 / 0.5);
+    assert!(
+        matches!(clear.mode(), Mode::Off { .. }),
+        "{:?}",
+        clear.view()
+    );
 }
