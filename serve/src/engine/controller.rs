@@ -204,16 +204,15 @@ impl Controller {
         let value = if rate.samples() > 0 {
             rate.get()
         } else {
-            let seen: Vec<f64> = self
+            let (sum, n) = self
                 .accept
                 .iter()
                 .filter(|r| r.samples() > 0)
-                .map(|r| r.get())
-                .collect();
-            if seen.is_empty() {
+                .fold((0.0, 0), |(sum, n), r| (sum + r.get(), n + 1));
+            if n == 0 {
                 ACCEPT_PRIOR
             } else {
-                seen.iter().sum::<f64>() / seen.len() as f64
+                sum / f64::from(n)
             }
         };
         value.clamp(0.0, 0.999)

@@ -36,7 +36,7 @@ impl Ewma {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Rate {
     value: f64,
-    samples: f64,
+    samples: u32,
 }
 
 impl Rate {
@@ -46,7 +46,7 @@ impl Rate {
     pub const fn with_prior(prior: f64) -> Self {
         Rate {
             value: prior,
-            samples: 0.0,
+            samples: 0,
         }
     }
 
@@ -54,8 +54,8 @@ impl Rate {
         if !outcome.is_finite() {
             return;
         }
-        self.samples += 1.0;
-        let weight = (1.0 / (self.samples + Self::PRIOR_SAMPLES)).max(Self::FORGET);
+        self.samples = self.samples.saturating_add(1);
+        let weight = (1.0 / (f64::from(self.samples) + Self::PRIOR_SAMPLES)).max(Self::FORGET);
         self.value = (1.0 - weight) * self.value + weight * outcome;
     }
 
@@ -64,8 +64,8 @@ impl Rate {
     }
 
     /// Outcomes seen (the prior not counted).
-    pub fn samples(&self) -> u64 {
-        self.samples as u64
+    pub fn samples(&self) -> u32 {
+        self.samples
     }
 }
 

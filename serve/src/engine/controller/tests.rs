@@ -309,19 +309,28 @@ fn a_pessimistic_prediction_does_not_switch_off_what_requests_measure_as_paying(
     assert!(matches!(c.mode(), Mode::Off { .. }));
 }
 
+/// A target at 40 tok/s, then `rounds` rounds at k = 2, every draft token accepted (about 2.8
+/// tokens a round), of `round_s` seconds each; `measured_tok_s`: a whole speculative request
+/// measured at that rate before them.
+fn k2_rounds(now: Instant, round_s: f64, rounds: u32, measured_tok_s: Option<f64>) -> Controller {
+    let mut c = Controller::new(2, None);
+    c.record_target_only(now, 32, 32.0 / 40.0);
+    if let Some(tok_s) = measured_tok_s {
+        c.record_speculative_request(now, 64, 64.0 / tok_s);
+    }
+    for _ in 0..rounds {
+        c.record_round(now, 2, 2, round_s / 3.0, round_s * 2.0 / 3.0);
+    }
+    c
+}
+
 #[test]
 fn a_back_off_ends_in_a_probe_unless_the_model_predicts_a_clear_loss() {
     let now = Instant::now();
-    // A target at 40 tok/s and k = 2 rounds (about 2.9 tokens each) of `round_s` seconds.
     let off_with = |round_s: f64| {
-        let mut c = Controller::new(2, None);
-        c.record_target_only(now, 32, 32.0 / 40.0);
         // A whole request measured under the target's speed (a prediction near 1 alone does
         // not switch off).
-        c.record_speculative_request(now, 64, 64.0 / 38.5);
-        for _ in 0..(MIN_ROUNDS_BEFORE_OFF + 2) {
-            c.record_round(now, 2, 2, round_s / 3.0, round_s * 2.0 / 3.0);
-        }
+        let c = k2_rounds(now, round_s, MIN_ROUNDS_BEFORE_OFF + 2, Some(38.5));
         assert!(matches!(c.mode(), Mode::Off { .. }), "{:?}", c.view());
         c
     };
@@ -366,14 +375,7 @@ fn positions_past_the_k_tried_take_the_acceptance_seen_not_a_fixed_prior() {
 #[test]
 fn before_any_measured_request_only_a_clear_loss_switches_off() {
     let now = Instant::now();
-    let rounds_at = |round_s: f64| {
-        let mut c = Controller::new(2, None);
-        c.record_target_only(now, 32, 32.0 / 40.0);
-        for _ in 0..(MIN_ROUNDS_BEFORE_OFF + 4) {
-            c.record_round(now, 2, 2, round_s / 3.0, round_s * 2.0 / 3.0);
-        }
-        c
-    };
+    let rounds_at = |round_s: f64| k2_rounds(now, round_s, MIN_ROUNDS_BEFORE_OFF + 4, None);
     // Predicted 0.9x: within the model's noise; the request goes on and is measured.
     let near = rounds_at(2.8 / 40.0 / 0.9);
     assert_eq!(near.mode(), Mode::On, "{:?}", near.view());
