@@ -85,6 +85,20 @@ def divergence(other_ids, ref, ref_ids, first, target, prompt_ids):
     return row
 
 
+def tally(rows):
+    """Identical prompts and divergences, at ties and wider, of one side's rows."""
+    divergent = [r for r in rows if not r["identical"]]
+    wide = [r for r in divergent if not r.get("is_tie")]
+    return {
+        "identical": len(rows) - len(divergent),
+        "divergences_at_ties": len(divergent) - len(wide),
+        "divergences_not_ties": wide,
+        # Of the divergences wider than TIE_MARGIN: how many the target's own batched evaluation
+        # of the same prefix also makes (it picks the other side's token there).
+        "wide_divergences_the_batched_target_makes": sum(1 for r in wide if r.get("batched_picks_it")),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxy", required=True)
@@ -119,29 +133,12 @@ def main():
                 arow.update(divergence(md["tokens"], ref, ref_ids, md_first, a.target, prompt_ids))
             anchor_rows.append(arow)
             print(json.dumps({"anchor": arow}))
-    divergent = [r for r in rows if not r["identical"]]
-    wide = [r for r in divergent if not r.get("is_tie")]
-    summary = {
-        "prompts": len(rows), "identical": len(rows) - len(divergent),
-        "divergences_at_ties": len(divergent) - len(wide),
-        "divergences_not_ties": wide,
-        # Of the divergences wider than TIE_MARGIN: how many the target's own batched evaluation of
-        # the same prefix also makes (it picks the proxy's token there).
-        "wide_divergences_the_batched_target_makes": sum(1 for r in wide if r.get("batched_picks_it")),
-        "tie_margin": TIE_MARGIN,
-        "passed": not wide,
-        "rows": rows,
-    }
+    proxy = tally(rows)
+    summary = {"prompts": len(rows), **proxy, "tie_margin": TIE_MARGIN,
+               "passed": not proxy["divergences_not_ties"], "rows": rows}
     if a.anchor:
-        md_divergent = [r for r in anchor_rows if not r["identical"]]
-        summary["anchor"] = {
-            "what": "llama.cpp's own -md speculation against the target alone, same prompts",
-            "identical": len(anchor_rows) - len(md_divergent),
-            "divergences_at_ties": sum(1 for r in md_divergent if r.get("is_tie")),
-            "wide_divergences_the_batched_target_makes": sum(
-                1 for r in md_divergent if not r.get("is_tie") and r.get("batched_picks_it")),
-            "rows": anchor_rows,
-        }
+        summary["anchor"] = {"what": "llama.cpp's own -md speculation against the target alone, same prompts",
+                             **tally(anchor_rows), "rows": anchor_rows}
     with open(a.out, "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("rows", "anchor")}
