@@ -39,3 +39,55 @@ async fn a_crlf_split_across_chunks_decodes_like_the_whole_body() {
         assert_eq!(decode(&[a, b]).await, whole, "cut at byte {cut}");
     }
 }
+
+/// A `TIGHTWAD_*` value with a non-ASCII character before a backslash inside quotes. Found by
+/// `fuzz/fuzz_targets/toml_configs.rs` (`TIGHTWAD_PAIRING_DRAFTS=["httx:\u{FFFD}\\//b:1"]`):
+/// figment 0.10.19 unescapes quoted values slicing at a character index as a byte index
+/// (`value/escape.rs`), so the load panicked — or, with other characters, silently dropped some.
+/// Fixed in `serve/src/config/layers.rs` (`refuse_values_figment_misreads`): such a value is
+/// refused naming the variable and saying how to write it; the `\uXXXX` spelling it suggests
+/// reads back exactly, and an unquoted value is taken verbatim.
+#[test]
+fn a_non_ascii_character_before_a_backslash_in_a_variable_is_refused_not_a_panic() {
+    use tightwad_serve::config::ProxyConfig;
+    figment::Jail::expect_with(|jail| {
+        for (name, _) in std::env::vars() {
+            if name.starts_with("TIGHTWAD_") {
+                std::env::remove_var(&name);
+            }
+        }
+        jail.create_file(
+            "t.toml",
+            "[[pairings]]\ntarget = \"http://127.0.0.1:8080\"\n",
+        )?;
+        let path = jail.directory().join("t.toml");
+
+        jail.set_env("TIGHTWAD_PAIRING_DRAFTS", "[\"httx:\u{FFFD}\\//b:1\"]");
+        let refused = ProxyConfig::load_with_env(&path)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            refused.contains("TIGHTWAD_PAIRING_DRAFTS") && refused.contains("\\uXXXX"),
+            "{refused}"
+        );
+        // A later string of a list is unescaped on its own: its first backslash counts too.
+        jail.set_env("TIGHTWAD_PAIRING_ALIASES", r#"["a\tb", "é\tb"]"#);
+        jail.set_env("TIGHTWAD_PAIRING_DRAFTS", r#"["http://b:1"]"#);
+        let refused = ProxyConfig::load_with_env(&path)
+            .expect_err("refused")
+            .to_string();
+        assert!(refused.contains("TIGHTWAD_PAIRING_ALIASES"), "{refused}");
+
+        // What the message suggests reads back exactly.
+        jail.set_env("TIGHTWAD_PAIRING_ALIASES", r#"["a\tb", "\u00e9\tb"]"#);
+        let loaded = ProxyConfig::load_with_env(&path).expect("the escaped spelling loads");
+        assert_eq!(loaded.pairings[0].aliases, ["a\tb", "é\tb"]);
+        // Non-ASCII with no backslash, and unquoted values, are untouched.
+        jail.set_env("TIGHTWAD_PAIRING_ALIASES", r#"["é", "ü"]"#);
+        jail.set_env("TIGHTWAD_PAIRING_DRAFT", r"http://é\x");
+        let loaded = ProxyConfig::load_with_env(&path).expect("loads");
+        assert_eq!(loaded.pairings[0].aliases, ["é", "ü"]);
+        assert_eq!(loaded.pairings[0].draft.as_deref(), Some(r"http://é\x"));
+        Ok(())
+    });
+}

@@ -73,11 +73,34 @@ pub(super) fn read(
     }
     let keys = keys();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    refuse_values_figment_misreads(&keys)?;
     figment = figment
         .merge(Env::prefixed(ENV_PREFIX).only(&keys))
         .merge(Serialized::defaults(flags));
     let config = figment.extract().map_err(describe)?;
     Ok((config, warnings))
+}
+
+/// Refuse a variable figment 0.10 would misread: it unescapes a quoted value slicing at a
+/// CHARACTER index as a BYTE index, so a non-ASCII character before a backslash (`"é\n"`)
+/// panics or silently loses characters. The proxy's loader refuses the same values
+/// (`tightwad_serve::config::layers`, where the fuzz target found it; the agent does not depend
+/// on it); the message says how to write them.
+fn refuse_values_figment_misreads(keys: &[&str]) -> anyhow::Result<()> {
+    for (key, value) in Env::prefixed(ENV_PREFIX).only(keys).iter() {
+        let misread = value
+            .rfind('\\')
+            .is_some_and(|last| value.contains('"') && !value[..last].is_ascii());
+        if misread {
+            anyhow::bail!(
+                "{ENV_PREFIX}{}: a backslash escape after a non-ASCII character in a quoted \
+                 value cannot be read here; write the non-ASCII characters as \\uXXXX escapes \
+                 (\"\\u00e9\" for \"é\") or leave the value unquoted",
+                key.as_str().to_ascii_uppercase()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A value from a variable, named by the variable: `TIGHTWAD_AGENT_LISTEN: listen: …`.
@@ -180,6 +203,25 @@ mod tests {
                 e.starts_with("TIGHTWAD_AGENT_STOP_GRACE_S: stop_grace_s: invalid type"),
                 "{e}"
             );
+        });
+    }
+
+    /// figment would panic on (or silently shorten) a quoted value with a non-ASCII character
+    /// before a backslash: refused naming the variable; the suggested spelling reads back.
+    #[test]
+    fn a_non_ascii_character_before_a_backslash_is_refused_not_a_panic() {
+        jailed(|jail| {
+            jail.set_env("TIGHTWAD_AGENT_MODEL_DIRS", r#"["/data/é\tx"]"#);
+            let e = AgentConfig::load_layered(None, &AgentFlags::default()).expect_err("refused");
+            let e = format!("{e:#}");
+            assert!(
+                e.starts_with("TIGHTWAD_AGENT_MODEL_DIRS:") && e.contains("\\uXXXX"),
+                "{e}"
+            );
+            jail.set_env("TIGHTWAD_AGENT_MODEL_DIRS", r#"["/data/\u00e9\tx"]"#);
+            let (config, _) =
+                AgentConfig::load_layered(None, &AgentFlags::default()).expect("loads");
+            assert_eq!(config.model_dirs, vec![PathBuf::from("/data/é\tx")]);
         });
     }
 }

@@ -199,6 +199,7 @@ impl Layers<'_> {
             .zip(text.as_deref())
             .map(|(path, text)| FileText { path, text });
         if self.env {
+            refuse_values_figment_misreads()?;
             warnings.extend(unknown_pairing_variables());
         }
         let figment = one_pairing(self.figment(), file)?;
@@ -233,6 +234,53 @@ impl Layers<'_> {
         }
         figment
     }
+}
+
+/// Refuse a variable whose value figment 0.10 would misread: inside a quoted string it finds
+/// the first backslash by CHARACTER index and then slices the text at that index as BYTES, so a
+/// non-ASCII character before a backslash (`"é\n"`) either panics (found by the
+/// `toml_configs` fuzz target) or silently loses characters. Both are worse than a refusal that
+/// says how to write the value: the same characters as `\uXXXX` escapes, which figment reads
+/// correctly. Unquoted values are taken verbatim by figment and pass.
+fn refuse_values_figment_misreads() -> Result<(), ConfigError> {
+    let (top, pairing) = (top_keys(), pairing_keys());
+    let top: Vec<&str> = top.iter().map(String::as_str).collect();
+    let pairing: Vec<&str> = pairing.iter().map(String::as_str).collect();
+    let (top_env, pairing_env) = (
+        Env::prefixed(ENV_PREFIX).only(&top),
+        Env::prefixed(ENV_PAIRING_PREFIX).only(&pairing),
+    );
+    let read = top_env
+        .iter()
+        .map(|(key, value)| (ENV_PREFIX, key, value))
+        .chain(
+            pairing_env
+                .iter()
+                .map(|(key, value)| (ENV_PAIRING_PREFIX, key, value)),
+        );
+    for (prefix, key, value) in read {
+        if figment_misreads(&value) {
+            return Err(ConfigError::Parse {
+                origin: format!("{prefix}{}", key.as_str().to_ascii_uppercase()),
+                message: "a backslash escape after a non-ASCII character in a quoted value \
+                          cannot be read here; write the non-ASCII characters as \\uXXXX \
+                          escapes (\"\\u00e9\" for \"é\") or leave the value unquoted"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether figment's string unescaping would mangle `value` (see
+/// [`refuse_values_figment_misreads`]): a quote somewhere (only quoted text is unescaped) and a
+/// non-ASCII character before the LAST backslash — each quoted string of a list is unescaped on
+/// its own, so any of their first backslashes may be the one.
+fn figment_misreads(value: &str) -> bool {
+    let Some(backslash) = value.rfind('\\') else {
+        return false;
+    };
+    value.contains('"') && !value[..backslash].is_ascii()
 }
 
 /// `TIGHTWAD_PAIRING_*` variables that name no pairing key: a typo would otherwise be ignored
