@@ -48,6 +48,8 @@ async fn a_crlf_split_across_chunks_decodes_like_the_whole_body() {
 /// refused naming the variable and saying how to write it; the `\uXXXX` spelling it suggests
 /// reads back exactly, and an unquoted value is taken verbatim.
 #[test]
+// figment's own signature: the jail's closure returns `figment::Result`.
+#[allow(clippy::result_large_err)]
 fn a_non_ascii_character_before_a_backslash_in_a_variable_is_refused_not_a_panic() {
     use tightwad_serve::config::ProxyConfig;
     figment::Jail::expect_with(|jail| {
