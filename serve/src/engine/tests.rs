@@ -155,6 +155,18 @@ async fn rounds_emit_exactly_the_targets_greedy_tokens() {
     {
         let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
         let p = pairing(config(4), &target, Some(draft));
+        p.info().await.expect("probed");
+        // One-pass: the probe warmed one verification of each draft length 1..=4 (a GPU's first
+        // batch of each size is slow); multi-prompt verification is not warmed.
+        let warmed = target.decodes();
+        assert_eq!(
+            warmed,
+            if target.facts().one_pass_max.is_some() {
+                4
+            } else {
+                0
+            }
+        );
         let (text, g) = generate(&p, &prompt, 40, &[]).await;
         let (want_text, want) = target_alone(model(1), &prompt, 40, &[]).await;
         assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
@@ -165,7 +177,7 @@ async fn rounds_emit_exactly_the_targets_greedy_tokens() {
         assert_eq!(one_pass, target.facts().one_pass_max.is_some());
         assert!(g.accepted > 0 && g.accepted < g.drafted, "{g:?}");
         // One verification per round, one decode each.
-        assert_eq!(target.decodes(), g.rounds, "{g:?}");
+        assert_eq!(target.decodes() - warmed, g.rounds, "{g:?}");
         // Every round emits its accepted tokens plus the target's own next one.
         assert_eq!(g.accepted + g.rounds, g.completion_tokens, "{g:?}");
     }
