@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::pairing::{
     Drafter, Pairing, VerifyMode, DRAFT_RETRY_AFTER, PROMPT_LOOKUP, REPROBE_AFTER,
@@ -412,6 +412,7 @@ async fn warm_verification(target: &Backend, k_max: usize, pairing: &str) {
         }
     };
     let sampling = crate::backend::Sampling::greedy();
+    let mut ms_by_k = Vec::with_capacity(k_max);
     for k in 1..=k_max {
         let draft: Vec<TokenId> = prompt.iter().copied().cycle().take(k).collect();
         let one = Instant::now();
@@ -419,19 +420,9 @@ async fn warm_verification(target: &Backend, k_max: usize, pairing: &str) {
             warn!(pairing, k, error = %e, "cannot warm the target's verification");
             return;
         }
-        debug!(
-            pairing,
-            k,
-            ms = one.elapsed().as_secs_f64() * 1e3,
-            "verification warmed"
-        );
+        ms_by_k.push(format!("{:.1}", one.elapsed().as_secs_f64() * 1e3));
     }
-    info!(
-        pairing,
-        k_max,
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "target's one-pass verification warmed for every draft length"
-    );
+    info!(pairing, k_max, ms = started.elapsed().as_secs_f64() * 1e3, ms_by_k = %ms_by_k.join(" "), "target's one-pass verification warmed for every draft length");
 }
 
 /// Whether a natively paired llama-server honours a per-request `speculative.n_max`: a short
