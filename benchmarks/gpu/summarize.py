@@ -13,6 +13,11 @@ import json
 import os
 import re
 import shutil
+import sys
+
+# exactness.py beside this file (the repository's benchmarks/gpu/, or the .gpu/ bundle): its rule.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import exactness as exactness_check  # noqa: E402
 
 # (row, label, where the draft really ran)
 ROWS = [
@@ -91,6 +96,11 @@ def main():
             meta["skipped"] += sk.splitlines()
         if os.path.exists(os.path.join(raw, "exactness.json")):
             exactness = json.load(open(os.path.join(raw, "exactness.json")))
+            # Judged by the current rule (exactness.py's docstring), also for runs made before it.
+            for side in (exactness, exactness.get("anchor")):
+                if side and "rows" in side:
+                    side.update(exactness_check.tally(side["rows"], exactness["tie_margin"]))
+            exactness["passed"] = not exactness["unexplained"]
             shutil.copy(os.path.join(raw, "exactness.json"), os.path.join(a.out, "exactness.json"))
         for f in sorted(glob.glob(os.path.join(raw, "*.json"))):
             name = os.path.basename(f)[:-5]
@@ -216,7 +226,11 @@ def main():
         if batched:
             out.append(f"Of the {len(exactness['divergences_not_ties'])} wider divergences, the target's own batched "
                        f"evaluation of the same prefix (one uncached prompt batch) picks the proxy's token in "
-                       f"{exactness['wide_divergences_the_batched_target_makes']}.")
+                       f"{exactness['wide_divergences_the_batched_target_makes']}"
+                       + (f" and is itself a tie (margin below {exactness['tie_margin']}) in "
+                          f"{exactness['wide_divergences_batched_ties']} more; unexplained: "
+                          f"**{len(exactness['unexplained'])}** (the check passes when none is)"
+                          if "unexplained" in exactness else "") + ".")
             out.append("")
         out.append("| prompt | first divergence | target's top-two margin there | took the runner-up |"
                    + (" batched: margin, picks the proxy's token |" if batched else ""))
@@ -234,7 +248,9 @@ def main():
             out.append(f"llama.cpp's own `-md` speculation on the same prompts (no proxy): {anchor['identical']}/{n} "
                        f"token-identical; divergences at a margin below {exactness['tie_margin']}: "
                        f"{anchor['divergences_at_ties']}; others: {wide} (the batched target picks its token in "
-                       f"{anchor['wide_divergences_the_batched_target_makes']}).")
+                       f"{anchor['wide_divergences_the_batched_target_makes']}"
+                       + (f", a batched tie in {anchor['wide_divergences_batched_ties']}; unexplained: "
+                          f"{len(anchor['unexplained'])}" if "unexplained" in anchor else "") + ").")
             out.append("")
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write("\n".join(out))
