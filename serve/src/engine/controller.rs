@@ -109,6 +109,9 @@ pub struct Controller {
     /// Rounds chosen so far (drives exploration) and requests seen while off (drives sampling).
     rounds_chosen: std::cell::Cell<u64>,
     requests_while_off: u64,
+    /// The back-off of the last switch-off, kept through the probe that follows it so a probe
+    /// that fails again doubles it; cleared when speculation is decided on.
+    last_backoff: Option<Duration>,
     pub last_decision: Option<Decision>,
     /// An operator's override ([`Controller::set_override`]): `Some(true)` speculate on every
     /// request, `Some(false)` never (every request goes to the target untouched), `None` decide.
@@ -153,6 +156,7 @@ impl Controller {
             probe_seconds: 0.0,
             rounds_chosen: std::cell::Cell::new(0),
             requests_while_off: 0,
+            last_backoff: None,
             last_decision: None,
             forced: None,
             history: Default::default(),
@@ -262,6 +266,9 @@ impl Controller {
 
     fn decide(&mut self, state: &'static str, reason: String) {
         tracing::info!(state, %reason, "speculation controller");
+        if state == "on" {
+            self.last_backoff = None;
+        }
         let decision = Decision { state, reason };
         self.history.push(&decision);
         self.last_decision = Some(decision);
@@ -310,6 +317,7 @@ impl Controller {
             "off",
             format!("{reason}; retrying in {} s", backoff.as_secs()),
         );
+        self.last_backoff = Some(backoff);
     }
 
     fn above_threshold(&self) -> Option<String> {

@@ -2,7 +2,7 @@
 //! speculative requests and native-pairing requests — and the decisions a measurement can make:
 //! off on a measured loss or a predicted one, the end of a probe.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{
     Controller, Mode, CLEAR_LOSS_BELOW, FIRST_BACKOFF, K_MAX, MAX_BACKOFF, MIN_ROUNDS_BEFORE_OFF,
@@ -124,7 +124,7 @@ impl Controller {
                 );
             }
             Some(r_t) => {
-                let backoff = match self.last_backoff() {
+                let backoff = match self.last_backoff {
                     Some(b) => (b * 2).min(MAX_BACKOFF),
                     None => FIRST_BACKOFF,
                 };
@@ -139,14 +139,6 @@ impl Controller {
                 self.decide("on", "no target speed known yet; speculating".into());
             }
         }
-    }
-
-    fn last_backoff(&self) -> Option<Duration> {
-        self.last_decision
-            .as_ref()
-            .and_then(|d| d.reason.rsplit("retrying in ").next())
-            .and_then(|s| s.trim_end_matches(" s").parse().ok())
-            .map(Duration::from_secs)
     }
 
     /// A speculative request finished: its speculative phase made `tokens` in `seconds`.

@@ -144,6 +144,45 @@ fn off_probes_again_after_the_backoff_and_comes_back_on_when_it_pays() {
     assert_eq!(c.mode(), Mode::On, "{:?}", c.view());
 }
 
+/// Each probe that measures no gain doubles the back-off (15 s, 30 s, 60 s …, up to 600 s). Before,
+/// the back-off was read back from the last decision's text, which by then was the probe's own
+/// ("back-off over: measuring speculation again"), so every failed probe restarted at 15 s.
+#[test]
+fn each_failed_probe_doubles_the_backoff() {
+    let mut c = Controller::new(4, None);
+    let mut now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 10.0);
+    for _ in 0..10 {
+        c.record_round(now, 4, 0, 0.2, 0.2);
+    }
+    assert!(
+        matches!(c.mode(), Mode::Off { backoff_s: 15, .. }),
+        "{:?}",
+        c.view()
+    );
+    for want in [30, 60, 120] {
+        // The draft agrees while shadowed, so the model allows a probe ...
+        for _ in 0..40 {
+            c.record_shadow(4, 4);
+        }
+        let Mode::Off { backoff_s, .. } = c.mode() else {
+            panic!("off expected: {:?}", c.view())
+        };
+        now += Duration::from_secs(backoff_s + 1);
+        assert!(c.plan_request(now).speculate, "{:?}", c.view());
+        assert!(matches!(c.mode(), Mode::Probing { .. }));
+        // ... which measures 10 tok/s, the target's own speed: no gain.
+        for _ in 0..16 {
+            c.record_round(now, 4, 4, 0.05, 0.45);
+        }
+        assert!(
+            matches!(c.mode(), Mode::Off { backoff_s, .. } if backoff_s == want),
+            "want {want} s: {:?}",
+            c.view()
+        );
+    }
+}
+
 #[test]
 fn a_fixed_controller_always_speculates_with_its_k() {
     let mut c = Controller::fixed(3);
