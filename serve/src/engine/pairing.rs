@@ -132,6 +132,9 @@ pub struct Pairing {
     /// The target's token pieces learnt from its answers (one-pass rounds then leave out
     /// `n_probs`, see [`pieces`](super::pieces)).
     pub(super) pieces: super::pieces::TokenPieces,
+    /// The target (model, build) whose one-pass verification was warmed (see
+    /// `probe::warm_verification`): warmed once per target, not at every re-probe.
+    pub(super) verification_warmed_for: std::sync::Mutex<Option<(String, String)>>,
 }
 
 /// The second speculation path of a pairing that has a draft server and a native-pairing target.
@@ -207,6 +210,7 @@ impl Pairing {
             drafts,
             probed: Mutex::new(None),
             probe_failure: std::sync::Mutex::new(None),
+            verification_warmed_for: std::sync::Mutex::new(None),
             metrics,
             choices: AtomicU64::new(0),
             last_slot: AtomicUsize::new(usize::MAX),

@@ -175,18 +175,24 @@ impl Pairing {
                 }
             }
         };
-        let new_target = guard.as_ref().is_none_or(|old| {
-            (&old.target_model, &old.target_build) != (&info.target_model, &info.target_build)
-        });
-        if let (true, Verification::OnePass, Ok(k)) =
-            (new_target, &info.verification, &info.speculation)
+        if let (Verification::OnePass, Drafter::Server | Drafter::PromptLookup, Ok(k)) =
+            (&info.verification, info.drafter, &info.speculation)
         {
-            let warming = warm_verification(&self.target, *k, &self.config.name);
-            if tokio::time::timeout(self.config.target_timeout, warming)
-                .await
-                .is_err()
-            {
-                warn!(pairing = %self.config.name, "warming the target's verification timed out; the first rounds may be slow");
+            let target = (info.target_model.clone(), info.target_build.clone());
+            let warmed_for = || {
+                self.verification_warmed_for
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            if warmed_for().as_ref() != Some(&target) {
+                let warming = warm_verification(&self.target, *k, &self.config.name);
+                match tokio::time::timeout(self.config.target_timeout, warming).await {
+                    Ok(true) => *warmed_for() = Some(target),
+                    Ok(false) => {}
+                    Err(_) => {
+                        warn!(pairing = %self.config.name, "warming the target's verification timed out; the first rounds may be slow")
+                    }
+                }
             }
         }
         match &info.speculation {
@@ -394,21 +400,23 @@ impl Pairing {
 }
 
 /// Run one one-pass verification of each draft length 1..=`k_max` on the target, once per target
-/// (first probe, or another model or build), before the first round.
+/// (its model and build: a re-probe of the same target does not repeat it), before the first round;
+/// `true` when every length ran.
 ///
 /// Why: a GPU back end runs the first batch of each new size slowly (kernels loaded and tuned on
-/// first use): on the H100 benchmark the first request's verifications cost 12.6 ms against
-/// about 7 later, so the controller measured a loss (222 against 306 tok/s) and switched
-/// speculation off for its back-off. Warmed here, the first request is measured at the speed
-/// the target keeps. Best effort: a failure is logged and the real rounds report their own.
-async fn warm_verification(target: &Backend, k_max: usize, pairing: &str) {
+/// first use): on the H100 benchmark the first verification of each draft length cost 9–18 ms
+/// against 6–8 later, so the controller measured a loss on its first request (222 against 306
+/// tok/s) and switched speculation off for its back-off. Warmed here, the first request is
+/// measured at the speed the target keeps. Best effort: a failure is logged and the real rounds
+/// report their own.
+async fn warm_verification(target: &Backend, k_max: usize, pairing: &str) -> bool {
     let started = Instant::now();
     let prompt = match target.tokenize(TOKENIZER_PROBES[0], true).await {
         Ok(tokens) if !tokens.is_empty() => tokens,
-        Ok(_) => return,
+        Ok(_) => return false,
         Err(e) => {
             warn!(pairing, error = %e, "cannot warm the target's verification");
-            return;
+            return false;
         }
     };
     let sampling = crate::backend::Sampling::greedy();
@@ -418,11 +426,12 @@ async fn warm_verification(target: &Backend, k_max: usize, pairing: &str) {
         let one = Instant::now();
         if let Err(e) = target.verify_one_pass(&prompt, &draft, &sampling, 0).await {
             warn!(pairing, k, error = %e, "cannot warm the target's verification");
-            return;
+            return false;
         }
         ms_by_k.push(format!("{:.1}", one.elapsed().as_secs_f64() * 1e3));
     }
     info!(pairing, k_max, ms = started.elapsed().as_secs_f64() * 1e3, ms_by_k = %ms_by_k.join(" "), "target's one-pass verification warmed for every draft length");
+    true
 }
 
 /// Whether a natively paired llama-server honours a per-request `speculative.n_max`: a short

@@ -183,6 +183,24 @@ async fn rounds_emit_exactly_the_targets_greedy_tokens() {
     }
 }
 
+/// The warm-up runs once per target: a re-probe of the same target (every 60 s, or after a
+/// failure) does not repeat it.
+#[tokio::test]
+async fn a_re_probe_of_the_same_target_does_not_warm_it_again() {
+    let target = Arc::new(SimulatedServer::new(model(1), EOS).with_one_pass(8));
+    let draft = SimulatedServer::new(model(1), EOS);
+    let p = pairing(config(4), &target, Some(draft));
+    p.info().await.expect("probed");
+    assert_eq!(
+        target.decodes(),
+        4,
+        "one warm-up verification per draft length"
+    );
+    p.invalidate().await;
+    p.info().await.expect("probed again");
+    assert_eq!(target.decodes(), 4, "not warmed twice");
+}
+
 #[tokio::test]
 async fn one_pass_rounds_ask_for_token_details_only_until_the_pieces_are_learnt() {
     let target = Arc::new(SimulatedServer::new(model(1), EOS).with_one_pass(8));
