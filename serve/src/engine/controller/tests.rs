@@ -119,15 +119,21 @@ fn noisy_measurements_around_a_clear_win_do_not_flap() {
     assert_eq!(changes, 0, "flapped: {:?}", c.view());
 }
 
-#[test]
-fn off_probes_again_after_the_backoff_and_comes_back_on_when_it_pays() {
+/// A controller at k <= 4 against a target alone at 10 tok/s, switched off by ten rounds whose
+/// drafts were all rejected; and the time of those rounds.
+fn switched_off_by_bad_rounds() -> (Controller, Instant) {
     let mut c = Controller::new(4, None);
-    let mut now = Instant::now();
+    let now = Instant::now();
     c.record_target_only(now, 32, 32.0 / 10.0);
-    // Bad rounds: switches off.
     for _ in 0..10 {
         c.record_round(now, 4, 0, 0.2, 0.2);
     }
+    (c, now)
+}
+
+#[test]
+fn off_probes_again_after_the_backoff_and_comes_back_on_when_it_pays() {
+    let (mut c, mut now) = switched_off_by_bad_rounds();
     assert!(matches!(c.mode(), Mode::Off { .. }));
     assert!(!c.plan_request(now + Duration::from_secs(1)).speculate);
     // Conditions improve (the draft host got a GPU): shadowing sees high agreement.
@@ -149,12 +155,7 @@ fn off_probes_again_after_the_backoff_and_comes_back_on_when_it_pays() {
 /// ("back-off over: measuring speculation again"), so every failed probe restarted at 15 s.
 #[test]
 fn each_failed_probe_doubles_the_backoff() {
-    let mut c = Controller::new(4, None);
-    let mut now = Instant::now();
-    c.record_target_only(now, 32, 32.0 / 10.0);
-    for _ in 0..10 {
-        c.record_round(now, 4, 0, 0.2, 0.2);
-    }
+    let (mut c, mut now) = switched_off_by_bad_rounds();
     assert!(
         matches!(c.mode(), Mode::Off { backoff_s: 15, .. }),
         "{:?}",
