@@ -117,7 +117,7 @@ stage_build() {
   fi
   # At this llama.cpp commit the server's code sits in libllama-server-impl.so beside the binary.
   if grep -lq draft_tokens_max "$WORK/bin/llama-server" "$WORK/build/bin/"*.so* 2>/dev/null; then
-    echo "patched (draft_tokens, per-request speculative.n_max): $(cd "$CARRY/patches" && sha256sum ./*.patch | tr '\n' ' ')" > "$RAW/llama-patched.txt"
+    echo "patched (draft_tokens, per-request speculative.n_max, return_pieces): $(cd "$CARRY/patches" && sha256sum ./*.patch | tr '\n' ' ')" > "$RAW/llama-patched.txt"
     log "llama-server is the PATCHED build (draft_tokens)"
   else
     echo "stock" > "$RAW/llama-patched.txt"; log "WARNING: llama-server is a STOCK build"

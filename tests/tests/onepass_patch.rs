@@ -119,6 +119,7 @@ async fn props_advertise_the_capability_and_the_stock_server_does_not() {
         .expect("props JSON");
     assert_eq!(props["capabilities"]["draft_tokens"], true, "{props}");
     assert_eq!(props["capabilities"]["speculative.n_max"], true, "{props}");
+    assert_eq!(props["capabilities"]["return_pieces"], true, "{props}");
     let props: Value = reqwest::get(format!("{}/props", stock.url))
         .await
         .expect("props")
@@ -126,6 +127,110 @@ async fn props_advertise_the_capability_and_the_stock_server_does_not() {
         .await
         .expect("props JSON");
     assert!(props["capabilities"]["draft_tokens"].is_null(), "{props}");
+}
+
+/// The bytes of one `pieces` entry: a string's, or a byte array's (a token that is part of a
+/// character).
+fn piece_bytes(piece: &Value) -> Vec<u8> {
+    match piece {
+        Value::String(s) => s.clone().into_bytes(),
+        Value::Array(bytes) => bytes
+            .iter()
+            .map(|b| {
+                b.as_u64()
+                    .and_then(|b| u8::try_from(b).ok())
+                    .unwrap_or_else(|| panic!("not a byte: {b}"))
+            })
+            .collect(),
+        other => panic!("a piece is a string or an array of bytes: {other}"),
+    }
+}
+
+/// `return_pieces` gives each generated token's own text, in generation and in a verified draft
+/// alike, so a client needs no token details (`n_probs`) to know where one token's text ends: a
+/// token that holds part of a character comes as its bytes (a string would lose them), and the
+/// pieces put together are the response's text. A stock server ignores the field.
+#[tokio::test]
+async fn return_pieces_gives_each_tokens_own_bytes_and_a_stock_server_ignores_it() {
+    let env = patched_env();
+    let (model, _) = env.smollm2();
+    let opts = ServerOptions {
+        ctx: 2048,
+        extra: vec!["--spec-draft-n-max".into(), DRAFT_MAX.into()],
+        ..Default::default()
+    };
+    let target = LlamaServer::start(&env, &model, opts).await;
+    // SmolLM2 copies the repeated words, whose characters are split over byte-level tokens.
+    let prompt = tokenize(&target, &"日本語の文 ".repeat(8)).await;
+    let generated = completion(
+        &target,
+        json!({"prompt": prompt, "n_predict": 12, "temperature": 0,
+               "return_tokens": true, "return_pieces": true}),
+    )
+    .await;
+    let tokens = tokens_of(&generated);
+    let pieces = generated["pieces"].as_array().expect("pieces").clone();
+    assert_eq!(pieces.len(), tokens.len(), "{generated}");
+    let mut text = Vec::new();
+    let mut split_characters = 0;
+    for (piece, id) in pieces.iter().zip(&tokens) {
+        let bytes = piece_bytes(piece);
+        if piece.is_array() {
+            assert!(
+                std::str::from_utf8(&bytes).is_err(),
+                "{piece} is valid UTF-8"
+            );
+            split_characters += 1;
+        } else {
+            // A whole-character piece is what the server's detokenizer gives the token alone.
+            let (status, v) = post_json(
+                &format!("{}/detokenize", target.url),
+                &json!({"tokens": [id]}),
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["content"].as_str(), piece.as_str(), "token {id}");
+        }
+        text.extend(bytes);
+    }
+    assert!(
+        split_characters > 0,
+        "no token split a character: {generated}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        generated["content"].as_str().expect("content"),
+        "the pieces put together are the text"
+    );
+
+    // The same tokens as a client draft: accepted whole, with the same pieces.
+    let verified = completion(
+        &target,
+        json!({"prompt": prompt, "draft_tokens": tokens[..8], "n_predict": 9,
+               "temperature": 0, "return_tokens": true, "return_pieces": true}),
+    )
+    .await;
+    assert_eq!(tokens_of(&verified), tokens[..9], "{verified}");
+    assert_eq!(verified["pieces"].as_array(), Some(&pieces[..9].to_vec()));
+
+    let stock_env = stock_env();
+    let stock = LlamaServer::start(
+        &stock_env,
+        &model,
+        ServerOptions {
+            ctx: 2048,
+            ..Default::default()
+        },
+    )
+    .await;
+    let plain = completion(
+        &stock,
+        json!({"prompt": prompt, "n_predict": 4, "temperature": 0,
+               "return_tokens": true, "return_pieces": true}),
+    )
+    .await;
+    assert!(plain.get("pieces").is_none(), "{plain}");
+    assert_eq!(tokens_of(&plain), tokens[..4], "{plain}");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The llama.cpp patches Tightwad carries (`patches/llama.cpp/`, see its README), compiled into the
 //! binary so `tightwad build` can send them to every agent: one-pass verification of a client's
-//! draft (`draft_tokens`), per-request `speculative.n_max`, and a draft model that skips the requests
-//! that say `speculative.n_max: 0`.
+//! draft (`draft_tokens`), per-request `speculative.n_max`, a draft model that skips the requests
+//! that say `speculative.n_max: 0`, and the text of each generated token (`return_pieces`).
 
 use tightwad_protocol::messages::SourcePatch;
 
@@ -14,6 +14,10 @@ const BUNDLED: &[(&str, &str)] = &[
     (
         "0002-server-n-max-0-skips-the-draft-model.patch",
         include_str!("../../../patches/llama.cpp/0002-server-n-max-0-skips-the-draft-model.patch"),
+    ),
+    (
+        "0003-server-return-pieces.patch",
+        include_str!("../../../patches/llama.cpp/0003-server-return-pieces.patch"),
     ),
 ];
 

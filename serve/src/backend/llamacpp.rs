@@ -59,6 +59,10 @@ pub struct Capabilities {
     /// Per-request `speculative.n_max` takes effect (stock llama.cpp parses and ignores it).
     #[serde(default, rename = "speculative.n_max")]
     pub speculative_n_max: bool,
+    /// `return_pieces`: a response carries the text of each generated token, so a one-pass
+    /// verification needs no token details (`n_probs`, a softmax over the vocabulary per token).
+    #[serde(default)]
+    pub return_pieces: bool,
 }
 
 impl Props {
@@ -285,6 +289,9 @@ impl LlamaServer {
             Self::completion_body(json!(prompt), draft.len() + 1, sampling, n_probs, false);
         if let Value::Object(m) = &mut body {
             m.insert("draft_tokens".into(), json!(draft));
+            // Each returned token's text (a patched server that predates the field ignores it,
+            // and the engine then learns the text as `engine::pieces` says).
+            m.insert("return_pieces".into(), json!(true));
             Self::no_native_drafting(m);
         }
         self.ep.post_json("/completion", &body).await

@@ -16,7 +16,7 @@ pub mod vllm;
 
 pub use server::{Backend, BackendKind, ServerFacts};
 pub use types::{
-    Candidate, Completion, Role, SampledToken, Sampling, StreamEvent, Timings, TokenId,
+    Candidate, Completion, Piece, Role, SampledToken, Sampling, StreamEvent, Timings, TokenId,
 };
 
 use thiserror::Error;

@@ -62,6 +62,9 @@ pub struct ServerFacts {
     /// The longest draft the server verifies in ONE sequence (`draft_tokens`, the bundled
     /// llama.cpp patch); `None` on a stock build.
     pub one_pass_max: Option<usize>,
+    /// Whether a response carries each generated token's text (`return_pieces`, the bundled
+    /// patch), so one-pass verifications need no token details.
+    pub returns_pieces: bool,
     /// Whether a per-request `speculative.n_max` takes effect (the patch; stock builds ignore it,
     /// so native pairing cannot be steered there).
     pub steers_native: bool,
@@ -174,6 +177,7 @@ impl Backend {
                         .capabilities
                         .draft_tokens
                         .then(|| props.capabilities.draft_tokens_max.unwrap_or(3) as usize),
+                    returns_pieces: props.capabilities.return_pieces,
                     steers_native: props.capabilities.speculative_n_max,
                     chat_reasoning: template_reasons(&props.chat_template),
                     default_temperature: props
@@ -202,6 +206,7 @@ impl Backend {
                     // vLLM verifies greedy drafts in one sequence already (`prompt_logprobs`),
                     // behind `verify`; it has no client-draft field.
                     one_pass_max: None,
+                    returns_pieces: false,
                     steers_native: false,
                     // vLLM splits reasoning only with `--reasoning-parser`, which it does not
                     // advertise: its chats are rendered and tokenized by vLLM itself.

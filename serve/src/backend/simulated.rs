@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::server::{EventStream, ServerFacts};
-use super::types::{Candidate, Completion, SampledToken, StreamEvent, Timings, TokenId};
+use super::types::{Candidate, Completion, Piece, SampledToken, StreamEvent, Timings, TokenId};
 use super::BackendError;
 
 /// The simulated model: the next token after a context.
@@ -26,6 +26,8 @@ pub struct SimulatedServer {
     slots: u32,
     /// Verifies client drafts in one sequence, up to this many tokens (a patched llama-server).
     one_pass_max: Option<usize>,
+    /// One-pass verifications return each token's text (`return_pieces`, the patched server).
+    returns_pieces: bool,
     /// Calls of `complete`/`verify`/`stream` so far.
     calls: AtomicUsize,
     /// From this call on (counted from 1), those calls fail as an unreachable server would.
@@ -62,6 +64,7 @@ impl SimulatedServer {
             n_ctx: 4096,
             slots: 9,
             one_pass_max: None,
+            returns_pieces: false,
             calls: AtomicUsize::new(0),
             fail_from_call: None,
             details_asked: AtomicUsize::new(0),
@@ -95,6 +98,13 @@ impl SimulatedServer {
     /// Take client drafts of up to `max` tokens and verify them in one sequence.
     pub fn with_one_pass(mut self, max: usize) -> Self {
         self.one_pass_max = Some(max);
+        self
+    }
+
+    /// One-pass verifications also return each token's text, as the bundled patch's
+    /// `return_pieces` does.
+    pub fn with_pieces(mut self) -> Self {
+        self.returns_pieces = true;
         self
     }
 
@@ -175,6 +185,7 @@ impl SimulatedServer {
                 .collect(),
             tokens,
             stop_type: stop_type.into(),
+            pieces: Vec::new(),
             timings: Some(Timings::default()),
         }
     }
@@ -189,6 +200,7 @@ impl SimulatedServer {
             eos_known: true,
             verify_slots: self.slots,
             one_pass_max: self.one_pass_max,
+            returns_pieces: self.returns_pieces,
             steers_native: false,
             chat_reasoning: false,
             default_temperature: None,
@@ -259,6 +271,14 @@ impl SimulatedServer {
             }
         }
         let mut completion = self.completion(out);
+        if self.returns_pieces {
+            completion.pieces = (completion.tokens.iter())
+                .map(|t| match String::from_utf8(self.bytes(*t)) {
+                    Ok(text) => Piece::Text(text),
+                    Err(e) => Piece::Bytes(e.into_bytes()),
+                })
+                .collect();
+        }
         if n_probs == 0 {
             completion.completion_probabilities.clear();
         } else {

@@ -122,8 +122,30 @@ pub struct Completion {
     pub stop_type: String,
     #[serde(default)]
     pub completion_probabilities: Vec<SampledToken>,
+    /// The text of each of `tokens` (a patched llama-server's `return_pieces`; empty otherwise).
+    #[serde(default)]
+    pub pieces: Vec<Piece>,
     #[serde(default)]
     pub timings: Option<Timings>,
+}
+
+/// One token's text as a patched llama-server reports it (`return_pieces`, shaped as `/tokenize`'s
+/// `with_pieces`): a string, or the bytes of a token that is not valid UTF-8 on its own (part of a
+/// character), which a string could not carry without losing them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Piece {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Piece {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Piece::Text(s) => s.as_bytes(),
+            Piece::Bytes(b) => b,
+        }
+    }
 }
 
 /// One event of a streamed `/completion`.

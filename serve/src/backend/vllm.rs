@@ -108,6 +108,7 @@ fn completion_for(id: TokenId, text: &str, eos: bool) -> Completion {
                 top_logprobs: Vec::new(),
             }]
         },
+        pieces: Vec::new(),
         timings: None,
     }
 }
@@ -272,6 +273,7 @@ impl VllmServer {
                 String::new()
             },
             completion_probabilities: Vec::new(),
+            pieces: Vec::new(),
             timings: None,
         })
     }

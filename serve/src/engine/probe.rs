@@ -43,6 +43,9 @@ pub struct PairingInfo {
     pub drafters: Vec<Result<usize, String>>,
     /// How the target verifies the drafts.
     pub verification: Verification,
+    /// The target's one-pass verifications carry each token's text (`return_pieces`), so a round
+    /// never asks for token details (see [`super::pieces`]).
+    pub returns_pieces: bool,
     /// Native pairing only: whether the target honours a per-request `speculative.n_max`
     /// (measured: with 0 it drafted nothing), or why the proxy cannot steer it.
     pub native_steering: Option<Result<(), String>>,
@@ -245,6 +248,7 @@ impl Pairing {
                 },
                 drafters,
                 verification: old.verification.clone(),
+                returns_pieces: old.returns_pieces,
                 native_steering: old.native_steering.clone(),
                 chat_reasoning: old.chat_reasoning.clone(),
                 default_temperature: old.default_temperature,
@@ -337,6 +341,7 @@ impl Pairing {
             drafter,
             drafters,
             verification,
+            returns_pieces: facts.returns_pieces,
             native_steering,
             chat_reasoning,
             default_temperature: facts.default_temperature,

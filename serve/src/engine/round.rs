@@ -140,9 +140,11 @@ impl Pairing {
                             ..*sampling
                         };
                         // Token details (`n_probs`) cost the server a softmax over the whole
-                        // vocabulary per token; they are asked for only while the draft holds a
+                        // vocabulary per token; they are asked for only where the target does
+                        // not return each token's text (`return_pieces`) and the draft holds a
                         // token whose text is not known yet (see `pieces`).
-                        let n_probs = usize::from(!self.pieces.knows_all(&proposal));
+                        let n_probs =
+                            usize::from(!info.returns_pieces && !self.pieces.knows_all(&proposal));
                         if n_probs > 0 {
                             self.metrics.detail_rounds.inc();
                         }
@@ -358,6 +360,24 @@ fn one_pass_choices(
     .then_some(probs.as_slice());
     for p in reported.unwrap_or_default() {
         pieces.learn(p.id, &p.bytes);
+    }
+    // The patched server's `return_pieces`: every token's own bytes, one to one.
+    if result.pieces.len() == result.tokens.len() {
+        return Ok(result
+            .tokens
+            .iter()
+            .zip(&result.pieces)
+            .enumerate()
+            .map(|(i, (&id, piece))| {
+                pieces.learn(id, piece.as_bytes());
+                Choice {
+                    id,
+                    bytes: Some(piece.as_bytes().to_vec()),
+                    end_of_generation: info.end_of_generation.contains(&id)
+                        || (i == last && result.stop_type == "eos"),
+                }
+            })
+            .collect());
     }
     let learnt = pieces.pieces_of(&result.tokens, &result.content);
     Ok(result

@@ -229,6 +229,29 @@ async fn one_pass_rounds_ask_for_token_details_only_until_the_pieces_are_learnt(
     );
 }
 
+/// A target that returns each token's text (`return_pieces`) is never asked for token details,
+/// from the first round on, and the text is its own.
+#[tokio::test]
+async fn one_pass_rounds_of_a_target_that_returns_pieces_never_ask_for_token_details() {
+    let target = Arc::new(
+        SimulatedServer::new(model(1), EOS)
+            .with_one_pass(8)
+            .with_pieces(),
+    );
+    let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
+    let p = pairing(config(4), &target, Some(draft));
+    for prompt in prompts() {
+        let (text, g) = generate(&p, &prompt, 60, &[]).await;
+        let (want_text, want) = target_alone(model(1), &prompt, 60, &[]).await;
+        assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
+        assert_eq!(text, want_text, "prompt {prompt:?}");
+    }
+    assert!(p.metrics.rounds.get() > 10);
+    assert_eq!(target.details_asked(), 0);
+    assert_eq!(target.detokenized(), 0);
+    assert_eq!(p.metrics.snapshot().one_pass_detail_rounds, 0);
+}
+
 #[tokio::test]
 async fn an_end_of_generation_token_inside_a_draft_ends_the_answer_there() {
     let prompt: Vec<TokenId> = vec![1, 2, 3];
