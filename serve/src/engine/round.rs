@@ -205,7 +205,10 @@ impl Pairing {
                 self.metrics.round_seconds.observe(round_secs);
                 if let Some(d) = draft_slot {
                     d.metrics.round(proposal.len(), n_accepted);
-                    if self.config.pipeline == Pipelining::Auto {
+                    // A request's opening round is the same work either way (the draft and the
+                    // target read the whole prompt; nothing was drafted ahead): it would only
+                    // add each prompt's length to the rate of the way that request took.
+                    if self.config.pipeline == Pipelining::Auto && !opening {
                         d.with_pipelining(|p| p.record(pipelined, n_accepted + 1, round_secs));
                     }
                 }
