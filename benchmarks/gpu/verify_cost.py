@@ -10,6 +10,8 @@ JSON, the task queue and the sampler cost outside the decode. Cases:
   decode1          /completion, prompt = context + 1 new token, n_predict 1 (one target step)
   stream           one streamed /completion of N tokens: the target alone, per token
   verify k=K p=P   /completion with draft_tokens (K tokens the target agrees with), n_probs P
+  verify k=K return_pieces   the same with n_probs 0 and return_pieces (patch 0003): what the
+                   proxy sends a target that returns each token's text
   verify-miss k=K  the same with a draft the target rejects at its first token
   draft n=K        the draft server generating K tokens after a cached context (what a round asks)
   *+contention     the verify again while another client keeps the draft server generating on
@@ -107,7 +109,7 @@ def main():
 
     returned = []
 
-    def verify(k, n_probs, miss=False):
+    def verify(k, n_probs, miss=False, pieces=False):
         walls, srv = [], []
         returned.clear()
         for i in range(a.reps):
@@ -118,9 +120,12 @@ def main():
             dt, v = T.post("/completion", {"prompt": ctx, "n_predict": k + 1, "temperature": 0,
                                            "cache_prompt": True, "return_tokens": True,
                                            "n_probs": n_probs, "draft_tokens": draft,
-                                           "speculative.n_max": 0, "ignore_eos": True})
+                                           "speculative.n_max": 0, "ignore_eos": True,
+                                           "return_pieces": pieces})
             walls.append(dt); srv.append(server_time(v))
             returned.append(len(v["tokens"]))
+            if pieces:
+                assert len(v.get("pieces", [])) == len(v["tokens"]), "return_pieces: one piece a token"
         return walls, srv
 
     def draft(k, extra=None):
@@ -147,6 +152,8 @@ def main():
             rows.append(summary(f"verify k={k} n_probs={p}", *verify(k, p)))
             # A draft of the target's own tokens: every verify returns k + 1 tokens.
             assert min(returned) == k + 1, f"verify k={k} returned {sorted(set(returned))} tokens"
+        # What the proxy sends a patched target (0003): each token's text, no details.
+        rows.append(summary(f"verify k={k} return_pieces", *verify(k, 0, pieces=True)))
     rows.append(summary("verify-miss k=4 n_probs=1", *verify(4, 1, miss=True)))
     assert max(returned) == 1, "a draft rejected at its first token returns one token"
     for k in (1, 4, 8):
