@@ -8,9 +8,15 @@
 //! overlaps, and every lost bet (about half the rounds at k = 4) is work thrown away on the shared
 //! device. Nothing in a URL says which case a pairing is, so `pipeline = "auto"` (the default)
 //! measures: each drafter serves requests both ways until each way has [`MIN_ROUNDS`] rounds, then
-//! every request takes the way whose recent rounds delivered more tokens per second (switching
-//! only for a margin), and every [`REVISIT_EVERY`]-th request takes the other way so a change (the
-//! draft moved to its own host, a busy host freed) is noticed — the rule of `two_way`.
+//! every request takes the way whose recent rounds ran faster (switching only for a margin), and
+//! every [`REVISIT_EVERY`]-th request takes the other way so a change (the draft moved to its own
+//! host, a busy host freed) is noticed — the rule of `two_way`.
+//!
+//! "Faster" is the tokens a round offered the target (k + 1) per second of the round, not the
+//! tokens it delivered: which draft tokens the target accepts does not depend on the way, and the
+//! accepted count swings from 1 to k + 1 from round to round, which made the rates of ten-round
+//! windows swing by ±7% on the H100 — more than the margin, so the choice flapped and a shared
+//! card ran 70 of 203 rounds pipelined at 230 tok/s against 322 sequential.
 
 use serde::{Deserialize, Serialize};
 
@@ -103,8 +109,9 @@ pub struct PipeliningView {
     pub setting: Pipelining,
     /// The way requests take now (`None`: still measuring both).
     pub pipelined: Option<bool>,
-    pub pipelined_tok_s: Option<f64>,
-    pub sequential_tok_s: Option<f64>,
+    /// Tokens offered to the target (k + 1 a round) per second of the ways' recent rounds.
+    pub pipelined_offered_tok_s: Option<f64>,
+    pub sequential_offered_tok_s: Option<f64>,
     pub pipelined_rounds: u64,
     pub sequential_rounds: u64,
 }
@@ -115,15 +122,15 @@ impl PipelineChooser {
         self.0.choose() == PIPELINED
     }
 
-    /// One round of a request that took the given way: tokens it emitted, seconds it took
-    /// (drafting, waiting for a prefetch, verifying).
-    pub fn record(&mut self, pipelined: bool, tokens: usize, seconds: f64) {
+    /// One round of a request that took the given way: the draft tokens it verified, seconds it
+    /// took (drafting, waiting for a prefetch, verifying).
+    pub fn record(&mut self, pipelined: bool, drafted: usize, seconds: f64) {
         let way = if pipelined { PIPELINED } else { SEQUENTIAL };
-        if let Some(switch) = self.0.record(way, tokens, seconds) {
+        if let Some(switch) = self.0.record(way, drafted + 1, seconds) {
             tracing::info!(
                 pipelined = switch.to == PIPELINED,
-                tok_s = switch.to_tok_s,
-                other_tok_s = switch.from_tok_s,
+                offered_tok_s = switch.to_tok_s,
+                other_offered_tok_s = switch.from_tok_s,
                 "pipelining"
             );
         }
@@ -137,8 +144,8 @@ impl PipelineChooser {
                 Pipelining::Off => Some(false),
                 Pipelining::Auto => self.0.preferred().map(|w| w == PIPELINED),
             },
-            pipelined_tok_s: self.0.tok_s(PIPELINED),
-            sequential_tok_s: self.0.tok_s(SEQUENTIAL),
+            pipelined_offered_tok_s: self.0.tok_s(PIPELINED),
+            sequential_offered_tok_s: self.0.tok_s(SEQUENTIAL),
             pipelined_rounds: self.0.records(PIPELINED),
             sequential_rounds: self.0.records(SEQUENTIAL),
         }
@@ -149,8 +156,8 @@ impl PipelineChooser {
 mod tests {
     use super::*;
 
-    /// Serve `requests` requests of 8 rounds each; a round emits 4 tokens in the seconds the way
-    /// costs on this "host".
+    /// Serve `requests` requests of 8 rounds each; a round verifies 4 draft tokens in the seconds
+    /// the way costs on this "host".
     fn serve(
         c: &mut PipelineChooser,
         requests: usize,

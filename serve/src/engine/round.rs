@@ -209,7 +209,7 @@ impl Pairing {
                     // target read the whole prompt; nothing was drafted ahead): it would only
                     // add each prompt's length to the rate of the way that request took.
                     if self.config.pipeline == Pipelining::Auto && !opening {
-                        d.with_pipelining(|p| p.record(pipelined, n_accepted + 1, round_secs));
+                        d.with_pipelining(|p| p.record(pipelined, proposal.len(), round_secs));
                     }
                 }
                 run.rounds += 1;
