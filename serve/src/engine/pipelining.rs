@@ -117,9 +117,12 @@ pub struct PipeliningView {
 }
 
 impl PipelineChooser {
-    /// Whether the next request drafts ahead.
-    pub fn choose(&mut self) -> bool {
-        self.0.choose() == PIPELINED
+    /// Whether the next request drafts ahead, and whether that is a trial of the way not
+    /// preferred (measuring both ways, or a revisit): such a request tells how the way performs,
+    /// not how speculation served (see `round`).
+    pub fn choose(&mut self) -> (bool, bool) {
+        let way = self.0.choose();
+        (way == PIPELINED, self.0.is_trial(way))
     }
 
     /// One round of a request that took the given way: the draft tokens it verified, seconds it
@@ -166,7 +169,7 @@ mod tests {
     ) -> Vec<bool> {
         (0..requests)
             .map(|_| {
-                let way = c.choose();
+                let (way, _) = c.choose();
                 for _ in 0..8 {
                     c.record(way, 4, if way { pipelined_s } else { sequential_s });
                 }
@@ -205,7 +208,7 @@ mod tests {
     fn a_new_drafter_starts_sequential() {
         // Its first rounds also feed the controller: they must not be the way that can lose big.
         let mut c = PipelineChooser::default();
-        assert!(!c.choose());
+        assert_eq!(c.choose(), (false, false));
         assert_eq!(c.view(Pipelining::Auto).pipelined, None);
     }
 

@@ -53,10 +53,14 @@ impl Pairing {
         // betting that the whole block is accepted. `prefetch` holds that bet: the context it was
         // drafted for and the task drafting it (aborted when the bet is lost). Whether this
         // request bets at all is the setting's, or the drafter's measurements' (`pipelining`).
-        let pipelined = match (self.config.pipeline, draft_slot, drafter) {
-            (_, None, _) | (_, _, Drafter::PromptLookup | Drafter::Native) => false,
-            (Pipelining::On, Some(_), _) => true,
-            (Pipelining::Off, Some(_), _) => false,
+        // A trial of the way `auto` does not prefer measures that way; the controller then leaves
+        // this request's throughput out of its verdict on speculation (on a shared GPU, pipelined
+        // trials ran at 0.7x the sequential rounds, and counted as speculation's they switched
+        // off a pairing whose sequential rounds paid 1.15x).
+        let (pipelined, trial) = match (self.config.pipeline, draft_slot, drafter) {
+            (_, None, _) | (_, _, Drafter::PromptLookup | Drafter::Native) => (false, false),
+            (Pipelining::On, Some(_), _) => (true, false),
+            (Pipelining::Off, Some(_), _) => (false, false),
             (Pipelining::Auto, Some(d), _) => d.with_pipelining(|p| p.choose()),
         };
         let mut prefetch: Option<Prefetch> = None;
@@ -241,7 +245,7 @@ impl Pairing {
                         .map_err(|e| SpeculationStop::Fatal(e.into()))?,
                 );
                 send_text(tx, text).await.map_err(SpeculationStop::Fatal)?;
-                if opening {
+                if opening && !trial {
                     run.steady_from
                         .get_or_insert((Instant::now(), run.out.count()));
                 }

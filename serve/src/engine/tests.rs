@@ -349,6 +349,33 @@ async fn pipelined_drafting_is_exact_and_wins_on_full_acceptance() {
     );
 }
 
+/// Under `pipeline = "auto"` a request that tries the way not preferred (here the first
+/// pipelined one, while sequential is the likelier winner) measures that way: its throughput is
+/// kept out of the controller's verdict on speculation, which a request of the preferred way
+/// feeds.
+#[tokio::test]
+async fn a_pipelining_trial_does_not_count_as_speculations_throughput() {
+    let prompt: Vec<TokenId> = vec![12, 13, 14];
+    let target = Arc::new(SimulatedServer::new(model(6), EOS).with_one_pass(8));
+    let draft = SimulatedServer::new(model(6), EOS);
+    let mut c = config(4);
+    c.pipeline = crate::engine::Pipelining::Auto;
+    let p = pairing(c, &target, Some(draft));
+    // Sequential first, until it has its rounds measured (12 rounds of 5 tokens).
+    let (_, first) = generate(&p, &prompt, 80, &[]).await;
+    assert_eq!(first.prefetched, 0, "{first:?}");
+    let measured = p.controller_view().speculative_goodput_tok_s;
+    assert!(measured.is_some());
+    // Then the pipelined trial: its bets win (the draft is always right), its rate is not fed.
+    let (_, trial) = generate(&p, &[15, 16], 80, &[]).await;
+    assert!(trial.prefetched > 0, "{trial:?}");
+    assert_eq!(p.controller_view().speculative_goodput_tok_s, measured);
+    // A request of the preferred way counts again.
+    let (_, after) = generate(&p, &[17, 18], 80, &[]).await;
+    assert_eq!(after.prefetched, 0, "{after:?}");
+    assert_ne!(p.controller_view().speculative_goodput_tok_s, measured);
+}
+
 /// `moe = true` in a pairing's config (what `tightwad init` writes for a target with experts)
 /// holds an adaptive controller's k at 4 with `draft_tokens = 8` while verification has not been
 /// measured cheap: no round drafts more than 4. (At `draft_tokens` <= 4 it cannot act; the proxy

@@ -122,6 +122,12 @@ impl TwoWay {
         self.preferred
     }
 
+    /// Whether taking `way` now is a trial: a way other than the preferred one (before the first
+    /// decision: other than the likelier winner), taken to measure it.
+    pub fn is_trial(&self, way: Way) -> bool {
+        way != self.preferred.unwrap_or(self.first)
+    }
+
     /// A way's recent tokens per second (`None` before its first record).
     pub fn tok_s(&self, way: Way) -> Option<f64> {
         self.ways[way.min(1)].tok_s()
