@@ -32,6 +32,8 @@
 # Test on a CPU machine first (tiny models, same code):
 #   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
 #   GPU_TARGET_MODEL=... GPU_DRAFT_MODEL=... N_PROMPTS=2 MAX_TOKENS=8 bash benchmarks/gpu/run.sh fast
+# PROXY_LOG sets the proxies' RUST_LOG (default info; e.g. "info,tightwad_serve::engine=debug"
+# for every round's draft and verify times).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ -n "${TIGHTWAD_GPU_CARRY:-}" ]; then CARRY=$TIGHTWAD_GPU_CARRY
@@ -175,7 +177,7 @@ relay() { # name listen_port to_port rtt_ms
 proxy() { # name port target_url draft_url(or -) flags...
   local name=$1 port=$2 target=$3 draft=$4; shift 4
   local d=(); [ "$draft" != "-" ] && d=(--draft "$draft")
-  RUST_LOG=info spawn "$name" "$RAW/proxy-$name.log" "$CARRY/tightwad" proxy --listen "127.0.0.1:$port" \
+  RUST_LOG="${PROXY_LOG:-info}" spawn "$name" "$RAW/proxy-$name.log" "$CARRY/tightwad" proxy --listen "127.0.0.1:$port" \
     --target "$target" "${d[@]}" "$@"
   wait_http "http://127.0.0.1:$port" "proxy $name" "$RAW/proxy-$name.log" 60
 }
