@@ -129,7 +129,8 @@ impl PipelineChooser {
     /// took (drafting, waiting for a prefetch, verifying).
     pub fn record(&mut self, pipelined: bool, drafted: usize, seconds: f64) {
         let way = if pipelined { PIPELINED } else { SEQUENTIAL };
-        if let Some(switch) = self.0.record(way, drafted + 1, seconds) {
+        // Classed by k: the ways are compared at the same draft lengths (see `two_way`).
+        if let Some(switch) = self.0.record_in(way, drafted, drafted + 1, seconds) {
             tracing::info!(
                 pipelined = switch.to == PIPELINED,
                 offered_tok_s = switch.to_tok_s,
