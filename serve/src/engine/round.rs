@@ -257,8 +257,10 @@ impl Pairing {
     }
 }
 
-/// Draft tokens being drafted ahead for the context `base` (pipelining). Dropping it cancels the
-/// draft request, so a lost bet never keeps the draft busy.
+/// Draft tokens being drafted ahead for the context `base` (pipelining). Dropping it drops the
+/// draft request; llama-server notices a closed connection only when it polls (once a second),
+/// so a lost bet still finishes its k + 1 tokens on the draft server — work that competes with
+/// the target where both share a device, one reason pipelining loses there.
 pub(super) struct Prefetch {
     base: Vec<TokenId>,
     task: Option<tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>>,
