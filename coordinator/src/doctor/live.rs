@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+mod one_pass;
+
+use one_pass::one_pass_check;
+
 use super::report::{Category, Check, Status};
 use crate::cluster::layout::{Layout, PairingUrls};
 use tightwad_serve::backend::llamacpp::LlamaServer;
@@ -446,49 +450,6 @@ async fn streamed_rate(
         return Err(format!("only {count} tokens to time"));
     }
     Ok((count - 1) as f64 / seconds)
-}
-
-/// Whether the target verifies a whole draft in one sequence (Tightwad's bundled llama.cpp patch,
-/// advertised in `/props`), and for drafts as long as the pairing's k; else how to get it.
-async fn one_pass_check(name: &str, target: &LlamaServer, k: usize) -> Check {
-    let subject = format!("pairing {name} target");
-    let props = match target.props().await {
-        Ok(p) => p,
-        Err(e) => {
-            return Check::new(
-                Category::Build,
-                subject,
-                Status::Skip,
-                format!("cannot read /props: {e}"),
-            )
-        }
-    };
-    let caps = &props.capabilities;
-    match (caps.draft_tokens, caps.draft_tokens_max) {
-        (true, Some(max)) if (max as usize) < k => Check::new(
-            Category::Build,
-            subject,
-            Status::Warn,
-            format!("one-pass verification available, but for drafts of at most {max} tokens (k = {k} is capped)"),
-        )
-        .hint(format!("start the target with --spec-draft-n-max {k}")),
-        (true, max) => Check::new(
-            Category::Build,
-            subject,
-            Status::Pass,
-            format!(
-                "one-pass verification available: the target checks a draft of up to {} tokens in one sequence",
-                max.map_or("3".to_string(), |m| m.to_string())
-            ),
-        ),
-        (false, _) => Check::new(
-            Category::Build,
-            subject,
-            Status::Warn,
-            format!("stock llama-server ({}): drafts are verified with one prompt per position (k + 1 slots, far more target work per round)", props.build_info),
-        )
-        .hint("tightwad build --source llama.cpp.tar.gz (applies Tightwad's bundled patch on every host), then start the target with --spec-draft-n-max K"),
-    }
 }
 
 /// Whether the natively paired target honours a per-request `speculative.n_max` (measured: with 0
