@@ -16,7 +16,7 @@ use super::probe::{PairingInfo, Verification};
 use super::request::{EngineError, Event, Run};
 use super::target_only::send_text;
 use super::verify::{self, Choice};
-use crate::backend::{BackendError, Completion, Sampling, TokenId};
+use crate::backend::{BackendError, Completion, Piece, Sampling, TokenId};
 
 impl Pairing {
     /// Draft→verify rounds until the output is finished or the draft fails.
@@ -360,45 +360,39 @@ fn one_pass_choices(
         });
     }
     let last = result.tokens.len() - 1;
-    // llama-server reports token details per piece of finished text: a character spread over
-    // several tokens gets ONE entry (its whole bytes) for all of them. So the details are a
-    // token's own only where they pair up one to one with the tokens.
+    // The server's own bytes for each token, where it gives them one to one: `return_pieces`
+    // (patch 0003), or token details — which llama-server reports per piece of finished text (a
+    // character spread over several tokens gets ONE entry, its whole bytes, for all of them), so
+    // they are a token's own only where they pair up with the tokens.
     let probs = &result.completion_probabilities;
-    let reported = (probs.len() == result.tokens.len()
-        && probs.iter().zip(&result.tokens).all(|(p, &id)| p.id == id))
-    .then_some(probs.as_slice());
-    for p in reported.unwrap_or_default() {
-        pieces.learn(p.id, &p.bytes);
-    }
-    // The patched server's `return_pieces`: every token's own bytes, one to one.
-    if result.pieces.len() == result.tokens.len() {
-        return Ok(result
-            .tokens
-            .iter()
-            .zip(&result.pieces)
-            .enumerate()
-            .map(|(i, (&id, piece))| {
-                pieces.learn(id, piece.as_bytes());
-                Choice {
-                    id,
-                    bytes: Some(piece.as_bytes().to_vec()),
-                    end_of_generation: info.end_of_generation.contains(&id)
-                        || (i == last && result.stop_type == "eos"),
-                }
+    let own: Option<Vec<&[u8]>> = if result.pieces.len() == result.tokens.len() {
+        Some(result.pieces.iter().map(Piece::as_bytes).collect())
+    } else {
+        (probs.len() == result.tokens.len()
+            && probs.iter().zip(&result.tokens).all(|(p, &id)| p.id == id))
+        .then(|| probs.iter().map(|p| p.bytes.as_slice()).collect())
+    };
+    let bytes: Vec<Option<Vec<u8>>> = match own {
+        Some(own) => (result.tokens.iter().zip(own))
+            .map(|(&id, bytes)| {
+                pieces.learn(id, bytes);
+                Some(bytes.to_vec())
             })
-            .collect());
-    }
-    let learnt = pieces.pieces_of(&result.tokens, &result.content);
+            .collect(),
+        None => (pieces
+            .pieces_of(&result.tokens, &result.content)
+            .into_iter())
+        .map(|piece| piece.map(|p| p.to_vec()))
+        .collect(),
+    };
     Ok(result
         .tokens
         .iter()
-        .zip(learnt)
+        .zip(bytes)
         .enumerate()
-        .map(|(i, (&id, piece))| Choice {
+        .map(|(i, (&id, bytes))| Choice {
             id,
-            bytes: reported
-                .map(|r| r[i].bytes.clone())
-                .or_else(|| piece.map(|p| p.to_vec())),
+            bytes,
             end_of_generation: info.end_of_generation.contains(&id)
                 || (i == last && result.stop_type == "eos"),
         })
