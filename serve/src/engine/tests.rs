@@ -147,6 +147,21 @@ fn prompts() -> Vec<Vec<TokenId>> {
         .collect()
 }
 
+/// Every one of [`prompts`] through `p`: token for token and byte for byte the answer of
+/// `target` alone.
+async fn answers_every_prompt_as_the_target_alone(
+    p: &Pairing,
+    target: NextToken,
+    max_tokens: usize,
+) {
+    for prompt in prompts() {
+        let (text, g) = generate(p, &prompt, max_tokens, &[]).await;
+        let (want_text, want) = target_alone(target.clone(), &prompt, max_tokens, &[]).await;
+        assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
+        assert_eq!(text, want_text, "prompt {prompt:?}");
+    }
+}
+
 #[tokio::test]
 async fn rounds_emit_exactly_the_targets_greedy_tokens() {
     for (prompt, target) in prompts()
@@ -206,12 +221,7 @@ async fn one_pass_rounds_ask_for_token_details_only_until_the_pieces_are_learnt(
     let target = Arc::new(SimulatedServer::new(model(1), EOS).with_one_pass(8));
     let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
     let p = pairing(config(4), &target, Some(draft));
-    for prompt in prompts() {
-        let (text, g) = generate(&p, &prompt, 60, &[]).await;
-        let (want_text, want) = target_alone(model(1), &prompt, 60, &[]).await;
-        assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
-        assert_eq!(text, want_text, "prompt {prompt:?}");
-    }
+    answers_every_prompt_as_the_target_alone(&p, model(1), 60).await;
     let rounds = p.metrics.rounds.get() as usize;
     // Details are asked while a draft holds a token never seen; the target's own next token is
     // learnt from the text (`content`) of the rounds that did not ask.
@@ -240,12 +250,7 @@ async fn one_pass_rounds_of_a_target_that_returns_pieces_never_ask_for_token_det
     );
     let draft = SimulatedServer::new(disagreeing(model(1), 3), EOS);
     let p = pairing(config(4), &target, Some(draft));
-    for prompt in prompts() {
-        let (text, g) = generate(&p, &prompt, 60, &[]).await;
-        let (want_text, want) = target_alone(model(1), &prompt, 60, &[]).await;
-        assert_eq!(g.token_ids, want.token_ids, "prompt {prompt:?}");
-        assert_eq!(text, want_text, "prompt {prompt:?}");
-    }
+    answers_every_prompt_as_the_target_alone(&p, model(1), 60).await;
     assert!(p.metrics.rounds.get() > 10);
     assert_eq!(target.details_asked(), 0);
     assert_eq!(target.detokenized(), 0);
