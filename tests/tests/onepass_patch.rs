@@ -11,6 +11,7 @@ use tightwad_e2e::{
     assert_ties_are_rare, compare, env, post_json, prompts, stock_env, Agreement, LlamaServer,
     Reference, ServerOptions, TestEnv,
 };
+use tightwad_serve::backend::Piece;
 
 /// Draft length of the single-step checks.
 const K: usize = 6;
@@ -129,21 +130,13 @@ async fn props_advertise_the_capability_and_the_stock_server_does_not() {
     assert!(props["capabilities"]["draft_tokens"].is_null(), "{props}");
 }
 
-/// The bytes of one `pieces` entry: a string's, or a byte array's (a token that is part of a
-/// character).
+/// The bytes of one `pieces` entry, read as the proxy reads it ([`Piece`]: a string, or a byte
+/// array for a token that is part of a character).
 fn piece_bytes(piece: &Value) -> Vec<u8> {
-    match piece {
-        Value::String(s) => s.clone().into_bytes(),
-        Value::Array(bytes) => bytes
-            .iter()
-            .map(|b| {
-                b.as_u64()
-                    .and_then(|b| u8::try_from(b).ok())
-                    .unwrap_or_else(|| panic!("not a byte: {b}"))
-            })
-            .collect(),
-        other => panic!("a piece is a string or an array of bytes: {other}"),
-    }
+    serde_json::from_value::<Piece>(piece.clone())
+        .unwrap_or_else(|e| panic!("a piece is a string or an array of bytes: {piece}: {e}"))
+        .as_bytes()
+        .to_vec()
 }
 
 /// `return_pieces` gives each generated token's own text, in generation and in a verified draft
