@@ -9,8 +9,9 @@
 //! device. Nothing in a URL says which case a pairing is, so `pipeline = "auto"` (the default)
 //! measures: each drafter serves requests both ways until each way has [`MIN_ROUNDS`] rounds, then
 //! every request takes the way whose recent rounds ran faster (switching only for a margin), and
-//! every [`REVISIT_EVERY`]-th request takes the other way so a change (the draft moved to its own
-//! host, a busy host freed) is noticed — the rule of `two_way`.
+//! now and then a request takes the other way so a change (the draft moved to its own host, a busy
+//! host freed) is noticed: [`REVISIT_EVERY`] requests after a decision, spacing out while the
+//! other way keeps losing — the rule of `two_way`.
 //!
 //! "Faster" is the tokens a round offered the target (k + 1) per second of the round, not the
 //! tokens it delivered: which draft tokens the target accepts does not depend on the way, and the
@@ -24,7 +25,8 @@ use super::two_way::{TwoWay, Way};
 
 /// Rounds of each way before the measured rates decide.
 pub const MIN_ROUNDS: u64 = 12;
-/// Every this many requests the way not chosen serves one (keeps its rate fresh).
+/// This many requests after a decision the way not chosen serves one (keeps its rate fresh;
+/// later revisits space out, see `two_way`).
 pub const REVISIT_EVERY: u64 = super::two_way::EXPLORE_EVERY;
 /// Each new round weighs the older ones of its way down by this factor (about the last 10
 /// rounds count: one revisiting request mostly replaces what its way measured before), so the
@@ -158,6 +160,7 @@ impl PipelineChooser {
 
 #[cfg(test)]
 mod tests {
+    use super::super::two_way::EXPLORE_AT_MOST_EVERY;
     use super::*;
 
     /// Serve `requests` requests of 8 rounds each; a round verifies 4 draft tokens in the seconds
@@ -195,11 +198,26 @@ mod tests {
         );
         assert_eq!(c.view(Pipelining::Auto).pipelined, Some(false));
 
-        // The draft moves to its own device: pipelining now pays, and the revisits notice.
-        let ways = serve(&mut c, 60, 0.007, 0.010);
-        let sequential = ways[20..].iter().filter(|&&w| !w).count();
+        // The draft moves to its own device: pipelining now pays, and the revisits notice: the
+        // next one (revisits have spaced out to one in EXPLORE_AT_MOST_EVERY requests by now)
+        // measures it faster, the one after comes EXPLORE_EVERY requests later.
+        let mut ways = Vec::new();
+        let mut switched = None;
+        for i in 0..120 {
+            ways.extend(serve(&mut c, 1, 0.007, 0.010));
+            if switched.is_none() && c.view(Pipelining::Auto).pipelined == Some(true) {
+                switched = Some(i);
+            }
+        }
+        let switched = switched.expect("pipelining is taken over");
         assert!(
-            sequential <= 40 / REVISIT_EVERY as usize + 1,
+            switched < (EXPLORE_AT_MOST_EVERY + REVISIT_EVERY) as usize,
+            "{ways:?}"
+        );
+        let after = &ways[switched + 1..];
+        let sequential = after.iter().filter(|&&w| !w).count();
+        assert!(
+            sequential <= after.len() / REVISIT_EVERY as usize + 1,
             "only the revisits stay sequential: {ways:?}"
         );
         assert_eq!(c.view(Pipelining::Auto).pipelined, Some(true));
