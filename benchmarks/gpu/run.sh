@@ -201,8 +201,8 @@ bench() { # name "where the draft ran" proxy_url target_url bench_args...
   local started; started=$(date +%s)
   echo "$where" > "$RAW/$name.where"
   log "bench $name"
-  timeout "$BENCH_TIMEOUT" "$CARRY/tightwad" bench --proxy "$p" --target "$t" --json "$RAW/$name.json" \
-    --max-tokens "$MAX_TOKENS" --prompts "$PROMPTS" --warmup "$BENCH_WARMUP" "$@" > "$RAW/$name.txt" 2>&1 \
+  timeout "$BENCH_TIMEOUT" "$CARRY/tightwad" bench --proxy "$p" --target "$t" --json --out "$RAW/$name.json" \
+    --max-tokens "$MAX_TOKENS" --prompts "$PROMPTS" --warmup "$BENCH_WARMUP" --repeats "$BENCH_REPEATS" "$@" > "$RAW/$name.txt" 2>&1 \
     || log "bench $name FAILED (rc $?): $(tail -3 "$RAW/$name.txt" | tr '\n' ' ')"
   ROW_LAST_S=$(( $(date +%s) - started ))
   python3 - "$RAW/$name.json" "$name" "$ROW_LAST_S" <<'EOF' >&2 || true
@@ -253,10 +253,14 @@ stage_bench() { # fast|slow
   if [ "$kind" = fast ]; then
     tflags=(-ngl 99); : "${RTTS:=0.3 2}"; : "${N_PROMPTS:=10}"; : "${MAX_TOKENS:=96}"
     : "${BENCH_WARMUP:=1}"; : "${WARM_ADAPTIVE:=8}"; : "${WARM_TOKENS:=$MAX_TOKENS}"; : "${BENCH_TIMEOUT:=150}"
+    # Two direct/proxied pairs a prompt: a 96-token answer takes a third of a second here, and
+    # single pairs left the ratios of rows that serve the target alone ±2% apart on noise.
+    : "${BENCH_REPEATS:=2}"
     : "${EXACTNESS:=1}"
   else
     tflags=(-ngl 8 -t "$SLOW_THREADS"); : "${RTTS:=2 0.3}"; : "${N_PROMPTS:=4}"; : "${MAX_TOKENS:=64}"
     : "${BENCH_WARMUP:=0}"; : "${WARM_ADAPTIVE:=8}"; : "${WARM_TOKENS:=24}"; : "${BENCH_TIMEOUT:=200}"
+    : "${BENCH_REPEATS:=1}"
     : "${EXACTNESS:=0}"
   fi
   : "${STAGE_BUDGET_S:=510}"
@@ -283,6 +287,7 @@ rtts_ms=$RTTS
 prompts=$N_PROMPTS
 max_tokens=$MAX_TOKENS
 bench_warmup_pairs=$BENCH_WARMUP
+bench_repeats=$BENCH_REPEATS
 proxy_warmup_adaptive=$WARM_ADAPTIVE x $WARM_TOKENS tokens
 rows=$ROWS
 cpu_test=${CPU:-0}
