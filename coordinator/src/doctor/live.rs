@@ -184,10 +184,15 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         }
     }
 
-    // Slots: k draft tokens are verified as k+1 prompts in one decode.
+    // Slots: k draft tokens are verified as k+1 prompts in one decode, or as one sequence by a
+    // target with the bundled patch (which the proxy uses wherever the target advertises it).
     let k = pairing.draft_tokens.max(1);
     match target.props().await {
-        Ok(props) => checks.push(slots_check(&subject, props.total_slots, k)),
+        Ok(props) => {
+            let caps = &props.capabilities;
+            let one_pass = caps.draft_tokens && caps.draft_tokens_max != Some(0);
+            checks.push(slots_check(&subject, props.total_slots, k, one_pass))
+        }
         Err(e) => checks.push(Check::new(
             Category::Slots,
             subject.clone(),
@@ -519,8 +524,18 @@ pub fn target_slots(k: usize) -> usize {
 }
 
 /// The slots check: the target needs [`target_slots`]`(k)` slots (`-np`), the same rule `init`
-/// writes and the proxy's `--help` states; one slot cannot verify at all.
-pub fn slots_check(subject: &str, total_slots: u32, k: usize) -> Check {
+/// writes and the proxy's `--help` states; one slot cannot verify at all. A target that verifies
+/// a draft in one sequence (`one_pass`: the bundled patch, advertised in `/props`) needs one slot
+/// a concurrent request whatever k is: asking it for k + 1 would cost KV memory for nothing.
+pub fn slots_check(subject: &str, total_slots: u32, k: usize, one_pass: bool) -> Check {
+    if one_pass && total_slots >= 1 {
+        return Check::new(
+            Category::Slots,
+            subject.to_string(),
+            Status::Pass,
+            format!("the target verifies a draft in one sequence: k = {k} needs one slot a concurrent request (it has {total_slots})"),
+        );
+    }
     let needed = target_slots(k);
     if (total_slots as usize) >= needed {
         return Check::new(
