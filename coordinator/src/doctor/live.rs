@@ -189,8 +189,9 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
     let k = pairing.draft_tokens.max(1);
     match target.props().await {
         Ok(props) => {
-            let caps = &props.capabilities;
-            let one_pass = caps.draft_tokens && caps.draft_tokens_max != Some(0);
+            // The proxy's rule (`engine::probe`): a target taking drafts of 0 tokens verifies
+            // with one prompt per position.
+            let one_pass = props.capabilities.one_pass_max().is_some_and(|max| max > 0);
             checks.push(slots_check(&subject, props.total_slots, k, one_pass))
         }
         Err(e) => checks.push(Check::new(

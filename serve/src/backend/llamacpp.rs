@@ -65,6 +65,16 @@ pub struct Capabilities {
     pub return_pieces: bool,
 }
 
+impl Capabilities {
+    /// The longest draft the server verifies in one sequence (`None`: a stock server). A patched
+    /// server that does not say its limit takes llama.cpp's default `--spec-draft-n-max` (3);
+    /// one that says 0 takes no drafts.
+    pub fn one_pass_max(&self) -> Option<usize> {
+        self.draft_tokens
+            .then(|| self.draft_tokens_max.unwrap_or(3) as usize)
+    }
+}
+
 impl Props {
     /// The end-of-sequence token's text (empty when the model has none).
     pub fn eos_token(&self) -> &str {

@@ -171,12 +171,7 @@ impl Backend {
                     end_of_generation,
                     eos_known: true,
                     verify_slots: props.total_slots,
-                    // A patched server that does not say its limit takes llama.cpp's default
-                    // `--spec-draft-n-max` (3).
-                    one_pass_max: props
-                        .capabilities
-                        .draft_tokens
-                        .then(|| props.capabilities.draft_tokens_max.unwrap_or(3) as usize),
+                    one_pass_max: props.capabilities.one_pass_max(),
                     returns_pieces: props.capabilities.return_pieces,
                     steers_native: props.capabilities.speculative_n_max,
                     chat_reasoning: template_reasons(&props.chat_template),
