@@ -252,6 +252,15 @@ mod tests {
             .collect()
     }
 
+    /// [`replay`] for up to `n` choices, stopping at the first that changes the preferred way:
+    /// its index and the switch.
+    fn replay_until_switch(c: &mut TwoWay, n: usize, rates: [f64; 2]) -> Option<(usize, Switch)> {
+        (0..n).find_map(|i| {
+            let way = c.choose();
+            c.record(way, 64, 64.0 / rates[way]).map(|s| (i, s))
+        })
+    }
+
     #[test]
     fn both_ways_are_measured_first_the_likelier_winner_first() {
         let mut c = TwoWay::new(3, 0.7, 1);
@@ -282,15 +291,10 @@ mod tests {
         replay(&mut c, 200, [60.0, 30.0]);
         assert_eq!(c.preferred(), Some(0));
         // Way 0 slows down below way 1: noticed from its own records, no exploration needed.
-        let mut at = None;
-        for i in 0..20 {
-            let way = c.choose();
-            if c.record(way, 64, 64.0 / [20.0, 30.0][way]).is_some() {
-                at = Some(i);
-                break;
-            }
-        }
-        assert!(at.is_some(), "no switch");
+        assert!(
+            replay_until_switch(&mut c, 20, [20.0, 30.0]).is_some(),
+            "no switch"
+        );
         let after = replay(&mut c, EXPLORE_EVERY as usize, [20.0, 30.0]);
         assert_eq!(
             after.iter().filter(|&&w| w == 0).count(),
@@ -400,13 +404,9 @@ mod tests {
         let mut c = TwoWay::new(3, 0.7, 0);
         replay(&mut c, 20, [60.0, 30.0]);
         assert_eq!(c.preferred(), Some(0));
-        let mut switched = None;
-        for _ in 0..60 {
-            let way = c.choose();
-            let rate = [20.0, 30.0][way];
-            switched = switched.or(c.record(way, 64, 64.0 / rate));
-        }
-        let s = switched.expect("a switch to way 1");
+        let (at, s) = replay_until_switch(&mut c, 60, [20.0, 30.0]).expect("a switch to way 1");
+        // The rest of the 60 choices: the switch holds.
+        replay(&mut c, 60 - at - 1, [20.0, 30.0]);
         assert_eq!(s.to, 1);
         assert!(s.to_tok_s > s.from_tok_s * MARGIN, "{s:?}");
         assert_eq!(c.preferred(), Some(1));
