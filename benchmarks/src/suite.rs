@@ -74,7 +74,7 @@ impl InProcessProxy {
     ) -> anyhow::Result<Self> {
         let mut entry = PairingEntry::new(target.to_string(), draft.map(str::to_string));
         entry.adaptive = adaptive;
-        entry.draft_tokens = draft_tokens;
+        entry.draft_tokens = Some(draft_tokens);
         entry.verify = verify;
         let config = ProxyConfig {
             listen: "127.0.0.1:0".parse().context("loopback address")?,

@@ -151,7 +151,7 @@ async fn a_draft_agrees_with_the_target_at_its_configured_rate() {
 async fn proxy(target: &str, draft: Option<&str>, adaptive: bool) -> String {
     let mut entry = PairingEntry::new(target.to_string(), draft.map(str::to_string));
     entry.adaptive = adaptive;
-    entry.draft_tokens = 4;
+    entry.draft_tokens = Some(4);
     let config = ProxyConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         pairings: vec![entry],

@@ -30,7 +30,8 @@ pub struct ProxyArgs {
     /// Model name clients ask for [default: tightwad].
     #[arg(long, alias = "model-name")]
     model: Option<String>,
-    /// Draft tokens per round (k, 1 to 8) [default: 4]; the target needs -np k+1.
+    /// Most draft tokens per round (k, 1 to 8) [default: 8 on a target that verifies a draft in
+    /// one pass (Tightwad's llama.cpp patch), else 4; a stock target needs -np k+1].
     #[arg(long)]
     draft_tokens: Option<usize>,
     /// Never speculate while the target alone is faster than this (tokens/s); needs the

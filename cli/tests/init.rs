@@ -150,7 +150,7 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
     assert_eq!(p.name.as_deref(), Some("Qwen3-32B"));
     assert_eq!(p.target, "http://192.168.1.10:8080");
     assert_eq!(p.draft.as_deref(), Some("http://192.168.1.50:8081"));
-    assert_eq!(p.draft_tokens, 8);
+    assert_eq!(p.draft_tokens, Some(8));
     let fleet =
         tightwad_coordinator::fleet::FleetConfig::load(&out).expect("the fleet commands load it");
     let hosts: Vec<(&str, &str)> = fleet

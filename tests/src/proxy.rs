@@ -44,7 +44,7 @@ impl RunningProxy {
     /// controller would rightly switch it off, and the speculation paths would go untested).
     pub fn entry(target: &str, draft: Option<&str>, draft_tokens: usize) -> PairingEntry {
         let mut entry = PairingEntry::new(target.to_string(), draft.map(str::to_string));
-        entry.draft_tokens = draft_tokens;
+        entry.draft_tokens = Some(draft_tokens);
         entry.name = Some("tightwad-test".into());
         entry.draft_timeout_s = 5;
         entry.target_timeout_s = 30;

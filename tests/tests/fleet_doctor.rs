@@ -442,7 +442,6 @@ fn init_proposes_a_pairing_from_the_agents_inventories_and_doctor_accepts_it() {
             .map(|h| format!("{}={}", h.name, h.address))
             .collect(),
         from_agents: true,
-        draft_tokens: 4,
         state_dir: Some(fleet.config.state_dir()),
         ..Default::default()
     };

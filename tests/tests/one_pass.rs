@@ -111,6 +111,44 @@ async fn a_stock_target_falls_back_to_multi_prompt_and_says_why() {
     );
 }
 
+/// A user who leaves `draft_tokens` out gets the length each path pays for: up to 8 a round on
+/// the patched target (it takes 16), 4 on a stock one (one prompt per position, k + 1 slots).
+/// Speculation is pinned on, so every full round drafts the whole cap; the answers stay the
+/// target's own.
+#[tokio::test]
+async fn without_draft_tokens_the_draft_length_follows_the_verification_path() {
+    let draft = draft(&env()).await;
+    for (env, path, k) in [(env(), "one_pass", 8), (stock_env(), "multi_prompt", 4)] {
+        let target = target(&env).await;
+        let mut entry = RunningProxy::entry(&target.url, Some(&draft.url), K);
+        entry.draft_tokens = None;
+        let proxy = RunningProxy::start_entry(entry).await;
+        let outcomes =
+            greedy_through_proxy_matches_target(&proxy, &target, &prompts()[..4], 27).await;
+        assert_ties_are_rare(&outcomes);
+        let stats = proxy.stats().await;
+        assert_eq!(verification(&stats)["path"], path, "{stats}");
+        assert_eq!(stats["pairings"][0]["draft_tokens"], k, "{stats}");
+        let (status, v) = proxy
+            .post(
+                "/v1/completions",
+                &json!({"prompt": "The numbers from one to twenty are", "max_tokens": 3 * (k + 1),
+                        "temperature": 0}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let t = &v["tightwad"];
+        let (rounds, drafted) = (t["rounds"].as_u64(), t["drafted"].as_u64());
+        // Every round drafts k but the last, which drafts what max_tokens leaves (at least 1).
+        let (rounds, drafted) = (rounds.unwrap_or(0), drafted.unwrap_or(0));
+        assert!(rounds >= 3, "{v}");
+        assert!(
+            drafted > (rounds - 1) * k as u64 && drafted <= rounds * k as u64,
+            "{path}: {drafted} drafted in {rounds} rounds, not k = {k} a round: {v}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_draft_killed_mid_stream_still_finishes_exactly() {
     let env = env();
@@ -162,7 +200,7 @@ async fn doctor_says_whether_one_pass_verification_is_available_and_how_to_get_i
     let (patched, stock) = (target(&env).await, target(&stock_env()).await);
     let draft = draft(&env).await;
     let layout = Layout::parse(&format!(
-        "[[pairings]]\nname = \"patched\"\ntarget = \"{}\"\ndraft = \"{}\"\ndraft_tokens = 4\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{}\"\ndraft = \"{}\"\ndraft_tokens = 4\n",
+        "[[pairings]]\nname = \"patched\"\ntarget = \"{}\"\ndraft = \"{}\"\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{}\"\ndraft = \"{}\"\ndraft_tokens = 4\n",
         patched.url, draft.url, stock.url, draft.url
     ))
     .expect("layout");
@@ -181,6 +219,8 @@ async fn doctor_says_whether_one_pass_verification_is_available_and_how_to_get_i
     let p = one_pass("patched");
     assert_eq!(p.status, Status::Pass, "{p:?}");
     assert!(p.message.contains("up to 16 tokens"), "{p:?}");
+    // No draft_tokens in its config: the proxy's default on a one-pass target.
+    assert!(p.message.contains("the proxy drafts up to 8"), "{p:?}");
     let s = one_pass("stock");
     assert_eq!(s.status, Status::Warn, "{s:?}");
     assert!(

@@ -166,7 +166,7 @@ async fn startup_names_settings_that_cannot_act_an_open_listener_and_old_spellin
     std::fs::write(
         dir.path().join("tightwad.toml"),
         format!(
-            "listen = \"0.0.0.0:{port}\"\n\n[[pairings]]\nname = \"m\"\ntarget = \"http://127.0.0.1:9\"\nadaptive = false\ndisable_above_tok_s = 40\ntarget_kind = \"llamacpp\"\n\n[[pairings]]\nname = \"moe\"\ntarget = \"http://127.0.0.1:10\"\nmoe = true\ntarget_timeout_secs = 30\n"
+            "listen = \"0.0.0.0:{port}\"\n\n[[pairings]]\nname = \"m\"\ntarget = \"http://127.0.0.1:9\"\nadaptive = false\ndisable_above_tok_s = 40\ntarget_kind = \"llamacpp\"\n\n[[pairings]]\nname = \"moe\"\ntarget = \"http://127.0.0.1:10\"\nmoe = true\ntarget_timeout_secs = 30\ndraft_tokens = 4\n"
         ),
     )
     .expect("config");

@@ -115,8 +115,10 @@ pub struct PairingUrls {
     pub name: Option<String>,
     pub target: String,
     pub draft: Option<String>,
-    #[serde(default = "default_draft_tokens")]
-    pub draft_tokens: usize,
+    /// `None`: the proxy's default for the target's verification path
+    /// ([`tightwad_serve::engine::draft_length`]).
+    #[serde(default)]
+    pub draft_tokens: Option<usize>,
     /// The target runs llama.cpp's own speculation (native pairing); the proxy only steers it.
     #[serde(default)]
     pub native: bool,
@@ -125,10 +127,6 @@ pub struct PairingUrls {
     pub target_kind: tightwad_serve::backend::BackendKind,
     #[serde(default)]
     pub draft_kind: tightwad_serve::backend::BackendKind,
-}
-
-fn default_draft_tokens() -> usize {
-    4
 }
 
 impl PairingUrls {

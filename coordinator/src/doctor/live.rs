@@ -17,6 +17,7 @@ use tightwad_serve::backend::llamacpp::LlamaServer;
 use tightwad_serve::backend::types::{Role, Sampling, TokenId};
 use tightwad_serve::backend::{Backend, BackendKind};
 use tightwad_serve::engine::controller::Controller;
+use tightwad_serve::engine::draft_length;
 use tightwad_serve::engine::probe::compare_tokenizers;
 use tightwad_serve::engine::TOKENIZER_PROBES;
 
@@ -125,27 +126,31 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         }
         None => None,
     };
-    if pairing.target_kind == BackendKind::Llamacpp {
-        if let Some((target, _)) = &target {
-            checks.push(one_pass_check(name, target, pairing.draft_tokens.max(1)).await);
-            if pairing.native {
-                checks.push(native_steering_check(name, target).await);
-            }
+    // The target's `/props`, read once for the checks that judge it.
+    let props = match (&target, pairing.target_kind) {
+        (Some((target, _)), BackendKind::Llamacpp) => {
+            Some(target.props().await.map_err(|e| e.to_string()))
+        }
+        _ => None,
+    };
+    if let (Some((target, _)), Some(props)) = (&target, &props) {
+        checks.push(one_pass_check(name, props, pairing.draft_tokens));
+        if pairing.native {
+            checks.push(native_steering_check(name, target).await);
         }
     }
     if pairing.native {
         if let Some((target, _)) = &target {
-            checks.push(
-                match native_payoff(name, target, pairing.draft_tokens.max(1)).await {
-                    Ok(check) => check,
-                    Err(e) => Check::new(
-                        Category::Payoff,
-                        format!("pairing {name}"),
-                        Status::Skip,
-                        format!("could not measure native pairing: {e}"),
-                    ),
-                },
-            );
+            let k = draft_length::native(pairing.draft_tokens);
+            checks.push(match native_payoff(name, target, k).await {
+                Ok(check) => check,
+                Err(e) => Check::new(
+                    Category::Payoff,
+                    format!("pairing {name}"),
+                    Status::Skip,
+                    format!("could not measure native pairing: {e}"),
+                ),
+            });
         }
         return checks;
     }
@@ -186,20 +191,31 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
 
     // Slots: k draft tokens are verified as k+1 prompts in one decode, or as one sequence by a
     // target with the bundled patch (which the proxy uses wherever the target advertises it).
-    let k = pairing.draft_tokens.max(1);
-    match target.props().await {
-        Ok(props) => {
-            // The proxy's rule (`engine::probe`): a target taking drafts of 0 tokens verifies
-            // with one prompt per position.
-            let one_pass = props.capabilities.one_pass_max().is_some_and(|max| max > 0);
-            checks.push(slots_check(&subject, props.total_slots, k, one_pass))
-        }
-        Err(e) => checks.push(Check::new(
+    // k is the proxy's for that path (`engine::probe`): a target taking drafts of 0 tokens
+    // verifies with one prompt per position.
+    let one_pass_max = props
+        .as_ref()
+        .and_then(|p| p.as_ref().ok())
+        .and_then(|p| p.capabilities.one_pass_max())
+        .filter(|max| *max > 0);
+    let k = match one_pass_max {
+        Some(max) => draft_length::one_pass(pairing.draft_tokens, max).0,
+        None => draft_length::wanted(pairing.draft_tokens, false),
+    };
+    match &props {
+        Some(Ok(props)) => checks.push(slots_check(
+            &subject,
+            props.total_slots,
+            k,
+            one_pass_max.is_some(),
+        )),
+        Some(Err(e)) => checks.push(Check::new(
             Category::Slots,
             subject.clone(),
             Status::Skip,
             format!("/props: {e}"),
         )),
+        None => {}
     }
 
     checks.push(

@@ -45,10 +45,11 @@ pub struct InitArgs {
     /// Ask the agents for their model files and propose target/draft pairs.
     #[arg(long)]
     pub from_agents: bool,
-    /// Draft tokens per round (k); the target then needs `-np` of at least k + 1 (one slot per
-    /// verified position), which the agent snippets are written with.
-    #[arg(long, default_value_t = 4)]
-    pub draft_tokens: usize,
+    /// The most draft tokens per round (k, 1 to 8) to write into the config. Unset: the proxy's
+    /// default (8 where the target verifies a draft in one pass, else 4). The agent snippets give
+    /// the target `-np` k + 1 (what a stock llama-server needs; a patched one uses one).
+    #[arg(long)]
+    pub draft_tokens: Option<usize>,
     /// Where the proxy listens (the proxy's own default). An address beyond loopback gets a
     /// generated API key, unless --no-api-key.
     #[arg(long, default_value_t = default_listen(), value_name = "ADDR")]

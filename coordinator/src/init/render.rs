@@ -7,6 +7,7 @@ use crate::cluster::layout::host_ip;
 use crate::cluster::HostEntry;
 use crate::doctor::live::target_slots;
 use tightwad_protocol::messages::ModelFile;
+use tightwad_serve::engine::draft_length;
 
 use super::access::{self, Access};
 use super::{InitArgs, Proposal};
@@ -44,13 +45,24 @@ pub fn render_with(
     proposals: &[Proposal],
     access: &Access,
 ) -> String {
-    let k = args
+    let configured = args
         .draft_tokens
-        .clamp(1, tightwad_serve::engine::controller::K_MAX);
+        .map(|k| k.clamp(1, tightwad_serve::engine::controller::K_MAX));
+    // The slots a stock target needs for the k it will be asked for (a patched one uses one a
+    // request; init cannot know which build the target will run).
     let target_extra = format!(
         ", \"-np\", \"{}\", \"--kv-unified\", \"--metrics\"",
-        target_slots(k)
+        target_slots(draft_length::wanted(configured, false))
     );
+    let draft_tokens_line = match configured {
+        Some(k) => format!("draft_tokens = {k}\n"),
+        None => format!(
+            "# draft_tokens = {}                 # unset: {} where the target verifies a draft in one pass (Tightwad's patch), else {}\n",
+            draft_length::ONE_PASS_DEFAULT,
+            draft_length::ONE_PASS_DEFAULT,
+            draft_length::MULTI_PROMPT_DEFAULT
+        ),
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -104,7 +116,7 @@ pub fn render_with(
             out,
             "[[pairings]]\nname = \"tightwad\"                 # the model name clients ask for"
         );
-        let _ = writeln!(out, "target = {}   # llama-server with -np >= draft_tokens + 1, --kv-unified, --cache-ram 0", quote(&target));
+        let _ = writeln!(out, "target = {}   # llama-server (stock: -np >= draft_tokens + 1), --kv-unified, --cache-ram 0", quote(&target));
         match &args.draft_url {
             Some(d) => {
                 let _ = writeln!(
@@ -117,7 +129,7 @@ pub fn render_with(
                 let _ = writeln!(out, "# draft = \"http://draft-host:8081\"   # same tokenizer as the target; or \"prompt-lookup\"");
             }
         }
-        let _ = writeln!(out, "draft_tokens = {k}\n");
+        let _ = writeln!(out, "{draft_tokens_line}");
         if let Some(model) = &args.target_model {
             let _ = writeln!(out, "# In the target host's agent.toml:");
             agent_snippet(&mut out, "target", model, 8080, &target_extra);
@@ -172,7 +184,7 @@ pub fn render_with(
             .is_some_and(|n| n > 1);
         // `moe` holds k at 4: written only where draft_tokens lets k go higher (the proxy warns
         // about a `moe` that can change nothing).
-        if moe && k > 4 {
+        if moe && configured.is_none_or(|k| k > draft_length::MULTI_PROMPT_DEFAULT) {
             let _ = writeln!(
                 out,
                 "moe = true                         # the target's GGUF has experts: k <= 4 until calibration says otherwise"
@@ -183,7 +195,7 @@ pub fn render_with(
                 "# The target's GGUF has experts; with draft_tokens > 4 add `moe = true` (k held at 4 until calibrated)."
             );
         }
-        let _ = writeln!(out, "draft_tokens = {k}\n");
+        let _ = writeln!(out, "{draft_tokens_line}");
         for (host, process, role) in [
             (&p.target_host, &target_process, "target"),
             (&p.draft_host, &draft_process, "draft"),

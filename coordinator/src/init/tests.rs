@@ -32,7 +32,7 @@ fn proposes_the_largest_as_target_and_a_small_same_vocabulary_draft() {
     assert_eq!(p[0].draft_host, "b", "the draft prefers another host");
     let text = render(
         &InitArgs {
-            draft_tokens: 4,
+            draft_tokens: Some(4),
             ..Default::default()
         },
         &[HostEntry {
@@ -57,7 +57,7 @@ fn the_target_snippet_has_the_slots_doctor_asks_for() {
     let written = render(
         &InitArgs {
             target_model: Some("/m/big.gguf".into()),
-            draft_tokens: 4,
+            draft_tokens: Some(4),
             ..Default::default()
         },
         &[],
@@ -66,6 +66,23 @@ fn the_target_snippet_has_the_slots_doctor_asks_for() {
     assert_eq!(target_slots(4), 5);
     assert!(written.contains("\"-np\", \"5\""), "{written}");
     assert!(written.contains("-np >= draft_tokens + 1"), "{written}");
+    assert!(written.contains("\ndraft_tokens = 4\n"), "{written}");
+
+    // Unset, the config leaves k to the proxy (8 on a patched target, 4 on a stock one), and the
+    // snippet gives the target the slots a stock build needs at 4.
+    let unset = render(
+        &InitArgs {
+            target_model: Some("/m/big.gguf".into()),
+            ..Default::default()
+        },
+        &[],
+        &[],
+    );
+    let config: tightwad_serve::config::ProxyConfig =
+        toml::from_str(&unset).unwrap_or_else(|e| panic!("{e}\n{unset}"));
+    assert_eq!(config.pairings[0].draft_tokens, None, "{unset}");
+    assert!(unset.contains("# draft_tokens = 8"), "{unset}");
+    assert!(unset.contains("\"-np\", \"5\""), "{unset}");
 }
 
 /// `init` listens where the proxy does by default; a listen that reaches the network
@@ -116,7 +133,7 @@ fn written_configs_are_valid_proxy_configs() {
             draft_url: Some("http://10.0.0.3:8081".into()),
             target_model: Some("/m/big.gguf".into()),
             draft_model: Some("/m/small.gguf".into()),
-            draft_tokens: 4,
+            draft_tokens: Some(4),
             ..Default::default()
         },
         &[],
@@ -151,7 +168,7 @@ fn written_configs_are_valid_proxy_configs() {
     ];
     let from_agents = render(
         &InitArgs {
-            draft_tokens: 4,
+            draft_tokens: Some(4),
             state_dir: Some(PathBuf::from("/var/lib/tightwad")),
             ..Default::default()
         },
@@ -168,7 +185,7 @@ fn written_configs_are_valid_proxy_configs() {
     assert!(!config.pairings[0].moe, "a dense target is not marked MoE");
 
     // A target whose GGUF has experts gets `moe = true` (k held at 4 until calibrated) where
-    // draft_tokens lets k above 4.
+    // draft_tokens lets k above 4: unset, a patched target takes 8.
     let mut big = model("big-moe.gguf", 70_000, "f1");
     if let Some(g) = big.gguf.as_mut() {
         g.expert_count = Some(128);
@@ -177,14 +194,7 @@ fn written_configs_are_valid_proxy_configs() {
         ("a".to_string(), big),
         ("b".to_string(), model("small.gguf", 1_000, "f1")),
     ];
-    let moe_config = render(
-        &InitArgs {
-            draft_tokens: 8,
-            ..Default::default()
-        },
-        &hosts,
-        &propose(&models),
-    );
+    let moe_config = render(&InitArgs::default(), &hosts, &propose(&models));
     let config: tightwad_serve::config::ProxyConfig =
         toml::from_str(&moe_config).unwrap_or_else(|e| panic!("{e}\n{moe_config}"));
     config.validate().expect("valid");
@@ -195,7 +205,7 @@ fn written_configs_are_valid_proxy_configs() {
     // comment says when it would matter.
     let small_k = render(
         &InitArgs {
-            draft_tokens: 4,
+            draft_tokens: Some(4),
             ..Default::default()
         },
         &hosts,
@@ -276,7 +286,7 @@ fn the_targets_flags_come_from_the_placement_plan() {
     }];
     let text = render(
         &InitArgs {
-            draft_tokens: 4,
+            draft_tokens: Some(4),
             ..Default::default()
         },
         &[],

@@ -246,7 +246,7 @@ async fn stats(
                 m.insert("draft".into(), json!(p.config.draft_url));
                 m.insert("target_kind".into(), json!(p.config.target_kind.as_str()));
                 m.insert("draft_kind".into(), json!(p.config.draft_kind.as_str()));
-                m.insert("draft_tokens".into(), json!(p.config.draft_tokens));
+                m.insert("draft_tokens".into(), json!(p.draft_tokens_view()));
                 m.insert("aliases".into(), json!(p.config.aliases));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("verification".into(), json!(p.verification_view()));

@@ -74,10 +74,9 @@ impl ProxyConfig {
                 )));
             }
             let k_max = K_MAX;
-            if p.draft_tokens == 0 || p.draft_tokens > k_max {
+            if let Some(k) = p.draft_tokens.filter(|k| *k == 0 || *k > k_max) {
                 return Err(at(format!("pairings.{i}.draft_tokens"), format!(
-                    "pairing {i}: draft_tokens must be between 1 and {k_max} (the most the controller drafts per round), got {}",
-                    p.draft_tokens
+                    "pairing {i}: draft_tokens must be between 1 and {k_max} (the most the controller drafts per round), got {k}"
                 )));
             }
         }
@@ -129,13 +128,11 @@ impl ProxyConfig {
             if p.moe {
                 if !p.adaptive {
                     out.push(format!(
-                        "pairing {name:?}: moe = true has no effect with adaptive = false (every round drafts draft_tokens = {}); remove one of them",
-                        p.draft_tokens
+                        "pairing {name:?}: moe = true has no effect with adaptive = false (every round drafts the same number of tokens); remove one of them"
                     ));
-                } else if p.draft_tokens <= MOE_K_MAX {
+                } else if let Some(k) = p.draft_tokens.filter(|k| *k <= MOE_K_MAX) {
                     out.push(format!(
-                        "pairing {name:?}: moe = true has no effect at draft_tokens = {} (it holds k at {MOE_K_MAX} or less until verifying {K_MAX} tokens is measured cheap); set draft_tokens = {K_MAX} to let the controller go higher once it is, or remove moe",
-                        p.draft_tokens
+                        "pairing {name:?}: moe = true has no effect at draft_tokens = {k} (it holds k at {MOE_K_MAX} or less until verifying {K_MAX} tokens is measured cheap); set draft_tokens = {K_MAX} (or leave it unset) to let the controller go higher once it is, or remove moe"
                     ));
                 }
             }

@@ -19,12 +19,13 @@
 //!
 //! [[pairings]]
 //! name = "llama-70b"                 # the model name clients ask for
-//! target = "http://10.0.0.2:8080"    # llama-server with -np >= draft_tokens + 1
+//! target = "http://10.0.0.2:8080"    # llama-server (patched: -np 1 a request; stock: k + 1)
 //! draft = "http://10.0.0.3:8080"     # optional: no draft = target-only; "prompt-lookup" = no model
 //! drafts = ["http://10.0.0.4:8080"]  # optional: more draft servers; the best measured one drafts
 //! prompt_lookup_fallback = false     # draft from the context while the draft server is down
 //! aliases = ["llama3", "gpt-4o"]     # optional: more names clients may ask for it by
-//! draft_tokens = 4                  # the largest k the controller may use
+//! draft_tokens = 8                   # optional: the largest k (default: 8 where the target
+//!                                    # verifies in one pass, else 4)
 //! disable_above_tok_s = 40           # optional: never speculate on a target faster than this
 //! adaptive = true                    # false: speculate every round with draft_tokens
 //! pipeline = "auto"                  # draft the next block while the target verifies: auto/on/off
@@ -102,9 +103,6 @@ fn default_body_read_timeout() -> u64 {
 }
 fn default_default_max_tokens() -> usize {
     4096
-}
-fn default_draft_tokens() -> usize {
-    4
 }
 fn default_target_timeout() -> u64 {
     300
@@ -217,10 +215,12 @@ pub struct PairingEntry {
     /// measured acceptance × speed delivers most; one that fails hands over to the next.
     #[serde(default)]
     pub drafts: Vec<String>,
-    /// The largest number of tokens drafted per round (k), 1 to 8; the target needs `-np k+1`.
-    #[serde(default = "default_draft_tokens")]
+    /// The largest number of tokens drafted per round (k), 1 to 8. Unset: 8 where the target
+    /// verifies a draft in one sequence (Tightwad's llama.cpp patch; capped by its
+    /// `--spec-draft-n-max`), else 4 (a stock llama-server then needs `-np k+1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 8))]
-    pub draft_tokens: usize,
+    pub draft_tokens: Option<usize>,
     /// Seconds the target may take to answer before the request fails with 504.
     #[serde(default = "default_target_timeout", alias = "target_timeout_secs")]
     pub target_timeout_s: u64,
@@ -304,7 +304,7 @@ impl PairingEntry {
             target,
             draft,
             drafts: Vec::new(),
-            draft_tokens: default_draft_tokens(),
+            draft_tokens: None,
             target_timeout_s: default_target_timeout(),
             draft_timeout_s: default_draft_timeout(),
             disable_above_tok_s: None,

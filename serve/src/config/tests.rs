@@ -69,7 +69,7 @@ fn the_environment_alone_describes_a_pairing_without_a_file() {
             loaded.warnings
         );
         let p = &loaded.config.pairings[0];
-        assert_eq!((p.target.as_str(), p.draft_tokens), ("http://a:1", 6));
+        assert_eq!((p.target.as_str(), p.draft_tokens), ("http://a:1", Some(6)));
         assert_eq!(p.aliases, vec!["gpt-4o".to_string()]);
     });
     jailed(|jail| {
@@ -161,7 +161,7 @@ fn flags_change_only_the_fields_they_name_on_the_single_pairing() {
         let p = &c.pairings[0];
         assert_eq!(
             (p.target.as_str(), p.draft.as_deref(), p.draft_tokens),
-            ("http://c:3", Some("http://b:2"), 6)
+            ("http://c:3", Some("http://b:2"), Some(6))
         );
         // `--draft` sets the file's pairing's draft (before, it was ignored); a flag wins over
         // the variable for the same key.
@@ -175,7 +175,7 @@ fn flags_change_only_the_fields_they_name_on_the_single_pairing() {
             .expect("resolves")
             .config;
         assert_eq!(c.pairings[0].draft.as_deref(), Some("http://d:4"));
-        assert_eq!(c.pairings[0].draft_tokens, 3);
+        assert_eq!(c.pairings[0].draft_tokens, Some(3));
         assert_eq!(c.pairings[0].target, "http://a:1");
     });
 }
@@ -390,7 +390,7 @@ fn a_model_name_or_alias_picks_one_pairing_only() {
 #[test]
 fn settings_that_cannot_act_are_named_in_the_advice() {
     let c: ProxyConfig = toml::from_str(
-        "listen = \"0.0.0.0:8088\"\n[[pairings]]\nname = \"m\"\ntarget = \"http://a:1\"\nadaptive = false\ndisable_above_tok_s = 40\n[[pairings]]\nname = \"n\"\ntarget = \"http://b:1\"\nmoe = true\n",
+        "listen = \"0.0.0.0:8088\"\n[[pairings]]\nname = \"m\"\ntarget = \"http://a:1\"\nadaptive = false\ndisable_above_tok_s = 40\n[[pairings]]\nname = \"n\"\ntarget = \"http://b:1\"\nmoe = true\ndraft_tokens = 4\n",
     )
     .expect("parses");
     let advice = c.advice().join("\n");
@@ -406,11 +406,14 @@ fn settings_that_cannot_act_are_named_in_the_advice() {
         advice.contains("moe = true has no effect at draft_tokens = 4"),
         "{advice}"
     );
-    let quiet: ProxyConfig = toml::from_str(
-        "api_keys = [\"k\"]\nlisten = \"0.0.0.0:8088\"\n[[pairings]]\ntarget = \"http://a:1\"\nmoe = true\ndraft_tokens = 8\ndisable_above_tok_s = 40\n",
-    )
-    .expect("parses");
-    assert_eq!(quiet.advice(), Vec::<String>::new());
+    // At draft_tokens = 8, or unset (8 on a one-pass target), `moe` can act.
+    for k in ["draft_tokens = 8\n", ""] {
+        let quiet: ProxyConfig = toml::from_str(&format!(
+            "api_keys = [\"k\"]\nlisten = \"0.0.0.0:8088\"\n[[pairings]]\ntarget = \"http://a:1\"\nmoe = true\n{k}disable_above_tok_s = 40\n"
+        ))
+        .expect("parses");
+        assert_eq!(quiet.advice(), Vec::<String>::new(), "{k}");
+    }
 }
 
 #[test]
@@ -427,7 +430,8 @@ fn a_full_file_parses_with_defaults() {
         "[[pairings]]\nname = \"m\"\ntarget = \"http://a:1\"\ndraft = \"http://b:2\"\n",
     )
     .expect("valid config");
-    assert_eq!(c.pairings[0].draft_tokens, 4);
+    // Unset: the verification path decides once the target is probed (`engine::draft_length`).
+    assert_eq!(c.pairings[0].draft_tokens, None);
     c.validate().expect("valid");
     let pc = c.pairings[0].to_pairing_config(0);
     assert_eq!(pc.name, "m");

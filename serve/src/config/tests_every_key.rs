@@ -15,7 +15,7 @@ fn unusual_pairing() -> PairingEntry {
         target: "http://t:1".into(),
         draft: Some("http://d:1".into()),
         drafts: vec!["http://e:1".into()],
-        draft_tokens: 7,
+        draft_tokens: Some(7),
         target_timeout_s: 11,
         draft_timeout_s: 12,
         disable_above_tok_s: Some(40.5),

@@ -178,6 +178,13 @@ impl Controller {
         self
     }
 
+    /// Set the configured cap (a pinned controller's k) to `k`, 1 to `K_MAX`: the pairing learns
+    /// the length its target takes only when it probes it ([`super::draft_length`]). What was
+    /// measured stays: costs and acceptance do not depend on the cap.
+    pub fn set_cap(&mut self, k: usize) {
+        self.k_cap = k.clamp(1, K_MAX);
+    }
+
     /// The largest k this controller will choose now: the configured cap, held to `MOE_K_MAX` on
     /// a MoE target until the fitted verify cost says 8 tokens cost at most 1.3× one token.
     pub fn cap(&self) -> usize {

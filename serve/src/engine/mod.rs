@@ -12,6 +12,7 @@
 //! client never sees the difference except in speed.
 
 pub mod controller;
+pub mod draft_length;
 pub mod drafters;
 pub mod lookup;
 pub mod output;

@@ -51,15 +51,18 @@ pub struct PairingConfig {
     pub drafts: Vec<String>,
     /// When the draft server is down, draft from the context (prompt lookup) instead of nothing.
     pub prompt_lookup_fallback: bool,
-    /// Tokens the draft proposes per round (k). Capped by the target's slots (k + 1 needed).
-    pub draft_tokens: usize,
+    /// The most tokens the draft proposes per round (k), as configured; `None`: what the target's
+    /// verification path pays for ([`super::draft_length`]), known once probed. Capped by the
+    /// target's one-pass maximum or its slots (k + 1 for one prompt per position).
+    pub draft_tokens: Option<usize>,
     /// Longest wait for one target reply (a verification or a stream event).
     pub target_timeout: Duration,
     /// Longest wait for the draft; past it the stream continues target-only.
     pub draft_timeout: Duration,
     /// Never speculate while the target alone is faster than this (tokens/s), as users asked.
     pub disable_above_tok_s: Option<f64>,
-    /// `false`: speculate every round with `draft_tokens`, whatever it costs (tests, experiments).
+    /// `false`: speculate every round with the full draft length, whatever it costs (tests,
+    /// experiments).
     pub adaptive: bool,
     /// Draft the next block while the target verifies this one (needs `-np 2` on the draft):
     /// always, never, or where it measures faster ([`super::pipelining`]).
@@ -180,14 +183,16 @@ impl Pairing {
         target: Backend,
         draft_servers: Vec<(String, Backend)>,
     ) -> Self {
+        // The cap until the probe says what the target takes (`Pairing::info` sets it then); no
+        // round runs before that.
+        let cap = config.draft_tokens.unwrap_or(controller::K_MAX);
         let make_controller = || {
             if config.adaptive && config.moe {
-                controller::Controller::new(config.draft_tokens, config.disable_above_tok_s)
-                    .for_moe_target()
+                controller::Controller::new(cap, config.disable_above_tok_s).for_moe_target()
             } else if config.adaptive {
-                controller::Controller::new(config.draft_tokens, config.disable_above_tok_s)
+                controller::Controller::new(cap, config.disable_above_tok_s)
             } else {
-                controller::Controller::fixed(config.draft_tokens)
+                controller::Controller::fixed(cap)
             }
         };
         let new_controller = || Arc::new(std::sync::Mutex::new(make_controller()));

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use super::draft_length;
 use super::pairing::{
     Drafter, Pairing, VerifyMode, DRAFT_RETRY_AFTER, PROMPT_LOOKUP, REPROBE_AFTER,
 };
@@ -43,6 +44,9 @@ pub struct PairingInfo {
     pub drafters: Vec<Result<usize, String>>,
     /// How the target verifies the drafts.
     pub verification: Verification,
+    /// The most tokens a round drafts on that path (configured, or the path's default, within the
+    /// target's limits: [`super::draft_length`]), or why the target cannot verify drafts.
+    pub draft_length: Result<usize, String>,
     /// The target's one-pass verifications carry each token's text (`return_pieces`), so a round
     /// never asks for token details (see [`super::pieces`]).
     pub returns_pieces: bool,
@@ -105,6 +109,18 @@ impl Pairing {
     pub fn verification_view(&self) -> Option<Verification> {
         let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
         Some(info.verification.clone())
+    }
+
+    /// The most tokens a round drafts, for the stats: as configured, else the length the last
+    /// probe gave the path (`None`: not probed yet, or the target takes no drafts).
+    pub fn draft_tokens_view(&self) -> Option<usize> {
+        self.config.draft_tokens.or_else(|| {
+            let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
+            match info.drafter {
+                Drafter::Native => Some(draft_length::native(None)),
+                _ => info.draft_length.as_ref().ok().copied(),
+            }
+        })
     }
 
     /// Native pairing: "steered", or why the target cannot be (`None`: no native pairing, or not
@@ -208,8 +224,33 @@ impl Pairing {
                 self.metrics.set_speculation(false, Some(reason.clone()));
             }
         }
+        self.set_controller_caps(&info);
         *guard = Some(info.clone());
         Ok(info)
+    }
+
+    /// Give every controller the draft length its path takes, now that the probe knows it: the
+    /// draft servers' controllers (and prompt lookup's) the rounds' length, a native path's its
+    /// own. A re-probe that finds the target rebuilt (patched, or started with another
+    /// `--spec-draft-n-max`) moves the caps with it.
+    fn set_controller_caps(&self, info: &PairingInfo) {
+        let native = draft_length::native(self.config.draft_tokens);
+        if let Ok(k) = info.draft_length {
+            for d in &self.drafts {
+                d.with_controller(|c| c.set_cap(k));
+            }
+        }
+        let own = if self.config.native && self.drafts.is_empty() {
+            Some(native)
+        } else {
+            info.draft_length.as_ref().ok().copied()
+        };
+        if let Some(k) = own {
+            self.with_ctl(None, |c| c.set_cap(k));
+        }
+        if let Some(n) = &self.native_alternative {
+            super::pairing::lock_controller(&n.controller).set_cap(native);
+        }
     }
 
     /// Mark draft server `slot` as failed until the retry interval has passed; speculation stays
@@ -238,7 +279,9 @@ impl Pairing {
                 // carries on alone.
                 speculation: match usable {
                     Some(k) => Ok(k),
-                    None if self.config.native => Ok(self.config.draft_tokens.max(1)),
+                    None if self.config.native => {
+                        Ok(draft_length::native(self.config.draft_tokens))
+                    }
                     None => Err(reason.clone()),
                 },
                 drafter: if usable.is_none() && self.config.native {
@@ -248,6 +291,7 @@ impl Pairing {
                 },
                 drafters,
                 verification: old.verification.clone(),
+                draft_length: old.draft_length.clone(),
                 returns_pieces: old.returns_pieces,
                 native_steering: old.native_steering.clone(),
                 chat_reasoning: old.chat_reasoning.clone(),
@@ -302,7 +346,10 @@ impl Pairing {
             .or(drafters.first())
             .cloned();
         let (speculation, drafter) = match servers_checked {
-            None if self.config.native => (Ok(self.config.draft_tokens.max(1)), Drafter::Native),
+            None if self.config.native => (
+                Ok(draft_length::native(self.config.draft_tokens)),
+                Drafter::Native,
+            ),
             None if lookup_configured => (length.clone(), Drafter::PromptLookup),
             None => (
                 Err("no draft server configured".to_string()),
@@ -318,7 +365,10 @@ impl Pairing {
                 }
                 Err(reason) if self.config.native => {
                     warn!(pairing = %self.config.name, %reason, "only the native path until the draft server is back");
-                    (Ok(self.config.draft_tokens.max(1)), Drafter::Native)
+                    (
+                        Ok(draft_length::native(self.config.draft_tokens)),
+                        Drafter::Native,
+                    )
                 }
                 other => (other, Drafter::Server),
             },
@@ -341,6 +391,7 @@ impl Pairing {
             drafter,
             drafters,
             verification,
+            draft_length: length,
             returns_pieces: facts.returns_pieces,
             native_steering,
             chat_reasoning,
@@ -351,9 +402,10 @@ impl Pairing {
 
     /// How the target will verify drafts, and the draft length that allows (or why none).
     fn verification(&self, facts: &ServerFacts) -> (Verification, Result<usize, String>) {
-        let wanted = self.config.draft_tokens;
+        let configured = self.config.draft_tokens;
         let name = &self.config.name;
         let multi = |why: String| {
+            let wanted = draft_length::wanted(configured, false);
             let length = slots_for_verification(facts.verify_slots, wanted, name);
             (Verification::MultiPrompt { why }, length)
         };
@@ -361,10 +413,12 @@ impl Pairing {
             (VerifyMode::MultiPrompt, _) => multi("`verify = \"multi-prompt\"` in the config".into()),
             (_, Some(0)) => multi("the target takes client drafts of 0 tokens: start it with --spec-draft-n-max K".into()),
             (_, Some(max)) => {
-                if max < wanted {
+                let (length, cut) = draft_length::one_pass(configured, max);
+                if cut {
+                    let wanted = draft_length::wanted(configured, true);
                     warn!(pairing = %name, "the target verifies client drafts of up to {max} tokens: draft length capped at {max} (start it with --spec-draft-n-max {wanted} for k = {wanted})");
                 }
-                (Verification::OnePass, Ok(wanted.min(max).max(1)))
+                (Verification::OnePass, Ok(length))
             }
             (VerifyMode::OnePass, None) => (
                 Verification::MultiPrompt { why: "the target takes no client drafts".into() },

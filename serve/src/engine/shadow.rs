@@ -2,7 +2,6 @@
 //! have proposed inside the target's own answers, so the controller knows when turning it back on
 //! would pay — at no cost to the target.
 
-use super::controller;
 use super::pairing::Pairing;
 use super::request::Run;
 use crate::backend::Sampling;
@@ -25,7 +24,7 @@ impl Pairing {
             return;
         }
         let controller = d.controller.clone();
-        let k = self.config.draft_tokens.clamp(1, controller::K_MAX);
+        let k = d.with_controller(|c| c.cap());
         tokio::spawn(async move {
             for i in 1..=3 {
                 let at = prompt_tokens + generated * i / 4;

@@ -57,7 +57,7 @@ fn config(k: usize) -> PairingConfig {
         draft_url: Some("simulated://draft".into()),
         drafts: Vec::new(),
         prompt_lookup_fallback: false,
-        draft_tokens: k,
+        draft_tokens: Some(k),
         target_timeout: Duration::from_secs(5),
         draft_timeout: Duration::from_secs(5),
         disable_above_tok_s: None,
@@ -408,4 +408,34 @@ async fn moe_holds_k_at_four_below_a_draft_tokens_of_eight() {
         "a round drafted more than 4: {g:?}"
     );
     assert!(p.controller_view().k <= 4, "{:?}", p.controller_view());
+}
+
+/// Without `draft_tokens` the draft length follows how the target verifies: 8 a round on a
+/// one-pass target (within what it takes), 4 with one prompt per position; the probe gives the
+/// controllers that cap and the stats show it. A pinned controller drafts its cap every round, so
+/// the rounds show the length used.
+#[tokio::test]
+async fn an_unset_draft_length_follows_the_verification_path() {
+    for (target, k) in [
+        (SimulatedServer::new(model(1), EOS).with_one_pass(8), 8),
+        (SimulatedServer::new(model(1), EOS).with_one_pass(5), 5),
+        (SimulatedServer::new(model(1), EOS), 4),
+    ] {
+        let target = Arc::new(target);
+        let draft = SimulatedServer::new(model(1), EOS);
+        let p = pairing(
+            PairingConfig {
+                draft_tokens: None,
+                ..config(0)
+            },
+            &target,
+            Some(draft),
+        );
+        assert_eq!(p.draft_tokens_view(), None, "not probed yet");
+        p.info().await.expect("probed");
+        assert_eq!(p.draft_tokens_view(), Some(k));
+        // The draft agrees every time: full rounds of k + 1 tokens until the last.
+        let (_, g) = generate(&p, &[1, 2, 3], 10 * (k + 1), &[]).await;
+        assert_eq!((g.rounds, g.drafted), (10, 10 * k), "k = {k}: {g:?}");
+    }
 }
