@@ -265,9 +265,10 @@ stage_bench() { # fast|slow
   fi
   : "${STAGE_BUDGET_S:=510}"
   : "${ROWS:=rpc-remote md-anchor op-adaptive auto op-k4 op-k8 mp-k4}"
-  # The adaptive and auto rows' cap on k (`--draft-tokens`; the proxy's default is 4): the
-  # controller chooses k up to it, and on the fast target only k = 8 paid (1.10x pinned at d086d11;
-  # the auto row ran with the default cap until de1db6e, its rounds then predicted 0.76x at k = 4).
+  # The adaptive row's cap on k (`--draft-tokens`): the controller chooses k up to it, and on the
+  # fast target only k = 8 paid (1.10x pinned at d086d11). The auto row runs the proxy's defaults:
+  # unset, the cap follows the path (8 one-pass, 4 native); it ran with a cap of 4 until de1db6e,
+  # where the fast target's rounds predicted 0.76x.
   : "${ADAPTIVE_K_MAX:=8}"
   PROMPTS=$RAW/prompts.txt
   printf '%s\n' "What is the capital of France, and what river runs through it?" \
@@ -358,7 +359,7 @@ EOF
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-adaptive-rtt$tag"; stop "P$i-$row"; pack
     fi
     if want auto; then
-      proxy "P$i-$row" "$pp" "$rN" "$rD" --native --draft-tokens "$ADAPTIVE_K_MAX"
+      proxy "P$i-$row" "$pp" "$rN" "$rD" --native
       warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"; metrics "$((9003 + i))" "$S-auto-rtt$tag" before
       bench "$S-auto-rtt$tag" "both: draft llama-server (rounds) and the target's -md draft on the rpc-server (native), each on $DRAFT_CARD behind the relay; chosen per request" \
         "http://127.0.0.1:$pp" "$rT" --prime "$rN"; stats "http://127.0.0.1:$pp" "$S-auto-rtt$tag"
