@@ -210,23 +210,30 @@ impl Controller {
     /// were (the prior only before any): conditional acceptance varies little with the position
     /// (0.77–0.99 over positions 1–8 on the H100 benchmark), and a fixed 0.6 for the positions
     /// past the k tried kept the controller at k = 4 (0.80x predicted) where k = 8 gave 1.10x.
+    /// A position's first outcomes start from that same mean ([`Controller::pooled_alpha`], see
+    /// `record_acceptance`), not from the fixed prior.
     fn alpha(&self, j: usize) -> f64 {
         let rate = &self.accept[j];
         let value = if rate.samples() > 0 {
             rate.get()
         } else {
-            let (sum, n) = self
-                .accept
-                .iter()
-                .filter(|r| r.samples() > 0)
-                .fold((0.0, 0), |(sum, n), r| (sum + r.get(), n + 1));
-            if n == 0 {
-                ACCEPT_PRIOR
-            } else {
-                sum / f64::from(n)
-            }
+            self.pooled_alpha()
         };
         value.clamp(0.0, 0.999)
+    }
+
+    /// The mean acceptance of the positions drafted so far (`ACCEPT_PRIOR` before any).
+    pub(super) fn pooled_alpha(&self) -> f64 {
+        let (sum, n) = self
+            .accept
+            .iter()
+            .filter(|r| r.samples() > 0)
+            .fold((0.0, 0), |(sum, n), r| (sum + r.get(), n + 1));
+        if n == 0 {
+            ACCEPT_PRIOR
+        } else {
+            sum / f64::from(n)
+        }
     }
 
     /// Expected tokens from a round with `k` draft tokens (the target's own token included).

@@ -412,6 +412,35 @@ fn positions_past_the_k_tried_take_the_acceptance_seen_not_a_fixed_prior() {
     assert_eq!(c.mode(), Mode::On);
 }
 
+/// A position's first outcomes start from what the other positions measured: a longer draft
+/// whose extra tokens were all accepted must not read worse than before it was tried (from the
+/// fixed prior, one accepted token read 0.73 against ~0.9 measured before it).
+#[test]
+fn a_newly_tried_position_that_accepts_never_reads_worse_than_untried() {
+    let mut c = Controller::new(8, None);
+    let now = Instant::now();
+    // Rounds at k = 6, about 0.9 a position.
+    let agreed = [6, 6, 4, 6, 6, 2, 6, 6, 6, 5, 6, 6];
+    for a in agreed {
+        c.record_round(now, 6, a, 0.006, 0.007);
+    }
+    let untried = c.alpha(6);
+    assert!(untried > 0.85, "pooled {untried:.2}");
+    // One exploration at k = 8, every token accepted.
+    c.record_round(now, 8, 8, 0.008, 0.0075);
+    assert!(
+        c.alpha(6) >= untried && c.alpha(7) >= untried,
+        "positions 7 and 8 after one success: {:.2} {:.2}, untried {untried:.2}",
+        c.alpha(6),
+        c.alpha(7)
+    );
+    // Evidence still moves a new position: rejections at position 8 bring it below the pool.
+    for _ in 0..3 {
+        c.record_round(now, 8, 7, 0.008, 0.0075);
+    }
+    assert!(c.alpha(7) < untried, "{:.2}", c.alpha(7));
+}
+
 #[test]
 fn before_any_measured_request_only_a_clear_loss_switches_off() {
     let now = Instant::now();
