@@ -1,6 +1,7 @@
 //! How many tokens a pairing may draft per round (its controllers' cap, the k of a pinned
 //! controller): the config's `draft_tokens` when it says, else what the target's way of verifying
-//! pays for. The proxy's probe and `tightwad doctor` both ask here, so they agree.
+//! pays for. The proxy's probe and `tightwad doctor` both ask here, so they agree; the probe
+//! then gives every controller its cap (`Pairing::set_controller_caps`).
 //!
 //! Why the default follows the path: a target that verifies a draft in ONE sequence (the bundled
 //! llama.cpp patch) pays nearly the same for 8 draft tokens as for 4 on a GPU, so a cap of 4 left
@@ -10,6 +11,8 @@
 //! The adaptive controller still picks k per round below the cap, from measured costs.
 
 use super::controller::K_MAX;
+use super::pairing::{lock_controller, Drafter, Pairing};
+use super::probe::PairingInfo;
 
 /// The cap without `draft_tokens` where the target verifies one prompt per position (a stock
 /// llama-server, vLLM) or speculates by itself (native pairing, steered by `speculative.n_max`).
@@ -42,6 +45,44 @@ pub fn native(configured: Option<usize>) -> usize {
 pub fn one_pass(configured: Option<usize>, max: usize) -> (usize, bool) {
     let wanted = wanted(configured, true);
     (wanted.min(max).max(1), configured.is_some_and(|k| k > max))
+}
+
+impl Pairing {
+    /// The most tokens a round drafts, for the stats: as configured, else the length the last
+    /// probe gave the path (`None`: not probed yet, or the target takes no drafts).
+    pub fn draft_tokens_view(&self) -> Option<usize> {
+        self.config.draft_tokens.or_else(|| {
+            let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
+            match info.drafter {
+                Drafter::Native => Some(native(None)),
+                _ => info.draft_length.as_ref().ok().copied(),
+            }
+        })
+    }
+
+    /// Give every controller the draft length its path takes, now that the probe knows it: the
+    /// draft servers' controllers (and prompt lookup's) the rounds' length, a native path's its
+    /// own. A re-probe that finds the target rebuilt (patched, or started with another
+    /// `--spec-draft-n-max`) moves the caps with it.
+    pub(super) fn set_controller_caps(&self, info: &PairingInfo) {
+        let native = native(self.config.draft_tokens);
+        if let Ok(k) = info.draft_length {
+            for d in &self.drafts {
+                d.with_controller(|c| c.set_cap(k));
+            }
+        }
+        let own = if self.config.native && self.drafts.is_empty() {
+            Some(native)
+        } else {
+            info.draft_length.as_ref().ok().copied()
+        };
+        if let Some(k) = own {
+            self.with_ctl(None, |c| c.set_cap(k));
+        }
+        if let Some(n) = &self.native_alternative {
+            lock_controller(&n.controller).set_cap(native);
+        }
+    }
 }
 
 #[cfg(test)]

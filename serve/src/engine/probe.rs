@@ -111,18 +111,6 @@ impl Pairing {
         Some(info.verification.clone())
     }
 
-    /// The most tokens a round drafts, for the stats: as configured, else the length the last
-    /// probe gave the path (`None`: not probed yet, or the target takes no drafts).
-    pub fn draft_tokens_view(&self) -> Option<usize> {
-        self.config.draft_tokens.or_else(|| {
-            let info = self.probed.try_lock().ok().and_then(|g| g.clone())?;
-            match info.drafter {
-                Drafter::Native => Some(draft_length::native(None)),
-                _ => info.draft_length.as_ref().ok().copied(),
-            }
-        })
-    }
-
     /// Native pairing: "steered", or why the target cannot be (`None`: no native pairing, or not
     /// probed yet), for the stats.
     pub fn native_steering_view(&self) -> Option<String> {
@@ -227,30 +215,6 @@ impl Pairing {
         self.set_controller_caps(&info);
         *guard = Some(info.clone());
         Ok(info)
-    }
-
-    /// Give every controller the draft length its path takes, now that the probe knows it: the
-    /// draft servers' controllers (and prompt lookup's) the rounds' length, a native path's its
-    /// own. A re-probe that finds the target rebuilt (patched, or started with another
-    /// `--spec-draft-n-max`) moves the caps with it.
-    fn set_controller_caps(&self, info: &PairingInfo) {
-        let native = draft_length::native(self.config.draft_tokens);
-        if let Ok(k) = info.draft_length {
-            for d in &self.drafts {
-                d.with_controller(|c| c.set_cap(k));
-            }
-        }
-        let own = if self.config.native && self.drafts.is_empty() {
-            Some(native)
-        } else {
-            info.draft_length.as_ref().ok().copied()
-        };
-        if let Some(k) = own {
-            self.with_ctl(None, |c| c.set_cap(k));
-        }
-        if let Some(n) = &self.native_alternative {
-            super::pairing::lock_controller(&n.controller).set_cap(native);
-        }
     }
 
     /// Mark draft server `slot` as failed until the retry interval has passed; speculation stays
