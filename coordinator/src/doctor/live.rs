@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 mod one_pass;
+mod slots;
 
 use one_pass::one_pass_check;
+pub use slots::{slots_check, target_slots};
 
 use super::report::{Category, Check, Status};
 use crate::cluster::layout::{Layout, PairingUrls};
@@ -529,51 +531,6 @@ async fn native_payoff(name: &str, target: &LlamaServer, k: usize) -> Result<Che
         speedup,
         message,
         details,
-    ))
-}
-
-/// The `-np` a target needs for `k` draft tokens per round: the proxy verifies the k drafted
-/// tokens and the position after them as k + 1 prompts in one decode, one slot each (the rule of
-/// `tightwad_serve::engine::probe::slots_for_verification`, which doctor, `init`'s agent snippets
-/// and the proxy's `--help` all state).
-pub fn target_slots(k: usize) -> usize {
-    k + 1
-}
-
-/// The slots check: the target needs [`target_slots`]`(k)` slots (`-np`), the same rule `init`
-/// writes and the proxy's `--help` states; one slot cannot verify at all. A target that verifies
-/// a draft in one sequence (`one_pass`: the bundled patch, advertised in `/props`) needs one slot
-/// a concurrent request whatever k is: asking it for k + 1 would cost KV memory for nothing.
-pub fn slots_check(subject: &str, total_slots: u32, k: usize, one_pass: bool) -> Check {
-    if one_pass && total_slots >= 1 {
-        return Check::new(
-            Category::Slots,
-            subject.to_string(),
-            Status::Pass,
-            format!("the target verifies a draft in one sequence: k = {k} needs one slot a concurrent request (it has {total_slots})"),
-        );
-    }
-    let needed = target_slots(k);
-    if (total_slots as usize) >= needed {
-        return Check::new(
-            Category::Slots,
-            subject.to_string(),
-            Status::Pass,
-            format!("the target has {total_slots} slots for k = {k} (needs {needed})"),
-        );
-    }
-    Check::new(
-        Category::Slots,
-        subject.to_string(),
-        if total_slots < 2 {
-            Status::Fail
-        } else {
-            Status::Warn
-        },
-        format!("the target has {total_slots} slot(s); draft_tokens = {k} needs {needed}"),
-    )
-    .hint(format!(
-        "start the target llama-server with -np {needed} --kv-unified (or lower draft_tokens)"
     ))
 }
 
