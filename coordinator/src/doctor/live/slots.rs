@@ -42,10 +42,10 @@ pub fn slots_check(subject: &str, total_slots: u32, k: usize, one_pass: bool) ->
         } else {
             Status::Warn
         },
-        format!("the target has {total_slots} slot(s); draft_tokens = {k} needs {needed}"),
+        format!("the target has {total_slots} slot(s); verifying k = {k} draft tokens one prompt per position needs {needed}"),
     )
     .hint(format!(
-        "start the target llama-server with -np {needed} --kv-unified (or lower draft_tokens)"
+        "start the target llama-server with -np {needed} --kv-unified (or set a lower draft_tokens), or build it with the bundled patch (tightwad build): it verifies a draft in one slot"
     ))
 }
 
@@ -62,7 +62,7 @@ mod tests {
         assert_eq!(short.status, Status::Warn);
         assert_eq!(
             short.hint.as_deref(),
-            Some("start the target llama-server with -np 5 --kv-unified (or lower draft_tokens)")
+            Some("start the target llama-server with -np 5 --kv-unified (or set a lower draft_tokens), or build it with the bundled patch (tightwad build): it verifies a draft in one slot")
         );
         assert_eq!(slots_check("pairing p", 5, 4, false).status, Status::Pass);
         assert_eq!(slots_check("pairing p", 1, 4, false).status, Status::Fail);
