@@ -204,6 +204,8 @@ fn init_from_converts_python_configs_into_configs_every_loader_accepts() {
     assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
     let p = &config.pairings[0];
     assert_eq!(p.target, "http://10.0.0.2:8080");
+    // `max_draft_tokens: auto` leaves the choice to the proxy's default (by verification path).
+    assert_eq!(p.draft_tokens, None);
     assert_eq!(
         p.draft.as_deref(),
         Some("http://10.0.0.4:8081"),

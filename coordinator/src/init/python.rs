@@ -9,7 +9,8 @@
 //! - `proxy.host`/`port` → `listen`; `auth_token` → `api_keys`; `max_tokens_limit`;
 //!   `max_body_size` → `max_body_bytes`;
 //! - `proxy.target`/`draft` (llamacpp backends) → one `[[pairings]]`; `max_draft_tokens` →
-//!   `draft_tokens` (at most 8, the controller's K_MAX; `auto` → 8 with the adaptive controller, which is on anyway);
+//!   `draft_tokens` (at most 8, the controller's K_MAX; `auto` → unset, the proxy's default: 8 on
+//!   a one-pass target, 4 otherwise, the adaptive controller choosing below it);
 //!   `drafters[0]` when there is no `draft`, every further drafter → `drafts` (the proxy measures
 //!   them and drafts with the best; several drafters are not voting, the output stays the
 //!   target's);
@@ -278,11 +279,11 @@ pub fn convert_with(yaml: &str, no_api_key: bool) -> anyhow::Result<Conversion> 
             );
         }
         if let Some(v) = get(proxy, "max_draft_tokens") {
-            let k = match text(v).as_deref() {
-                Some("auto") => Some(K_MAX as u64),
-                _ => number(v),
-            };
-            match k {
+            let auto = text(v).as_deref() == Some("auto");
+            match number(v) {
+                // "Let the system choose": the proxy's own default, which follows how the target
+                // verifies (`engine::draft_length`), so nothing is written.
+                _ if auto => {}
                 Some(k) => {
                     if k > K_MAX as u64 {
                         w.skip(
