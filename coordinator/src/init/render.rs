@@ -184,7 +184,7 @@ pub fn render_with(
             .is_some_and(|n| n > 1);
         // `moe` holds k at 4: written only where draft_tokens lets k go higher (the proxy warns
         // about a `moe` that can change nothing).
-        if moe && configured.is_none_or(|k| k > draft_length::MULTI_PROMPT_DEFAULT) {
+        if moe && configured.is_none_or(|k| k > tightwad_serve::engine::controller::MOE_K_MAX) {
             let _ = writeln!(
                 out,
                 "moe = true                         # the target's GGUF has experts: k <= 4 until calibration says otherwise"
