@@ -34,6 +34,10 @@ pub struct ProxyArgs {
     /// one pass (Tightwad's llama.cpp patch), else 4; a stock target needs -np k+1].
     #[arg(long)]
     draft_tokens: Option<usize>,
+    /// A draft ends after a token the draft model gave less than this probability, 0 to 1 (0:
+    /// drafts run to k) [default: 0.3]. Needs the bundled llama.cpp patch on the draft server.
+    #[arg(long)]
+    draft_p_min: Option<f64>,
     /// Never speculate while the target alone is faster than this (tokens/s); needs the
     /// adaptive controller (not with --no-adaptive).
     #[arg(long)]
@@ -93,6 +97,7 @@ impl ProxyArgs {
             draft: self.draft.clone(),
             model: self.model.clone(),
             draft_tokens: self.draft_tokens,
+            draft_p_min: self.draft_p_min,
             disable_above_tok_s: self.disable_above_tok_s,
             prompt_lookup_fallback: self.prompt_lookup_fallback,
             native: self.native,

@@ -49,6 +49,8 @@ impl Story {
         let mut entry = RunningProxy::entry(&slow.url, Some(&draft.url), K_CAP);
         // What every user runs (the harness pins it off for the exactness tests).
         entry.adaptive = true;
+        // Drafts run to k (no confidence stop), so an answer's drafted tokens show k.
+        entry.draft_p_min = 0.0;
         let proxy = RunningProxy::start_entry(entry).await;
         Story {
             target,

@@ -16,7 +16,7 @@ use tightwad_e2e::{
 
 fn pairing_toml(port: u16, target: &str, draft: &str, k: usize, aliases: &str) -> String {
     format!(
-        "listen = \"127.0.0.1:{port}\"\n\n[[pairings]]\nname = \"m\"\naliases = [{aliases}]\ntarget = \"{target}\"\ndraft = \"{draft}\"\ndraft_tokens = {k}\nadaptive = false\n"
+        "listen = \"127.0.0.1:{port}\"\n\n[[pairings]]\nname = \"m\"\naliases = [{aliases}]\ntarget = \"{target}\"\ndraft = \"{draft}\"\ndraft_tokens = {k}\ndraft_p_min = 0\nadaptive = false\n"
     )
 }
 

@@ -122,6 +122,8 @@ async fn without_draft_tokens_the_draft_length_follows_the_verification_path() {
         let target = target(&env).await;
         let mut entry = RunningProxy::entry(&target.url, Some(&draft.url), K);
         entry.draft_tokens = None;
+        // Drafts run to the cap (no confidence stop), so every full round shows it.
+        entry.draft_p_min = 0.0;
         let proxy = RunningProxy::start_entry(entry).await;
         let outcomes =
             greedy_through_proxy_matches_target(&proxy, &target, &prompts()[..4], 27).await;

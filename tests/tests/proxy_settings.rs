@@ -44,6 +44,8 @@ async fn the_environment_alone_configures_a_speculating_pairing() {
             ("TIGHTWAD_PAIRING_TARGET", &target.url),
             ("TIGHTWAD_PAIRING_DRAFT", &draft.url),
             ("TIGHTWAD_PAIRING_DRAFT_TOKENS", "3"),
+            // Drafts run to k (no confidence stop): the answer's drafted tokens show k = 3.
+            ("TIGHTWAD_PAIRING_DRAFT_P_MIN", "0"),
             ("TIGHTWAD_PAIRING_ADAPTIVE", "false"),
         ],
         port,

@@ -1,7 +1,8 @@
 //! The llama.cpp patches Tightwad carries (`patches/llama.cpp/`, see its README), compiled into the
 //! binary so `tightwad build` can send them to every agent: one-pass verification of a client's
 //! draft (`draft_tokens`), per-request `speculative.n_max`, a draft model that skips the requests
-//! that say `speculative.n_max: 0`, and the text of each generated token (`return_pieces`).
+//! that say `speculative.n_max: 0`, the text of each generated token (`return_pieces`), and a
+//! completion that ends after a token its model is unsure of (`stop_p_min`, for drafts).
 
 use tightwad_protocol::messages::SourcePatch;
 
@@ -18,6 +19,10 @@ const BUNDLED: &[(&str, &str)] = &[
     (
         "0003-server-return-pieces.patch",
         include_str!("../../../patches/llama.cpp/0003-server-return-pieces.patch"),
+    ),
+    (
+        "0004-server-stop-p-min.patch",
+        include_str!("../../../patches/llama.cpp/0004-server-stop-p-min.patch"),
     ),
 ];
 

@@ -285,6 +285,23 @@ impl LlamaServer {
         self.ep.post_json("/completion", &body).await
     }
 
+    /// A draft of up to `n_predict` greedy tokens after `prompt`, ended early after a token the
+    /// model gave less than `p_min` probability (`stop_p_min`, the bundled patch 0004; a stock
+    /// server ignores the field and drafts `n_predict` tokens). `p_min` 0 sends no field.
+    pub async fn draft(
+        &self,
+        prompt: &[TokenId],
+        n_predict: usize,
+        p_min: f64,
+    ) -> Result<Completion, BackendError> {
+        let mut body =
+            Self::completion_body(json!(prompt), n_predict, &Sampling::greedy(), 0, false);
+        if let (Value::Object(m), true) = (&mut body, p_min > 0.0) {
+            m.insert("stop_p_min".into(), json!(p_min));
+        }
+        self.ep.post_json("/completion", &body).await
+    }
+
     /// One-pass verification (needs the bundled patch, see [`Capabilities::draft_tokens`]): the
     /// server evaluates the prompt's uncached tail and `draft` in one decode, accepts the longest
     /// prefix its own sampler agrees with, and returns those tokens plus the one it samples next.

@@ -269,6 +269,23 @@ impl Backend {
         }
     }
 
+    /// A round's draft: up to `n` greedy tokens after `prompt`, ending after a token the draft
+    /// model gave less than `p_min` probability where the server can say (a patched
+    /// llama-server); other drafters draft `n` tokens.
+    pub async fn draft(
+        &self,
+        prompt: &[TokenId],
+        n: usize,
+        p_min: f64,
+    ) -> Result<Completion, BackendError> {
+        match self {
+            Backend::Llamacpp(s) => s.draft(prompt, n, p_min).await,
+            Backend::Vllm(s) => s.complete(prompt, n, &Sampling::greedy()).await,
+            #[cfg(test)]
+            Backend::Simulated(s) => s.complete(prompt, n),
+        }
+    }
+
     /// The target's own choice after `ctx`, `ctx+d1`, …, `ctx+d1..dk` (k + 1 results, in order),
     /// from one request.
     pub async fn verify(

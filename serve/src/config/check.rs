@@ -79,6 +79,12 @@ impl ProxyConfig {
                     "pairing {i}: draft_tokens must be between 1 and {k_max} (the most the controller drafts per round), got {k}"
                 )));
             }
+            if !(0.0..=1.0).contains(&p.draft_p_min) {
+                return Err(at(format!("pairings.{i}.draft_p_min"), format!(
+                    "pairing {i}: draft_p_min is a probability, between 0 (drafts run to draft_tokens) and 1, got {}",
+                    p.draft_p_min
+                )));
+            }
         }
         self.check_model_names()
     }

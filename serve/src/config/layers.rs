@@ -90,6 +90,7 @@ pub struct FlagOverrides {
     pub draft: Option<String>,
     pub model: Option<String>,
     pub draft_tokens: Option<usize>,
+    pub draft_p_min: Option<f64>,
     pub disable_above_tok_s: Option<f64>,
     pub prompt_lookup_fallback: bool,
     pub native: bool,
@@ -125,6 +126,9 @@ impl Provider for FlagOverrides {
         }
         if let Some(k) = self.draft_tokens {
             set("draft_tokens", Value::serialize(k)?);
+        }
+        if let Some(p) = self.draft_p_min {
+            set("draft_p_min", Value::serialize(p)?);
         }
         if let Some(limit) = self.disable_above_tok_s {
             set("disable_above_tok_s", Value::serialize(limit)?);

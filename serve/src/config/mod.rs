@@ -111,6 +111,10 @@ fn default_draft_timeout() -> u64 {
     10
 }
 
+fn default_draft_p_min() -> f64 {
+    crate::engine::DEFAULT_DRAFT_P_MIN
+}
+
 /// The proxy's whole configuration (`tightwad.toml`).
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +225,13 @@ pub struct PairingEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 8))]
     pub draft_tokens: Option<usize>,
+    /// A draft ends after a token its model gave less than this probability (0: drafts always
+    /// run to k). The unsure token is still proposed; the tokens after it, likely rejected,
+    /// are not drafted. Needs the bundled llama.cpp patch on the draft server (a stock one
+    /// ignores it and drafts k tokens).
+    #[serde(default = "default_draft_p_min")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub draft_p_min: f64,
     /// Seconds the target may take to answer before the request fails with 504.
     #[serde(default = "default_target_timeout", alias = "target_timeout_secs")]
     pub target_timeout_s: u64,
@@ -305,6 +316,7 @@ impl PairingEntry {
             draft,
             drafts: Vec::new(),
             draft_tokens: None,
+            draft_p_min: default_draft_p_min(),
             target_timeout_s: default_target_timeout(),
             draft_timeout_s: default_draft_timeout(),
             disable_above_tok_s: None,
@@ -333,6 +345,7 @@ impl PairingEntry {
             draft_url: self.draft.clone(),
             drafts: self.drafts.clone(),
             draft_tokens: self.draft_tokens,
+            draft_p_min: self.draft_p_min,
             target_timeout: Duration::from_secs(self.target_timeout_s),
             draft_timeout: Duration::from_secs(self.draft_timeout_s),
             disable_above_tok_s: self.disable_above_tok_s,

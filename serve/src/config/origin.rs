@@ -32,6 +32,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("draft", "--draft"),
     ("name", "--model"),
     ("draft_tokens", "--draft-tokens"),
+    ("draft_p_min", "--draft-p-min"),
     ("disable_above_tok_s", "--disable-above-tok-s"),
     ("prompt_lookup_fallback", "--prompt-lookup-fallback"),
     ("native", "--native"),

@@ -33,6 +33,7 @@ mod round;
 mod shadow;
 mod target_only;
 
+pub use draft_length::DEFAULT_DRAFT_P_MIN;
 pub use history::DecisionRecord;
 pub use pairing::{Drafter, Pairing, PairingConfig, VerifyMode, PROMPT_LOOKUP};
 pub use pipelining::Pipelining;

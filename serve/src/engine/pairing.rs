@@ -55,6 +55,9 @@ pub struct PairingConfig {
     /// verification path pays for ([`super::draft_length`]), known once probed. Capped by the
     /// target's one-pass maximum or its slots (k + 1 for one prompt per position).
     pub draft_tokens: Option<usize>,
+    /// A draft server's draft ends after a token its model gave less than this probability (the
+    /// patched llama-server's `stop_p_min`; 0: drafts run to k).
+    pub draft_p_min: f64,
     /// Longest wait for one target reply (a verification or a stream event).
     pub target_timeout: Duration,
     /// Longest wait for the draft; past it the stream continues target-only.

@@ -92,21 +92,30 @@ impl Pairing {
                         // verifies) ends the rounds: asking the draft again would cost the
                         // request a second `draft_timeout_s`.
                         let ready = match prefetch.take() {
-                            Some(p) if p.base == run.ctx => p
-                                .collect()
-                                .await
-                                .map_err(|e| SpeculationStop::Draft(e.to_string()))?,
+                            Some(p) if p.base == run.ctx => {
+                                let asked = p.asked;
+                                p.collect()
+                                    .await
+                                    .map_err(|e| SpeculationStop::Draft(e.to_string()))?
+                                    .map(|tokens| (tokens, asked))
+                            }
                             _ => None,
                         };
                         let mut d = match ready {
-                            Some(tokens) if tokens.len() >= k => {
+                            // Enough tokens, or fewer because the draft ended by itself (its
+                            // confidence stop, an end of text): a fresh draft of the same
+                            // context would end at the same place.
+                            Some((tokens, asked))
+                                if tokens.len() >= k
+                                    || (!tokens.is_empty() && tokens.len() < asked) =>
+                            {
                                 run.prefetched += 1;
                                 self.metrics.prefetched.inc();
                                 tokens
                             }
                             _ => {
                                 draft
-                                    .complete(&run.ctx, k, &Sampling::greedy())
+                                    .draft(&run.ctx, k, self.config.draft_p_min)
                                     .await
                                     .map_err(|e| SpeculationStop::Draft(e.to_string()))?
                                     .tokens
@@ -124,13 +133,14 @@ impl Pairing {
                         let base: Vec<TokenId> = [run.ctx.as_slice(), &proposal].concat();
                         let draft = draft.clone();
                         let ahead = base.clone();
+                        let p_min = self.config.draft_p_min;
                         let task = tokio::spawn(async move {
                             draft
-                                .complete(&ahead, k + 1, &Sampling::greedy())
+                                .draft(&ahead, k + 1, p_min)
                                 .await
-                                .map(|c| c.tokens)
+                                .map(|c| Some(c.tokens))
                         });
-                        Some(Prefetch::new(base, task))
+                        Some(Prefetch::new(base, k + 1, task))
                     }
                     _ => None,
                 };
@@ -263,16 +273,19 @@ impl Pairing {
 /// the target where both share a device, one reason pipelining loses there.
 pub(super) struct Prefetch {
     base: Vec<TokenId>,
-    task: Option<tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>>,
+    /// How many tokens the draft was asked for: fewer came back only where it ended by itself.
+    asked: usize,
+    task: Option<PrefetchTask>,
 }
 
+/// The drafting ahead: its tokens, `None` where they turned out unusable (a lost bet).
+type PrefetchTask = tokio::task::JoinHandle<Result<Option<Vec<TokenId>>, BackendError>>;
+
 impl Prefetch {
-    fn new(
-        base: Vec<TokenId>,
-        task: tokio::task::JoinHandle<Result<Vec<TokenId>, BackendError>>,
-    ) -> Self {
+    fn new(base: Vec<TokenId>, asked: usize, task: PrefetchTask) -> Self {
         Prefetch {
             base,
+            asked,
             task: Some(task),
         }
     }
@@ -283,15 +296,15 @@ impl Prefetch {
             return Ok(None);
         };
         match task.await {
-            Ok(Ok(tokens)) => Ok(Some(tokens)),
-            Ok(Err(e)) => Err(e),
+            Ok(result) => result,
             // Cancelled: nothing drafted, and nothing says the draft failed.
             Err(_) => Ok(None),
         }
     }
 
     /// The whole block was accepted and the target added `bonus`: keep the drafted tokens after
-    /// their first one, if that first one was `bonus`.
+    /// their first one, if that first one was `bonus` and more came after it (a draft that
+    /// stopped right after its guess for `bonus`, unsure of it, says nothing of what follows).
     fn after_bonus(mut self, bonus: TokenId) -> Prefetch {
         let task = self.task.take();
         let mut base = std::mem::take(&mut self.base);
@@ -300,15 +313,17 @@ impl Prefetch {
             let mut inner = AbortOnDrop(task);
             match inner.0.as_mut() {
                 Some(t) => match t.await {
-                    Ok(Ok(tokens)) if tokens.first() == Some(&bonus) => Ok(tokens[1..].to_vec()),
+                    Ok(Ok(Some(tokens))) if tokens.len() > 1 && tokens[0] == bonus => {
+                        Ok(Some(tokens[1..].to_vec()))
+                    }
                     // The draft's error is the next round's to report (it ends the rounds).
                     Ok(Err(e)) => Err(e),
-                    _ => Ok(Vec::new()),
+                    _ => Ok(None),
                 },
-                None => Ok(Vec::new()),
+                None => Ok(None),
             }
         });
-        Prefetch::new(base, next)
+        Prefetch::new(base, self.asked.saturating_sub(1), next)
     }
 }
 

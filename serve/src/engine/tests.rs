@@ -58,6 +58,7 @@ fn config(k: usize) -> PairingConfig {
         drafts: Vec::new(),
         prompt_lookup_fallback: false,
         draft_tokens: Some(k),
+        draft_p_min: 0.0,
         target_timeout: Duration::from_secs(5),
         draft_timeout: Duration::from_secs(5),
         disable_above_tok_s: None,
