@@ -41,6 +41,22 @@ ROWS = [
 LABEL = {r: l for r, l, _ in ROWS}
 WHERE = {r: w for r, _, w in ROWS}
 ORDER = {r: i for i, (r, _, _) in enumerate(ROWS)}
+# Rows with the draft's confidence stop named (run.sh: op-k8-pV, op-adaptive-pV; V = draft_p_min,
+# 0 = drafts run to k), labelled and placed after their base row.
+P_ROW = re.compile(r"^(op-k8|op-adaptive)-p(\d+(?:\.\d+)?)$")
+
+
+def with_p_rows(names):
+    """ROWS plus a (row, label, where) entry for every confidence-stop row among `names`."""
+    extra = []
+    for name in sorted(set(names)):
+        m = P_ROW.match(name)
+        if m and name not in LABEL:
+            base, p = m.group(1), m.group(2)
+            extra.append((name, f"{LABEL[base]}, draft_p_min {p}" + (" (drafts run to k)" if float(p) == 0 else ""), WHERE[base]))
+            LABEL[name], WHERE[name] = extra[-1][1], extra[-1][2]
+            ORDER[name] = ORDER[base] + 0.5 + float(p) / 10
+    return sorted(ROWS + extra, key=lambda r: ORDER[r[0]])
 NAME = re.compile(r"^(fast|slow)-(.+)-rtt(\d+(?:_\d+)?)$")
 
 
@@ -159,6 +175,9 @@ def main():
                          "row_tok_s": tok / sec if sec else 0, "speedup": 1.0,
                          "direct_min": min(r["direct_tok_s"] for r in rs), "direct_max": max(r["direct_tok_s"] for r in rs),
                          "measurements": len(rs), "where": WHERE["alone"]})
+    table_rows = with_p_rows([r["row"] for r in rows])
+    for r in rows:
+        r["where"] = r["where"] or WHERE.get(r["row"])
     rows.sort(key=lambda r: (r["target"], r["rtt_ms"], ORDER.get(r["row"], 99)))
     json.dump({"meta": meta, "rows": rows,
                "exactness": {k: v for k, v in exactness.items() if k != "rows"} if exactness else None},
@@ -177,7 +196,7 @@ def main():
     cols = sorted({(r["target"], r["rtt_ms"]) for r in rows}, key=lambda c: (c[0], c[1]))
     out.append("| configuration | " + " | ".join(f"{t} target, {rtt:g} ms RTT" for t, rtt in cols) + " |")
     out.append("|---|" + "---|" * len(cols))
-    for row, label, _ in ROWS:
+    for row, label, _ in table_rows:
         cells = []
         for t, rtt in cols:
             r = next((x for x in rows if x["target"] == t and x["rtt_ms"] == rtt and x["row"] == row), None)

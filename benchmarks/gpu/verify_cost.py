@@ -14,6 +14,8 @@ JSON, the task queue and the sampler cost outside the decode. Cases:
                    proxy sends a target that returns each token's text
   verify-miss k=K  the same with a draft the target rejects at its first token
   draft n=K        the draft server generating K tokens after a cached context (what a round asks)
+  draft n=8 stop_p_min=P  the same, ended after a token the draft model gave less than P (patch
+                   0004, the proxy's draft_p_min): its cost and how many tokens it keeps
   *+contention     the verify again while another client keeps the draft server generating on
                    the same GPU (pipelined drafting on one card)
 
@@ -128,14 +130,18 @@ def main():
                 assert len(v.get("pieces", [])) == len(v["tokens"]), "return_pieces: one piece a token"
         return walls, srv
 
+    drafted = []  # tokens each draft() request returned (the last call's)
+
     def draft(k, extra=None):
         walls, srv = [], []
+        drafted.clear()
         for i in range(a.reps):
             body = {"prompt": prompt + ref[:i + 1], "n_predict": k, "temperature": 0,
                     "cache_prompt": True, "return_tokens": True, "n_probs": 0, "ignore_eos": True}
             body.update(extra or {})
             dt, v = D.post("/completion", body)
             walls.append(dt); srv.append(server_time(v))
+            drafted.append(len(v["tokens"]))
         return walls, srv
 
     # Warm both servers (CUDA graphs, caches).
@@ -158,6 +164,12 @@ def main():
     assert max(returned) == 1, "a draft rejected at its first token returns one token"
     for k in (1, 4, 8):
         rows.append(summary(f"draft n={k}", *draft(k)))
+    # The draft's confidence stop (patch 0004): how many of 8 tokens it keeps, and what that costs.
+    for p_min in (0.3, 0.6):
+        row = summary(f"draft n=8 stop_p_min={p_min}", *draft(8, {"stop_p_min": p_min}))
+        row["mean_tokens"] = round(statistics.mean(drafted), 2)
+        print(f"{'':<32} {row['mean_tokens']:.2f} tokens a draft on average", flush=True)
+        rows.append(row)
     rows.append(summary("draft n=4 top_k=1", *draft(4, {"top_k": 1})))
     rows.append(summary("draft n=4 samplers=[top_k] top_k=1", *draft(4, {"top_k": 1, "samplers": ["top_k"]})))
 
