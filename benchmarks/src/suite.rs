@@ -50,6 +50,9 @@ pub struct SuiteOptions {
     /// Simulation points measured at once. The simulated servers mostly sleep, but the proxy's
     /// own work per round is real: run several only where cores are idle (a 16-core box), else 1.
     pub jobs: usize,
+    /// The real scenarios' proxies end a draft after a token below this probability
+    /// (`draft_p_min`); `None`: the proxy's default.
+    pub draft_p_min: Option<f64>,
 }
 
 impl SuiteOptions {
@@ -76,6 +79,11 @@ impl InProcessProxy {
         entry.adaptive = adaptive;
         entry.draft_tokens = Some(draft_tokens);
         entry.verify = verify;
+        Self::start_entry(entry).await
+    }
+
+    /// A proxy for one pairing as given.
+    pub async fn start_entry(entry: PairingEntry) -> anyhow::Result<Self> {
         let config = ProxyConfig {
             listen: "127.0.0.1:0".parse().context("loopback address")?,
             pairings: vec![entry],
@@ -425,14 +433,14 @@ async fn real_pair(
                 draft.as_ref().map(|d| d.url().to_string()),
             ),
         };
-        let proxy = InProcessProxy::start(
-            &target_url,
-            draft_url.as_deref(),
-            adaptive,
-            DRAFT_TOKENS,
-            verify,
-        )
-        .await?;
+        let mut entry = PairingEntry::new(target_url.clone(), draft_url.clone());
+        entry.adaptive = adaptive;
+        entry.draft_tokens = Some(DRAFT_TOKENS);
+        entry.verify = verify;
+        if let Some(p) = opts.draft_p_min {
+            entry.draft_p_min = p;
+        }
+        let proxy = InProcessProxy::start_entry(entry).await?;
         let report = compare(CompareConfig {
             model: "tightwad".into(),
             prompts: prompts.clone(),

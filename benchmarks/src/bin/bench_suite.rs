@@ -25,6 +25,10 @@ struct Args {
     /// Simulation points measured at once (only where cores are idle, e.g. 8 on a 16-core box).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// The real scenarios' proxies end a draft after a token its model gave less than this
+    /// probability (0: drafts run to k) [default: the proxy's].
+    #[arg(long)]
+    draft_p_min: Option<f64>,
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> ExitCode {
             results_dir: args.results.clone(),
             only: args.only,
             jobs: args.jobs,
+            draft_p_min: args.draft_p_min,
         })
         .await
     };
