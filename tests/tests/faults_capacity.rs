@@ -38,7 +38,7 @@ impl ProxyProcess {
         std::fs::write(
             dir.path().join("tightwad.toml"),
             format!(
-                "listen = \"127.0.0.1:{port}\"\n\n[[pairings]]\nname = \"tightwad-test\"\ntarget = \"{target}\"\ndraft = \"{draft}\"\ndraft_tokens = {K}\nadaptive = false\nverify = \"one-pass\"\n"
+                "listen = \"127.0.0.1:{port}\"\n\n[[pairings]]\nname = \"tightwad-test\"\ntarget = \"{target}\"\ndraft = \"{draft}\"\ndraft_tokens = {K}\ndraft_p_min = 0\nadaptive = false\nverify = \"one-pass\"\n"
             ),
         )
         .expect("config written");
@@ -143,8 +143,9 @@ async fn answers_that_run_into_a_small_target_context_finish_on_the_target_alone
     );
 
     let mut seen = 0;
-    // room 3 and 5: the very first round cannot fit (context + k draft tokens + 2 > 256), so the
-    // reason is certain; room 150: a long answer that speculates for many rounds first.
+    // room 3 and 5: the very first round cannot fit (context + k draft tokens + 2 > 256; drafts
+    // run to k, `draft_p_min = 0`), so the reason is certain; room 150: a long answer that
+    // speculates for many rounds first.
     for room in [3usize, 5, 150] {
         let prompt = &document[..TARGET_CTX as usize - room];
         // The client asks for more than fits: the target alone stops at the end of its context.
