@@ -187,3 +187,58 @@ async fn through_the_proxy_unsure_drafts_end_early_and_the_answers_stay_the_targ
         "the floor did not shorten the drafts: {per_round:?}"
     );
 }
+
+/// `tightwad doctor` says whether each pairing's draft server can end a draft where it is unsure:
+/// a stock build ignores `draft_p_min`, and the fix is named.
+#[tokio::test]
+async fn doctor_says_whether_the_draft_server_stops_where_it_is_unsure() {
+    use tightwad_coordinator::cluster::layout::Layout;
+    use tightwad_coordinator::doctor::{live, Category, Status};
+    let env = env();
+    let target =
+        LlamaServer::start(&env, &env.model("target.gguf"), ServerOptions::target(4)).await;
+    let patched =
+        LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
+    let stock_env = stock_env();
+    let stock = LlamaServer::start(
+        &stock_env,
+        &stock_env.model("draft.gguf"),
+        ServerOptions::default(),
+    )
+    .await;
+    let layout = Layout::parse(&format!(
+        "[[pairings]]\nname = \"patched\"\ntarget = \"{t}\"\ndraft = \"{}\"\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{t}\"\ndraft = \"{}\"\n\n[[pairings]]\nname = \"off\"\ntarget = \"{t}\"\ndraft = \"{}\"\ndraft_p_min = 0\n",
+        patched.url,
+        stock.url,
+        stock.url,
+        t = target.url
+    ))
+    .expect("layout");
+    let checks = live::checks(&layout).await;
+    let draft_check = |pairing: &str| {
+        checks
+            .iter()
+            .find(|c| {
+                c.category == Category::Build && c.subject == format!("pairing {pairing} draft")
+            })
+            .unwrap_or_else(|| panic!("no draft build check for {pairing}: {checks:#?}"))
+            .clone()
+    };
+    let p = draft_check("patched");
+    assert_eq!(p.status, Status::Pass, "{p:?}");
+    assert!(
+        p.message.contains("less than 0.3"),
+        "the default floor: {p:?}"
+    );
+    let s = draft_check("stock");
+    assert_eq!(s.status, Status::Warn, "{s:?}");
+    assert!(
+        s.hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("tightwad build"),
+        "the fix is named: {s:?}"
+    );
+    // With the stop off, a stock draft server is all it needs.
+    assert_eq!(draft_check("off").status, Status::Pass);
+}

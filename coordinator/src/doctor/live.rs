@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+mod draft_stop;
 mod one_pass;
 mod slots;
 
@@ -164,6 +165,12 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         checks.extend(vllm_pairing_checks(&subject, pairing).await);
         return checks;
     }
+    let draft_props = draft.props().await.map_err(|e| e.to_string());
+    checks.push(draft_stop::draft_stop_check(
+        name,
+        &draft_props,
+        pairing.draft_p_min,
+    ));
 
     // Tokenizer probe: the engine's own, so doctor checks what the proxy relies on.
     let mismatch = compare_tokenizers(

@@ -63,6 +63,10 @@ pub struct Capabilities {
     /// verification needs no token details (`n_probs`, a softmax over the vocabulary per token).
     #[serde(default)]
     pub return_pieces: bool,
+    /// `stop_p_min`: a completion ends after a token its model gave less than that probability,
+    /// so a draft stops where the draft model is unsure (`draft_p_min`).
+    #[serde(default)]
+    pub stop_p_min: bool,
 }
 
 impl Capabilities {

@@ -93,6 +93,7 @@ mod tests {
             draft_tokens_max: max,
             speculative_n_max: draft_tokens,
             return_pieces,
+            stop_p_min: return_pieces,
         }
     }
 
