@@ -177,6 +177,8 @@ async fn through_the_proxy_unsure_drafts_end_early_and_the_answers_stay_the_targ
         entry.pipeline = pipeline;
         let proxy = RunningProxy::start_entry(entry).await;
         per_round.push(drafted_per_round(&proxy, &target, 32).await);
+        let stats = proxy.stats().await;
+        assert_eq!(stats["pairings"][0]["draft_p_min"], p_min, "{stats}");
     }
     eprintln!(
         "drafted per round: {:.2} with no floor, {:.2} at draft_p_min 0.9, {:.2} drafting ahead",

@@ -247,6 +247,7 @@ async fn stats(
                 m.insert("target_kind".into(), json!(p.config.target_kind.as_str()));
                 m.insert("draft_kind".into(), json!(p.config.draft_kind.as_str()));
                 m.insert("draft_tokens".into(), json!(p.draft_tokens_view()));
+                m.insert("draft_p_min".into(), json!(p.config.draft_p_min));
                 m.insert("aliases".into(), json!(p.config.aliases));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("verification".into(), json!(p.verification_view()));
