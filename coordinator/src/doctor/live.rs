@@ -200,24 +200,14 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
 
     // Slots: k draft tokens are verified as k+1 prompts in one decode, or as one sequence by a
     // target with the bundled patch (which the proxy uses wherever the target advertises it).
-    // k is the proxy's for that path (`engine::probe`): a target taking drafts of 0 tokens
-    // verifies with one prompt per position.
+    // k and the path are the proxy's (`engine::draft_length::for_target`).
     let one_pass_max = props
         .as_ref()
         .and_then(|p| p.as_ref().ok())
-        .and_then(|p| p.capabilities.one_pass_max())
-        .filter(|max| *max > 0);
-    let k = match one_pass_max {
-        Some(max) => draft_length::one_pass(pairing.draft_tokens, max).0,
-        None => draft_length::wanted(pairing.draft_tokens, false),
-    };
+        .and_then(|p| p.capabilities.one_pass_max());
+    let (k, one_pass) = draft_length::for_target(pairing.draft_tokens, one_pass_max);
     match &props {
-        Some(Ok(props)) => checks.push(slots_check(
-            &subject,
-            props.total_slots,
-            k,
-            one_pass_max.is_some(),
-        )),
+        Some(Ok(props)) => checks.push(slots_check(&subject, props.total_slots, k, one_pass)),
         Some(Err(e)) => checks.push(Check::new(
             Category::Slots,
             subject.clone(),

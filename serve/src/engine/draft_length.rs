@@ -57,6 +57,18 @@ pub fn one_pass(configured: Option<usize>, max: usize) -> (usize, bool) {
     (wanted.min(max).max(1), configured.is_some_and(|k| k > max))
 }
 
+/// The draft length for a target whose `/props` says it verifies client drafts of at most
+/// `one_pass_max` tokens in one sequence ([`Capabilities::one_pass_max`](crate::backend::llamacpp::Capabilities::one_pass_max);
+/// `None`: a stock server), and whether that is one-pass verification. A patched target started
+/// with `--spec-draft-n-max 0` takes drafts of 0 tokens, so it verifies one prompt per position
+/// like a stock one. What the probe decides for `verify = "auto"`, before the target's slots.
+pub fn for_target(configured: Option<usize>, one_pass_max: Option<usize>) -> (usize, bool) {
+    match one_pass_max.filter(|max| *max > 0) {
+        Some(max) => (one_pass(configured, max).0, true),
+        None => (wanted(configured, false), false),
+    }
+}
+
 impl Pairing {
     /// The most tokens a round drafts, for the stats: as configured, else the length the last
     /// probe gave the path (`None`: not probed yet, or the target takes no drafts).
@@ -105,6 +117,16 @@ mod tests {
         assert_eq!(wanted(None, false), 4);
         assert_eq!(wanted(Some(3), true), 3);
         assert_eq!(wanted(Some(6), false), 6);
+    }
+
+    /// Doctor's reading of a target's `/props`: the path and k the probe takes on `auto`.
+    #[test]
+    fn a_target_taking_drafts_of_zero_tokens_is_multi_prompt() {
+        assert_eq!(for_target(None, Some(16)), (8, true));
+        assert_eq!(for_target(Some(6), Some(4)), (4, true));
+        assert_eq!(for_target(None, Some(0)), (4, false));
+        assert_eq!(for_target(Some(6), Some(0)), (6, false));
+        assert_eq!(for_target(None, None), (4, false));
     }
 
     #[test]
