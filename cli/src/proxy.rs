@@ -35,7 +35,7 @@ pub struct ProxyArgs {
     #[arg(long)]
     draft_tokens: Option<usize>,
     /// A draft ends after a token the draft model gave less than this probability, 0 to 1 (0:
-    /// drafts run to k) [default: 0.3]. Needs the bundled llama.cpp patch on the draft server.
+    /// drafts run to k) [default: 0]. Needs the bundled llama.cpp patch on the draft server.
     #[arg(long)]
     draft_p_min: Option<f64>,
     /// Never speculate while the target alone is faster than this (tokens/s); needs the

@@ -1,8 +1,9 @@
 //! A draft that stops where its model is unsure (patch 0004, `stop_p_min`; the proxy's
-//! `draft_p_min`). The tokens after a draft token its model doubts are accepted only if that token
-//! was right, so drafting them mostly buys rejected work: the draft server ends the completion
-//! after such a token, and the proxy verifies the shorter draft. Real servers, the real SmolLM2
-//! pair (its probabilities spread as a real model's do); the answers stay the target's own.
+//! `draft_p_min`, off by default: it measured a loss on the benchmarks' models). The tokens after a
+//! draft token its model doubts are accepted only if that token was right: the draft server ends
+//! the completion after such a token, and the proxy verifies the shorter draft. Real servers, the
+//! real SmolLM2 pair (its probabilities spread as a real model's do); the answers stay the
+//! target's own.
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
@@ -190,8 +191,8 @@ async fn through_the_proxy_unsure_drafts_end_early_and_the_answers_stay_the_targ
     );
 }
 
-/// `tightwad doctor` says whether each pairing's draft server can end a draft where it is unsure:
-/// a stock build ignores `draft_p_min`, and the fix is named.
+/// `tightwad doctor` says, for a pairing that sets `draft_p_min`, whether its draft server can end
+/// a draft where it is unsure: a stock build ignores the field, and the fix is named.
 #[tokio::test]
 async fn doctor_says_whether_the_draft_server_stops_where_it_is_unsure() {
     use tightwad_coordinator::cluster::layout::Layout;
@@ -209,7 +210,7 @@ async fn doctor_says_whether_the_draft_server_stops_where_it_is_unsure() {
     )
     .await;
     let layout = Layout::parse(&format!(
-        "[[pairings]]\nname = \"patched\"\ntarget = \"{t}\"\ndraft = \"{}\"\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{t}\"\ndraft = \"{}\"\n\n[[pairings]]\nname = \"off\"\ntarget = \"{t}\"\ndraft = \"{}\"\ndraft_p_min = 0\n",
+        "[[pairings]]\nname = \"patched\"\ntarget = \"{t}\"\ndraft = \"{}\"\ndraft_p_min = 0.3\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{t}\"\ndraft = \"{}\"\ndraft_p_min = 0.3\n\n[[pairings]]\nname = \"off\"\ntarget = \"{t}\"\ndraft = \"{}\"\n",
         patched.url,
         stock.url,
         stock.url,
@@ -217,21 +218,20 @@ async fn doctor_says_whether_the_draft_server_stops_where_it_is_unsure() {
     ))
     .expect("layout");
     let checks = live::checks(&layout).await;
-    let draft_check = |pairing: &str| {
+    let find = |pairing: &str| {
         checks
             .iter()
             .find(|c| {
                 c.category == Category::Build && c.subject == format!("pairing {pairing} draft")
             })
-            .unwrap_or_else(|| panic!("no draft build check for {pairing}: {checks:#?}"))
-            .clone()
+            .cloned()
+    };
+    let draft_check = |pairing: &str| {
+        find(pairing).unwrap_or_else(|| panic!("no draft build check for {pairing}: {checks:#?}"))
     };
     let p = draft_check("patched");
     assert_eq!(p.status, Status::Pass, "{p:?}");
-    assert!(
-        p.message.contains("less than 0.3"),
-        "the default floor: {p:?}"
-    );
+    assert!(p.message.contains("less than 0.3"), "the floor: {p:?}");
     let s = draft_check("stock");
     assert_eq!(s.status, Status::Warn, "{s:?}");
     assert!(
@@ -241,6 +241,6 @@ async fn doctor_says_whether_the_draft_server_stops_where_it_is_unsure() {
             .contains("tightwad build"),
         "the fix is named: {s:?}"
     );
-    // With the stop off, a stock draft server is all it needs.
-    assert_eq!(draft_check("off").status, Status::Pass);
+    // The stop is off by default: nothing to check, whatever the build.
+    assert!(find("off").is_none(), "{checks:#?}");
 }

@@ -119,8 +119,9 @@ pub struct PairingUrls {
     /// ([`tightwad_serve::engine::draft_length`]).
     #[serde(default)]
     pub draft_tokens: Option<usize>,
-    /// A draft ends after a token its model gave less than this (doctor checks the draft
-    /// server can: [`tightwad_serve::engine::DEFAULT_DRAFT_P_MIN`] when unset).
+    /// A draft ends after a token its model gave less than this (doctor checks, where it is
+    /// above 0, that the draft server can; [`tightwad_serve::engine::DEFAULT_DRAFT_P_MIN`] when
+    /// unset).
     #[serde(default = "default_draft_p_min")]
     pub draft_p_min: f64,
     /// The target runs llama.cpp's own speculation (native pairing); the proxy only steers it.

@@ -165,12 +165,14 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         checks.extend(vllm_pairing_checks(&subject, pairing).await);
         return checks;
     }
-    let draft_props = draft.props().await.map_err(|e| e.to_string());
-    checks.push(draft_stop::draft_stop_check(
-        name,
-        &draft_props,
-        pairing.draft_p_min,
-    ));
+    if pairing.draft_p_min > 0.0 {
+        let draft_props = draft.props().await.map_err(|e| e.to_string());
+        checks.push(draft_stop::draft_stop_check(
+            name,
+            &draft_props,
+            pairing.draft_p_min,
+        ));
+    }
 
     // Tokenizer probe: the engine's own, so doctor checks what the proxy relies on.
     let mismatch = compare_tokenizers(

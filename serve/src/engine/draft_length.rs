@@ -23,14 +23,19 @@ pub const MULTI_PROMPT_DEFAULT: usize = 4;
 pub const ONE_PASS_DEFAULT: usize = K_MAX;
 
 /// A draft server's draft ends after a token its model gave less than this probability (config
-/// `draft_p_min`; the patched llama-server's `stop_p_min`). The draft model's confidence is the
-/// best predictor a round has of where the target will disagree: the tokens after an unsure one
-/// are accepted only if it was, so drafting them costs a draft step each (on the H100 benchmark's
-/// fast target, 0.95 ms against the target's 3.27 ms a token) for little chance of use. The unsure
-/// token itself is still proposed: it was computed already, and verifying one more token costs
-/// nearly nothing in one pass. Chosen where drafting one more token stops paying for itself,
-/// about draft cost ÷ target cost ≈ 0.3.
-pub const DEFAULT_DRAFT_P_MIN: f64 = 0.3;
+/// `draft_p_min`; the patched llama-server's `stop_p_min`); 0: drafts run to k. The idea: the
+/// tokens after one the draft model doubts are accepted only if it was right, so drafting them
+/// costs a draft step each (0.82 ms on the H100 benchmark's fast target, against the target's
+/// 3.27 ms a token) for little chance of use; the doubted token itself is still proposed.
+///
+/// Off by default because it measured as a loss where it was tried: on the H100 fast target
+/// (`benchmarks/results/gpu/distributed/draft-confidence-stop.md`) k = 8 pinned gave 1.04–1.05x
+/// with no floor, 0.98x at 0.3 and 0.74x at 0.6 — the stop cut 5.8 or 2.2 tokens a round from
+/// 7.7 and acceptance rose (0.56 → 0.65 → 0.83), but a round's fixed cost (two HTTP requests,
+/// the relay, the verification's base) then paid for fewer tokens. On the CPU suite's slow
+/// target it changed nothing beyond noise. llama.cpp's own `--draft-p-min` defaults to 0 too. A
+/// user whose draft model's confidence tracks the target better can set it.
+pub const DEFAULT_DRAFT_P_MIN: f64 = 0.0;
 
 /// The draft length a pairing asks for before the target's own limits (its one-pass maximum, its
 /// slots) apply: `configured` when set, else the path's default.
