@@ -282,7 +282,7 @@ impl Backend {
             Backend::Llamacpp(s) => s.draft(prompt, n, p_min).await,
             Backend::Vllm(s) => s.complete(prompt, n, &Sampling::greedy()).await,
             #[cfg(test)]
-            Backend::Simulated(s) => s.complete(prompt, n),
+            Backend::Simulated(s) => s.draft(prompt, n, p_min),
         }
     }
 

@@ -40,6 +40,9 @@ pub struct SimulatedServer {
     detokenized: AtomicUsize,
     /// SIMULATED verification time per draft token verified (none: verifying is instant).
     verify_time_per_token: Option<std::time::Duration>,
+    /// SIMULATED draft confidence: the model is unsure of tokens whose id is a multiple of this,
+    /// so a draft with a confidence floor (`draft_p_min` > 0) ends after the first of them.
+    unsure_every: Option<TokenId>,
 }
 
 impl std::fmt::Debug for SimulatedServer {
@@ -71,7 +74,15 @@ impl SimulatedServer {
             detokenized: AtomicUsize::new(0),
             decodes: AtomicUsize::new(0),
             verify_time_per_token: None,
+            unsure_every: None,
         }
+    }
+
+    /// A SIMULATED draft confidence: the model is unsure of every token whose id is a multiple
+    /// of `every` (see [`SimulatedServer::draft`]).
+    pub fn with_unsure_tokens(mut self, every: TokenId) -> Self {
+        self.unsure_every = Some(every.max(1));
+        self
     }
 
     /// A SIMULATED verification cost: each draft token verified takes `per_token` (slept), so
@@ -226,6 +237,25 @@ impl SimulatedServer {
     pub fn complete(&self, prompt: &[TokenId], n: usize) -> Result<Completion, BackendError> {
         self.call("/completion")?;
         Ok(self.completion(self.greedy(prompt, n)))
+    }
+
+    /// A draft of up to `n` greedy tokens that, with a confidence floor (`p_min` > 0) and
+    /// simulated unsure tokens, ends after the first token the model is unsure of (as the
+    /// patched llama-server's `stop_p_min` does).
+    pub fn draft(
+        &self,
+        prompt: &[TokenId],
+        n: usize,
+        p_min: f64,
+    ) -> Result<Completion, BackendError> {
+        self.call("/completion")?;
+        let mut tokens = self.greedy(prompt, n);
+        if let (Some(every), true) = (self.unsure_every, p_min > 0.0) {
+            if let Some(i) = tokens.iter().position(|t| t % every == 0) {
+                tokens.truncate(i + 1);
+            }
+        }
+        Ok(self.completion(tokens))
     }
 
     /// The several-prompts verification: the next token after `ctx`, `ctx+d1`, …, in one pass.

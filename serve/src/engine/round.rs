@@ -97,18 +97,12 @@ impl Pairing {
                                 p.collect()
                                     .await
                                     .map_err(|e| SpeculationStop::Draft(e.to_string()))?
-                                    .map(|tokens| (tokens, asked))
+                                    .filter(|tokens| prefetch_serves(tokens.len(), asked, k))
                             }
                             _ => None,
                         };
                         let mut d = match ready {
-                            // Enough tokens, or fewer because the draft ended by itself (its
-                            // confidence stop, an end of text): a fresh draft of the same
-                            // context would end at the same place.
-                            Some((tokens, asked))
-                                if tokens.len() >= k
-                                    || (!tokens.is_empty() && tokens.len() < asked) =>
-                            {
+                            Some(tokens) => {
                                 run.prefetched += 1;
                                 self.metrics.prefetched.inc();
                                 tokens
@@ -265,6 +259,13 @@ impl Pairing {
         }
         Ok(())
     }
+}
+
+/// Whether `got` tokens drafted ahead (of `asked`) serve a round that wants `k`: enough of them,
+/// or fewer because the draft ended by itself (its confidence stop, an end of text) — a fresh
+/// draft of the same context would end at the same place, so asking again only costs a request.
+fn prefetch_serves(got: usize, asked: usize, k: usize) -> bool {
+    got >= k || (got > 0 && got < asked)
 }
 
 /// Draft tokens being drafted ahead for the context `base` (pipelining). Dropping it drops the
@@ -475,4 +476,22 @@ pub(super) fn choose(
         bytes: Some(sampled.bytes.clone()),
         end_of_generation: server_eos || info.end_of_generation.contains(&sampled.id),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefetch_serves;
+
+    #[test]
+    fn a_block_drafted_ahead_serves_when_long_enough_or_ended_by_itself() {
+        // Asked for 5 (k + 1 of the round that bet), the next round wants 4.
+        assert!(prefetch_serves(5, 5, 4));
+        assert!(prefetch_serves(4, 5, 4));
+        // Ended at its own stop after 2 tokens: a fresh draft would end there too.
+        assert!(prefetch_serves(2, 5, 4));
+        // Cut by what it was asked for, shorter than the round wants: draft afresh.
+        assert!(!prefetch_serves(3, 3, 4));
+        // Nothing (a lost bet reads as nothing usable): draft afresh.
+        assert!(!prefetch_serves(0, 5, 4));
+    }
 }

@@ -355,6 +355,33 @@ async fn pipelined_drafting_is_exact_and_wins_on_full_acceptance() {
     );
 }
 
+/// A SIMULATED draft that ends after a token its model is unsure of (`draft_p_min`): the answers
+/// stay the target's, the drafts get shorter, and drafting ahead still wins its bets (which
+/// blocks drafted ahead serve a round: `round::prefetch_serves`, tested there).
+#[tokio::test]
+async fn drafts_that_end_where_the_model_is_unsure_stay_exact_pipelined_or_not() {
+    let prompt: Vec<TokenId> = vec![12, 13, 14];
+    for pipeline in [
+        crate::engine::Pipelining::Off,
+        crate::engine::Pipelining::On,
+    ] {
+        let target = Arc::new(SimulatedServer::new(model(6), EOS).with_one_pass(8));
+        let draft = SimulatedServer::new(model(6), EOS).with_unsure_tokens(5);
+        let mut c = config(4);
+        c.pipeline = pipeline;
+        c.draft_p_min = 0.5;
+        let p = pairing(c, &target, Some(draft));
+        let (text, g) = generate(&p, &prompt, 60, &[]).await;
+        let (want_text, want) = target_alone(model(6), &prompt, 60, &[]).await;
+        assert_eq!(g.token_ids, want.token_ids, "{pipeline:?}");
+        assert_eq!(text, want_text);
+        assert!(g.drafted < 4 * g.rounds, "no draft ended early: {g:?}");
+        if pipeline == crate::engine::Pipelining::On {
+            assert!(g.prefetched > 0, "no block drafted ahead was used: {g:?}");
+        }
+    }
+}
+
 /// Under `pipeline = "auto"` a request that tries the way not preferred (here the first
 /// pipelined one, while sequential is the likelier winner) measures that way: its throughput is
 /// kept out of the controller's verdict on speculation, which a request of the preferred way
