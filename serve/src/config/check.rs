@@ -131,6 +131,27 @@ impl ProxyConfig {
                     ));
                 }
             }
+            if p.draft_p_min > 0.0 {
+                // Only a llama-server draft can end a draft at a confidence floor.
+                let servers = p
+                    .draft
+                    .iter()
+                    .chain(&p.drafts)
+                    .any(|d| d.as_str() != crate::engine::PROMPT_LOOKUP);
+                let why = if !servers {
+                    Some("no draft server drafts for it (prompt lookup or native pairing only)")
+                } else if p.draft_kind == BackendKind::Vllm {
+                    Some("its drafts come from vLLM, which has no confidence stop")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    out.push(format!(
+                        "pairing {name:?}: draft_p_min = {} has no effect: {why}; remove it",
+                        p.draft_p_min
+                    ));
+                }
+            }
             if p.moe {
                 if !p.adaptive {
                     out.push(format!(

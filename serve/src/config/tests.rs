@@ -406,6 +406,26 @@ fn settings_that_cannot_act_are_named_in_the_advice() {
         advice.contains("moe = true has no effect at draft_tokens = 4"),
         "{advice}"
     );
+    // A confidence floor for drafts only a llama-server draft can stop at.
+    for (pairing, why) in [
+        ("draft = \"prompt-lookup\"\n", "prompt lookup"),
+        ("draft = \"http://d:1\"\ndraft_kind = \"vllm\"\n", "vLLM"),
+    ] {
+        let c: ProxyConfig = toml::from_str(&format!(
+            "[[pairings]]\ntarget = \"http://a:1\"\n{pairing}draft_p_min = 0.3\n"
+        ))
+        .expect("parses");
+        let advice = c.advice().join("\n");
+        assert!(
+            advice.contains("draft_p_min = 0.3 has no effect") && advice.contains(why),
+            "{advice}"
+        );
+    }
+    let served: ProxyConfig = toml::from_str(
+        "[[pairings]]\ntarget = \"http://a:1\"\ndraft = \"http://d:1\"\ndraft_p_min = 0.3\n",
+    )
+    .expect("parses");
+    assert_eq!(served.advice(), Vec::<String>::new());
     // At draft_tokens = 8, or unset (8 on a one-pass target), `moe` can act.
     for k in ["draft_tokens = 8\n", ""] {
         let quiet: ProxyConfig = toml::from_str(&format!(

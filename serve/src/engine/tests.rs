@@ -403,9 +403,13 @@ async fn a_pipelining_trial_does_not_count_as_speculations_throughput() {
     let (_, trial) = generate(&p, &[15, 16], 80, &[]).await;
     assert!(trial.prefetched > 0, "{trial:?}");
     assert_eq!(p.controller_view().speculative_goodput_tok_s, measured);
-    // A request of the preferred way counts again.
+    // A request of the preferred way counts again. Which way that is depends on microseconds
+    // of simulated work (under a loaded test run the pipelined trial sometimes measured
+    // faster), so the request may be of either: it is not a trial, so it counts.
+    let preferred = p.drafter_views()[0].pipelining.pipelined;
+    assert!(preferred.is_some(), "both ways measured, one preferred");
     let (_, after) = generate(&p, &[17, 18], 80, &[]).await;
-    assert_eq!(after.prefetched, 0, "{after:?}");
+    assert_eq!(Some(after.prefetched > 0), preferred, "{after:?}");
     assert_ne!(p.controller_view().speculative_goodput_tok_s, measured);
 }
 
