@@ -75,11 +75,22 @@ impl InProcessProxy {
         draft_tokens: usize,
         verify: VerifyMode,
     ) -> anyhow::Result<Self> {
+        Self::start_entry(Self::entry(target, draft, adaptive, draft_tokens, verify)).await
+    }
+
+    /// The pairing [`InProcessProxy::start`] serves, for a caller that changes more of it.
+    pub fn entry(
+        target: &str,
+        draft: Option<&str>,
+        adaptive: bool,
+        draft_tokens: usize,
+        verify: VerifyMode,
+    ) -> PairingEntry {
         let mut entry = PairingEntry::new(target.to_string(), draft.map(str::to_string));
         entry.adaptive = adaptive;
         entry.draft_tokens = Some(draft_tokens);
         entry.verify = verify;
-        Self::start_entry(entry).await
+        entry
     }
 
     /// A proxy for one pairing as given.
@@ -433,10 +444,13 @@ async fn real_pair(
                 draft.as_ref().map(|d| d.url().to_string()),
             ),
         };
-        let mut entry = PairingEntry::new(target_url.clone(), draft_url.clone());
-        entry.adaptive = adaptive;
-        entry.draft_tokens = Some(DRAFT_TOKENS);
-        entry.verify = verify;
+        let mut entry = InProcessProxy::entry(
+            &target_url,
+            draft_url.as_deref(),
+            adaptive,
+            DRAFT_TOKENS,
+            verify,
+        );
         if let Some(p) = opts.draft_p_min {
             entry.draft_p_min = p;
         }

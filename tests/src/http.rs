@@ -163,9 +163,17 @@ pub fn streamed_tightwad(events: &[String]) -> Option<Value> {
 
 /// The `token_ids` a proxy response carries (`return_token_ids: true`).
 pub fn proxy_token_ids(v: &Value) -> Vec<u64> {
-    v["choices"][0]["token_ids"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no token_ids in {v}"))
+    ids(&v["choices"][0]["token_ids"], "token_ids", v)
+}
+
+/// The `tokens` a llama-server `/completion` response carries (`return_tokens: true`).
+pub fn completion_tokens(v: &Value) -> Vec<u64> {
+    ids(&v["tokens"], "tokens", v)
+}
+
+fn ids(list: &Value, what: &str, v: &Value) -> Vec<u64> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("no {what} in {v}"))
         .iter()
         .map(|t| t.as_u64().expect("token id"))
         .collect()

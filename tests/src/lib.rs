@@ -42,7 +42,9 @@ pub mod vllm;
 pub mod vllm_sim;
 
 pub use exactness::{assert_ties_are_rare, compare, prompts, Agreement, Reference, TIE_MARGIN};
-pub use http::{merge, post_json, proxy_token_ids, stream_token_ids, OpenStream};
+pub use http::{
+    completion_tokens, merge, post_json, proxy_token_ids, stream_token_ids, OpenStream,
+};
 pub use llama_server::{LlamaServer, RpcServer, ServerOptions};
 pub use proxy::{greedy_through_proxy_matches_target, RunningProxy, Smollm2Pairing};
 pub use test_env::{env, free_port, stock_env, TestEnv};

@@ -7,8 +7,8 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, post_json, prompts, proxy_token_ids, stock_env,
-    LlamaServer, RunningProxy, ServerOptions,
+    assert_ties_are_rare, compare, completion_tokens, env, post_json, prompts, proxy_token_ids,
+    stock_env, LlamaServer, RunningProxy, ServerOptions,
 };
 use tightwad_serve::engine::Pipelining;
 
@@ -16,15 +16,6 @@ const K: usize = 8;
 
 async fn completion(server: &LlamaServer, body: &Value) -> (u16, Value) {
     post_json(&format!("{}/completion", server.url), body).await
-}
-
-fn tokens_of(v: &Value) -> Vec<u64> {
-    v["tokens"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tokens in {v}"))
-        .iter()
-        .map(|t| t.as_u64().expect("token id"))
-        .collect()
 }
 
 /// The probability the model gave each generated token (greedy, `n_probs` 1: the sampled token
@@ -78,7 +69,7 @@ async fn a_draft_ends_after_the_first_token_its_model_is_unsure_of() {
         )
         .await;
         assert_eq!(status, 200, "{full}");
-        let tokens = tokens_of(&full);
+        let tokens = completion_tokens(&full);
         let probs = probabilities(&full);
         assert_eq!(tokens.len(), probs.len(), "{full}");
         for p_min in [0.3, 0.6, 0.9] {
@@ -89,7 +80,7 @@ async fn a_draft_ends_after_the_first_token_its_model_is_unsure_of() {
             )
             .await;
             assert_eq!(status, 200, "{v}");
-            let got = tokens_of(&v);
+            let got = completion_tokens(&v);
             let allowed = lengths_allowed(&probs, p_min);
             assert!(
                 allowed.contains(&got.len()),
@@ -132,7 +123,7 @@ async fn a_draft_ends_after_the_first_token_its_model_is_unsure_of() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(tokens_of(&v).len(), n, "{v}");
+    assert_eq!(completion_tokens(&v).len(), n, "{v}");
 }
 
 /// Drafted tokens and rounds over a set of answers through one proxy, each answer checked

@@ -8,8 +8,8 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, post_json, prompts, stock_env, Agreement, LlamaServer,
-    Reference, ServerOptions, TestEnv,
+    assert_ties_are_rare, compare, completion_tokens, env, post_json, prompts, stock_env,
+    Agreement, LlamaServer, Reference, ServerOptions, TestEnv,
 };
 use tightwad_serve::backend::Piece;
 
@@ -55,15 +55,6 @@ async fn completion(server: &LlamaServer, body: Value) -> Value {
     let (status, v) = post_json(&format!("{}/completion", server.url), &body).await;
     assert_eq!(status, 200, "completion failed: {v}\nrequest: {body}");
     v
-}
-
-fn tokens_of(v: &Value) -> Vec<u64> {
-    v["tokens"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tokens in {v}"))
-        .iter()
-        .map(|t| t.as_u64().expect("token id"))
-        .collect()
 }
 
 fn timing(v: &Value, name: &str) -> u64 {
@@ -161,7 +152,7 @@ async fn return_pieces_gives_each_tokens_own_bytes_and_a_stock_server_ignores_it
                "return_tokens": true, "return_pieces": true}),
     )
     .await;
-    let tokens = tokens_of(&generated);
+    let tokens = completion_tokens(&generated);
     let pieces = generated["pieces"].as_array().expect("pieces").clone();
     assert_eq!(pieces.len(), tokens.len(), "{generated}");
     let mut text = Vec::new();
@@ -203,7 +194,7 @@ async fn return_pieces_gives_each_tokens_own_bytes_and_a_stock_server_ignores_it
                "temperature": 0, "return_tokens": true, "return_pieces": true}),
     )
     .await;
-    assert_eq!(tokens_of(&verified), tokens[..9], "{verified}");
+    assert_eq!(completion_tokens(&verified), tokens[..9], "{verified}");
     assert_eq!(verified["pieces"].as_array(), Some(&pieces[..9].to_vec()));
 
     let stock_env = stock_env();
@@ -223,7 +214,7 @@ async fn return_pieces_gives_each_tokens_own_bytes_and_a_stock_server_ignores_it
     )
     .await;
     assert!(plain.get("pieces").is_none(), "{plain}");
-    assert_eq!(tokens_of(&plain), tokens[..4], "{plain}");
+    assert_eq!(completion_tokens(&plain), tokens[..4], "{plain}");
 }
 
 #[tokio::test]
@@ -246,7 +237,7 @@ async fn greedy_a_right_draft_is_accepted_whole_and_a_wrong_token_ends_it() {
         let draft = &reference.tokens[..K];
         let v = step(&target, &prompt, draft, json!({})).await;
         let label = format!("{text:?} (full draft)");
-        let outcome = compare(&tokens_of(&v), &prefix(&reference, K + 1), &label);
+        let outcome = compare(&completion_tokens(&v), &prefix(&reference, K + 1), &label);
         if outcome == Agreement::Identical {
             assert_eq!(timing(&v, "draft_n"), K as u64, "{label}: {v}");
             assert_eq!(timing(&v, "draft_n_accepted"), K as u64, "{label}: {v}");
@@ -260,7 +251,7 @@ async fn greedy_a_right_draft_is_accepted_whole_and_a_wrong_token_ends_it() {
         draft[j] = wrong(draft[j]);
         let v = step(&target, &prompt, &draft, json!({})).await;
         let label = format!("{text:?} (wrong at {j})");
-        let outcome = compare(&tokens_of(&v), &prefix(&reference, j + 1), &label);
+        let outcome = compare(&completion_tokens(&v), &prefix(&reference, j + 1), &label);
         if outcome == Agreement::Identical {
             assert_eq!(timing(&v, "draft_n"), K as u64, "{label}: {v}");
             assert_eq!(timing(&v, "draft_n_accepted"), j as u64, "{label}: {v}");
@@ -279,7 +270,11 @@ async fn greedy_a_right_draft_is_accepted_whole_and_a_wrong_token_ends_it() {
         json!({"n_predict": 3}),
     )
     .await;
-    compare(&tokens_of(&v), &prefix(&reference, 3), "n_predict 3");
+    compare(
+        &completion_tokens(&v),
+        &prefix(&reference, 3),
+        "n_predict 3",
+    );
     assert!(timing(&v, "draft_n") <= 2, "{v}");
 
     // n_probs: one entry per returned token, the returned token among the top ones.
@@ -293,7 +288,7 @@ async fn greedy_a_right_draft_is_accepted_whole_and_a_wrong_token_ends_it() {
     let probs = v["completion_probabilities"]
         .as_array()
         .expect("probabilities");
-    let tokens = tokens_of(&v);
+    let tokens = completion_tokens(&v);
     assert_eq!(probs.len(), tokens.len(), "{v}");
     for (p, t) in probs.iter().zip(&tokens) {
         assert_eq!(p["id"].as_u64(), Some(*t), "{v}");
@@ -408,7 +403,7 @@ async fn rounds(
             json!({"id_slot": slot, "n_predict": n - pos}),
         )
         .await;
-        let got = tokens_of(&v);
+        let got = completion_tokens(&v);
         assert!(!got.is_empty(), "{label}: an empty step: {v}");
         assert!(got.len() <= draft.len() + 1, "{label}: {v}");
         rounds += 1;
@@ -545,15 +540,19 @@ async fn sampled_with_a_seed_the_same_request_gives_the_same_tokens() {
             json!({"temperature": 1.0, "top_k": 40, "seed": 1234, "cache_prompt": false});
         let mut plain = json!({"prompt": prompt, "n_predict": K + 1, "return_tokens": true});
         tightwad_e2e::merge(&mut plain, sampling.clone());
-        let plain = tokens_of(&completion(&target, plain).await);
+        let plain = completion_tokens(&completion(&target, plain).await);
         let draft = &plain[..K.min(plain.len().saturating_sub(1))];
         let a = step(&target, &prompt, draft, sampling.clone()).await;
         let b = step(&target, &prompt, draft, sampling.clone()).await;
-        assert_eq!(tokens_of(&a), tokens_of(&b), "{text}: {a}\n{b}");
+        assert_eq!(
+            completion_tokens(&a),
+            completion_tokens(&b),
+            "{text}: {a}\n{b}"
+        );
         assert_eq!(a["content"], b["content"], "{text}");
         // Sample-and-accept draws like plain generation does, so a draft of the seeded plain
         // continuation is accepted whole (unless a draw lands on a numerical knife edge).
-        if tokens_of(&a) == plain[..draft.len() + 1] {
+        if completion_tokens(&a) == plain[..draft.len() + 1] {
             matches_plain += 1;
         }
     }
@@ -639,7 +638,7 @@ async fn bad_draft_tokens_are_400_and_the_server_carries_on() {
     // Still serving, and a valid draft still works.
     let reference = target.reference(json!(prompt), 4).await;
     let v = step(&target, &prompt, &reference.tokens[..3], json!({})).await;
-    compare(&tokens_of(&v), &reference, "after bad input");
+    compare(&completion_tokens(&v), &reference, "after bad input");
 }
 
 #[tokio::test]
@@ -676,7 +675,7 @@ async fn speculative_n_max_caps_a_draft_model_target_per_request() {
 
     let none = ask(json!({"speculative.n_max": 0})).await;
     assert_eq!(timing(&none, "draft_n"), 0, "{none}");
-    compare(&tokens_of(&none), &reference, "n_max 0");
+    compare(&completion_tokens(&none), &reference, "n_max 0");
 
     let two = ask(json!({"speculative.n_max": 2})).await;
     assert!(timing(&two, "draft_n") > 0, "{two}");
@@ -686,12 +685,12 @@ async fn speculative_n_max_caps_a_draft_model_target_per_request() {
         timing(&two, "draft_n"),
         steps(&two)
     );
-    compare(&tokens_of(&two), &reference, "n_max 2");
+    compare(&completion_tokens(&two), &reference, "n_max 2");
 
     // A client draft on a target with its own draft model: verified like anywhere else.
     let v = step(&target, &prompt, &reference.tokens[..K], json!({})).await;
     compare(
-        &tokens_of(&v),
+        &completion_tokens(&v),
         &prefix(&reference, K + 1),
         "client draft on a -md target",
     );
@@ -748,7 +747,7 @@ async fn at_n_max_0_the_remote_draft_model_does_no_work_and_drafting_resumes_aft
             drafting_bytes > 0,
             "prompt {i}: the draft model was not used over RPC"
         );
-        compare(&tokens_of(&on), &reference, "n_max 8");
+        compare(&completion_tokens(&on), &reference, "n_max 8");
 
         // Drafting off: not one byte to the draft model's host, the same answer.
         // Drafting off: the draft model's host hears of it once (the slot's draft cache is
@@ -762,7 +761,7 @@ async fn at_n_max_0_the_remote_draft_model_does_no_work_and_drafting_resumes_aft
             "prompt {i}: the first request at n_max 0 moved {first_off_bytes} bytes to the draft model's host (drafting moved {drafting_bytes})"
         );
         assert_eq!(timing(&off, "draft_n"), 0, "prompt {i}: {off}");
-        compare(&tokens_of(&off), &reference, "n_max 0");
+        compare(&completion_tokens(&off), &reference, "n_max 0");
         let before = relay.bytes_relayed();
         let off = ask(0, true).await;
         assert_eq!(
@@ -770,7 +769,7 @@ async fn at_n_max_0_the_remote_draft_model_does_no_work_and_drafting_resumes_aft
             0,
             "prompt {i}: a request at speculative.n_max 0 still used the remote draft model"
         );
-        compare(&tokens_of(&off), &reference, "n_max 0, again");
+        compare(&completion_tokens(&off), &reference, "n_max 0, again");
 
         // On again, same slot, the prompt cached by the target but not by the draft model: the
         // prompt is evaluated afresh on both, so the draft model drafts exactly as it did the
@@ -785,6 +784,10 @@ async fn at_n_max_0_the_remote_draft_model_does_no_work_and_drafting_resumes_aft
             (timing(&on, "draft_n"), timing(&on, "draft_n_accepted")),
             "prompt {i}: drafting after n_max 0 differs from drafting before it: {again}"
         );
-        compare(&tokens_of(&again), &reference, "n_max 8 after n_max 0");
+        compare(
+            &completion_tokens(&again),
+            &reference,
+            "n_max 8 after n_max 0",
+        );
     }
 }

@@ -7,7 +7,8 @@ use tightwad_serve::backend::llamacpp::{Capabilities, Props};
 
 use crate::doctor::report::{Category, Check, Status};
 
-/// Judge the draft server's `/props` for a pairing whose drafts stop below `p_min`.
+/// Judge the draft server's `/props` for a pairing whose drafts stop below `p_min` (above 0: the
+/// caller asks only then, so a pairing without a floor reads no draft `/props`).
 pub(super) fn draft_stop_check(name: &str, props: &Result<Props, String>, p_min: f64) -> Check {
     let subject = format!("pairing {name} draft");
     match props {
@@ -23,14 +24,6 @@ pub(super) fn draft_stop_check(name: &str, props: &Result<Props, String>, p_min:
 
 /// The check for a draft server that advertises `caps` (pure, so every branch is tested).
 fn verdict(subject: String, caps: &Capabilities, build: &str, p_min: f64) -> Check {
-    if p_min <= 0.0 {
-        return Check::new(
-            Category::Build,
-            subject,
-            Status::Pass,
-            "draft_p_min = 0: drafts run to the round's k",
-        );
-    }
     if caps.stop_p_min {
         return Check::new(
             Category::Build,
@@ -75,10 +68,5 @@ mod tests {
         assert_eq!(c.status, Status::Warn, "{c:?}");
         assert!(c.message.contains("b1-abc"), "{c:?}");
         assert!(c.hint.as_deref().unwrap_or("").contains("0004"), "{c:?}");
-    }
-
-    #[test]
-    fn with_the_stop_off_any_build_passes() {
-        assert_eq!(judge(false, 0.0).status, Status::Pass);
     }
 }
