@@ -29,7 +29,8 @@
 #   adaptive, path chosen per request); op-k4-near, op-adaptive-near (the proxy on the target's
 #   host: target on loopback, draft and client each through a relay; not in the default ROWS);
 #   op-k8-pV, op-adaptive-pV (the draft's confidence stop at V instead of the proxy's default,
-#   `--draft-p-min V`; V = 0: drafts run to k). "Target alone" = the direct side of every row.
+#   `--draft-p-min V`; V = 0: drafts run to k); op-k8-bs, op-adaptive-bs (drafts sampled on the
+#   draft's GPU, `--draft-backend-sampling`). "Target alone" = the direct side of every row.
 #
 # Test on a CPU machine first (tiny models, same code):
 #   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
@@ -404,22 +405,29 @@ EOF
       bench "$S-op-k8-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k8-rtt$tag"; stop "P$i-$row"; pack
     fi
-    # Rows with the draft's confidence stop set (`--draft-p-min V`, 0 = drafts run to k) instead of
-    # the proxy's default: op-k8-pV (k = 8 pinned), op-adaptive-pV; e.g. ROWS="op-k8-p0 op-k8".
-    local r pmin
+    # Rows that ask for drafts otherwise than the proxy's default: the draft's confidence stop
+    # (`--draft-p-min V`, 0 = drafts run to k) as op-k8-pV (k = 8 pinned), op-adaptive-pV; drafts
+    # sampled on the draft's GPU (`--draft-backend-sampling`) as op-k8-bs, op-adaptive-bs.
+    # E.g. ROWS="op-k8 op-k8-bs op-k8-p0.3".
+    local r how
     for r in $ROWS; do
-      case $r in op-k8-p*|op-adaptive-p*) ;; *) continue ;; esac
+      case $r in op-k8-p*|op-adaptive-p*|op-k8-bs|op-adaptive-bs) ;; *) continue ;; esac
       want "$r" || continue
-      pmin=${r##*-p}
-      if [ "${r%%-p*}" = op-k8 ]; then
-        proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 8 --draft-p-min "$pmin"
+      local asked=()
+      if [ "${r##*-}" = bs ]; then
+        asked=(--draft-backend-sampling); how="drafts sampled on the draft's GPU"
+      else
+        asked=(--draft-p-min "${r##*-p}"); how="draft_p_min ${r##*-p}"
+      fi
+      if [ "${r%-*}" = op-k8 ]; then
+        proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 8 "${asked[@]}"
         warm "http://127.0.0.1:$pp" 1 16
-        bench "$S-$r-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned, draft_p_min $pmin" \
+        bench "$S-$r-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned, $how" \
           "http://127.0.0.1:$pp" "$rT"
       else
-        proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --draft-tokens "$ADAPTIVE_K_MAX" --draft-p-min "$pmin"
+        proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --draft-tokens "$ADAPTIVE_K_MAX" "${asked[@]}"
         warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"
-        bench "$S-$r-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive, k <= $ADAPTIVE_K_MAX, draft_p_min $pmin" \
+        bench "$S-$r-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive, k <= $ADAPTIVE_K_MAX, $how" \
           "http://127.0.0.1:$pp" "$rT"
       fi
       stats "http://127.0.0.1:$pp" "$S-$r-rtt$tag"; stop "P$i-$row"; pack

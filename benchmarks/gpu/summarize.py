@@ -44,12 +44,21 @@ ORDER = {r: i for i, (r, _, _) in enumerate(ROWS)}
 # Rows with the draft's confidence stop named (run.sh: op-k8-pV, op-adaptive-pV; V = draft_p_min,
 # 0 = drafts run to k), labelled and placed after their base row.
 P_ROW = re.compile(r"^(op-k8|op-adaptive)-p(\d+(?:\.\d+)?)$")
+# Rows with drafts sampled on the draft's GPU (run.sh: op-k8-bs, op-adaptive-bs).
+BS_ROW = re.compile(r"^(op-k8|op-adaptive)-bs$")
 
 
 def with_p_rows(names):
-    """ROWS plus a (row, label, where) entry for every confidence-stop row among `names`."""
+    """ROWS plus a (row, label, where) entry for every row among `names` that asks for drafts
+    otherwise than the proxy's default (a confidence stop, sampling on the draft's GPU)."""
     extra = []
     for name in sorted(set(names)):
+        b = BS_ROW.match(name)
+        if b and name not in LABEL:
+            base = b.group(1)
+            extra.append((name, f"{LABEL[base]}, drafts sampled on the draft's GPU", WHERE[base]))
+            LABEL[name], WHERE[name] = extra[-1][1], extra[-1][2]
+            ORDER[name] = ORDER[base] + 0.25
         m = P_ROW.match(name)
         if m and name not in LABEL:
             base, p = m.group(1), m.group(2)

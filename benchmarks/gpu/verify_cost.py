@@ -16,7 +16,7 @@ JSON, the task queue and the sampler cost outside the decode. Cases:
   draft n=K        the draft server generating K tokens after a cached context (what a round asks)
   draft n=8 stop_p_min=P  the same, ended after a token the draft model gave less than P (patch
                    0004, the proxy's draft_p_min): its cost and how many tokens it keeps
-  draft n=8 backend_sampling  sampled on the GPU (no logits copied to the host per token)
+  draft n=K backend_sampling  sampled on the GPU (no logits copied to the host per token)
   *+contention     the verify again while another client keeps the draft server generating on
                    the same GPU (pipelined drafting on one card)
 
@@ -173,7 +173,10 @@ def main():
         rows.append(row)
     # Sampling on the GPU (llama.cpp's per-request `backend_sampling`, what its own in-process
     # drafting uses by default): no copy of the vocabulary's logits to the host per draft token.
-    rows.append(summary("draft n=8 backend_sampling", *draft(8, {"backend_sampling": True})))
+    # n = 1 and 4 beside 8 separate a per-request cost (the server sets the slot's sampler up on
+    # the device for each request) from the per-token saving.
+    for k in (1, 4, 8):
+        rows.append(summary(f"draft n={k} backend_sampling", *draft(k, {"backend_sampling": True})))
     rows.append(summary("draft n=4 top_k=1", *draft(4, {"top_k": 1})))
     rows.append(summary("draft n=4 samplers=[top_k] top_k=1", *draft(4, {"top_k": 1, "samplers": ["top_k"]})))
 

@@ -38,6 +38,10 @@ pub struct ProxyArgs {
     /// drafts run to k) [default: 0]. Needs the bundled llama.cpp patch on the draft server.
     #[arg(long)]
     draft_p_min: Option<f64>,
+    /// Draft servers sample on their device (llama-server's backend_sampling): faster where the
+    /// draft runs on a GPU, slower on a CPU. Not with --draft-p-min above 0.
+    #[arg(long)]
+    draft_backend_sampling: bool,
     /// Never speculate while the target alone is faster than this (tokens/s); needs the
     /// adaptive controller (not with --no-adaptive).
     #[arg(long)]
@@ -98,6 +102,7 @@ impl ProxyArgs {
             model: self.model.clone(),
             draft_tokens: self.draft_tokens,
             draft_p_min: self.draft_p_min,
+            draft_backend_sampling: self.draft_backend_sampling,
             disable_above_tok_s: self.disable_above_tok_s,
             prompt_lookup_fallback: self.prompt_lookup_fallback,
             native: self.native,

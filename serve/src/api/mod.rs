@@ -248,6 +248,10 @@ async fn stats(
                 m.insert("draft_kind".into(), json!(p.config.draft_kind.as_str()));
                 m.insert("draft_tokens".into(), json!(p.draft_tokens_view()));
                 m.insert("draft_p_min".into(), json!(p.config.draft_p_min));
+                m.insert(
+                    "draft_backend_sampling".into(),
+                    json!(p.config.draft_backend_sampling),
+                );
                 m.insert("aliases".into(), json!(p.config.aliases));
                 m.insert("controller".into(), json!(p.controller_view()));
                 m.insert("verification".into(), json!(p.verification_view()));

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::http::{truncate, Endpoint};
 use super::sse::sse_events;
-use super::types::{Completion, Role, Sampling, StreamEvent, TokenId};
+use super::types::{Completion, DraftOptions, Role, Sampling, StreamEvent, TokenId};
 use super::BackendError;
 
 /// A `llama-server` reachable over HTTP, with a persistent connection pool (a round's fixed cost is
@@ -290,18 +290,24 @@ impl LlamaServer {
     }
 
     /// A draft of up to `n_predict` greedy tokens after `prompt`, ended early after a token the
-    /// model gave less than `p_min` probability (`stop_p_min`, the bundled patch 0004; a stock
-    /// server ignores the field and drafts `n_predict` tokens). `p_min` 0 sends no field.
+    /// model gave less than `opts.p_min` probability (`stop_p_min`, the bundled patch 0004; a
+    /// stock server ignores the field and drafts `n_predict` tokens; `p_min` 0 sends no field),
+    /// sampled on the server's device when `opts.backend_sampling` (stock llama-server).
     pub async fn draft(
         &self,
         prompt: &[TokenId],
         n_predict: usize,
-        p_min: f64,
+        opts: DraftOptions,
     ) -> Result<Completion, BackendError> {
         let mut body =
             Self::completion_body(json!(prompt), n_predict, &Sampling::greedy(), 0, false);
-        if let (Value::Object(m), true) = (&mut body, p_min > 0.0) {
-            m.insert("stop_p_min".into(), json!(p_min));
+        if let Value::Object(m) = &mut body {
+            if opts.p_min > 0.0 {
+                m.insert("stop_p_min".into(), json!(opts.p_min));
+            }
+            if opts.backend_sampling {
+                m.insert("backend_sampling".into(), json!(true));
+            }
         }
         self.ep.post_json("/completion", &body).await
     }

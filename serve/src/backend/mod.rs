@@ -16,7 +16,8 @@ pub mod vllm;
 
 pub use server::{Backend, BackendKind, ServerFacts};
 pub use types::{
-    Candidate, Completion, Piece, Role, SampledToken, Sampling, StreamEvent, Timings, TokenId,
+    Candidate, Completion, DraftOptions, Piece, Role, SampledToken, Sampling, StreamEvent, Timings,
+    TokenId,
 };
 
 use thiserror::Error;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::llamacpp::LlamaServer;
-use super::types::{Completion, Role, Sampling, StreamEvent, TokenId};
+use super::types::{Completion, DraftOptions, Role, Sampling, StreamEvent, TokenId};
 use super::vllm::VllmServer;
 use super::BackendError;
 
@@ -269,20 +269,20 @@ impl Backend {
         }
     }
 
-    /// A round's draft: up to `n` greedy tokens after `prompt`, ending after a token the draft
-    /// model gave less than `p_min` probability where the server can say (a patched
-    /// llama-server); other drafters draft `n` tokens.
+    /// A round's draft: up to `n` greedy tokens after `prompt`, asked as `opts` says where the
+    /// server can act on it (a llama-server: a confidence stop, sampling on its device); other
+    /// drafters draft `n` tokens.
     pub async fn draft(
         &self,
         prompt: &[TokenId],
         n: usize,
-        p_min: f64,
+        opts: DraftOptions,
     ) -> Result<Completion, BackendError> {
         match self {
-            Backend::Llamacpp(s) => s.draft(prompt, n, p_min).await,
+            Backend::Llamacpp(s) => s.draft(prompt, n, opts).await,
             Backend::Vllm(s) => s.complete(prompt, n, &Sampling::greedy()).await,
             #[cfg(test)]
-            Backend::Simulated(s) => s.draft(prompt, n, p_min),
+            Backend::Simulated(s) => s.draft(prompt, n, opts.p_min),
         }
     }
 

@@ -69,6 +69,19 @@ impl Sampling {
     }
 }
 
+/// How a round's draft is asked of a draft server beyond "n greedy tokens" (the pairing's
+/// `draft_p_min` and `draft_backend_sampling`; a drafter that cannot act on them ignores them).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DraftOptions {
+    /// End the draft after a token the draft model gave less than this probability (the
+    /// patched llama-server's `stop_p_min`); 0: drafts run to k.
+    pub p_min: f64,
+    /// Sample on the draft server's device (llama-server's per-request `backend_sampling`): on a
+    /// GPU, no copy of the vocabulary's logits to the host and no CPU sampler per draft token.
+    /// The same tokens either way; which is faster depends on the device (on CPU it is slower).
+    pub backend_sampling: bool,
+}
+
 /// One candidate of a position's distribution (after the sampler chain when asked for).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Candidate {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{ConfigError, ProxyConfig};
+use super::{ConfigError, PairingEntry, ProxyConfig};
 use crate::backend::BackendKind;
 use crate::engine::controller::{K_MAX, MOE_K_MAX};
 
@@ -85,6 +85,12 @@ impl ProxyConfig {
                     p.draft_p_min
                 )));
             }
+            if p.draft_backend_sampling && p.draft_p_min > 0.0 {
+                return Err(at(format!("pairings.{i}.draft_backend_sampling"), format!(
+                    "pairing {i}: draft_backend_sampling cannot be combined with draft_p_min = {} (the draft server's confidence stop reads the logits on the host, which sampling on the device does not copy there): set draft_p_min = 0 or draft_backend_sampling = false",
+                    p.draft_p_min
+                )));
+            }
         }
         self.check_model_names()
     }
@@ -131,24 +137,24 @@ impl ProxyConfig {
                     ));
                 }
             }
-            if p.draft_p_min > 0.0 {
-                // Only a llama-server draft can end a draft at a confidence floor.
-                let servers = p
-                    .draft
-                    .iter()
-                    .chain(&p.drafts)
-                    .any(|d| d.as_str() != crate::engine::PROMPT_LOOKUP);
-                let why = if !servers {
-                    Some("no draft server drafts for it (prompt lookup or native pairing only)")
-                } else if p.draft_kind == BackendKind::Vllm {
-                    Some("its drafts come from vLLM, which has no confidence stop")
-                } else {
-                    None
-                };
-                if let Some(why) = why {
+            // Only a llama-server draft can end a draft at a confidence floor or sample on its
+            // device.
+            let asked = [
+                (
+                    "draft_p_min",
+                    p.draft_p_min > 0.0,
+                    p.draft_p_min.to_string(),
+                ),
+                (
+                    "draft_backend_sampling",
+                    p.draft_backend_sampling,
+                    "true".to_string(),
+                ),
+            ];
+            if let Some(why) = p.draft_request_unheard() {
+                for (key, _, value) in asked.iter().filter(|(_, set, _)| *set) {
                     out.push(format!(
-                        "pairing {name:?}: draft_p_min = {} has no effect: {why}; remove it",
-                        p.draft_p_min
+                        "pairing {name:?}: {key} = {value} has no effect: {why}; remove it"
                     ));
                 }
             }
@@ -165,5 +171,24 @@ impl ProxyConfig {
             }
         }
         out
+    }
+}
+
+impl PairingEntry {
+    /// Why no draft server of this pairing can act on how a draft is asked for (a confidence
+    /// floor, device sampling): only llama-server drafts can. `None` when one can.
+    fn draft_request_unheard(&self) -> Option<&'static str> {
+        let servers = self
+            .draft
+            .iter()
+            .chain(&self.drafts)
+            .any(|d| d.as_str() != crate::engine::PROMPT_LOOKUP);
+        if !servers {
+            Some("no draft server drafts for it (prompt lookup or native pairing only)")
+        } else if self.draft_kind == BackendKind::Vllm {
+            Some("its drafts come from vLLM, which takes only n greedy tokens")
+        } else {
+            None
+        }
     }
 }

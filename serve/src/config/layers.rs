@@ -91,6 +91,7 @@ pub struct FlagOverrides {
     pub model: Option<String>,
     pub draft_tokens: Option<usize>,
     pub draft_p_min: Option<f64>,
+    pub draft_backend_sampling: bool,
     pub disable_above_tok_s: Option<f64>,
     pub prompt_lookup_fallback: bool,
     pub native: bool,
@@ -129,6 +130,9 @@ impl Provider for FlagOverrides {
         }
         if let Some(p) = self.draft_p_min {
             set("draft_p_min", Value::serialize(p)?);
+        }
+        if self.draft_backend_sampling {
+            set("draft_backend_sampling", Value::from(true));
         }
         if let Some(limit) = self.disable_above_tok_s {
             set("disable_above_tok_s", Value::serialize(limit)?);

@@ -232,6 +232,12 @@ pub struct PairingEntry {
     #[serde(default = "default_draft_p_min")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub draft_p_min: f64,
+    /// Draft servers sample each draft token on their own device (llama-server's per-request
+    /// `backend_sampling`): on a GPU this saves copying the vocabulary's logits to the host and
+    /// the CPU sampler per draft token; on a CPU draft it is slower. The same tokens either way.
+    /// Not with `draft_p_min` above 0 (the confidence stop reads the logits on the host).
+    #[serde(default)]
+    pub draft_backend_sampling: bool,
     /// Seconds the target may take to answer before the request fails with 504.
     #[serde(default = "default_target_timeout", alias = "target_timeout_secs")]
     pub target_timeout_s: u64,
@@ -317,6 +323,7 @@ impl PairingEntry {
             drafts: Vec::new(),
             draft_tokens: None,
             draft_p_min: default_draft_p_min(),
+            draft_backend_sampling: false,
             target_timeout_s: default_target_timeout(),
             draft_timeout_s: default_draft_timeout(),
             disable_above_tok_s: None,
@@ -346,6 +353,7 @@ impl PairingEntry {
             drafts: self.drafts.clone(),
             draft_tokens: self.draft_tokens,
             draft_p_min: self.draft_p_min,
+            draft_backend_sampling: self.draft_backend_sampling,
             target_timeout: Duration::from_secs(self.target_timeout_s),
             draft_timeout: Duration::from_secs(self.draft_timeout_s),
             disable_above_tok_s: self.disable_above_tok_s,

@@ -33,6 +33,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("name", "--model"),
     ("draft_tokens", "--draft-tokens"),
     ("draft_p_min", "--draft-p-min"),
+    ("draft_backend_sampling", "--draft-backend-sampling"),
     ("disable_above_tok_s", "--disable-above-tok-s"),
     ("prompt_lookup_fallback", "--prompt-lookup-fallback"),
     ("native", "--native"),

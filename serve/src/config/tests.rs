@@ -421,6 +421,17 @@ fn settings_that_cannot_act_are_named_in_the_advice() {
             "{advice}"
         );
     }
+    // Sampling on the draft's device, likewise a llama-server draft's.
+    let c: ProxyConfig = toml::from_str(
+        "[[pairings]]\ntarget = \"http://a:1\"\ndraft = \"prompt-lookup\"\ndraft_backend_sampling = true\n",
+    )
+    .expect("parses");
+    let advice = c.advice().join("\n");
+    assert!(
+        advice.contains("draft_backend_sampling = true has no effect")
+            && advice.contains("prompt lookup"),
+        "{advice}"
+    );
     let served: ProxyConfig = toml::from_str(
         "[[pairings]]\ntarget = \"http://a:1\"\ndraft = \"http://d:1\"\ndraft_p_min = 0.3\n",
     )
@@ -455,4 +466,38 @@ fn a_full_file_parses_with_defaults() {
     c.validate().expect("valid");
     let pc = c.pairings[0].to_pairing_config(0);
     assert_eq!(pc.name, "m");
+}
+
+#[test]
+fn how_drafts_are_asked_for_is_checked_with_the_key_and_the_fix() {
+    let parse = |keys: &str| -> ProxyConfig {
+        toml::from_str(&format!(
+            "[[pairings]]\ntarget = \"http://a:1\"\ndraft = \"http://d:1\"\n{keys}"
+        ))
+        .expect("parses")
+    };
+    let e = parse("draft_p_min = 1.5\n")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("draft_p_min is a probability") && e.contains("1.5"),
+        "{e}"
+    );
+    let e = parse("draft_p_min = 0.3\ndraft_backend_sampling = true\n")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("draft_backend_sampling cannot be combined with draft_p_min = 0.3")
+            && e.contains("set draft_p_min = 0 or draft_backend_sampling = false"),
+        "{e}"
+    );
+    let on_device = parse("draft_backend_sampling = true\n");
+    on_device
+        .validate()
+        .expect("valid without a confidence floor");
+    let pairing = on_device.pairings[0].to_pairing_config(0);
+    assert!(pairing.draft_options().backend_sampling);
+    assert_eq!(pairing.draft_options().p_min, 0.0);
 }

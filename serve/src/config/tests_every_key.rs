@@ -17,6 +17,7 @@ fn unusual_pairing() -> PairingEntry {
         drafts: vec!["http://e:1".into()],
         draft_tokens: Some(7),
         draft_p_min: 0.75,
+        draft_backend_sampling: true,
         target_timeout_s: 11,
         draft_timeout_s: 12,
         disable_above_tok_s: Some(40.5),

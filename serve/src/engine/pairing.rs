@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use super::probe::PairingInfo;
 use super::request::EngineError;
 use super::{controller, drafters, path_choice};
-use crate::backend::{Backend, BackendError, BackendKind, Role};
+use crate::backend::{Backend, BackendError, BackendKind, DraftOptions, Role};
 use crate::metrics::{PairingMetrics, ServedBy};
 
 /// The `draft` value that selects prompt-lookup drafting instead of a draft server.
@@ -58,6 +58,9 @@ pub struct PairingConfig {
     /// A draft server's draft ends after a token its model gave less than this probability (the
     /// patched llama-server's `stop_p_min`; 0: drafts run to k).
     pub draft_p_min: f64,
+    /// Draft servers sample on their device (llama-server's `backend_sampling`; config
+    /// `draft_backend_sampling`): pays on a GPU draft, costs on a CPU one.
+    pub draft_backend_sampling: bool,
     /// Longest wait for one target reply (a verification or a stream event).
     pub target_timeout: Duration,
     /// Longest wait for the draft; past it the stream continues target-only.
@@ -88,6 +91,14 @@ impl PairingConfig {
     /// Whether a request for `model` is for this pairing: its name or one of its aliases.
     pub fn answers_to(&self, model: &str) -> bool {
         self.name == model || self.aliases.iter().any(|a| a == model)
+    }
+
+    /// How each round asks its draft server for a draft.
+    pub fn draft_options(&self) -> DraftOptions {
+        DraftOptions {
+            p_min: self.draft_p_min,
+            backend_sampling: self.draft_backend_sampling,
+        }
     }
 }
 

@@ -109,7 +109,7 @@ impl Pairing {
                             }
                             _ => {
                                 draft
-                                    .draft(&run.ctx, k, self.config.draft_p_min)
+                                    .draft(&run.ctx, k, self.config.draft_options())
                                     .await
                                     .map_err(|e| SpeculationStop::Draft(e.to_string()))?
                                     .tokens
@@ -127,10 +127,10 @@ impl Pairing {
                         let base: Vec<TokenId> = [run.ctx.as_slice(), &proposal].concat();
                         let draft = draft.clone();
                         let ahead = base.clone();
-                        let p_min = self.config.draft_p_min;
+                        let opts = self.config.draft_options();
                         let task = tokio::spawn(async move {
                             draft
-                                .draft(&ahead, k + 1, p_min)
+                                .draft(&ahead, k + 1, opts)
                                 .await
                                 .map(|c| Some(c.tokens))
                         });

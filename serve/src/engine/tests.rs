@@ -59,6 +59,7 @@ fn config(k: usize) -> PairingConfig {
         prompt_lookup_fallback: false,
         draft_tokens: Some(k),
         draft_p_min: 0.0,
+        draft_backend_sampling: false,
         target_timeout: Duration::from_secs(5),
         draft_timeout: Duration::from_secs(5),
         disable_above_tok_s: None,
