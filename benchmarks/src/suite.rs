@@ -53,6 +53,8 @@ pub struct SuiteOptions {
     /// The real scenarios' proxies end a draft after a token below this probability
     /// (`draft_p_min`); `None`: the proxy's default.
     pub draft_p_min: Option<f64>,
+    /// The real scenarios' draft servers sample on their device (`draft_backend_sampling`).
+    pub draft_backend_sampling: bool,
 }
 
 impl SuiteOptions {
@@ -454,6 +456,7 @@ async fn real_pair(
         if let Some(p) = opts.draft_p_min {
             entry.draft_p_min = p;
         }
+        entry.draft_backend_sampling = opts.draft_backend_sampling;
         let proxy = InProcessProxy::start_entry(entry).await?;
         let report = compare(CompareConfig {
             model: "tightwad".into(),

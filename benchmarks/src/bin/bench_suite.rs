@@ -29,6 +29,10 @@ struct Args {
     /// probability (0: drafts run to k) [default: the proxy's].
     #[arg(long)]
     draft_p_min: Option<f64>,
+    /// The real scenarios' draft servers sample on their device (the proxy's
+    /// `draft_backend_sampling`; on this CPU the device is the CPU).
+    #[arg(long)]
+    draft_backend_sampling: bool,
 }
 
 #[tokio::main]
@@ -49,6 +53,7 @@ async fn main() -> ExitCode {
             only: args.only,
             jobs: args.jobs,
             draft_p_min: args.draft_p_min,
+            draft_backend_sampling: args.draft_backend_sampling,
         })
         .await
     };
