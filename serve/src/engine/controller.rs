@@ -45,6 +45,12 @@ const ON_ABOVE: f64 = 1.05;
 /// only measured requests decide: acting on the model there switched off, within the first
 /// request, a pairing that paid 1.3–1.5x on the CPU suite's slow target, and kept it off.
 const CLEAR_LOSS_BELOW: f64 = 0.8;
+/// Standard errors of acceptance a decision to stop speculating gives the draft the benefit of
+/// ([`Controller::optimistic_best_k`]).
+const OPTIMISM: f64 = 1.0;
+/// Tokens of whole speculative requests measured (since the last decision) before a loss short of
+/// a clear one switches off: one 96-token request's rate swings by ±10% with the prompts' drafts.
+const MEASURED_OFF_TOKENS: usize = 192;
 const FIRST_BACKOFF: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Every this many rounds, try a neighbouring k (exploration).
@@ -104,6 +110,8 @@ pub struct Controller {
     /// Tokens/s actually delivered by speculative requests (whole speculative phase).
     goodput_tok_s: Ewma,
     rounds_in_mode: u32,
+    /// Tokens of whole speculative requests measured since the last decision.
+    tokens_in_mode: usize,
     probe_tokens: usize,
     probe_seconds: f64,
     /// Rounds chosen so far (drives exploration) and requests seen while off (drives sampling).
@@ -152,6 +160,7 @@ impl Controller {
             accept: [Rate::with_prior(ACCEPT_PRIOR); K_MAX],
             goodput_tok_s: Ewma::default(),
             rounds_in_mode: 0,
+            tokens_in_mode: 0,
             probe_tokens: 0,
             probe_seconds: 0.0,
             rounds_chosen: std::cell::Cell::new(0),
@@ -222,6 +231,20 @@ impl Controller {
         value.clamp(0.0, 0.999)
     }
 
+    /// Acceptance at position `j` as high as its evidence still allows: `OPTIMISM` standard errors
+    /// above [`Controller::alpha`] (a position with few outcomes could well be better than it
+    /// reads). Only decisions to stop speculating use it ([`Controller::optimistic_best_k`]).
+    fn alpha_optimistic(&self, j: usize) -> f64 {
+        let a = self.alpha(j);
+        let rate = &self.accept[j];
+        let n = if rate.samples() > 0 {
+            rate.effective_samples()
+        } else {
+            Rate::with_prior(a).effective_samples()
+        };
+        (a + OPTIMISM * (a * (1.0 - a) / n).sqrt()).clamp(0.0, 0.999)
+    }
+
     /// The mean acceptance of the positions drafted so far (`ACCEPT_PRIOR` before any).
     pub(super) fn pooled_alpha(&self) -> f64 {
         let (sum, n) = self
@@ -238,10 +261,14 @@ impl Controller {
 
     /// Expected tokens from a round with `k` draft tokens (the target's own token included).
     pub fn expected_tokens(&self, k: usize) -> f64 {
+        self.tokens_with(k, |j| self.alpha(j))
+    }
+
+    fn tokens_with(&self, k: usize, alpha: impl Fn(usize) -> f64) -> f64 {
         let mut e = 1.0;
         let mut p = 1.0;
         for j in 0..k.min(K_MAX) {
-            p *= self.alpha(j);
+            p *= alpha(j);
             e += p;
         }
         e
@@ -249,9 +276,27 @@ impl Controller {
 
     /// Predicted speedup of a round with `k` draft tokens over the target alone.
     pub fn predicted_speedup(&self, k: usize) -> Option<f64> {
+        self.speedup_with(k, self.expected_tokens(k))
+    }
+
+    fn speedup_with(&self, k: usize, tokens: f64) -> Option<f64> {
         let r_t = self.target_tok_s.get()?;
         let cost = self.draft_cost.predict(k)? + self.verify_cost.predict(k)?;
-        (cost > 0.0).then(|| self.expected_tokens(k) / (cost * r_t))
+        (cost > 0.0).then(|| tokens / (cost * r_t))
+    }
+
+    /// The best draft length and its speedup with every position's acceptance as high as its
+    /// evidence allows ([`Controller::alpha_optimistic`]): what a decision to stop speculating
+    /// must find below 1. With a few rounds' outcomes the point estimate swings by 20% (the H100's
+    /// fast target, where pinned k = 8 paid 1.16x, switched itself off at "0.99x predicted" in
+    /// its warm-up); a pairing that truly loses reads a loss either way.
+    pub fn optimistic_best_k(&self) -> Option<(usize, f64)> {
+        (1..=self.cap())
+            .filter_map(|k| {
+                let tokens = self.tokens_with(k, |j| self.alpha_optimistic(j));
+                self.speedup_with(k, tokens).map(|s| (k, s))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// Tokens per second its speculative stretches actually delivered (smoothed over requests).
@@ -287,6 +332,7 @@ impl Controller {
         self.history.push(&decision);
         self.last_decision = Some(decision);
         self.rounds_in_mode = 0;
+        self.tokens_in_mode = 0;
     }
 
     /// An operator's override: `Some(true)` speculate on every request whatever it costs,
@@ -374,7 +420,7 @@ impl Controller {
                     };
                 }
                 // Worth a probe only if the model does not rule it out.
-                if let Some((k, s)) = self.best_k() {
+                if let Some((k, s)) = self.optimistic_best_k() {
                     if s < CLEAR_LOSS_BELOW {
                         let backoff = Duration::from_secs(backoff_s * 2).min(MAX_BACKOFF);
                         self.switch_off(

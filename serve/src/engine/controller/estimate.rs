@@ -67,6 +67,12 @@ impl Rate {
     pub fn samples(&self) -> u32 {
         self.samples
     }
+
+    /// How many outcomes the value is worth: the prior's and those seen while they are averaged
+    /// evenly, then at most what a moving average of weight `FORGET` keeps ((2 − w) / w).
+    pub fn effective_samples(&self) -> f64 {
+        (f64::from(self.samples) + Self::PRIOR_SAMPLES).min((2.0 - Self::FORGET) / Self::FORGET)
+    }
 }
 
 /// `y ≈ a + b·k`, least squares with exponential forgetting, so costs track a changing machine.

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use super::estimate::Rate;
 use super::{
-    Controller, Mode, CLEAR_LOSS_BELOW, FIRST_BACKOFF, K_MAX, MAX_BACKOFF, MIN_ROUNDS_BEFORE_OFF,
-    OFF_BELOW, ON_ABOVE, PREDICTED_OFF_BELOW,
+    Controller, Mode, CLEAR_LOSS_BELOW, FIRST_BACKOFF, K_MAX, MAX_BACKOFF, MEASURED_OFF_TOKENS,
+    MIN_ROUNDS_BEFORE_OFF, OFF_BELOW, ON_ABOVE, PREDICTED_OFF_BELOW,
 };
 
 impl Controller {
@@ -98,11 +98,11 @@ impl Controller {
             && !self.measured_to_pay()
         {
             let requests_measured = self.goodput_tok_s.get().is_some();
-            if let Some((k, s)) = self.best_k() {
+            if let Some((k, s)) = self.optimistic_best_k() {
                 if s < CLEAR_LOSS_BELOW || (s < PREDICTED_OFF_BELOW && requests_measured) {
                     self.switch_off(
                         now,
-                        format!("predicted speedup {s:.2}x at the best k = {k} is below 1"),
+                        format!("predicted speedup at most {s:.2}x (the best k = {k}, acceptance as high as measured allows), below 1"),
                         FIRST_BACKOFF,
                     );
                 }
@@ -158,11 +158,13 @@ impl Controller {
         }
         let rate = tokens as f64 / seconds;
         self.goodput_tok_s.update(rate, 0.3);
+        self.tokens_in_mode += tokens;
         if self.mode != Mode::On || self.rounds_in_mode < MIN_ROUNDS_BEFORE_OFF {
             return;
         }
         if let (Some(g), Some(r_t)) = (self.goodput_tok_s.get(), self.target_tok_s.get()) {
-            if g < OFF_BELOW * r_t {
+            let enough = self.tokens_in_mode >= MEASURED_OFF_TOKENS || g < CLEAR_LOSS_BELOW * r_t;
+            if g < OFF_BELOW * r_t && enough {
                 self.switch_off(
                     now,
                     format!("speculation delivered {g:.1} tok/s, the target alone {r_t:.1} tok/s"),
