@@ -38,8 +38,9 @@ pub struct ProxyArgs {
     /// drafts run to k) [default: 0]. Needs the bundled llama.cpp patch on the draft server.
     #[arg(long)]
     draft_p_min: Option<f64>,
-    /// Draft servers sample on their device (llama-server's backend_sampling): faster where the
-    /// draft runs on a GPU, slower on a CPU. Not with --draft-p-min above 0.
+    /// Draft servers sample on their device (llama-server's backend_sampling). Measured slower
+    /// with the pinned llama.cpp, GPU and CPU alike; for builds that keep the device sampler
+    /// between requests. Not with --draft-p-min above 0.
     #[arg(long)]
     draft_backend_sampling: bool,
     /// Never speculate while the target alone is faster than this (tokens/s); needs the

@@ -76,9 +76,10 @@ pub struct DraftOptions {
     /// End the draft after a token the draft model gave less than this probability (the
     /// patched llama-server's `stop_p_min`); 0: drafts run to k.
     pub p_min: f64,
-    /// Sample on the draft server's device (llama-server's per-request `backend_sampling`): on a
-    /// GPU, no copy of the vocabulary's logits to the host and no CPU sampler per draft token.
-    /// The same tokens either way; which is faster depends on the device (on CPU it is slower).
+    /// Sample on the draft server's device (llama-server's per-request `backend_sampling`): no
+    /// copy of the vocabulary's logits to the host per draft token. The same tokens either way;
+    /// with the pinned llama.cpp each such request first sets the sampler up on the device
+    /// (~10 ms on an H100), a loss (`benchmarks/results/gpu/distributed/draft-backend-sampling.md`).
     pub backend_sampling: bool,
 }
 

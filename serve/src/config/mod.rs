@@ -233,8 +233,9 @@ pub struct PairingEntry {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub draft_p_min: f64,
     /// Draft servers sample each draft token on their own device (llama-server's per-request
-    /// `backend_sampling`): on a GPU this saves copying the vocabulary's logits to the host and
-    /// the CPU sampler per draft token; on a CPU draft it is slower. The same tokens either way.
+    /// `backend_sampling`), meant to save copying the vocabulary's logits to the host per draft
+    /// token. The same tokens either way. Measured a loss with the pinned llama.cpp (an H100
+    /// draft: ~10 ms a request to set the device sampler up; no gain on CPU), so off by default.
     /// Not with `draft_p_min` above 0 (the confidence stop reads the logits on the host).
     #[serde(default)]
     pub draft_backend_sampling: bool,

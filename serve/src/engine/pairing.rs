@@ -59,7 +59,7 @@ pub struct PairingConfig {
     /// patched llama-server's `stop_p_min`; 0: drafts run to k).
     pub draft_p_min: f64,
     /// Draft servers sample on their device (llama-server's `backend_sampling`; config
-    /// `draft_backend_sampling`): pays on a GPU draft, costs on a CPU one.
+    /// `draft_backend_sampling`, off by default: measured a loss with the pinned llama.cpp).
     pub draft_backend_sampling: bool,
     /// Longest wait for one target reply (a verification or a stream event).
     pub target_timeout: Duration,
