@@ -14,6 +14,16 @@ pub fn merge(body: &mut Value, extra: Value) {
     }
 }
 
+/// GET a JSON body (a test's read of stats, `/props`, `/slots`, …); any failure is the test's.
+pub async fn get_json(url: &str) -> Value {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: no JSON: {e}"))
+}
+
 /// POST JSON and return (status, parsed body); a body that is not JSON is returned as a string.
 pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
     let r = reqwest::Client::new()

@@ -43,7 +43,7 @@ pub mod vllm_sim;
 
 pub use exactness::{assert_ties_are_rare, compare, prompts, Agreement, Reference, TIE_MARGIN};
 pub use http::{
-    completion_tokens, merge, post_json, proxy_token_ids, stream_token_ids, OpenStream,
+    completion_tokens, get_json, merge, post_json, proxy_token_ids, stream_token_ids, OpenStream,
 };
 pub use llama_server::{LlamaServer, RpcServer, ServerOptions};
 pub use proxy::{greedy_through_proxy_matches_target, RunningProxy, Smollm2Pairing};

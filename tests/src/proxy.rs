@@ -6,7 +6,7 @@ use tightwad_serve::config::{PairingEntry, ProxyConfig};
 use tightwad_serve::server::Proxy;
 
 use crate::exactness::{compare, Agreement};
-use crate::http::{post_json, proxy_token_ids, sse_payloads};
+use crate::http::{get_json, post_json, proxy_token_ids, sse_payloads};
 use crate::llama_server::{LlamaServer, ServerOptions};
 use crate::test_env::TestEnv;
 
@@ -99,12 +99,7 @@ impl RunningProxy {
     }
 
     pub async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/v1/tightwad/stats", self.url))
-            .await
-            .expect("stats reachable")
-            .json()
-            .await
-            .expect("stats JSON")
+        get_json(&format!("{}/v1/tightwad/stats", self.url)).await
     }
 
     /// A streamed request: the `data:` payloads in order (the last one is `[DONE]`).

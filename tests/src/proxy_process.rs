@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::http::get_json;
 use crate::test_env::{free_port, workspace_binary};
 
 /// A running `tightwad proxy`; killed when dropped.
@@ -177,22 +178,12 @@ impl ProxyProcess {
 
     /// `GET /v1/tightwad/stats`.
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/v1/tightwad/stats", self.url))
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats JSON")
+        get_json(&format!("{}/v1/tightwad/stats", self.url)).await
     }
 
     /// The model ids `/v1/models` lists.
     pub async fn models(&self) -> Vec<String> {
-        let v: serde_json::Value = reqwest::get(format!("{}/v1/models", self.url))
-            .await
-            .expect("models")
-            .json()
-            .await
-            .expect("models JSON");
+        let v: serde_json::Value = get_json(&format!("{}/v1/models", self.url)).await;
         v["data"]
             .as_array()
             .into_iter()

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tightwad_e2e::{env, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_e2e::{env, get_json, LlamaServer, RunningProxy, ServerOptions};
 use tightwad_serve::config::ProxyConfig;
 
 fn config(target: &str, draft: Option<&str>) -> ProxyConfig {
@@ -190,12 +190,7 @@ async fn several_pairings_are_served_under_their_own_model_names() {
         ..ProxyConfig::default()
     };
     let proxy = RunningProxy::start_with(c).await;
-    let models: serde_json::Value = reqwest::get(format!("{}/v1/models", proxy.url))
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("JSON");
+    let models: serde_json::Value = get_json(&format!("{}/v1/models", proxy.url)).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .expect("list")

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tightwad_e2e::slow_target::SlowTarget;
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, prompts, proxy_token_ids, Agreement, LlamaServer,
+    assert_ties_are_rare, compare, env, get_json, prompts, proxy_token_ids, Agreement, LlamaServer,
     RunningProxy, ServerOptions,
 };
 
@@ -95,12 +95,7 @@ impl Story {
 
     /// The controller's decisions so far, oldest first (the dashboard's timeline).
     async fn decisions(&self) -> Vec<(String, String)> {
-        let v: Value = reqwest::get(format!("{}/v1/tightwad/dashboard", self.proxy.url))
-            .await
-            .expect("dashboard data reachable")
-            .json()
-            .await
-            .expect("dashboard JSON");
+        let v: Value = get_json(&format!("{}/v1/tightwad/dashboard", self.proxy.url)).await;
         v["pairings"][0]["timeline"]
             .as_array()
             .cloned()

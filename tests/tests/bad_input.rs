@@ -2,7 +2,7 @@
 //! the right status, and the proxy keeps serving everyone else.
 
 use serde_json::{json, Value};
-use tightwad_e2e::{env, free_port, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_e2e::{env, free_port, get_json, LlamaServer, RunningProxy, ServerOptions};
 
 fn assert_openai_error(status: u16, body: &Value, expected_status: u16, param: Option<&str>) {
     assert_eq!(status, expected_status, "{body}");
@@ -140,12 +140,7 @@ async fn bad_requests_get_openai_errors_and_the_proxy_keeps_serving() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["usage"]["completion_tokens"], 8);
     // And `/v1/models` lists the pairing.
-    let models: Value = reqwest::get(format!("{}/v1/models", proxy.url))
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("models JSON");
+    let models: Value = get_json(&format!("{}/v1/models", proxy.url)).await;
     assert_eq!(models["data"][0]["id"], "tightwad-test");
 }
 

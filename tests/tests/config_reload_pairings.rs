@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tightwad_e2e::proxy_process::{run_tightwad, ProxyProcess};
 use tightwad_e2e::{
-    compare, env, free_port, post_json, proxy_token_ids, stream_token_ids, Agreement, LlamaServer,
-    OpenStream, ServerOptions,
+    compare, env, free_port, get_json, post_json, proxy_token_ids, stream_token_ids, Agreement,
+    LlamaServer, OpenStream, ServerOptions,
 };
 
 /// One `[[pairings]]` table: name, target, draft (none: target-only), aliases.
@@ -40,15 +40,6 @@ fn config(port: u16, entries: &[Entry]) -> String {
         }
     }
     text
-}
-
-async fn get_json(url: &str) -> Value {
-    reqwest::get(url)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: no JSON: {e}"))
 }
 
 async fn get_text(url: &str) -> String {

@@ -7,8 +7,8 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, completion_tokens, env, post_json, prompts, proxy_token_ids,
-    stock_env, LlamaServer, RunningProxy, ServerOptions,
+    assert_ties_are_rare, compare, completion_tokens, env, get_json, post_json, prompts,
+    proxy_token_ids, stock_env, LlamaServer, RunningProxy, ServerOptions,
 };
 use tightwad_serve::engine::Pipelining;
 
@@ -51,12 +51,7 @@ async fn a_draft_ends_after_the_first_token_its_model_is_unsure_of() {
     let env = env();
     let (_, draft_model) = env.smollm2();
     let draft = LlamaServer::start(&env, &draft_model, ServerOptions::default()).await;
-    let props: Value = reqwest::get(format!("{}/props", draft.url))
-        .await
-        .expect("props")
-        .json()
-        .await
-        .expect("props JSON");
+    let props: Value = get_json(&format!("{}/props", draft.url)).await;
     assert_eq!(props["capabilities"]["stop_p_min"], true, "{props}");
 
     let n = 24;

@@ -7,8 +7,8 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, completion_tokens, env, post_json, prompts, proxy_token_ids,
-    LlamaServer, RunningProxy, ServerOptions,
+    assert_ties_are_rare, compare, completion_tokens, env, get_json, post_json, prompts,
+    proxy_token_ids, LlamaServer, RunningProxy, ServerOptions,
 };
 use tightwad_serve::engine::Pipelining;
 
@@ -17,12 +17,7 @@ const K: usize = 8;
 /// Whether each slot of the draft server that has served a task sampled its last one on the
 /// device (`/slots`: a slot's `params` are its last task's settings).
 async fn device_sampled(server: &LlamaServer) -> Vec<Value> {
-    let slots: Value = reqwest::get(format!("{}/slots", server.url))
-        .await
-        .expect("slots")
-        .json()
-        .await
-        .expect("slots JSON");
+    let slots: Value = get_json(&format!("{}/slots", server.url)).await;
     let used: Vec<Value> = slots
         .as_array()
         .unwrap_or_else(|| panic!("no slots in {slots}"))

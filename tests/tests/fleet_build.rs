@@ -18,6 +18,7 @@
 //! starts (a coordinator test using it would make a dev-dependency cycle).
 
 use tightwad_e2e::cluster::*;
+use tightwad_e2e::get_json;
 use tightwad_e2e::test_env::*;
 
 use std::path::{Path, PathBuf};
@@ -369,14 +370,9 @@ fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back
     }
     // The build carried Tightwad's bundled llama.cpp patch: the new servers take client drafts.
     for host in &cluster.hosts {
-        let props: serde_json::Value = cluster.rt.block_on(async {
-            reqwest::get(format!("http://{}:8080/props", host.ns.ip))
-                .await
-                .expect("props")
-                .json()
-                .await
-                .expect("props JSON")
-        });
+        let props: serde_json::Value = cluster
+            .rt
+            .block_on(async { get_json(&format!("http://{}:8080/props", host.ns.ip)).await });
         assert_eq!(
             props["capabilities"]["draft_tokens"], true,
             "{} runs a patched llama-server: {props}",

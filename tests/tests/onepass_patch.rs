@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, completion_tokens, env, post_json, prompts, stock_env,
+    assert_ties_are_rare, compare, completion_tokens, env, get_json, post_json, prompts, stock_env,
     Agreement, LlamaServer, Reference, ServerOptions, TestEnv,
 };
 use tightwad_serve::backend::Piece;
@@ -103,21 +103,11 @@ async fn props_advertise_the_capability_and_the_stock_server_does_not() {
         },
     )
     .await;
-    let props: Value = reqwest::get(format!("{}/props", patched.url))
-        .await
-        .expect("props")
-        .json()
-        .await
-        .expect("props JSON");
+    let props: Value = get_json(&format!("{}/props", patched.url)).await;
     assert_eq!(props["capabilities"]["draft_tokens"], true, "{props}");
     assert_eq!(props["capabilities"]["speculative.n_max"], true, "{props}");
     assert_eq!(props["capabilities"]["return_pieces"], true, "{props}");
-    let props: Value = reqwest::get(format!("{}/props", stock.url))
-        .await
-        .expect("props")
-        .json()
-        .await
-        .expect("props JSON");
+    let props: Value = get_json(&format!("{}/props", stock.url)).await;
     assert!(props["capabilities"]["draft_tokens"].is_null(), "{props}");
 }
 
@@ -310,12 +300,7 @@ async fn eos_and_stop_strings_end_the_step_as_they_end_normal_generation() {
             assert_eq!(a[field], b[field], "{label}: {field} differs:\n{a}\n{b}");
         }
     };
-    let props: Value = reqwest::get(format!("{}/props", target.url))
-        .await
-        .expect("props")
-        .json()
-        .await
-        .expect("props JSON");
+    let props: Value = get_json(&format!("{}/props", target.url)).await;
     let (_, eos) = post_json(
         &format!("{}/tokenize", target.url),
         &json!({"content": props["eos_token"], "add_special": false, "parse_special": true}),

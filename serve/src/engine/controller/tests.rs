@@ -493,9 +493,9 @@ fn simulated_fast_target(mut c: Controller, seed: u64, extra_rtt_ms: f64) -> (f6
                 break;
             }
             let accepted = (0..k).take_while(|_| rng.random_bool(0.85)).count();
-            let per_request = extra_rtt_ms / 2e3;
-            let d = (0.0015 + 0.0007 * k as f64 + per_request) * rng.random_range(0.95..1.05);
-            let v = (0.007 + 0.00007 * k as f64 + per_request) * rng.random_range(0.95..1.05);
+            let extra_each = extra_rtt_ms / 2e3; // half to the draft request, half to the verification
+            let d = (0.0015 + 0.0007 * k as f64 + extra_each) * rng.random_range(0.95..1.05);
+            let v = (0.007 + 0.00007 * k as f64 + extra_each) * rng.random_range(0.95..1.05);
             now += Duration::from_secs_f64(d + v);
             if opening {
                 c.record_untimed_round(now, k, accepted);
