@@ -139,22 +139,15 @@ impl ProxyConfig {
             }
             // Only a llama-server draft can end a draft at a confidence floor or sample on its
             // device.
-            let asked = [
-                (
-                    "draft_p_min",
-                    p.draft_p_min > 0.0,
-                    p.draft_p_min.to_string(),
-                ),
-                (
-                    "draft_backend_sampling",
-                    p.draft_backend_sampling,
-                    "true".to_string(),
-                ),
-            ];
             if let Some(why) = p.draft_request_unheard() {
-                for (key, _, value) in asked.iter().filter(|(_, set, _)| *set) {
+                let asked = [
+                    (p.draft_p_min > 0.0).then(|| format!("draft_p_min = {}", p.draft_p_min)),
+                    p.draft_backend_sampling
+                        .then(|| "draft_backend_sampling = true".to_string()),
+                ];
+                for setting in asked.into_iter().flatten() {
                     out.push(format!(
-                        "pairing {name:?}: {key} = {value} has no effect: {why}; remove it"
+                        "pairing {name:?}: {setting} has no effect: {why}; remove it"
                     ));
                 }
             }
