@@ -79,7 +79,7 @@ impl Compile<'_> {
             )
         })?;
         let build = self.root.join(BUILD_FOLDER);
-        let _ = std::fs::remove_dir_all(&build);
+        let _ = tokio::fs::remove_dir_all(&build).await;
         let mut configure = self.command(&cmake);
         configure.arg("-S").arg(self.root).arg("-B").arg(&build);
         if which("ninja", &self.path).is_some() {

@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod compile;
+mod folders;
 pub mod record;
 pub mod smoke;
 pub mod source;
@@ -189,7 +190,7 @@ pub async fn build(
     };
     let path_env = compile::path_env(&ctx.config.build.extra_path);
     let work = builds.join(format!(".work-{backend}"));
-    let _ = std::fs::remove_dir_all(&work);
+    remove_tree(&work).await;
     let tree = work.join("source");
 
     // The source, and its key: the same key and backend are never built twice.
@@ -311,15 +312,6 @@ pub async fn build(
                 .await
                 .map_err(BuildError::Version)?;
             let folder = folder_name(&version, backend, &source_key);
-            let staging = builds.join(format!(".{folder}.tmp"));
-            let _ = std::fs::remove_dir_all(&staging);
-            let staging_bin = staging.join("bin");
-            std::fs::create_dir_all(&staging_bin).map_err(io_err(&staging_bin))?;
-            for exe in compile::TARGETS {
-                let from = bin.join(exe);
-                std::fs::copy(&from, staging_bin.join(exe)).map_err(io_err(&from))?;
-            }
-            let _ = std::os::unix::fs::symlink("ggml-rpc-server", staging_bin.join("rpc-server"));
             let info = record::BuildInfo {
                 build: version,
                 backend,
@@ -327,16 +319,12 @@ pub async fn build(
                 source: description.clone(),
                 cmake_flags: flags,
             };
-            let json =
-                serde_json::to_vec_pretty(&info).map_err(|e| BuildError::Source(e.to_string()))?;
-            std::fs::write(staging.join("build.json"), json).map_err(io_err(&staging))?;
-            let dest = builds.join(&folder);
-            let _ = std::fs::remove_dir_all(&dest);
-            std::fs::rename(&staging, &dest).map_err(io_err(&dest))?;
+            let (into, name) = (builds.clone(), folder.clone());
+            off_runtime(move || folders::install(&into, &name, &bin, &info)).await??;
             folder
         }
     };
-    let _ = std::fs::remove_dir_all(&work);
+    remove_tree(&work).await;
 
     let record = record::load(state);
     let current_identity = identity_of(ctx.config, &record.current).await;
@@ -358,7 +346,7 @@ pub async fn build(
         Err(e) => {
             // Never leave a build that failed its test where a later run could pick it up.
             if record.current != Slot::Build(folder.clone()) {
-                let _ = std::fs::remove_dir_all(&dir);
+                remove_tree(&dir).await;
             }
             return Err(BuildError::SmokeTest(format!(
                 "{}\n{keeps_serving}",
@@ -384,7 +372,8 @@ pub async fn build(
             previous: Some(record.current.clone()),
         };
         let switched = switch_to(ctx, &record, &next, progress).await?;
-        prune(state, &next);
+        let (state, keep) = (state.clone(), next.clone());
+        let _ = off_runtime(move || folders::prune(&state, &keep)).await;
         (next, switched)
     };
     let identity = identity_of(ctx.config, &record.current)
@@ -548,27 +537,21 @@ async fn wait_idle(host: &str, port: u16) {
     }
 }
 
-/// Removes builds that are neither current nor previous (and stale work folders).
-fn prune(state: &Path, record: &Record) {
-    let keep: Vec<String> = [Some(&record.current), record.previous.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|slot| match slot {
-            Slot::Build(folder) => Some(folder.clone()),
-            Slot::Configured => None,
-        })
-        .collect();
-    let Ok(entries) = std::fs::read_dir(record::builds_dir(state)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_build = entry.path().join("build.json").is_file();
-        if is_build && !keep.contains(&name) {
-            tracing::info!(build = %name, "removing an old build");
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+/// Runs filesystem work (a source tree removed, executables copied) on tokio's blocking pool. On
+/// the agent's two async workers it stalled the QUIC connections beside it for as long as it took:
+/// two agents removing their trees at once on a loaded CI machine went silent past the peer idle
+/// timeout, and the coordinator lost both builds' results.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BuildError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BuildError::Source(format!("filesystem task failed: {e}")))
+}
+
+/// Removes a folder if it is there, off the async workers (see [`off_runtime`]).
+async fn remove_tree(path: &Path) {
+    let _ = tokio::fs::remove_dir_all(path).await;
 }
 
 #[cfg(test)]

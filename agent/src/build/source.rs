@@ -98,7 +98,7 @@ pub async fn git_checkout(
             "refused git URL {url:?} / ref {git_ref:?}: empty, starting with '-', or with spaces"
         )));
     }
-    let _ = std::fs::remove_dir_all(dest);
+    let _ = tokio::fs::remove_dir_all(dest).await;
     std::fs::create_dir_all(dest).map_err(|source| BuildError::Io {
         path: dest.display().to_string(),
         source,
