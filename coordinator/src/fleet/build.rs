@@ -123,6 +123,10 @@ impl HostResult {
     }
 }
 
+/// The context of an error met while the host builds (its source already sent): the agent goes
+/// on without us (`agent::service::build`), so the advice differs from a cut upload's.
+const FOLLOWING: &str = "following the build";
+
 /// What to do about a failed host, from its error.
 pub fn advice(error: &str) -> String {
     let e = error.to_ascii_lowercase();
@@ -139,6 +143,11 @@ pub fn advice(error: &str) -> String {
         "this host has no previous build to return to".into()
     } else if e.contains("switching to the new build failed") {
         "a supervised process did not start on the new build; the host went back to its previous build. See `tightwad agent logs HOST NAME`".into()
+    } else if e.contains(FOLLOWING)
+        && !e.contains("receiving the source")
+        && (e.contains("connection") || e.contains("stopped answering"))
+    {
+        "the link to the host was lost while it built; its agent goes on by itself (a new build is switched to only after its smoke test). Once it is done, run the command again: a finished build is reused, not compiled again (while it still builds, the host answers that a build is running)".into()
     } else if e.contains("receiving the source")
         || e.contains("connection")
         || e.contains("stopped answering")
@@ -280,7 +289,7 @@ async fn one_host(
             .next_reply()
             .await
             .map_err(|e| client.explain(e))
-            .with_context(|| host.name.clone())?
+            .with_context(|| format!("{}: {FOLLOWING}", host.name))?
         {
             Some(Reply::BuildProgress(p)) => observer.progress(&host.name, &p),
             Some(Reply::BuildDone(outcome)) => return Ok(*outcome),
@@ -577,5 +586,12 @@ mod tests {
         assert!(advice("Build: smoke test failed: llama-server exited").contains("keeps serving"));
         assert!(advice("Build: cmake configure failed: nvcc").contains("build_backend"));
         assert!(advice("could not connect to 10.0.0.2:7420: timed out").contains("agent"));
+        // The CI run where both agents' links dropped right after their compile said "the upload
+        // was cut", although the agents had the source and built on.
+        let lost = advice("beta: following the build: connection lost: reset by peer");
+        assert!(lost.contains("goes on by itself") && lost.contains("reused"));
+        let busy = advice("beta: following the build: remote: another build is already running");
+        assert!(busy.contains("wait for it"));
+        assert!(advice("beta: sending the source tarball: connection lost").contains("upload"));
     }
 }
