@@ -117,6 +117,94 @@ fn real_table(s: &mut String, scenarios: &[RealScenario]) {
     }
 }
 
+/// What one real scenario's rounds cost and made, for comparing its verification paths.
+struct Rounds {
+    /// Mean draft tokens per round (k) and accepted per round (a).
+    drafted: f64,
+    accepted: f64,
+    /// Tokens each round emitted (a + 1).
+    emitted: f64,
+    /// The controller's measured costs of a round's draft and verification, ms.
+    draft_ms: f64,
+    verify_ms: f64,
+}
+
+impl Rounds {
+    fn of(r: &RealScenario) -> Option<Rounds> {
+        let t = &r.report.totals;
+        let ctl = r.report.proxy_stats.as_ref()?.controller_after.as_ref()?;
+        let ms = |key: &str| ctl.get(key).and_then(serde_json::Value::as_f64);
+        (t.rounds > 0).then_some(())?;
+        Some(Rounds {
+            drafted: t.drafted as f64 / t.rounds as f64,
+            accepted: t.accepted as f64 / t.rounds as f64,
+            emitted: t.tokens_per_round?,
+            draft_ms: ms("draft_round_ms")?,
+            verify_ms: ms("verify_round_ms")?,
+        })
+    }
+
+    /// Tokens the target evaluates a round: one pass reads the uncached tail (the last round's
+    /// bonus token) and the k draft tokens; multi-prompt verification sends k + 1 prompts, each
+    /// re-reading the last round's a + 1 new tokens and its own prefix of the draft.
+    fn target_tokens(&self, one_pass: bool) -> f64 {
+        let (k, a) = (self.drafted, self.accepted);
+        if one_pass {
+            k + 1.0
+        } else {
+            (k + 1.0) * (a + 1.0) + k * (k + 1.0) / 2.0
+        }
+    }
+
+    /// Tokens per millisecond of rounds, at the measured round costs.
+    fn rate(&self) -> f64 {
+        self.emitted / (self.draft_ms + self.verify_ms)
+    }
+}
+
+/// Each pinned one-pass scenario beside its `-multi-prompt` twin: the factor between their
+/// speedups as measured, as their measured round costs predict it, and as the target's token
+/// counts would if a verification cost what it reads (the issue's first guess, far off on a CPU).
+fn verification_table(s: &mut String, real: &[RealScenario]) {
+    let pairs: Vec<(&RealScenario, &RealScenario)> = real
+        .iter()
+        .filter(|r| r.verification.as_deref() == Some("one_pass") && !r.adaptive)
+        .filter_map(|op| {
+            let twin = format!("{}-multi-prompt", op.name);
+            real.iter().find(|r| r.name == twin).map(|mp| (op, mp))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "### One-pass against multi-prompt verification
+");
+    let _ = writeln!(s, "The same pinned k and prompts, two runs (each against its own direct requests): the measured factor is one-pass speedup ÷ multi-prompt speedup. *Predicted by round costs*: tokens per round ÷ (draft + verification ms, the controller's measurements) of one path over the other's. *By token counts*: the ratio of the target tokens each path's verification reads a round (one pass: k + 1; multi-prompt: (k+1)(a+1) + k(k+1)/2, with the measured k and a) — the factor the issue's goal first expected, as if a verification cost what it reads; neither a CPU (a fixed cost per decode, batched products cheap per token) nor a GPU prices it so.\n");
+    let _ = writeln!(s, "| scenario | one-pass | multi-prompt | measured factor | predicted by round costs | verification ms (one-pass / multi-prompt) | target tokens a round (one-pass / multi-prompt) | by token counts |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (op, mp) in pairs {
+        let (Some(o), Some(m)) = (Rounds::of(op), Rounds::of(mp)) else {
+            continue;
+        };
+        let (to, tm) = (o.target_tokens(true), m.target_tokens(false));
+        let _ = writeln!(
+            s,
+            "| `{}` | {:.2}x | {:.2}x | **{:.2}x** | {:.2}x | {:.0} / {:.0} | {:.1} / {:.1} | {:.1}x |",
+            op.name,
+            op.report.totals.speedup,
+            mp.report.totals.speedup,
+            op.report.totals.speedup / mp.report.totals.speedup,
+            o.rate() / m.rate(),
+            o.verify_ms,
+            m.verify_ms,
+            to,
+            tm,
+            tm / to,
+        );
+    }
+    let _ = writeln!(s);
+}
+
 /// Write `README.md` (and the plots) from the result files in `dir`.
 pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
     let grid: Option<SimScenario> = read(&dir.join("sim-grid.json"))?;
@@ -311,6 +399,7 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
         let _ = writeln!(s);
         real_table(&mut s, &real);
         let _ = writeln!(s);
+        verification_table(&mut s, &real);
     }
     let _ = writeln!(s, "## Caveats\n");
     let _ = writeln!(s, "- This machine has 2 cores and is shared: other sessions' builds and llama-servers may run during a benchmark (the load averages above tell). The simulation mostly sleeps and is little affected; the real-server scenarios are CPU-bound, and their ratios moved by up to ±20% between two runs of the same configuration (e.g. `real-fast-target`, served target-only both times, gave 1.01x and 0.81x). Trust their direction, not their second digit.");
@@ -322,4 +411,93 @@ pub fn write_readme(dir: &Path) -> anyhow::Result<()> {
     let _ = writeln!(s, "Against your own servers: `tightwad bench --proxy http://proxy:8088 --target http://target:8080 --json --out out.json --markdown out.md` (same comparison, built-in prompt set). A LAN in a box: `lan-relay --listen 127.0.0.1:9081 --to 127.0.0.1:8081 --rtt-ms 2`, and `sim-llama-server --tok-s 10` / `sim-llama-server --tok-s 500 --draft-acceptance 0.8` for a SIMULATED target and draft.");
     std::fs::write(dir.join("README.md"), s)
         .with_context(|| format!("cannot write {}/README.md", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{BenchReport, Environment, StatsDelta, Totals};
+
+    fn scenario(name: &str, verification: &str, speedup: f64, verify_ms: f64) -> RealScenario {
+        RealScenario {
+            name: name.into(),
+            description: String::new(),
+            target_model: "t.gguf".into(),
+            draft_model: Some("d.gguf".into()),
+            rtt_ms: Some(2.0),
+            adaptive: false,
+            draft_tokens: 4,
+            verification: Some(verification.into()),
+            seconds: 1.0,
+            report: BenchReport {
+                proxy: String::new(),
+                target: String::new(),
+                model: String::new(),
+                max_tokens: 64,
+                repeats: 1,
+                warmup: 1,
+                environment: Environment {
+                    commit: None,
+                    dirty: None,
+                    nproc: 2,
+                    cpu_model: None,
+                    os: "linux".into(),
+                    unix_time: 0,
+                    load_average: None,
+                },
+                prompts: Vec::new(),
+                totals: Totals {
+                    direct_seconds: 1.0,
+                    proxy_seconds: 1.0 / speedup,
+                    direct_tokens: 300,
+                    proxy_tokens: 300,
+                    direct_tok_s: 300.0,
+                    proxy_tok_s: 300.0 * speedup,
+                    speedup,
+                    equal_token_counts: true,
+                    identical_prompts: 5,
+                    prompts: 5,
+                    rounds: 100,
+                    drafted: 400,
+                    accepted: 300,
+                    acceptance: Some(0.75),
+                    tokens_per_round: Some(4.0),
+                },
+                proxy_stats: Some(StatsDelta {
+                    rounds: 100,
+                    drafted: 400,
+                    accepted: 300,
+                    speculative_requests: 5,
+                    target_only_requests: 0,
+                    passthrough_requests: 0,
+                    controller_after: Some(serde_json::json!({
+                        "draft_round_ms": 20.0,
+                        "verify_round_ms": verify_ms,
+                    })),
+                }),
+            },
+        }
+    }
+
+    /// k = 4, a = 3: one pass reads 5 tokens, multi-prompt 5·4 + 10 = 30; rounds of 20 + 40 ms
+    /// against 20 + 80 ms predict 100/60; the speedups measured 1.5x and 0.75x give 2x.
+    #[test]
+    fn a_one_pass_scenario_is_set_beside_its_multi_prompt_twin() {
+        let real = [
+            scenario("slow-pinned", "one_pass", 1.5, 40.0),
+            scenario("slow-pinned-multi-prompt", "multi_prompt", 0.75, 80.0),
+            scenario("other-pinned", "one_pass", 1.2, 40.0),
+        ];
+        let mut s = String::new();
+        verification_table(&mut s, &real);
+        let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| `")).collect();
+        assert_eq!(
+            rows,
+            ["| `slow-pinned` | 1.50x | 0.75x | **2.00x** | 1.67x | 40 / 80 | 5.0 / 30.0 | 6.0x |"],
+            "{s}"
+        );
+        let mut none = String::new();
+        verification_table(&mut none, &real[2..]);
+        assert!(none.is_empty(), "no twin, no table: {none}");
+    }
 }
