@@ -177,8 +177,11 @@ fn verification_table(s: &mut String, real: &[RealScenario]) {
     if pairs.is_empty() {
         return;
     }
-    let _ = writeln!(s, "### One-pass against multi-prompt verification
-");
+    let _ = writeln!(
+        s,
+        "### One-pass against multi-prompt verification
+"
+    );
     let _ = writeln!(s, "The same pinned k and prompts, two runs (each against its own direct requests): the measured factor is one-pass speedup ÷ multi-prompt speedup. *Predicted by round costs*: tokens per round ÷ (draft + verification ms, the controller's measurements) of one path over the other's. *By token counts*: the ratio of the target tokens each path's verification reads a round (one pass: k + 1; multi-prompt: (k+1)(a+1) + k(k+1)/2, with the measured k and a) — the factor the issue's goal first expected, as if a verification cost what it reads; neither a CPU (a fixed cost per decode, batched products cheap per token) nor a GPU prices it so.\n");
     let _ = writeln!(s, "| scenario | one-pass | multi-prompt | measured factor | predicted by round costs | verification ms (one-pass / multi-prompt) | target tokens a round (one-pass / multi-prompt) | by token counts |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");

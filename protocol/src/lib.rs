@@ -34,10 +34,15 @@ pub use fingerprint::Fingerprint;
 /// and special tokens in `GgufSummary`.
 /// v3: `tightwad build` (`Build`, `RollbackBuild`), the backend in `LlamaBuild`.
 /// v4: `BuildRequest::patches` (the bundled llama.cpp patches travel with a build).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// v5: `FollowBuild` (a coordinator that lost its link to a building host follows it again).
+pub const PROTOCOL_VERSION: u32 = 5;
 
-/// The oldest peer protocol version this build still speaks (v4 changed `BuildRequest`'s shape).
+/// The oldest peer protocol version this build still speaks (v4 changed `BuildRequest`'s shape;
+/// v5 only added a request, which a coordinator sends where both speak v5).
 pub const MIN_PROTOCOL_VERSION: u32 = 4;
+
+/// The first protocol version with `Request::FollowBuild`.
+pub const FOLLOW_BUILD_VERSION: u32 = 5;
 
 /// The software version reported in `Hello`.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -225,6 +225,10 @@ impl Agent {
                 self.config.peer.check_build().map_err(forbidden)?;
                 self.rollback(stream).await
             }
+            Request::FollowBuild => {
+                self.config.peer.check_build().map_err(forbidden)?;
+                self.follow_build(stream).await
+            }
             Request::ListDevices { rpc_servers } => {
                 crate::dryrun::list_devices(&self.config, &rpc_servers)
                     .await

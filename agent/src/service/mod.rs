@@ -41,6 +41,8 @@ pub struct Agent {
     manifests: crate::pull::ManifestCache,
     /// Held while a `tightwad build` (or rollback) runs: one at a time.
     building: tokio::sync::Mutex<()>,
+    /// Where the builds stand, for coordinators that follow one again after a lost link.
+    build_state: tokio::sync::watch::Sender<build::BuildState>,
 }
 
 fn capabilities() -> Vec<Capability> {
@@ -93,6 +95,7 @@ pub async fn run(
         receiving: Default::default(),
         manifests: Default::default(),
         building: Default::default(),
+        build_state: tokio::sync::watch::Sender::new(build::BuildState::Idle),
         config,
     });
     tracing::info!(

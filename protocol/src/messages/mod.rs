@@ -181,6 +181,11 @@ pub enum Request {
     Build(BuildRequest),
     /// Switch back to the build that was current before the current one (`tightwad build --rollback`).
     RollbackBuild,
+    /// Follow the build (or rollback) running on this host from where it is, or hear how the last
+    /// one ended: `BuildProgress` frames, then `BuildDone` or the build's error (protocol v5). A
+    /// coordinator whose link dropped while a host built reconnects with this: the agent builds on
+    /// without it.
+    FollowBuild,
 }
 
 impl Request {
@@ -208,6 +213,7 @@ impl Request {
             Request::ProcessMemory { .. } => "process_memory",
             Request::Build(_) => "build",
             Request::RollbackBuild => "rollback_build",
+            Request::FollowBuild => "follow_build",
         }
     }
 }
