@@ -5,15 +5,15 @@
 //! build stays for `--rollback`. Hosts build in parallel; a failed host does not stop the others,
 //! and the summary says what to do about it.
 
+mod host;
+mod render;
+
 use super::{Fleet, HostEntry};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tightwad_protocol::messages::{
-    BuildIdentity, BuildOutcome, BuildProgress, BuildRequest, BuildSource, BuildStage, Reply,
-    Request, UploadOffer,
-};
+use tightwad_protocol::messages::{BuildIdentity, BuildOutcome, BuildProgress};
 use tightwad_protocol::upload;
 
 #[derive(clap::Args, Debug)]
@@ -174,15 +174,6 @@ impl<F: Fn(&str, &BuildProgress) + Sync> Observer for F {
     }
 }
 
-/// The tarball's name on the agents: its content hash, so the same tarball is recognised there
-/// (and an upload cut off resumes) whatever it was called here.
-fn tarball_offer_name(offer: &UploadOffer) -> String {
-    format!(
-        "llama-src-{}.tar.gz",
-        &offer.sha256[..16.min(offer.sha256.len())]
-    )
-}
-
 /// Runs `plan` on `hosts` in parallel; one result per host, in order.
 pub async fn run_on_hosts(
     fleet: &Fleet,
@@ -202,7 +193,7 @@ pub async fn run_on_hosts(
             let mut offer = upload::offer_for(path, "source.tar.gz")
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
-            offer.file_name = tarball_offer_name(&offer);
+            offer.file_name = host::tarball_offer_name(&offer);
             Some(offer)
         }
         _ => None,
@@ -210,268 +201,13 @@ pub async fn run_on_hosts(
     let work = hosts.iter().map(|host| {
         let offer = offer.clone();
         async move {
-            match one_host(fleet, host, plan, offer, jobs, observer).await {
+            match host::one_host(fleet, host, plan, offer, jobs, observer).await {
                 Ok(outcome) => HostResult::done(&host.name, outcome),
                 Err(e) => HostResult::failed(&host.name, &e),
             }
         }
     });
     Ok(futures::future::join_all(work).await)
-}
-
-async fn one_host(
-    fleet: &Fleet,
-    host: &HostEntry,
-    plan: &BuildPlan,
-    offer: Option<UploadOffer>,
-    jobs: Option<u32>,
-    observer: &dyn Observer,
-) -> anyhow::Result<BuildOutcome> {
-    let client = fleet.connect(host).await?;
-    let (request, tarball) = match plan {
-        BuildPlan::Rollback => (Request::RollbackBuild, None),
-        BuildPlan::Build(spec) | BuildPlan::Stock(spec) => {
-            let patches = match plan {
-                BuildPlan::Build(_) => super::patches::bundled(),
-                _ => Vec::new(),
-            };
-            let source = match (spec, &offer) {
-                (SourceSpec::Tarball(path), Some(offer)) => {
-                    (BuildSource::Tarball(offer.clone()), Some(path.clone()))
-                }
-                (SourceSpec::Git { url, git_ref }, _) => (
-                    BuildSource::Git {
-                        url: url.clone(),
-                        git_ref: git_ref.clone(),
-                    },
-                    None,
-                ),
-                (SourceSpec::Tarball(_), None) => anyhow::bail!("no offer for the tarball"),
-            };
-            (
-                Request::Build(BuildRequest {
-                    source: source.0,
-                    backend: host.build_backend,
-                    jobs,
-                    patches,
-                }),
-                source.1,
-            )
-        }
-    };
-    let mut stream = client.open(&request).await?;
-    if let (Some(path), Some(offer)) = (tarball, &offer) {
-        upload::push(&mut stream, &path, offer, None, |p| {
-            observer.progress(
-                &host.name,
-                &BuildProgress {
-                    stage: BuildStage::Upload,
-                    done: p.done,
-                    total: p.total,
-                    message: if p.resumed_from > 0 {
-                        format!(
-                            "uploading the source (resumed at {} MiB)",
-                            p.resumed_from >> 20
-                        )
-                    } else {
-                        "uploading the source".into()
-                    },
-                },
-            )
-        })
-        .await
-        .map_err(|e| client.explain(e))
-        .with_context(|| format!("{}: sending the source tarball", host.name))?;
-    }
-    stream.finish().map_err(|e| client.explain(e))?;
-    let (mut client, mut stream) = (client, stream);
-    let mut stage = BuildStage::Upload;
-    loop {
-        let lost = match next_outcome(&client, &mut stream, host, observer, &mut stage).await {
-            Ok(outcome) => return Ok(outcome),
-            Err(Waiting::Failed(e)) => return Err(e),
-            Err(Waiting::LinkLost(e)) => e,
-        };
-        let follows = client
-            .peer_hello()
-            .is_some_and(|h| h.negotiated_version >= tightwad_protocol::FOLLOW_BUILD_VERSION);
-        if !follows {
-            return Err(anyhow::Error::new(lost).context(format!("{}: {FOLLOWING}", host.name)));
-        }
-        observer.progress(
-            &host.name,
-            &BuildProgress {
-                stage,
-                done: 0,
-                total: 0,
-                message: format!("link lost ({lost}): reconnecting to follow the build"),
-            },
-        );
-        (client, stream) = follow_again(fleet, host, lost).await?;
-    }
-}
-
-/// How waiting for a host's build ended, short of its outcome.
-enum Waiting {
-    /// The link dropped (the agent builds on without us).
-    LinkLost(tightwad_protocol::ProtocolError),
-    /// The build failed, or the agent broke the protocol.
-    Failed(anyhow::Error),
-}
-
-/// Reads the build's progress reports until its outcome (`stage` keeps the latest stage).
-async fn next_outcome(
-    client: &tightwad_protocol::client::Client,
-    stream: &mut tightwad_protocol::client::FramedStream,
-    host: &HostEntry,
-    observer: &dyn Observer,
-    stage: &mut BuildStage,
-) -> Result<BuildOutcome, Waiting> {
-    use tightwad_protocol::ProtocolError as E;
-    let failed =
-        |e: anyhow::Error| Waiting::Failed(e.context(format!("{}: {FOLLOWING}", host.name)));
-    loop {
-        match stream.next_reply().await.map_err(|e| client.explain(e)) {
-            Ok(Some(Reply::BuildProgress(p))) => {
-                *stage = p.stage;
-                observer.progress(&host.name, &p);
-            }
-            Ok(Some(Reply::BuildDone(outcome))) => return Ok(*outcome),
-            Ok(Some(other)) => {
-                return Err(failed(anyhow::anyhow!("unexpected reply {}", other.kind())))
-            }
-            Ok(None) => {
-                return Err(failed(anyhow::anyhow!(
-                    "the agent ended the build without a result"
-                )))
-            }
-            Err(
-                e @ (E::Connection(_)
-                | E::PeerSilent { .. }
-                | E::Read(_)
-                | E::Write(_)
-                | E::Closed(_)),
-            ) => return Err(Waiting::LinkLost(e)),
-            Err(e) => return Err(failed(e.into())),
-        }
-    }
-}
-
-/// How long a coordinator that lost its link to a building host keeps trying to reach it again.
-const FOLLOW_AGAIN_FOR: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Reconnects to `host` and follows its build (`Request::FollowBuild`), trying again every few
-/// seconds for [`FOLLOW_AGAIN_FOR`]; the error says the link was lost and what the last try met.
-async fn follow_again(
-    fleet: &Fleet,
-    host: &HostEntry,
-    lost: tightwad_protocol::ProtocolError,
-) -> anyhow::Result<(
-    tightwad_protocol::client::Client,
-    tightwad_protocol::client::FramedStream,
-)> {
-    let deadline = tokio::time::Instant::now() + FOLLOW_AGAIN_FOR;
-    loop {
-        let attempt = async {
-            let client = fleet.connect(host).await?;
-            let mut stream = client.open(&Request::FollowBuild).await?;
-            stream.finish().map_err(|e| client.explain(e))?;
-            anyhow::Ok((client, stream))
-        };
-        match attempt.await {
-            Ok(followed) => {
-                tracing::info!(host = %host.name, "reconnected: following the build again");
-                return Ok(followed);
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(e.context(format!(
-                    "{}: {FOLLOWING}: the link was lost ({lost}) and the host did not answer again within {} s",
-                    host.name,
-                    FOLLOW_AGAIN_FOR.as_secs()
-                )))
-            }
-            Err(e) => {
-                tracing::debug!(host = %host.name, error = %format!("{e:#}"), "not reachable yet");
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-        }
-    }
-}
-
-fn stage_label(stage: BuildStage) -> &'static str {
-    match stage {
-        BuildStage::Upload => "upload",
-        BuildStage::Unpack => "unpack",
-        BuildStage::Configure => "cmake",
-        BuildStage::Compile => "compile",
-        BuildStage::SmokeTest => "smoke test",
-        BuildStage::Switch => "switch",
-    }
-}
-
-/// Progress bars, one per host (only drawn on a terminal); stage changes as plain lines
-/// otherwise, so logs of a run without a terminal still show where each host is.
-struct Bars {
-    multi: indicatif::MultiProgress,
-    bars: Vec<(String, indicatif::ProgressBar)>,
-    last_stage: std::sync::Mutex<std::collections::HashMap<String, BuildStage>>,
-    terminal: bool,
-}
-
-impl Bars {
-    fn new(hosts: &[HostEntry], hidden: bool) -> Self {
-        let terminal = !hidden && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let multi = if terminal {
-            indicatif::MultiProgress::new()
-        } else {
-            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-        };
-        let style = indicatif::ProgressStyle::with_template(
-            "{prefix:>12.bold} {bar:30.cyan/blue} {pos:>5}/{len:5} {wide_msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        let bars = hosts
-            .iter()
-            .map(|h| {
-                let bar = multi.add(indicatif::ProgressBar::new(1));
-                bar.set_style(style.clone());
-                bar.set_prefix(h.name.clone());
-                bar.set_message("connecting");
-                (h.name.clone(), bar)
-            })
-            .collect();
-        Bars {
-            multi,
-            bars,
-            last_stage: Default::default(),
-            terminal,
-        }
-    }
-}
-
-impl Observer for Bars {
-    fn progress(&self, host: &str, p: &BuildProgress) {
-        if let Some((_, bar)) = self.bars.iter().find(|(name, _)| name == host) {
-            let (done, total) = match p.stage {
-                // Bytes are shown in MiB.
-                BuildStage::Upload => (p.done >> 20, (p.total >> 20).max(1)),
-                _ => (p.done, p.total.max(1)),
-            };
-            bar.set_length(total);
-            bar.set_position(done.min(total));
-            bar.set_message(format!("{}: {}", stage_label(p.stage), p.message));
-        }
-        let changed = self
-            .last_stage
-            .lock()
-            .map(|mut last| last.insert(host.to_string(), p.stage) != Some(p.stage))
-            .unwrap_or(false);
-        if !self.terminal
-            && (changed || p.stage != BuildStage::Compile && p.stage != BuildStage::Upload)
-        {
-            eprintln!("[{host}] {}: {}", stage_label(p.stage), p.message);
-        }
-    }
 }
 
 /// Chooses the hosts: all, or those named (unknown names are an error naming the known ones).
@@ -532,84 +268,11 @@ fn looks_like_url(source: &str) -> bool {
         .any(|p| source.starts_with(p))
 }
 
-/// The summary for people.
-pub fn render(results: &[HostResult]) -> String {
-    let mut out = String::new();
-    for r in results {
-        if r.ok {
-            out.push_str(&format!(
-                "✓ {}: {}{} in {:.0}s; {}; switched: {}{}\n",
-                r.host,
-                r.build.as_deref().unwrap_or("?"),
-                if r.reused { " (already built)" } else { "" },
-                r.seconds,
-                r.smoke_test.as_deref().unwrap_or(""),
-                if r.switched.is_empty() {
-                    "nothing running".to_string()
-                } else {
-                    r.switched.join(", ")
-                },
-                r.previous
-                    .as_ref()
-                    .map(|p| format!("; previous {p} kept for --rollback"))
-                    .unwrap_or_default()
-            ));
-        } else {
-            out.push_str(&format!(
-                "✗ {}: {}\n    what to do: {}\n",
-                r.host,
-                r.error.as_deref().unwrap_or("failed"),
-                r.advice.as_deref().unwrap_or("")
-            ));
-        }
-    }
-    let builds: std::collections::BTreeSet<String> = results
-        .iter()
-        .filter_map(|r| r.identity.as_ref())
-        .map(identity_key)
-        .collect();
-    let failed = results.iter().filter(|r| !r.ok).count();
-    match (builds.len(), failed) {
-        (1, 0) => out.push_str(&format!(
-            "all {} host(s) run one llama.cpp build: {}\n",
-            results.len(),
-            builds.iter().next().map(String::as_str).unwrap_or("")
-        )),
-        (_, 0) => out.push_str(&format!(
-            "the hosts run different llama.cpp builds: {}\n",
-            builds.into_iter().collect::<Vec<_>>().join(", ")
-        )),
-        _ => out.push_str(&format!(
-            "{failed} of {} host(s) failed (their current builds keep serving); fix them and run the same command with --host {}\n",
-            results.len(),
-            results.iter().filter(|r| !r.ok).map(|r| r.host.as_str()).collect::<Vec<_>>().join(",")
-        )),
-    }
-    out
-}
-
-/// Version and commit, without the backend: hosts with different GPUs run "one build" when
-/// these agree.
-fn identity_key(identity: &BuildIdentity) -> String {
-    let b = &identity.build;
-    format!(
-        "{}b{}-{}",
-        b.version
-            .as_ref()
-            .map(|v| format!("{v} "))
-            .unwrap_or_default(),
-        b.build_number
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "?".into()),
-        b.commit.as_deref().unwrap_or("?")
-    )
-}
-
 /// `tightwad build`.
 pub async fn run(fleet: &Fleet, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let plan = plan_from(&args)?;
     let hosts = choose_hosts(fleet, &args.hosts)?;
-    let bars = Bars::new(&hosts, args.json);
+    let bars = render::Bars::new(&hosts, args.json);
     let results = run_on_hosts(fleet, &hosts, &plan, args.jobs, &bars).await?;
     for (_, bar) in &bars.bars {
         bar.finish_and_clear();
@@ -618,7 +281,7 @@ pub async fn run(fleet: &Fleet, args: BuildArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        print!("{}", render(&results));
+        print!("{}", render::render(&results));
     }
     Ok(if results.iter().all(|r| r.ok) {
         ExitCode::SUCCESS
