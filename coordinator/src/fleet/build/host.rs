@@ -98,14 +98,10 @@ pub(super) async fn one_host(
         if !follows {
             return Err(anyhow::Error::new(lost).context(format!("{}: {FOLLOWING}", host.name)));
         }
-        observer.progress(
+        observer.notice(
             &host.name,
-            &BuildProgress {
-                stage,
-                done: 0,
-                total: 0,
-                message: format!("link lost ({lost}): reconnecting to follow the build"),
-            },
+            stage,
+            &format!("link lost ({lost}): reconnecting to follow the build"),
         );
         (client, stream) = follow_again(fleet, host, lost).await?;
     }

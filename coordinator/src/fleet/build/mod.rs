@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tightwad_protocol::messages::{BuildIdentity, BuildOutcome, BuildProgress};
+use tightwad_protocol::messages::{BuildIdentity, BuildOutcome, BuildProgress, BuildStage};
 use tightwad_protocol::upload;
 
 #[derive(clap::Args, Debug)]
@@ -166,6 +166,20 @@ pub fn advice(error: &str) -> String {
 /// Something that shows progress (the CLI's progress bars, or a test's log).
 pub trait Observer: Sync {
     fn progress(&self, host: &str, progress: &BuildProgress);
+
+    /// Something that happened to a host's build besides its progress (the link lost and
+    /// followed again): by default a progress report with no position.
+    fn notice(&self, host: &str, stage: BuildStage, message: &str) {
+        self.progress(
+            host,
+            &BuildProgress {
+                stage,
+                done: 0,
+                total: 0,
+                message: message.to_string(),
+            },
+        );
+    }
 }
 
 impl<F: Fn(&str, &BuildProgress) + Sync> Observer for F {

@@ -78,6 +78,14 @@ impl Observer for Bars {
             eprintln!("[{host}] {}: {}", stage_label(p.stage), p.message);
         }
     }
+
+    /// A line of its own above the bars (or in the log), leaving the host's bar where it is.
+    fn notice(&self, host: &str, stage: BuildStage, message: &str) {
+        let line = format!("[{host}] {}: {message}", stage_label(stage));
+        if !self.terminal || self.multi.println(&line).is_err() {
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// The summary for people.
