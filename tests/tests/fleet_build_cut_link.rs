@@ -3,7 +3,9 @@
 //! (`Request::FollowBuild`), reporting the host's outcome instead of a lost connection. A real
 //! agent in a network namespace builds llama.cpp from the sdist scripts/setup uses (ccache makes
 //! it mostly linking); its link is cut with `ip link set … down` for longer than the peer idle
-//! timeout, so both ends of the connection really give it up.
+//! timeout, so both ends of the connection really give it up. And when the coordinator that
+//! started a build goes away for good (stopped mid-compile), the next one follows the build
+//! (`tightwad build --follow`) to the same end.
 
 use tightwad_e2e::cluster::*;
 use tightwad_e2e::test_env::*;
@@ -15,8 +17,8 @@ use std::time::Duration;
 use tightwad_coordinator::fleet::build::{run_on_hosts, BuildPlan, SourceSpec};
 use tightwad_protocol::messages::{BuildProgress, BuildStage};
 
-#[test]
-fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
+/// One host, alpha, whose agent builds with the ccache scripts/setup filled; and the source.
+fn one_building_host() -> (TestCluster, PathBuf) {
     let sdist = PathBuf::from(require_env("TIGHTWAD_LLAMA_SOURCE"));
     let tools = require_env("TIGHTWAD_BUILD_TOOLS");
     // The ccache scripts/setup filled: $CACHE/src/<sdist> → $CACHE/ccache.
@@ -34,23 +36,37 @@ fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
         .models(&["target.gguf"])
         .agent_toml(&build)
         .start();
+    (cluster, sdist)
+}
+
+#[test]
+fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
+    let (cluster, sdist) = one_building_host();
     let fleet = cluster.fleet();
     let hosts = fleet.config.hosts.clone();
     let alpha = &cluster.hosts[0].ns;
 
-    // Before any build, there is nothing to follow, and the agent says so.
-    let entry = fleet.config.host("alpha").expect("host").clone();
-    let nothing = cluster.rt.block_on(async {
-        let client = fleet.connect(&entry).await.expect("connect");
-        let mut stream = client
-            .open(&tightwad_protocol::messages::Request::FollowBuild)
-            .await
-            .expect("open");
-        stream.finish().expect("finish");
-        stream.next_reply().await
-    });
-    let error = format!("{:?}", nothing.expect_err("no build yet"));
-    assert!(error.contains("no build has run"), "{error}");
+    // Before any build, there is nothing to follow, and the host says so.
+    let quiet = |_: &str, _: &BuildProgress| {};
+    let nothing = cluster
+        .rt
+        .block_on(run_on_hosts(
+            &fleet,
+            &hosts,
+            &BuildPlan::Follow,
+            None,
+            &quiet,
+        ))
+        .expect("follow");
+    let error = nothing[0].error.clone().unwrap_or_default();
+    assert!(
+        !nothing[0].ok && error.contains("no build has run"),
+        "{nothing:#?}"
+    );
+    assert!(nothing[0]
+        .advice
+        .as_deref()
+        .is_some_and(|a| a.contains("nothing to follow")));
 
     let compiling = AtomicBool::new(false);
     let reports: Mutex<Vec<(BuildStage, String)>> = Mutex::default();
@@ -110,6 +126,7 @@ fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
             .is_some_and(|s| !s.trim().is_empty()),
         "{result:#?}"
     );
+    let entry = fleet.config.host("alpha").expect("host").clone();
     let status = cluster.rt.block_on(async {
         fleet
             .connect(&entry)
@@ -132,4 +149,81 @@ fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
         "alpha now runs the build it reported: {} vs {identity:?}",
         server.path
     );
+}
+
+#[test]
+fn a_build_whose_coordinator_went_away_is_followed_by_the_next_one() {
+    let (cluster, sdist) = one_building_host();
+    let fleet = cluster.fleet();
+    let hosts = fleet.config.hosts.clone();
+
+    // The first coordinator starts the build and is stopped once alpha compiles: its future is
+    // dropped, and its connection with it.
+    let compiling = AtomicBool::new(false);
+    let first = |_: &str, p: &BuildProgress| {
+        if p.stage == BuildStage::Compile {
+            compiling.store(true, Ordering::SeqCst);
+        }
+    };
+    let plan = BuildPlan::Build(SourceSpec::Tarball(sdist));
+    cluster.rt.block_on(async {
+        tokio::select! {
+            results = run_on_hosts(&fleet, &hosts, &plan, Some(2), &first) => {
+                panic!("the build ended before alpha compiled: {results:?}")
+            }
+            () = async {
+                while !compiling.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } => {}
+        }
+    });
+
+    // The next one follows what alpha is doing, to its end.
+    let stages: Mutex<Vec<BuildStage>> = Mutex::default();
+    let next = |host: &str, p: &BuildProgress| {
+        eprintln!(
+            "[{host}] {:?} {}/{} {}",
+            p.stage, p.done, p.total, p.message
+        );
+        if let Ok(mut s) = stages.lock() {
+            s.push(p.stage);
+        }
+    };
+    let results = cluster
+        .rt
+        .block_on(run_on_hosts(
+            &fleet,
+            &hosts,
+            &BuildPlan::Follow,
+            None,
+            &next,
+        ))
+        .expect("follow");
+    let result = &results[0];
+    assert!(result.ok, "{result:#?}");
+    assert!(!result.reused, "{result:#?}");
+    assert!(
+        result.identity.as_ref().is_some_and(|i| i.folder.is_some()),
+        "{result:#?}"
+    );
+    let heard = stages.lock().expect("stages").clone();
+    assert!(
+        heard.contains(&BuildStage::SmokeTest) || heard.contains(&BuildStage::Switch),
+        "the follower heard the build's later stages: {heard:?}"
+    );
+
+    // Following again hears how that build ended, the same outcome.
+    let again = cluster
+        .rt
+        .block_on(run_on_hosts(
+            &fleet,
+            &hosts,
+            &BuildPlan::Follow,
+            None,
+            &next,
+        ))
+        .expect("follow again");
+    assert_eq!(again[0].build, result.build, "{again:#?}");
+    assert!(again[0].ok);
 }

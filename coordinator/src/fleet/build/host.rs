@@ -30,6 +30,16 @@ pub(super) async fn one_host(
     let client = fleet.connect(host).await?;
     let (request, tarball) = match plan {
         BuildPlan::Rollback => (Request::RollbackBuild, None),
+        BuildPlan::Follow => {
+            let version = client.peer_hello().map_or(0, |h| h.negotiated_version);
+            anyhow::ensure!(
+                version >= tightwad_protocol::FOLLOW_BUILD_VERSION,
+                "{}: following a build needs peer protocol v{} (the agent speaks v{version})",
+                host.name,
+                tightwad_protocol::FOLLOW_BUILD_VERSION
+            );
+            (Request::FollowBuild, None)
+        }
         BuildPlan::Build(spec) | BuildPlan::Stock(spec) => {
             let patches = match plan {
                 BuildPlan::Build(_) => crate::fleet::patches::bundled(),

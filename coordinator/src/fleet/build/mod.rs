@@ -21,7 +21,8 @@ use tightwad_protocol::upload;
     tightwad build --source llama.cpp-b8111.tar.gz          # hosts without internet: the tarball travels over the peer protocol\n  \
     tightwad build --ref b8111                              # each host fetches the tag from GitHub\n  \
     tightwad build --ref b8111 --host gpu-box,desktop --json\n  \
-    tightwad build --rollback                               # back to each host's previous build\n\
+    tightwad build --rollback                               # back to each host's previous build\n  \
+    tightwad build --follow                                 # the builds a stopped `tightwad build` left running\n\
 Per-host GPU backend: detected from the host (NVIDIA → cuda, AMD → hip, macOS → metal, Vulkan → vulkan, else cpu);\n\
 override it with `build_backend = \"cpu\"` in that host's [[hosts]] table.")]
 pub struct BuildArgs {
@@ -44,6 +45,10 @@ pub struct BuildArgs {
     /// Switch each host back to the build it ran before the current one.
     #[arg(long, conflicts_with_all = ["git_ref", "source", "stock"])]
     pub rollback: bool,
+    /// Follow the builds already running on the hosts to their end (or hear how each host's last
+    /// one ended): after the `tightwad build` that started them was stopped or lost its link.
+    #[arg(long, conflicts_with_all = ["git_ref", "source", "stock", "rollback", "jobs"])]
+    pub follow: bool,
     /// Build llama.cpp as it is, without Tightwad's bundled patches (then targets verify drafts
     /// with one prompt per position instead of one pass).
     #[arg(long)]
@@ -67,6 +72,8 @@ pub enum BuildPlan {
     /// Build the source as it is (`--stock`).
     Stock(SourceSpec),
     Rollback,
+    /// Follow what the hosts are building (`--follow`).
+    Follow,
 }
 
 /// One host's result.
@@ -139,6 +146,10 @@ pub fn advice(error: &str) -> String {
     } else if e.contains("already running") {
         "a build is still running on this host; wait for it to finish and run tightwad build again"
             .into()
+    } else if e.contains("no build has run on this host") {
+        "nothing to follow there: no build has run on this host since its agent started; `tightwad status` shows the build it serves".into()
+    } else if e.contains("needs peer protocol v") {
+        "upgrade tightwad-agent on the host (the same Tightwad version as here), or wait for its build and run tightwad status".into()
     } else if e.contains("nothing to roll back") {
         "this host has no previous build to return to".into()
     } else if e.contains("switching to the new build failed") {
@@ -244,6 +255,9 @@ pub fn plan_from(args: &BuildArgs) -> anyhow::Result<BuildPlan> {
     if args.rollback {
         return Ok(BuildPlan::Rollback);
     }
+    if args.follow {
+        return Ok(BuildPlan::Follow);
+    }
     Ok(match source_from(args)? {
         spec if args.stock => BuildPlan::Stock(spec),
         spec => BuildPlan::Build(spec),
@@ -271,7 +285,7 @@ fn source_from(args: &BuildArgs) -> anyhow::Result<SourceSpec> {
             git_ref: git_ref.clone(),
         }),
         (None, None) => anyhow::bail!(
-            "say what to build: --ref REF (each host fetches it), --source TARBALL (sent to every host), or --rollback"
+            "say what to build: --ref REF (each host fetches it), --source TARBALL (sent to every host), --rollback, or --follow (the builds already running)"
         ),
     }
 }
@@ -324,6 +338,10 @@ mod tests {
         assert!(matches!(
             plan_from(&args(&["--rollback"])),
             Ok(BuildPlan::Rollback)
+        ));
+        assert!(matches!(
+            plan_from(&args(&["--follow"])),
+            Ok(BuildPlan::Follow)
         ));
         match plan_from(&args(&["--ref", "b8111"])) {
             Ok(BuildPlan::Build(SourceSpec::Git { url, git_ref })) => {
