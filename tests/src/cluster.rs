@@ -275,6 +275,21 @@ impl TestCluster {
         fleet_for(&self.config)
     }
 
+    /// `host`'s agent status as the coordinator reads it (its processes, its inventory).
+    pub fn agent_status(&self, host: &str) -> tightwad_protocol::messages::AgentStatus {
+        let fleet = self.fleet();
+        let entry = fleet.config.host(host).expect("host").clone();
+        self.rt.block_on(async {
+            fleet
+                .connect(&entry)
+                .await
+                .expect("connect")
+                .status()
+                .await
+                .expect("status")
+        })
+    }
+
     pub fn host(&self, name: &str) -> &TestHost {
         self.hosts
             .iter()

@@ -121,3 +121,21 @@ pub fn workspace_binary(name: &str, var: &str) -> PathBuf {
     );
     path
 }
+
+/// The llama.cpp source scripts/setup built from (the sdist tarball), and an agent.toml `[build]`
+/// table that builds it with setup's tools and its ccache ($CACHE/src/<sdist> → $CACHE/ccache),
+/// so an agent's `tightwad build` is mostly cache hits.
+pub fn llama_build_source() -> (PathBuf, String) {
+    let sdist = PathBuf::from(require_env("TIGHTWAD_LLAMA_SOURCE"));
+    let tools = require_env("TIGHTWAD_BUILD_TOOLS");
+    let ccache = sdist
+        .parent()
+        .and_then(Path::parent)
+        .expect("cache folder")
+        .join("ccache");
+    let build = format!(
+        "[build]\nextra_path = [\"{tools}\"]\njobs = 2\nccache_dir = \"{}\"\n",
+        ccache.display(),
+    );
+    (sdist, build)
+}

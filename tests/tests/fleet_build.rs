@@ -206,26 +206,12 @@ fn assert_traffic_spanned(traffic: &Traffic, stages: &Stages, ended: Instant, wh
     }
 }
 
-fn host_status(cluster: &TestCluster, host: &str) -> tightwad_protocol::messages::AgentStatus {
-    let fleet = cluster.fleet();
-    let entry = fleet.config.host(host).expect("host").clone();
-    cluster.rt.block_on(async {
-        fleet
-            .connect(&entry)
-            .await
-            .expect("connect")
-            .status()
-            .await
-            .expect("status")
-    })
-}
-
 /// (pid, state, llama-server binary path, its reported backend) of the host's `srv`.
 fn srv(
     cluster: &TestCluster,
     host: &str,
 ) -> (Option<u32>, ProcessState, String, Option<BuildBackend>) {
-    let status = host_status(cluster, host);
+    let status = cluster.agent_status(host);
     let process = status
         .processes
         .iter()
@@ -251,19 +237,8 @@ fn describe(results: &[HostResult]) -> String {
 
 #[test]
 fn two_agents_build_one_llama_cpp_switch_without_dropping_requests_and_roll_back() {
-    let sdist = PathBuf::from(require_env("TIGHTWAD_LLAMA_SOURCE"));
-    let tools = require_env("TIGHTWAD_BUILD_TOOLS");
+    let (sdist, build) = llama_build_source();
     let configured = require_env("LLAMA_SERVER");
-    // The ccache scripts/setup filled: $CACHE/src/<sdist> → $CACHE/ccache.
-    let ccache = sdist
-        .parent()
-        .and_then(Path::parent)
-        .expect("cache folder")
-        .join("ccache");
-    let build = format!(
-        "[build]\nextra_path = [\"{tools}\"]\njobs = 2\nccache_dir = \"{}\"\n",
-        ccache.display(),
-    );
     let mut plan = ClusterPlan::new();
     for host in ["alpha", "beta"] {
         plan = plan

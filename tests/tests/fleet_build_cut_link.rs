@@ -10,33 +10,41 @@
 use tightwad_e2e::cluster::*;
 use tightwad_e2e::test_env::*;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-use tightwad_coordinator::fleet::build::{run_on_hosts, BuildPlan, SourceSpec};
+use tightwad_coordinator::fleet::build::{run_on_hosts, BuildPlan, HostResult, SourceSpec};
 use tightwad_protocol::messages::{BuildProgress, BuildStage};
 
 /// One host, alpha, whose agent builds with the ccache scripts/setup filled; and the source.
 fn one_building_host() -> (TestCluster, PathBuf) {
-    let sdist = PathBuf::from(require_env("TIGHTWAD_LLAMA_SOURCE"));
-    let tools = require_env("TIGHTWAD_BUILD_TOOLS");
-    // The ccache scripts/setup filled: $CACHE/src/<sdist> → $CACHE/ccache.
-    let ccache = sdist
-        .parent()
-        .and_then(Path::parent)
-        .expect("cache folder")
-        .join("ccache");
-    let build = format!(
-        "[build]\nextra_path = [\"{tools}\"]\njobs = 2\nccache_dir = \"{}\"\n",
-        ccache.display(),
-    );
+    let (sdist, build) = llama_build_source();
     let cluster = ClusterPlan::new()
         .host("alpha")
         .models(&["target.gguf"])
         .agent_toml(&build)
         .start();
     (cluster, sdist)
+}
+
+/// `tightwad build --follow` on the cluster's hosts.
+fn follow(
+    cluster: &TestCluster,
+    observer: &(dyn Fn(&str, &BuildProgress) + Sync),
+) -> Vec<HostResult> {
+    let fleet = cluster.fleet();
+    let hosts = fleet.config.hosts.clone();
+    cluster
+        .rt
+        .block_on(run_on_hosts(
+            &fleet,
+            &hosts,
+            &BuildPlan::Follow,
+            None,
+            &observer,
+        ))
+        .expect("follow")
 }
 
 #[test]
@@ -48,16 +56,7 @@ fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
 
     // Before any build, there is nothing to follow, and the host says so.
     let quiet = |_: &str, _: &BuildProgress| {};
-    let nothing = cluster
-        .rt
-        .block_on(run_on_hosts(
-            &fleet,
-            &hosts,
-            &BuildPlan::Follow,
-            None,
-            &quiet,
-        ))
-        .expect("follow");
+    let nothing = follow(&cluster, &quiet);
     let error = nothing[0].error.clone().unwrap_or_default();
     assert!(
         !nothing[0].ok && error.contains("no build has run"),
@@ -126,16 +125,7 @@ fn a_build_whose_link_drops_mid_compile_is_followed_to_its_end() {
             .is_some_and(|s| !s.trim().is_empty()),
         "{result:#?}"
     );
-    let entry = fleet.config.host("alpha").expect("host").clone();
-    let status = cluster.rt.block_on(async {
-        fleet
-            .connect(&entry)
-            .await
-            .expect("connect")
-            .status()
-            .await
-            .expect("status")
-    });
+    let status = cluster.agent_status("alpha");
     let server = status
         .inventory
         .binaries
@@ -190,16 +180,7 @@ fn a_build_whose_coordinator_went_away_is_followed_by_the_next_one() {
             s.push(p.stage);
         }
     };
-    let results = cluster
-        .rt
-        .block_on(run_on_hosts(
-            &fleet,
-            &hosts,
-            &BuildPlan::Follow,
-            None,
-            &next,
-        ))
-        .expect("follow");
+    let results = follow(&cluster, &next);
     let result = &results[0];
     assert!(result.ok, "{result:#?}");
     assert!(!result.reused, "{result:#?}");
@@ -214,16 +195,7 @@ fn a_build_whose_coordinator_went_away_is_followed_by_the_next_one() {
     );
 
     // Following again hears how that build ended, the same outcome.
-    let again = cluster
-        .rt
-        .block_on(run_on_hosts(
-            &fleet,
-            &hosts,
-            &BuildPlan::Follow,
-            None,
-            &next,
-        ))
-        .expect("follow again");
+    let again = follow(&cluster, &next);
     assert_eq!(again[0].build, result.build, "{again:#?}");
     assert!(again[0].ok);
 }

@@ -93,9 +93,7 @@ impl Agent {
         let result = result.map(Box::new).map_err(|e| e.to_string());
         self.build_state
             .send_replace(BuildState::Finished(result.clone()));
-        result
-            .map(|outcome| Some(Reply::BuildDone(outcome)))
-            .map_err(|e| Reply::error(ErrorKind::Build, e))
+        reply_to(result)
     }
 
     /// `Request::FollowBuild`: the running build's progress from where it is, then its end; or
@@ -121,17 +119,20 @@ impl Agent {
                         return Ok(None);
                     }
                 }
-                BuildState::Finished(result) => {
-                    return result
-                        .map(|outcome| Some(Reply::BuildDone(outcome)))
-                        .map_err(|e| Reply::error(ErrorKind::Build, e))
-                }
+                BuildState::Finished(result) => return reply_to(result),
             }
             if state.changed().await.is_err() {
                 return Err(Reply::error(ErrorKind::Internal, "the agent is stopping"));
             }
         }
     }
+}
+
+/// The final reply of a build, to its requester and to each follower alike.
+fn reply_to(result: Result<Box<BuildOutcome>, String>) -> Result<Option<Reply>, Reply> {
+    result
+        .map(|outcome| Some(Reply::BuildDone(outcome)))
+        .map_err(|e| Reply::error(ErrorKind::Build, e))
 }
 
 /// Where this host's builds stand, for `Request::FollowBuild`.

@@ -31,12 +31,12 @@ pub(super) async fn one_host(
     let (request, tarball) = match plan {
         BuildPlan::Rollback => (Request::RollbackBuild, None),
         BuildPlan::Follow => {
-            let version = client.peer_hello().map_or(0, |h| h.negotiated_version);
             anyhow::ensure!(
-                version >= tightwad_protocol::FOLLOW_BUILD_VERSION,
-                "{}: following a build needs peer protocol v{} (the agent speaks v{version})",
+                follows(&client),
+                "{}: following a build needs peer protocol v{} (the agent speaks v{})",
                 host.name,
-                tightwad_protocol::FOLLOW_BUILD_VERSION
+                tightwad_protocol::FOLLOW_BUILD_VERSION,
+                negotiated_version(&client)
             );
             (Request::FollowBuild, None)
         }
@@ -102,10 +102,7 @@ pub(super) async fn one_host(
             Err(Waiting::Failed(e)) => return Err(e),
             Err(Waiting::LinkLost(e)) => e,
         };
-        let follows = client
-            .peer_hello()
-            .is_some_and(|h| h.negotiated_version >= tightwad_protocol::FOLLOW_BUILD_VERSION);
-        if !follows {
+        if !follows(&client) {
             return Err(anyhow::Error::new(lost).context(format!("{}: {FOLLOWING}", host.name)));
         }
         observer.notice(
@@ -115,6 +112,16 @@ pub(super) async fn one_host(
         );
         (client, stream) = follow_again(fleet, host, lost).await?;
     }
+}
+
+/// The peer protocol version this connection speaks (0 before a Hello).
+fn negotiated_version(client: &tightwad_protocol::client::Client) -> u32 {
+    client.peer_hello().map_or(0, |h| h.negotiated_version)
+}
+
+/// Whether the agent at the other end can be asked to follow a build (`Request::FollowBuild`).
+fn follows(client: &tightwad_protocol::client::Client) -> bool {
+    negotiated_version(client) >= tightwad_protocol::FOLLOW_BUILD_VERSION
 }
 
 /// How waiting for a host's build ended, short of its outcome.
