@@ -51,6 +51,15 @@ const OPTIMISM: f64 = 1.0;
 /// Tokens of whole speculative requests measured (since the last decision) before a loss short of
 /// a clear one switches off: one 96-token request's rate swings by ±10% with the prompts' drafts.
 const MEASURED_OFF_TOKENS: usize = 192;
+/// Timed rounds after which a probe measuring a clear loss stops early (a round's rate swings
+/// with its draft's acceptance: four rounds of ~5 tokens each keep one bad draft from deciding).
+const PROBE_CLEAR_LOSS_ROUNDS: u32 = 4;
+/// Tokens of a native request's trial ([`Controller::native_trial_tokens`]): enough for a rate
+/// that tells a clear loss from a gain (±10% on 96 tokens; a clear loss is 20% or more).
+const NATIVE_TRIAL_TOKENS: usize = 48;
+/// Tokens of one measured speculative request after which a clear loss switches off however few
+/// rounds it took.
+const CLEAR_LOSS_MIN_TOKENS: usize = 32;
 const FIRST_BACKOFF: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Every this many rounds, try a neighbouring k (exploration).
@@ -114,6 +123,8 @@ pub struct Controller {
     tokens_in_mode: usize,
     probe_tokens: usize,
     probe_seconds: f64,
+    /// Timed rounds the current probe has measured.
+    probe_rounds: u32,
     /// Rounds chosen so far (drives exploration) and requests seen while off (drives sampling).
     rounds_chosen: std::cell::Cell<u64>,
     requests_while_off: u64,
@@ -163,6 +174,7 @@ impl Controller {
             tokens_in_mode: 0,
             probe_tokens: 0,
             probe_seconds: 0.0,
+            probe_rounds: 0,
             rounds_chosen: std::cell::Cell::new(0),
             requests_while_off: 0,
             last_backoff: None,
@@ -329,6 +341,7 @@ impl Controller {
                 self.mode = Mode::Probing { rounds_left: 16 };
                 self.probe_tokens = 0;
                 self.probe_seconds = 0.0;
+                self.probe_rounds = 0;
                 self.decide(
                     "probing",
                     "back-off over: measuring speculation again".into(),

@@ -10,6 +10,7 @@ use super::controller;
 use super::pairing::{lock_controller, Pairing};
 use super::probe::PairingInfo;
 use super::request::{EngineError, Event, Run};
+use super::target_only::Stretch;
 use crate::backend::Sampling;
 use crate::metrics::ServedBy;
 
@@ -59,8 +60,20 @@ impl Pairing {
         } else {
             0
         };
+        // While the path's figure is unknown or being probed, a trial first; what it measured
+        // decides the rest ([`controller::Controller::native_trial_tokens`]).
+        let trial = (k > 0)
+            .then(|| lock_controller(controller).native_trial_tokens())
+            .flatten();
         let s = self
-            .target_only(info, sampling, run, tx, usize::MAX, Some(k))
+            .target_only(
+                info,
+                sampling,
+                run,
+                tx,
+                trial.unwrap_or(usize::MAX),
+                Some(k),
+            )
             .await?;
         if k == 0 {
             lock_controller(controller).record_target_only(
@@ -73,6 +86,36 @@ impl Pairing {
             self.publish_controller_state();
             return Ok(ServedBy::TargetOnly);
         }
+        self.record_native_stretch(controller, run, k, &s);
+        if trial.is_some() && run.out.finish.is_none() {
+            // Still speculating after the trial: the rest natively. Else the caller serves the
+            // rest target-only (with `speculative.n_max` 0).
+            let k = {
+                let c = lock_controller(controller);
+                match c.mode() {
+                    controller::Mode::Off { .. } => 0,
+                    _ => c.choose_k(),
+                }
+            };
+            if k > 0 {
+                let s = self
+                    .target_only(info, sampling, run, tx, usize::MAX, Some(k))
+                    .await?;
+                self.record_native_stretch(controller, run, k, &s);
+            }
+        }
+        Ok(ServedBy::Speculative)
+    }
+
+    /// A stretch the target generated with its own speculation at `k`: its counters into the
+    /// run, the metrics and the controller.
+    fn record_native_stretch(
+        &self,
+        controller: &std::sync::Mutex<controller::Controller>,
+        run: &mut Run,
+        k: usize,
+        s: &Stretch,
+    ) {
         run.drafted += s.drafted;
         run.accepted += s.accepted;
         self.metrics.drafted.inc_by(s.drafted as u64);
@@ -86,6 +129,5 @@ impl Pairing {
             s.seconds,
         );
         self.publish_controller_state();
-        Ok(ServedBy::Speculative)
     }
 }

@@ -189,6 +189,16 @@ pub struct Prepared {
     pub(super) prompt: Vec<TokenId>,
     pub(super) started: Instant,
     pub(super) reasoning: Option<ReasoningSplit>,
+    /// The speculation path chosen for it when routed (a pairing with both paths).
+    pub(super) path: Option<super::path_choice::SpeculationPath>,
+}
+
+/// Where a request goes ([`super::pairing::Pairing`]'s routing).
+pub(super) enum Destination {
+    /// To the target untouched, for this reason.
+    Forward(ForwardReason),
+    /// Through the engine, by this speculation path (`None`: the pairing has one).
+    Engine(Option<super::path_choice::SpeculationPath>),
 }
 
 impl Prepared {

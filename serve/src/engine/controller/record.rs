@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use super::estimate::Rate;
 use super::{
-    Controller, Mode, CLEAR_LOSS_BELOW, FIRST_BACKOFF, K_MAX, MAX_BACKOFF, MEASURED_OFF_TOKENS,
-    MIN_ROUNDS_BEFORE_OFF, OFF_BELOW, ON_ABOVE, PREDICTED_OFF_BELOW,
+    Controller, Mode, CLEAR_LOSS_BELOW, CLEAR_LOSS_MIN_TOKENS, FIRST_BACKOFF, K_MAX, MAX_BACKOFF,
+    MEASURED_OFF_TOKENS, MIN_ROUNDS_BEFORE_OFF, NATIVE_TRIAL_TOKENS, OFF_BELOW, ON_ABOVE,
+    PREDICTED_OFF_BELOW, PROBE_CLEAR_LOSS_ROUNDS,
 };
 
 impl Controller {
@@ -84,7 +85,8 @@ impl Controller {
             let Some(seconds) = seconds else { return };
             self.probe_tokens += accepted + 1;
             self.probe_seconds += seconds;
-            if rounds_left <= 1 {
+            self.probe_rounds += 1;
+            if rounds_left <= 1 || self.probe_is_a_clear_loss() {
                 self.finish_probe(now);
             } else {
                 self.mode = Mode::Probing {
@@ -120,6 +122,20 @@ impl Controller {
             (Some(g), Some(r_t)) => g >= ON_ABOVE * r_t,
             _ => false,
         }
+    }
+
+    /// A probe whose first timed rounds already deliver under `CLEAR_LOSS_BELOW` of the target
+    /// alone ends there: the rest of its 16 rounds would only repeat the loss. On the H200's fast
+    /// target behind a 2 ms relay a probe took 36 rounds (its untimed ones do not count), two
+    /// whole requests at 0.66x, which alone cost a 20-request run 5% against the target alone.
+    fn probe_is_a_clear_loss(&self) -> bool {
+        if self.probe_rounds < PROBE_CLEAR_LOSS_ROUNDS {
+            return false;
+        }
+        let measured = self.probe_tokens as f64 / self.probe_seconds.max(1e-9);
+        self.target_tok_s
+            .get()
+            .is_some_and(|r_t| measured < CLEAR_LOSS_BELOW * r_t)
     }
 
     fn finish_probe(&mut self, now: Instant) {
@@ -159,11 +175,20 @@ impl Controller {
         let rate = tokens as f64 / seconds;
         self.goodput_tok_s.update(rate, 0.3);
         self.tokens_in_mode += tokens;
-        if self.mode != Mode::On || self.rounds_in_mode < MIN_ROUNDS_BEFORE_OFF {
+        if self.mode != Mode::On {
             return;
         }
         if let (Some(g), Some(r_t)) = (self.goodput_tok_s.get(), self.target_tok_s.get()) {
-            let enough = self.tokens_in_mode >= MEASURED_OFF_TOKENS || g < CLEAR_LOSS_BELOW * r_t;
+            // A clear loss measured over `CLEAR_LOSS_MIN_TOKENS` decides on its own: a
+            // native request counts its target's drafting steps as rounds, and a trial of
+            // `NATIVE_TRIAL_TOKENS` at a loss makes fewer than `MIN_ROUNDS_BEFORE_OFF` of them.
+            let clear = g < CLEAR_LOSS_BELOW * r_t;
+            if self.rounds_in_mode < MIN_ROUNDS_BEFORE_OFF
+                && !(clear && tokens >= CLEAR_LOSS_MIN_TOKENS)
+            {
+                return;
+            }
+            let enough = self.tokens_in_mode >= MEASURED_OFF_TOKENS || clear;
             if g < OFF_BELOW * r_t && enough {
                 self.switch_off(
                     now,
@@ -202,5 +227,22 @@ impl Controller {
             return;
         }
         self.record_speculative_request(now, tokens, seconds);
+    }
+
+    /// How many tokens a native request may speculate before its figure is checked: a trial of
+    /// `NATIVE_TRIAL_TOKENS` while no speculative request was measured yet or a probe runs, else
+    /// no limit (`None`). Why: the target drafts a whole native request with the `n_max` it was
+    /// sent, so unlike proxy rounds a bad one cannot stop midway; on the H200's fast target a
+    /// native request at 0.6x of the target alone (its draft over a remote rpc-server) was the
+    /// largest single cost of the auto row. The caller serves the rest as the trial decided.
+    pub fn native_trial_tokens(&self) -> Option<usize> {
+        if !self.adaptive || self.forced.is_some() {
+            return None;
+        }
+        match self.mode {
+            Mode::Probing { .. } => Some(NATIVE_TRIAL_TOKENS),
+            Mode::On if self.goodput_tok_s.get().is_none() => Some(NATIVE_TRIAL_TOKENS),
+            _ => None,
+        }
     }
 }
