@@ -60,6 +60,11 @@ const NATIVE_TRIAL_TOKENS: usize = 48;
 /// Tokens of one measured speculative request after which a clear loss switches off however few
 /// rounds it took.
 const CLEAR_LOSS_MIN_TOKENS: usize = 32;
+/// The most of the time spent off that the next probe may cost ([`Controller`]'s back-off after
+/// a measured loss): a probe's loss over the target alone, divided by its back-off.
+const PROBE_SHARE: f64 = 0.005;
+/// The longest back-off [`PROBE_SHARE`] alone may ask for after one measured loss.
+const LOSS_BACKOFF_CAP: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Every this many rounds, try a neighbouring k (exploration).

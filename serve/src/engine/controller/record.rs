@@ -2,13 +2,13 @@
 //! speculative requests and native-pairing requests — and the decisions a measurement can make:
 //! off on a measured loss or a predicted one, the end of a probe.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::estimate::Rate;
 use super::{
-    Controller, Mode, CLEAR_LOSS_BELOW, CLEAR_LOSS_MIN_TOKENS, FIRST_BACKOFF, K_MAX, MAX_BACKOFF,
-    MEASURED_OFF_TOKENS, MIN_ROUNDS_BEFORE_OFF, NATIVE_TRIAL_TOKENS, OFF_BELOW, ON_ABOVE,
-    PREDICTED_OFF_BELOW, PROBE_CLEAR_LOSS_ROUNDS,
+    Controller, Mode, CLEAR_LOSS_BELOW, CLEAR_LOSS_MIN_TOKENS, FIRST_BACKOFF, K_MAX,
+    LOSS_BACKOFF_CAP, MAX_BACKOFF, MEASURED_OFF_TOKENS, MIN_ROUNDS_BEFORE_OFF, NATIVE_TRIAL_TOKENS,
+    OFF_BELOW, ON_ABOVE, PREDICTED_OFF_BELOW, PROBE_CLEAR_LOSS_ROUNDS, PROBE_SHARE,
 };
 
 impl Controller {
@@ -154,6 +154,7 @@ impl Controller {
                     Some(b) => (b * 2).min(MAX_BACKOFF),
                     None => FIRST_BACKOFF,
                 };
+                let backoff = Self::backoff_after_loss(backoff, measured, r_t);
                 self.switch_off(
                     now,
                     format!("probe delivered {measured:.1} tok/s, the target alone {r_t:.1} tok/s"),
@@ -165,6 +166,21 @@ impl Controller {
                 self.decide("on", "no target speed known yet; speculating".into());
             }
         }
+    }
+
+    /// The back-off after a measured loss: at least `base`, and long enough that the next probe
+    /// (at most a trial of `NATIVE_TRIAL_TOKENS` at the rate just measured) costs no more than
+    /// `PROBE_SHARE` of the time spent off, up to `LOSS_BACKOFF_CAP` (a link that got fast
+    /// again is noticed within a minute). A path far below the target alone (a native draft
+    /// driven over a slow rpc-server link: 0.17x on the CPU, 0.4x on the H200) is probed less
+    /// often; one near the line as before.
+    pub(super) fn backoff_after_loss(base: Duration, measured: f64, r_t: f64) -> Duration {
+        if measured <= 0.0 || r_t <= 0.0 || measured >= r_t {
+            return base;
+        }
+        let probe_cost_s = NATIVE_TRIAL_TOKENS as f64 * (1.0 / measured - 1.0 / r_t);
+        let floor = (probe_cost_s / PROBE_SHARE).min(LOSS_BACKOFF_CAP.as_secs_f64());
+        base.max(Duration::from_secs_f64(floor))
     }
 
     /// A speculative request finished: its speculative phase made `tokens` in `seconds`.
@@ -193,7 +209,7 @@ impl Controller {
                 self.switch_off(
                     now,
                     format!("speculation delivered {g:.1} tok/s, the target alone {r_t:.1} tok/s"),
-                    FIRST_BACKOFF,
+                    Self::backoff_after_loss(FIRST_BACKOFF, g, r_t),
                 );
             }
         }

@@ -168,8 +168,10 @@ fn a_probe_that_measures_a_clear_loss_stops_after_a_few_rounds() {
         for _ in 0..PROBE_CLEAR_LOSS_ROUNDS {
             c.record_round(later, 4, accepted, 0.2, 0.2);
         }
+        // Half the target's speed: the next probe's loss would take more than half a percent
+        // of a 30 s back-off, so it waits the longest a loss may ask for (60 s).
         assert_eq!(
-            matches!(c.mode(), Mode::Off { backoff_s: 30, .. }),
+            matches!(c.mode(), Mode::Off { backoff_s: 60, .. }),
             clear,
             "accepted {accepted}: {:?}",
             c.view()
@@ -622,4 +624,23 @@ fn a_simulated_fast_target_that_pays_stays_on_and_one_that_loses_goes_off() {
         off == 40 && adaptive > 0.985,
         "2 ms: adaptive {adaptive:.3}x ({off} of 40 runs ended off), pinned {pinned:.3}x"
     );
+}
+
+/// After a measured loss the back-off is long enough that the next probe costs at most half a
+/// percent of the time off, from 15 s up to a minute: figures of the H200's fast target (337 tok/s
+/// alone; its rounds at 255 tok/s, its remote-rpc native path at 144) and of the CPU's native
+/// path over a 2 ms relay (44 tok/s against 262).
+#[test]
+fn the_back_off_after_a_loss_grows_with_what_the_next_probe_would_cost() {
+    let after = |measured: f64, r_t: f64| {
+        Controller::backoff_after_loss(FIRST_BACKOFF, measured, r_t).as_secs()
+    };
+    assert_eq!(after(255.0, 337.0), 15, "near the line: the first back-off");
+    assert_eq!(
+        after(144.0, 337.0),
+        38,
+        "a 48-token trial at 0.43x costs 0.19 s"
+    );
+    assert_eq!(after(44.0, 262.0), 60, "capped at a minute");
+    assert_eq!(after(400.0, 337.0), 15, "no loss: the first back-off");
 }
