@@ -209,16 +209,7 @@ fn a_swap_under_load_loses_no_request_and_later_requests_get_the_new_model() {
     assert!(old > 0 && new > 0, "old {old}, new {new}");
 
     // The agent runs the new model with the old arguments otherwise.
-    let status = rt.block_on(async {
-        let entry = fleet.config.host("gpu").expect("host").clone();
-        fleet
-            .connect(&entry)
-            .await
-            .expect("connect")
-            .status()
-            .await
-            .expect("status")
-    });
+    let status = cluster.agent_status("gpu");
     let args = &status
         .processes
         .iter()

@@ -88,15 +88,9 @@ impl Pairing {
         }
         self.record_native_stretch(controller, run, k, &s);
         if trial.is_some() && run.out.finish.is_none() {
-            // Still speculating after the trial: the rest natively. Else the caller serves the
-            // rest target-only (with `speculative.n_max` 0).
-            let k = {
-                let c = lock_controller(controller);
-                match c.mode() {
-                    controller::Mode::Off { .. } => 0,
-                    _ => c.choose_k(),
-                }
-            };
+            // Still speculating after the trial: the rest natively. Else (`choose_k` is 0 once
+            // the trial switched off) the caller serves the rest target-only (`n_max` 0).
+            let k = lock_controller(controller).choose_k();
             if k > 0 {
                 let s = self
                     .target_only(info, sampling, run, tx, usize::MAX, Some(k))

@@ -59,12 +59,12 @@ pub(super) fn models(
                 continue;
             };
             for key in ["moe_placement", "moe_hot_profile"] {
-                if get(model, key).is_some() {
-                    w.skip(
-                        &format!("models.{name}.{key}"),
-                        "no MoE expert placement: pass llama.cpp's -ot flags in the process's args",
-                    );
-                }
+                w.present(
+                    &format!("models.{name}."),
+                    model,
+                    key,
+                    "no MoE expert placement: pass llama.cpp's -ot flags in the process's args",
+                );
             }
             w.rest(
                 &format!("models.{name}."),
@@ -131,18 +131,19 @@ fn worker_host(
     host.insert("name".into(), name.clone().into());
     host.insert("address".into(), format!("{address}:{AGENT_PORT}").into());
     fleet.hosts.push(host.into());
-    if get(worker, "ssh_user").is_some() {
-        w.skip(
-            &format!("{key}.ssh_user"),
-            "no SSH: the agent on the host does the work",
-        );
-    }
-    if get(worker, "peer_port").is_some() {
-        w.skip(
-            &format!("{key}.peer_port"),
-            &format!("the agent listens on {AGENT_PORT} (QUIC), written in [[hosts]]"),
-        );
-    }
+    let prefix = format!("{key}.");
+    w.present(
+        &prefix,
+        worker,
+        "ssh_user",
+        "no SSH: the agent on the host does the work",
+    );
+    w.present(
+        &prefix,
+        worker,
+        "peer_port",
+        &format!("the agent listens on {AGENT_PORT} (QUIC), written in [[hosts]]"),
+    );
     let mut snippet = format!("# In {name}'s agent.toml:\n");
     if let Some(dir) = get(worker, "model_dir").and_then(text) {
         snippet.push_str(&format!("#   model_dirs = [{}]\n", quote(&dir)));
@@ -212,19 +213,19 @@ pub(super) fn coordinator(
     pairing: &mut toml::Table,
 ) {
     let (port, args) = llama_server_args(w, coordinator, default_model);
-    if get(coordinator, "env").is_some() {
-        w.skip(
-            "coordinator.env",
-            "set it in the process's env in agent.toml",
-        );
-    }
+    w.present(
+        "coordinator.",
+        coordinator,
+        "env",
+        "set it in the process's env in agent.toml",
+    );
     for key in ["backend", "gpus"] {
-        if get(coordinator, key).is_some() {
-            w.skip(
-                &format!("coordinator.{key}"),
-                "the agent detects GPUs and llama.cpp builds itself (`tightwad status` shows them)",
-            );
-        }
+        w.present(
+            "coordinator.",
+            coordinator,
+            key,
+            "the agent detects GPUs and llama.cpp builds itself (`tightwad status` shows them)",
+        );
     }
     w.rest(
         "coordinator.",

@@ -140,9 +140,7 @@ fn not_kept(w: &mut Walker, proxy: &serde_norway::Mapping) {
         ("chat_template", "llama-server applies the model's own template from its GGUF (or --chat-template on the llama-server)"),
         ("allow_private_upstream", "Tightwad's upstreams are the configured URLs only; there is nothing to allow"),
     ] {
-        if get(proxy, key).is_some() {
-            w.skip(&format!("proxy.{key}"), reason);
-        }
+        w.present("proxy.", proxy, key, reason);
     }
     w.rest(
         "proxy.",

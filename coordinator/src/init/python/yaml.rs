@@ -18,6 +18,19 @@ impl Walker {
         });
     }
 
+    /// Reports `prefix` + `key` when `map` holds it: a key with no counterpart, for `reason`.
+    pub(super) fn present(
+        &mut self,
+        prefix: &str,
+        map: &serde_norway::Mapping,
+        key: &str,
+        reason: &str,
+    ) {
+        if get(map, key).is_some() {
+            self.skip(&format!("{prefix}{key}"), reason);
+        }
+    }
+
     /// Reports every key of `map` not in `handled`.
     pub(super) fn rest(
         &mut self,

@@ -132,14 +132,19 @@ impl Controller {
         if self.probe_rounds < PROBE_CLEAR_LOSS_ROUNDS {
             return false;
         }
-        let measured = self.probe_tokens as f64 / self.probe_seconds.max(1e-9);
+        let measured = self.probe_rate();
         self.target_tok_s
             .get()
             .is_some_and(|r_t| measured < CLEAR_LOSS_BELOW * r_t)
     }
 
+    /// Tokens/s the current probe has delivered over its timed rounds (or native stretches).
+    fn probe_rate(&self) -> f64 {
+        self.probe_tokens as f64 / self.probe_seconds.max(1e-9)
+    }
+
     fn finish_probe(&mut self, now: Instant) {
-        let measured = self.probe_tokens as f64 / self.probe_seconds.max(1e-9);
+        let measured = self.probe_rate();
         let r_t = self.target_tok_s.get();
         match r_t {
             Some(r_t) if measured >= ON_ABOVE * r_t => {
