@@ -232,6 +232,12 @@ impl Controller {
         self.mode
     }
 
+    /// Whether a probe is measuring speculation (after a back-off): its requests take the way
+    /// of pipelining that requests would take, never a trial of the other (see `round`).
+    pub fn probing(&self) -> bool {
+        matches!(self.mode, Mode::Probing { .. })
+    }
+
     fn decide(&mut self, state: &'static str, reason: String) {
         tracing::info!(state, %reason, "speculation controller");
         if state == "on" {

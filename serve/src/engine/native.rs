@@ -50,7 +50,7 @@ impl Pairing {
                 .await?;
             lock_controller(controller).record_target_only(
                 Instant::now(),
-                s.tokens_after_first,
+                s.timed_tokens,
                 s.seconds,
             );
             self.publish_controller_state();
@@ -78,7 +78,7 @@ impl Pairing {
         if k == 0 {
             lock_controller(controller).record_target_only(
                 Instant::now(),
-                s.tokens_after_first,
+                s.timed_tokens,
                 s.seconds,
             );
             // The measurement may have switched speculation off: the stats say so now, not at
@@ -119,7 +119,7 @@ impl Pairing {
             k,
             s.drafted,
             s.accepted,
-            s.tokens_after_first,
+            s.timed_tokens,
             s.seconds,
         );
         self.publish_controller_state();

@@ -127,6 +127,13 @@ impl PipelineChooser {
         (way == PIPELINED, self.0.is_trial(way))
     }
 
+    /// Whether requests draft ahead outside trials: the preferred way, sequential while both are
+    /// still measured. For a request that measures speculation itself (a controller's probe),
+    /// which a trial of the slower way would mis-measure.
+    pub fn settled(&self) -> bool {
+        self.0.preferred().unwrap_or(SEQUENTIAL) == PIPELINED
+    }
+
     /// One round of a request that took the given way: the draft tokens it verified, seconds it
     /// took (drafting, waiting for a prefetch, verifying).
     pub fn record(&mut self, pipelined: bool, drafted: usize, seconds: f64) {
@@ -229,6 +236,22 @@ mod tests {
         let mut c = PipelineChooser::default();
         assert_eq!(c.choose(), (false, false));
         assert_eq!(c.view(Pipelining::Auto).pipelined, None);
+    }
+
+    #[test]
+    fn the_settled_way_is_sequential_while_measuring_then_the_faster_never_a_revisit() {
+        let mut c = PipelineChooser::default();
+        assert!(!c.settled(), "sequential while both ways are measured");
+        // The draft on its own device: pipelining measures faster and is preferred.
+        serve(&mut c, 6, 0.007, 0.010);
+        assert_eq!(c.view(Pipelining::Auto).pipelined, Some(true));
+        // Whatever `choose` would do next (a revisit of the sequential way comes every few
+        // requests), the settled way stays the preferred one.
+        for _ in 0..2 * REVISIT_EVERY {
+            assert!(c.settled());
+            let (way, _) = c.choose();
+            c.record(way, 4, if way { 0.007 } else { 0.010 });
+        }
     }
 
     #[test]

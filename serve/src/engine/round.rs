@@ -61,6 +61,11 @@ impl Pairing {
             (_, None, _) | (_, _, Drafter::PromptLookup | Drafter::Native) => (false, false),
             (Pipelining::On, Some(_), _) => (true, false),
             (Pipelining::Off, Some(_), _) => (false, false),
+            // A probe measures speculation the way requests take it: a trial of the other way
+            // (at 0.7x on a shared card) would make its verdict on the wrong rounds.
+            (Pipelining::Auto, Some(d), _) if self.with_ctl(slot, |c| c.probing()) => {
+                (d.with_pipelining(|p| p.settled()), false)
+            }
             (Pipelining::Auto, Some(d), _) => d.with_pipelining(|p| p.choose()),
         };
         let mut prefetch: Option<Prefetch> = None;
@@ -194,10 +199,18 @@ impl Pairing {
                     "verified"
                 );
                 let opening = run.rounds == opening_round;
-                let untimed = opening || (pipelined && self.config.pipeline == Pipelining::Auto);
+                let auto_pipelined = pipelined && self.config.pipeline == Pipelining::Auto;
+                let round_secs = draft_started.elapsed().as_secs_f64();
                 self.with_ctl(slot, |c| {
-                    if untimed {
+                    if opening {
                         c.record_untimed_round(Instant::now(), proposal.len(), n_accepted)
+                    } else if auto_pipelined {
+                        c.record_pipelined_round(
+                            Instant::now(),
+                            proposal.len(),
+                            n_accepted,
+                            round_secs,
+                        )
                     } else {
                         c.record_round(
                             Instant::now(),
@@ -208,7 +221,6 @@ impl Pairing {
                         )
                     }
                 });
-                let round_secs = draft_started.elapsed().as_secs_f64();
                 self.metrics.round(proposal.len(), n_accepted);
                 self.metrics.round_seconds.observe(round_secs);
                 if let Some(d) = draft_slot {

@@ -12,7 +12,8 @@ use super::{
 };
 
 impl Controller {
-    /// A target-only stretch: `tokens` generated in `seconds` (first token excluded by the caller).
+    /// A target-only stretch: `tokens` generated in `seconds` (the caller leaves out the first two,
+    /// see `target_only`).
     pub fn record_target_only(&mut self, now: Instant, tokens: usize, seconds: f64) {
         if tokens < 4 || seconds <= 0.0 {
             return;
@@ -77,11 +78,27 @@ impl Controller {
         self.after_round(now, drafted, accepted, None);
     }
 
+    /// A pipelined round under `pipeline = "auto"`: like [`Controller::record_untimed_round`]
+    /// for the cost fits (its draft time hid behind the last verification), but a probe counts
+    /// its wall time, `seconds`: that is what the user waited for it. Without it a probe whose
+    /// drafter pipelines never ended on its own rounds, and on the H100's fast target a probe
+    /// ran a whole pipelined request at 0.65x of the target alone that it did not count.
+    pub fn record_pipelined_round(
+        &mut self,
+        now: Instant,
+        drafted: usize,
+        accepted: usize,
+        seconds: f64,
+    ) {
+        self.after_round(now, drafted, accepted, Some(seconds));
+    }
+
     fn after_round(&mut self, now: Instant, drafted: usize, accepted: usize, seconds: Option<f64>) {
         self.record_acceptance(drafted, accepted);
         self.rounds_in_mode += 1;
         if let Mode::Probing { rounds_left } = self.mode {
-            // A probe measures rounds whose times are representative only.
+            // A probe measures rounds whose wall time is what the user waits for (not a
+            // request's opening round, which reads the whole prompt).
             let Some(seconds) = seconds else { return };
             self.probe_tokens += accepted + 1;
             self.probe_seconds += seconds;

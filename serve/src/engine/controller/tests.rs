@@ -190,6 +190,38 @@ fn a_probe_that_measures_a_clear_loss_stops_after_a_few_rounds() {
     }
 }
 
+/// A drafter that pipelines (under `pipeline = "auto"`) still gives a probe its verdict: the
+/// probe counts a pipelined round's wall time, while the cost fits leave it out, and an opening
+/// round counts for neither.
+#[test]
+fn a_probe_counts_pipelined_rounds_by_their_wall_time() {
+    let (mut c, now) = switched_off_by_bad_rounds();
+    for _ in 0..40 {
+        c.record_shadow(4, 4);
+    }
+    let later = now + Duration::from_secs(16);
+    assert!(c.plan_request(later).speculate, "{:?}", c.view());
+    assert!(c.probing(), "{:?}", c.view());
+    // A request's opening round reads the whole prompt: not a probe's measurement.
+    for _ in 0..PROBE_CLEAR_LOSS_ROUNDS {
+        c.record_untimed_round(later, 4, 1);
+    }
+    assert!(
+        c.probing(),
+        "opening rounds decided a probe: {:?}",
+        c.view()
+    );
+    // Pipelined rounds of 0.4 s with 1 accepted: 5 tok/s against 10 alone, a clear loss.
+    for _ in 0..PROBE_CLEAR_LOSS_ROUNDS {
+        c.record_pipelined_round(later, 4, 1, 0.4);
+    }
+    assert!(
+        matches!(c.mode(), Mode::Off { .. }),
+        "pipelined rounds at half the target's speed left the probe running: {:?}",
+        c.view()
+    );
+}
+
 /// A native request speculates a trial's worth of tokens while the path has no measured request
 /// (or probes); a clear loss over the trial switches off although the target made fewer drafting
 /// steps than rounds are otherwise needed, and one that pays lifts the limit.
