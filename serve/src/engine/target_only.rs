@@ -38,23 +38,7 @@ impl Pairing {
         );
         let mut result = Stretch::default();
         let mut decoded_before = 0usize;
-        // Timed from the first token on (it comes with the prompt), and where the target does
-        // not draft, from the second: the step that decodes it pays a one-off cost on top (on the
-        // H100's fast target ~3 ms, the first one-token step after the prompt's batch), which
-        // made the 16-token stretches that re-time the target read 3.43 ms a token where whole
-        // answers decoded at 3.22 — a target 6% slower than it is, so a path at 0.85x looked
-        // near the line. Proxy rounds are timed after their opening round likewise. A target
-        // that drafts (native pairing) sends a step's accepted tokens as a burst of events, so
-        // its clock starts at the first: from the second it would count the rest of that burst
-        // in no time.
-        let untimed_events = if native_draft_tokens.is_some_and(|k| k > 0) {
-            1
-        } else {
-            2
-        };
-        let mut events_seen = 0usize;
-        let mut timed_from: Option<Instant> = None;
-        let mut timed_tokens = 0usize;
+        let mut clock = StretchClock::new(native_draft_tokens.is_some_and(|k| k > 0));
         while let Some(event) = events.next().await {
             let event = event?;
             if run.out.finish.is_some() && !event.stop {
@@ -76,12 +60,7 @@ impl Pairing {
             }
             let n = event.tokens_predicted.saturating_sub(decoded_before).max(1);
             decoded_before = event.tokens_predicted.max(decoded_before + n);
-            events_seen += 1;
-            if events_seen == untimed_events {
-                timed_from = Some(Instant::now());
-            } else if events_seen > untimed_events {
-                timed_tokens += n;
-            }
+            clock.event(n, Instant::now());
             let ended = event
                 .tokens
                 .last()
@@ -104,8 +83,7 @@ impl Pairing {
         if run.out.finish.is_none() && stretch >= remaining {
             run.out.end(FinishReason::Length);
         }
-        result.timed_tokens = timed_tokens;
-        result.seconds = timed_from.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        (result.timed_tokens, result.seconds) = clock.timed(Instant::now());
         Ok(result)
     }
 }
@@ -136,6 +114,53 @@ pub(super) async fn send_text(tx: &mpsc::Sender<Event>, text: String) -> Result<
     }
 }
 
+/// Times a stretch's decoding from the events that bring its tokens.
+///
+/// From the first token on (it comes with the prompt), and where the target does not draft, from
+/// the second: the step that decodes it pays a one-off cost on top (on the H100's fast target
+/// ~3 ms, the first one-token step after the prompt's batch), which made the 16-token stretches
+/// that re-time the target read 3.43 ms a token where whole answers decoded at 3.22 — a target 6%
+/// slower than it is, so a path at 0.85x looked near the line. Proxy rounds are timed after their
+/// opening round likewise. A target that drafts (native pairing) sends a step's accepted tokens
+/// as a burst of events, so its clock starts at the first: from the second it would count the
+/// rest of that burst in no time.
+#[derive(Debug)]
+struct StretchClock {
+    untimed_events: usize,
+    events: usize,
+    from: Option<Instant>,
+    tokens: usize,
+}
+
+impl StretchClock {
+    fn new(target_drafts: bool) -> Self {
+        StretchClock {
+            untimed_events: if target_drafts { 1 } else { 2 },
+            events: 0,
+            from: None,
+            tokens: 0,
+        }
+    }
+
+    /// An event brought `tokens` tokens at `at`.
+    fn event(&mut self, tokens: usize, at: Instant) {
+        self.events += 1;
+        if self.events == self.untimed_events {
+            self.from = Some(at);
+        } else if self.events > self.untimed_events {
+            self.tokens += tokens;
+        }
+    }
+
+    /// Tokens timed and the seconds they took, the stretch having ended at `end`.
+    fn timed(&self, end: Instant) -> (usize, f64) {
+        let seconds = self.from.map_or(0.0, |from| {
+            end.saturating_duration_since(from).as_secs_f64()
+        });
+        (self.tokens, seconds)
+    }
+}
+
 /// What a target-only stretch produced.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Stretch {
@@ -152,5 +177,60 @@ pub(super) struct Stretch {
 impl Stretch {
     pub(super) fn timed(self) -> (usize, f64) {
         (self.timed_tokens, self.seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::StretchClock;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_target_alone_is_timed_from_its_second_token() {
+        // The first token with the prompt (10 ms), the second's step paying 3 ms on top of the
+        // 3 ms every step costs: timed from the second, 8 tokens in 24 ms.
+        let t0 = Instant::now();
+        let mut clock = StretchClock::new(false);
+        let mut at = t0 + 10 * MS;
+        clock.event(1, at);
+        at += 6 * MS;
+        clock.event(1, at);
+        for _ in 0..8 {
+            at += 3 * MS;
+            clock.event(1, at);
+        }
+        let (tokens, seconds) = clock.timed(at);
+        assert_eq!(tokens, 8);
+        assert!((seconds - 0.024).abs() < 1e-9, "{seconds}");
+    }
+
+    #[test]
+    fn a_drafting_target_is_timed_from_its_first_token_so_a_burst_counts_with_its_step() {
+        // Steps of 40 ms, each bringing 4 accepted tokens as a burst of events.
+        let t0 = Instant::now();
+        let mut clock = StretchClock::new(true);
+        clock.event(1, t0);
+        let mut at = t0;
+        for _ in 0..3 {
+            at += 40 * MS;
+            for _ in 0..4 {
+                clock.event(1, at);
+            }
+        }
+        let (tokens, seconds) = clock.timed(at);
+        assert_eq!(tokens, 12);
+        assert!((seconds - 0.120).abs() < 1e-9, "{seconds}");
+    }
+
+    #[test]
+    fn a_stretch_of_too_few_events_times_nothing() {
+        let mut clock = StretchClock::new(false);
+        let (tokens, seconds) = clock.timed(Instant::now());
+        assert_eq!((tokens, seconds), (0, 0.0));
+        clock.event(1, Instant::now());
+        assert_eq!(clock.timed(Instant::now()).0, 0);
     }
 }
