@@ -48,11 +48,8 @@ impl Pairing {
             let s = self
                 .target_only(info, sampling, run, tx, plan.measure_target_tokens, Some(0))
                 .await?;
-            lock_controller(controller).record_target_only(
-                Instant::now(),
-                s.timed_tokens,
-                s.seconds,
-            );
+            let (tokens, seconds) = s.timed();
+            lock_controller(controller).record_target_only(Instant::now(), tokens, seconds);
             self.publish_controller_state();
         }
         let k = if plan.speculate {
@@ -76,11 +73,8 @@ impl Pairing {
             )
             .await?;
         if k == 0 {
-            lock_controller(controller).record_target_only(
-                Instant::now(),
-                s.timed_tokens,
-                s.seconds,
-            );
+            let (tokens, seconds) = s.timed();
+            lock_controller(controller).record_target_only(Instant::now(), tokens, seconds);
             // The measurement may have switched speculation off: the stats say so now, not at
             // the next request through the engine (the next ones may be passed through).
             self.publish_controller_state();
@@ -114,13 +108,14 @@ impl Pairing {
         run.accepted += s.accepted;
         self.metrics.drafted.inc_by(s.drafted as u64);
         self.metrics.accepted.inc_by(s.accepted as u64);
+        let (tokens, seconds) = s.timed();
         lock_controller(controller).record_native(
             Instant::now(),
             k,
             s.drafted,
             s.accepted,
-            s.timed_tokens,
-            s.seconds,
+            tokens,
+            seconds,
         );
         self.publish_controller_state();
     }
