@@ -339,3 +339,93 @@ async fn with_both_paths_target_only_answers_leave_the_native_target_undrafted()
         "the target drafted during answers served without speculation: {served:?}"
     );
 }
+
+/// With both paths, a path whose controller switched speculation off leaves the requests to the
+/// other path while that one still speculates: they are served by proxy rounds, not passed to the
+/// target untouched. The native target's draft model sits on an rpc-server behind a SIMULATED
+/// 30 ms link (every drafted token pays round trips: a clear loss, switched off after its first
+/// trial); the draft server is on loopback. Before, the chooser kept picking the path that was off
+/// (it had fewer measured requests), so the rounds path served one request in nine and the rest
+/// went untouched (the CPU run of the GPU benchmark: 0.96x where rounds alone gave 1.17x).
+#[tokio::test]
+async fn with_both_paths_a_path_switched_off_leaves_its_requests_to_the_other_simulated_slow_link()
+{
+    use std::time::Duration;
+    use tightwad_benchmarks::relay::{LanRelay, LinkConfig};
+    let env = env();
+    let rpc = RpcServer::start(&env).await;
+    let slow_link = LanRelay::start(
+        "127.0.0.1:0".parse().expect("address"),
+        format!("127.0.0.1:{}", rpc.port),
+        LinkConfig::with_rtt(Duration::from_millis(30)),
+    )
+    .await
+    .expect("relay");
+    let mut opts = ServerOptions::native_target(
+        4,
+        &env.model("bench-draft.gguf"),
+        slow_link.local_addr().port(),
+    );
+    opts.ctx = 8192;
+    let target = LlamaServer::start(&env, &env.model("bench-target.gguf"), opts).await;
+    let draft = LlamaServer::start(
+        &env,
+        &env.model("bench-draft.gguf"),
+        ServerOptions::default(),
+    )
+    .await;
+    let mut entry = RunningProxy::entry(&target.url, Some(&draft.url), 4);
+    entry.native = true;
+    entry.adaptive = true;
+    let proxy = RunningProxy::start_entry(entry).await;
+
+    let mut answers = Vec::new();
+    for prompt in prompts().iter().take(7) {
+        let (s, v) = proxy
+            .post(
+                "/v1/completions",
+                &json!({"prompt": prompt, "max_tokens": 64, "temperature": 0, "return_token_ids": true}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let served = v["tightwad"]["served_by"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let rounds = v["tightwad"]["rounds"].as_u64().unwrap_or(0);
+        let drafted = v["tightwad"]["drafted"].as_u64().unwrap_or(0);
+        answers.push((served, rounds, drafted));
+    }
+    // The first request tries the native path (the likelier winner on a GPU) and measures its
+    // loss; the native controller is off from then on.
+    let stats = proxy.stats().await;
+    assert!(
+        answers[0].1 == 0 && answers[0].2 > 0,
+        "the first request went natively and drafted: {answers:?} {stats}"
+    );
+    assert_eq!(
+        stats["pairings"][0]["paths"]["native_requests"], 1,
+        "{stats}"
+    );
+    // Every later request is served by proxy rounds while their controller speculates (on these
+    // models rounds pay on the CPU; should they measure a loss and switch off, the requests
+    // before that decision still went by rounds).
+    let by_rounds = answers[1..]
+        .iter()
+        .take_while(|(served, rounds, _)| served == "speculative" && *rounds > 0)
+        .count();
+    let rounds_off = stats["pairings"][0]["controller"]["mode"]["state"] == "off";
+    if rounds_off {
+        assert!(by_rounds >= 2, "{answers:?} {stats}");
+    } else {
+        assert_eq!(
+            by_rounds,
+            answers.len() - 1,
+            "requests after the native path switched off went by rounds: {answers:?} {stats}"
+        );
+        assert_eq!(
+            stats["pairings"][0]["requests"]["passthrough"], 0,
+            "nothing passed through while the rounds path speculated: {stats}"
+        );
+    }
+}

@@ -395,6 +395,22 @@ impl Controller {
         best
     }
 
+    /// Whether a request starting `now` would speculate or probe: not while speculation is off
+    /// and its back-off runs, nor above `disable_above_tok_s`, nor when an operator forced it
+    /// off. A pairing with two paths serves a request by the path whose controller would, when
+    /// only one would (`Pairing::choose_path`).
+    pub fn would_speculate(&self, now: Instant) -> bool {
+        if let Some(on) = self.forced {
+            return on;
+        }
+        match self.mode {
+            Mode::Off { retry_at, .. } if self.adaptive => {
+                now >= retry_at && self.above_threshold().is_none()
+            }
+            _ => true,
+        }
+    }
+
     /// While off, most requests can go to the target untouched (no proxy cost at all); one in
     /// `SAMPLE_EVERY` still runs through the engine so the target's speed and the draft's shadow
     /// acceptance stay measured. Never during a probe or after the back-off expired.

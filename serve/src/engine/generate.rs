@@ -118,7 +118,7 @@ impl Pairing {
         engine_only: bool,
     ) -> Destination {
         if engine_only {
-            return Destination::Engine(self.path_for(info));
+            return Destination::Engine(self.path_for(info, Instant::now()));
         }
         if let Some(reason) = Self::reasoning_forward(info, &request.prompt) {
             return Destination::Forward(reason);
@@ -127,7 +127,7 @@ impl Pairing {
             return Destination::Forward(ForwardReason::NoDrafter);
         }
         let now = Instant::now();
-        let path = self.path_for(info);
+        let path = self.path_for(info, now);
         // A natively paired target speculates on its own whenever a request does not say
         // otherwise: it may be passed the request only while it obeys `speculative.n_max` (the
         // forwarded body then says 0) and the controller of the path this request would take
@@ -163,9 +163,9 @@ impl Pairing {
 
     /// The speculation path for the next request of a pairing with both (only while the draft
     /// server is usable: without it the native path is all there is); `None` for one path.
-    fn path_for(&self, info: &PairingInfo) -> Option<path_choice::SpeculationPath> {
+    fn path_for(&self, info: &PairingInfo, now: Instant) -> Option<path_choice::SpeculationPath> {
         match (&info.speculation, info.drafter) {
-            (Ok(_), Drafter::Server) => self.choose_path(),
+            (Ok(_), Drafter::Server) => self.choose_path(info, now),
             _ => None,
         }
     }
@@ -215,7 +215,7 @@ impl Pairing {
     pub async fn prepare(&self, request: GenerationRequest) -> Result<Prepared, EngineError> {
         let started = Instant::now();
         let info = self.info().await?;
-        let path = self.path_for(&info);
+        let path = self.path_for(&info, Instant::now());
         self.prepare_with(request, info, started, path).await
     }
 
