@@ -238,7 +238,8 @@ def main():
             path = r.get("verification") or "–"
             if r.get("paths"):
                 p = r["paths"]
-                path += f"; chose {p['preferred']} (rounds {p['rounds_requests']}, native {p['native_requests']} requests incl. warm-up)"
+                chose = f"chose {p['preferred']}" if p.get("preferred") else "no path preferred yet"
+                path += f"; {chose} (rounds {p['rounds_requests']}, native {p['native_requests']} requests incl. warm-up)"
             out.append(
                 f"| {r['rtt_ms']:g} ms | {LABEL.get(r['row'], r['row'])} | {r['where']} | {r['direct_tok_s']:.1f} | {r['row_tok_s']:.1f} | "
                 f"**{r['speedup']:.2f}x** | {fmt(r['acceptance'])} | {fmt(r['tokens_per_round'])} | {r['identical_prompts']}/{r['prompts']} | {served} | {path} |")

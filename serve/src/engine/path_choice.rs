@@ -58,7 +58,10 @@ const DECAY: f64 = 0.7;
 /// What the stats JSON shows about the choice.
 #[derive(Debug, Clone, Serialize)]
 pub struct PathsView {
-    pub preferred: SpeculationPath,
+    /// The path that serves requests by the chooser's rule; `None` (JSON `null`) until both paths
+    /// have served `WARM_UP_REQUESTS` — while one path's controller is off the other serves every
+    /// request (`Pairing::choose_path`), which may keep the chooser undecided for a long time.
+    pub preferred: Option<SpeculationPath>,
     pub rounds_tok_s: Option<f64>,
     pub native_tok_s: Option<f64>,
     pub rounds_requests: u64,
@@ -79,7 +82,7 @@ impl Default for PathChooser {
         PathChooser {
             // Native first: on the GPUs this is for, it is the likelier winner.
             ways: TwoWay::new(WARM_UP_REQUESTS, DECAY, SpeculationPath::Native.index()),
-            last_reason: "no measurements yet".into(),
+            last_reason: String::new(),
         }
     }
 }
@@ -123,16 +126,19 @@ impl PathChooser {
     }
 
     pub fn view(&self) -> PathsView {
+        let preferred = self.ways.preferred().map(SpeculationPath::of);
         PathsView {
-            preferred: self
-                .ways
-                .preferred()
-                .map_or(SpeculationPath::Native, SpeculationPath::of),
+            preferred,
             rounds_tok_s: self.ways.tok_s(SpeculationPath::Rounds.index()),
             native_tok_s: self.ways.tok_s(SpeculationPath::Native.index()),
             rounds_requests: self.ways.records(SpeculationPath::Rounds.index()),
             native_requests: self.ways.records(SpeculationPath::Native.index()),
-            last_reason: self.last_reason.clone(),
+            last_reason: match preferred {
+                Some(_) => self.last_reason.clone(),
+                None => format!(
+                    "measuring both paths: each serves {WARM_UP_REQUESTS} requests before either is preferred"
+                ),
+            },
         }
     }
 }
@@ -179,7 +185,7 @@ mod tests {
         replay(&mut c, 10, 29.0, 71.0);
         let later = replay(&mut c, 100, 29.0, 71.0);
         assert!(share(&later, SpeculationPath::Native) >= 0.85, "{later:?}");
-        assert_eq!(c.view().preferred, SpeculationPath::Native);
+        assert_eq!(c.view().preferred, Some(SpeculationPath::Native));
     }
 
     #[test]
@@ -199,10 +205,10 @@ mod tests {
     fn a_change_is_noticed_through_exploration() {
         let mut c = PathChooser::default();
         replay(&mut c, 40, 60.0, 30.0);
-        assert_eq!(c.view().preferred, SpeculationPath::Rounds);
+        assert_eq!(c.view().preferred, Some(SpeculationPath::Rounds));
         // The draft host got busy: rounds now deliver less than native.
         replay(&mut c, 100, 20.0, 30.0);
-        assert_eq!(c.view().preferred, SpeculationPath::Native);
+        assert_eq!(c.view().preferred, Some(SpeculationPath::Native));
     }
 
     #[test]
@@ -220,6 +226,26 @@ mod tests {
             }
         }
         assert!(switches <= 2, "{switches} switches");
+    }
+
+    #[test]
+    fn no_path_is_shown_preferred_before_both_were_measured() {
+        let mut c = PathChooser::default();
+        // One path served many requests while the other's controller was off.
+        c.record(SpeculationPath::Native, 96, 1.0);
+        for _ in 0..20 {
+            c.record(SpeculationPath::Rounds, 96, 0.3);
+        }
+        let view = c.view();
+        assert_eq!(view.preferred, None, "{view:?}");
+        assert!(
+            view.last_reason.contains("measuring both paths"),
+            "{view:?}"
+        );
+        assert_eq!((view.rounds_requests, view.native_requests), (20, 1));
+        c.record(SpeculationPath::Native, 96, 1.0);
+        c.record(SpeculationPath::Native, 96, 1.0);
+        assert_eq!(c.view().preferred, Some(SpeculationPath::Rounds));
     }
 
     #[test]
