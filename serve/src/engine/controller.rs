@@ -395,9 +395,10 @@ impl Controller {
         best
     }
 
-    /// Whether a request starting `now` would speculate or probe: not while speculation is off
-    /// and its back-off runs, nor above `disable_above_tok_s`, nor when an operator forced it
-    /// off. A pairing with two paths serves a request by the path whose controller would, when
+    /// Whether a request starting `now` may speculate or probe: not while speculation is off and
+    /// its back-off runs, nor above `disable_above_tok_s`, nor when an operator forced it off. At
+    /// the end of a back-off the request's plan still decides (`plan_request` skips a probe the
+    /// model rules out). A pairing with two paths serves a request by the path whose controller would, when
     /// only one would (`Pairing::choose_path`).
     pub fn would_speculate(&self, now: Instant) -> bool {
         if let Some(on) = self.forced {

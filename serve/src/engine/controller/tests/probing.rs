@@ -166,3 +166,26 @@ fn each_failed_probe_doubles_the_backoff() {
         );
     }
 }
+
+/// What a two-path pairing asks before choosing a path (`Pairing::choose_path`): a controller that
+/// is off would not speculate until its back-off ends (then its request decides whether to probe);
+/// one forced off never would, one forced on or pinned always would.
+#[test]
+fn an_off_controller_would_speculate_only_once_its_backoff_ends() {
+    let (mut c, now) = switched_off_by_bad_rounds();
+    let Mode::Off { retry_at, .. } = c.mode() else {
+        panic!("switched off: {:?}", c.view());
+    };
+    assert!(!c.would_speculate(now));
+    assert!(!c.would_speculate(retry_at - Duration::from_millis(1)));
+    assert!(c.would_speculate(retry_at));
+    // Every draft was rejected: at the end of the back-off the model still predicts a clear loss,
+    // so the request skips the probe and a longer back-off starts, during which it would not.
+    assert!(!c.plan_request(retry_at).speculate);
+    assert!(!c.would_speculate(retry_at));
+    c.set_override(now, Some(false));
+    assert!(!c.would_speculate(now + Duration::from_secs(3600)));
+    c.set_override(now, Some(true));
+    assert!(c.would_speculate(now));
+    assert!(Controller::fixed(4).would_speculate(now));
+}
