@@ -324,11 +324,9 @@ impl Controller {
                 speculate: true,
                 measure_target_tokens: if stale { 16 } else { 0 },
             },
-            Mode::Off {
-                retry_at,
-                backoff_s,
-            } => {
-                if now < retry_at || self.above_threshold().is_some() {
+            Mode::Off { backoff_s, .. } => {
+                // The same gate a two-path pairing asks before choosing this path.
+                if !self.would_speculate(now) {
                     return RequestPlan {
                         speculate: false,
                         measure_target_tokens: 0,
