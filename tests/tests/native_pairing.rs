@@ -7,6 +7,14 @@ use tightwad_e2e::{
     proxy_token_ids, stock_env, LlamaServer, RpcServer, RunningProxy, ServerOptions, TestEnv,
 };
 
+/// How the proxy served an answer (`tightwad.served_by`: speculative, target_only, passthrough).
+fn served_by(answer: &serde_json::Value) -> String {
+    answer["tightwad"]["served_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test]
 async fn the_proxy_steers_native_pairing_and_output_stays_the_targets() {
     let env = env();
@@ -210,10 +218,7 @@ async fn a_slow_link_to_the_native_draft_turns_it_off_and_a_fast_one_back_on_sim
     let ask = || async {
         let (s, v) = proxy.post("/v1/completions", &body).await;
         assert_eq!(s, 200, "{v}");
-        let served = v["tightwad"]["served_by"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let served = served_by(&v);
         let drafted = v["tightwad"]["drafted"].as_u64().unwrap_or(0);
         (served, drafted)
     };
@@ -319,12 +324,7 @@ async fn with_both_paths_target_only_answers_leave_the_native_target_undrafted()
     for _ in 0..3 {
         let (s, v) = proxy.post("/v1/completions", &body).await;
         assert_eq!(s, 200, "{v}");
-        served.push(
-            v["tightwad"]["served_by"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        served.push(served_by(&v));
     }
     assert!(
         served
@@ -384,14 +384,11 @@ async fn with_both_paths_a_path_switched_off_leaves_its_requests_to_the_other_si
         let (s, v) = proxy
             .post(
                 "/v1/completions",
-                &json!({"prompt": prompt, "max_tokens": 64, "temperature": 0, "return_token_ids": true}),
+                &json!({"prompt": prompt, "max_tokens": 64, "temperature": 0}),
             )
             .await;
         assert_eq!(s, 200, "{v}");
-        let served = v["tightwad"]["served_by"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let served = served_by(&v);
         let rounds = v["tightwad"]["rounds"].as_u64().unwrap_or(0);
         let drafted = v["tightwad"]["drafted"].as_u64().unwrap_or(0);
         answers.push((served, rounds, drafted));
