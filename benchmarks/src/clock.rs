@@ -2,15 +2,20 @@
 //!
 //! Tokio's timer has a 1 ms resolution and rounds up, which would turn a 0.15 ms one-way delay
 //! into 1 ms and make a 2 ms-per-token draft 50% slower than configured. So the bulk of a wait is
-//! a tokio sleep and the last stretch is an OS-thread sleep on the blocking pool, which keeps the
-//! runtime's worker threads free. Linux lets a thread's sleep overrun by its timer slack (50 µs
-//! by default), which made a "0.3 ms" relay add about 0.6 ms per round trip (measured): the
-//! blocking threads set their slack to 1 ns.
+//! a tokio sleep and the last stretch runs on the blocking pool, which keeps the runtime's worker
+//! threads free: a thread sleep, its timer slack set to 1 ns (Linux lets a sleep overrun by its
+//! slack, 50 µs by default), then a spin over the last [`SPIN`], because even so a sleeping
+//! thread woke tens of microseconds late. Measured on a 2-core VM by `benchmarks/gpu/relay_rtt.py`:
+//! a "0.3 ms" relay added 0.57 ms to a ping with the sleep alone, 0.41 ms with the spin (and a
+//! single-threaded relay, `lan-relay`); the rest is the relay's own hops.
 
 use std::time::{Duration, Instant};
 
 /// Below this much remaining time, the wait is finished on a blocking thread.
 const FINE_GRAIN: Duration = Duration::from_micros(1500);
+
+/// The last stretch of a wait, spun rather than slept (see [`wait_on_this_thread`]).
+const SPIN: Duration = Duration::from_micros(120);
 
 /// Wait until `deadline` (returns at once when it has passed).
 pub async fn sleep_until(deadline: Instant) {
@@ -28,9 +33,22 @@ pub async fn sleep_until(deadline: Instant) {
     // A failed join only means the runtime is shutting down; the wait is over either way.
     let _ = tokio::task::spawn_blocking(move || {
         precise_timers();
-        std::thread::sleep(rest)
+        wait_on_this_thread(deadline)
     })
     .await;
+}
+
+/// Sleep until `SPIN` before `deadline`, then spin to it (see the module's doc). The spin costs
+/// at most `SPIN` of one core per wait.
+fn wait_on_this_thread(deadline: Instant) {
+    // From the deadline, not from the wait's start: this thread began after a hand-off.
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if rest > SPIN {
+        std::thread::sleep(rest - SPIN);
+    }
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
 }
 
 /// This thread's sleeps end within microseconds of their deadline (Linux: the timer slack).
