@@ -49,7 +49,7 @@ bins=(--bin tightwad --bin lan-relay)
 cargo build --release -p tightwad -p tightwad-benchmarks "${bins[@]}"
 cp "$TARGET_DIR/release/tightwad" "$TARGET_DIR/release/lan-relay" "$BUNDLE/"
 [ -n "${PREPARE_BENCH_SUITE:-}" ] && cp "$TARGET_DIR/release/bench-suite" "$BUNDLE/"
-cp benchmarks/gpu/run.sh benchmarks/gpu/gen_gpu_models.py benchmarks/gpu/exactness.py benchmarks/gpu/verify_cost.py scripts/gen_models.py "$BUNDLE/"
+cp benchmarks/gpu/run.sh benchmarks/gpu/gen_gpu_models.py benchmarks/gpu/exactness.py benchmarks/gpu/verify_cost.py benchmarks/gpu/relay_rtt.py scripts/gen_models.py "$BUNDLE/"
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo " (with local changes)" || true)
 echo "$(git rev-parse HEAD)$dirty" > "$BUNDLE/COMMIT"
 ls -la "$BUNDLE" "$BUNDLE/patches"

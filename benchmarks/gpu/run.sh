@@ -344,6 +344,10 @@ EOF
     sleep 0.5
     local rT=http://127.0.0.1:$((b + 1)) rD=http://127.0.0.1:$((b + 2)) rA=http://127.0.0.1:$((b + 3)) rN=http://127.0.0.1:$((b + 4))
     local pp=$((b + 50))
+    # What this RTT's relay really adds on this machine (its own hops and late wakes on top of the
+    # nominal figure): the table states both.
+    python3 "$PYDIR/relay_rtt.py" --relay-bin "$CARRY/lan-relay" --rtt-ms "$RTT" > "$RAW/relay-rtt$tag.json" \
+      || rm -f "$RAW/relay-rtt$tag.json"
     warm "$rT" 1 8
     if want rpc-remote; then
       warm "$rN" 1 16; metrics "$((9003 + i))" "$S-rpc-remote-rtt$tag" before

@@ -116,6 +116,13 @@ def main():
         if cfg:
             kv = dict(x.split("=", 1) for x in cfg.splitlines() if "=" in x)
             meta["config"][kv.get("stage", os.path.basename(raw))] = kv
+        for f in sorted(glob.glob(os.path.join(raw, "relay-rtt*.json"))):
+            try:
+                m = json.load(open(f))
+            except ValueError:
+                continue
+            meta.setdefault("relays", {})[m["nominal_rtt_ms"]] = m
+            shutil.copy(f, os.path.join(a.out, os.path.basename(f)))
         sk = read(os.path.join(raw, "skipped.txt"))
         if sk:
             meta["skipped"] += sk.splitlines()
@@ -198,6 +205,10 @@ def main():
            f"- commit `{meta['commit'] or 'unknown'}`; llama.cpp {meta['llama'] or '?'}, {meta['patched'] or '?'}",
            ] + [f"- {stage} stage: " + "; ".join(f"{k} `{v}`" for k, v in kv.items() if k != "stage")
                 for stage, kv in meta["config"].items()]
+    for nominal, m in sorted(meta.get("relays", {}).items()):
+        out.append(f"- relay {nominal:g} ms: adds {m['added_rtt_ms']:.2f} ms to a ping on this machine "
+                   f"(`relay_rtt.py`: median of {m['pings']} 500-byte pings through it, less one without; "
+                   f"a relay adding nothing: {m['zero_relay_added_ms']:.2f} ms)")
     if meta["skipped"]:
         out.append(f"- **not measured (stage time budget):** {', '.join(meta['skipped'])}")
     out.append("")
