@@ -113,10 +113,22 @@ impl PathChooser {
             None if had.is_none() => {
                 if let Some(p) = self.ways.preferred() {
                     let preferred = SpeculationPath::of(p);
-                    self.last_reason = format!(
-                        "{preferred:?} delivers {:.1} tok/s, the other path {:.1} tok/s",
+                    let (mine, other) = (
                         self.ways.tok_s(p).unwrap_or(0.0),
-                        self.ways.tok_s(preferred.other().index()).unwrap_or(0.0)
+                        self.ways.tok_s(preferred.other().index()).unwrap_or(0.0),
+                    );
+                    // The first decision keeps the likelier winner unless the other beats it by
+                    // the margin: say so where it reads slower.
+                    let why = if mine < other {
+                        format!(
+                            ": the other is not {:.0}% faster",
+                            (super::two_way::MARGIN - 1.0) * 100.0
+                        )
+                    } else {
+                        String::new()
+                    };
+                    self.last_reason = format!(
+                        "{preferred:?} delivers {mine:.1} tok/s, the other path {other:.1} tok/s{why}"
                     )
                     .to_lowercase();
                 }
@@ -246,6 +258,24 @@ mod tests {
         c.record(SpeculationPath::Native, 96, 1.0);
         c.record(SpeculationPath::Native, 96, 1.0);
         assert_eq!(c.view().preferred, Some(SpeculationPath::Rounds));
+    }
+
+    #[test]
+    fn a_first_choice_of_the_slower_path_says_why() {
+        // The H100's fast target at 2 ms: native 240.9 tok/s, rounds 245.4 (within the margin).
+        let mut c = PathChooser::default();
+        for _ in 0..WARM_UP_REQUESTS {
+            c.record(SpeculationPath::Native, 96, 96.0 / 240.9);
+            c.record(SpeculationPath::Rounds, 96, 96.0 / 245.4);
+        }
+        let view = c.view();
+        assert_eq!(view.preferred, Some(SpeculationPath::Native));
+        assert!(
+            view.last_reason
+                .ends_with("native delivers 240.9 tok/s, the other path 245.4 tok/s: the other is not 5% faster"),
+            "{}",
+            view.last_reason
+        );
     }
 
     #[test]
