@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 LINE = re.compile(r"task (\d+) \|\s+(prompt eval|eval|total) time =\s+([\d.]+) ms /\s+(\d+) tokens")
-ACCEPT = re.compile(r"task (\d+) \| draft acceptance")
+ACCEPT = re.compile(r"task (\d+) \| draft acceptance = [\d.]+ \(\s*\d+ accepted /\s*(\d+) generated")
 
 
 def tasks(log):
@@ -25,12 +25,28 @@ def tasks(log):
     for line in log.read_text(errors="replace").splitlines():
         m = LINE.search(line)
         if m:
-            t = out.setdefault(int(m.group(1)), {"verify": False})
+            t = out.setdefault(int(m.group(1)), {"verify": False, "id": int(m.group(1))})
             t[m.group(2).split()[0]] = (float(m.group(3)), int(m.group(4)))
         m = ACCEPT.search(line)
         if m:
-            out.setdefault(int(m.group(1)), {"verify": False})["verify"] = True
+            t = out.setdefault(int(m.group(1)), {"verify": False, "id": int(m.group(1))})
+            t["verify"] = True
+            t["k"] = int(m.group(2))
     return out
+
+
+def by_previous_k(verifications):
+    """Decode times of one-token-tail verifications split by whether the verification before
+    (on any slot: the target keeps one compute graph) had the same shape (a one-token tail and
+    the same k): llama.cpp reuses the last graph only for a batch of the same shape. Direct
+    requests between them are not seen here (a stream's one-token steps would also change it)."""
+    same, changed, prev = [], [], None
+    for x in verifications:
+        shape = (x["prompt"][1], x.get("k"))
+        if x["prompt"][1] == 1 and prev is not None:
+            (same if shape == prev else changed).append(x["prompt"][0])
+        prev = shape
+    return same, changed
 
 
 def q(values, p):
@@ -65,6 +81,15 @@ def main():
               [x["prompt"][0] for x in k4], "`prompt eval time` of requests with `draft_tokens` (1 tail token + k)"))
     print(row("target: one-pass verification, sampling + accepting",
               [x["eval"][0] for x in k4], "`eval time`: the returned tokens, with `n_probs`"))
+    same, changed = by_previous_k(sorted(verify, key=lambda x: x["id"]))
+    print(row("target: verification decode, the same k and one-token tail as the one before", same,
+              "the target reuses its last compute graph"))
+    print(row("target: verification decode, after a change of k or tail", changed,
+              "a batch of another shape: a new graph"))
+    for n in (1, 2):
+        print(row(f"draft server: first decode of a request whose uncached tail is {n} token{'s' if n > 1 else ''}",
+                  [x["prompt"][0] for x in drafts if x.get("prompt", (0, 0))[1] == n],
+                  "`prompt eval time`; it also samples the first draft token"))
     print(row("draft server: one draft token",
               [x["eval"][0] / x["eval"][1] for x in drafts],
               "`eval time` / tokens; the upper quartile is tokens drafted while the target verified on the same card"))
