@@ -48,6 +48,21 @@ bins=(--bin tightwad --bin lan-relay)
 [ -n "${PREPARE_BENCH_SUITE:-}" ] && bins+=(--bin bench-suite)
 cargo build --release -p tightwad -p tightwad-benchmarks "${bins[@]}"
 cp "$TARGET_DIR/release/tightwad" "$TARGET_DIR/release/lan-relay" "$BUNDLE/"
+# A baseline build for the `-base` rows (PREPARE_BASE=<commit>): the same proxy at another commit,
+# measured in the same run. Built in its own worktree and target directory.
+rm -f "$BUNDLE/tightwad-base" "$BUNDLE/BASE_COMMIT"
+if [ -n "${PREPARE_BASE:-}" ]; then
+  base=$(git rev-parse --verify "$PREPARE_BASE^{commit}")
+  tree=$(mktemp -d)
+  git worktree add --detach "$tree" "$base" > /dev/null
+  (cd "$tree" && CARGO_TARGET_DIR="$TARGET_DIR/base" cargo build --release -p tightwad --bin tightwad) \
+    || { git worktree remove --force "$tree"; echo "building the baseline $base failed" >&2; exit 1; }
+  git worktree remove --force "$tree"
+  cp "$TARGET_DIR/base/release/tightwad" "$BUNDLE/tightwad-base"
+  echo "$base" > "$BUNDLE/BASE_COMMIT"
+fi
+# The device carries at most 64 MiB: symbols are not needed there.
+strip "$BUNDLE"/tightwad* "$BUNDLE/lan-relay" 2>/dev/null || true
 [ -n "${PREPARE_BENCH_SUITE:-}" ] && cp "$TARGET_DIR/release/bench-suite" "$BUNDLE/"
 cp benchmarks/gpu/run.sh benchmarks/gpu/gen_gpu_models.py benchmarks/gpu/exactness.py benchmarks/gpu/verify_cost.py benchmarks/gpu/relay_rtt.py scripts/gen_models.py "$BUNDLE/"
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo " (with local changes)" || true)

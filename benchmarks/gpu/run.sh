@@ -30,7 +30,9 @@
 #   host: target on loopback, draft and client each through a relay; not in the default ROWS);
 #   op-k8-pV, op-adaptive-pV (the draft's confidence stop at V instead of the proxy's default,
 #   `--draft-p-min V`; V = 0: drafts run to k); op-k8-bs, op-adaptive-bs (drafts sampled on the
-#   draft's GPU, `--draft-backend-sampling`). "Target alone" = the direct side of every row.
+#   draft's GPU, `--draft-backend-sampling`); op-adaptive-base (op-adaptive with the bundle's
+#   baseline build, `prepare.sh` with PREPARE_BASE=<commit>). "Target alone" = the direct side of
+#   every row.
 #
 # Test on a CPU machine first (tiny models, same code):
 #   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
@@ -180,7 +182,7 @@ relay() { # name listen_port to_port rtt_ms
 proxy() { # name port target_url draft_url(or -) flags...
   local name=$1 port=$2 target=$3 draft=$4; shift 4
   local d=(); [ "$draft" != "-" ] && d=(--draft "$draft")
-  RUST_LOG="${PROXY_LOG:-info}" spawn "$name" "$RAW/proxy-$name.log" "$CARRY/tightwad" proxy --listen "127.0.0.1:$port" \
+  RUST_LOG="${PROXY_LOG:-info}" spawn "$name" "$RAW/proxy-$name.log" "${PROXY_BIN:-$CARRY/tightwad}" proxy --listen "127.0.0.1:$port" \
     --target "$target" "${d[@]}" "$@"
   wait_http "http://127.0.0.1:$port" "proxy $name" "$RAW/proxy-$name.log" 60
 }
@@ -226,6 +228,11 @@ want() { # row : in ROWS and there is time for it (sets $row)
   if [ "$(time_left)" -lt 0 ]; then log "SKIPPED $1 at RTT $RTT ms: stage budget ($STAGE_BUDGET_S s) nearly spent"; echo "$1 rtt $RTT" >> "$RAW/skipped.txt"; return 1; fi
 }
 
+base_ready() { # the bundle carries a baseline build (prepare.sh PREPARE_BASE=<commit>)
+  [ -x "$CARRY/tightwad-base" ] && [ -f "$CARRY/BASE_COMMIT" ] && return 0
+  log "SKIPPED $row: no tightwad-base in the bundle (prepare.sh with PREPARE_BASE=<commit>)"; return 1
+}
+
 stats() { curl -sf -m 5 "$1/v1/tightwad/stats" > "$RAW/$2-stats.json" || log "no stats from $1"; }
 # A llama-server's counters (its own speculation: drafted/accepted) around a row, read directly.
 metrics() { curl -sf -m 5 "http://127.0.0.1:$1/metrics" > "$RAW/$2-metrics-$3.txt" 2>/dev/null || true; }
@@ -252,6 +259,7 @@ stage_bench() { # fast|slow
   fi
   use_quant
   [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
+  [ -f "$CARRY/BASE_COMMIT" ] && cp "$CARRY/BASE_COMMIT" "$RAW/BASE_COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
   if [ "$kind" = fast ]; then
     tflags=(-ngl 99); : "${RTTS:=0.3 2}"; : "${N_PROMPTS:=10}"; : "${MAX_TOKENS:=96}"
@@ -365,6 +373,14 @@ EOF
       bench "$S-op-adaptive-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive, k <= $ADAPTIVE_K_MAX" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-adaptive-rtt$tag"; stop "P$i-$row"; pack
     fi
+    # The same row with the bundle's baseline build (prepare.sh with PREPARE_BASE=<commit>), in the
+    # same run: a change measured against what it replaced on one machine, minutes apart.
+    if want op-adaptive-base && base_ready; then
+      PROXY_BIN=$CARRY/tightwad-base proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --draft-tokens "$ADAPTIVE_K_MAX"
+      warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"
+      bench "$S-op-adaptive-base-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, adaptive, k <= $ADAPTIVE_K_MAX; baseline build $(cat "$CARRY/BASE_COMMIT")" \
+        "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-adaptive-base-rtt$tag"; stop "P$i-$row"; pack
+    fi
     if want auto; then
       proxy "P$i-$row" "$pp" "$rN" "$rD" --native
       warm "http://127.0.0.1:$pp" "$WARM_ADAPTIVE" "$WARM_TOKENS"; metrics "$((9003 + i))" "$S-auto-rtt$tag" before
@@ -455,6 +471,7 @@ stage_cost() {
   if [ ! -x "$LS" ] || [ ! -f "$M_T" ]; then stage_build; fi
   use_quant
   [ -f "$CARRY/COMMIT" ] && cp "$CARRY/COMMIT" "$RAW/COMMIT"
+  [ -f "$CARRY/BASE_COMMIT" ] && cp "$CARRY/BASE_COMMIT" "$RAW/BASE_COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
   server T 9001 -m "$M_T" -ngl 99 -np 6 --kv-unified -c 16384 --spec-draft-n-max 8
   server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192 "${DRAFT_DEV_ARGS[@]}"

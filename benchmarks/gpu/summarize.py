@@ -31,6 +31,8 @@ ROWS = [
     ("op-k4", "Tightwad one-pass rounds, k=4 pinned", "draft `llama-server` (same card, own process) behind the relay"),
     ("op-k8", "Tightwad one-pass rounds, k=8 pinned", "draft `llama-server` (same card, own process) behind the relay"),
     ("op-adaptive", "Tightwad one-pass rounds, adaptive", "draft `llama-server` (same card, own process) behind the relay"),
+    ("op-adaptive-base", "Tightwad one-pass rounds, adaptive, **baseline build** (`tightwad-base`, the commit in the row's where)",
+     "draft `llama-server` (same card, own process) behind the relay"),
     ("op-k4-near", "Tightwad one-pass rounds, k=4 pinned, proxy on the target's host",
      "draft `llama-server` (same card, own process) behind the relay; the proxy beside the target"),
     ("op-adaptive-near", "Tightwad one-pass rounds, adaptive, proxy on the target's host",
