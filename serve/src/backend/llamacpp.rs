@@ -266,6 +266,12 @@ impl LlamaServer {
         // The proxy applies stop strings and EOS itself; the server must not add text of its own.
         body.insert("ignore_eos".into(), json!(false));
         sampling.write_fields(&mut body);
+        // A greedy answer does not depend on the seed, but without one every sampler the request
+        // builds draws its seed from `std::random_device`: ~0.1 ms a request on the CPU machine
+        // (wall 2.45 against 2.57 ms, three alternating runs), and a round makes two.
+        if sampling.is_greedy() && sampling.seed.is_none() {
+            body.insert("seed".into(), json!(GREEDY_SEED));
+        }
         Value::Object(body)
     }
 
@@ -512,9 +518,39 @@ pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The seed of greedy requests: any fixed value but llama.cpp's "draw one" (`0xFFFFFFFF`).
+const GREEDY_SEED: u32 = 0;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn greedy_requests_carry_a_fixed_seed_and_sampled_ones_their_own_or_none() {
+        let seed = |s: &Sampling| {
+            LlamaServer::completion_body(json!([1, 2]), 4, s, 0, false)["seed"].clone()
+        };
+        assert_eq!(seed(&Sampling::greedy()), json!(GREEDY_SEED));
+        let sampled = Sampling {
+            temperature: 0.8,
+            ..Sampling::default()
+        };
+        assert_eq!(
+            seed(&sampled),
+            Value::Null,
+            "the server draws a seed per request"
+        );
+        let seeded = Sampling {
+            seed: Some(42),
+            ..sampled
+        };
+        assert_eq!(seed(&seeded), json!(42));
+        let server_default = Sampling {
+            server_temperature: true,
+            ..Sampling::default()
+        };
+        assert_eq!(seed(&server_default), Value::Null, "not known to be greedy");
+    }
 
     #[test]
     fn reads_unlabelled_prometheus_counters() {
