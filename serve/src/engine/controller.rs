@@ -398,12 +398,13 @@ impl Controller {
         let n = self.rounds_chosen.get() + 1;
         self.rounds_chosen.set(n);
         let cap = self.cap();
-        let best = if n <= EXPLORE_OFTEN_ROUNDS {
-            self.best_k().map(|(k, _)| k).unwrap_or(cap.min(4))
-        } else {
-            self.stay_or_move(cap)
+        let warm_up = n <= EXPLORE_OFTEN_ROUNDS;
+        let best = match self.best_k() {
+            None => cap.min(4),
+            Some((best, _)) if warm_up => best,
+            Some(best) => self.stay_or_move(best, cap),
         };
-        let every = if n <= EXPLORE_OFTEN_ROUNDS {
+        let every = if warm_up {
             EXPLORE_EVERY
         } else {
             EXPLORE_SELDOM_EVERY
@@ -420,11 +421,9 @@ impl Controller {
         best
     }
 
-    /// The best predicted k, unless the last settled k is predicted within [`STAY_MARGIN`] of it.
-    fn stay_or_move(&self, cap: usize) -> usize {
-        let Some((best, best_speedup)) = self.best_k() else {
-            return cap.min(4);
-        };
+    /// `best` (the best predicted k and its speedup), unless the last settled k is predicted
+    /// within [`STAY_MARGIN`] of it.
+    fn stay_or_move(&self, (best, best_speedup): (usize, f64), cap: usize) -> usize {
         let last = self.settled_k.get();
         if (1..=cap).contains(&last) && last != best {
             if let Some(s) = self.predicted_speedup(last) {
