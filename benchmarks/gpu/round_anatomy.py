@@ -25,11 +25,11 @@ def tasks(log):
     for line in log.read_text(errors="replace").splitlines():
         m = LINE.search(line)
         if m:
-            t = out.setdefault(int(m.group(1)), {"verify": False, "id": int(m.group(1))})
+            t = out.setdefault(int(m.group(1)), {"verify": False})
             t[m.group(2).split()[0]] = (float(m.group(3)), int(m.group(4)))
         m = ACCEPT.search(line)
         if m:
-            t = out.setdefault(int(m.group(1)), {"verify": False, "id": int(m.group(1))})
+            t = out.setdefault(int(m.group(1)), {"verify": False})
             t["verify"] = True
             t["k"] = int(m.group(2))
     return out
@@ -65,7 +65,8 @@ def main():
     raw = Path(sys.argv[1])
     t = tasks(raw / "server-T.log")
     d = tasks(raw / "server-D.log")
-    verify = [x for x in t.values() if x["verify"] and "prompt" in x]
+    # In task order: `by_previous_k` compares each verification with the one before.
+    verify = [x for _, x in sorted(t.items()) if x["verify"] and "prompt" in x]
     k4 = [x for x in verify if x["prompt"][1] == 1 and x.get("eval", (0, 0))[1] >= 1]
     gen = [x for x in t.values() if not x["verify"] and x.get("eval", (0, 0))[1] >= 32]
     batch = [x for x in t.values() if not x["verify"] and 24 <= x.get("prompt", (0, 0))[1] <= 64]
@@ -81,7 +82,7 @@ def main():
               [x["prompt"][0] for x in k4], "`prompt eval time` of requests with `draft_tokens` (1 tail token + k)"))
     print(row("target: one-pass verification, sampling + accepting",
               [x["eval"][0] for x in k4], "`eval time`: the returned tokens, with `n_probs`"))
-    same, changed = by_previous_k(sorted(verify, key=lambda x: x["id"]))
+    same, changed = by_previous_k(verify)
     print(row("target: verification decode, the same k and one-token tail as the one before", same,
               "the target reuses its last compute graph"))
     print(row("target: verification decode, after a change of k or tail", changed,
