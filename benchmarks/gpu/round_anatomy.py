@@ -8,15 +8,20 @@ draft server's tokens. Prints a Markdown table.
 llama-server logs per request `prompt eval time = X ms / N tokens` (the decode that evaluated
 the uncached prompt tail, and for a client draft the draft with it) and `eval time = Y ms / M
 tokens` (for a verification: sampling and accepting the M returned tokens; for generation: the
-decode steps after the first); a verification also logs `draft acceptance`.
+decode steps after the first); a verification also logs `draft acceptance`. The proxies' logs
+(`proxy-*.log`, with `PROXY_LOG` at `tightwad_serve::engine=debug`) add each round's k and how
+long its two requests took as the proxy saw them.
 """
 import re
 import statistics
 import sys
 from pathlib import Path
 
+K_MAX = 8  # run.sh's --spec-draft-n-max and the adaptive rows' cap
 LINE = re.compile(r"task (\d+) \|\s+(prompt eval|eval|total) time =\s+([\d.]+) ms /\s+(\d+) tokens")
 ACCEPT = re.compile(r"task (\d+) \| draft acceptance = [\d.]+ \(\s*\d+ accepted /\s*(\d+) generated")
+ROUND = re.compile(r"request\{id=(\S+) .*round\{n=\d+ k=(\d+)\}.*verified drafted=\d+ accepted=\d+ "
+                   r"draft_ms=([\d.]+) verify_ms=([\d.]+)")
 
 
 def tasks(log):
@@ -47,6 +52,26 @@ def by_previous_k(verifications):
             (same if shape == prev else changed).append(x["prompt"][0])
         prev = shape
     return same, changed
+
+
+def proxy_rounds(log):
+    """The proxy's rounds in log order: (request id, k, draft_ms, verify_ms)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = ROUND.search(line)
+        if m:
+            out.append((m.group(1), int(m.group(2)), float(m.group(3)), float(m.group(4))))
+    return out
+
+
+def k_changes(rounds):
+    """Rounds whose k differs from the round before in the same request (each is a batch of
+    another shape for both servers, see `by_previous_k`)."""
+    last, changes = {}, 0
+    for rid, k, _, _ in rounds:
+        changes += rid in last and last[rid] != k
+        last[rid] = k
+    return changes
 
 
 def q(values, p):
@@ -91,9 +116,39 @@ def main():
         print(row(f"draft server: first decode of a request whose uncached tail is {n} token{'s' if n > 1 else ''}",
                   [x["prompt"][0] for x in drafts if x.get("prompt", (0, 0))[1] == n],
                   "`prompt eval time`; it also samples the first draft token"))
+    for n in (1, 2):
+        print(row(f"draft server: {K_MAX} draft tokens after a {n}-token tail (whole request)",
+                  [x["total"][0] for x in drafts if x.get("prompt", (0, 0))[1] == n and x["eval"][1] == K_MAX],
+                  "`total time`" + ("; after a 2-token batch the 1-token steps need their graph again" if n == 2 else "")))
     print(row("draft server: one draft token",
               [x["eval"][0] / x["eval"][1] for x in drafts],
               "`eval time` / tokens; the upper quartile is tokens drafted while the target verified on the same card"))
+    print()
+    proxies = sorted(raw.glob("proxy-*.log"))
+    rounds = {p: proxy_rounds(p) for p in proxies}
+    if not any(rounds.values()):
+        return
+    # The servers' side of a k = K_MAX round (pooled over every row: their logs do not say which
+    # proxy asked), to set against each proxy's view of the same requests: the rest is the relay,
+    # HTTP and the server's work outside its timings (parsing, queueing, the reply).
+    d_srv = statistics.median([x["total"][0] for x in drafts if x["eval"][1] == K_MAX] or [float("nan")])
+    v_srv = statistics.median([x["total"][0] for x in verify if x.get("k") == K_MAX and "total" in x] or [float("nan")])
+    print(f"Rounds as each proxy logged them (k = {K_MAX} rounds: the proxy's median request times; "
+          f"the servers' own `total time` for such requests, all rows pooled: draft {d_srv:.2f} ms, "
+          f"verification {v_srv:.2f} ms; P1 is the stage's first RTT, P2 its second: what lies beyond "
+          f"the servers' timings includes the relay's round trip, twice a round).\n")
+    print(f"| proxy log | rounds | k changed (share of rounds) | rounds at k = {K_MAX} | draft request | "
+          f"verification request | beyond the servers' timings |")
+    print("|---|---|---|---|---|---|---|")
+    for p, rs in rounds.items():
+        if not rs:
+            continue
+        full = [r for r in rs if r[1] == K_MAX]
+        dm = statistics.median([r[2] for r in full]) if full else float("nan")
+        vm = statistics.median([r[3] for r in full]) if full else float("nan")
+        ch = k_changes(rs)
+        print(f"| `{p.name}` | {len(rs)} | {ch} ({100 * ch / len(rs):.0f}%) | {len(full)} | {dm:.2f} ms | "
+              f"{vm:.2f} ms | {dm + vm - d_srv - v_srv:.2f} ms a round |")
     print()
 
 
