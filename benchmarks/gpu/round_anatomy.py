@@ -136,7 +136,9 @@ def main():
     print(f"Rounds as each proxy logged them (k = {K_MAX} rounds: the proxy's median request times; "
           f"the servers' own `total time` for such requests, all rows pooled: draft {d_srv:.2f} ms, "
           f"verification {v_srv:.2f} ms; P1 is the stage's first RTT, P2 its second: what lies beyond "
-          f"the servers' timings includes the relay's round trip, twice a round).\n")
+          f"the servers' timings includes the relay's round trip, twice a round; it means something only "
+          f"where the servers' times hold steady across rows, as the fast target's do, not where a "
+          f"verification varies by tens of milliseconds, as the slow target's does).\n")
     print(f"| proxy log | rounds | k changed (share of rounds) | rounds at k = {K_MAX} | draft request | "
           f"verification request | beyond the servers' timings |")
     print("|---|---|---|---|---|---|---|")
