@@ -2,7 +2,8 @@
 //! binary so `tightwad build` can send them to every agent: one-pass verification of a client's
 //! draft (`draft_tokens`), per-request `speculative.n_max`, a draft model that skips the requests
 //! that say `speculative.n_max: 0`, the text of each generated token (`return_pieces`), and a
-//! completion that ends after a token its model is unsure of (`stop_p_min`, for drafts).
+//! completion that ends after a token its model is unsure of (`stop_p_min`, for drafts), and a
+//! reply that leaves out the prompt's text when the client's `response_fields` do.
 
 use tightwad_protocol::messages::SourcePatch;
 
@@ -23,6 +24,12 @@ const BUNDLED: &[(&str, &str)] = &[
     (
         "0004-server-stop-p-min.patch",
         include_str!("../../../patches/llama.cpp/0004-server-stop-p-min.patch"),
+    ),
+    (
+        "0005-server-response-fields-skip-the-prompt.patch",
+        include_str!(
+            "../../../patches/llama.cpp/0005-server-response-fields-skip-the-prompt.patch"
+        ),
     ),
 ];
 

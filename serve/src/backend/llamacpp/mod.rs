@@ -200,6 +200,7 @@ impl LlamaServer {
         if sampling.is_greedy() && sampling.seed.is_none() {
             body.insert("seed".into(), json!(GREEDY_SEED));
         }
+        body.insert("response_fields".into(), json!(COMPLETION_FIELDS));
         Value::Object(body)
     }
 
@@ -357,6 +358,9 @@ impl LlamaServer {
         let mut body = Self::completion_body(json!(prompt), n_predict, sampling, 0, false);
         if let Value::Object(m) = &mut body {
             m.insert("stream".into(), json!(true));
+            // The whole final event: `response_fields` filters it (not the others), and a stream's
+            // `stop` and `tokens_predicted` are not among a completion's fields. One per stream.
+            m.remove("response_fields");
             // A target paired natively with its own draft: how many tokens its speculation may
             // draft for this request (0 turns it off).
             if let Some(n) = native_draft_tokens {
@@ -449,6 +453,19 @@ pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
 /// The seed of greedy requests: any fixed value but llama.cpp's "draw one" (`0xFFFFFFFF`).
 const GREEDY_SEED: u32 = 0;
 
+/// The reply fields a [`Completion`] reads: sent as `response_fields`, so the server leaves out the
+/// rest — above all `prompt`, the whole context's text (18 KB at 3000 tokens, against 0.4 KB for
+/// these), and the bundled patch 0005 then skips detokenizing it. A server without the field
+/// (older than llama.cpp's `response_fields`) sends everything, which parses the same.
+const COMPLETION_FIELDS: &[&str] = &[
+    "tokens",
+    "content",
+    "stop_type",
+    "completion_probabilities",
+    "pieces",
+    "timings",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,6 +495,33 @@ mod tests {
             ..Sampling::default()
         };
         assert_eq!(seed(&server_default), Value::Null, "not known to be greedy");
+    }
+
+    /// Every field a `Completion` reads must be listed: one left out would arrive as its default
+    /// (no pieces, no timings) without any error. llama-server keeps the listed top-level fields
+    /// (`json_get_nested_values`); the filtered reply must parse as the whole one does.
+    #[test]
+    fn the_listed_reply_fields_are_all_a_completion_reads() {
+        let whole = json!({
+            "index": 0, "content": "Hi", "tokens": [5, 6], "id_slot": 0, "stop": true,
+            "model": "m", "tokens_predicted": 2, "tokens_evaluated": 3,
+            "generation_settings": {"n_predict": 2}, "prompt": "a long context", "has_new_line": false,
+            "truncated": false, "stop_type": "limit", "stopping_word": "", "tokens_cached": 4,
+            "timings": {"prompt_n": 1, "prompt_ms": 1.0, "predicted_n": 2, "predicted_ms": 2.0,
+                        "draft_n": 3, "draft_n_accepted": 1},
+            "completion_probabilities": [{"id": 5, "token": "H", "logprob": -0.1, "bytes": [72],
+                                          "top_logprobs": [{"id": 5, "token": "H", "logprob": -0.1, "bytes": [72]}]}],
+            "pieces": ["H", [105]],
+        });
+        let body = LlamaServer::completion_body(json!([1]), 2, &Sampling::greedy(), 0, false);
+        let fields: Vec<String> = serde_json::from_value(body["response_fields"].clone()).unwrap();
+        let filtered: serde_json::Map<String, Value> = fields
+            .iter()
+            .filter_map(|f| whole.get(f).map(|v| (f.clone(), v.clone())))
+            .collect();
+        let parse = |v: Value| format!("{:?}", serde_json::from_value::<Completion>(v).unwrap());
+        assert_eq!(parse(Value::Object(filtered)), parse(whole.clone()));
+        assert!(!fields.iter().any(|f| f == "prompt"), "{fields:?}");
     }
 
     #[test]
