@@ -37,6 +37,8 @@
 # Test on a CPU machine first (tiny models, same code):
 #   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
 #   GPU_TARGET_MODEL=... GPU_DRAFT_MODEL=... N_PROMPTS=2 MAX_TOKENS=8 bash benchmarks/gpu/run.sh fast
+# LONG_CONTEXT=N puts an N-sentence preamble (~15 tokens each) before every prompt: rounds at a
+# long context (what each round sends, and what the servers' replies carry, grows with it).
 # PROXY_LOG sets the proxies' RUST_LOG (default info; e.g. "info,tightwad_serve::engine=debug"
 # for every round's draft and verify times).
 set -euo pipefail
@@ -292,12 +294,22 @@ stage_bench() { # fast|slow
     "Begin a story about a cat who finds a key in the garden." \
     "A farmer has 17 sheep and all but 9 run away. How many are left? Think it through." \
     "List the planets of the solar system in order from the sun." | head -n "$N_PROMPTS" > "$PROMPTS"
+  # LONG_CONTEXT=N: every prompt after the same N-sentence preamble (~15 tokens a sentence), so each
+  # round sends and the servers hold a long context, as a chat with history or a document does.
+  if [ "${LONG_CONTEXT:-0}" -gt 0 ]; then
+    local preamble
+    preamble=$(for i in $(seq 1 "$LONG_CONTEXT"); do
+      printf 'Note %s: the ledger for shipment %s lists %s crates of apples and %s of pears. ' \
+        "$i" "$((i * 37 % 1000))" "$((i * 13 % 97))" "$((i * 7 % 89))"; done)
+    sed -i "s|^|$preamble Now answer: |" "$PROMPTS"
+  fi
   cat > "$RAW/config.txt" <<EOF
 stage=$kind
 models=$(basename "$M_T") $(basename "$M_D")
 target_flags=${tflags[*]}
 rtts_ms=$RTTS
 prompts=$N_PROMPTS
+long_context_sentences=${LONG_CONTEXT:-0}
 max_tokens=$MAX_TOKENS
 bench_warmup_pairs=$BENCH_WARMUP
 bench_repeats=$BENCH_REPEATS

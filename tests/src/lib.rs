@@ -32,6 +32,7 @@ pub mod footprint;
 pub mod http;
 pub mod llama_server;
 pub mod netns;
+pub mod patched;
 pub mod proxy;
 pub mod proxy_process;
 pub mod sampled;

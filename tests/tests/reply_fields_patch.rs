@@ -5,7 +5,8 @@
 //! every round, so a difference here would be a difference in every round's reply.
 
 use serde_json::{json, Value};
-use tightwad_e2e::{env, post_json, stock_env, LlamaServer, ServerOptions, TestEnv};
+use tightwad_e2e::patched::completion;
+use tightwad_e2e::{env, stock_env, LlamaServer, ServerOptions, TestEnv};
 
 async fn start(env: &TestEnv) -> LlamaServer {
     let opts = ServerOptions {
@@ -13,12 +14,6 @@ async fn start(env: &TestEnv) -> LlamaServer {
         ..Default::default()
     };
     LlamaServer::start(env, &env.model("target.gguf"), opts).await
-}
-
-async fn completion(server: &LlamaServer, body: &Value) -> Value {
-    let (status, v) = post_json(&format!("{}/completion", server.url), body).await;
-    assert_eq!(status, 200, "completion failed: {v}\nrequest: {body}");
-    v
 }
 
 #[tokio::test]
@@ -42,7 +37,7 @@ async fn listed_reply_fields_match_the_stock_server_and_the_prompt_text_only_com
         "timings"
     ]);
     for server in [&patched, &stock] {
-        let v = completion(server, &request(proxy_fields.clone())).await;
+        let v = completion(server, request(proxy_fields.clone())).await;
         let keys: Vec<&str> = v
             .as_object()
             .expect("object")
@@ -64,8 +59,8 @@ async fn listed_reply_fields_match_the_stock_server_and_the_prompt_text_only_com
         "no/such/field",
         "stop_type"
     ]);
-    let from_patched = completion(&patched, &request(nested.clone())).await;
-    let from_stock = completion(&stock, &request(nested)).await;
+    let from_patched = completion(&patched, request(nested.clone())).await;
+    let from_stock = completion(&stock, request(nested)).await;
     assert_eq!(from_patched, from_stock);
     assert!(
         from_patched["prompt"]
@@ -93,8 +88,8 @@ async fn listed_reply_fields_match_the_stock_server_and_the_prompt_text_only_com
         k.sort();
         k
     };
-    let p = completion(&patched, &plain).await;
-    let s = completion(&stock, &plain).await;
+    let p = completion(&patched, plain.clone()).await;
+    let s = completion(&stock, plain).await;
     assert!(p["prompt"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
     assert_eq!(p["prompt"], s["prompt"]);
     assert_eq!(keys(&p), keys(&s));
