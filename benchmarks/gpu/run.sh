@@ -37,7 +37,7 @@
 # Test on a CPU machine first (tiny models, same code):
 #   GPU_BENCH_CPU=1 GPU_LLAMA_SERVER=$LLAMA_SERVER GPU_RPC_SERVER=$RPC_SERVER \
 #   GPU_TARGET_MODEL=... GPU_DRAFT_MODEL=... N_PROMPTS=2 MAX_TOKENS=8 bash benchmarks/gpu/run.sh fast
-# LONG_CONTEXT=N puts an N-sentence preamble (~15 tokens each) before every prompt: rounds at a
+# LONG_CONTEXT=N puts an N-sentence preamble (~32 tokens each: 40 make 1300) before every prompt: rounds at a
 # long context (what each round sends, and what the servers' replies carry, grows with it).
 # PROXY_LOG sets the proxies' RUST_LOG (default info; e.g. "info,tightwad_serve::engine=debug"
 # for every round's draft and verify times).
@@ -294,7 +294,7 @@ stage_bench() { # fast|slow
     "Begin a story about a cat who finds a key in the garden." \
     "A farmer has 17 sheep and all but 9 run away. How many are left? Think it through." \
     "List the planets of the solar system in order from the sun." | head -n "$N_PROMPTS" > "$PROMPTS"
-  # LONG_CONTEXT=N: every prompt after the same N-sentence preamble (~15 tokens a sentence), so each
+  # LONG_CONTEXT=N: every prompt after the same N-sentence preamble (~32 tokens a sentence), so each
   # round sends and the servers hold a long context, as a chat with history or a document does.
   if [ "${LONG_CONTEXT:-0}" -gt 0 ]; then
     local preamble
