@@ -7,6 +7,7 @@
 use serde_json::{json, Value};
 use tightwad_e2e::patched::completion;
 use tightwad_e2e::{env, stock_env, LlamaServer, ServerOptions, TestEnv};
+use tightwad_serve::backend::llamacpp::COMPLETION_FIELDS;
 
 async fn start(env: &TestEnv) -> LlamaServer {
     let opts = ServerOptions {
@@ -29,13 +30,7 @@ async fn listed_reply_fields_match_the_stock_server_and_the_prompt_text_only_com
     };
 
     // What the proxy asks for on every round: the reply is those fields and nothing else.
-    let proxy_fields = json!([
-        "tokens",
-        "content",
-        "stop_type",
-        "completion_probabilities",
-        "timings"
-    ]);
+    let proxy_fields = json!(COMPLETION_FIELDS);
     for server in [&patched, &stock] {
         let v = completion(server, request(proxy_fields.clone())).await;
         let keys: Vec<&str> = v

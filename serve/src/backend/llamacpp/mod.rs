@@ -457,7 +457,7 @@ const GREEDY_SEED: u32 = 0;
 /// rest — above all `prompt`, the whole context's text (18 KB at 3000 tokens, against 0.4 KB for
 /// these), and the bundled patch 0005 then skips detokenizing it. A server without the field
 /// (older than llama.cpp's `response_fields`) sends everything, which parses the same.
-const COMPLETION_FIELDS: &[&str] = &[
+pub const COMPLETION_FIELDS: &[&str] = &[
     "tokens",
     "content",
     "stop_type",
