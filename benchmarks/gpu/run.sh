@@ -30,8 +30,8 @@
 #   host: target on loopback, draft and client each through a relay; not in the default ROWS);
 #   op-k8-pV, op-adaptive-pV (the draft's confidence stop at V instead of the proxy's default,
 #   `--draft-p-min V`; V = 0: drafts run to k); op-k8-bs, op-adaptive-bs (drafts sampled on the
-#   draft's GPU, `--draft-backend-sampling`); op-adaptive-base (op-adaptive with the bundle's
-#   baseline build, `prepare.sh` with PREPARE_BASE=<commit>). "Target alone" = the direct side of
+#   draft's GPU, `--draft-backend-sampling`); op-adaptive-base, op-k8-base (op-adaptive, op-k8 with
+#   the bundle's baseline build, `prepare.sh` with PREPARE_BASE=<commit>). "Target alone" = the direct side of
 #   every row.
 #
 # Test on a CPU machine first (tiny models, same code):
@@ -436,6 +436,12 @@ EOF
       warm "http://127.0.0.1:$pp" 1 16
       bench "$S-op-k8-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned" \
         "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k8-rtt$tag"; stop "P$i-$row"; pack
+    fi
+    if want op-k8-base && base_ready; then
+      PROXY_BIN=$CARRY/tightwad-base proxy "P$i-$row" "$pp" "$rT" "$rD" --verify one-pass --no-adaptive --draft-tokens 8
+      warm "http://127.0.0.1:$pp" 1 16
+      bench "$S-op-k8-base-rtt$tag" "draft llama-server on $DRAFT_CARD behind the ${RTT} ms relay; Tightwad one-pass rounds, k=8 pinned; baseline build $(cat "$CARRY/BASE_COMMIT")" \
+        "http://127.0.0.1:$pp" "$rT"; stats "http://127.0.0.1:$pp" "$S-op-k8-base-rtt$tag"; stop "P$i-$row"; pack
     fi
     # Rows that ask for drafts otherwise than the proxy's default: the draft's confidence stop
     # (`--draft-p-min V`, 0 = drafts run to k) as op-k8-pV (k = 8 pinned), op-adaptive-pV; drafts

@@ -30,6 +30,8 @@ ROWS = [
      "draft `llama-server` (same card, own process) behind the relay"),
     ("op-k4", "Tightwad one-pass rounds, k=4 pinned", "draft `llama-server` (same card, own process) behind the relay"),
     ("op-k8", "Tightwad one-pass rounds, k=8 pinned", "draft `llama-server` (same card, own process) behind the relay"),
+    ("op-k8-base", "Tightwad one-pass rounds, k=8 pinned, **baseline build** (`tightwad-base`, the commit in the row's where)",
+     "draft `llama-server` (same card, own process) behind the relay"),
     ("op-adaptive", "Tightwad one-pass rounds, adaptive", "draft `llama-server` (same card, own process) behind the relay"),
     ("op-adaptive-base", "Tightwad one-pass rounds, adaptive, **baseline build** (`tightwad-base`, the commit in the row's where)",
      "draft `llama-server` (same card, own process) behind the relay"),
