@@ -83,6 +83,9 @@ else
 fi
 RPC_DEV=(); [ -n "$DRAFT_DEV" ] && RPC_DEV=(-d "$DRAFT_DEV")
 DRAFT_DEV_ARGS=(); [ -n "$DRAFT_DEV" ] && DRAFT_DEV_ARGS=(--device "$DRAFT_DEV")
+# The draft server's context: 2048 tokens a slot (of 4), 4096 under LONG_CONTEXT (whose prompts
+# pass 2048 at 60 sentences); the target's 6 slots share 16384 (--kv-unified).
+DRAFT_CTX=8192; [ "${LONG_CONTEXT:-0}" -gt 0 ] && DRAFT_CTX=16384
 SPEC=(--spec-type draft-simple --spec-draft-n-max 8 -ngld 99)
 
 pack() { # the stage's raw files -> $OUT/<stage>.tar.gz (atomic), so a kill still returns them
@@ -321,7 +324,7 @@ EOF
   # --- servers, all started at once --------------------------------------------------------------
   log "starting servers ($kind target)"
   server T 9001 "${tgt[@]}" --spec-draft-n-max 8
-  server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192 "${DRAFT_DEV_ARGS[@]}"
+  server D 9002 -m "$M_D" -ngl 99 -np 4 -c "$DRAFT_CTX" "${DRAFT_DEV_ARGS[@]}"
   case " $ROWS " in *" md-anchor "*) server A 9003 "${tgt[@]}" -md "$M_D" "${SPEC[@]}" ;; esac
   local i=0 rtt
   for rtt in $RTTS; do
@@ -492,7 +495,7 @@ stage_cost() {
   [ -f "$CARRY/BASE_COMMIT" ] && cp "$CARRY/BASE_COMMIT" "$RAW/BASE_COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RAW/gpu.txt" 2>/dev/null || echo "cpu ($(nproc) cores)" > "$RAW/gpu.txt"
   server T 9001 -m "$M_T" -ngl 99 -np 6 --kv-unified -c 16384 --spec-draft-n-max 8
-  server D 9002 -m "$M_D" -ngl 99 -np 4 -c 8192 "${DRAFT_DEV_ARGS[@]}"
+  server D 9002 -m "$M_D" -ngl 99 -np 4 -c "$DRAFT_CTX" "${DRAFT_DEV_ARGS[@]}"
   wait_http http://127.0.0.1:9001 T "$RAW/server-T.log"
   wait_http http://127.0.0.1:9002 D "$RAW/server-D.log"
   log "verify cost: target and draft server alone (draft on $DRAFT_CARD)"
