@@ -31,6 +31,10 @@ const BUNDLED: &[(&str, &str)] = &[
             "../../../patches/llama.cpp/0005-server-response-fields-skip-the-prompt.patch"
         ),
     ),
+    (
+        "0006-server-cached-prefix.patch",
+        include_str!("../../../patches/llama.cpp/0006-server-cached-prefix.patch"),
+    ),
 ];
 
 /// The bundled patches, as a build request carries them.

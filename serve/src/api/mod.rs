@@ -259,6 +259,7 @@ async fn stats(
                     m.insert("native_steering".into(), json!(steering));
                 }
                 m.insert("drafters".into(), json!(p.drafter_views()));
+                m.insert("cached_prefix".into(), p.cached_prefix_view());
                 if let Some(paths) = p.paths_view() {
                     m.insert("paths".into(), json!(paths));
                 }

@@ -154,6 +154,8 @@ impl Backend {
                 // No more JSON requests in flight than the server has HTTP threads for (its
                 // slots + 2 at least), see `Endpoint::limit_requests`.
                 s.endpoint().limit_requests(props.total_slots as usize + 2);
+                s.slot_memory()
+                    .configure(props.capabilities.cached_prefix, props.total_slots as usize);
                 let model = s.model_info().await?;
                 let mut end_of_generation = HashSet::new();
                 if !props.eos_token().is_empty() {

@@ -198,6 +198,7 @@ impl SimulatedServer {
             stop_type: stop_type.into(),
             pieces: Vec::new(),
             timings: Some(Timings::default()),
+            ..Completion::default()
         }
     }
 

@@ -125,7 +125,7 @@ pub struct Timings {
 }
 
 /// One prompt's result from `/completion`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Completion {
     #[serde(default)]
     pub tokens: Vec<TokenId>,
@@ -141,6 +141,13 @@ pub struct Completion {
     pub pieces: Vec<Piece>,
     #[serde(default)]
     pub timings: Option<Timings>,
+    /// The slot that served the request (llama-server's `id_slot`).
+    #[serde(default)]
+    pub id_slot: Option<usize>,
+    /// The prompt's length as the server took it (llama-server's `tokens_evaluated`): with a
+    /// named cached prefix, the proof that the server prepended it.
+    #[serde(default)]
+    pub tokens_evaluated: Option<u64>,
 }
 
 /// One token's text as a patched llama-server reports it (`return_pieces`, shaped as `/tokenize`'s

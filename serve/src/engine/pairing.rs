@@ -290,6 +290,16 @@ impl Pairing {
         Some(slot)
     }
 
+    /// What naming the servers' cached prefixes saved (`None` per server that does not take them;
+    /// see `backend::llamacpp::prefix`), for the stats JSON.
+    pub fn cached_prefix_view(&self) -> serde_json::Value {
+        let of = |b: &Backend| b.as_llamacpp().and_then(|s| s.slot_memory().stats());
+        serde_json::json!({
+            "target": of(&self.target),
+            "drafters": self.drafts.iter().map(|d| of(&d.server)).collect::<Vec<_>>(),
+        })
+    }
+
     /// Every draft server's figures, for the stats JSON.
     pub fn drafter_views(&self) -> Vec<drafters::DrafterView> {
         let info = self.probed.try_lock().ok().and_then(|g| g.clone());

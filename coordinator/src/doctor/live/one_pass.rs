@@ -70,6 +70,17 @@ fn verdict(subject: String, caps: &Capabilities, build: &str, configured: Option
         )
         .hint("tightwad build --source llama.cpp.tar.gz (the bundled patches now include 0003-server-return-pieces)");
     }
+    if !caps.cached_prefix {
+        // A build of the first five patches: every round sends the whole context (~7 bytes a
+        // token as JSON, 40 KB a round at 3000 tokens), parsed before the round can start.
+        return Check::new(
+            Category::Build,
+            subject,
+            Status::Warn,
+            format!("one-pass verification available, but the target's patched build ({build}) predates `cached_prefix`: every round sends the whole context, a cost per round that grows with the conversation"),
+        )
+        .hint("tightwad build --source llama.cpp.tar.gz (the bundled patches now include 0006-server-cached-prefix)");
+    }
     let mut message = format!(
         "one-pass verification available: the target checks a draft of up to {max} tokens in one sequence; the proxy drafts up to {k}"
     );
@@ -94,6 +105,7 @@ mod tests {
             speculative_n_max: draft_tokens,
             return_pieces,
             stop_p_min: return_pieces,
+            cached_prefix: return_pieces,
         }
     }
 
@@ -164,6 +176,22 @@ mod tests {
                 .as_deref()
                 .unwrap_or_default()
                 .contains("tightwad build"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn a_patched_build_without_cached_prefix_is_told_to_rebuild() {
+        let mut older = caps(true, Some(8), true);
+        older.cached_prefix = false;
+        let c = judge(older, 8);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.message.contains("predates `cached_prefix`"), "{c:?}");
+        assert!(
+            c.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("0006-server-cached-prefix"),
             "{c:?}"
         );
     }

@@ -4,6 +4,7 @@
 //! prompts, a *list* of prompts processed in one decode (the one-pass verification, see
 //! `notes/backends.md`), `return_tokens`, and per-token `bytes` (exact text without re-tokenizing).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -15,7 +16,9 @@ use super::sse::sse_events;
 use super::types::{Completion, DraftOptions, Role, Sampling, StreamEvent, TokenId};
 use super::BackendError;
 
+mod prefix;
 mod props;
+pub use prefix::{fnv1a, PrefixStats, SlotMemory};
 pub use props::{Capabilities, GenerationParams, GenerationSettings, Props};
 
 /// A `llama-server` reachable over HTTP, with a persistent connection pool (a round's fixed cost is
@@ -23,6 +26,8 @@ pub use props::{Capabilities, GenerationParams, GenerationSettings, Props};
 #[derive(Debug, Clone)]
 pub struct LlamaServer {
     ep: Endpoint,
+    /// What this proxy left in each of the server's slots (see [`prefix`]).
+    prefix: Arc<SlotMemory>,
 }
 
 /// The target's `restart_wait`: a llama-server restart (stop, start, load a model) takes a few
@@ -56,6 +61,7 @@ impl LlamaServer {
         };
         Ok(LlamaServer {
             ep: Endpoint::new(role, base_url, timeout, restart_wait)?,
+            prefix: Arc::default(),
         })
     }
 
@@ -66,6 +72,12 @@ impl LlamaServer {
 
     pub fn base_url(&self) -> &str {
         self.ep.base_url()
+    }
+
+    /// What the proxy remembers of the server's slots, for rounds that send only what a slot does
+    /// not hold yet (configured from `/props` at every probe).
+    pub fn slot_memory(&self) -> &SlotMemory {
+        &self.prefix
     }
 
     pub async fn health(&self) -> Result<bool, BackendError> {
@@ -183,7 +195,7 @@ impl LlamaServer {
         sampling: &Sampling,
         n_probs: usize,
         post_sampling_probs: bool,
-    ) -> Value {
+    ) -> serde_json::Map<String, Value> {
         let mut body = serde_json::Map::new();
         body.insert("prompt".into(), prompt);
         body.insert("n_predict".into(), json!(n_predict));
@@ -201,7 +213,7 @@ impl LlamaServer {
             body.insert("seed".into(), json!(GREEDY_SEED));
         }
         body.insert("response_fields".into(), json!(COMPLETION_FIELDS));
-        Value::Object(body)
+        body
     }
 
     /// A verification request of the proxy's rounds: the target's own draft model (a target
@@ -234,17 +246,14 @@ impl LlamaServer {
         n_predict: usize,
         opts: DraftOptions,
     ) -> Result<Completion, BackendError> {
-        let mut body =
-            Self::completion_body(json!(prompt), n_predict, &Sampling::greedy(), 0, false);
-        if let Value::Object(m) = &mut body {
-            if opts.p_min > 0.0 {
-                m.insert("stop_p_min".into(), json!(opts.p_min));
-            }
-            if opts.backend_sampling {
-                m.insert("backend_sampling".into(), json!(true));
-            }
+        let mut body = Self::completion_body(Value::Null, n_predict, &Sampling::greedy(), 0, false);
+        if opts.p_min > 0.0 {
+            body.insert("stop_p_min".into(), json!(opts.p_min));
         }
-        self.ep.post_json("/completion", &body).await
+        if opts.backend_sampling {
+            body.insert("backend_sampling".into(), json!(true));
+        }
+        self.complete_body(prompt, body).await
     }
 
     /// One-pass verification (needs the bundled patch, see [`Capabilities::draft_tokens`]): the
@@ -258,15 +267,13 @@ impl LlamaServer {
         n_probs: usize,
     ) -> Result<Completion, BackendError> {
         let mut body =
-            Self::completion_body(json!(prompt), draft.len() + 1, sampling, n_probs, false);
-        if let Value::Object(m) = &mut body {
-            m.insert("draft_tokens".into(), json!(draft));
-            // Each returned token's text (a patched server that predates the field ignores it,
-            // and the engine then learns the text as `engine::pieces` says).
-            m.insert("return_pieces".into(), json!(true));
-            Self::no_native_drafting(m);
-        }
-        self.ep.post_json("/completion", &body).await
+            Self::completion_body(Value::Null, draft.len() + 1, sampling, n_probs, false);
+        body.insert("draft_tokens".into(), json!(draft));
+        // Each returned token's text (a patched server that predates the field ignores it, and
+        // the engine then learns the text as `engine::pieces` says).
+        body.insert("return_pieces".into(), json!(true));
+        Self::no_native_drafting(&mut body);
+        self.complete_body(prompt, body).await
     }
 
     /// How many tokens the server's own speculation drafted for `n_predict` greedy tokens after
@@ -281,10 +288,8 @@ impl LlamaServer {
     ) -> Result<u64, BackendError> {
         let mut body =
             Self::completion_body(json!(prompt), n_predict, &Sampling::greedy(), 0, false);
-        if let Value::Object(m) = &mut body {
-            m.insert("speculative.n_max".into(), json!(n_max));
-            m.insert("speculative.n_min".into(), json!(0));
-        }
+        body.insert("speculative.n_max".into(), json!(n_max));
+        body.insert("speculative.n_min".into(), json!(0));
         let c: Completion = self.ep.post_json("/completion", &body).await?;
         Ok(c.timings.and_then(|t| t.draft_n).unwrap_or(0))
     }
@@ -299,9 +304,7 @@ impl LlamaServer {
     ) -> Result<Vec<Completion>, BackendError> {
         let post = !sampling.is_greedy();
         let mut body = Self::completion_body(json!(prompts), 1, sampling, n_probs, post);
-        if let Value::Object(m) = &mut body {
-            Self::no_native_drafting(m);
-        }
+        Self::no_native_drafting(&mut body);
         let v: Value = self.ep.post_json("/completion", &body).await?;
         let results: Vec<Completion> = match v {
             Value::Array(items) => items
@@ -356,17 +359,15 @@ impl LlamaServer {
         // No `n_probs`: the stream's text comes from each event's `content`, so candidates would
         // be computed (a sort of the vocabulary per token) and sent for nothing.
         let mut body = Self::completion_body(json!(prompt), n_predict, sampling, 0, false);
-        if let Value::Object(m) = &mut body {
-            m.insert("stream".into(), json!(true));
-            // The whole final event: `response_fields` filters it (not the others), and a stream's
-            // `stop` and `tokens_predicted` are not among a completion's fields. One per stream.
-            m.remove("response_fields");
-            // A target paired natively with its own draft: how many tokens its speculation may
-            // draft for this request (0 turns it off).
-            if let Some(n) = native_draft_tokens {
-                m.insert("speculative.n_max".into(), json!(n));
-                m.insert("speculative.n_min".into(), json!(0));
-            }
+        body.insert("stream".into(), json!(true));
+        // The whole final event: `response_fields` filters it (not the others), and a stream's
+        // `stop` and `tokens_predicted` are not among a completion's fields. One per stream.
+        body.remove("response_fields");
+        // A target paired natively with its own draft: how many tokens its speculation may draft
+        // for this request (0 turns it off).
+        if let Some(n) = native_draft_tokens {
+            body.insert("speculative.n_max".into(), json!(n));
+            body.insert("speculative.n_min".into(), json!(0));
         }
         let path = "/completion";
         // No overall timeout on a stream: it lasts as long as the generation. Stalls are caught by
@@ -464,6 +465,8 @@ pub const COMPLETION_FIELDS: &[&str] = &[
     "completion_probabilities",
     "pieces",
     "timings",
+    "id_slot",
+    "tokens_evaluated",
 ];
 
 #[cfg(test)]
@@ -473,7 +476,8 @@ mod tests {
     #[test]
     fn greedy_requests_carry_a_fixed_seed_and_sampled_ones_their_own_or_none() {
         let seed = |s: &Sampling| {
-            LlamaServer::completion_body(json!([1, 2]), 4, s, 0, false)["seed"].clone()
+            let body = LlamaServer::completion_body(json!([1, 2]), 4, s, 0, false);
+            body.get("seed").cloned().unwrap_or(Value::Null)
         };
         assert_eq!(seed(&Sampling::greedy()), json!(GREEDY_SEED));
         let sampled = Sampling {

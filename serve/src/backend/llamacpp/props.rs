@@ -44,6 +44,10 @@ pub struct Capabilities {
     /// so a draft stops where the draft model is unsure (`draft_p_min`).
     #[serde(default)]
     pub stop_p_min: bool,
+    /// `cached_prefix`: a request names the tokens a slot already holds instead of sending them
+    /// (see `llamacpp::prefix`).
+    #[serde(default)]
+    pub cached_prefix: bool,
 }
 
 impl Capabilities {

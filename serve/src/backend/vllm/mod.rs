@@ -115,6 +115,7 @@ fn completion_for(id: TokenId, text: &str, eos: bool) -> Completion {
         },
         pieces: Vec::new(),
         timings: None,
+        ..Completion::default()
     }
 }
 
@@ -280,6 +281,7 @@ impl VllmServer {
             completion_probabilities: Vec::new(),
             pieces: Vec::new(),
             timings: None,
+            ..Completion::default()
         })
     }
 
