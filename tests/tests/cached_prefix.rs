@@ -319,3 +319,53 @@ async fn concurrent_long_conversations_each_keep_their_own_slot_and_stay_exact()
     let s = prefix_stats(&proxy.stats().await, "target");
     assert!(s["named"].as_u64().unwrap_or(0) > 0, "{s}");
 }
+
+/// A slot busy with someone else's long generation: a request naming it is turned away at once
+/// (404, "busy") instead of waiting behind that generation, and the proxy would send it whole to
+/// a free slot.
+#[tokio::test]
+async fn a_request_naming_a_busy_slot_is_turned_away_at_once() {
+    let server = start_target(2, 4096, &[]).await;
+    let context = tokenize(&server, &preamble()).await;
+    completion(
+        &server,
+        json!({"prompt": context, "id_slot": 0, "n_predict": 1, "temperature": 0}),
+    )
+    .await;
+    let long = {
+        let url = server.url.clone();
+        let body = json!({"prompt": [1, 2, 3], "id_slot": 0, "n_predict": 2000, "temperature": 0,
+                          "ignore_eos": true, "cache_prompt": false});
+        tokio::spawn(async move { post_json(&format!("{url}/completion"), &body).await })
+    };
+    // Wait until the long generation holds slot 0.
+    let started = std::time::Instant::now();
+    loop {
+        let slots: Value = reqwest::get(format!("{}/slots", server.url))
+            .await
+            .expect("slots")
+            .json()
+            .await
+            .expect("slots json");
+        if slots[0]["is_processing"] == true {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 10, "{slots}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let asked = std::time::Instant::now();
+    let (status, v) = post(&server, &named(0, &context, &[5, 6])).await;
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("slot 0 is busy")),
+        "{v}"
+    );
+    assert!(
+        !long.is_finished(),
+        "answered while the generation still ran ({:?})",
+        asked.elapsed()
+    );
+    long.abort();
+}

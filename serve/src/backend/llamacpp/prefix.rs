@@ -21,8 +21,9 @@
 //! being right; a wrong memory costs one request.
 //!
 //! A slot named here is marked busy until its reply is read ([`Lease`]): two requests of this
-//! proxy never name the same slot at once (the server would queue the second behind the first).
-//! A request that names a slot another client is using waits in the server's queue for it.
+//! proxy never name the same slot at once. A slot busy with anything else (another client, a
+//! stream of this proxy's, which it cannot see) answers 404 at once, and the request goes whole to
+//! whichever slot is free: naming never makes a round wait behind someone else's generation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
