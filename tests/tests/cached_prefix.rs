@@ -369,3 +369,49 @@ async fn a_request_naming_a_busy_slot_is_turned_away_at_once() {
     );
     long.abort();
 }
+
+/// `tightwad doctor` says whether each draft server takes cached prefixes, and on a stock build
+/// what makes it so (the target's side is in the one-pass check).
+#[tokio::test]
+async fn doctor_says_whether_the_draft_server_takes_cached_prefixes() {
+    use tightwad_coordinator::cluster::layout::Layout;
+    use tightwad_coordinator::doctor::{live, Category, Status};
+    let (target, patched) = pairing().await;
+    let stock_env = stock_env();
+    let stock = LlamaServer::start(
+        &stock_env,
+        &stock_env.model("draft.gguf"),
+        ServerOptions::default(),
+    )
+    .await;
+    let layout = Layout::parse(&format!(
+        "[[pairings]]\nname = \"patched\"\ntarget = \"{}\"\ndraft = \"{}\"\n\n[[pairings]]\nname = \"stock\"\ntarget = \"{}\"\ndraft = \"{}\"\n",
+        target.url, patched.url, target.url, stock.url
+    ))
+    .expect("layout");
+    let checks = live::checks(&layout).await;
+    let draft_check = |pairing: &str| {
+        checks
+            .iter()
+            .find(|c| {
+                c.category == Category::Build
+                    && c.subject == format!("pairing {pairing} draft")
+                    && c.message.contains("cached")
+            })
+            .unwrap_or_else(|| panic!("no draft build check for {pairing}: {checks:#?}"))
+            .clone()
+    };
+    let p = draft_check("patched");
+    assert_eq!(p.status, Status::Pass, "{p:?}");
+    assert!(p.message.contains("cached prefixes"), "{p:?}");
+    let s = draft_check("stock");
+    assert_eq!(s.status, Status::Warn, "{s:?}");
+    assert!(s.message.contains("predates `cached_prefix`"), "{s:?}");
+    assert!(
+        s.hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("tightwad build"),
+        "{s:?}"
+    );
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+mod draft_prefix;
 mod draft_stop;
 mod one_pass;
 mod slots;
@@ -165,8 +166,9 @@ async fn pairing_checks(name: &str, pairing: &PairingUrls) -> Vec<Check> {
         checks.extend(vllm_pairing_checks(&subject, pairing).await);
         return checks;
     }
+    let draft_props = draft.props().await.map_err(|e| e.to_string());
+    checks.push(draft_prefix::draft_prefix_check(name, &draft_props));
     if pairing.draft_p_min > 0.0 {
-        let draft_props = draft.props().await.map_err(|e| e.to_string());
         checks.push(draft_stop::draft_stop_check(
             name,
             &draft_props,
