@@ -26,7 +26,7 @@
 //! whichever slot is free: naming never makes a round wait behind someone else's generation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -83,7 +83,7 @@ struct Slot {
 pub struct PrefixStats {
     /// Requests that named a slot's cached prefix instead of sending it.
     pub named: u64,
-    /// Of those, how many the server answered "not held" (sent again whole).
+    /// Of those, how many the server answered "not held" or "busy" (sent again whole).
     pub misses: u64,
     /// Prompt tokens not sent thanks to the named prefixes.
     pub tokens_not_sent: u64,
@@ -209,7 +209,7 @@ impl LlamaServer {
         prompt: &[TokenId],
         mut body: Map<String, Value>,
     ) -> Result<Completion, BackendError> {
-        let memory: &Arc<SlotMemory> = &self.prefix;
+        let memory: &SlotMemory = &self.prefix;
         if let Some(lease) = memory.lease(prompt) {
             let mut named = body.clone();
             named.insert("prompt".into(), json!(&prompt[lease.n..]));
@@ -246,7 +246,7 @@ impl LlamaServer {
                     debug!(
                         slot = lease.slot,
                         n = lease.n,
-                        "the slot no longer holds the named prefix; sending the whole prompt"
+                        "the slot no longer holds the named prefix, or is busy; sending the whole prompt"
                     );
                     memory.misses.fetch_add(1, Ordering::Relaxed);
                     drop(lease);
