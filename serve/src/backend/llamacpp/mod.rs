@@ -189,6 +189,7 @@ impl LlamaServer {
         self.ep.post_json("/v1/chat/completions", body).await
     }
 
+    /// A `/completion` body for `prompt` (token ids, or a list of prompts).
     fn completion_body(
         prompt: Value,
         n_predict: usize,
@@ -196,8 +197,20 @@ impl LlamaServer {
         n_probs: usize,
         post_sampling_probs: bool,
     ) -> serde_json::Map<String, Value> {
-        let mut body = serde_json::Map::new();
+        let mut body = Self::completion_fields(n_predict, sampling, n_probs, post_sampling_probs);
         body.insert("prompt".into(), prompt);
+        body
+    }
+
+    /// Everything of a `/completion` body but its prompt, for the requests whose prompt
+    /// [`LlamaServer::complete_body`] writes (whole, or after a slot's cached prefix).
+    fn completion_fields(
+        n_predict: usize,
+        sampling: &Sampling,
+        n_probs: usize,
+        post_sampling_probs: bool,
+    ) -> serde_json::Map<String, Value> {
+        let mut body = serde_json::Map::new();
         body.insert("n_predict".into(), json!(n_predict));
         body.insert("cache_prompt".into(), json!(true));
         body.insert("return_tokens".into(), json!(true));
@@ -246,7 +259,7 @@ impl LlamaServer {
         n_predict: usize,
         opts: DraftOptions,
     ) -> Result<Completion, BackendError> {
-        let mut body = Self::completion_body(Value::Null, n_predict, &Sampling::greedy(), 0, false);
+        let mut body = Self::completion_fields(n_predict, &Sampling::greedy(), 0, false);
         if opts.p_min > 0.0 {
             body.insert("stop_p_min".into(), json!(opts.p_min));
         }
@@ -266,8 +279,7 @@ impl LlamaServer {
         sampling: &Sampling,
         n_probs: usize,
     ) -> Result<Completion, BackendError> {
-        let mut body =
-            Self::completion_body(Value::Null, draft.len() + 1, sampling, n_probs, false);
+        let mut body = Self::completion_fields(draft.len() + 1, sampling, n_probs, false);
         body.insert("draft_tokens".into(), json!(draft));
         // Each returned token's text (a patched server that predates the field ignores it, and
         // the engine then learns the text as `engine::pieces` says).
