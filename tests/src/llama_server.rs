@@ -193,6 +193,27 @@ impl LlamaServer {
         Self::start_on(env, model, opts, free_port()).await
     }
 
+    /// The test models' pairing, each its own llama-server: `target.gguf` verifying drafts of up
+    /// to `k` tokens ([`ServerOptions::target`]) and `draft.gguf` with `draft_slots` slots.
+    pub async fn target_and_draft(
+        env: &TestEnv,
+        k: usize,
+        draft_slots: u32,
+    ) -> (LlamaServer, LlamaServer) {
+        let target = Self::start(
+            env,
+            &env.model("target.gguf"),
+            ServerOptions::target(k as u32),
+        )
+        .await;
+        let draft_opts = ServerOptions {
+            slots: draft_slots,
+            ..Default::default()
+        };
+        let draft = Self::start(env, &env.model("draft.gguf"), draft_opts).await;
+        (target, draft)
+    }
+
     pub async fn start_on(
         env: &TestEnv,
         model: &Path,

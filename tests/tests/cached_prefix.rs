@@ -198,19 +198,7 @@ async fn a_server_that_ignores_the_field_is_caught_and_sent_whole_prompts() {
 }
 
 async fn pairing() -> (LlamaServer, LlamaServer) {
-    let env = env();
-    let target = LlamaServer::start(
-        &env,
-        &env.model("target.gguf"),
-        ServerOptions::target(K as u32),
-    )
-    .await;
-    let draft_opts = ServerOptions {
-        slots: 2,
-        ..Default::default()
-    };
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), draft_opts).await;
-    (target, draft)
+    LlamaServer::target_and_draft(&env(), K, 2).await
 }
 
 fn prefix_stats(stats: &Value, server: &str) -> Value {

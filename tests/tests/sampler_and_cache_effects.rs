@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use tightwad_e2e::{compare, env, proxy_token_ids, LlamaServer, RunningProxy, ServerOptions};
+use tightwad_e2e::{compare, env, proxy_token_ids, LlamaServer, RunningProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,15 +21,7 @@ const LONG_PROMPT: &str = "The lighthouse keeper climbed the spiral stairs every
 
 /// The test models' target (able to verify K-token drafts) and draft, each its own llama-server.
 async fn target_and_draft() -> (LlamaServer, LlamaServer) {
-    let env = env();
-    let target = LlamaServer::start(
-        &env,
-        &env.model("target.gguf"),
-        ServerOptions::target(K as u32),
-    )
-    .await;
-    let draft = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
-    (target, draft)
+    LlamaServer::target_and_draft(&env(), K, 1).await
 }
 
 /// The engine asks the target to keep each slot's prompt cached (`cache_prompt`): a speculative
