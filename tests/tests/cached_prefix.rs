@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 use tightwad_e2e::patched::{completion, start_target, timing, tokenize};
 use tightwad_e2e::{
-    assert_ties_are_rare, compare, env, greedy_through_proxy_matches_target, post_json, prompts,
-    proxy_token_ids, stock_env, LlamaServer, RunningProxy, ServerOptions,
+    assert_ties_are_rare, compare, env, get_json, greedy_through_proxy_matches_target, post_json,
+    prompts, proxy_token_ids, stock_env, LlamaServer, RunningProxy, ServerOptions,
 };
 use tightwad_serve::backend::llamacpp::{LlamaServer as Client, SlotMemory};
 use tightwad_serve::backend::types::{DraftOptions, Role, TokenId};
@@ -48,12 +48,7 @@ async fn post(server: &LlamaServer, body: &Value) -> (u16, Value) {
 async fn a_request_naming_a_slots_prefix_gets_the_whole_prompts_answer_and_evaluates_only_the_rest()
 {
     let server = start_target(2, 4096, &[]).await;
-    let props: Value = reqwest::get(format!("{}/props", server.url))
-        .await
-        .expect("props")
-        .json()
-        .await
-        .expect("props json");
+    let props: Value = get_json(&format!("{}/props", server.url)).await;
     assert_eq!(props["capabilities"]["cached_prefix"], true, "{props}");
 
     let context = tokenize(
@@ -158,12 +153,7 @@ async fn a_server_that_ignores_the_field_is_caught_and_sent_whole_prompts() {
     let env = stock_env();
     let stock = LlamaServer::start(&env, &env.model("draft.gguf"), ServerOptions::default()).await;
     let context: Vec<u64> = tokenize(&stock, &preamble()).await;
-    let props: Value = reqwest::get(format!("{}/props", stock.url))
-        .await
-        .expect("props")
-        .json()
-        .await
-        .expect("props json");
+    let props: Value = get_json(&format!("{}/props", stock.url)).await;
     assert!(props["capabilities"]["cached_prefix"].is_null(), "{props}");
     let (status, v) = post(&stock, &named(0, &context[..200], &context[200..])).await;
     assert_eq!(status, 200, "{v}");
@@ -329,12 +319,7 @@ async fn a_request_naming_a_busy_slot_is_turned_away_at_once() {
     // Wait until the long generation holds slot 0.
     let started = std::time::Instant::now();
     loop {
-        let slots: Value = reqwest::get(format!("{}/slots", server.url))
-            .await
-            .expect("slots")
-            .json()
-            .await
-            .expect("slots json");
+        let slots: Value = get_json(&format!("{}/slots", server.url)).await;
         if slots[0]["is_processing"] == true {
             break;
         }
