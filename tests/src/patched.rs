@@ -58,12 +58,17 @@ pub fn timing(v: &Value, name: &str) -> u64 {
 
 /// One speculative step: verify `draft` after `prompt`, greedy unless `extra` says otherwise.
 pub async fn step(server: &LlamaServer, prompt: &[u64], draft: &[u64], extra: Value) -> Value {
+    completion(server, step_body(prompt, draft, extra)).await
+}
+
+/// The `/completion` body of [`step`] (a test that streams the step sends it with `stream`).
+pub fn step_body(prompt: &[u64], draft: &[u64], extra: Value) -> Value {
     let mut body = json!({
         "prompt": prompt, "draft_tokens": draft, "temperature": 0, "return_tokens": true,
         "cache_prompt": true, "n_predict": 256,
     });
     crate::merge(&mut body, extra);
-    completion(server, body).await
+    body
 }
 
 /// The first `n` positions of a reference.
@@ -73,4 +78,28 @@ pub fn prefix(r: &Reference, n: usize) -> Reference {
     r.margins.truncate(n);
     r.runner_up.truncate(n);
     r
+}
+
+/// A token that is not `t` (and a plain one: not a control token at the bottom of the vocabulary):
+/// what a draft holds where it is wrong.
+pub fn wrong(t: u64) -> u64 {
+    if t == 1000 {
+        1001
+    } else {
+        1000
+    }
+}
+
+/// `text`'s prompt tokens and the target's own greedy continuation of [`K`] + 1 tokens (a whole
+/// draft of K and the token after it), which must not end early.
+pub async fn prompt_and_reference(target: &LlamaServer, text: &str) -> (Vec<u64>, Reference) {
+    let prompt = tokenize(target, text).await;
+    let reference = target.reference(json!(prompt), K + 1).await;
+    assert_eq!(
+        reference.tokens.len(),
+        K + 1,
+        "{text}: the target stopped early"
+    );
+    assert_ne!(reference.stop_type, "eos", "{text}");
+    (prompt, reference)
 }

@@ -8,22 +8,14 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::patched::{
-    completion, prefix, start_target, step, timing, tokenize, DRAFT_MAX, K,
+    completion, prefix, prompt_and_reference, start_target, step, timing, tokenize, wrong,
+    DRAFT_MAX, K,
 };
 use tightwad_e2e::{
     assert_ties_are_rare, compare, completion_tokens, env, get_json, post_json, prompts, stock_env,
     Agreement, LlamaServer, Reference, ServerOptions,
 };
 use tightwad_serve::backend::Piece;
-
-/// A token that is not `t` (and a plain one: not a control token at the bottom of the vocabulary).
-fn wrong(t: u64) -> u64 {
-    if t == 1000 {
-        1001
-    } else {
-        1000
-    }
-}
 
 #[tokio::test]
 async fn props_advertise_the_capability_and_the_stock_server_does_not() {
@@ -149,14 +141,7 @@ async fn greedy_a_right_draft_is_accepted_whole_and_a_wrong_token_ends_it() {
     assert!(prompts.len() >= 30);
     let mut outcomes = Vec::new();
     for (n, text) in prompts.iter().enumerate() {
-        let prompt = tokenize(&target, text).await;
-        let reference = target.reference(json!(prompt), K + 1).await;
-        assert_eq!(
-            reference.tokens.len(),
-            K + 1,
-            "{text}: the target stopped early"
-        );
-        assert_ne!(reference.stop_type, "eos", "{text}");
+        let (prompt, reference) = prompt_and_reference(&target, text).await;
 
         // The target's own continuation: all K accepted, plus the target's next token.
         let draft = &reference.tokens[..K];

@@ -8,7 +8,9 @@
 
 use serde_json::{json, Value};
 use tightwad_e2e::http::{sse_payloads, SseRead};
-use tightwad_e2e::patched::{prefix, start_target, step, timing, tokenize, K};
+use tightwad_e2e::patched::{
+    prefix, prompt_and_reference, start_target, step, step_body, timing, wrong, K,
+};
 use tightwad_e2e::{assert_ties_are_rare, compare, completion_tokens, prompts, Agreement};
 
 /// The same step as [`step`], streamed: the chunks' payloads, in order.
@@ -18,10 +20,7 @@ async fn streamed_step(
     prompt: &[u64],
     draft: &[u64],
 ) -> Vec<Value> {
-    let body = json!({
-        "prompt": prompt, "draft_tokens": draft, "temperature": 0, "return_tokens": true,
-        "cache_prompt": true, "n_predict": 256, "stream": true,
-    });
+    let body = step_body(prompt, draft, json!({"stream": true}));
     let mut sse = SseRead::open(client, &format!("{url}/completion"), &body).await;
     sse.read_to_end(std::time::Duration::from_secs(60))
         .await
@@ -43,17 +42,11 @@ async fn a_streamed_draft_step_sends_each_verified_token_then_the_steps_end() {
     let prompts = prompts();
     let mut outcomes = Vec::new();
     for (n, text) in prompts.iter().take(12).enumerate() {
-        let prompt = tokenize(&target, text).await;
-        let reference = target.reference(json!(prompt), K + 1).await;
-        assert_eq!(
-            reference.tokens.len(),
-            K + 1,
-            "{text}: the target stopped early"
-        );
+        let (prompt, reference) = prompt_and_reference(&target, text).await;
         // A right draft, and one with a wrong token at j (j accepted, then the target's own).
         let j = n % K;
         let mut wrong_at_j = reference.tokens[..K].to_vec();
-        wrong_at_j[j] = if wrong_at_j[j] == 1000 { 1001 } else { 1000 };
+        wrong_at_j[j] = wrong(wrong_at_j[j]);
         for (draft, accepted, what) in [
             (reference.tokens[..K].to_vec(), K, "full draft".to_string()),
             (wrong_at_j, j, format!("wrong at {j}")),
